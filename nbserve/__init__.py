@@ -1,0 +1,87 @@
+"""nbserve: serve LLMs from a notebook with vLLM on Ray Serve.
+
+Connect to a Ray cluster (a local one nbserve starts, or a remote one), deploy model servers
+with an OpenAI-compatible endpoint, change them in place, and delete them, from notebook cells.
+
+Example:
+    >>> import nbserve                                              # doctest: +SKIP
+    >>> cluster = nbserve.connect()                                 # doctest: +SKIP
+    >>> app = cluster.deploy(nbserve.LLM(nbserve.demo_model()), name="tiny")  # doctest: +SKIP
+    >>> app.chat("Hello")                                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from .app import App, AppStatus, DeploymentStatus
+from .cluster import Cluster, connect
+from .errors import (
+    AppNotFound,
+    ConnectionFailed,
+    DeployFailed,
+    LocalClusterError,
+    NbserveError,
+    SpecError,
+    VersionMismatch,
+    WaitTimeout,
+)
+from .spec import LLM, Engine, Scaling
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "AppNotFound",
+    "AppStatus",
+    "Cluster",
+    "ConnectionFailed",
+    "DeployFailed",
+    "DeploymentStatus",
+    "Engine",
+    "LLM",
+    "LocalClusterError",
+    "NbserveError",
+    "Scaling",
+    "SpecError",
+    "VersionMismatch",
+    "WaitTimeout",
+    "apps",
+    "connect",
+    "demo_model",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def apps(cluster: Cluster | None = None) -> list[App]:
+    """Every Serve application on ``cluster`` (default: the connected one).
+
+    Example:
+        >>> nbserve.apps()  # doctest: +SKIP
+        [<nbserve.App 'tiny' ...>]
+    """
+    from . import cluster as _cluster
+
+    target = cluster or _cluster._active
+    if target is None:
+        raise NbserveError("not connected: call nbserve.connect() first")
+    return target.apps()
+
+
+def demo_model(path: str | Path | None = None) -> str:
+    """Build (once, then cached) the tiny offline demo checkpoint and return its path.
+
+    It needs no download: a small Llama with random weights and a tokenizer trained on local
+    text. It answers gibberish, fast, which is all a demo or a test needs.
+
+    Example:
+        >>> nbserve.LLM(nbserve.demo_model(), name="tiny")  # doctest: +SKIP
+    """
+    from .tinymodel import build_tiny_model
+
+    return str(build_tiny_model(path))

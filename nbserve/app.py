@@ -1,0 +1,303 @@
+"""``App``: the handle to one model server (a Serve application) on a cluster.
+
+It deploys and re-deploys its spec (on the cluster side, through ``_remote``), waits with a
+progress bar until the app runs or fails (with the replica's log tail), applies updates in place
+when only scaling changed and as a rolling restart otherwise, talks to the OpenAI-compatible
+endpoint, and deletes the app. Rendering the spec is ``serveconfig``'s job; the connection is
+``cluster``'s.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import _remote
+from .errors import DeployFailed, NbserveError, SpecError
+from .serveconfig import engine_version, serve_app
+from .spec import LLM
+from .wait import poll_until
+
+if TYPE_CHECKING:
+    import openai
+
+    from .cluster import Cluster
+
+__all__ = ["App", "AppStatus", "DeploymentStatus"]
+
+log = logging.getLogger(__name__)
+
+FAILED = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
+
+
+@dataclass(frozen=True)
+class DeploymentStatus:
+    """One deployment of an app, as Serve reports it."""
+
+    name: str
+    status: str
+    message: str
+    replica_states: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def running(self) -> int:
+        """Replicas in state RUNNING."""
+        return self.replica_states.get("RUNNING", 0)
+
+
+@dataclass(frozen=True)
+class AppStatus:
+    """An application's status: ``RUNNING``, ``DEPLOYING``, ``DEPLOY_FAILED`` ... or ``NOT_FOUND``.
+
+    Example:
+        >>> AppStatus("tiny", "RUNNING", "", {}).ok
+        True
+    """
+
+    name: str
+    status: str
+    message: str
+    deployments: dict[str, DeploymentStatus]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the app is RUNNING."""
+        return self.status == "RUNNING"
+
+    @property
+    def failed(self) -> DeploymentStatus | None:
+        """The first deployment that failed, if any."""
+        for dep in self.deployments.values():
+            if dep.status in FAILED or dep.status == "DEPLOY_FAILED":
+                return dep
+        return None
+
+    def __str__(self) -> str:
+        parts = ", ".join(
+            f"{d.name} {d.status} {dict(d.replica_states)}" for d in self.deployments.values()
+        )
+        return f"{self.status} ({parts})" if parts else self.status
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(d.name)}</td><td>{html.escape(d.status)}</td>"
+            f"<td>{html.escape(', '.join(f'{k}: {v}' for k, v in d.replica_states.items()))}"
+            f"</td></tr>"
+            for d in self.deployments.values()
+        )
+        return (
+            f"<b>{html.escape(self.name)}</b>: {html.escape(self.status)}"
+            f"<table><tr><th>deployment</th><th>status</th><th>replicas</th></tr>{rows}</table>"
+        )
+
+
+class App:
+    """A vLLM model server running as a Serve application on a ``Cluster``.
+
+    Get one from ``cluster.deploy(...)``, ``cluster.app(name)`` or ``cluster.apps()``.
+
+    Example:
+        >>> app = cluster.deploy(nbserve.LLM(model), name="tiny")  # doctest: +SKIP
+        >>> app.chat("Hello")                                       # doctest: +SKIP
+        >>> app.update(max_replicas=2)                              # doctest: +SKIP
+        >>> app.delete()                                            # doctest: +SKIP
+    """
+
+    def __init__(self, cluster: Cluster, name: str, spec: LLM | None, *,
+                 route_prefix: str | None = None) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.spec = spec
+        self.route_prefix = route_prefix or f"/{name}"
+        self.last_update: str | None = None
+
+    @classmethod
+    def _from_record(cls, cluster: Cluster, name: str, record: dict[str, Any] | None) -> App:
+        if record is None:
+            return cls(cluster, name, None)
+        return cls(cluster, name, LLM(**record["spec"]), route_prefix=record["route_prefix"])
+
+    # --- endpoint ---------------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        """The OpenAI-compatible base URL (ends in ``/v1``)."""
+        return f"{self.cluster.serve_url}{self.route_prefix.rstrip('/')}/v1"
+
+    @property
+    def model(self) -> str:
+        """The model name to put in requests."""
+        if self.spec is not None:
+            return self.spec.served_name
+        models = self.openai().models.list().data
+        if not models:
+            raise NbserveError(f"app {self.name!r} serves no model at {self.endpoint}")
+        return models[0].id
+
+    def openai(self, **kwargs: Any) -> openai.OpenAI:
+        """An ``openai.OpenAI`` client for this app's endpoint.
+
+        Example:
+            >>> client = app.openai()                                     # doctest: +SKIP
+            >>> client.chat.completions.create(model=app.model, messages=[...])  # doctest: +SKIP
+        """
+        import openai
+
+        kwargs.setdefault("api_key", "nbserve")
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("timeout", 120)
+        return openai.OpenAI(base_url=self.endpoint, **kwargs)
+
+    def chat(self, message: str, *, max_tokens: int = 64, **kwargs: Any) -> str:
+        """Send one user message to the chat endpoint and return the answer's text."""
+        reply = self.openai().chat.completions.create(
+            model=self.model, messages=[{"role": "user", "content": message}],
+            max_tokens=max_tokens, **kwargs,
+        )
+        return reply.choices[0].message.content or ""
+
+    def complete(self, prompt: str, *, max_tokens: int = 64, **kwargs: Any) -> str:
+        """Send one prompt to the completions endpoint and return the completion's text."""
+        reply = self.openai().completions.create(
+            model=self.model, prompt=prompt, max_tokens=max_tokens, **kwargs
+        )
+        return reply.choices[0].text
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def status(self) -> AppStatus:
+        """The app's current status from Serve (``NOT_FOUND`` once deleted)."""
+        from ray import serve
+
+        info = serve.status().applications.get(self.name)
+        if info is None:
+            return AppStatus(self.name, "NOT_FOUND", "", {})
+        deployments = {
+            dname: DeploymentStatus(dname, str(d.status.value if hasattr(d.status, "value")
+                                               else d.status), d.message or "",
+                                    {str(getattr(k, "value", k)): v
+                                     for k, v in (d.replica_states or {}).items()})
+            for dname, d in info.deployments.items()
+        }
+        status = info.status.value if hasattr(info.status, "value") else str(info.status)
+        return AppStatus(self.name, status, info.message or "", deployments)
+
+    def replicas(self) -> list[dict[str, Any]]:
+        """The app's replica actors (id, deployment, state, node, pid), alive ones first."""
+        reps = _remote.call(_remote.replicas, self.name)
+        return sorted(reps, key=lambda r: (r["state"] != "ALIVE", r["deployment"], r["replica_id"]))
+
+    def wait(self, timeout: float = 900, *, progress: bool = True, interval: float = 1.0) -> App:
+        """Wait until the app is RUNNING, showing a progress bar.
+
+        Raises:
+            DeployFailed: as soon as the app is DEPLOY_FAILED or UNHEALTHY; carries Serve's
+                message and the failing replica's last log lines.
+            WaitTimeout: not RUNNING within ``timeout`` seconds; carries the last status.
+        """
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=1, desc=f"{self.name}", disable=not progress, leave=True,
+                   bar_format="{desc}: {n_fmt}/{total_fmt} deployments healthy [{elapsed}]"
+                   " {postfix}")
+
+        def show(status: AppStatus) -> None:
+            if status.failed is not None or status.status in FAILED:
+                raise self._failure(status)
+            bar.total = max(len(status.deployments), 1)
+            bar.n = sum(d.status == "HEALTHY" for d in status.deployments.values())
+            bar.set_postfix_str(str(status), refresh=True)
+
+        try:
+            poll_until(self.status, lambda s: s.ok, timeout=timeout, interval=interval,
+                       what=f"deploying {self.name!r}", on_poll=show)
+        finally:
+            bar.close()
+        return self
+
+    def update(self, *, wait: bool = True, timeout: float = 900, progress: bool = True,
+               **changes: Any) -> App:
+        """Change the app in place: scaling changes apply without restarting replicas.
+
+        Scaling (``min_replicas``, ``max_replicas``, ``initial_replicas``,
+        ``target_ongoing_requests``, ``max_ongoing_requests``) is a lightweight update; any engine
+        change (``max_model_len``, ``dtype``, ``engine=...``, ``env=...``) restarts the replicas
+        one by one. ``self.last_update`` says which it was.
+
+        Example:
+            >>> app.update(max_replicas=4)      # doctest: +SKIP
+            >>> app.update(max_model_len=1024)  # doctest: +SKIP
+        """
+        if self.spec is None:
+            raise NbserveError(
+                f"app {self.name!r} was not deployed by nbserve, so its spec is unknown; "
+                "deploy it with cluster.deploy(...) to manage it from here"
+            )
+        if not changes:
+            raise SpecError("update() needs at least one change, e.g. update(max_replicas=4)")
+        if "model" in changes or "name" in changes:
+            raise SpecError(
+                "update() cannot change model or name; deploy a new app with cluster.deploy()"
+            )
+        new = self.spec.with_changes(**changes)
+        old_version = engine_version(serve_app(self.spec, self.name, self.route_prefix))
+        new_version = engine_version(serve_app(new, self.name, self.route_prefix))
+        kind = "in place" if old_version == new_version else "rolling restart"
+        log.info("updating %s (%s): %s", self.name, kind, sorted(changes))
+        self._apply(new)
+        self.last_update = kind
+        if wait:
+            self.wait(timeout=timeout, progress=progress)
+        return self
+
+    def delete(self) -> None:
+        """Delete the app from the cluster; other apps keep running."""
+        _remote.call(_remote.delete, self.name)
+        log.info("deleted app %s", self.name)
+
+    def _apply(self, spec: LLM) -> None:
+        config = serve_app(spec, self.name, self.route_prefix)
+        record = {
+            "spec": spec.model_dump(mode="json"), "config": config,
+            "route_prefix": self.route_prefix, "deployed_at": time.time(),
+        }
+        try:
+            _remote.call(_remote.deploy, config, self.cluster._http_options, record)
+        except Exception as err:
+            cause = getattr(err, "cause", None) or err
+            if isinstance(cause, ValueError) and "does not exist" in str(cause):
+                raise SpecError(str(cause)) from err
+            raise DeployFailed(self.name, "DEPLOY_FAILED", _first_line(err)) from err
+        self.spec = spec
+
+    def _failure(self, status: AppStatus) -> DeployFailed:
+        dep = status.failed
+        message = status.message
+        tail = ""
+        if dep is not None:
+            message = dep.message or message
+            try:
+                tail = _remote.call(_remote.log_tail, self.name, dep.name, 40)
+            except Exception as err:  # noqa: BLE001 - the status message still says why
+                log.warning("could not read the replica log of %s: %s", dep.name, err)
+        return DeployFailed(self.name, status.status, message, tail)
+
+    # --- display ----------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        model = self.spec.model if self.spec else "?"
+        return f"<nbserve.App {self.name!r} model={model!r} endpoint={self.endpoint!r}>"
+
+    def _repr_html_(self) -> str:
+        model = html.escape(self.spec.model) if self.spec else "(not deployed by nbserve)"
+        return (
+            f"<b>nbserve.App</b> <code>{html.escape(self.name)}</code> · model {model}<br>"
+            f"endpoint <code>{html.escape(self.endpoint)}</code>"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "cause", None) or err).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    # A Ray task error's last line is the exception itself; keep the tail that says why.
+    return "\n".join(lines[-8:]) if lines else type(err).__name__

@@ -1,0 +1,349 @@
+"""``connect()`` and ``Cluster``: one Ray Client session to a local or remote Ray cluster.
+
+The notebook always talks to Ray through Ray Client (``ray://host:port``), for the embedded
+local head exactly as for a remote cluster. Connecting probes the address first (a bounded
+failure with a hint, not a hang), refuses a Ray or Python version mismatch, sets up token
+authentication and retries the handshake with backoff inside a deadline, since a head that just
+started may refuse its first clients. Deploying and watching apps is ``app``'s job.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from . import _remote, local
+from .errors import ConnectionFailed, SpecError, VersionMismatch
+from .spec import LLM, check_app_name
+from .wait import backoff
+
+if TYPE_CHECKING:
+    from .app import App
+
+__all__ = ["Cluster", "connect", "check_versions"]
+
+log = logging.getLogger(__name__)
+
+RAY_VERSION = "2.60.0"
+
+
+def check_versions(cluster_ray: str, cluster_python: str, *, where: str = "the cluster") -> None:
+    """Refuse a cluster whose Ray version or Python minor differs from this kernel's.
+
+    Ray Client only works when both match; this says which versions differ and how to fix it,
+    before any connection is tried.
+
+    Example:
+        >>> check_versions("2.60.0", "3.11.7")
+        >>> check_versions("2.9.0", "3.10.2")
+        Traceback (most recent call last):
+        ...
+        nbserve.errors.VersionMismatch: ...
+    """
+    import ray
+
+    local_python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    remote_minor = ".".join(cluster_python.split(".")[:2])
+    problems = []
+    if cluster_ray != ray.__version__:
+        problems.append(f"Ray {cluster_ray} on {where}, Ray {ray.__version__} in this kernel")
+    if remote_minor != local_python:
+        problems.append(f"Python {remote_minor} on {where}, Python {local_python} in this kernel")
+    if problems:
+        raise VersionMismatch(
+            "Ray Client needs the same Ray version and Python minor on both sides: "
+            + "; ".join(problems)
+            + f". Fix: run the notebook in a Python {remote_minor} kernel with "
+            f"`pip install 'ray[serve,client]=={cluster_ray}'`, or run the cluster on the image "
+            f"rayproject/ray:{ray.__version__}-py{local_python.replace('.', '')} to match this "
+            "kernel."
+        )
+
+
+class Cluster:
+    """A Ray Client session to one Ray cluster, local or remote.
+
+    Get one with ``nbserve.connect()``. It deploys apps (``deploy``), finds the ones that run
+    (``apps``, ``app``) and closes the session (``disconnect``, or use it as a context manager).
+
+    Example:
+        >>> cluster = nbserve.connect()                          # doctest: +SKIP
+        >>> app = cluster.deploy(nbserve.LLM(path), name="tiny") # doctest: +SKIP
+    """
+
+    def __init__(
+        self, address: str, *, serve_url: str, dashboard_url: str | None = None,
+        kind: str = "remote", local_head: local.LocalCluster | None = None,
+        http_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.address = address
+        self.serve_url = serve_url.rstrip("/")
+        self.dashboard_url = dashboard_url
+        self.kind = kind
+        self.local_head = local_head
+        self._http_options = http_options
+        self._connected_at = time.monotonic()
+        self.connect_seconds = 0.0
+
+    # --- apps -------------------------------------------------------------------------------
+    def deploy(
+        self, spec: LLM, name: str, *, route_prefix: str | None = None, wait: bool = True,
+        timeout: float = 900, progress: bool = True,
+    ) -> App:
+        """Deploy a model server as a Serve application of its own name and route prefix.
+
+        Other applications on the cluster are left alone; deploying a name that exists replaces
+        that application (in place where only scaling changed).
+
+        Args:
+            spec: what to serve.
+            name: application name; also the URL prefix (``/NAME/v1``).
+            route_prefix: a different URL prefix, if wanted.
+            wait: wait until the app is RUNNING (with a progress bar), raising on failure.
+            timeout: seconds to wait.
+            progress: show a progress bar while waiting.
+
+        Returns:
+            The app handle.
+
+        Raises:
+            SpecError: bad name or spec (nothing was deployed).
+            DeployFailed: the app went DEPLOY_FAILED or UNHEALTHY while waiting.
+
+        Example:
+            >>> app = cluster.deploy(nbserve.LLM("Qwen/Qwen2.5-0.5B-Instruct"), name="qwen")
+            ... # doctest: +SKIP
+        """
+        from .app import App
+
+        if not isinstance(spec, LLM):
+            raise SpecError(f"deploy() takes an nbserve.LLM spec, not {type(spec).__name__}")
+        check_app_name(name)
+        if route_prefix is not None and not route_prefix.startswith("/"):
+            raise SpecError(f"route_prefix {route_prefix!r} must start with '/'")
+        app = App(self, name, spec, route_prefix=route_prefix)
+        app._apply(spec)
+        if wait:
+            app.wait(timeout=timeout, progress=progress)
+        return app
+
+    def apps(self) -> list[App]:
+        """Every Serve application on the cluster, nbserve's or not (spec None for the others).
+
+        Example:
+            >>> [app.name for app in cluster.apps()]  # doctest: +SKIP
+            ['tiny']
+        """
+        from ray import serve
+
+        from .app import App
+
+        records = _remote.call(_remote.records)
+        names = sorted(serve.status().applications)
+        return [App._from_record(self, name, records.get(name)) for name in names]
+
+    def app(self, name: str) -> App:
+        """Re-attach to one application by name, e.g. one another notebook deployed.
+
+        Raises:
+            AppNotFound: no application of that name runs; the message lists those that do.
+        """
+        from .app import App
+        from .errors import AppNotFound
+
+        apps = {a.name: a for a in self.apps()}
+        if name not in apps:
+            raise AppNotFound(
+                f"no application {name!r} on {self.address}; running: {sorted(apps) or 'none'}"
+            )
+        return apps[name] if isinstance(apps[name], App) else apps[name]
+
+    # --- session ----------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """Whether this session is the live Ray Client connection of this kernel."""
+        import ray
+
+        return _active is self and ray.is_initialized()
+
+    def disconnect(self) -> None:
+        """Close the Ray Client session. The cluster and its apps keep running."""
+        global _active
+        import ray
+
+        if _active is self:
+            ray.shutdown()
+            _active = None
+            log.info("disconnected from %s", self.address)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "disconnected"
+        return f"<nbserve.Cluster {self.kind} {self.address} ({state})>"
+
+    def _repr_html_(self) -> str:
+        state = "connected" if self.connected else "disconnected"
+        dash = (
+            f" · dashboard <a href='{html.escape(self.dashboard_url)}' target='_blank'>"
+            f"{html.escape(self.dashboard_url)}</a>" if self.dashboard_url else ""
+        )
+        return (
+            f"<b>nbserve.Cluster</b> ({html.escape(self.kind)}, {state})<br>Ray Client "
+            f"<code>{html.escape(self.address)}</code> · Serve "
+            f"<code>{html.escape(self.serve_url)}</code>{dash}"
+        )
+
+
+_active: Cluster | None = None
+
+
+def connect(
+    address: str | None = None, *, serve_url: str | None = None, timeout: float = 60,
+    token: str | None = None, token_path: str | None = None,
+    _sleep: Callable[[float], None] = time.sleep,
+) -> Cluster:
+    """Connect this kernel to a Ray cluster through Ray Client.
+
+    Args:
+        address: ``None`` or ``""`` for the embedded local cluster (started if none runs; the
+            ``NBSERVE_ADDRESS`` environment variable overrides it), or ``ray://host:port``.
+        serve_url: where Serve's HTTP proxy answers (default: port 8000 on the same host).
+        timeout: seconds for the whole connection, retries included.
+        token: the cluster's Ray auth token, if it uses token authentication. Never logged.
+        token_path: a file holding that token, instead of ``token``.
+
+    Returns:
+        The connected cluster. A kernel has one Ray Client session: connecting again to the same
+        address returns it, connecting elsewhere closes it first.
+
+    Raises:
+        ConnectionFailed: the address cannot be reached or refuses the session (with a hint).
+        VersionMismatch: the cluster runs another Ray version or Python minor.
+
+    Example:
+        >>> cluster = nbserve.connect()                             # doctest: +SKIP
+        >>> cluster = nbserve.connect("ray://10.0.0.5:10001")       # doctest: +SKIP
+    """
+    address = address if address else os.environ.get("NBSERVE_ADDRESS") or None
+    if address is None or address == "local":
+        head = local.up()
+        cluster = Cluster(
+            head.address, serve_url=head.serve_url, dashboard_url=head.dashboard_url,
+            kind="local", local_head=head,
+            http_options={"host": "127.0.0.1", "port": head.serve_port},
+        )
+        return _open(cluster, timeout, token=None, token_path=head.token_path, sleep=_sleep)
+    if address.startswith("raycluster/"):
+        raise SpecError(
+            f"{address!r}: connecting to a KubeRay cluster by name is not supported in this "
+            "version; open a port-forward to the head's client port (10001) and pass "
+            "'ray://127.0.0.1:10001'"
+        )
+    if not address.startswith("ray://"):
+        raise SpecError(
+            f"address {address!r} is not understood: pass nothing for the local cluster, or "
+            "'ray://HOST:PORT' (the head's Ray Client port, usually 10001)"
+        )
+    parsed = urlparse(address)
+    if not parsed.hostname or not parsed.port:
+        raise SpecError(f"address {address!r} needs a host and a port, e.g. ray://10.0.0.5:10001")
+    cluster = Cluster(address, serve_url=serve_url or f"http://{parsed.hostname}:8000")
+    return _open(cluster, timeout, token=token, token_path=token_path, sleep=_sleep)
+
+
+def _open(cluster: Cluster, timeout: float, *, token: str | None, token_path: str | None,
+          sleep: Callable[[float], None]) -> Cluster:
+    global _active
+    import ray
+
+    if _active is not None and _active.address == cluster.address and _active.connected:
+        return _active
+    if _active is not None:
+        _active.disconnect()
+    elif ray.is_initialized():
+        ray.shutdown()
+    parsed = urlparse(cluster.address)
+    host, port = parsed.hostname or "", parsed.port or 0
+    started = time.monotonic()
+    _probe(host, port, min(timeout, 10.0))
+    _set_token(token, token_path)
+    deadline = started + timeout
+    last: Exception | None = None
+    for delay in backoff(deadline, first=1.0, factor=2.0, cap=8.0, sleep=sleep):
+        del delay
+        try:
+            ray.init(cluster.address, logging_level=logging.WARNING, log_to_driver=False)
+            break
+        except RuntimeError as err:
+            if "version mismatch" in str(err).lower() or "Python minor" in str(err):
+                raise VersionMismatch(_version_hint(str(err))) from err
+            last = err
+        except (ConnectionError, TimeoutError, OSError) as err:
+            last = err
+        log.info("Ray Client handshake with %s failed (%s); retrying", cluster.address, last)
+        if ray.is_initialized():
+            ray.shutdown()
+    else:
+        text = str(last)
+        hint = (
+            " The cluster asks for a token: pass token= or token_path=, or set RAY_AUTH_TOKEN_PATH."
+            if "auth" in text.lower() else
+            " Check that the head is up and that this is its Ray Client port (usually 10001)."
+        )
+        raise ConnectionFailed(
+            f"could not open a Ray Client session to {cluster.address} within {timeout:.0f} s: "
+            f"{text}.{hint}"
+        ) from last
+    cluster.connect_seconds = time.monotonic() - started
+    _active = cluster
+    log.info("connected to %s in %.1f s", cluster.address, cluster.connect_seconds)
+    return cluster
+
+
+def _probe(host: str, port: int, timeout: float) -> None:
+    """Fail fast, with a hint, when nothing answers at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as err:
+        raise ConnectionFailed(
+            f"nothing answers at {host}:{port} ({err.strerror or err}). Is the Ray head "
+            "running, and is this its Ray Client port? For a cluster on Kubernetes, open a "
+            "port-forward to the head service's port 10001 first."
+        ) from err
+
+
+def _set_token(token: str | None, token_path: str | None) -> None:
+    """Point this process's Ray at the cluster's token; the token itself is never logged."""
+    if token is None and token_path is None:
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if token is not None:
+        os.environ["RAY_AUTH_TOKEN"] = token
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    else:
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+        os.environ.pop("RAY_AUTH_TOKEN", None)
+    from ray._raylet import Config  # type: ignore[attr-defined]
+
+    Config.initialize("")
+
+
+def _version_hint(text: str) -> str:
+    return (
+        f"{text.strip()}\nFix: the notebook kernel and the cluster need the same Ray version and "
+        f"Python minor; this kernel has Ray {RAY_VERSION} on Python "
+        f"{sys.version_info.major}.{sys.version_info.minor}."
+    )

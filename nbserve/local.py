@@ -1,0 +1,291 @@
+"""The embedded default: a real local Ray head that nbserve starts, finds and stops.
+
+``up()`` starts ``ray start --head --block`` as its own process group, with the Ray Client
+server, dashboard and metrics export on free loopback ports, token authentication on (a token of
+its own, in a 0600 file) and more logical CPUs than cores so Serve's ingress always schedules.
+Its ports, pid and token path are written to a state file under ``NBSERVE_HOME``, so a second
+notebook or the CLI attaches to the same head. ``down()`` stops that process group by pid and
+nothing else. Connecting to the head is ``cluster``'s job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import LocalClusterError
+
+__all__ = ["LocalCluster", "down", "find", "home", "up"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NUM_CPUS = 8
+
+
+def home() -> Path:
+    """Return nbserve's own folder: ``$NBSERVE_HOME``, else ``~/.cache/nbserve``."""
+    return Path(os.environ.get("NBSERVE_HOME") or Path.home() / ".cache" / "nbserve")
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """A running local head, as recorded in its state file.
+
+    Example:
+        >>> lc = LocalCluster(pid=1, client_port=10001, dashboard_port=8265, metrics_port=8080,
+        ...                   serve_port=8000, gcs_port=6379, token_path="/t", temp_dir="/r",
+        ...                   num_cpus=8, started_at=0.0)
+        >>> lc.address
+        'ray://127.0.0.1:10001'
+    """
+
+    pid: int
+    client_port: int
+    dashboard_port: int
+    metrics_port: int
+    serve_port: int
+    gcs_port: int
+    token_path: str
+    temp_dir: str
+    num_cpus: int
+    started_at: float
+
+    @property
+    def address(self) -> str:
+        """The Ray Client address a notebook connects to."""
+        return f"ray://127.0.0.1:{self.client_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The Ray dashboard of this head."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def serve_url(self) -> str:
+        """Where Serve's HTTP proxy answers on this machine."""
+        return f"http://127.0.0.1:{self.serve_port}"
+
+    def alive(self) -> bool:
+        """Whether the head's process group still runs and its client port answers."""
+        return _pid_alive(self.pid) and _port_open(self.client_port)
+
+    def _repr_html_(self) -> str:
+        state = "running" if self.alive() else "stopped"
+        return (
+            f"<b>nbserve local Ray head</b> ({state}, pid {self.pid})<br>"
+            f"Ray Client <code>{self.address}</code> · dashboard "
+            f"<a href='{self.dashboard_url}' target='_blank'>{self.dashboard_url}</a> · "
+            f"Serve <code>{self.serve_url}</code>"
+        )
+
+
+def _state_file(base: Path | None = None) -> Path:
+    return (base or home()) / "local" / "cluster.json"
+
+
+def find(base: Path | None = None) -> LocalCluster | None:
+    """Return the local head recorded under ``base`` if it still runs, else None.
+
+    A state file left by a head that died is removed.
+    """
+    path = _state_file(base)
+    try:
+        cluster = LocalCluster(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as err:
+        log.warning("ignoring unreadable local cluster state %s: %s", path, err)
+        path.unlink(missing_ok=True)
+        return None
+    if _pid_alive(cluster.pid):
+        return cluster
+    log.info("local Ray head pid %d is gone; forgetting it", cluster.pid)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def up(
+    *, num_cpus: int = DEFAULT_NUM_CPUS, base: Path | None = None, timeout: float = 90,
+    env: dict[str, str] | None = None,
+) -> LocalCluster:
+    """Start a local Ray head, or return the one already running under ``base``.
+
+    Args:
+        num_cpus: logical CPUs the head advertises; more than the cores so the Serve ingress
+            and the engine replicas all schedule on a small machine.
+        base: nbserve's folder (default ``home()``); one head per folder.
+        timeout: seconds to wait for the head to answer.
+        env: extra environment for the head's processes (e.g. Serve performance flags).
+
+    Returns:
+        The running head.
+
+    Raises:
+        LocalClusterError: the head did not start; the message ends with its log.
+
+    Example:
+        >>> cluster = up()          # doctest: +SKIP
+        >>> cluster.address         # doctest: +SKIP
+        'ray://127.0.0.1:41234'
+    """
+    if num_cpus < 1:
+        raise LocalClusterError(f"num_cpus={num_cpus} must be at least 1")
+    existing = find(base)
+    if existing is not None:
+        log.info("attaching to the local Ray head already running (pid %d)", existing.pid)
+        return existing
+    state = _state_file(base)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    token_path = state.parent / "auth_token"
+    if not token_path.exists():
+        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    temp_dir = tempfile.mkdtemp(prefix="nbserve-ray-")  # short: Ray puts sockets under it
+    gcs, client, dashboard, metrics, agent, serve = _free_ports(6)
+    ray_bin = Path(sys.executable).with_name("ray")
+    cmd = [
+        str(ray_bin if ray_bin.exists() else shutil.which("ray") or "ray"),
+        "start", "--head", "--block", "--disable-usage-stats",
+        f"--port={gcs}", f"--ray-client-server-port={client}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+        f"--metrics-export-port={metrics}", f"--dashboard-agent-listen-port={agent}",
+        f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
+    ]
+    head_env = {
+        **os.environ,
+        **(env or {}),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    head_env.pop("RAY_AUTH_TOKEN", None)  # the file is the one source of the token
+    head_env.pop("RAY_ADDRESS", None)
+    log_path = state.parent / "head.log"
+    log.info("starting a local Ray head: %s", " ".join(cmd))
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=head_env,
+            start_new_session=True,
+        )
+    cluster = LocalCluster(
+        pid=proc.pid, client_port=client, dashboard_port=dashboard, metrics_port=metrics,
+        serve_port=serve, gcs_port=gcs, token_path=str(token_path), temp_dir=temp_dir,
+        num_cpus=num_cpus, started_at=time.time(),
+    )
+    deadline = time.monotonic() + timeout
+    # The client port opens before the raylet and its agent; Ray Client sessions opened in
+    # that gap fail, so wait for the agent's ports too.
+    while not all(_port_open(p) for p in (client, dashboard, metrics, agent)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop_group(proc.pid, grace=5)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            tail = _tail(log_path)
+            why = "exited" if proc.returncode is not None else f"did not answer in {timeout:.0f} s"
+            raise LocalClusterError(f"the local Ray head {why}; its log ends:\n{tail}")
+        time.sleep(0.25)
+    state.write_text(json.dumps(asdict(cluster), indent=2))
+    log.info("local Ray head up: %s (pid %d)", cluster.address, cluster.pid)
+    return cluster
+
+
+def down(base: Path | None = None, timeout: float = 30) -> bool:
+    """Stop the local head recorded under ``base``: its process group, by pid, and no other.
+
+    Returns:
+        True if a head was stopped, False if none was running.
+    """
+    cluster = find(base)
+    state = _state_file(base)
+    if cluster is None:
+        return False
+    log.info("stopping the local Ray head (pid %d)", cluster.pid)
+    _stop_group(cluster.pid, grace=timeout)
+    state.unlink(missing_ok=True)
+    shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+    return True
+
+
+def _stop_group(pgid: int, grace: float) -> None:
+    """SIGTERM a process group, wait up to ``grace`` seconds, then SIGKILL what is left."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(-pgid, os.WNOHANG)  # reap our own child if it is one
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.2)
+    if _group_alive(pgid):
+        raise LocalClusterError(f"processes of group {pgid} survived SIGKILL")
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _group_alive(pid)
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports the OS considers free now, outside Ray's worker port range (10002-19999)."""
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            socks.append(sock)
+            if not 10002 <= port <= 19999:
+                ports.append(port)
+    finally:
+        for sock in socks:
+            sock.close()
+    return ports
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

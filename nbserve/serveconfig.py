@@ -1,0 +1,132 @@
+"""Render an ``LLM`` spec into the Serve application that runs it (pure: spec in, dict out).
+
+The result is a Serve application config in the shape of a Serve config file and of a
+RayService's ``serveConfigV2``: ``import_path: ray.serve.llm:build_openai_app`` with the
+``LLMConfig`` as its args, and the replica scaling as a ``deployments:`` override. Serve
+restarts replicas when an app's import path, args or runtime_env change and applies
+``deployments:`` overrides in place, so keeping scaling out of the args is what makes
+``update(max_replicas=...)`` lightweight. The same dict is deployed declaratively on the cluster
+side by ``_remote``, exported to a RayService and stored beside the running app, so what runs and
+what is exported never drift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from .spec import LLM
+
+IMPORT_PATH = "ray.serve.llm:build_openai_app"
+
+# Environment the vLLM CPU engine wants when no accelerator is given: a small KV cache (GiB)
+# fits a laptop or a CI machine; the user's env overrides it.
+CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+
+def llm_config(spec: LLM) -> dict[str, Any]:
+    """Render the ``ray.serve.llm.LLMConfig`` (as a dict) for a spec.
+
+    Replica scaling is not in it: see ``scaling_override``.
+
+    Example:
+        >>> cfg = llm_config(LLM("org/m", max_model_len=512))
+        >>> cfg["model_loading_config"], cfg["engine_kwargs"]
+        ({'model_id': 'm', 'model_source': 'org/m'}, {'max_model_len': 512})
+    """
+    engine: dict[str, Any] = dict(spec.engine.args)
+    if spec.engine.max_model_len is not None:
+        engine["max_model_len"] = spec.engine.max_model_len
+    if spec.engine.dtype != "auto":
+        engine["dtype"] = spec.engine.dtype
+    if spec.engine.tensor_parallel_size > 1:
+        engine["tensor_parallel_size"] = spec.engine.tensor_parallel_size
+
+    config: dict[str, Any] = {
+        "model_loading_config": {"model_id": spec.served_name, "model_source": spec.model},
+        "engine_kwargs": engine,
+        "log_engine_metrics": spec.log_engine_metrics,
+    }
+    env = dict(spec.env)
+    if spec.accelerator is not None:
+        config["accelerator_type"] = spec.accelerator
+    else:
+        env = {**CPU_ENGINE_ENV, **env}
+        config["placement_group_config"] = {"bundles": [{"CPU": spec.cpus}]}
+    if env:
+        config["runtime_env"] = {"env_vars": env}
+    return config
+
+
+def llm_deployment_name(spec: LLM) -> str:
+    """The name Serve LLM gives the model server deployment of a spec.
+
+    Example:
+        >>> llm_deployment_name(LLM("Qwen/Qwen2.5-0.5B"))
+        'LLMServer:Qwen2_5-0_5B'
+    """
+    return "LLMServer:" + spec.served_name.replace("/", "--").replace(".", "_")
+
+
+def scaling_override(spec: LLM) -> dict[str, Any]:
+    """The ``deployments:`` entry that sets the model server's replicas and autoscaling.
+
+    Example:
+        >>> scaling_override(LLM("org/m", max_replicas=2))["autoscaling_config"]["max_replicas"]
+        2
+    """
+    scaling = spec.scaling
+    autoscaling: dict[str, Any] = {
+        "min_replicas": scaling.min_replicas,
+        "max_replicas": scaling.max_replicas,
+        "target_ongoing_requests": scaling.target_ongoing_requests,
+    }
+    initial = scaling.initial_replicas
+    if initial is None and scaling.min_replicas == 0:
+        initial = 1  # start warm; the autoscaler may still scale to zero when idle
+    if initial is not None:
+        autoscaling["initial_replicas"] = initial
+    override: dict[str, Any] = {
+        "name": llm_deployment_name(spec), "autoscaling_config": autoscaling,
+    }
+    if scaling.max_ongoing_requests is not None:
+        override["max_ongoing_requests"] = scaling.max_ongoing_requests
+    return override
+
+
+def serve_app(spec: LLM, name: str, route_prefix: str | None = None) -> dict[str, Any]:
+    """Render the Serve application config (one entry of ``applications:``) for a spec.
+
+    Example:
+        >>> app = serve_app(LLM("org/m"), "m")
+        >>> app["import_path"], app["route_prefix"]
+        ('ray.serve.llm:build_openai_app', '/m')
+    """
+    return {
+        "name": name,
+        "route_prefix": route_prefix or f"/{name}",
+        "import_path": IMPORT_PATH,
+        "args": {"llm_configs": [llm_config(spec)]},
+        "deployments": [scaling_override(spec)],
+    }
+
+
+def engine_version(app: dict[str, Any]) -> str:
+    """Hash the parts of a Serve app config whose change restarts replicas.
+
+    Serve rebuilds an app, and rolls its replicas, when its import path, args or runtime_env
+    change; ``deployments:`` overrides (replica counts, autoscaling ...) apply in place. Two
+    configs with the same version differ only in what Serve updates in place.
+
+    Example:
+        >>> a = serve_app(LLM("org/m", max_replicas=1), "m")
+        >>> b = serve_app(LLM("org/m", max_replicas=3), "m")
+        >>> c = serve_app(LLM("org/m", max_model_len=512), "m")
+        >>> engine_version(a) == engine_version(b), engine_version(a) == engine_version(c)
+        (True, False)
+    """
+    heavy = {key: app.get(key) for key in ("import_path", "args", "runtime_env")}
+    blob = json.dumps(heavy, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

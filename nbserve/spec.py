@@ -1,0 +1,239 @@
+"""What a model server should be: the ``LLM`` spec and its nested parts.
+
+These pydantic models validate a deployment before anything touches a cluster: unknown fields,
+impossible scaling bounds and bad engine settings fail here with a message that names the field,
+the value and the fix. They hold no I/O: whether a local model path exists is checked on the
+cluster side, where the path has to exist. Rendering a spec into a Serve application lives in
+``serveconfig``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["LLM", "Engine", "Scaling"]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+# Fields of the nested models that LLM(...) and App.update(...) accept at the top level.
+SCALING_SHORTCUTS = frozenset(
+    {"min_replicas", "max_replicas", "initial_replicas", "target_ongoing_requests",
+     "max_ongoing_requests"}
+)
+ENGINE_SHORTCUTS = frozenset({"max_model_len", "dtype", "tensor_parallel_size"})
+
+_APP_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class Scaling(BaseModel):
+    """How many replicas of the model server run, and when Serve adds or removes them.
+
+    Example:
+        >>> Scaling(min_replicas=0, max_replicas=4).max_replicas
+        4
+    """
+
+    model_config = _STRICT
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 lets the app scale to zero.")
+    max_replicas: int = Field(1, ge=1, description="Most replicas the autoscaler may start.")
+    initial_replicas: int | None = Field(
+        None, ge=0, description="Replicas to start with; defaults to min_replicas (at least 1)."
+    )
+    target_ongoing_requests: float = Field(
+        16, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+    )
+    max_ongoing_requests: int | None = Field(
+        None, gt=0,
+        description="Requests a replica takes at once before Serve queues; None keeps Serve "
+        "LLM's default.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Scaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas={self.min_replicas} is greater than max_replicas="
+                f"{self.max_replicas}; raise max_replicas or lower min_replicas"
+            )
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError(
+                f"initial_replicas={self.initial_replicas} is outside [min_replicas, max_replicas]"
+                f" = [{self.min_replicas}, {self.max_replicas}]; pick a value inside that range"
+            )
+        return self
+
+
+class Engine(BaseModel):
+    """Settings of the vLLM engine inside each replica.
+
+    Changing any of them restarts the replicas one by one (a rolling update).
+
+    Example:
+        >>> Engine(max_model_len=4096, args={"enable_prefix_caching": True}).max_model_len
+        4096
+    """
+
+    model_config = _STRICT
+
+    max_model_len: int | None = Field(
+        None, gt=0, description="Longest prompt plus completion in tokens; None: the model's own."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weight and activation dtype; 'auto' takes the checkpoint's."
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs one replica spans with tensor parallelism."
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other vLLM engine argument, passed through as is "
+        "(e.g. {'enable_prefix_caching': True, 'max_num_seqs': 64}).",
+    )
+
+    @field_validator("args")
+    @classmethod
+    def _no_shadowing(cls, value: dict[str, Any]) -> dict[str, Any]:
+        clash = sorted(set(value) & (ENGINE_SHORTCUTS | {"model", "served_model_name"}))
+        if clash:
+            raise ValueError(
+                f"engine args {clash} are fields of their own; set them as Engine({clash[0]}=...)"
+                f" or LLM(..., {clash[0]}=...), not inside args"
+            )
+        return value
+
+
+class LLM(BaseModel):
+    """A vLLM model server on Ray Serve, with an OpenAI-compatible endpoint.
+
+    ``model`` is a Hugging Face id or a path that exists on the cluster's nodes. The scaling and
+    engine settings used most often can be given at the top level; they land in ``scaling`` and
+    ``engine``.
+
+    Example:
+        >>> spec = LLM("Qwen/Qwen2.5-7B-Instruct", accelerator="L4",
+        ...            min_replicas=0, max_replicas=4, max_model_len=8192)
+        >>> spec.scaling.max_replicas, spec.engine.max_model_len, spec.served_name
+        (4, 8192, 'Qwen2.5-7B-Instruct')
+    """
+
+    model_config = _STRICT
+
+    model: str = Field(
+        description="Hugging Face model id (org/name) or a checkpoint path on the cluster."
+    )
+    name: str | None = Field(
+        None, min_length=1,
+        description="Model name clients send in requests; defaults to the last part of model.",
+    )
+    accelerator: str | None = Field(
+        None, description="GPU type per replica on a GPU cluster (e.g. 'L4', 'A100-80G', "
+        "'H100'); None runs on CPUs."
+    )
+    cpus: float = Field(
+        1, gt=0, description="CPUs the engine of one replica reserves (used when accelerator "
+        "is None)."
+    )
+    scaling: Scaling = Field(
+        default_factory=lambda: Scaling(), description="Replica counts and autoscaling."
+    )
+    engine: Engine = Field(default_factory=lambda: Engine(), description="vLLM engine settings.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment variables for the replicas (e.g. VLLM_CPU_KVCACHE_SPACE).",
+    )
+    log_engine_metrics: bool = Field(
+        True, description="Export vLLM's metrics (KV cache, tokens, latency) to Ray's metrics."
+    )
+
+    def __init__(self, model: str | None = None, /, **data: Any) -> None:
+        """Build a spec; ``model`` may be given by position."""
+        if model is not None:
+            if "model" in data:
+                raise TypeError("LLM() got the model twice: by position and as model=")
+            data["model"] = model
+        super().__init__(**_route_shortcuts(data))
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("model is empty; pass a Hugging Face id or a checkpoint path")
+        if value != value.strip():
+            raise ValueError(f"model {value!r} has leading or trailing spaces")
+        return value
+
+    @field_validator("accelerator")
+    @classmethod
+    def _accelerator(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from .accelerators import resolve_accelerator
+
+        return resolve_accelerator(value).serve_type
+
+    @model_validator(mode="after")
+    def _gpus_need_accelerator(self) -> LLM:
+        if self.engine.tensor_parallel_size > 1 and self.accelerator is None:
+            raise ValueError(
+                f"tensor_parallel_size={self.engine.tensor_parallel_size} needs GPUs; set "
+                "accelerator= (e.g. 'L4') or keep tensor_parallel_size=1 on CPU"
+            )
+        return self
+
+    @property
+    def served_name(self) -> str:
+        """The model name clients put in requests."""
+        return self.name or self.model.rstrip("/").rsplit("/", 1)[-1]
+
+    def with_changes(self, **changes: Any) -> LLM:
+        """Return a validated copy with some fields changed; top-level shortcuts work here too.
+
+        Example:
+            >>> LLM("m", max_replicas=2).with_changes(max_replicas=4).scaling.max_replicas
+            4
+        """
+        data = self.model_dump(exclude_unset=False)
+        routed = _route_shortcuts(changes)
+        for key, value in routed.items():
+            if key in ("scaling", "engine") and isinstance(value, dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return LLM(**data)
+
+
+def _route_shortcuts(data: dict[str, Any]) -> dict[str, Any]:
+    """Move top-level shortcuts (max_replicas=, max_model_len= ...) into scaling / engine."""
+    out = dict(data)
+    for nested, names in (("scaling", SCALING_SHORTCUTS), ("engine", ENGINE_SHORTCUTS)):
+        moved = {k: out.pop(k) for k in list(out) if k in names}
+        if not moved:
+            continue
+        base = out.get(nested)
+        if isinstance(base, BaseModel):
+            base = base.model_dump(exclude_unset=True)
+        out[nested] = {**(base or {}), **moved}
+    return out
+
+
+def check_app_name(name: str) -> str:
+    """Validate a Serve application name; it is also the HTTP route prefix.
+
+    Example:
+        >>> check_app_name("qwen-7b")
+        'qwen-7b'
+    """
+    from .errors import SpecError
+
+    if not isinstance(name, str) or not _APP_NAME.match(name):
+        raise SpecError(
+            f"app name {name!r} is not allowed: use 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit (it becomes the URL prefix /NAME)"
+        )
+    return name

