@@ -257,7 +257,13 @@ def connect(
             "'ray://HOST:PORT' (the head's Ray Client port, usually 10001)"
         )
     parsed = urlparse(address)
-    if not parsed.hostname or not parsed.port:
+    try:
+        port = parsed.port
+    except ValueError as err:
+        raise SpecError(
+            f"address {address!r} has a bad port ({err}); e.g. ray://10.0.0.5:10001"
+        ) from err
+    if not parsed.hostname or not port:
         raise SpecError(f"address {address!r} needs a host and a port, e.g. ray://10.0.0.5:10001")
     cluster = Cluster(address, serve_url=serve_url or f"http://{parsed.hostname}:8000")
     return _open(cluster, timeout, token=token, token_path=token_path, sleep=_sleep)

@@ -67,6 +67,6 @@ class WaitTimeout(NbserveError, TimeoutError):
         self.timeout = timeout
         self.last = last
         super().__init__(
-            f"{what} did not finish within {timeout:.0f} s; last status: {last}. "
+            f"{what} did not finish within {timeout:g} s; last status: {last}. "
             "Pass a larger timeout= or look at app.status() for what it waits on."
         )

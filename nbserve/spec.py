@@ -155,7 +155,9 @@ class LLM(BaseModel):
         """Build a spec; ``model`` may be given by position."""
         if model is not None:
             if "model" in data:
-                raise TypeError("LLM() got the model twice: by position and as model=")
+                from .errors import SpecError
+
+                raise SpecError("LLM() got the model twice: by position and as model=")
             data["model"] = model
         super().__init__(**_route_shortcuts(data))
 
@@ -231,7 +233,7 @@ def check_app_name(name: str) -> str:
     """
     from .errors import SpecError
 
-    if not isinstance(name, str) or not _APP_NAME.match(name):
+    if not isinstance(name, str) or not _APP_NAME.fullmatch(name):
         raise SpecError(
             f"app name {name!r} is not allowed: use 1-63 lowercase letters, digits and '-', "
             "starting and ending with a letter or digit (it becomes the URL prefix /NAME)"

@@ -26,7 +26,7 @@ def backoff(
 
     Example:
         >>> t = [0.0]
-        >>> list(backoff(3.0, first=1, sleep=lambda s: t.__setitem__(0, t[0] + s),
+        >>> list(backoff(3.0, first=1.0, sleep=lambda s: t.__setitem__(0, t[0] + s),
         ...              clock=lambda: t[0]))
         [0.0, 1.0, 2.0]
     """

@@ -1,0 +1,27 @@
+# The two commands of the README's quickstart, and a few more.
+.PHONY: demo test test-unit lint setup clean
+
+setup:
+	@bash scripts/setup.sh
+
+## Run the quickstart notebook on a local Ray cluster with the offline demo model, then stop it.
+demo: setup
+	.venv/bin/nbserve demo
+
+## Install everything and run the whole test suite (CI runs exactly this).
+test: setup
+	.venv/bin/ruff check nbserve tests
+	.venv/bin/mypy nbserve
+	.venv/bin/python -m pytest
+
+## The fast tests only: no Ray cluster, no engine.
+test-unit: setup
+	.venv/bin/python -m pytest -m "not integration"
+
+lint: setup
+	.venv/bin/ruff check nbserve tests
+	.venv/bin/mypy nbserve
+
+clean:
+	-.venv/bin/nbserve down
+	rm -rf artifacts .pytest_cache .mypy_cache .ruff_cache

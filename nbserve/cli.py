@@ -1,0 +1,145 @@
+"""The ``nbserve`` command: the local cluster (up/down/status), the demo, and model building.
+
+The command line is for what happens outside a notebook: starting and stopping the embedded
+local Ray head, running the quickstart notebook end to end (``nbserve demo``) and building the
+offline demo model. It writes its results to stdout; the library underneath only logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import local
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``nbserve`` command line; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except Exception as err:  # noqa: BLE001 - the command line reports, it does not trace
+        from .errors import NbserveError
+
+        if not isinstance(err, NbserveError) or args.verbose:
+            raise
+        print(f"nbserve: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nbserve", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command")
+
+    up = sub.add_parser("up", help="start the local Ray head (or show the running one)")
+    up.add_argument("--num-cpus", type=int, default=local.DEFAULT_NUM_CPUS,
+                    help="logical CPUs the head advertises (default %(default)s)")
+    up.set_defaults(func=_up)
+
+    down = sub.add_parser("down", help="stop the local Ray head nbserve started")
+    down.set_defaults(func=_down)
+
+    status = sub.add_parser("status", help="show the local Ray head and its apps")
+    status.set_defaults(func=_status)
+
+    model = sub.add_parser("model", help="build the offline demo model and print its path")
+    model.set_defaults(func=_model)
+
+    demo = sub.add_parser(
+        "demo", help="run the quickstart notebook on the local cluster, then stop it"
+    )
+    demo.add_argument("--output", default="artifacts/01_quickstart.ipynb",
+                      help="where to write the executed notebook (default %(default)s)")
+    demo.add_argument("--keep", action="store_true",
+                      help="leave the local Ray head running afterwards")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def _up(args: argparse.Namespace) -> int:
+    head = local.up(num_cpus=args.num_cpus)
+    _show(head)
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    print("stopped the local Ray head" if local.down() else "no local Ray head was running")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    head = local.find()
+    if head is None:
+        print("no local Ray head is running (start one with `nbserve up`)")
+        return 1
+    _show(head)
+    import nbserve
+
+    cluster = nbserve.connect()
+    try:
+        for app in cluster.apps():
+            print(f"app {app.name}: {app.status()}  {app.endpoint}")
+    finally:
+        cluster.disconnect()
+    return 0
+
+
+def _model(args: argparse.Namespace) -> int:
+    import nbserve
+
+    print(nbserve.demo_model())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import papermill
+
+    started = local.find() is None
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        summary_path = Path(tmp) / "summary.json"
+        try:
+            head = local.up()
+            print(f"local Ray head: {head.address} (dashboard {head.dashboard_url})")
+            print(f"running notebooks/01_quickstart.ipynb -> {output}")
+            papermill.execute_notebook(
+                str(NOTEBOOKS / "01_quickstart.ipynb"), str(output),
+                parameters={"summary_path": str(summary_path)},
+                cwd=str(NOTEBOOKS), progress_bar=False, log_output=False,
+            )
+            summary: dict[str, Any] = json.loads(summary_path.read_text())
+        finally:
+            if started and not args.keep:
+                local.down()
+    print(f"endpoint: {summary['endpoint']}")
+    print(f"model answer: {summary['answer']!r}")
+    print(f"executed notebook: {output}")
+    return 0
+
+
+def _show(head: local.LocalCluster) -> None:
+    print(f"local Ray head running (pid {head.pid})")
+    print(f"  Ray Client: {head.address}")
+    print(f"  dashboard:  {head.dashboard_url}")
+    print(f"  Serve:      {head.serve_url}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Shared fixtures: a real local Ray head, one Ray Client session, the tiny demo model.
+
+The head runs in a temporary NBSERVE_HOME of its own, so tests never touch a user's cluster,
+and it is stopped (its whole process group) when the session ends, also after failures.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers (crdschema, golden_util)
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def nbserve_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("nbserve-home")
+    old = os.environ.get("NBSERVE_HOME")
+    os.environ["NBSERVE_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if old is None:
+            os.environ.pop("NBSERVE_HOME", None)
+        else:
+            os.environ["NBSERVE_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def local_head(nbserve_home: Path) -> Iterator[object]:
+    from nbserve import local
+
+    head = local.up()
+    try:
+        yield head
+    finally:
+        local.down()
+
+
+@pytest.fixture(scope="session")
+def cluster(local_head: object) -> Iterator[object]:
+    import nbserve
+
+    c = nbserve.connect(timeout=240)
+    try:
+        yield c
+    finally:
+        c.disconnect()
+
+
+@pytest.fixture(scope="session")
+def tiny_path(nbserve_home: Path) -> str:
+    import nbserve
+
+    return nbserve.demo_model()

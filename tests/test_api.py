@@ -1,0 +1,178 @@
+"""The public surface: ``nbserve.__all__``, docstrings, version checks, ``connect()``'s early
+refusals and the error classes.
+
+No Ray cluster is started: bad addresses must fail before any network, and the one connection
+attempt goes to a closed loopback port.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import types
+from typing import Any
+
+import pytest
+import ray
+
+import nbserve
+from nbserve import errors
+from nbserve.cluster import check_versions
+
+# Names a module gets from its own imports, not exports, with the value they must have:
+# ``from __future__ import annotations`` (the same feature object this module imported) and
+# ``from typing import TYPE_CHECKING``. Anything else public must be listed in __all__.
+IMPORT_ARTIFACTS: dict[str, Any] = {"annotations": annotations, "TYPE_CHECKING": False}
+
+
+def exported_names() -> set[str]:
+    """Public names of the package: not underscored, not a (sub)module, not an import artifact."""
+    names = set()
+    for name in dir(nbserve):
+        value = getattr(nbserve, name)
+        if name.startswith("_") or isinstance(value, types.ModuleType):
+            continue
+        if name in IMPORT_ARTIFACTS:
+            assert value is IMPORT_ARTIFACTS[name], f"nbserve.{name} is {value!r}"
+            continue
+        names.add(name)
+    return names
+
+
+def test_all_is_exactly_what_the_package_exports() -> None:
+    listed = nbserve.__all__
+    assert len(listed) == len(set(listed)), "duplicates in nbserve.__all__"
+    exported = exported_names()
+    assert not set(listed) - exported, f"listed but missing: {sorted(set(listed) - exported)}"
+    assert not exported - set(listed), f"exported but not listed: {sorted(exported - set(listed))}"
+
+
+@pytest.mark.parametrize("name", nbserve.__all__)
+def test_public_names_have_docstrings(name: str) -> None:
+    value = getattr(nbserve, name)
+    own = vars(value).get("__doc__") if isinstance(value, type) else value.__doc__
+    assert own and own.strip(), f"nbserve.{name} has no docstring of its own"
+
+
+# --- versions -----------------------------------------------------------------------------------
+
+
+def test_check_versions_accepts_this_kernel() -> None:
+    check_versions(ray.__version__, sys.version)
+    check_versions(ray.__version__, f"{sys.version_info.major}.{sys.version_info.minor}.99")
+
+
+def local_python() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+@pytest.mark.parametrize(
+    ("cluster_ray", "cluster_python", "mentions"),
+    [
+        ("2.9.0", "3.11.7", ["Ray 2.9.0", f"Ray {ray.__version__}", "ray[serve,client]==2.9.0"]),
+        ("2.60.0", "3.10.4", ["Python 3.10", f"Python {local_python()}", "Python 3.10 kernel"]),
+    ],
+)
+def test_check_versions_refuses_a_mismatch(
+    cluster_ray: str, cluster_python: str, mentions: list[str]
+) -> None:
+    with pytest.raises(nbserve.VersionMismatch) as info:
+        check_versions(cluster_ray, cluster_python)
+    text = str(info.value)
+    for part in [*mentions, "Fix:", "rayproject/ray:"]:
+        assert part in text, f"{part!r} missing from: {text}"
+
+
+# --- connect() ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if anything opens a connection."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"network used: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize(
+    ("address", "mentions"),
+    [
+        ("localhost:10001", ["'localhost:10001'", "ray://HOST:PORT", "10001"]),
+        ("http://x", ["'http://x'", "ray://HOST:PORT"]),
+        ("ray://hostonly", ["'ray://hostonly'", "needs a host and a port", "ray://10.0.0.5:10001"]),
+        ("ray://:10001", ["needs a host and a port"]),
+        ("raycluster/llm-l4", ["not supported", "port-forward", "ray://127.0.0.1:10001"]),
+    ],
+)
+@pytest.mark.usefixtures("no_network")
+def test_connect_refuses_bad_addresses_before_any_network(
+    address: str, mentions: list[str]
+) -> None:
+    with pytest.raises(nbserve.SpecError) as info:
+        nbserve.connect(address)
+    for part in mentions:
+        assert part in str(info.value), f"{part!r} missing from: {info.value}"
+
+
+@pytest.mark.parametrize("address", ["ray://host:abc", "ray://host:99999"])
+@pytest.mark.usefixtures("no_network")
+def test_connect_refuses_a_bad_port_with_a_spec_error(address: str) -> None:
+    with pytest.raises(nbserve.SpecError):
+        nbserve.connect(address)
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_connect_to_a_closed_port_fails_with_a_hint() -> None:
+    port = closed_port()
+    with pytest.raises(nbserve.ConnectionFailed) as info:
+        nbserve.connect(f"ray://127.0.0.1:{port}", timeout=5)
+    text = str(info.value)
+    for part in [f"127.0.0.1:{port}", "Ray Client port", "10001"]:
+        assert part in text, f"{part!r} missing from: {text}"
+    assert isinstance(info.value, ConnectionError)
+    assert isinstance(info.value.__cause__, OSError)
+    assert not ray.is_initialized()
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def test_deploy_failed_names_app_status_message_and_log_tail() -> None:
+    err = nbserve.DeployFailed("tiny", "DEPLOY_FAILED", "replica crashed\n",
+                               log_tail="line 1\nOSError: model not found\n")
+    text = str(err)
+    for part in ["'tiny'", "DEPLOY_FAILED", "replica crashed", "OSError: model not found"]:
+        assert part in text, f"{part!r} missing from: {text}"
+    assert (err.app, err.status, err.message) == ("tiny", "DEPLOY_FAILED", "replica crashed\n")
+    assert "log" not in str(nbserve.DeployFailed("tiny", "UNHEALTHY", "health check failed"))
+
+
+def test_wait_timeout_carries_the_last_status() -> None:
+    last = {"status": "DEPLOYING"}
+    err = nbserve.WaitTimeout("app 'tiny'", 30, last)
+    assert err.last is last
+    assert "within 30 s" in str(err) and "DEPLOYING" in str(err)
+
+
+def test_app_not_found_is_not_quoted_like_a_key_error() -> None:
+    assert str(nbserve.AppNotFound("no application 'x'")) == "no application 'x'"
+
+
+def test_every_error_is_an_nbserve_error() -> None:
+    classes = [v for v in vars(errors).values() if isinstance(v, type)
+               and issubclass(v, BaseException) and v.__module__ == errors.__name__]
+    assert len(classes) >= 8
+    for cls in classes:
+        assert issubclass(cls, nbserve.NbserveError), cls
+        assert cls.__name__ in nbserve.__all__, f"{cls.__name__} is not exported"
+    assert issubclass(nbserve.SpecError, ValueError)
+    assert issubclass(nbserve.ConnectionFailed, ConnectionError)
+    assert issubclass(nbserve.WaitTimeout, TimeoutError)

@@ -1,0 +1,176 @@
+"""End to end against a real local Ray head and the real vLLM CPU engine, over Ray Client."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import nbserve
+
+pytestmark = pytest.mark.integration
+
+
+def llm_replicas(app: nbserve.App) -> set[str]:
+    return {
+        r["replica_id"] for r in app.replicas()
+        if r["state"] == "ALIVE" and r["deployment"].startswith("LLMServer")
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_app(cluster: nbserve.Cluster, tiny_path: str) -> Iterator[nbserve.App]:
+    app = cluster.deploy(
+        nbserve.LLM(tiny_path, name="tiny", max_model_len=512), name="tiny", progress=False
+    )
+    try:
+        yield app
+    finally:
+        app.delete()
+
+
+def test_deploy_and_query(tiny_app: nbserve.App) -> None:
+    status = tiny_app.status()
+    assert status.ok, status
+    assert set(status.deployments) == {"LLMServer:tiny", "OpenAiIngress"}
+    assert tiny_app.endpoint.endswith("/tiny/v1")
+    assert tiny_app.chat("Hello", max_tokens=8).strip()
+    assert tiny_app.complete("def f(", max_tokens=8)
+    models = [m.id for m in tiny_app.openai().models.list().data]
+    assert models == ["tiny"]
+    reply = tiny_app.openai().completions.create(model="tiny", prompt="x", max_tokens=5)
+    assert reply.usage is not None and reply.usage.completion_tokens == 5
+
+
+def test_scaling_update_is_in_place(tiny_app: nbserve.App) -> None:
+    before = llm_replicas(tiny_app)
+    assert len(before) == 1
+    tiny_app.update(min_replicas=2, max_replicas=2, progress=False)
+    assert tiny_app.last_update == "in place"
+    after = llm_replicas(tiny_app)
+    assert len(after) == 2 and before < after, (before, after)
+    tiny_app.update(min_replicas=1, max_replicas=1, progress=False)
+    assert tiny_app.status().ok
+    assert tiny_app.chat("still there?", max_tokens=4).strip()
+
+
+def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
+    nbserve.wait.poll_until(lambda: len(llm_replicas(tiny_app)), lambda n: n == 1,
+                            timeout=120, what="scale down to one replica")
+    before = llm_replicas(tiny_app)
+    tiny_app.update(max_model_len=256, progress=False)
+    assert tiny_app.last_update == "rolling restart"
+    after = llm_replicas(tiny_app)
+    assert after and not (before & after), (before, after)
+    assert tiny_app.spec is not None and tiny_app.spec.engine.max_model_len == 256
+    # The new engine enforces the new limit: a prompt + completion over 256 tokens is refused.
+    with pytest.raises(Exception, match="(?i)max|length|context|token"):
+        tiny_app.complete("word " * 300, max_tokens=8)
+
+
+DRIVER_WITHOUT_VLLM = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["vllm"] = None  # any `import vllm` in this process now fails
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("vllm should not be importable here")
+    import nbserve
+
+    cluster = nbserve.connect()
+    tiny = cluster.app("tiny")                       # re-attach to another driver's app
+    app = cluster.deploy(nbserve.LLM(sys.argv[1], name="second", max_model_len=256),
+                         name="second", progress=False)
+    answer = app.chat("hi", max_tokens=4)
+    names = sorted(a.name for a in cluster.apps())
+    app.delete()
+    print(json.dumps({"answer": answer, "names": names, "tiny_model": tiny.spec.model,
+                      "vllm_loaded": "vllm" in sys.modules and sys.modules["vllm"] is not None}))
+    """
+)
+
+
+def test_second_driver_without_vllm_deploys_side_by_side(
+    tiny_app: nbserve.App, tiny_path: str, tmp_path: Path
+) -> None:
+    before = llm_replicas(tiny_app)
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER_WITHOUT_VLLM)
+    proc = subprocess.run(
+        [sys.executable, str(script), tiny_path], capture_output=True, text=True, timeout=900,
+        env={**os.environ},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["answer"].strip()
+    assert result["names"] == ["second", "tiny"]
+    assert result["tiny_model"] == tiny_path
+    assert result["vllm_loaded"] is False
+    # Deploying and deleting another app left this one running, with the same replica.
+    assert tiny_app.status().ok
+    assert llm_replicas(tiny_app) == before
+    assert [a.name for a in nbserve.apps()] == ["tiny"]
+
+
+def test_missing_model_path_deploys_nothing(cluster: nbserve.Cluster) -> None:
+    with pytest.raises(nbserve.SpecError, match="/no/such/model.*does not exist"):
+        cluster.deploy(nbserve.LLM("/no/such/model"), name="missing", progress=False)
+    assert "missing" not in [a.name for a in cluster.apps()]
+
+
+def test_model_that_fails_to_load_reports_the_engine_reason(
+    cluster: nbserve.Cluster, tiny_path: str, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_path, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["architectures"] = ["NbserveBrokenForCausalLM"]  # no such model class in vLLM
+    (broken / "config.json").write_text(json.dumps(config))
+    app = nbserve.App(cluster, "broken", None)
+    try:
+        with pytest.raises(nbserve.DeployFailed) as info:
+            cluster.deploy(nbserve.LLM(str(broken), name="broken"), name="broken",
+                           progress=False, timeout=600)
+        err = info.value
+        assert err.status == "DEPLOY_FAILED"
+        assert "NbserveBrokenForCausalLM" in str(err), str(err)
+    finally:
+        app.delete()
+    assert "broken" not in [a.name for a in cluster.apps()]
+
+
+def test_quickstart_notebook_runs_under_papermill(
+    cluster: nbserve.Cluster, tmp_path: Path
+) -> None:
+    import nbformat
+    import papermill
+
+    repo = Path(__file__).resolve().parent.parent
+    out = repo / "artifacts" / "01_quickstart.ipynb"
+    out.parent.mkdir(exist_ok=True)
+    summary = tmp_path / "summary.json"
+    papermill.execute_notebook(
+        str(repo / "notebooks" / "01_quickstart.ipynb"), str(out), cwd=str(repo / "notebooks"),
+        progress_bar=False,
+        parameters={"app_name": "nb-quickstart", "summary_path": str(summary)},
+    )
+    result = json.loads(summary.read_text())
+    assert result["endpoint"].endswith("/nb-quickstart/v1")
+    assert result["answer"].strip()
+    nb = nbformat.read(out, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors
+    text = json.dumps(nb)
+    token = Path(cluster.local_head.token_path).read_text().strip()  # type: ignore[union-attr]
+    assert token not in text, "the Ray auth token leaked into the notebook"

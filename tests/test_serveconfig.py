@@ -1,0 +1,200 @@
+"""Rendering an LLM spec into a Serve application config: golden files, Ray's schema, purity.
+
+Run with NBSERVE_UPDATE_GOLDEN=1 to rewrite tests/golden/serveapp_*.yaml after an intended
+change, then review the diff. The ``args`` are not validated with ``ray.serve.llm.LLMServingArgs``
+here: importing ``ray.serve.llm`` imports vLLM (about 14 s), too slow for a unit test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from golden_util import check_golden
+from ray.serve.schema import ServeApplicationSchema
+
+from nbserve import LLM, Engine
+from nbserve.kuberay_spec import to_yaml
+from nbserve.serveconfig import (
+    CPU_ENGINE_ENV,
+    IMPORT_PATH,
+    engine_version,
+    llm_deployment_name,
+    scaling_override,
+    serve_app,
+)
+
+
+def cpu_demo() -> LLM:
+    return LLM("/models/tiny", name="tiny", max_model_len=512)
+
+
+def gpu_l4() -> LLM:
+    return LLM("Qwen/Qwen2.5-7B-Instruct", accelerator="L4", min_replicas=0, max_replicas=4,
+               max_model_len=8192, engine=Engine(args={"enable_prefix_caching": True}))
+
+
+CASES: dict[str, tuple[Callable[[], LLM], str]] = {
+    "serveapp_cpu": (cpu_demo, "tiny"),
+    "serveapp_l4": (gpu_l4, "qwen"),
+}
+
+
+def llm_cfg(app: dict[str, Any]) -> dict[str, Any]:
+    (cfg,) = app["args"]["llm_configs"]
+    return cfg
+
+
+def keys(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from keys(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from keys(item)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str) -> None:
+    build, name = CASES[case]
+    check_golden(case, to_yaml(serve_app(build(), name)))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_validates_with_rays_own_schema(case: str) -> None:
+    build, name = CASES[case]
+    spec = build()
+    schema = ServeApplicationSchema.model_validate(serve_app(spec, name))
+    assert schema.name == name
+    assert schema.route_prefix == f"/{name}"
+    assert schema.import_path == IMPORT_PATH
+    (deployment,) = schema.deployments
+    assert deployment.name == llm_deployment_name(spec)
+
+
+def test_deployment_name_follows_serve_llm() -> None:
+    # ray.llm's builder: "LLMServer:" + model_id.replace("/", "--").replace(".", "_")
+    assert llm_deployment_name(gpu_l4()) == "LLMServer:Qwen2_5-7B-Instruct"
+    assert llm_deployment_name(LLM("org/m", name="a/b.c")) == "LLMServer:a--b_c"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_scaling_lives_in_deployments_not_in_args(case: str) -> None:
+    build, name = CASES[case]
+    spec = build()
+    app = serve_app(spec, name)
+    scaling_keys = {"deployment_config", "autoscaling_config", "num_replicas", "min_replicas",
+                    "max_replicas", "initial_replicas", "max_ongoing_requests"}
+    assert not scaling_keys & set(keys(app["args"]))
+    assert app["deployments"] == [scaling_override(spec)]
+    auto = app["deployments"][0]["autoscaling_config"]
+    assert (auto["min_replicas"], auto["max_replicas"]) == (
+        spec.scaling.min_replicas, spec.scaling.max_replicas)
+
+
+def test_scale_to_zero_starts_warm_unless_told() -> None:
+    assert scaling_override(gpu_l4())["autoscaling_config"]["initial_replicas"] == 1
+    cold = gpu_l4().with_changes(initial_replicas=0)
+    assert scaling_override(cold)["autoscaling_config"]["initial_replicas"] == 0
+    assert "initial_replicas" not in scaling_override(cpu_demo())["autoscaling_config"]
+    assert scaling_override(cpu_demo().with_changes(max_ongoing_requests=8))[
+        "max_ongoing_requests"] == 8
+
+
+SCALING_ONLY = [
+    {"max_replicas": 8},
+    {"min_replicas": 1},
+    {"initial_replicas": 2},
+    {"target_ongoing_requests": 4},
+    {"max_ongoing_requests": 8},
+]
+
+RESTARTING = [
+    {"model": "Qwen/Qwen2.5-14B-Instruct"},
+    {"name": "qwen"},
+    {"max_model_len": 4096},
+    {"dtype": "bfloat16"},
+    {"tensor_parallel_size": 2},
+    {"engine": Engine(max_model_len=8192)},
+    {"engine": Engine(max_model_len=8192, args={"enable_prefix_caching": False})},
+    {"env": {"HF_HUB_OFFLINE": "1"}},
+    {"accelerator": "A100-80G"},
+    {"accelerator": None},
+    {"log_engine_metrics": False},
+]
+
+
+@pytest.mark.parametrize("changes", SCALING_ONLY, ids=str)
+def test_engine_version_ignores_scaling(changes: dict[str, Any]) -> None:
+    before, after = serve_app(gpu_l4(), "qwen"), serve_app(gpu_l4().with_changes(**changes), "qwen")
+    assert before["deployments"] != after["deployments"]
+    assert engine_version(before) == engine_version(after)
+
+
+@pytest.mark.parametrize("changes", RESTARTING, ids=str)
+def test_engine_version_changes_with_engine_env_or_model(changes: dict[str, Any]) -> None:
+    before, after = serve_app(gpu_l4(), "qwen"), serve_app(gpu_l4().with_changes(**changes), "qwen")
+    assert engine_version(before) != engine_version(after)
+
+
+def test_engine_version_changes_with_cpus_and_env_on_cpu() -> None:
+    base = engine_version(serve_app(cpu_demo(), "tiny"))
+    assert engine_version(serve_app(cpu_demo().with_changes(cpus=2), "tiny")) != base
+    env = cpu_demo().with_changes(env={"VLLM_CPU_KVCACHE_SPACE": "2"})
+    assert engine_version(serve_app(env, "tiny")) != base
+    assert engine_version(serve_app(cpu_demo().with_changes(max_replicas=3), "tiny")) == base
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rendering_is_pure(case: str) -> None:
+    build, name = CASES[case]
+    spec = build().with_changes(env={"HF_HUB_OFFLINE": "1"})
+    before = spec.model_dump()
+    first = serve_app(spec, name)
+    assert serve_app(spec, name) == first
+    cfg = llm_cfg(first)
+    cfg["engine_kwargs"]["max_num_seqs"] = 1
+    cfg["runtime_env"]["env_vars"]["X"] = "y"
+    first["deployments"][0]["autoscaling_config"]["max_replicas"] = 99
+    assert spec.model_dump() == before
+    assert serve_app(spec, name) != first
+
+
+def test_cpu_spec_gets_engine_env_and_a_cpu_bundle() -> None:
+    cfg = llm_cfg(serve_app(cpu_demo(), "tiny"))
+    assert cfg["runtime_env"] == {"env_vars": CPU_ENGINE_ENV}
+    assert cfg["placement_group_config"] == {"bundles": [{"CPU": 1.0}]}
+    assert "accelerator_type" not in cfg
+    two = llm_cfg(serve_app(cpu_demo().with_changes(cpus=2), "tiny"))
+    assert two["placement_group_config"] == {"bundles": [{"CPU": 2.0}]}
+
+
+def test_users_env_wins_over_the_cpu_default() -> None:
+    spec = cpu_demo().with_changes(env={"VLLM_CPU_KVCACHE_SPACE": "4", "HF_HUB_OFFLINE": "1"})
+    env = llm_cfg(serve_app(spec, "tiny"))["runtime_env"]["env_vars"]
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": "4", "HF_HUB_OFFLINE": "1"}
+
+
+def test_gpu_spec_gets_accelerator_type_and_no_placement_group() -> None:
+    cfg = llm_cfg(serve_app(gpu_l4(), "qwen"))
+    assert cfg["accelerator_type"] == "L4"
+    assert "placement_group_config" not in cfg
+    assert "runtime_env" not in cfg  # no CPU engine defaults on a GPU
+    with_env = llm_cfg(serve_app(gpu_l4().with_changes(env={"HF_HUB_OFFLINE": "1"}), "qwen"))
+    assert with_env["runtime_env"] == {"env_vars": {"HF_HUB_OFFLINE": "1"}}
+
+
+def test_engine_kwargs_carry_the_named_engine_fields() -> None:
+    spec = gpu_l4().with_changes(dtype="bfloat16", tensor_parallel_size=2)
+    assert llm_cfg(serve_app(spec, "qwen"))["engine_kwargs"] == {
+        "enable_prefix_caching": True, "max_model_len": 8192, "dtype": "bfloat16",
+        "tensor_parallel_size": 2,
+    }
+    assert llm_cfg(serve_app(LLM("org/m"), "m"))["engine_kwargs"] == {}
+
+
+def test_route_prefix() -> None:
+    assert serve_app(cpu_demo(), "tiny")["route_prefix"] == "/tiny"
+    assert serve_app(cpu_demo(), "tiny", route_prefix="/v2/tiny")["route_prefix"] == "/v2/tiny"
