@@ -1,0 +1,86 @@
+"""The local Ray head: up, attach, status, down by pid, stale state; and secrets in logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nbserve import local
+from nbserve.errors import LocalClusterError
+
+
+def test_num_cpus_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(LocalClusterError, match="num_cpus=0"):
+        local.up(num_cpus=0, base=tmp_path)
+    assert local.find(tmp_path) is None
+
+
+def test_stale_state_is_forgotten(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    dead.wait()
+    state = tmp_path / "local" / "cluster.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({
+        "pid": dead.pid, "client_port": 1, "dashboard_port": 2, "metrics_port": 3,
+        "serve_port": 4, "gcs_port": 5, "token_path": "/x", "temp_dir": "/y", "num_cpus": 8,
+        "started_at": 0.0,
+    }))
+    assert local.find(tmp_path) is None
+    assert not state.exists()
+    assert local.down(tmp_path) is False
+
+
+def test_unreadable_state_is_forgotten(tmp_path: Path) -> None:
+    state = tmp_path / "local" / "cluster.json"
+    state.parent.mkdir(parents=True)
+    state.write_text("{not json")
+    assert local.find(tmp_path) is None
+    assert not state.exists()
+
+
+def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nbserve.cli", *args], capture_output=True, text=True,
+        timeout=180, env={**os.environ, "NBSERVE_HOME": str(home)},
+    )
+
+
+@pytest.mark.integration
+def test_cli_up_attach_status_down_stops_only_its_own_processes(tmp_path: Path) -> None:
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        first = cli("up", home=tmp_path)
+        assert first.returncode == 0, first.stderr
+        head = local.find(tmp_path)
+        assert head is not None and head.alive()
+        token = Path(head.token_path).read_text().strip()
+        assert oct(Path(head.token_path).stat().st_mode & 0o777) == "0o600"
+        assert head.address in first.stdout and token not in first.stdout
+
+        again = cli("up", home=tmp_path)  # attaches, does not start a second head
+        assert again.returncode == 0, again.stderr
+        assert local.find(tmp_path) == head
+
+        # A driver connects to it over Ray Client, logging at INFO; no line carries the token.
+        status = cli("-v", "status", home=tmp_path)
+        assert status.returncode == 0, status.stderr
+        assert token not in status.stdout + status.stderr
+
+        down = cli("down", home=tmp_path)
+        assert down.returncode == 0 and "stopped" in down.stdout
+        assert not local._group_alive(head.pid)
+        assert local.find(tmp_path) is None
+        assert not Path(head.temp_dir).exists()
+        assert bystander.poll() is None, "down must not touch processes it did not start"
+        assert "no local Ray head" in cli("down", home=tmp_path).stdout
+        assert cli("status", home=tmp_path).returncode == 1
+    finally:
+        local.down(tmp_path)
+        bystander.send_signal(signal.SIGTERM)
+        bystander.wait()
