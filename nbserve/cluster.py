@@ -89,7 +89,7 @@ class Cluster:
         self.kind = kind
         self.local_head = local_head
         self._http_options = http_options
-        self._connected_at = time.monotonic()
+        self._closers: list[Callable[[], None]] = []  # run on disconnect (e.g. port-forwards)
         self.connect_seconds = 0.0
 
     # --- apps -------------------------------------------------------------------------------
@@ -182,6 +182,8 @@ class Cluster:
             ray.shutdown()
             _active = None
             log.info("disconnected from %s", self.address)
+        while self._closers:
+            self._closers.pop()()
 
     def __enter__(self) -> Cluster:
         return self
@@ -280,6 +282,19 @@ def _open(cluster: Cluster, timeout: float, *, token: str | None, token_path: st
         _active.disconnect()
     elif ray.is_initialized():
         ray.shutdown()
+    try:
+        return _handshake(cluster, timeout, token=token, token_path=token_path, sleep=sleep)
+    except BaseException:
+        while cluster._closers:  # e.g. a port-forward opened for this connection
+            cluster._closers.pop()()
+        raise
+
+
+def _handshake(cluster: Cluster, timeout: float, *, token: str | None, token_path: str | None,
+               sleep: Callable[[float], None]) -> Cluster:
+    global _active
+    import ray
+
     parsed = urlparse(cluster.address)
     host, port = parsed.hostname or "", parsed.port or 0
     started = time.monotonic()
