@@ -1,8 +1,9 @@
-"""The ``nbserve`` command: the local cluster (up/down/status), the demo, and model building.
+"""The ``nbserve`` command: the local cluster, the demo, the demo model, manifest rendering.
 
 The command line is for what happens outside a notebook: starting and stopping the embedded
-local Ray head, running the quickstart notebook end to end (``nbserve demo``) and building the
-offline demo model. It writes its results to stdout; the library underneath only logs.
+local Ray head, running the quickstart notebook end to end (``nbserve demo``), building the
+offline demo model, and printing KubeRay manifests for runbooks and GitOps (``nbserve render``).
+It writes its results to stdout; the library underneath only logs.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the command line reports, it does not trace
         from .errors import NbserveError
 
-        if not isinstance(err, NbserveError) or args.verbose:
+        from pydantic import ValidationError
+
+        if not isinstance(err, NbserveError | ValidationError) or args.verbose:
             raise
         print(f"nbserve: error: {err}", file=sys.stderr)
         return 1
@@ -69,6 +72,25 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true",
                       help="leave the local Ray head running afterwards")
     demo.set_defaults(func=_demo)
+
+    render = sub.add_parser("render", help="print a KubeRay manifest (YAML) for GKE")
+    kinds = render.add_subparsers(dest="kind", required=True)
+    for kind in ("raycluster", "rayservice"):
+        cmd = kinds.add_parser(kind, help=f"print a {kind} manifest")
+        cmd.add_argument("--name", required=True, help="object name")
+        cmd.add_argument("--namespace", default="default")
+        cmd.add_argument("--accelerator", default="L4", help="GPU type, e.g. L4, A100-80G, H100")
+        cmd.add_argument("--gpus-per-worker", type=int, default=1)
+        cmd.add_argument("--min-workers", type=int, default=0)
+        cmd.add_argument("--max-workers", type=int, default=4)
+        cmd.add_argument("--image", default=None, help="Ray image (default: Ray LLM image)")
+        if kind == "rayservice":
+            cmd.add_argument("--model", required=True, help="Hugging Face id or path")
+            cmd.add_argument("--app", default=None, help="Serve app name (default: --name)")
+            cmd.add_argument("--min-replicas", type=int, default=1)
+            cmd.add_argument("--max-replicas", type=int, default=1)
+            cmd.add_argument("--max-model-len", type=int, default=None)
+        cmd.set_defaults(func=_render)
     return parser
 
 
@@ -131,6 +153,31 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"endpoint: {summary['endpoint']}")
     print(f"model answer: {summary['answer']!r}")
     print(f"executed notebook: {output}")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from .kuberay_spec import ClusterSpec, WorkerGroup, render_rayservice, to_yaml
+
+    cluster = ClusterSpec(
+        name=args.name, namespace=args.namespace, image=args.image,
+        worker_groups=[WorkerGroup(
+            accelerator=args.accelerator, gpus_per_worker=args.gpus_per_worker,
+            min_workers=args.min_workers, max_workers=max(args.max_workers, args.min_workers),
+        )],
+    )
+    if args.kind == "raycluster":
+        manifest = cluster.to_raycluster()
+    else:
+        from .serveconfig import serve_app
+        from .spec import LLM, check_app_name
+
+        spec = LLM(args.model, accelerator=args.accelerator, min_replicas=args.min_replicas,
+                   max_replicas=args.max_replicas, max_model_len=args.max_model_len,
+                   tensor_parallel_size=args.gpus_per_worker)
+        app = check_app_name(args.app or args.name)
+        manifest = render_rayservice(cluster, [serve_app(spec, app)], name=args.name)
+    sys.stdout.write(to_yaml(manifest))
     return 0
 
 

@@ -9,13 +9,16 @@ started may refuse its first clients. Deploying and watching apps is ``app``'s j
 
 from __future__ import annotations
 
+import atexit
 import html
 import logging
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -347,19 +350,26 @@ def _probe(host: str, port: int, timeout: float) -> None:
 
 
 def _set_token(token: str | None, token_path: str | None) -> None:
-    """Point this process's Ray at the cluster's token; the token itself is never logged."""
+    """Point this process's Ray at the cluster's token; the token itself is never logged.
+
+    A token given as a string goes into a private 0600 file, not into the environment, so it
+    does not show up in ``%env`` or in child processes.
+    """
     if token is None and token_path is None:
         return
-    os.environ["RAY_AUTH_MODE"] = "token"
     if token is not None:
-        os.environ["RAY_AUTH_TOKEN"] = token
-        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
-    else:
-        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
-        os.environ.pop("RAY_AUTH_TOKEN", None)
-    from ray._raylet import Config  # type: ignore[attr-defined]
+        fd, path = tempfile.mkstemp(prefix="nbserve-token-")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token)
+        atexit.register(lambda: Path(path).unlink(missing_ok=True))
+        token_path = path
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
     Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()  # a previous cluster's token is stale
 
 
 def _version_hint(text: str) -> str:

@@ -36,7 +36,7 @@ DEFAULT_NUM_CPUS = 8
 
 def home() -> Path:
     """Return nbserve's own folder: ``$NBSERVE_HOME``, else ``~/.cache/nbserve``."""
-    return Path(os.environ.get("NBSERVE_HOME") or Path.home() / ".cache" / "nbserve")
+    return Path(os.environ.get("NBSERVE_HOME") or Path.home() / ".cache" / "nbserve").expanduser()
 
 
 @dataclass(frozen=True)

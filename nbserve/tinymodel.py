@@ -23,6 +23,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from .local import home
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["build_tiny_model"]
@@ -59,14 +61,6 @@ _MODEL_SHAPE: dict[str, Any] = {
     "rms_norm_eps": 1e-5,
     "rope_theta": 10000.0,
 }
-
-
-def _home() -> pathlib.Path:
-    """Return the nbserve state directory: ``$NBSERVE_HOME`` or ``~/.cache/nbserve``."""
-    env = os.environ.get("NBSERVE_HOME")
-    if env:
-        return pathlib.Path(env).expanduser()
-    return pathlib.Path.home() / ".cache" / "nbserve"
 
 
 def _recipe_hash() -> str:
@@ -285,7 +279,7 @@ def build_tiny_model(
         >>> LLM(model=str(model_dir), max_model_len=512).generate("def f(")  # doctest: +SKIP
     """
     target = (
-        pathlib.Path(path).expanduser() if path is not None else _home() / "models" / _MODEL_NAME
+        pathlib.Path(path).expanduser() if path is not None else home() / "models" / _MODEL_NAME
     ).absolute()
     digest = _recipe_hash()
     if not force and _is_complete(target, digest):
