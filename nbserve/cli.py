@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception as err:  # noqa: BLE001 - the command line reports, it does not trace
-        from .errors import NbserveError
-
         from pydantic import ValidationError
+
+        from .errors import NbserveError
 
         if not isinstance(err, NbserveError | ValidationError) or args.verbose:
             raise
