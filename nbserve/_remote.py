@@ -95,8 +95,8 @@ def replicas(app_name: str) -> list[dict[str, Any]]:
 
     prefix = f"SERVE_REPLICA::{app_name}#"
     out = []
-    for actor in list_actors(filters=[("ray_namespace", "=", "serve")], limit=10_000,
-                             detail=True, raise_on_missing_output=False):
+    for actor in list_actors(address=_gcs_address(), filters=[("ray_namespace", "=", "serve")],
+                             limit=10_000, detail=True, raise_on_missing_output=False):
         name = actor.name or ""
         if not name.startswith(prefix):
             continue
@@ -117,8 +117,10 @@ def log_tail(app_name: str, deployment: str, lines: int) -> str:
     candidates.sort(key=lambda r: r["state"] != "DEAD")
     for rep in candidates:
         try:
-            text = "".join(get_log(actor_id=rep["actor_id"], tail=lines, suffix="err"))
-            text += "".join(get_log(actor_id=rep["actor_id"], tail=lines, suffix="out"))
+            text = "".join(get_log(address=_gcs_address(), actor_id=rep["actor_id"],
+                                   tail=lines, suffix="err"))
+            text += "".join(get_log(address=_gcs_address(), actor_id=rep["actor_id"],
+                                    tail=lines, suffix="out"))
         except Exception:  # noqa: BLE001 - logs are best effort; the status message remains
             continue
         if text.strip():
@@ -126,6 +128,17 @@ def log_tail(app_name: str, deployment: str, lines: int) -> str:
         if rep["death_cause"]:
             return rep["death_cause"]
     return ""
+
+
+def _gcs_address() -> str:
+    """Return this cluster's GCS address.
+
+    The state API, left to itself, looks for "the" local Ray instance and refuses when one
+    machine runs several.
+    """
+    import ray
+
+    return str(ray.get_runtime_context().gcs_address)
 
 
 def _kv_put(name: str, record: dict[str, Any]) -> None:
