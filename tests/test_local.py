@@ -47,7 +47,7 @@ def test_unreadable_state_is_forgotten(tmp_path: Path) -> None:
 def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "nbserve.cli", *args], capture_output=True, text=True,
-        timeout=180, env={**os.environ, "NBSERVE_HOME": str(home)},
+        timeout=400, env={**os.environ, "NBSERVE_HOME": str(home)},
     )
 
 
