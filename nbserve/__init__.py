@@ -27,6 +27,7 @@ from .errors import (
     VersionMismatch,
     WaitTimeout,
 )
+from .kuberay_spec import ClusterSpec, HeadSpec, WorkerGroup, to_yaml
 from .spec import LLM, Engine, Scaling
 
 if TYPE_CHECKING:
@@ -39,10 +40,12 @@ __all__ = [
     "AppNotFound",
     "AppStatus",
     "Cluster",
+    "ClusterSpec",
     "ConnectionFailed",
     "DeployFailed",
     "DeploymentStatus",
     "Engine",
+    "HeadSpec",
     "LLM",
     "LocalClusterError",
     "NbserveError",
@@ -50,9 +53,11 @@ __all__ = [
     "SpecError",
     "VersionMismatch",
     "WaitTimeout",
+    "WorkerGroup",
     "apps",
     "connect",
     "demo_model",
+    "to_yaml",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

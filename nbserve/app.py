@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     import openai
 
     from .cluster import Cluster
+    from .dashboard import Dashboard
+    from .kuberay_spec import ClusterSpec
+    from .load import LoadRun
 
 __all__ = ["App", "AppStatus", "DeploymentStatus"]
 
@@ -282,6 +285,49 @@ class App:
             except Exception as err:  # noqa: BLE001 - the status message still says why
                 log.warning("could not read the replica log of %s: %s", dep.name, err)
         return DeployFailed(self.name, status.status, message, tail)
+
+    # --- watching and exporting -------------------------------------------------------------
+    def load(self, *, concurrency: int = 8, duration_s: float = 60, max_tokens: int = 128,
+             prompt: str = "Tell me a long story.", max_requests: int = 100_000) -> LoadRun:
+        """Send completion requests in the background, e.g. to watch the dashboard move.
+
+        Returns at once; the run stops by itself after ``duration_s`` (or ``max_requests``).
+
+        Example:
+            >>> run = app.load(concurrency=8, duration_s=60)  # doctest: +SKIP
+            >>> run.wait()                                     # doctest: +SKIP
+        """
+        from .load import LoadRun
+
+        return LoadRun(self.openai, self.model, concurrency=concurrency, duration_s=duration_s,
+                       max_tokens=max_tokens, prompt=prompt, max_requests=max_requests)
+
+    def dashboard(self, *, interval: float = 2.0, history: int = 600) -> Dashboard:
+        """A live widget of this app: replicas, KV cache, tokens/s, queue, latency.
+
+        Example:
+            >>> dash = app.dashboard()  # doctest: +SKIP
+            >>> dash                    # doctest: +SKIP
+        """
+        from .dashboard import Dashboard
+
+        return Dashboard([self], interval=interval, history=history)
+
+    def to_rayservice(self, cluster: ClusterSpec, *, name: str | None = None) -> dict[str, Any]:
+        """A RayService manifest whose serveConfigV2 is exactly this app, on ``cluster``.
+
+        Example:
+            >>> spec = nbserve.ClusterSpec(name="llm", worker_groups=[nbserve.WorkerGroup()])
+            >>> print(nbserve.to_yaml(app.to_rayservice(spec)))  # doctest: +SKIP
+        """
+        from .kuberay_spec import render_rayservice
+
+        if self.spec is None:
+            raise NbserveError(
+                f"app {self.name!r} was not deployed by nbserve, so its spec is unknown"
+            )
+        return render_rayservice(cluster, [serve_app(self.spec, self.name, self.route_prefix)],
+                                 name=name)
 
     # --- display ----------------------------------------------------------------------------
     def __repr__(self) -> str:

@@ -104,7 +104,6 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
         ("http://x", ["'http://x'", "ray://HOST:PORT"]),
         ("ray://hostonly", ["'ray://hostonly'", "needs a host and a port", "ray://10.0.0.5:10001"]),
         ("ray://:10001", ["needs a host and a port"]),
-        ("raycluster/llm-l4", ["not supported", "port-forward", "ray://127.0.0.1:10001"]),
     ],
 )
 @pytest.mark.usefixtures("no_network")
