@@ -29,6 +29,7 @@ from .wait import backoff
 
 if TYPE_CHECKING:
     from .app import App
+    from .dashboard import Dashboard
 
 __all__ = ["Cluster", "connect", "check_versions"]
 
@@ -168,6 +169,16 @@ class Cluster:
             )
         return apps[name] if isinstance(apps[name], App) else apps[name]
 
+    def dashboard(self, *, interval: float = 2.0, history: int = 600) -> Dashboard:
+        """A live widget of every app on the cluster.
+
+        Example:
+            >>> cluster.dashboard()  # doctest: +SKIP
+        """
+        from .dashboard import Dashboard
+
+        return Dashboard(self.apps(), interval=interval, history=history)
+
     # --- session ----------------------------------------------------------------------------
     @property
     def connected(self) -> bool:
@@ -215,19 +226,25 @@ _active: Cluster | None = None
 
 
 def connect(
-    address: str | None = None, *, serve_url: str | None = None, timeout: float = 60,
-    token: str | None = None, token_path: str | None = None,
+    address: str | None = None, *, serve_url: str | None = None, timeout: float = 180,
+    token: str | None = None, token_path: str | None = None, namespace: str = "default",
     _sleep: Callable[[float], None] = time.sleep,
 ) -> Cluster:
     """Connect this kernel to a Ray cluster through Ray Client.
 
     Args:
         address: ``None`` or ``""`` for the embedded local cluster (started if none runs; the
-            ``NBSERVE_ADDRESS`` environment variable overrides it), or ``ray://host:port``.
+            ``NBSERVE_ADDRESS`` environment variable overrides it), ``ray://host:port``, or
+            ``raycluster/NAME`` for a KubeRay RayCluster found through the Kubernetes API
+            (kubeconfig or in-cluster credentials; port-forwards to its head, its token read
+            from its Secret).
         serve_url: where Serve's HTTP proxy answers (default: port 8000 on the same host).
-        timeout: seconds for the whole connection, retries included.
+        timeout: seconds for the whole connection, retries included. A Ray head sometimes
+            fails to start the per-client server for a session (more often on a busy or
+            just-started head); each such try costs about 40 s before Ray reports it.
         token: the cluster's Ray auth token, if it uses token authentication. Never logged.
         token_path: a file holding that token, instead of ``token``.
+        namespace: the Kubernetes namespace of a ``raycluster/NAME`` address.
 
     Returns:
         The connected cluster. A kernel has one Ray Client session: connecting again to the same
@@ -240,6 +257,7 @@ def connect(
     Example:
         >>> cluster = nbserve.connect()                             # doctest: +SKIP
         >>> cluster = nbserve.connect("ray://10.0.0.5:10001")       # doctest: +SKIP
+        >>> cluster = nbserve.connect("raycluster/llm", namespace="ray")  # doctest: +SKIP
     """
     address = address if address else os.environ.get("NBSERVE_ADDRESS") or None
     if address is None or address == "local":
@@ -251,10 +269,10 @@ def connect(
         )
         return _open(cluster, timeout, token=None, token_path=head.token_path, sleep=_sleep)
     if address.startswith("raycluster/"):
-        raise SpecError(
-            f"{address!r}: connecting to a KubeRay cluster by name is not supported in this "
-            "version; open a port-forward to the head's client port (10001) and pass "
-            "'ray://127.0.0.1:10001'"
+        from . import kuberay
+
+        return kuberay.connect_raycluster(
+            address.removeprefix("raycluster/"), namespace, timeout=timeout
         )
     if not address.startswith("ray://"):
         raise SpecError(

@@ -18,6 +18,15 @@ sys.path.insert(0, str(Path(__file__).parent))  # test helpers (crdschema, golde
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests that open a Ray Client session of their own last.
+
+    A kernel (here: the pytest process) has one Ray Client session; such a test closes the
+    session the ``cluster`` fixture opened, so the tests that share it go first.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("own_session") is not None)
+
+
 @pytest.fixture(scope="session")
 def nbserve_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("nbserve-home")

@@ -1,0 +1,483 @@
+"""Connecting to a KubeRay RayCluster by name, against a fake Kubernetes API server.
+
+The fake (``fake_kube``) is a real HTTP server that the unmodified ``kubernetes`` client talks
+to through a kubeconfig; its port-forwards relay real TCP. The errors a new user meets come
+first, each checked to leave no thread or listening socket behind; then the port-forward on
+its own; then, end to end, a real vLLM app on the real local Ray head reached only through the
+fake API server's port-forwards. Tests marked ``kube`` need a real cluster with KubeRay.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from fake_kube import FakeKube, raycluster_objects
+
+import nbserve
+from nbserve import cluster as cluster_mod
+from nbserve import kuberay
+from nbserve.portforward import PodPortForward
+
+NS = "ray"
+POD = "llm-head-x2k9p"
+TOKEN = "s3cr3t-ray-token-0123456789abcdef"
+
+
+@pytest.fixture
+def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
+    with FakeKube() as fake:
+        monkeypatch.setenv("KUBECONFIG", str(fake.write_kubeconfig(tmp_path / "kubeconfig")))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        yield fake
+
+
+def listening_ports() -> set[int]:
+    """TCP ports this process listens on (from /proc: its socket inodes in LISTEN state)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            for line in fh.read().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def ours(thread: threading.Thread) -> bool:
+    """Threads of port-forwarding: nbserve's and the kubernetes client's PortForward proxies."""
+    return thread.name.startswith(("nbserve-portforward", "Kubernetes port forward proxy"))
+
+
+@contextlib.contextmanager
+def leaves_nothing_behind(kube: FakeKube | None = None, *, only_ours: bool = False
+                          ) -> Iterator[None]:
+    """Every thread (but the fake server's) and listening socket opened inside is gone after."""
+    threads, ports = set(threading.enumerate()), listening_ports()
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        new = [t for t in set(threading.enumerate()) - threads
+               if not t.name.startswith("fake-kube") and (ours(t) or not only_ours)]
+        sessions = kube.open_sessions() if kube is not None else []
+        if not (new or sessions) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not new, f"threads left behind: {[t.name for t in new]}"
+    assert not sessions, f"port-forward sessions still open: {sessions}"
+    assert listening_ports() <= ports, f"listening sockets left: {listening_ports() - ports}"
+
+
+def connect_error(exc: type[Exception], **kwargs: Any) -> str:
+    with pytest.raises(exc) as info:
+        nbserve.connect(kwargs.pop("address", "raycluster/llm"), namespace=NS, timeout=20,
+                        **kwargs)
+    return str(info.value)
+
+
+# --- what a new user runs into ---------------------------------------------------------------
+def test_no_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "nowhere" / "config"
+    monkeypatch.setenv("KUBECONFIG", str(missing))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with leaves_nothing_behind():
+        text = connect_error(nbserve.ConnectionFailed)
+    assert str(missing) in text
+    assert "gcloud container clusters get-credentials" in text
+
+
+def test_in_cluster_without_a_service_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    with leaves_nothing_behind():
+        text = connect_error(nbserve.ConnectionFailed)
+    assert "service account" in text
+
+
+@pytest.mark.parametrize("address", ["raycluster/", "raycluster/LLM_1", "raycluster/a/b"])
+def test_bad_names_fail_before_any_network(address: str) -> None:
+    with pytest.raises(nbserve.SpecError, match="not a Kubernetes name"):
+        nbserve.connect(address)
+
+
+def test_cluster_not_found_lists_the_existing_ones(kube: FakeKube) -> None:
+    kube.add(*raycluster_objects("llm", NS), *raycluster_objects("qwen-l4", NS),
+             *raycluster_objects("elsewhere", "default"))
+    with leaves_nothing_behind(kube):
+        text = connect_error(nbserve.ConnectionFailed, address="raycluster/lmm")
+    assert "no RayCluster 'lmm' in namespace 'ray'" in text
+    assert "llm, qwen-l4" in text and "elsewhere" not in text
+
+
+def test_cluster_not_found_when_listing_is_forbidden(kube: FakeKube) -> None:
+    kube.deny("list", "rayclusters", NS)
+    text = connect_error(nbserve.ConnectionFailed, address="raycluster/lmm")
+    assert "no RayCluster 'lmm' in namespace 'ray' (the others cannot be listed" in text
+    assert "'list' 'rayclusters.ray.io'" in text
+
+
+def test_kuberay_not_installed(kube: FakeKube) -> None:
+    kube.kuberay_installed = False
+    text = connect_error(nbserve.ConnectionFailed)
+    assert "install the KubeRay operator" in text
+
+
+def test_cluster_not_ready(kube: FakeKube) -> None:
+    kube.add(*raycluster_objects("llm", NS, ready=False))
+    with leaves_nothing_behind(kube):
+        text = connect_error(nbserve.ConnectionFailed)
+    assert "RayCluster ray/llm is not ready" in text
+    assert "HeadPodReady=False (ContainersNotReady" in text
+    assert not any("portforward" in path for _, path in kube.requests)
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "named"),
+    [
+        ("get", "rayclusters", "'get' 'rayclusters.ray.io'"),
+        ("list", "pods", "'list' 'pods'"),
+        ("get", "secrets", "'get' 'secrets'"),
+        ("create", "pods/portforward", "'create' (older clusters: 'get') 'pods/portforward'"),
+    ],
+)
+def test_forbidden_names_the_missing_permission(
+    kube: FakeKube, verb: str, resource: str, named: str
+) -> None:
+    kube.add(*raycluster_objects("llm", NS, token=TOKEN))
+    kube.deny(verb, resource, NS)
+    with leaves_nothing_behind(kube):
+        text = connect_error(nbserve.ConnectionFailed)
+    assert named in text and "in namespace 'ray'" in text
+    assert "403" in text or "is forbidden" in text
+
+
+def test_token_secret_missing(kube: FakeKube) -> None:
+    kube.add(*raycluster_objects("llm", NS, token=None))
+    with leaves_nothing_behind(kube):
+        text = connect_error(nbserve.ConnectionFailed)
+    assert "Secret ray/llm does not exist" in text and "auth_token" in text
+    assert not any("portforward" in path for _, path in kube.requests)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"ray_version": "2.9.0"}, ["Ray 2.9.0", "Ray 2.60.0"]),
+        ({"image": "rayproject/ray-llm:2.60.0-py310-cu128"}, ["Python 3.10", "Python 3.11"]),
+    ],
+)
+def test_version_mismatch_before_any_connection(
+    kube: FakeKube, overrides: dict[str, str], named: list[str]
+) -> None:
+    kube.add(*raycluster_objects("llm", NS, token=TOKEN, **overrides))
+    with leaves_nothing_behind(kube):
+        text = connect_error(nbserve.VersionMismatch)
+    assert all(part in text for part in named), text
+    assert not any("portforward" in p or "secrets" in p for _, p in kube.requests)
+
+
+def test_a_failure_after_port_forwards_opened_closes_them(
+    kube: FakeKube, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API server fails the third port-forward: the first two are closed, token unseen."""
+    caplog.set_level(logging.DEBUG)
+    kube.add(*raycluster_objects("llm", NS, token=TOKEN))
+    kube.deny("create", "pods/portforward", NS, code=503, skip=2)
+    with leaves_nothing_behind(kube):
+        text = connect_error(nbserve.ConnectionFailed)
+    assert "could not open a port-forward to pod ray/llm-head-x2k9p port 8265" in text
+    assert sum("portforward" in path for _, path in kube.requests) == 3
+    encoded = base64.b64encode(TOKEN.encode()).decode()
+    for where in (text, caplog.text):
+        assert TOKEN not in where and encoded not in where
+
+
+def test_direct_mode_uses_the_head_service_dns_name(kube: FakeKube) -> None:
+    kube.add(*raycluster_objects("llm", NS, token=TOKEN, ports={"client": 10101}))
+    with leaves_nothing_behind(kube):
+        with pytest.raises(nbserve.ConnectionFailed, match="nothing answers at "
+                           "llm-head-svc.ray.svc.cluster.local:10101"):
+            kuberay.connect_raycluster("llm", NS, timeout=5, direct=True)
+    assert not any("portforward" in path for _, path in kube.requests)
+
+
+# --- the pure parts -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ("rayproject/ray-llm:2.60.0-py311-cu128", ("2.60.0", "3.11")),
+        ("rayproject/ray:2.60.0-py312", ("2.60.0", "3.12")),
+        ("rayproject/ray:2.60.0", ("2.60.0", None)),
+        ("us-docker.pkg.dev/p/r/ray:2.60.0-py310-gpu", ("2.60.0", "3.10")),
+        ("localhost:5000/ray:2.60.0-py311", ("2.60.0", "3.11")),
+        ("rayproject/ray:nightly-py311-cu121", (None, "3.11")),
+        ("rayproject/ray@sha256:0123abcd", (None, None)),
+        ("rayproject/ray", (None, None)),
+    ],
+)
+def test_image_versions(image: str, expected: tuple[str | None, str | None]) -> None:
+    assert kuberay.image_versions(image) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "ready"),
+    [
+        ({"state": "ready"}, True),
+        ({"conditions": [{"type": "HeadPodReady", "status": "True"}]}, True),
+        ({"state": "", "conditions": [{"type": "Ready", "status": "True"}]}, True),
+        ({"state": "ready", "conditions": [{"type": "HeadPodReady", "status": "False"}]}, False),
+        ({"state": "suspended"}, False),
+        ({}, False),
+    ],
+)
+def test_readiness(status: dict[str, Any], ready: bool) -> None:
+    rc = {"metadata": {"name": "llm"}, "spec": {}, "status": status}
+    if ready:
+        kuberay._check_ready(rc, NS, "llm")
+    else:
+        with pytest.raises(nbserve.ConnectionFailed, match="is not ready"):
+            kuberay._check_ready(rc, NS, "llm")
+
+
+def test_ports_come_from_the_head_container_by_name() -> None:
+    pod = {"spec": {"containers": [
+        {"name": "ray-head", "ports": [{"name": "client", "containerPort": 20001},
+                                       {"name": "dashboard", "containerPort": 28265}]},
+        {"name": "sidecar", "ports": [{"name": "client", "containerPort": 1}]},
+    ]}}
+    assert kuberay._ports(pod) == {"client": 20001, "serve": 8000, "dashboard": 28265,
+                                   "metrics": 8080}
+
+
+def test_token_from_a_manually_wired_secret(kube: FakeKube) -> None:
+    """Before KubeRay 1.5.1: RAY_AUTH_MODE / RAY_AUTH_TOKEN set on the head container."""
+    (rc, *_) = raycluster_objects("llm", NS)
+    del rc["spec"]["authOptions"]
+    rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "RAY_AUTH_MODE", "value": "token"},
+        {"name": "RAY_AUTH_TOKEN",
+         "valueFrom": {"secretKeyRef": {"name": "ray-token", "key": "tok"}}}]
+    kube.add({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+              "metadata": {"name": "ray-token", "namespace": NS},
+              "data": {"tok": base64.b64encode(TOKEN.encode() + b"\n").decode()}})
+    api, _ = kuberay._api_client(None)
+    with api:
+        assert kuberay._token(api, NS, rc, time.monotonic() + 10) == TOKEN
+        rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"] = []
+        assert kuberay._token(api, NS, rc, time.monotonic() + 10) is None
+
+
+# --- the port-forward on its own ----------------------------------------------------------------
+@pytest.fixture
+def echo_port() -> Iterator[int]:
+    server = socket.create_server(("127.0.0.1", 0))
+    handlers: list[threading.Thread] = []
+
+    def echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            handlers.append(threading.Thread(target=echo, args=(conn,), name="fake-kube echo"))
+            handlers[-1].start()
+
+    acceptor = threading.Thread(target=accept, name="fake-kube echo server")
+    acceptor.start()
+    yield server.getsockname()[1]
+    server.shutdown(socket.SHUT_RDWR)
+    server.close()
+    acceptor.join()
+    for handler in handlers:
+        handler.join(timeout=10)
+
+
+def round_trip(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(payload,))
+        sender.start()
+        received = bytearray()
+        while len(received) < len(payload):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        sender.join()
+    return bytes(received)
+
+
+def test_port_forward_relays_both_ways_and_closes_everything(
+    kube: FakeKube, echo_port: int
+) -> None:
+    kube.add(*raycluster_objects("llm", NS))
+    kube.targets[10001] = ("127.0.0.1", echo_port)
+    api, _ = kuberay._api_client(None)
+    with api, leaves_nothing_behind(kube):
+        forward = PodPortForward(api, NS, POD, 10001)
+        try:
+            payloads = [random.randbytes(300_000 + i) for i in range(6)]
+            results: dict[int, bytes] = {}
+            clients = [threading.Thread(target=lambda i=i: results.__setitem__(
+                i, round_trip(forward.local_port, payloads[i]))) for i in range(6)]
+            for client in clients:
+                client.start()
+            for client in clients:
+                client.join(timeout=60)
+            assert [results.get(i) == payloads[i] for i in range(6)] == [True] * 6
+            sessions = [s for s in kube.sessions if s.pod == POD and s.ports == [10001]]
+            assert len(sessions) == 7  # one to check at open, one per connection
+            # a connection that stays open while the forward closes is ended, not leaked
+            idle = socket.create_connection(("127.0.0.1", forward.local_port))
+            assert round_trip(forward.local_port, b"ping") == b"ping"
+        finally:
+            forward.close()
+        idle.settimeout(10)
+        assert idle.recv(1) == b""
+        idle.close()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", forward.local_port), timeout=5)
+
+
+def test_port_forward_to_a_closed_pod_port_ends_that_connection_only(kube: FakeKube) -> None:
+    kube.add(*raycluster_objects("llm", NS))
+    api, _ = kuberay._api_client(None)
+    with api, leaves_nothing_behind(kube), PodPortForward(api, NS, POD, 8265) as forward:
+        with socket.create_connection(("127.0.0.1", forward.local_port), timeout=10) as sock:
+            assert sock.recv(1) == b""  # the pod refused: the local connection ends
+        assert forward._accepter is not None and forward._accepter.is_alive()
+
+
+# --- the fake itself: what part 2 (creating and patching RayServices) builds on --------------
+def test_fake_api_server_speaks_like_the_real_one(kube: FakeKube) -> None:
+    from kubernetes.client import CoreV1Api, CustomObjectsApi
+    from kubernetes.client.exceptions import ApiException
+
+    api, _ = kuberay._api_client(None)
+    with api:
+        crs, core = CustomObjectsApi(api), CoreV1Api(api)
+        (rc, *others) = raycluster_objects("llm", NS)
+        del rc["status"], rc["metadata"]["uid"]
+        created = crs.create_namespaced_custom_object("ray.io", "v1", NS, "rayclusters", rc)
+        assert created["metadata"]["resourceVersion"] == "1" and "status" not in created
+        with pytest.raises(ApiException) as info:
+            crs.create_namespaced_custom_object("ray.io", "v1", NS, "rayclusters", rc)
+        assert info.value.status == 409 and "already exists" in str(info.value.body)
+        bad = {**rc, "metadata": {"name": "bad"}, "spec": {**rc["spec"], "rayVersoin": "x"}}
+        with pytest.raises(ApiException) as info:
+            crs.create_namespaced_custom_object("ray.io", "v1", NS, "rayclusters", bad)
+        assert info.value.status == 422 and "rayVersoin" in str(info.value.body)
+        patched = crs.patch_namespaced_custom_object(
+            "ray.io", "v1", NS, "rayclusters", "llm", {"spec": {"rayVersion": "2.61.0"}})
+        assert patched["spec"]["rayVersion"] == "2.61.0"
+        assert patched["metadata"]["generation"] == 2
+        assert patched["spec"]["workerGroupSpecs"] == created["spec"]["workerGroupSpecs"]
+        patched = crs.patch_namespaced_custom_object(
+            "ray.io", "v1", NS, "rayclusters", "llm",
+            [{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 2}],
+            _content_type="application/json-patch+json")
+        assert patched["spec"]["workerGroupSpecs"][0]["replicas"] == 2
+        with pytest.raises(ApiException) as info:
+            crs.patch_namespaced_custom_object(
+                "ray.io", "v1", NS, "rayclusters", "llm", {"spec": {}},
+                _content_type="application/strategic-merge-patch+json")
+        assert info.value.status == 415
+        crs.delete_namespaced_custom_object("ray.io", "v1", NS, "rayclusters", "llm")
+        with pytest.raises(ApiException) as info:
+            crs.get_namespaced_custom_object("ray.io", "v1", NS, "rayclusters", "llm")
+        assert info.value.status == 404
+        kube.add(*others)
+        pods = core.list_namespaced_pod(NS, label_selector="ray.io/cluster=llm,"
+                                        "ray.io/node-type=head")
+        assert [p.metadata.name for p in pods.items] == [POD]
+        assert core.list_namespaced_pod(NS, label_selector="ray.io/node-type=worker").items == []
+        assert core.read_namespaced_secret("llm", NS).data["auth_token"]
+    kube.write_kubeconfig(Path(os.environ["KUBECONFIG"]), token="wrong")
+    api, _ = kuberay._api_client(None)
+    with api, pytest.raises(ApiException) as info:
+        CoreV1Api(api).list_namespaced_pod(NS)
+    assert info.value.status == 401
+
+
+# --- end to end ---------------------------------------------------------------------------------
+@pytest.mark.integration
+@pytest.mark.own_session
+def test_connect_deploy_and_chat_through_port_forwards(
+    local_head: Any, tiny_path: str, kube: FakeKube
+) -> None:
+    """The real local head stands in for the head pod; the fake API server forwards to it.
+
+    The head container's named ports are the local head's own (not 10001/8000/8265), which
+    also shows they are read from the pod rather than assumed.
+    """
+    token = Path(local_head.token_path).read_text().strip()
+    ports = {"client": local_head.client_port, "serve": local_head.serve_port,
+             "dashboard": local_head.dashboard_port, "metrics": local_head.metrics_port}
+    kube.add(*raycluster_objects("llm", NS, token=token, ports=ports))
+    kube.forward_to("127.0.0.1", ports.values())
+    with leaves_nothing_behind(kube, only_ours=True):
+        cluster = nbserve.connect("raycluster/llm", namespace=NS, timeout=240)
+        try:
+            assert cluster.kind == "kuberay" and cluster.connected
+            assert cluster.address.startswith("ray://127.0.0.1:")
+            assert cluster.address != local_head.address
+            assert {s.ports[0] for s in kube.open_sessions()} >= {local_head.client_port}
+            app = cluster.deploy(nbserve.LLM(tiny_path, name="tiny", max_model_len=256),
+                                 name="kr-tiny", progress=False)
+            try:
+                assert app.endpoint == f"{cluster.serve_url}/kr-tiny/v1"
+                assert app.chat("Hello", max_tokens=8).strip()
+                assert "kr-tiny" in [a.name for a in cluster.apps()]
+                reply = requests.get(f"{cluster.dashboard_url}/api/version", timeout=30,
+                                     headers={"Authorization": f"Bearer {token}"})
+                assert reply.status_code == 200 and reply.json()["ray_version"] == "2.60.0"
+            finally:
+                app.delete()
+        finally:
+            cluster.disconnect()
+        assert not cluster.connected and cluster_mod._active is None
+        assert not cluster._closers
+
+
+# --- a real cluster -----------------------------------------------------------------------------
+@pytest.mark.kube
+@pytest.mark.skipif(not os.environ.get("NBSERVE_TEST_KUBECONTEXT"),
+                    reason="set NBSERVE_TEST_KUBECONTEXT (and NBSERVE_TEST_RAYCLUSTER, "
+                    "NBSERVE_TEST_NAMESPACE) to run against a real KubeRay cluster")
+def test_connect_to_a_real_raycluster() -> None:
+    import ray
+
+    name = os.environ.get("NBSERVE_TEST_RAYCLUSTER", "raycluster-kuberay")
+    namespace = os.environ.get("NBSERVE_TEST_NAMESPACE", "default")
+    with leaves_nothing_behind(only_ours=True):
+        cluster = kuberay.connect_raycluster(
+            name, namespace, context=os.environ["NBSERVE_TEST_KUBECONTEXT"], timeout=120)
+        try:
+            assert cluster.connected and cluster.kind == "kuberay"
+            assert ray.cluster_resources().get("CPU", 0) > 0
+            assert cluster.dashboard_url is not None
+            reply = requests.get(f"{cluster.dashboard_url}/api/version", timeout=30)
+            assert reply.status_code in (200, 401, 403)  # reached the dashboard through the API
+        finally:
+            cluster.disconnect()
