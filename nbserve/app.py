@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .dashboard import Dashboard
     from .kuberay_spec import ClusterSpec
     from .load import LoadRun
+    from .metrics import Snapshot
 
 __all__ = ["App", "AppStatus", "DeploymentStatus"]
 
@@ -185,6 +186,30 @@ class App:
         }
         status = info.status.value if hasattr(info.status, "value") else str(info.status)
         return AppStatus(self.name, status, info.message or "", deployments)
+
+    def metrics(self, *, timeout: float = 5.0) -> Snapshot:
+        """The app's live metrics now: replicas, KV cache, tokens/s, queue, TTFT, errors.
+
+        Scrapes every node's metrics port from the cluster side (a zero-CPU Ray task), so it
+        works wherever the Ray Client connection works. Rates and latency percentiles come
+        from the change between calls: the first call has them as None, and since Ray exports
+        metrics every 10 s they appear after 10 to 20 s of calls (e.g. every 2 s).
+
+        Args:
+            timeout: seconds to wait for each node's metrics endpoint.
+
+        Example:
+            >>> app.metrics()                       # doctest: +SKIP
+            >>> app.metrics().tokens_per_s          # doctest: +SKIP
+            412.5
+        """
+        from . import _collector
+        from .metrics import MetricsWindow, Scrape
+
+        window: MetricsWindow | None = getattr(self, "_metrics_window", None)
+        if window is None:
+            window = self._metrics_window = MetricsWindow(self.name)
+        return window.update(Scrape.from_payload(_collector.run(self.name, timeout)))
 
     def replicas(self) -> list[dict[str, Any]]:
         """The app's replica actors (id, deployment, state, node, pid), alive ones first."""

@@ -11,6 +11,7 @@ HTML, which is what an executed runbook (papermill, nbconvert) keeps.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import threading
 import time
@@ -113,6 +114,7 @@ class Dashboard:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._bars: dict[tuple[str, str], Any] = {}  # (app, replica id) -> its FloatProgress
         self.widget = self._build()
         if start:
             self.start()
@@ -181,7 +183,14 @@ class Dashboard:
 
         self._header = w.HTML()
         self._replicas = w.HBox()
-        self._fig = _figure(self.state, widget=True)
+        try:
+            self._fig = _figure(self.state, widget=True)
+            self._chart: Any = self._fig
+        except ImportError as err:  # plotly >= 6 draws a FigureWidget with anywidget only
+            log.info("no plotly FigureWidget (%s); the chart is redrawn on each refresh", err)
+            self._fig = _figure(self.state, widget=False)
+            self._chart = w.Output()
+            self._chart.outputs = (_display_data(self._fig),)
         first = next(iter(self.apps.values()))
         scaling = first.spec.scaling if first.spec is not None else None
         self._min = w.BoundedIntText(value=scaling.min_replicas if scaling else 1, min=0,
@@ -199,7 +208,7 @@ class Dashboard:
         self._interval.observe(lambda ch: setattr(self.state, "interval", ch["new"]), "value")
         self._message = w.HTML()
         controls = w.HBox([self._min, self._max, self._apply, self._pause, self._interval])
-        return w.VBox([self._header, self._replicas, self._fig, controls, self._message])
+        return w.VBox([self._header, self._replicas, self._chart, controls, self._message])
 
     def _on_apply(self) -> None:
         app = next(iter(self.apps.values()))
@@ -217,7 +226,7 @@ class Dashboard:
     def _render(self) -> None:
         import ipywidgets as w
 
-        rows, indicators = [], []
+        rows, bars = [], {}
         for name, app in self.apps.items():
             snap = self.state.latest(name)
             err = self.state.errors.get(name, "")
@@ -228,15 +237,24 @@ class Dashboard:
                          f"target {r.target} · {_num(snap.tokens_per_s)} tok/s · "
                          f"TTFT p50 {_num(snap.ttft_p50_s, 3)} s")
                 for replica, usage in sorted(snap.kv_cache_usage.items()):
-                    bar = w.FloatProgress(value=usage, min=0.0, max=1.0,
-                                          description=replica[-8:], bar_style="info",
-                                          layout=w.Layout(width="260px"))
-                    indicators.append(bar)
+                    bar = self._bars.get((name, replica))
+                    if bar is None:
+                        bar = w.FloatProgress(min=0.0, max=1.0, description=replica[-8:],
+                                              bar_style="info", layout=w.Layout(width="260px"))
+                    bar.value = usage
+                    bars[name, replica] = bar
             if err:
                 line += f" · <span style='color:#b00'>{html.escape(err)}</span>"
             rows.append(line)
         self._header.value = "<br>".join(rows)
-        self._replicas.children = indicators
+        # Bars are kept per replica and only change value: new widgets on each refresh would
+        # pile up in the kernel and the browser. Bars of replicas gone are closed.
+        if list(bars.values()) != list(self._replicas.children):
+            self._replicas.children = tuple(bars.values())
+        for key, bar in self._bars.items():
+            if key not in bars:
+                bar.close()
+        self._bars = bars
         with self._fig.batch_update():
             for i, (key, _) in enumerate(_traces(self.state)):
                 app_name, metric = key
@@ -244,6 +262,8 @@ class Dashboard:
                 self._fig.data[i].x = [time.strftime("%H:%M:%S", time.localtime(t))
                                        for t in times]
                 self._fig.data[i].y = values
+        if self._chart is not self._fig:  # a plain Figure shown in an Output widget
+            self._chart.outputs = (_display_data(self._fig),)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle: dict[str, Any] = self.widget._repr_mimebundle_(**kwargs) or {}
@@ -279,6 +299,13 @@ def _figure(state: DashboardState, *, widget: bool) -> Any:
     fig.update_layout(height=480, margin={"l": 40, "r": 10, "t": 30, "b": 30},
                       legend={"orientation": "h"})
     return go.FigureWidget(fig) if widget else fig
+
+
+def _display_data(fig: Any) -> dict[str, Any]:
+    """A plotly Figure as a display_data output, which JupyterLab's plotly renderer draws."""
+    bundle = {"application/vnd.plotly.v1+json": {**json.loads(fig.to_json()), "config": {}},
+              "text/plain": f"<plotly Figure: {len(fig.data)} traces>"}
+    return {"output_type": "display_data", "data": bundle, "metadata": {}}
 
 
 def _num(value: float | None, digits: int = 0) -> str:

@@ -1,0 +1,221 @@
+"""Cluster-side metrics collection for one app, run as a zero-CPU Ray task over Ray Client.
+
+``collect(app)`` reads the app's replicas from Serve and scrapes every alive node's metrics
+export port (``ray.nodes()``: ``NodeManagerAddress``, ``MetricsExportPort``) over HTTP, keeps
+only the metric families ``nbserve.metrics`` reads and only the series of that app, drops labels
+nobody reads, and returns the texts with the replica states. Parsing into typed Snapshots and
+computing rates is ``metrics``' job, in the notebook. Like ``_remote``, this module imports only
+the standard library, Ray and prometheus_client at the top and is pickled by value, so a cluster
+without nbserve installed runs it too.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
+
+# The metric families nbserve.metrics reads (names without _total/_bucket/_sum/_count).
+FAMILIES = frozenset({
+    "ray_vllm_kv_cache_usage_perc",
+    "ray_vllm_num_requests_running",
+    "ray_vllm_num_requests_waiting",
+    "ray_vllm_generation_tokens",
+    "ray_vllm_prompt_tokens",
+    "ray_vllm_request_success",
+    "ray_vllm_time_to_first_token_seconds",
+    "ray_vllm_inter_token_latency_seconds",
+    "ray_serve_num_http_requests",
+    "ray_serve_num_http_error_requests",
+    "ray_serve_num_grpc_requests",
+    "ray_serve_num_grpc_error_requests",
+    "ray_serve_deployment_replica_healthy",
+    "ray_serve_autoscaling_target_replicas",
+})
+# Labels nbserve.metrics neither reads nor needs to tell series apart (WorkerId, unique in the
+# cluster, does that for the engines; ReplicaId ties them to the app).
+DROP_LABELS = frozenset({
+    "Component", "Version", "SessionName", "NodeAddress", "model_name", "otel_scope_name",
+    "otel_scope_schema_url", "otel_scope_version",
+})
+# Histogram samples nbserve.metrics does not read: it only needs the buckets.
+DROP_SAMPLES = ("_sum", "_count", "_created")
+_SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
+
+
+def run(app: str, timeout: float = 5.0, *, reduce_text: bool = True) -> dict[str, Any]:
+    """Run ``collect(app)`` as a zero-CPU Ray task on the connected cluster."""
+    import ray
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    task = ray.remote(num_cpus=0, max_retries=0)(collect)
+    result: dict[str, Any] = ray.get(task.remote(app, timeout, reduce_text=reduce_text))
+    return result
+
+
+def collect(app: str, timeout: float = 5.0, *, reduce_text: bool = True) -> dict[str, Any]:
+    """Scrape every alive node for one app's metrics; runs on the cluster.
+
+    Returns:
+        ``{"app", "time", "found", "deployments", "nodes", "errors"}``: ``deployments`` maps each
+        deployment of the app to ``{"ingress", "target", "replicas": {replica_id: state}}``;
+        ``nodes`` maps ``host:port`` to that node's metrics text (only the app's series of
+        ``FAMILIES`` when ``reduce_text``, else all series of ``FAMILIES`` with every label);
+        ``errors`` maps the nodes that could not be scraped to why.
+    """
+    import ray
+
+    deployments = serve_replicas(app)
+    replica_ids = {rid for dep in deployments.values() for rid in dep["replicas"]}
+    targets = [
+        f"{node['NodeManagerAddress']}:{node['MetricsExportPort']}"
+        for node in ray.nodes() if node.get("Alive") and node.get("MetricsExportPort")
+    ]
+    nodes: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(16, len(targets)))) as ex:
+        futures = {ex.submit(fetch, f"http://{t}/metrics", timeout): t for t in targets}
+        for future in concurrent.futures.as_completed(futures):
+            target = futures[future]
+            try:
+                text = select_families(future.result(), FAMILIES)
+                nodes[target] = reduce(text, app, replica_ids) if reduce_text else text
+            except Exception as err:  # noqa: BLE001 - one node down must not hide the others
+                errors[target] = f"{type(err).__name__}: {err}"
+    return {
+        "app": app, "time": time.time(), "found": bool(deployments), "deployments": deployments,
+        "nodes": nodes, "errors": errors,
+    }
+
+
+def serve_replicas(app: str) -> dict[str, dict[str, Any]]:
+    """The app's deployments: ingress or not, target replicas, replica id -> state."""
+    from ray.serve._private.api import serve_start
+
+    details = serve_start().get_serve_details()
+    info = details.get("applications", {}).get(app)
+    if not info:
+        return {}
+    ingress = (info.get("deployment_topology") or {}).get("ingress_deployment")
+    out: dict[str, dict[str, Any]] = {}
+    for name, dep in (info.get("deployments") or {}).items():
+        out[name] = {
+            "ingress": name == ingress,
+            "target": dep.get("target_num_replicas"),
+            "replicas": {
+                r["replica_id"]: str(getattr(r["state"], "value", r["state"]))
+                for r in dep.get("replicas") or []
+            },
+        }
+    return out
+
+
+def fetch(url: str, timeout: float, auth: Callable[[], dict[str, str]] | None = None) -> str:
+    """GET a metrics endpoint; retry once with Ray's auth token if it asks for one.
+
+    A Ray node's metrics export port answers without a token even with token authentication
+    on (measured on Ray 2.60), but a proxy in front of it may not. ``auth`` gives the headers
+    to retry with (default: Ray's token of this process, when token authentication is on).
+    """
+    try:
+        return _get(url, {}, timeout)
+    except urllib.error.HTTPError as err:
+        if err.code not in (401, 403):
+            raise
+        headers = (auth or _ray_auth_headers)()
+        if not headers:
+            raise
+        return _get(url, headers, timeout)
+
+
+def _ray_auth_headers() -> dict[str, str]:
+    from ray._private.authentication.http_token_authentication import (
+        get_auth_headers_if_auth_enabled,
+    )
+
+    return dict(get_auth_headers_if_auth_enabled({}))
+
+
+def _get(url: str, headers: dict[str, str], timeout: float) -> str:
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        body: bytes = response.read()
+    return body.decode("utf-8", errors="replace")
+
+
+def family_of(name: str) -> str:
+    """A sample's or header's metric name without its ``_total``/``_bucket``/... suffix."""
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def select_families(text: str, families: Iterable[str]) -> str:
+    """Keep the lines (samples, HELP and TYPE) of some metric families, by metric name.
+
+    This only picks lines by the name they start with, so the parser that comes after reads a
+    few kilobytes instead of a node's whole megabyte of metrics; it reads no label or value.
+    """
+    wanted = frozenset(families)
+    keep = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            name = parts[2] if len(parts) > 2 and parts[1] in ("HELP", "TYPE") else ""
+        else:
+            name = line.split("{", 1)[0].split(None, 1)[0] if line.strip() else ""
+        if name and (name in wanted or family_of(name) in wanted):
+            keep.append(line)
+    return "\n".join(keep) + "\n" if keep else ""
+
+
+def reduce(text: str, app: str, replica_ids: Iterable[str]) -> str:
+    """Keep one app's series and drop labels nobody reads; text in, text out.
+
+    A series belongs to the app when its ``application`` label is the app (Serve's metrics) or
+    its ``ReplicaId`` is one of the app's replicas (vLLM's engine metrics, which carry the
+    served model name but not the app). Without replica ids (Serve lists none while it
+    redeploys an app) those of the app's own Serve series are used.
+    """
+    families = list(text_string_to_metric_families(text))
+    ids = frozenset(replica_ids) or frozenset(
+        s.labels["replica"] for family in families for s in family.samples
+        if s.labels.get("application") == app and "replica" in s.labels
+    )
+    kept: list[Metric] = []
+    for family in families:
+        samples = [
+            s._replace(labels={k: v for k, v in s.labels.items() if k not in DROP_LABELS})
+            for s in family.samples
+            if (s.labels.get("application") == app or s.labels.get("ReplicaId") in ids)
+            and not (family.type == "histogram" and s.name.endswith(DROP_SAMPLES))
+        ]
+        if samples:
+            family.samples = samples
+            kept.append(family)
+    if not kept:
+        return ""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(kept))
+    return generate_latest(registry).decode()
+
+
+class _Families:
+    """A prometheus_client collector that yields already-parsed families, to serialize them."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families

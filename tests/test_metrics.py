@@ -1,0 +1,325 @@
+"""Metrics as typed Snapshots, from real metrics texts of a local cluster under load.
+
+The fixtures in tests/fixtures/metrics/ are scrapes of a local Ray head serving the tiny model
+(scripts/capture_metrics.py regenerates them): idle, 16 concurrent 200-token completions with a
+few too-long prompts (HTTP 400), then a rolling restart of the replica under light load.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import math
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbserve import _collector
+from nbserve.metrics import MetricsWindow, Replicas, Scrape, Snapshot, histogram_quantile, parse
+
+FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
+APP = "tiny"
+OLD, NEW = "6t111jhk", "dw5ulf8q"  # the model-server replica before and after the roll
+
+
+def payloads() -> list[dict[str, Any]]:
+    index = json.loads((FIXTURES / "index.json").read_text())
+    return [dict(entry, nodes={node: (FIXTURES / name).read_text()
+                               for node, name in entry["nodes"].items()}) for entry in index]
+
+
+def run(entries: list[dict[str, Any]], window: MetricsWindow | None = None) -> list[Snapshot]:
+    window = window or MetricsWindow(APP)
+    return [window.update(Scrape.from_payload(p)) for p in entries]
+
+
+def phase(entries: list[dict[str, Any]], name: str) -> list[int]:
+    return [i for i, entry in enumerate(entries) if entry["phase"] == name]
+
+
+@pytest.fixture(scope="module")
+def entries() -> list[dict[str, Any]]:
+    return payloads()
+
+
+@pytest.fixture(scope="module")
+def snaps(entries: list[dict[str, Any]]) -> list[Snapshot]:
+    return run(entries)
+
+
+def text(entry: dict[str, Any]) -> str:
+    return "".join(entry["nodes"].values())
+
+
+# --- what the real texts hold -------------------------------------------------------------------
+
+
+def test_real_labels_identify_app_and_replica(entries: list[dict[str, Any]]) -> None:
+    samples = parse(text(entries[phase(entries, "load")[-1]]))
+    engine = [s for s in samples if s.name.startswith("ray_vllm_")]
+    serve = [s for s in samples if s.name.startswith("ray_serve_")]
+    assert engine and serve
+    # vLLM's series name the served model and the Serve replica, not the application ...
+    assert all({"ReplicaId", "WorkerId", "model_name"} <= set(s.labels) for s in engine)
+    assert all("application" not in s.labels for s in engine)
+    assert {s.labels["model_name"] for s in engine} == {"tiny"}
+    # ... and Serve's carry the application; its replica label is the engines' ReplicaId.
+    assert all(s.labels.get("application") == APP for s in serve)
+    healthy = {s.labels["replica"]: s.labels["deployment"] for s in serve
+               if s.name == "ray_serve_deployment_replica_healthy"}
+    assert healthy[OLD] == "LLMServer:tiny"
+    assert {s.labels["ReplicaId"] for s in engine} == {OLD}
+
+
+def test_a_stopped_replica_lingers_in_the_export(entries: list[dict[str, Any]]) -> None:
+    """Why the app's replicas come from Serve: Ray keeps exporting a stopped replica's series."""
+    last = entries[-1]
+    ids = {s.labels.get("ReplicaId") for s in parse(text(last))} - {None}
+    assert ids == {OLD, NEW}
+    assert set(last["deployments"]["LLMServer:tiny"]["replicas"]) == {NEW}
+
+
+# --- snapshots from the real scrapes ------------------------------------------------------------
+
+
+def test_first_snapshot_has_no_rates(snaps: list[Snapshot]) -> None:
+    first = snaps[0]
+    assert first.app == APP and first.replicas == Replicas(running=1, starting=0, target=1)
+    assert first.tokens_per_s is None and first.request_rate is None
+    assert first.ttft_p50_s is None and first.error_rate is None
+
+
+def test_rates_and_gauges_under_load(entries: list[dict[str, Any]],
+                                     snaps: list[Snapshot]) -> None:
+    last = snaps[phase(entries, "load")[-1]]
+    assert last.tokens_per_s is not None and last.tokens_per_s > 100
+    assert last.prompt_tokens_per_s is not None and last.prompt_tokens_per_s > 0
+    assert last.request_rate is not None and last.request_rate > 0
+    assert last.error_rate is not None and 0 < last.error_rate < last.request_rate
+    assert last.requests_running > 0 and last.requests_waiting >= 0
+    assert set(last.kv_cache_usage) == {OLD}
+    assert all(0 <= v <= 1 for s in snaps for v in s.kv_cache_usage.values())
+    assert max(last.kv_cache_usage.values()) > 0
+    assert last.ttft_p50_s is not None and last.ttft_p95_s is not None
+    assert 0 < last.ttft_p50_s <= last.ttft_p95_s
+    assert last.itl_p50_s is not None and 0 < last.itl_p50_s < last.ttft_p95_s
+
+
+def test_no_rate_is_ever_negative(snaps: list[Snapshot]) -> None:
+    for s in snaps:
+        for value in (s.tokens_per_s, s.prompt_tokens_per_s, s.request_rate, s.error_rate):
+            assert value is None or value >= 0, s
+
+
+def test_rate_is_the_counter_increase_between_changes(entries: list[dict[str, Any]]) -> None:
+    """Recompute tokens/s by hand from the raw counter at the scrapes where it changed."""
+    load = phase(entries, "load")
+    window = MetricsWindow(APP, window_s=1e9, hold_s=1e9)  # keep every change
+    got = run(entries[: load[-1] + 1], window)[-1].tokens_per_s
+    seen: list[tuple[float, float]] = []
+    for entry in entries[: load[-1] + 1]:
+        values = [s.value for s in parse(text(entry))
+                  if s.name == "ray_vllm_generation_tokens_total"]
+        if values and (not seen or values[0] != seen[-1][1]):
+            seen.append((entry["time"], values[0]))
+    (t0, v0), (t1, v1) = seen[1], seen[-1]  # the first change only marks the export's phase
+    assert got == pytest.approx((v1 - v0) / (t1 - t0))
+
+
+def test_ttft_percentiles_come_from_bucket_deltas(entries: list[dict[str, Any]]) -> None:
+    load = phase(entries, "load")
+    window = MetricsWindow(APP, window_s=1e9, hold_s=1e9)
+    snap = run(entries[: load[-1] + 1], window)[-1]
+
+    def buckets(entry: dict[str, Any]) -> list[tuple[float, float]]:
+        return sorted((float(s.labels["le"]), s.value) for s in parse(text(entry))
+                      if s.name == "ray_vllm_time_to_first_token_seconds_bucket")
+
+    changes = []
+    for entry in entries[: load[-1] + 1]:
+        b = buckets(entry)
+        if b and (not changes or b != changes[-1]):
+            changes.append(b)
+    first, last = changes[1], changes[-1]
+    delta = [(le, c1 - c0) for (le, c0), (_, c1) in zip(first, last, strict=True)]
+    assert snap.ttft_p50_s == pytest.approx(histogram_quantile(0.5, delta))
+    assert snap.ttft_p95_s == pytest.approx(histogram_quantile(0.95, delta))
+    # The window's percentiles are not the lifetime ones (the cold first request is old).
+    assert snap.ttft_p95_s != pytest.approx(histogram_quantile(0.95, last))
+
+
+def test_rolling_restart_forgets_the_old_replica(entries: list[dict[str, Any]],
+                                                 snaps: list[Snapshot]) -> None:
+    rolling = [snaps[i] for i in phase(entries, "rolling")]
+    assert any(s.replicas.starting == 1 and s.replicas.running == 0 for s in rolling)
+    rolled = [snaps[i] for i in phase(entries, "rolled")]
+    assert all(set(s.kv_cache_usage) <= {NEW} for s in rolled)
+    assert rolled[-1].replicas == Replicas(running=1, starting=0, target=1)
+    # The new replica's counters start as a baseline, then give a rate again.
+    assert rolled[1].tokens_per_s is None
+    assert rolled[-1].tokens_per_s is not None and rolled[-1].tokens_per_s > 0
+
+
+# --- counter resets, replicas coming and going (hand-made texts) -------------------------------
+
+
+def counter(values: dict[str, float], name: str = "ray_vllm_generation_tokens_total") -> str:
+    lines = [f"# TYPE {name} counter"]
+    lines += [f'{name}{{ReplicaId="{rid}",model_name="m"}} {v}' for rid, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def rates(steps: list[tuple[float, dict[str, float]]], **kw: float) -> list[float | None]:
+    window = MetricsWindow("m", **kw)
+    return [window.update(Scrape.from_texts([counter(v)], t, replica_ids=v)).tokens_per_s
+            for t, v in steps]
+
+
+def test_a_counter_that_drops_was_reset_and_counts_its_new_value() -> None:
+    got = rates([(0, {"a": 100}), (10, {"a": 200}), (20, {"a": 300}), (30, {"a": 50})])
+    assert got == [None, None, 10.0, 7.5]  # (100 + 50) / 20 s: no negative increase
+
+
+def test_unchanged_scrapes_keep_the_rate_until_the_series_goes_idle() -> None:
+    got = rates([(0, {"a": 0}), (10, {"a": 100}), (12, {"a": 100}), (20, {"a": 300}),
+                 (25, {"a": 300}), (41, {"a": 300})], hold_s=20)
+    assert got == [None, None, None, 20.0, 20.0, 0.0]
+
+
+def test_a_replica_that_disappears_or_appears_gives_no_jump() -> None:
+    got = rates([(0, {"a": 0, "b": 0}), (10, {"a": 100, "b": 1000}), (20, {"a": 200, "b": 2000}),
+                 (30, {"a": 300}),                        # b stopped: forgotten, no negative
+                 (40, {"a": 400, "c": 5000}),             # c new: a baseline, not 5000 tokens
+                 (50, {"a": 500, "c": 5100}), (60, {"a": 600, "c": 5200})])
+    assert got == [None, None, 110.0, 10.0, 10.0, 10.0, 20.0]
+
+
+def test_series_of_other_apps_are_left_out(entries: list[dict[str, Any]]) -> None:
+    load = phase(entries, "load")
+    own = run(entries[: load[-1] + 1])[-1]
+    other = [dict(e, nodes={n: t + t.replace('application="tiny"', 'application="other"')
+                            .replace(OLD, "zzzzzzzz").replace('WorkerId="', 'WorkerId="x')
+                            for n, t in e["nodes"].items()}) for e in entries[: load[-1] + 1]]
+    mixed = run(other)[-1]
+    assert mixed.tokens_per_s == pytest.approx(own.tokens_per_s)
+    assert mixed.request_rate == pytest.approx(own.request_rate)
+    assert mixed.kv_cache_usage == own.kv_cache_usage
+    # Without Serve's replica list the app's replicas come from its own Serve series.
+    bare = MetricsWindow(APP)
+    snap = None
+    for e in other:
+        snap = bare.update(Scrape.from_texts(e["nodes"].values(), e["time"]))
+    assert snap is not None and set(snap.kv_cache_usage) == {OLD}
+    assert snap.replicas == Replicas(running=1, starting=0, target=1)
+    assert snap.tokens_per_s == pytest.approx(own.tokens_per_s)
+
+
+# --- histogram_quantile -------------------------------------------------------------------------
+
+
+def test_histogram_quantile_by_hand() -> None:
+    inf = math.inf
+    # 10 observations: 2 under 0.1 s, 6 in (0.1, 0.5], 2 in (0.5, 1].
+    buckets = [(0.1, 2.0), (0.5, 8.0), (1.0, 10.0), (inf, 10.0)]
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.1 + 0.4 * 3 / 6)  # rank 5
+    assert histogram_quantile(0.95, buckets) == pytest.approx(0.5 + 0.5 * 1.5 / 2)  # rank 9.5
+    assert histogram_quantile(0.1, buckets) == pytest.approx(0.1 * 1 / 2)  # from 0
+    assert histogram_quantile(0.99, [(0.1, 1.0), (inf, 10.0)]) == 0.1  # in +Inf: top bound
+    assert histogram_quantile(0.5, [(0.1, 0.0), (inf, 0.0)]) is None
+    assert histogram_quantile(0.5, []) is None
+
+
+def test_ttft_window_by_hand() -> None:
+    def ttft(counts: list[float]) -> str:
+        bounds = ["0.1", "0.5", "1.0", "+Inf"]
+        lines = ["# TYPE ray_vllm_time_to_first_token_seconds histogram"]
+        lines += [f'ray_vllm_time_to_first_token_seconds_bucket{{ReplicaId="a",le="{le}"}} {c}'
+                  for le, c in zip(bounds, counts, strict=True)]
+        return "\n".join(lines) + "\n"
+
+    window = MetricsWindow("m")
+    for t, counts in [(0, [0, 0, 0, 0]), (10, [5, 5, 5, 5]), (20, [7, 11, 12, 12]),
+                      (25, [7, 11, 12, 12])]:
+        snap = window.update(Scrape.from_texts([ttft(counts)], t, replica_ids={"a"}))
+    # Between the changes at 10 s and 20 s: 2 under 0.1 s, 4 in (0.1, 0.5], 1 in (0.5, 1].
+    assert snap.ttft_p50_s == pytest.approx(0.1 + 0.4 * 1.5 / 4)
+    assert snap.ttft_p95_s == pytest.approx(0.5 + 0.5 * 0.65 / 1)
+
+
+# --- display ------------------------------------------------------------------------------------
+
+
+def test_snapshot_html_shows_the_numbers() -> None:
+    snap = Snapshot(app="tiny", time=0.0, replicas=Replicas(2, 1, 3),
+                    kv_cache_usage={"r1": 0.25, "r2": 0.5}, requests_running=7,
+                    requests_waiting=3, tokens_per_s=412.5, prompt_tokens_per_s=12.25,
+                    request_rate=2.5, error_rate=0.25, ttft_p50_s=0.093, ttft_p95_s=0.445,
+                    itl_p50_s=0.012)
+    page = snap._repr_html_()
+    for part in ["tiny", "2 running, 1 starting, target 3", "r1 25.0%", "r2 50.0%", "7 / 3",
+                 "412.5", "12.2", "2.50", "0.25", "93 ms", "445 ms", "12 ms", "<table>"]:
+        assert part in page, part
+    assert "-" in Snapshot(app="x", time=0, replicas=Replicas(0, 0, None))._repr_html_()
+
+
+# --- the cluster-side collector's pure parts ----------------------------------------------------
+
+
+def test_collector_reduction_keeps_the_snapshots(entries: list[dict[str, Any]]) -> None:
+    raw = run(entries)
+    reduced_entries = []
+    for e in entries:
+        ids = {r for d in e["deployments"].values() for r in d["replicas"]}
+        reduced = {n: _collector.reduce(t, APP, ids) for n, t in e["nodes"].items()}
+        reduced_entries.append(dict(e, nodes=reduced))
+    assert run(reduced_entries) == raw
+    small = "".join(reduced_entries[phase(entries, "rolled")[-1]]["nodes"].values())
+    assert "otel_scope_name" not in small and OLD not in small and NEW in small
+    assert len(small) < len(text(entries[-1])) / 3
+
+
+def test_select_families_keeps_headers_and_samples() -> None:
+    full = (
+        "# HELP ray_vllm_generation_tokens_total Tokens.\n"
+        "# TYPE ray_vllm_generation_tokens_total counter\n"
+        'ray_vllm_generation_tokens_total{ReplicaId="a"} 5.0\n'
+        "# TYPE ray_other gauge\nray_other 1.0\n"
+        "# TYPE ray_vllm_num_requests_running gauge\nray_vllm_num_requests_running 2.0\n"
+    )
+    kept = _collector.select_families(full, _collector.FAMILIES)
+    assert "ray_other" not in kept
+    assert [s.name for s in parse(kept)] == [
+        "ray_vllm_generation_tokens_total", "ray_vllm_num_requests_running"]
+
+
+class _TokenServer(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        ok = self.headers.get("Authorization") == "Bearer s3cret"
+        self.send_response(200 if ok else 401)
+        self.end_headers()
+        self.wfile.write(b"ray_vllm_num_requests_running 1.0\n" if ok else b"Unauthorized")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def token_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TokenServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_fetch_retries_with_the_token_when_asked(token_server: str) -> None:
+    body = _collector.fetch(token_server, 5, auth=lambda: {"Authorization": "Bearer s3cret"})
+    assert "ray_vllm_num_requests_running" in body
+    with pytest.raises(_collector.urllib.error.HTTPError):
+        _collector.fetch(token_server, 5, auth=dict)
