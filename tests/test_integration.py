@@ -149,28 +149,43 @@ def test_model_that_fails_to_load_reports_the_engine_reason(
     assert "broken" not in [a.name for a in cluster.apps()]
 
 
-def test_quickstart_notebook_runs_under_papermill(
-    cluster: nbserve.Cluster, tmp_path: Path
-) -> None:
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_notebook(name: str, **parameters: object) -> dict:
+    """Execute notebooks/NAME with papermill into artifacts/; fail on any error output."""
     import nbformat
     import papermill
 
-    repo = Path(__file__).resolve().parent.parent
-    out = repo / "artifacts" / "01_quickstart.ipynb"
+    out = REPO / "artifacts" / name
     out.parent.mkdir(exist_ok=True)
-    summary = tmp_path / "summary.json"
     papermill.execute_notebook(
-        str(repo / "notebooks" / "01_quickstart.ipynb"), str(out), cwd=str(repo / "notebooks"),
-        progress_bar=False,
-        parameters={"app_name": "nb-quickstart", "summary_path": str(summary)},
+        str(REPO / "notebooks" / name), str(out), cwd=str(REPO / "notebooks"),
+        progress_bar=False, parameters=parameters,
     )
-    result = json.loads(summary.read_text())
-    assert result["endpoint"].endswith("/nb-quickstart/v1")
-    assert result["answer"].strip()
     nb = nbformat.read(out, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
-    text = json.dumps(nb)
+    return dict(nb)
+
+
+def test_quickstart_notebook_runs_under_papermill(
+    cluster: nbserve.Cluster, tmp_path: Path
+) -> None:
+    summary = tmp_path / "summary.json"
+    nb = run_notebook("01_quickstart.ipynb", app_name="nb-quickstart",
+                      summary_path=str(summary))
+    result = json.loads(summary.read_text())
+    assert result["endpoint"].endswith("/nb-quickstart/v1")
+    assert result["answer"].strip()
     token = Path(cluster.local_head.token_path).read_text().strip()  # type: ignore[union-attr]
-    assert token not in text, "the Ray auth token leaked into the notebook"
+    assert token not in json.dumps(nb), "the Ray auth token leaked into the notebook"
+
+
+def test_dashboard_notebook_runs_under_papermill(cluster: nbserve.Cluster) -> None:
+    nb = run_notebook("02_dashboard.ipynb", app_name="nb-dashboard", load_seconds=45,
+                      concurrency=8, max_tokens=200, scale_to=2)
+    text = json.dumps(nb)
+    assert "js-plotly-plot" in text or "plotly" in text  # the static report stayed in the output
+    assert "peak" in text and "tokens/s" in text
