@@ -311,10 +311,21 @@ def _open(cluster: Cluster, timeout: float, *, token: str | None, token_path: st
         raise
 
 
+class _DropSigtermNotice(logging.Filter):
+    """Ray warns on every ``ray.init`` from a kernel's non-main thread; it means nothing here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
 def _handshake(cluster: Cluster, timeout: float, *, token: str | None, token_path: str | None,
                sleep: Callable[[float], None]) -> Cluster:
     global _active
     import ray
+
+    ray_worker_log = logging.getLogger("ray._private.worker")
+    if not any(isinstance(f, _DropSigtermNotice) for f in ray_worker_log.filters):
+        ray_worker_log.addFilter(_DropSigtermNotice())
 
     parsed = urlparse(cluster.address)
     host, port = parsed.hostname or "", parsed.port or 0

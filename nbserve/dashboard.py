@@ -85,6 +85,10 @@ class DashboardReport:
         """A plotly Figure of the recorded window."""
         return _figure(self.state, widget=False)
 
+    def __repr__(self) -> str:
+        points = {app: len(self.state.snapshots.get(app, ())) for app in self.state.apps}
+        return f"<nbserve.DashboardReport {points} snapshots>"
+
     def _repr_html_(self) -> str:
         parts = [self.figure().to_html(full_html=False, include_plotlyjs="cdn")]
         for name in self.state.apps:
