@@ -312,7 +312,7 @@ def _open(cluster: Cluster, timeout: float, *, token: str | None, token_path: st
 
 
 class _DropSigtermNotice(logging.Filter):
-    """Ray warns on every ``ray.init`` from a kernel's non-main thread; it means nothing here."""
+    """Drop a warning the Ray Client server streams back on every session; it means nothing."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "SIGTERM handler is not set" not in record.getMessage()
@@ -323,9 +323,9 @@ def _handshake(cluster: Cluster, timeout: float, *, token: str | None, token_pat
     global _active
     import ray
 
-    ray_worker_log = logging.getLogger("ray._private.worker")
-    if not any(isinstance(f, _DropSigtermNotice) for f in ray_worker_log.filters):
-        ray_worker_log.addFilter(_DropSigtermNotice())
+    streamed = logging.getLogger("ray.util.client.logsclient")  # the server's log lines
+    if not any(isinstance(f, _DropSigtermNotice) for f in streamed.filters):
+        streamed.addFilter(_DropSigtermNotice())
 
     parsed = urlparse(cluster.address)
     host, port = parsed.hostname or "", parsed.port or 0
