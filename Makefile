@@ -10,7 +10,8 @@ demo: setup
 
 ## Install everything and run the whole test suite (CI runs exactly this).
 test: setup
-	.venv/bin/ruff check nbserve tests
+	bash scripts/install_browser.sh
+	.venv/bin/ruff check nbserve tests scripts
 	.venv/bin/mypy nbserve
 	.venv/bin/python -m pytest
 
