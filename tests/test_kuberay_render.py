@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import crdschema
 import pytest
 import yaml
+from golden_util import GOLDEN, check_golden
 from pydantic import ValidationError
 
 from nbserve.accelerators import ACCELERATORS, accelerator_names, resolve_accelerator
@@ -30,8 +30,6 @@ from nbserve.kuberay_spec import (
     to_yaml,
 )
 
-GOLDEN = Path(__file__).parent / "golden"
-UPDATE = os.environ.get("NBSERVE_UPDATE_GOLDEN") == "1"
 SAMPLES = sorted(crdschema.KUBERAY_DIR.glob("ray-*.yaml"))
 
 
@@ -106,16 +104,7 @@ def ray_documents(path: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden(case: str) -> None:
-    text = to_yaml(CASES[case]())
-    path = GOLDEN / f"{case}.yaml"
-    if UPDATE:
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    assert path.exists(), f"{path} is missing; run with NBSERVE_UPDATE_GOLDEN=1 to create it"
-    assert text == path.read_text(encoding="utf-8"), (
-        f"{case} renders differently from {path.name}; if the change is intended, rerun with "
-        "NBSERVE_UPDATE_GOLDEN=1 and review the diff"
-    )
+    check_golden(case, to_yaml(CASES[case]()))
 
 
 def test_every_golden_file_is_a_case() -> None:
