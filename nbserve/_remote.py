@@ -22,9 +22,23 @@ def call(fn: Any, *args: Any) -> Any:
     import ray
     import ray.cloudpickle
 
+    require_session()
     ray.cloudpickle.register_pickle_by_value(__import__(__name__, fromlist=["_"]))
     task = ray.remote(num_cpus=0, max_retries=0)(fn)
     return ray.get(task.remote(*args))
+
+
+def require_session() -> None:
+    """Refuse to go on without a Ray Client session (Ray would start a local instance)."""
+    import ray
+
+    if not ray.is_initialized():
+        from .errors import ConnectionFailed
+
+        raise ConnectionFailed(
+            "this kernel has no open Ray session (it was closed, or another connect() failed); "
+            "call nbserve.connect() again"
+        )
 
 
 def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, Any]) -> None:

@@ -174,6 +174,7 @@ class App:
         """The app's current status from Serve (``NOT_FOUND`` once deleted)."""
         from ray import serve
 
+        _remote.require_session()
         info = serve.status().applications.get(self.name)
         if info is None:
             return AppStatus(self.name, "NOT_FOUND", "", {})

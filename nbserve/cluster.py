@@ -149,7 +149,7 @@ class Cluster:
 
         from .app import App
 
-        records = _remote.call(_remote.records)
+        records = _remote.call(_remote.records)  # checks the session first
         names = sorted(serve.status().applications)
         return [App._from_record(self, name, records.get(name)) for name in names]
 

@@ -19,7 +19,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the tests that open a Ray Client session of their own last.
+    """Run the tests that open (or may close) a Ray Client session of their own last.
 
     A kernel (here: the pytest process) has one Ray Client session; such a test closes the
     session the ``cluster`` fixture opened, so the tests that share it go first.

@@ -34,6 +34,10 @@ NS = "ray"
 POD = "llm-head-x2k9p"
 TOKEN = "s3cr3t-ray-token-0123456789abcdef"
 
+# connect() here opens (or, failing, closes) the process's one Ray Client session, so
+# these tests run after the ones that share the session of the `cluster` fixture.
+pytestmark = pytest.mark.own_session
+
 
 @pytest.fixture
 def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
