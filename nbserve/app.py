@@ -75,7 +75,7 @@ class AppStatus:
     def failed(self) -> DeploymentStatus | None:
         """The first deployment that failed, if any."""
         for dep in self.deployments.values():
-            if dep.status in FAILED or dep.status == "DEPLOY_FAILED":
+            if dep.status in FAILED:
                 return dep
         return None
 

@@ -159,7 +159,6 @@ class Cluster:
         Raises:
             AppNotFound: no application of that name runs; the message lists those that do.
         """
-        from .app import App
         from .errors import AppNotFound
 
         apps = {a.name: a for a in self.apps()}
@@ -167,7 +166,7 @@ class Cluster:
             raise AppNotFound(
                 f"no application {name!r} on {self.address}; running: {sorted(apps) or 'none'}"
             )
-        return apps[name] if isinstance(apps[name], App) else apps[name]
+        return apps[name]
 
     def dashboard(self, *, interval: float = 2.0, history: int = 600) -> Dashboard:
         """A live widget of every app on the cluster.

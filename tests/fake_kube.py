@@ -417,14 +417,7 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                                    "name": name, "namespace": namespace}
             if patched.get("status") is None:
                 patched.pop("status")
-            if not self._valid(patched, name):
-                return
-            meta = patched["metadata"]
-            meta["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
-            if patched.get("spec") != current.get("spec"):
-                meta["generation"] = int(current["metadata"].get("generation", 1)) + 1
-            fake.add(patched)
-            self._send(200, fake.get(resource, namespace, name) or {})
+            self._replace(current, patched, resource, namespace, name)
 
         def _update(self, namespace: str, resource: str, group: str, name: str,
                     query: dict[str, str]) -> None:
@@ -437,11 +430,18 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                                "name": name, "namespace": namespace}
             if "status" in current:
                 obj["status"] = current["status"]
-            if not self._valid(obj, name):
+            self._replace(current, obj, resource, namespace, name)
+
+        def _replace(self, current: dict[str, Any], new: dict[str, Any], resource: str,
+                     namespace: str, name: str) -> None:
+            """Store an updated object as the API server does: validate, bump versions, 200."""
+            if not self._valid(new, name):
                 return
-            version = int(current["metadata"]["resourceVersion"]) + 1
-            obj["metadata"]["resourceVersion"] = str(version)
-            fake.add(obj)
+            meta = new["metadata"]
+            meta["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
+            if new.get("spec") != current.get("spec"):
+                meta["generation"] = int(current["metadata"].get("generation", 1)) + 1
+            fake.add(new)
             self._send(200, fake.get(resource, namespace, name) or {})
 
         def _delete(self, namespace: str, resource: str, group: str, name: str,
