@@ -19,6 +19,7 @@ from .app import App, AppStatus, DeploymentStatus
 from .cluster import Cluster, connect
 from .errors import (
     AppNotFound,
+    ClusterError,
     ConnectionFailed,
     DeployFailed,
     LocalClusterError,
@@ -28,6 +29,7 @@ from .errors import (
     WaitTimeout,
 )
 from .kuberay_spec import ClusterSpec, HeadSpec, WorkerGroup, to_yaml
+from .provision import create_cluster
 from .spec import LLM, Engine, Scaling
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ __all__ = [
     "AppNotFound",
     "AppStatus",
     "Cluster",
+    "ClusterError",
     "ClusterSpec",
     "ConnectionFailed",
     "DeployFailed",
@@ -56,6 +59,7 @@ __all__ = [
     "WorkerGroup",
     "apps",
     "connect",
+    "create_cluster",
     "demo_model",
     "to_yaml",
 ]

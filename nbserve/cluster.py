@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from . import _remote, local
-from .errors import ConnectionFailed, SpecError, VersionMismatch
+from .errors import ClusterError, ConnectionFailed, SpecError, VersionMismatch
 from .spec import LLM, check_app_name
 from .wait import backoff
 
 if TYPE_CHECKING:
     from .app import App
     from .dashboard import Dashboard
+    from .kuberay import RayClusterRef
 
 __all__ = ["Cluster", "connect", "check_versions"]
 
@@ -95,6 +96,8 @@ class Cluster:
         self._http_options = http_options
         self._closers: list[Callable[[], None]] = []  # run on disconnect (e.g. port-forwards)
         self.connect_seconds = 0.0
+        # The KubeRay RayCluster behind this session, when there is one.
+        self.raycluster: RayClusterRef | None = None
 
     # --- apps -------------------------------------------------------------------------------
     def deploy(
@@ -178,6 +181,77 @@ class Cluster:
 
         return Dashboard(self.apps(), interval=interval, history=history)
 
+    # --- the KubeRay RayCluster --------------------------------------------------------------
+    def scale(self, group: str, replicas: int) -> None:
+        """Set how many workers of one worker group of this KubeRay RayCluster run.
+
+        Without autoscaling, patches the group's ``replicas``, which must lie within its
+        ``[minReplicas, maxReplicas]``. With the in-tree autoscaler on (``ClusterSpec``'s
+        default) the autoscaler owns ``replicas`` and would undo a change to it on its next
+        pass, so ``minReplicas`` is set to ``replicas`` as well: at least that many workers stay
+        up, the autoscaler may still add more up to ``maxReplicas``, and scaling back down (e.g.
+        ``scale(group, 0)``) lets it remove idle workers again after ``idle_timeout_seconds``.
+
+        Works for a cluster from ``nbserve.create_cluster`` and for one attached with
+        ``connect("raycluster/NAME")``. Scaling Serve replicas of a model is ``app.update``.
+
+        Raises:
+            ClusterError: this is not a KubeRay cluster, or the API server refused.
+            SpecError: no such worker group (the message lists them), or ``replicas`` above
+                ``maxReplicas`` (or, without autoscaling, below ``minReplicas``).
+
+        Example:
+            >>> cluster.scale("gpu", 2)  # doctest: +SKIP
+        """
+        from . import provision
+
+        provision.scale(self._kuberay("scale"), group, replicas)
+
+    def down(self, *, force: bool = False, timeout: float = 600, progress: bool = True) -> None:
+        """Disconnect, then delete this KubeRay RayCluster and wait until its pods are gone.
+
+        Only a RayCluster that ``nbserve.create_cluster`` created (or updated) in this kernel is
+        deleted without asking; one this kernel only attached to (``connect("raycluster/NAME")``)
+        needs ``force=True``, since others may be using it. A RayCluster that is already gone is
+        fine. For the local cluster, use ``disconnect()`` and ``nbserve down``.
+
+        Args:
+            force: delete a RayCluster this kernel did not create.
+            timeout: seconds to wait until it is gone.
+            progress: show a progress bar while waiting.
+
+        Raises:
+            ClusterError: this is not a KubeRay cluster, it was not created here and ``force``
+                is not set (nothing is done), or the API server refused.
+            WaitTimeout: it is still being deleted after ``timeout`` seconds.
+
+        Example:
+            >>> cluster = nbserve.create_cluster(nbserve.ClusterSpec(name="llm"))  # doctest: +SKIP
+            >>> cluster.down()                                                # doctest: +SKIP
+        """
+        from . import provision
+
+        ref = self._kuberay("down")
+        if not ref.created and not force:
+            raise ClusterError(
+                f"this kernel attached to RayCluster {ref} but did not create it, so down() "
+                "leaves it alone: pass down(force=True) to delete it anyway, or call "
+                "disconnect() to just close this session"
+            )
+        self.disconnect()
+        provision.delete(ref, timeout=timeout, progress=progress)
+
+    def _kuberay(self, what: str) -> RayClusterRef:
+        if self.raycluster is None:
+            hint = ("use disconnect(), and `nbserve down` to stop the local cluster"
+                    if self.kind == "local" else "manage that cluster where it runs")
+            raise ClusterError(
+                f"{what}() works on a KubeRay RayCluster (nbserve.create_cluster or "
+                f"connect('raycluster/NAME')); this cluster is {self.kind} at {self.address}: "
+                f"{hint}"
+            )
+        return self.raycluster
+
     # --- session ----------------------------------------------------------------------------
     @property
     def connected(self) -> bool:
@@ -206,7 +280,8 @@ class Cluster:
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "disconnected"
-        return f"<nbserve.Cluster {self.kind} {self.address} ({state})>"
+        where = f" raycluster/{self.raycluster}" if self.raycluster else ""
+        return f"<nbserve.Cluster {self.kind}{where} {self.address} ({state})>"
 
     def _repr_html_(self) -> str:
         state = "connected" if self.connected else "disconnected"

@@ -23,6 +23,15 @@ class ConnectionFailed(NbserveError, ConnectionError):
     """The Ray cluster could not be reached or refused the connection."""
 
 
+class ClusterError(NbserveError):
+    """A RayCluster could not be created, changed or deleted, or the cluster is not one to change.
+
+    Raised for the Kubernetes API's refusals (RBAC, a missing namespace, a manifest the CRD
+    rejects), for ``scale`` or ``down`` on a cluster that is not a KubeRay RayCluster, and for
+    ``down`` on a RayCluster this kernel only attached to.
+    """
+
+
 class VersionMismatch(NbserveError):
     """The cluster's Ray version or Python minor differs from this kernel's."""
 
@@ -62,11 +71,9 @@ class DeployFailed(NbserveError):
 class WaitTimeout(NbserveError, TimeoutError):
     """A wait ran past its deadline; carries the last status it observed."""
 
-    def __init__(self, what: str, timeout: float, last: Any) -> None:
+    def __init__(self, what: str, timeout: float, last: Any, hint: str | None = None) -> None:
         self.what = what
         self.timeout = timeout
         self.last = last
-        super().__init__(
-            f"{what} did not finish within {timeout:g} s; last status: {last}. "
-            "Pass a larger timeout= or look at app.status() for what it waits on."
-        )
+        hint = hint or "Pass a larger timeout= or look at app.status() for what it waits on."
+        super().__init__(f"{what} did not finish within {timeout:g} s; last status: {last}. {hint}")

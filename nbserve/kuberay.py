@@ -18,13 +18,14 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from . import cluster as _cluster
-from .errors import ConnectionFailed, SpecError
+from .errors import ConnectionFailed, NbserveError, SpecError
 from .portforward import PodPortForward
 
-__all__ = ["connect_raycluster", "image_versions"]
+__all__ = ["RayClusterRef", "connect_raycluster", "image_versions", "readiness"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,23 @@ _GET_CREDENTIALS = (
     "--project PROJECT` (with gke-gcloud-auth-plugin installed), or run the notebook in a pod "
     "of that cluster."
 )
+
+
+@dataclass
+class RayClusterRef:
+    """Which RayCluster a ``Cluster`` is connected to, and whether nbserve created it.
+
+    ``created`` is True when ``create_cluster`` applied it (so ``down()`` deletes it), False
+    when ``connect("raycluster/NAME")`` only attached to it.
+    """
+
+    name: str
+    namespace: str
+    context: str | None = None
+    created: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
 
 def connect_raycluster(
@@ -99,7 +117,11 @@ def connect_raycluster(
         api.close()
     log.info("connecting to %s at %s", where, cluster.address)
     remaining = max(deadline - time.monotonic(), 1.0)
-    return _cluster._open(cluster, remaining, token=token, token_path=None, sleep=time.sleep)
+    connected = _cluster._open(cluster, remaining, token=token, token_path=None,
+                               sleep=time.sleep)
+    if connected.raycluster is None:  # a new session, not one already open to this address
+        connected.raycluster = RayClusterRef(name, namespace, context, created=False)
+    return connected
 
 
 def image_versions(image: str) -> tuple[str | None, str | None]:
@@ -119,25 +141,42 @@ def image_versions(image: str) -> tuple[str | None, str | None]:
 
 
 # --- checks on the RayCluster (pure) ------------------------------------------------------------
-def _check_ready(rc: dict[str, Any], namespace: str, name: str) -> None:
+def readiness(rc: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a RayCluster's head is ready, and its status in a line (from the CRD status).
+
+    Example:
+        >>> readiness({"status": {"state": "ready"}})
+        (True, "state 'ready'")
+    """
     status = rc.get("status") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     head = conditions.get("HeadPodReady") or conditions.get("Ready")
     # The condition, where KubeRay reports it, is current; "state" stays "ready" once reached.
     ready = head.get("status") == "True" if head else status.get("state") == "ready"
-    if ready:
-        return
-    state = status.get("state") or "not reported"
-    why = [f"state {state!r}"]
+    why = [f"state {status.get('state') or 'not reported'!r}"]
     if head:
         why.append(f"{head.get('type')}={head.get('status')} ({head.get('reason') or '-'}"
                    + (f": {head['message']}" if head.get("message") else "") + ")")
+    failure = conditions.get("RayClusterReplicaFailure")
+    if failure and failure.get("status") == "True":
+        why.append(f"RayClusterReplicaFailure ({failure.get('reason') or '-'}: "
+                   f"{failure.get('message') or ''})")
+    if "desiredWorkerReplicas" in status:
+        why.append(f"workers ready {status.get('readyWorkerReplicas', 0)}/"
+                   f"{status['desiredWorkerReplicas']}")
     if status.get("reason"):
         why.append(f"reason: {status['reason']}")
     if (rc.get("spec") or {}).get("suspend"):
         why.append("spec.suspend is true")
+    return ready, "; ".join(why)
+
+
+def _check_ready(rc: dict[str, Any], namespace: str, name: str) -> None:
+    ready, why = readiness(rc)
+    if ready:
+        return
     raise ConnectionFailed(
-        f"RayCluster {namespace}/{name} is not ready: {'; '.join(why)}. Wait for its head pod "
+        f"RayCluster {namespace}/{name} is not ready: {why}. Wait for its head pod "
         f"(`kubectl get raycluster,pods -n {namespace}`) and try again."
     )
 
@@ -193,17 +232,19 @@ def _api_client(context: str | None) -> tuple[Any, bool]:
 
 
 def _call(api: Any, deadline: float, what: tuple[str, str, str], fn: Any, *args: Any,
-          missing_ok: bool = False, **kwargs: Any) -> Any:
+          missing_ok: bool = False, error: type[NbserveError] = ConnectionFailed,
+          passthrough: tuple[int, ...] = (), **kwargs: Any) -> Any:
     """Call the API; JSON back (None for 404 if ``missing_ok``), refusals as nbserve errors.
 
-    ``what`` is (verb, resource, namespace), as RBAC names them.
+    ``what`` is (verb, resource, namespace), as RBAC names them. Refusals become ``error``,
+    except the statuses in ``passthrough``: those stay ``ApiException`` for the caller.
     """
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise ConnectionFailed(f"timed out talking to the Kubernetes API ({what[0]} {what[1]})")
+        raise error(f"timed out talking to the Kubernetes API ({what[0]} {what[1]})")
     try:
         response = fn(*args, _preload_content=False, _request_timeout=min(remaining, 30),
                       **kwargs)
@@ -211,9 +252,11 @@ def _call(api: Any, deadline: float, what: tuple[str, str, str], fn: Any, *args:
     except ApiException as err:
         if err.status == 404 and missing_ok:
             return None
-        raise ConnectionFailed(_refusal(err, *what)) from err
+        if err.status in passthrough:
+            raise
+        raise error(_refusal(err, *what)) from err
     except (HTTPError, OSError) as err:
-        raise ConnectionFailed(
+        raise error(
             f"cannot reach the Kubernetes API server at {api.configuration.host}: {err}. "
             f"Check the kubeconfig context, your network or VPN. {_GET_CREDENTIALS}"
         ) from err

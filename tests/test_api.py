@@ -159,6 +159,18 @@ def test_wait_timeout_carries_the_last_status() -> None:
     err = nbserve.WaitTimeout("app 'tiny'", 30, last)
     assert err.last is last
     assert "within 30 s" in str(err) and "DEPLOYING" in str(err)
+    assert "app.status()" in str(err)
+    hinted = nbserve.WaitTimeout("RayCluster ray/llm", 30, "state ''", "It was left in place.")
+    assert str(hinted).endswith("It was left in place.") and "app.status()" not in str(hinted)
+
+
+def test_scale_and_down_refuse_a_cluster_that_is_not_kuberay() -> None:
+    local = nbserve.Cluster("ray://127.0.0.1:10001", serve_url="http://127.0.0.1:8000",
+                            kind="local")
+    for call in (lambda: local.scale("gpu", 1), local.down):
+        with pytest.raises(nbserve.ClusterError, match="works on a KubeRay RayCluster.*local "
+                           "at ray://127.0.0.1:10001.*nbserve down"):
+            call()
 
 
 def test_app_not_found_is_not_quoted_like_a_key_error() -> None:
@@ -175,3 +187,4 @@ def test_every_error_is_an_nbserve_error() -> None:
     assert issubclass(nbserve.SpecError, ValueError)
     assert issubclass(nbserve.ConnectionFailed, ConnectionError)
     assert issubclass(nbserve.WaitTimeout, TimeoutError)
+    assert "ClusterError" in nbserve.__all__ and "create_cluster" in nbserve.__all__
