@@ -348,23 +348,27 @@ def _wait_ready(api: Any, ns: str, name: str, deadline: float, timeout: float,
 
 def _wait(what: str, poll: Any, done: Any, describe: Any, *, timeout: float, progress: bool,
           hint: str, total_timeout: float | None = None) -> Any:
-    from tqdm.auto import tqdm
+    bar = None
+    if progress:  # no tqdm object at all otherwise: it starts a monitor thread
+        from tqdm.auto import tqdm
 
-    bar = tqdm(total=1, desc=what, disable=not progress, leave=True,
-               bar_format="{desc}: {postfix} [{elapsed}]")
+        bar = tqdm(total=1, desc=what, leave=True, bar_format="{desc}: {postfix} [{elapsed}]")
     last: list[Any] = [None]
 
     def show(value: Any) -> None:
         last[0] = value
-        bar.set_postfix_str(describe(value), refresh=True)
+        if bar is not None:
+            bar.set_postfix_str(describe(value), refresh=True)
 
     try:
         result = poll_until(poll, done, timeout=timeout, interval=1.0, on_poll=show,
                             what=what)
-        bar.n = 1
-        bar.refresh()
+        if bar is not None:
+            bar.n = 1
+            bar.refresh()
         return result
     except WaitTimeout as err:
         raise WaitTimeout(what, total_timeout or timeout, describe(last[0]), hint) from err
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()

@@ -68,3 +68,14 @@ def tiny_path(nbserve_home: Path) -> str:
     import nbserve
 
     return nbserve.demo_model()
+
+
+@pytest.fixture
+def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """A fake Kubernetes API server, with KUBECONFIG pointing at it (tests/fake_kube.py)."""
+    from fake_kube import FakeKube
+
+    with FakeKube() as fake:
+        monkeypatch.setenv("KUBECONFIG", str(fake.write_kubeconfig(tmp_path / "kubeconfig")))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        yield fake

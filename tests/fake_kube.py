@@ -4,8 +4,15 @@
 unmodified ``kubernetes`` client at it with a bearer token. It serves what nbserve uses:
 
 - ``ray.io/v1`` RayClusters and RayServices: get, list, create (defaulted and validated against
-  KubeRay's real CRD by ``crdschema``; 409 AlreadyExists, 422 Invalid), merge-patch and JSON
-  patch (415 for strategic merge, as for any custom resource), delete;
+  KubeRay's real CRD by ``crdschema``; 409 AlreadyExists, 422 Invalid; 404 for a namespace not
+  in ``namespaces`` when that is set), merge-patch and JSON patch (415 for strategic merge, as
+  for any custom resource), delete (``propagationPolicy=Foreground`` keeps the object, with a
+  deletionTimestamp, until its dependents are gone); objects a RayCluster owns are
+  garbage-collected with it;
+- with ``operator`` set, what KubeRay does for a RayCluster created through the API: at once a
+  status that is not ready, a pending head pod, the head service and the token Secret; after
+  ``ready_after`` seconds a ready status and a running head pod (whose port-forwards reach
+  ``targets``). It happens lazily, when the next request arrives: no timer threads;
 - core ``services``, ``pods`` (``labelSelector``: ``k=v``, ``k!=v``, ``k``, ``!k``) and
   ``secrets``: get and list;
 - ``/api``, ``/apis``, ``/version`` discovery;
@@ -30,6 +37,7 @@ import re
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -129,6 +137,22 @@ class Denial:
 
 
 @dataclass
+class Operator:
+    """What the fake does in KubeRay's place for RayClusters created through its API.
+
+    ``ready_after``: seconds from create until the head pod is ready (None: never).
+    ``ports``: the head container's named ports (default: those of the created RayCluster).
+    ``token``: the value of the token Secret of a RayCluster with ``authOptions.mode: token``.
+    ``delete_after``: seconds a foreground deletion takes (the pods terminating).
+    """
+
+    ready_after: float | None = 0.5
+    ports: dict[str, int] | None = None
+    token: str | None = "t0ken"
+    delete_after: float = 0.5
+
+
+@dataclass
 class Session:
     """One portforward WebSocket session, as the fake saw it."""
 
@@ -153,6 +177,9 @@ class FakeKube:
         self.requests: list[tuple[str, str]] = []  # (method, path) in order
         self.sessions: list[Session] = []
         self.kuberay_installed = True
+        self.operator: Operator | None = None
+        self.namespaces: set[str] | None = None  # None: every namespace exists
+        self._due: dict[tuple[str, str, str], tuple[str, float]] = {}  # key -> (event, when)
         self._lock = threading.RLock()
         self._sockets: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
@@ -240,6 +267,70 @@ class FakeKube:
         with self._lock:
             self.objects.pop((resource, namespace, name), None)
 
+    def collect(self, owner: dict[str, Any]) -> None:
+        """Remove ``owner`` and what it owns, as the garbage collector does."""
+        uid = owner["metadata"].get("uid")
+        with self._lock:
+            for key, obj in list(self.objects.items()):
+                refs = obj["metadata"].get("ownerReferences") or []
+                if obj is owner or key == ("rayclusters", owner["metadata"]["namespace"],
+                                           owner["metadata"]["name"]) or any(
+                        ref.get("uid") == uid for ref in refs):
+                    del self.objects[key]
+
+    def reconcile(self) -> None:
+        """Play the operator's part for what is due (called on every request)."""
+        now_ = time.monotonic()
+        with self._lock:
+            for key, (event, when) in list(self._due.items()):
+                if now_ < when:
+                    continue
+                del self._due[key]
+                current = self.objects.get(key)
+                if current is None:
+                    continue
+                if event == "ready":
+                    self._materialize(current, ready=True)
+                else:
+                    self.collect(current)
+
+    def _created(self, resource: str, namespace: str, name: str) -> None:
+        op = self.operator
+        if op is None or resource != "rayclusters":
+            return
+        with self._lock:
+            self._materialize(self.objects[(resource, namespace, name)], ready=False)
+            if op.ready_after is not None:
+                self._due[(resource, namespace, name)] = ("ready",
+                                                          time.monotonic() + op.ready_after)
+
+    def _materialize(self, rc: dict[str, Any], *, ready: bool) -> None:
+        """Status, head pod, head service and token Secret of a stored RayCluster."""
+        assert self.operator is not None
+        spec, meta = rc["spec"], rc["metadata"]
+        head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in head.get("ports") or [] if "name" in p}
+        token = self.operator.token if (spec.get("authOptions") or {}).get(
+            "mode") == "token" else None
+        built = raycluster_objects(meta["name"], meta["namespace"],
+                                   ray_version=spec.get("rayVersion", "2.60.0"),
+                                   image=head["image"], token=token,
+                                   ports={**ports, **(self.operator.ports or {})}, ready=ready)
+        status = built[0]["status"]
+        groups = spec.get("workerGroupSpecs") or []
+        desired = sum(g.get("replicas", 0) for g in groups)
+        status.update(desiredWorkerReplicas=desired,
+                      minWorkerReplicas=sum(g.get("minReplicas", 0) for g in groups),
+                      maxWorkerReplicas=sum(g.get("maxReplicas", 0) for g in groups),
+                      availableWorkerReplicas=desired if ready else 0,
+                      readyWorkerReplicas=desired if ready else 0,
+                      observedGeneration=meta.get("generation", 1))
+        rc["status"] = status
+        for obj in built[1:]:
+            for ref in obj["metadata"].get("ownerReferences") or []:
+                ref["uid"] = meta["uid"]
+            self.add(obj)
+
     def deny(self, verb: str, resource: str, namespace: str | None = None, *, code: int = 403,
              skip: int = 0) -> None:
         """Refuse ``verb`` on ``resource`` (e.g. "pods/portforward") with 403, or another code."""
@@ -304,6 +395,7 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
             with fake._lock:
                 fake.requests.append((method, url.path))
+            fake.reconcile()
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 self._send(401, status_body(401, "Unauthorized", "Unauthorized"))
                 return
@@ -327,6 +419,12 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                 return
             if denial := fake._denied(verb, resource, namespace):
                 self._refuse(denial, verb, resource, group, namespace, name)
+                return
+            if verb == "create" and fake.namespaces is not None and (
+                    namespace not in fake.namespaces):
+                self._send(404, status_body(404, "NotFound",
+                                            f'namespaces "{namespace}" not found',
+                                            {"name": namespace, "kind": "namespaces"}))
                 return
             handler = getattr(self, f"_{verb}")
             handler(namespace, resource, group, name, query)
@@ -387,7 +485,9 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                                             {"name": name, "group": group, "kind": resource}))
                 return
             fake.add(obj)
-            self._send(201, fake.get(resource, namespace, name) or {})
+            created = fake.get(resource, namespace, name) or {}
+            fake._created(resource, namespace, name)
+            self._send(201, created)
 
         def _patch(self, namespace: str, resource: str, group: str, name: str,
                    query: dict[str, str]) -> None:
@@ -450,7 +550,21 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             if obj is None:
                 self._missing(resource, group, name)
                 return
-            fake.remove(resource, namespace, name)
+            body = self._body() or {}
+            policy = query.get("propagationPolicy") or body.get("propagationPolicy")
+            op = fake.operator
+            if policy == "Foreground" and op is not None and op.delete_after > 0:
+                with fake._lock:
+                    stored = fake.objects[(resource, namespace, name)]
+                    if "deletionTimestamp" not in stored["metadata"]:
+                        stored["metadata"]["deletionTimestamp"] = now()
+                        stored["metadata"]["finalizers"] = ["foregroundDeletion"]
+                        fake._due[(resource, namespace, name)] = (
+                            "gone", time.monotonic() + op.delete_after)
+                self._send(200, fake.get(resource, namespace, name) or {})
+                return
+            with fake._lock:
+                fake.collect(fake.objects[(resource, namespace, name)])
             self._send(200, {"kind": "Status", "apiVersion": "v1", "metadata": {},
                              "status": "Success",
                              "details": {"name": name, "group": group, "kind": resource,
