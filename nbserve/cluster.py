@@ -302,7 +302,7 @@ _active: Cluster | None = None
 def connect(
     address: str | None = None, *, serve_url: str | None = None, timeout: float = 180,
     token: str | None = None, token_path: str | None = None, namespace: str = "default",
-    _sleep: Callable[[float], None] = time.sleep,
+    context: str | None = None, _sleep: Callable[[float], None] = time.sleep,
 ) -> Cluster:
     """Connect this kernel to a Ray cluster through Ray Client.
 
@@ -319,6 +319,8 @@ def connect(
         token: the cluster's Ray auth token, if it uses token authentication. Never logged.
         token_path: a file holding that token, instead of ``token``.
         namespace: the Kubernetes namespace of a ``raycluster/NAME`` address.
+        context: the kubeconfig context for a ``raycluster/NAME`` address (default: the
+            current one, or the pod's service account inside a cluster).
 
     Returns:
         The connected cluster. A kernel has one Ray Client session: connecting again to the same
@@ -346,7 +348,7 @@ def connect(
         from . import kuberay
 
         return kuberay.connect_raycluster(
-            address.removeprefix("raycluster/"), namespace, timeout=timeout
+            address.removeprefix("raycluster/"), namespace, timeout=timeout, context=context
         )
     if not address.startswith("ray://"):
         raise SpecError(

@@ -10,6 +10,7 @@ fake API server's port-forwards. Tests marked ``kube`` need a real cluster with 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import random
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 from fake_kube import FakeKube, raycluster_objects
 from kube_helpers import leaves_nothing_behind
 
@@ -375,43 +377,109 @@ def test_fake_api_server_speaks_like_the_real_one(kube: FakeKube) -> None:
 
 
 # --- end to end ---------------------------------------------------------------------------------
-@pytest.mark.integration
-@pytest.mark.own_session
-def test_connect_deploy_and_chat_through_port_forwards(
-    local_head: Any, tiny_path: str, kube: FakeKube
-) -> None:
-    """The real local head stands in for the head pod; the fake API server forwards to it.
+def head_ports(local_head: Any) -> dict[str, int]:
+    return {"client": local_head.client_port, "serve": local_head.serve_port,
+            "dashboard": local_head.dashboard_port, "metrics": local_head.metrics_port}
+
+
+KR_APP = "kr-tiny"
+
+
+def kr_spec(tiny_path: str) -> nbserve.LLM:
+    """The app both tests below serve: the GKE runbook deploys exactly this, a no-op."""
+    return nbserve.LLM(tiny_path, name="tiny", max_model_len=256, min_replicas=1,
+                       max_replicas=1)
+
+
+@pytest.fixture(scope="module")
+def kr_app(local_head: Any, tiny_path: str, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[tuple[FakeKube, nbserve.App, str]]:
+    """A RayCluster whose head is the real local head, connected and serving ``kr-tiny``.
 
     The head container's named ports are the local head's own (not 10001/8000/8265), which
     also shows they are read from the pod rather than assumed.
     """
     token = Path(local_head.token_path).read_text().strip()
-    ports = {"client": local_head.client_port, "serve": local_head.serve_port,
-             "dashboard": local_head.dashboard_port, "metrics": local_head.metrics_port}
-    kube.add(*raycluster_objects("llm", NS, token=token, ports=ports))
-    kube.forward_to("127.0.0.1", ports.values())
-    with leaves_nothing_behind(kube, only_ours=True):
-        cluster = nbserve.connect("raycluster/llm", namespace=NS, timeout=240)
-        try:
-            assert cluster.kind == "kuberay" and cluster.connected
-            assert cluster.address.startswith("ray://127.0.0.1:")
-            assert cluster.address != local_head.address
-            assert {s.ports[0] for s in kube.open_sessions()} >= {local_head.client_port}
-            app = cluster.deploy(nbserve.LLM(tiny_path, name="tiny", max_model_len=256),
-                                 name="kr-tiny", progress=False)
+    ports = head_ports(local_head)
+    with FakeKube() as kube, pytest.MonkeyPatch.context() as mp:
+        kubeconfig = kube.write_kubeconfig(tmp_path_factory.mktemp("kr") / "kubeconfig")
+        mp.setenv("KUBECONFIG", str(kubeconfig))
+        mp.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        kube.add(*raycluster_objects("llm", NS, token=token, ports=ports))
+        kube.forward_to("127.0.0.1", ports.values())
+        with leaves_nothing_behind(kube, only_ours=True):
+            cluster = nbserve.connect("raycluster/llm", namespace=NS, timeout=240)
             try:
-                assert app.endpoint == f"{cluster.serve_url}/kr-tiny/v1"
-                assert app.chat("Hello", max_tokens=8).strip()
-                assert "kr-tiny" in [a.name for a in cluster.apps()]
-                reply = requests.get(f"{cluster.dashboard_url}/api/version", timeout=30,
-                                     headers={"Authorization": f"Bearer {token}"})
-                assert reply.status_code == 200 and reply.json()["ray_version"] == "2.60.0"
+                app = cluster.deploy(kr_spec(tiny_path), name=KR_APP, progress=False)
+                try:
+                    yield kube, app, token
+                finally:
+                    app.delete()
             finally:
-                app.delete()
-        finally:
-            cluster.disconnect()
-        assert not cluster.connected and cluster_mod._active is None
-        assert not cluster._closers
+                cluster.disconnect()
+            assert not cluster.connected and cluster_mod._active is None
+            assert not cluster._closers
+
+
+@pytest.mark.integration
+@pytest.mark.own_session
+def test_connect_deploy_and_chat_through_port_forwards(
+    local_head: Any, kr_app: tuple[FakeKube, nbserve.App, str]
+) -> None:
+    """The real local head stands in for the head pod; the fake API server forwards to it."""
+    kube, app, token = kr_app
+    cluster = app.cluster
+    assert cluster.kind == "kuberay" and cluster.connected
+    assert cluster.address.startswith("ray://127.0.0.1:")
+    assert cluster.address != local_head.address
+    assert {s.ports[0] for s in kube.open_sessions()} >= {local_head.client_port}
+    assert app.endpoint == f"{cluster.serve_url}/{KR_APP}/v1"
+    assert app.chat("Hello", max_tokens=8).strip()
+    assert KR_APP in [a.name for a in cluster.apps()]
+    reply = requests.get(f"{cluster.dashboard_url}/api/version", timeout=30,
+                         headers={"Authorization": f"Bearer {token}"})
+    assert reply.status_code == 200 and reply.json()["ray_version"] == "2.60.0"
+
+
+@pytest.mark.integration
+@pytest.mark.own_session
+def test_gke_runbook_runs_under_papermill(
+    local_head: Any, tiny_path: str, kr_app: tuple[FakeKube, nbserve.App, str],
+    kube: FakeKube, tmp_path: Path,
+) -> None:
+    """notebooks/03_gke.ipynb creates a RayCluster on another fake API server (its kernel gets
+    KUBECONFIG from this process's environment), whose head is the same local head; it deploys
+    the app ``kr_app`` already serves, with the same spec, so the deploy changes nothing."""
+    from fake_kube import Operator
+    from test_integration import run_notebook
+
+    _, app, token = kr_app
+    before = {r["replica_id"] for r in app.replicas() if r["state"] == "ALIVE"}
+    kube.operator = Operator(ready_after=1.0, ports=head_ports(local_head), token=token)
+    kube.forward_to("127.0.0.1", head_ports(local_head).values())
+    summary, rayservice = tmp_path / "summary.json", tmp_path / "rayservice.yaml"
+    started = time.monotonic()
+    nb = run_notebook(
+        "03_gke.ipynb", cluster_name="nb-gke", namespace=NS, model=tiny_path,
+        served_name="tiny", accelerator="", max_model_len=256, app_name=KR_APP,
+        min_replicas=1, max_replicas=1, cluster_timeout=120, timeout=300,
+        rayservice_path=str(rayservice), down=True, summary_path=str(summary))
+    seconds = time.monotonic() - started
+    logging.getLogger(__name__).warning("the GKE runbook ran in %.1f s", seconds)
+    result = json.loads(summary.read_text())
+    assert result["answer"].strip() and result["created"] is True
+    assert result["endpoint"].startswith("http://127.0.0.1:")
+    assert result["endpoint"].endswith(f"/{KR_APP}/v1")
+    manifest = yaml.safe_load(rayservice.read_text())
+    assert manifest["kind"] == "RayService" and manifest["metadata"]["name"] == "nb-gke"
+    assert f"name: {KR_APP}" in manifest["spec"]["serveConfigV2"]
+    assert ("POST", f"/apis/ray.io/v1/namespaces/{NS}/rayclusters") in kube.requests
+    assert kube.get("rayclusters", NS, "nb-gke") is None  # down=True deleted it
+    assert not kube.open_sessions()
+    assert token not in json.dumps(nb), "the Ray auth token leaked into the notebook"
+    after = {r["replica_id"] for r in app.replicas() if r["state"] == "ALIVE"}
+    assert after == before, "the runbook's deploy restarted replicas"
+    assert app.status().ok
 
 
 # --- a real cluster -----------------------------------------------------------------------------
