@@ -1,9 +1,10 @@
 """Connect to a KubeRay RayCluster by name: find it, check it, reach it, open Ray Client.
 
-Every Kubernetes API call nbserve makes lives here (and, for port-forwards, in
-``portforward``): read the RayCluster, its head pod and service and its token Secret, each
-refusal of the API server turned into an error that names what is missing (the cluster, the
-RBAC permission, the Secret). The Ray and Python versions are checked from the RayCluster before
+The Kubernetes API plumbing lives here (the client, calls with deadlines, each refusal of the
+API server turned into an error that names what is missing: the cluster, the RBAC permission,
+the Secret) with the reads connecting needs: the RayCluster, its head pod and service and its
+token Secret. Port-forwards are ``portforward``'s; creating, scaling and deleting RayClusters
+is ``provision``'s. The Ray and Python versions are checked from the RayCluster before
 anything connects. The manifests themselves are ``kuberay_spec``'s; the Ray Client session is
 ``cluster``'s.
 """

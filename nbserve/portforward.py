@@ -164,12 +164,20 @@ class PodPortForward:
 
     @staticmethod
     def _close_session(session: _Session) -> None:
-        session.forward.close()  # the proxy thread sees EOF, closes the WebSocket and ends
+        # Half-close first: the proxy thread reads EOF, closes the WebSocket and ends. Closing
+        # this end outright while bytes from the pod sit unread in it resets the socket pair,
+        # and the kubernetes client's proxy thread then dies on ECONNRESET, leaving the
+        # WebSocket (and the API server's session) open.
+        with contextlib.suppress(OSError):
+            session.sock.shutdown(socket.SHUT_WR)
         for thread in session.threads:
             thread.join(timeout=10)
             if thread.is_alive():  # the API server did not answer the close: drop the socket
                 session.forward.websocket.shutdown()
                 thread.join(timeout=5)
+        session.forward.close()
+        if session.forward.websocket.connected:  # the proxy thread ended some other way
+            session.forward.websocket.shutdown()
 
     def _refusal(self, err: Any) -> str:
         text = f"{err.reason or ''} {err.body or ''}"

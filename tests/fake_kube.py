@@ -710,7 +710,9 @@ class _Relay:
         except OSError:
             pass
         finally:
-            for sock in upstream.values():
+            # End both sides first: a pump may be blocked writing to a client that stopped
+            # reading, and only a shut-down socket wakes it.
+            for sock in [*upstream.values(), self.conn]:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
@@ -719,10 +721,6 @@ class _Relay:
                 pump.join(timeout=10)
             for sock in upstream.values():
                 sock.close()
-            try:
-                self.conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def _upstream(self, index: int, sock: socket.socket) -> None:
         while True:
