@@ -313,7 +313,7 @@ def _patch(api: Any, ns: str, name: str, ops: list[dict[str, Any]], deadline: fl
                       error=ClusterError, passthrough=(409, 422))
     except ApiException as err:
         text = str(err.body or "")
-        if err.status == 409 or "test" in text:  # a `test` op failed: it changed meanwhile
+        if err.status == 409 or "test failed" in text:  # a `test` op failed: it changed
             raise _Conflict() from err
         raise ClusterError(f"the Kubernetes API refused to patch RayCluster {ns}/{name} "
                            f"({err.status}): {text or err.reason}") from err
