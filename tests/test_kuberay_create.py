@@ -91,6 +91,13 @@ def test_kuberay_not_installed_says_how_to_install_it(kube: FakeKube) -> None:
         nbserve.create_cluster(spec(), timeout=20)
 
 
+def test_a_manifest_the_api_server_rejects_is_a_cluster_error(kube: FakeKube) -> None:
+    kube.deny("create", "rayclusters", NS, code=422)
+    with pytest.raises(nbserve.ClusterError, match=r"refused RayCluster ray/llm \(422\): "
+                       "injected failure"):
+        nbserve.create_cluster(spec(), timeout=20)
+
+
 def test_timeout_waiting_says_how_far_it_got_and_leaves_the_cluster(kube: FakeKube) -> None:
     kube.operator = Operator(ready_after=None)
     started = time.monotonic()
