@@ -28,6 +28,7 @@ from .errors import (
     WaitTimeout,
 )
 from .kuberay_spec import ClusterSpec, HeadSpec, WorkerGroup, to_yaml
+from .prometheus import Prometheus
 from .spec import LLM, Engine, Scaling
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ __all__ = [
     "LLM",
     "LocalClusterError",
     "NbserveError",
+    "Prometheus",
     "Scaling",
     "SpecError",
     "VersionMismatch",
