@@ -10,7 +10,7 @@ demo: setup
 
 ## Install everything and run the whole test suite (CI runs exactly this).
 test: setup
-	bash scripts/install_browser.sh
+	bash scripts/install_test_tools.sh
 	.venv/bin/ruff check nbserve tests scripts
 	.venv/bin/mypy nbserve
 	.venv/bin/python -m pytest

@@ -29,6 +29,7 @@ from .errors import (
     WaitTimeout,
 )
 from .kuberay_spec import ClusterSpec, HeadSpec, WorkerGroup, to_yaml
+from .prometheus import Prometheus
 from .provision import create_cluster
 from .spec import LLM, Engine, Scaling
 
@@ -52,6 +53,7 @@ __all__ = [
     "LLM",
     "LocalClusterError",
     "NbserveError",
+    "Prometheus",
     "Scaling",
     "SpecError",
     "VersionMismatch",

@@ -3,10 +3,12 @@
 ``collect(app)`` reads the app's replicas from Serve and scrapes every alive node's metrics
 export port (``ray.nodes()``: ``NodeManagerAddress``, ``MetricsExportPort``) over HTTP, keeps
 only the metric families ``nbserve.metrics`` reads and only the series of that app, drops labels
-nobody reads, and returns the texts with the replica states. Parsing into typed Snapshots and
-computing rates is ``metrics``' job, in the notebook. Like ``_remote``, this module imports only
-the standard library, Ray and prometheus_client at the top and is pickled by value, so a cluster
-without nbserve installed runs it too.
+nobody reads, and returns them already parsed, as compact ``[name, labels, value]`` rows, with
+the replica states: the Prometheus text is parsed here, on the cluster, once per node, so the
+notebook receives a few hundred small rows per replica instead of text to parse. Turning the
+rows into typed Snapshots and computing rates is ``metrics``' job, in the notebook. Like
+``_remote``, this module imports only the standard library, Ray and prometheus_client at the
+top and is pickled by value, so a cluster without nbserve installed runs it too.
 """
 
 from __future__ import annotations
@@ -19,10 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import CollectorRegistry
 
 # The metric families nbserve.metrics reads (names without _total/_bucket/_sum/_count).
 FAMILIES = frozenset({
@@ -52,30 +51,35 @@ DROP_SAMPLES = ("_sum", "_count", "_created")
 _SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
 
 
-def run(app: str, timeout: float = 5.0, *, reduce_text: bool = True) -> dict[str, Any]:
+def run(app: str, timeout: float = 5.0, *, raw: bool = False) -> dict[str, Any]:
     """Run ``collect(app)`` as a zero-CPU Ray task on the connected cluster."""
     import ray
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     task = ray.remote(num_cpus=0, max_retries=0)(collect)
-    result: dict[str, Any] = ray.get(task.remote(app, timeout, reduce_text=reduce_text))
+    result: dict[str, Any] = ray.get(task.remote(app, timeout, raw=raw))
     return result
 
 
-def collect(app: str, timeout: float = 5.0, *, reduce_text: bool = True) -> dict[str, Any]:
+def collect(app: str, timeout: float = 5.0, *, raw: bool = False) -> dict[str, Any]:
     """Scrape every alive node for one app's metrics; runs on the cluster.
 
     Returns:
-        ``{"app", "time", "found", "deployments", "nodes", "errors"}``: ``deployments`` maps each
-        deployment of the app to ``{"ingress", "target", "replicas": {replica_id: state}}``;
-        ``nodes`` maps ``host:port`` to that node's metrics text (only the app's series of
-        ``FAMILIES`` when ``reduce_text``, else all series of ``FAMILIES`` with every label);
-        ``errors`` maps the nodes that could not be scraped to why.
+        ``{"app", "time", "found", "deployments", "samples", "errors"}``: ``found`` says whether
+        Serve has the app at all; ``deployments`` maps
+        each deployment of the app to ``{"ingress", "target", "replicas": {replica_id: state}}``;
+        ``samples`` holds the app's series of ``FAMILIES`` from every node as
+        ``[name, labels, value]`` rows (see ``compact``); ``errors`` maps the nodes that could
+        not be scraped to why. With ``raw``, ``nodes`` (``host:port`` -> every series of
+        ``FAMILIES`` as text, every label kept) replaces ``samples``: what the test fixtures
+        are captured from.
     """
     import ray
 
     deployments = serve_replicas(app)
+    found = deployments is not None
+    deployments = deployments or {}
     replica_ids = {rid for dep in deployments.values() for rid in dep["replicas"]}
     targets = [
         f"{node['NodeManagerAddress']}:{node['MetricsExportPort']}"
@@ -88,24 +92,32 @@ def collect(app: str, timeout: float = 5.0, *, reduce_text: bool = True) -> dict
         for future in concurrent.futures.as_completed(futures):
             target = futures[future]
             try:
-                text = select_families(future.result(), FAMILIES)
-                nodes[target] = reduce(text, app, replica_ids) if reduce_text else text
+                nodes[target] = select_families(future.result(), FAMILIES)
             except Exception as err:  # noqa: BLE001 - one node down must not hide the others
                 errors[target] = f"{type(err).__name__}: {err}"
-    return {
-        "app": app, "time": time.time(), "found": bool(deployments), "deployments": deployments,
-        "nodes": nodes, "errors": errors,
+    payload: dict[str, Any] = {
+        "app": app, "time": time.time(), "found": found, "deployments": deployments,
+        "errors": errors,
     }
+    if raw:
+        payload["nodes"] = nodes
+    else:
+        payload["samples"] = compact(nodes.values(), app, replica_ids)
+    return payload
 
 
-def serve_replicas(app: str) -> dict[str, dict[str, Any]]:
-    """The app's deployments: ingress or not, target replicas, replica id -> state."""
+def serve_replicas(app: str) -> dict[str, dict[str, Any]] | None:
+    """The app's deployments: ingress or not, target replicas, replica id -> state.
+
+    None when Serve has no application of that name (an app being redeployed is there, with
+    no deployments for a moment).
+    """
     from ray.serve._private.api import serve_start
 
     details = serve_start().get_serve_details()
     info = details.get("applications", {}).get(app)
-    if not info:
-        return {}
+    if info is None:
+        return None
     ingress = (info.get("deployment_topology") or {}).get("ingress_deployment")
     out: dict[str, dict[str, Any]] = {}
     for name, dep in (info.get("deployments") or {}).items():
@@ -180,42 +192,32 @@ def select_families(text: str, families: Iterable[str]) -> str:
     return "\n".join(keep) + "\n" if keep else ""
 
 
-def reduce(text: str, app: str, replica_ids: Iterable[str]) -> str:
-    """Keep one app's series and drop labels nobody reads; text in, text out.
+def compact(texts: Iterable[str], app: str, replica_ids: Iterable[str]) -> list[list[Any]]:
+    r"""Parse metrics texts into one app's rows ``[name, labels, value]``, small labels only.
 
     A series belongs to the app when its ``application`` label is the app (Serve's metrics) or
     its ``ReplicaId`` is one of the app's replicas (vLLM's engine metrics, which carry the
     served model name but not the app). Without replica ids (Serve lists none while it
-    redeploys an app) those of the app's own Serve series are used.
+    redeploys an app) those of the app's own Serve series are used. Labels in ``DROP_LABELS``
+    and the ``_sum``/``_count`` samples of histograms are left out.
+
+    Example:
+        >>> text = 'ray_vllm_num_requests_running{ReplicaId="r1",model_name="m"} 2.0\n'
+        >>> compact([text], "tiny", {"r1"})
+        [['ray_vllm_num_requests_running', {'ReplicaId': 'r1'}, 2.0]]
     """
-    families = list(text_string_to_metric_families(text))
+    families = [f for text in texts for f in text_string_to_metric_families(text)]
     ids = frozenset(replica_ids) or frozenset(
         s.labels["replica"] for family in families for s in family.samples
         if s.labels.get("application") == app and "replica" in s.labels
     )
-    kept: list[Metric] = []
+    rows: list[list[Any]] = []
     for family in families:
-        samples = [
-            s._replace(labels={k: v for k, v in s.labels.items() if k not in DROP_LABELS})
-            for s in family.samples
-            if (s.labels.get("application") == app or s.labels.get("ReplicaId") in ids)
-            and not (family.type == "histogram" and s.name.endswith(DROP_SAMPLES))
-        ]
-        if samples:
-            family.samples = samples
-            kept.append(family)
-    if not kept:
-        return ""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(kept))
-    return generate_latest(registry).decode()
-
-
-class _Families:
-    """A prometheus_client collector that yields already-parsed families, to serialize them."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> list[Metric]:
-        return self._families
+        histogram = family.type == "histogram"
+        for s in family.samples:
+            if (s.labels.get("application") == app or s.labels.get("ReplicaId") in ids) and not (
+                histogram and s.name.endswith(DROP_SAMPLES)
+            ):
+                labels = {k: v for k, v in s.labels.items() if k not in DROP_LABELS}
+                rows.append([s.name, labels, s.value])
+    return rows

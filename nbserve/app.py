@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import _remote
-from .errors import DeployFailed, NbserveError, SpecError
+from .errors import AppNotFound, DeployFailed, NbserveError, SpecError
 from .serveconfig import engine_version, serve_app
 from .spec import LLM
 from .wait import poll_until
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .kuberay_spec import ClusterSpec
     from .load import LoadRun
     from .metrics import Snapshot
+    from .prometheus import Prometheus
 
 __all__ = ["App", "AppStatus", "DeploymentStatus"]
 
@@ -188,29 +189,51 @@ class App:
         status = info.status.value if hasattr(info.status, "value") else str(info.status)
         return AppStatus(self.name, status, info.message or "", deployments)
 
-    def metrics(self, *, timeout: float = 5.0) -> Snapshot:
+    def metrics(self, *, timeout: float = 5.0,
+                prometheus: str | Prometheus | None = None) -> Snapshot:
         """The app's live metrics now: replicas, KV cache, tokens/s, queue, TTFT, errors.
 
         Scrapes every node's metrics port from the cluster side (a zero-CPU Ray task), so it
-        works wherever the Ray Client connection works. Rates and latency percentiles come
-        from the change between calls: the first call has them as None, and since Ray exports
-        metrics every 10 s they appear after 10 to 20 s of calls (e.g. every 2 s).
+        works wherever the Ray Client connection works; or, given ``prometheus``, reads the
+        same series from that Prometheus server with no Ray call. Rates and latency
+        percentiles come from the change between calls: the first call has them as None, and
+        since Ray exports metrics every 10 s they appear after 10 to 20 s of calls (e.g.
+        every 2 s).
 
         Args:
-            timeout: seconds to wait for each node's metrics endpoint.
+            timeout: seconds to wait for each node's metrics endpoint (or for Prometheus).
+            prometheus: a Prometheus server's URL or ``nbserve.Prometheus`` (with headers)
+                to read from instead of the nodes.
+
+        Raises:
+            AppNotFound: Serve has no application of this name (read from the nodes only).
 
         Example:
             >>> app.metrics()                       # doctest: +SKIP
             >>> app.metrics().tokens_per_s          # doctest: +SKIP
             412.5
+            >>> app.metrics(prometheus="http://prometheus:9090")  # doctest: +SKIP
         """
         from . import _collector
         from .metrics import MetricsWindow, Scrape
+        from .prometheus import Prometheus
 
-        window: MetricsWindow | None = getattr(self, "_metrics_window", None)
+        if isinstance(prometheus, str):
+            prometheus = Prometheus(prometheus, timeout=timeout)
+        # One window per source: series read from the nodes and from Prometheus differ in
+        # labels, so mixing them would count each as new.
+        source = "ray" if prometheus is None else prometheus.url
+        windows: dict[str, MetricsWindow] = self.__dict__.setdefault("_metrics_windows", {})
+        window = windows.get(source)
         if window is None:
-            window = self._metrics_window = MetricsWindow(self.name)
-        return window.update(Scrape.from_payload(_collector.run(self.name, timeout)))
+            window = windows[source] = MetricsWindow(self.name)
+        if prometheus is None:
+            payload = _collector.run(self.name, timeout)
+            if not payload["found"]:
+                raise AppNotFound(f"no application {self.name!r} on the cluster (deleted?)")
+        else:
+            payload = prometheus.collect(self.name)
+        return window.update(Scrape.from_payload(payload))
 
     def replicas(self) -> list[dict[str, Any]]:
         """The app's replica actors (id, deployment, state, node, pid), alive ones first."""
@@ -328,8 +351,14 @@ class App:
         return LoadRun(self.openai, self.model, concurrency=concurrency, duration_s=duration_s,
                        max_tokens=max_tokens, prompt=prompt, max_requests=max_requests)
 
-    def dashboard(self, *, interval: float = 2.0, history: int = 600) -> Dashboard:
+    def dashboard(self, *, interval: float = 2.0, history: int = 600,
+                  prometheus: str | Prometheus | None = None) -> Dashboard:
         """A live widget of this app: replicas, KV cache, tokens/s, queue, latency.
+
+        Args:
+            interval: seconds between refreshes.
+            history: snapshots kept for the charts (the oldest fall off).
+            prometheus: read metrics from this Prometheus server (see ``metrics``).
 
         Example:
             >>> dash = app.dashboard()  # doctest: +SKIP
@@ -337,7 +366,7 @@ class App:
         """
         from .dashboard import Dashboard
 
-        return Dashboard([self], interval=interval, history=history)
+        return Dashboard([self], interval=interval, history=history, prometheus=prometheus)
 
     def to_rayservice(self, cluster: ClusterSpec, *, name: str | None = None) -> dict[str, Any]:
         """A RayService manifest whose serveConfigV2 is exactly this app, on ``cluster``.

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .app import App
     from .dashboard import Dashboard
     from .kuberay import RayClusterRef
+    from .prometheus import Prometheus
 
 __all__ = ["Cluster", "connect", "check_versions"]
 
@@ -171,15 +172,16 @@ class Cluster:
             )
         return apps[name]
 
-    def dashboard(self, *, interval: float = 2.0, history: int = 600) -> Dashboard:
-        """A live widget of every app on the cluster.
+    def dashboard(self, *, interval: float = 2.0, history: int = 600,
+                  prometheus: str | Prometheus | None = None) -> Dashboard:
+        """A live widget of every app on the cluster (arguments as ``App.dashboard``).
 
         Example:
             >>> cluster.dashboard()  # doctest: +SKIP
         """
         from .dashboard import Dashboard
 
-        return Dashboard(self.apps(), interval=interval, history=history)
+        return Dashboard(self.apps(), interval=interval, history=history, prometheus=prometheus)
 
     # --- the KubeRay RayCluster --------------------------------------------------------------
     def scale(self, group: str, replicas: int) -> None:

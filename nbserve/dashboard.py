@@ -20,9 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .errors import AppNotFound, NbserveError
+
 if TYPE_CHECKING:
     from .app import App
     from .metrics import Snapshot
+    from .prometheus import Prometheus
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +111,21 @@ class Dashboard:
     """
 
     def __init__(self, apps: Sequence[App], *, interval: float = 2.0, history: int = 600,
-                 start: bool = True) -> None:
+                 start: bool = True, prometheus: str | Prometheus | None = None) -> None:
         if not apps:
-            from .errors import NbserveError
-
             raise NbserveError("nothing to show: no apps run on this cluster")
+        if isinstance(prometheus, str):
+            from .prometheus import Prometheus
+
+            prometheus = Prometheus(prometheus)  # a bad URL fails here, before any widget
+        self.prometheus = prometheus
         self.apps = {app.name: app for app in apps}
         self.state = DashboardState(list(self.apps), history=history, interval=interval)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._bars: dict[tuple[str, str], Any] = {}  # (app, replica id) -> its FloatProgress
+        self._gone: set[str] = set()  # apps Serve no longer has
         self.widget = self._build()
         if start:
             self.start()
@@ -160,7 +167,14 @@ class Dashboard:
         with self._lock:
             for name, app in self.apps.items():
                 try:
-                    self.state.add(app.metrics())
+                    if self.prometheus is None:
+                        self.state.add(app.metrics())
+                    else:
+                        self.state.add(app.metrics(prometheus=self.prometheus))
+                    self._gone.discard(name)
+                except AppNotFound as err:
+                    self._gone.add(name)
+                    self.state.errors[name] = str(err)
                 except Exception as err:  # noqa: BLE001 - shown in the widget, refresh goes on
                     self.state.errors[name] = f"{type(err).__name__}: {err}"[:300]
                     log.debug("refresh of %s failed: %s", name, err)
@@ -173,10 +187,7 @@ class Dashboard:
                 return
             if not self.state.paused:
                 self.refresh()
-                if self.state.errors and all(
-                    "NOT_FOUND" in e or "not found" in e.lower()
-                    for e in self.state.errors.values()
-                ) and len(self.state.errors) == len(self.apps):
+                if self._gone == set(self.apps):
                     log.info("every app of the dashboard is gone; stopping")
                     return
             self._stop.wait(self.state.interval)

@@ -20,7 +20,7 @@ class SpecError(NbserveError, ValueError):
 
 
 class ConnectionFailed(NbserveError, ConnectionError):
-    """The Ray cluster could not be reached or refused the connection."""
+    """A Ray cluster (or a service of it, such as its Prometheus) could not be reached."""
 
 
 class ClusterError(NbserveError):

@@ -86,13 +86,17 @@ class Scrape:
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Scrape:
-        """Build a scrape from what ``_collector.collect`` returns."""
+        """Build a scrape from what ``_collector.collect`` returns (rows, or texts if raw)."""
         for node, why in (payload.get("errors") or {}).items():
             log.warning("could not scrape metrics of node %s: %s", node, why)
         deployments: Mapping[str, Any] = payload.get("deployments") or {}
-        texts = payload.get("nodes", {}).values()
+        if "samples" in payload:
+            rows = payload["samples"]
+            samples = tuple(Sample(name, labels, value) for name, labels, value in rows)
+        else:
+            samples = tuple(s for text in payload.get("nodes", {}).values() for s in parse(text))
         if not deployments:  # none (yet): a redeploy, or no such app; the series may know
-            return cls.from_texts(texts, payload["time"])
+            return cls(payload["time"], samples)
         engines = [d for d in deployments.values() if not d.get("ingress")]
         engines = engines or list(deployments.values())
         states = [state for d in engines for state in d["replicas"].values()]
@@ -102,8 +106,8 @@ class Scrape:
             starting=sum(s in _STARTING for s in states),
             target=sum(targets) if targets else None,
         )
-        ids = {rid for d in deployments.values() for rid in d["replicas"]}
-        return cls.from_texts(texts, payload["time"], replicas=replicas, replica_ids=ids)
+        ids = frozenset(rid for d in deployments.values() for rid in d["replicas"])
+        return cls(payload["time"], samples, replicas, ids)
 
 
 @dataclass(frozen=True)

@@ -3,24 +3,30 @@
     .venv/bin/python scripts/bench_refresh.py [--replicas 64] [--runs 50]
 
 Builds synthetic scrapes from the real fixtures (tests/fixtures/metrics, one replica under
-load) by copying every line of the model-server replica once per replica id, then times what a
-refresh does in the notebook: parse the collector's text and update the MetricsWindow (rates,
-percentiles, Snapshot). It prints the median over the runs for the reduced text the collector
-sends (only the app's series, noise labels dropped) and for the raw export, and the
-cluster-side reduction itself. Not a test: the figures depend on the machine.
+load) by copying every line of the model-server replica once per replica id. The cluster side
+(``_collector.compact``: parse each node's text, keep the app's series) runs once per scrape,
+untimed in the notebook's figure and reported on its own. Then it times what one refresh does in
+the notebook process: unpickle the collector's payload (what Ray Client hands over), build the
+Scrape, update the MetricsWindow (rates, percentiles, Snapshot) and redraw the live Dashboard
+(header, one KV-cache bar per replica, the plotly FigureWidget). For comparison it also times
+parsing the raw text in the notebook, which is what the cluster-side parsing saves. Prints the
+medians. Not a test: the figures depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nbserve import _collector
-from nbserve.metrics import MetricsWindow, Scrape
+from nbserve.dashboard import Dashboard
+from nbserve.metrics import MetricsWindow, Scrape, Snapshot
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "metrics"
 APP = "tiny"
@@ -39,6 +45,7 @@ def scale(text: str, replica: str, worker: str, ids: list[str]) -> str:
 
 
 def synthetic(replicas: int) -> list[dict[str, Any]]:
+    """Raw payloads (``_collector.collect(raw=True)``) of the load phase, for N replicas."""
     index = json.loads((FIXTURES / "index.json").read_text())
     load = [e for e in index if e["phase"] == "load"]
     engine = load[-1]["deployments"]["LLMServer:tiny"]
@@ -60,36 +67,43 @@ def synthetic(replicas: int) -> list[dict[str, Any]]:
     return payloads
 
 
-def reduced(payload: dict[str, Any]) -> dict[str, Any]:
+def compacted(payload: dict[str, Any]) -> dict[str, Any]:
+    """What ``_collector.collect`` returns for a raw payload: the app's rows, parsed."""
     ids = {r for d in payload["deployments"].values() for r in d["replicas"]}
-    return dict(payload, nodes={
-        n: _collector.reduce(_collector.select_families(t, _collector.FAMILIES), APP, ids)
-        for n, t in payload["nodes"].items()
-    })
+    rows = _collector.compact(payload["nodes"].values(), APP, ids)
+    return {k: v for k, v in payload.items() if k != "nodes"} | {"samples": rows}
 
 
-def time_refreshes(payloads: list[dict[str, Any]], runs: int) -> tuple[float, float, Any]:
-    """Median ms (wall, CPU) of parse + window update, in steady state (rates known).
+class Replay:
+    """Stands in for an App in the Dashboard: its metrics() replays the recorded payloads."""
 
-    The scrapes repeat in a cycle, 5 s apart; where the cycle starts again the counters drop,
-    which the window takes as a reset: the same work as any other refresh.
-    """
-    window = MetricsWindow(APP)
-    t0 = payloads[0]["time"]
+    name = APP
+    endpoint = "http://127.0.0.1:8000/tiny"
+    spec = None
 
-    def refresh(i: int) -> Any:
-        p = payloads[i % len(payloads)]
-        return window.update(Scrape.from_payload(dict(p, time=t0 + 5.0 * i)))
+    def __init__(self, blobs: list[bytes], t0: float) -> None:
+        self.blobs, self.t0, self.i = blobs, t0, 0
+        self.window = MetricsWindow(APP)
 
-    for i in range(len(payloads)):  # warm up: the window learns every series and has rates
-        refresh(i)
-    wall, cpu, snap = [], [], None
-    for i in range(len(payloads), len(payloads) + runs):
+    def metrics(self) -> Snapshot:
+        """Unpickle the next payload (as Ray Client would), parse and compute, 5 s later."""
+        payload = pickle.loads(self.blobs[self.i % len(self.blobs)])
+        payload["time"] = self.t0 + 5.0 * self.i
+        self.i += 1
+        return self.window.update(Scrape.from_payload(payload))
+
+
+def median_ms(step: Callable[[], Any], warmup: int, runs: int) -> tuple[float, float]:
+    """Median wall and CPU milliseconds of ``step`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    wall, cpu = [], []
+    for _ in range(runs):
         start, start_cpu = time.perf_counter(), time.thread_time()
-        snap = refresh(i)
+        step()
         wall.append((time.perf_counter() - start) * 1000)
         cpu.append((time.thread_time() - start_cpu) * 1000)
-    return statistics.median(wall), statistics.median(cpu), snap
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def main() -> None:
@@ -99,19 +113,41 @@ def main() -> None:
     args = parser.parse_args()
     raw = synthetic(args.replicas)
     start = time.perf_counter()
-    small = [reduced(p) for p in raw]
-    reduce_ms = (time.perf_counter() - start) * 1000 / len(raw)
-    raw_kb = sum(len(t) for t in raw[-1]["nodes"].values()) / 1024
-    small_kb = sum(len(t) for t in small[-1]["nodes"].values()) / 1024
-    ms, cpu, snap = time_refreshes(small, args.runs)
-    raw_ms, raw_cpu, _ = time_refreshes(raw, max(5, args.runs // 5))
+    small = [compacted(p) for p in raw]
+    cluster_ms = (time.perf_counter() - start) * 1000 / len(raw)
+    blobs = [pickle.dumps(p) for p in small]
+    warmup = len(blobs)  # the window learns every series and has rates after one cycle
+
+    replay = Replay(blobs, raw[0]["time"])
+    dash = Dashboard([replay], start=False)  # type: ignore[list-item]
+    ms, cpu = median_ms(dash.refresh, warmup, args.runs)
+    snap = dash.state.latest(APP)
     assert snap is not None and len(snap.kv_cache_usage) == args.replicas
-    print(f"{args.replicas} replicas, median of {args.runs} refreshes")
-    print(f"  notebook, collector's text ({small_kb:.0f} KiB): parse + compute {ms:.0f} ms "
-          f"({cpu:.0f} ms CPU)")
-    print(f"  notebook, raw export ({raw_kb:.0f} KiB): parse + compute {raw_ms:.0f} ms "
-          f"({raw_cpu:.0f} ms CPU)")
-    print(f"  cluster side, family selection + app reduction: {reduce_ms:.0f} ms")
+    assert len(dash._replicas.children) == args.replicas
+
+    metrics_only = Replay(blobs, raw[0]["time"])
+    m_ms, m_cpu = median_ms(metrics_only.metrics, warmup, args.runs)
+
+    text_window = MetricsWindow(APP)
+    counter = iter(range(10**9))
+
+    def from_text() -> Snapshot:
+        i = next(counter)
+        payload = dict(raw[i % len(raw)], time=raw[0]["time"] + 5.0 * i)
+        return text_window.update(Scrape.from_payload(payload))
+
+    t_ms, t_cpu = median_ms(from_text, len(raw), max(5, args.runs // 5))
+    dash.stop()
+    dash.widget.close_all() if hasattr(dash.widget, "close_all") else dash.widget.close()
+
+    raw_kb = sum(len(t) for t in raw[-1]["nodes"].values()) / 1024
+    print(f"{args.replicas} replicas, median of {args.runs} refreshes, in the notebook process")
+    print(f"  refresh (unpickle {len(blobs[-1]) / 1024:.0f} KiB of rows + compute + render "
+          f"{args.replicas} bars and the chart): {ms:.1f} ms ({cpu:.1f} ms CPU)")
+    print(f"    of which unpickle + compute the Snapshot: {m_ms:.1f} ms ({m_cpu:.1f} ms CPU)")
+    print(f"  for comparison, parsing the nodes' text ({raw_kb:.0f} KiB) in the notebook instead: "
+          f"{t_ms:.0f} ms ({t_cpu:.0f} ms CPU)")
+    print(f"  cluster side, per scrape (parse + keep the app's series): {cluster_ms:.0f} ms")
     print(f"  last snapshot: {snap.tokens_per_s:.0f} tokens/s, TTFT p50 "
           f"{(snap.ttft_p50_s or 0) * 1000:.0f} ms, {snap.replicas}")
 

@@ -7,7 +7,7 @@ Starts a local Ray head in a temporary NBSERVE_HOME, deploys the tiny demo model
 with HTTP 400) while scraping every node, then rolls the replica (``app.update(max_model_len=
 256)``) under light load and scrapes during and after the roll, so the fixtures hold a replica
 restart: the old replica's series vanish and the new one's start from zero. Each scrape is what
-the cluster-side collector returns with ``reduce_text=False``: every series of the families
+the cluster-side collector returns with ``raw=True``: every series of the families
 ``nbserve.metrics`` reads, with all their labels. It writes one ``.prom`` file per scrape and
 node, and ``index.json`` with each scrape's time, phase, Serve's replica states and files.
 The head is stopped at the end, also on failure.
@@ -94,7 +94,7 @@ def capture(out: Path, base: Path) -> None:
         out.mkdir(parents=True)
 
         def scrape(phase: str) -> None:
-            payload = _collector.run(APP, reduce_text=False)
+            payload = _collector.run(APP, raw=True)
             files = {}
             for i, (node, text) in enumerate(sorted(payload["nodes"].items())):
                 name = f"{len(index):02d}_{phase}_node{i}.prom"

@@ -70,6 +70,22 @@ def tiny_path(nbserve_home: Path) -> str:
     return nbserve.demo_model()
 
 
+# The demo app that tests which only need a running model server share (an engine deploy costs
+# minutes on two cores). Tests may scale it but must leave it as they found it: one replica.
+# Deploying it again with the same spec and name changes nothing (a declarative no-op).
+@pytest.fixture(scope="session")
+def tiny_app(cluster: object, tiny_path: str) -> Iterator[object]:
+    import nbserve
+
+    spec = nbserve.LLM(tiny_path, name="tiny", max_model_len=512)
+    app = cluster.deploy(spec, name="tiny", progress=False)  # type: ignore[attr-defined]
+    try:
+        yield app
+    finally:
+        if cluster.connected:  # type: ignore[attr-defined]
+            app.delete()
+
+
 @pytest.fixture
 def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     """A fake Kubernetes API server, with KUBECONFIG pointing at it (tests/fake_kube.py)."""

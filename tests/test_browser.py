@@ -1,13 +1,13 @@
 """The live dashboard in a real browser: JupyterLab driven by Debian's Chromium via Playwright.
 
-The test deploys an app, opens a parameterized copy of notebooks/02_dashboard.ipynb (attached to
-that app with ``reuse=True``) in a headless JupyterLab, runs all its cells from the Run menu, and
-checks what the page shows while the notebook's load runs: a KV-cache bar per replica, a plotly
-chart with drawn lines, and a tokens/s number above zero in the header. A screenshot goes to
-artifacts/dashboard.png. JupyterLab, its kernel, the browser and the app are gone afterwards,
-also after a failure.
+The test opens a parameterized copy of notebooks/02_dashboard.ipynb (attached with
+``reuse=True`` to the demo app the tests share) in a headless JupyterLab, runs all its cells
+from the Run menu, and checks what the page shows while the notebook's load runs: a KV-cache bar
+per replica, a plotly chart with drawn lines, and a tokens/s number above zero in the header. A
+screenshot goes to artifacts/dashboard.png. JupyterLab, its kernel and the browser are gone
+afterwards, also after a failure.
 
-Needs /usr/bin/chromium (scripts/install_browser.sh) and the ``playwright`` package (the dev
+Needs /usr/bin/chromium (scripts/install_test_tools.sh) and the ``playwright`` package (the dev
 extra; never ``playwright install``). Without them the test is skipped, except under CI
 (``CI`` set), where that is a failure.
 """
@@ -44,8 +44,7 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
-APP_NAME = "browser-tiny"
-PARAMETERS = {"reuse": True, "app_name": APP_NAME, "load_seconds": 30, "interval": 1.0}
+PARAMETERS = {"reuse": True, "load_seconds": 30, "interval": 1.0}  # and app_name: the shared app
 # Bounded waits (seconds); generous because the 2 cores may be shared with other test runs.
 LAB_START_TIMEOUT = 120
 KERNEL_IDLE_TIMEOUT = 120
@@ -82,7 +81,7 @@ def require_browser() -> Any:
     """Playwright's sync API, or skip (fail under CI) when it or Debian's Chromium is missing."""
     missing = []
     if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-        missing.append(f"{CHROMIUM} (run scripts/install_browser.sh)")
+        missing.append(f"{CHROMIUM} (run scripts/install_test_tools.sh)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -287,8 +286,13 @@ def saved_errors(page: Any, lab: Lab, name: str) -> list[str]:
     before = lab.api("GET", f"contents/{name}?content=0").json()["last_modified"]
     menu(page, "File", "Save Notebook(?! As)")
     deadline = time.monotonic() + 60
-    while (model := lab.api("GET", f"contents/{name}").json())["last_modified"] == before:
-        assert time.monotonic() < deadline, "the notebook was not saved"
+    while True:
+        # A read that meets the save half-way fails (jupyter_server's atomic write): ask again.
+        reply = lab.api("GET", f"contents/{name}")
+        model = reply.json() if reply.status_code == 200 else {}
+        if model.get("last_modified", before) != before:
+            break
+        assert time.monotonic() < deadline, f"the notebook was not saved: {reply.text[:300]}"
         time.sleep(0.5)
     return [f"{out['ename']}: {out['evalue']}" for cell in model["content"]["cells"]
             for out in cell.get("outputs", ()) if out["output_type"] == "error"]
@@ -300,21 +304,11 @@ def playwright_api() -> Any:
     return require_browser()
 
 
-@pytest.fixture()
-def browser_app(cluster: nbserve.Cluster, tiny_path: str) -> Iterator[nbserve.App]:
-    app = cluster.deploy(nbserve.LLM(tiny_path, name="tiny", max_model_len=512), name=APP_NAME,
-                         progress=False)
-    try:
-        yield app
-    finally:
-        app.delete()
-
-
-def test_dashboard_live_in_jupyterlab(playwright_api: Any, browser_app: nbserve.App,
+def test_dashboard_live_in_jupyterlab(playwright_api: Any, tiny_app: nbserve.App,
                                       tmp_path: Path) -> None:
     sync_playwright = playwright_api
     root = tmp_path / "notebooks"
-    notebook = parameterized_notebook(root, PARAMETERS)
+    notebook = parameterized_notebook(root, {**PARAMETERS, "app_name": tiny_app.name})
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "dashboard.png"
     screenshot.unlink(missing_ok=True)

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,17 +22,6 @@ def llm_replicas(app: nbserve.App) -> set[str]:
         r["replica_id"] for r in app.replicas()
         if r["state"] == "ALIVE" and r["deployment"].startswith("LLMServer")
     }
-
-
-@pytest.fixture(scope="module")
-def tiny_app(cluster: nbserve.Cluster, tiny_path: str) -> Iterator[nbserve.App]:
-    app = cluster.deploy(
-        nbserve.LLM(tiny_path, name="tiny", max_model_len=512), name="tiny", progress=False
-    )
-    try:
-        yield app
-    finally:
-        app.delete()
 
 
 def test_deploy_and_query(tiny_app: nbserve.App) -> None:

@@ -268,17 +268,20 @@ def test_snapshot_html_shows_the_numbers() -> None:
 # --- the cluster-side collector's pure parts ----------------------------------------------------
 
 
-def test_collector_reduction_keeps_the_snapshots(entries: list[dict[str, Any]]) -> None:
+def test_collector_rows_keep_the_snapshots(entries: list[dict[str, Any]]) -> None:
     raw = run(entries)
-    reduced_entries = []
+    compact_entries = []
     for e in entries:
         ids = {r for d in e["deployments"].values() for r in d["replicas"]}
-        reduced = {n: _collector.reduce(t, APP, ids) for n, t in e["nodes"].items()}
-        reduced_entries.append(dict(e, nodes=reduced))
-    assert run(reduced_entries) == raw
-    small = "".join(reduced_entries[phase(entries, "rolled")[-1]]["nodes"].values())
-    assert "otel_scope_name" not in small and OLD not in small and NEW in small
-    assert len(small) < len(text(entries[-1])) / 3
+        rows = _collector.compact(e["nodes"].values(), APP, ids)
+        compact_entries.append({k: v for k, v in e.items() if k != "nodes"} | {"samples": rows})
+    assert run(compact_entries) == raw
+    rows = compact_entries[phase(entries, "rolled")[-1]]["samples"]
+    labels = {part for _, lab, _ in rows for item in lab.items() for part in item}
+    assert "otel_scope_name" not in labels and OLD not in labels and NEW in labels
+    assert not any(name.endswith(("_sum", "_count")) and "seconds" in name for name, _, _ in rows)
+    raw_samples = sum(len(parse(t)) for t in entries[-1]["nodes"].values())
+    assert 0 < len(rows) < raw_samples
 
 
 def test_select_families_keeps_headers_and_samples() -> None:
