@@ -382,19 +382,23 @@ def head_ports(local_head: Any) -> dict[str, int]:
             "dashboard": local_head.dashboard_port, "metrics": local_head.metrics_port}
 
 
-KR_APP = "kr-tiny"
+# The session's demo app (conftest's ``tiny_app``): the same name and spec, so where that one
+# runs already, deploying it here changes nothing and costs no engine start.
+KR_APP = "tiny"
 
 
 def kr_spec(tiny_path: str) -> nbserve.LLM:
     """The app both tests below serve: the GKE runbook deploys exactly this, a no-op."""
-    return nbserve.LLM(tiny_path, name="tiny", max_model_len=256, min_replicas=1,
+    return nbserve.LLM(tiny_path, name="tiny", max_model_len=512, min_replicas=1,
                        max_replicas=1)
 
 
 @pytest.fixture(scope="module")
 def kr_app(local_head: Any, tiny_path: str, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[tuple[FakeKube, nbserve.App, str]]:
-    """A RayCluster whose head is the real local head, connected and serving ``kr-tiny``.
+    """A RayCluster whose head is the real local head, connected and serving ``KR_APP``.
+
+    The app is deleted afterwards only if it was not running before.
 
     The head container's named ports are the local head's own (not 10001/8000/8265), which
     also shows they are read from the pod rather than assumed.
@@ -410,11 +414,13 @@ def kr_app(local_head: Any, tiny_path: str, tmp_path_factory: pytest.TempPathFac
         with leaves_nothing_behind(kube, only_ours=True):
             cluster = nbserve.connect("raycluster/llm", namespace=NS, timeout=240)
             try:
+                existed = KR_APP in [a.name for a in cluster.apps()]
                 app = cluster.deploy(kr_spec(tiny_path), name=KR_APP, progress=False)
                 try:
                     yield kube, app, token
                 finally:
-                    app.delete()
+                    if not existed:
+                        app.delete()
             finally:
                 cluster.disconnect()
             assert not cluster.connected and cluster_mod._active is None
@@ -461,7 +467,7 @@ def test_gke_runbook_runs_under_papermill(
     started = time.monotonic()
     nb = run_notebook(
         "03_gke.ipynb", cluster_name="nb-gke", namespace=NS, model=tiny_path,
-        served_name="tiny", accelerator="", max_model_len=256, app_name=KR_APP,
+        served_name="tiny", accelerator="", max_model_len=512, app_name=KR_APP,
         min_replicas=1, max_replicas=1, cluster_timeout=120, timeout=300,
         rayservice_path=str(rayservice), down=True, summary_path=str(summary))
     seconds = time.monotonic() - started
