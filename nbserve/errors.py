@@ -23,6 +23,10 @@ class ConnectionFailed(NbserveError, ConnectionError):
     """The Ray cluster could not be reached or refused the connection."""
 
 
+class EndpointError(NbserveError, ConnectionError):
+    """An OpenAI-compatible endpoint could not be reached or did not answer as one."""
+
+
 class VersionMismatch(NbserveError):
     """The cluster's Ray version or Python minor differs from this kernel's."""
 
