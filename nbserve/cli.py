@@ -210,18 +210,22 @@ def _bench(args: argparse.Namespace) -> int:
     else:
         import nbserve
 
+        from . import cluster as cluster_mod
+
         if args.address is None and local.find() is None:
             raise LocalClusterError(
                 f"no local Ray head is running to find app {args.target!r} on; start one with "
                 "`nbserve up`, pass --address ray://HOST:PORT, or pass the endpoint URL"
             )
+        before = cluster_mod._active
         cluster = nbserve.connect(args.address)
         try:
             app = cluster.app(args.target)
             options["model"] = args.model or app.model
             result = app.bench(**options)
         finally:
-            cluster.disconnect()
+            if cluster is not before:  # keep a session this process had already opened
+                cluster.disconnect()
     print(result)
     if args.price_per_hour is not None:
         best = result.best
