@@ -49,6 +49,32 @@ def test_deploy_and_query(tiny_app: nbserve.App) -> None:
     assert reply.usage is not None and reply.usage.completion_tokens == 5
 
 
+def test_bench_the_app_and_from_the_command_line(
+    tiny_app: nbserve.App, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nbserve.cli import main
+
+    result = tiny_app.bench(concurrency=2, num_prompts=4, input_len=16, output_len=8,
+                            progress=False)
+    (run,) = result.runs
+    assert result.model == "tiny" and result.endpoint == tiny_app.endpoint
+    assert (run.completed, run.failed, run.errors) == (4, 0, [])
+    assert run.output_tokens == 32  # ignore_eos makes the output length exact
+    assert run.input_tokens > 0 and run.output_tokens_per_s > 0
+    assert all(v is not None for v in (*run.ttft_ms.values(), *run.e2e_ms.values()))
+    assert result.cost_per_million_tokens(1.0) > 0
+
+    assert main(["bench", tiny_app.endpoint, "-n", "2", "-c", "2", "--output-len", "4",
+                 "--no-progress"]) == 0
+    assert "tiny at" in capsys.readouterr().out
+    # By app name on the connected local cluster; the shared session stays open.
+    assert main(["bench", "tiny", "-n", "2", "-c", "1", "--output-len", "4",
+                 "--no-progress"]) == 0
+    assert tiny_app.cluster.connected
+    assert main(["bench", "no-such-app", "--no-progress"]) == 1
+    assert "no application 'no-such-app'" in capsys.readouterr().err
+
+
 def test_scaling_update_is_in_place(tiny_app: nbserve.App) -> None:
     before = llm_replicas(tiny_app)
     assert len(before) == 1
