@@ -79,7 +79,8 @@ NBSERVE_DRIVER = textwrap.dedent(
     import nbserve
 
     cluster = nbserve.connect(timeout=300)
-    app = cluster.deploy(nbserve.LLM(sys.argv[1], name=sys.argv[2]), name=sys.argv[2],
+    extra = json.loads(sys.argv[3])
+    app = cluster.deploy(nbserve.LLM(sys.argv[1], name=sys.argv[2], **extra), name=sys.argv[2],
                          progress=False)
     print(json.dumps({"endpoint": app.endpoint}))
     cluster.disconnect()
@@ -165,7 +166,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, log: Path,
 
 # --- the four paths ---------------------------------------------------------------------------
 @contextlib.contextmanager
-def start_path(path: str, model: str, work: Path) -> Iterator[str]:
+def start_path(path: str, model: str, work: Path, opts: argparse.Namespace) -> Iterator[str]:
     """Start one serving path; yields its OpenAI base URL (ending in /v1); stops it after."""
     from nbserve import local
 
@@ -195,9 +196,12 @@ def start_path(path: str, model: str, work: Path) -> Iterator[str]:
                           {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": head.token_path})
                 endpoint = f"{head.serve_url}/{NAME}/v1"
             else:
+                if opts.nbserve_head_env is not None:  # else connect() starts the default head
+                    local.up(base=home, env=json.loads(opts.nbserve_head_env))
                 driver = work / "nbserve_driver.py"
                 driver.write_text(NBSERVE_DRIVER)
-                out = run_group([PY, str(driver), model, NAME], work / f"{path}-driver.log",
+                out = run_group([PY, str(driver), model, NAME, opts.nbserve_llm],
+                                work / f"{path}-driver.log",
                                 900, {"NBSERVE_HOME": str(home), "PYTHONPATH": str(ROOT)})
                 endpoint = json.loads(out.strip().splitlines()[-1])["endpoint"]
             wait_ready(f"{endpoint}/models", None, work / f"{path}-driver.log", 120)
@@ -390,6 +394,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="extra concurrencies to measure (default: 1 8; quick: none)")
     parser.add_argument("--sweep-prompts-per-slot", type=int, default=None,
                         help="prompts per concurrent slot in the sweep (default 8; quick 2)")
+    parser.add_argument("--nbserve-head-env", default=None, metavar="JSON",
+                        help="start nbserve's head with this env instead of its default, "
+                        "e.g. '{}' (to measure a default)")
+    parser.add_argument("--nbserve-llm", default="{}", metavar="JSON",
+                        help="extra nbserve.LLM(...) arguments, e.g. "
+                        "'{\"engine\": {\"args\": {\"max_num_seqs\": 64}}}'")
     parser.add_argument("--output", default=None,
                         help="Markdown report (default BENCHMARKS.md; quick: artifacts/)")
     opts = parser.parse_args(argv)
@@ -427,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {LABELS[path]}", flush=True)
             t0 = time.monotonic()
             try:
-                with start_path(path, model, work) as endpoint:
+                with start_path(path, model, work, opts) as endpoint:
                     print(f"  up at {endpoint} after {time.monotonic() - t0:.0f} s", flush=True)
                     results[path] = measure(path, endpoint, model, opts, work)
             except Exception as err:  # noqa: BLE001 - one failed path is reported, not fatal
