@@ -242,6 +242,11 @@ def nbserve_bench(endpoint: str, model: str, *, prompts: int, concurrency: int, 
 def measure(path: str, endpoint: str, model: str, opts: argparse.Namespace,
             work: Path) -> dict[str, Any]:
     lengths = {"input_len": opts.input_len, "output_len": opts.output_len}
+    # A fresh server is slower for its first requests (new batch shapes, lazy imports, Serve's
+    # routing warming up): one uncounted round at the main concurrency first, for every path.
+    print(f"  warm-up: {opts.concurrency} prompts at concurrency {opts.concurrency}", flush=True)
+    nbserve_bench(endpoint, model, prompts=opts.concurrency, concurrency=opts.concurrency,
+                  **lengths)
     print(f"  vllm bench serve: {opts.num_prompts} prompts at concurrency {opts.concurrency}",
           flush=True)
     vb = vllm_bench(endpoint, model, prompts=opts.num_prompts, concurrency=opts.concurrency,
@@ -362,6 +367,8 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
         "- Each path serves the model as `tiny` with `VLLM_CPU_KVCACHE_SPACE=1`; the Ray heads "
         f"advertise 8 logical CPUs. nbserve's head runs with its default Serve flags "
         f"({', '.join(sorted(_head_env()))}).",
+        "- Before the measured runs each path gets one uncounted round of requests at the main "
+        "concurrency (a fresh server is slower for its first requests).",
         "- Inter-token latency and TTFT are measured per streamed chunk by both tools.",
         "",
         "Reproduce:",
