@@ -163,7 +163,7 @@ def up(
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
     temp_dir = tempfile.mkdtemp(prefix="nbserve-ray-")  # short: Ray puts sockets under it
-    gcs, client, dashboard, metrics, agent, serve = _free_ports(6)
+    gcs, client, dashboard, metrics, agent, serve, ha_stats, ha_metrics = _free_ports(8)
     ray_bin = Path(sys.executable).with_name("ray")
     cmd = [
         str(ray_bin if ray_bin.exists() else shutil.which("ray") or "ray"),
@@ -174,6 +174,9 @@ def up(
         f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
     ]
     head_env = {
+        # Serve's HAProxy takes fixed ports (8404, 9101) by default: two heads would clash.
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(ha_stats),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(ha_metrics),
         **os.environ,
         **(DEFAULT_HEAD_ENV if env is None else env),
         "RAY_AUTH_MODE": "token",
