@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 import time
 import uuid
@@ -58,6 +59,7 @@ class Generator:
 def handler(gen: Generator) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # one small write per token must not wait for an ACK
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -150,7 +152,11 @@ def main() -> None:
     parser.add_argument("--name", default="tiny", help="model name clients send")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8004)
+    parser.add_argument("--threads", type=int, default=max((os.cpu_count() or 2) - 1, 1),
+                        help="torch threads; default: one core less than the machine has, as "
+                        "vLLM's CPU backend does (on a busy small machine, more threads stall)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     gen = Generator(args.model, args.name)
     server = Server((args.host, args.port), handler(gen))
     print(f"serving {args.model} as {args.name!r} on http://{args.host}:{args.port}/v1",

@@ -40,6 +40,7 @@ class Stub(ThreadingHTTPServer):
 class StubHandler(BaseHTTPRequestHandler):
     server: Stub
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # one small write per token must not wait for an ACK
 
     def log_message(self, *args: Any) -> None:
         pass
