@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import nbserve
+from nbserve import local
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +76,17 @@ def test_bench_the_app_and_from_the_command_line(
     assert tiny_app.cluster.connected
     assert main(["bench", "no-such-app", "--no-progress"]) == 1
     assert "no application 'no-such-app'" in capsys.readouterr().err
+
+
+def test_local_head_runs_with_serve_throughput_flags(local_head: local.LocalCluster
+                                                    ) -> None:
+    raw = Path(f"/proc/{local_head.pid}/environ").read_bytes().split(b"\0")
+    env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+    assert {k: env.get(k) for k in local.DEFAULT_HEAD_ENV} == \
+        local.DEFAULT_HEAD_ENV
+    # HAProxy's stats and metrics ports are free ones, not the fixed defaults 8404 / 9101.
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404"
+    assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] != "9101"
 
 
 def test_scaling_update_is_in_place(tiny_app: nbserve.App) -> None:
