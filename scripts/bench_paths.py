@@ -367,6 +367,10 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
         "- Each path serves the model as `tiny` with `VLLM_CPU_KVCACHE_SPACE=1`; the Ray heads "
         f"advertise 8 logical CPUs. nbserve's head runs with its default Serve flags "
         f"({', '.join(sorted(_head_env()))}).",
+        *([f"- nbserve's head env for this run: `{opts.nbserve_head_env}`"]
+          if opts.nbserve_head_env is not None else []),
+        *([f"- Extra `nbserve.LLM` arguments for this run: `{opts.nbserve_llm}`"]
+          if opts.nbserve_llm != "{}" else []),
         "- Before the measured runs each path gets one uncounted round of requests at the main "
         "concurrency (a fresh server is slower for its first requests).",
         "- Inter-token latency and TTFT are measured per streamed chunk by both tools.",
