@@ -316,8 +316,8 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
         "# Serving paths side by side",
         "",
         f"The offline demo model (a 2-layer Llama of about 0.8 M parameters, "
-        f"`nbserve.demo_model()`), served four ways on the same machine, one after another, "
-        f"each loaded by vLLM's own load generator (`vllm bench serve`, random prompts of "
+        f"`nbserve.demo_model()`), served by each path below on the same machine, one after "
+        f"another, each loaded by vLLM's own load generator (`vllm bench serve`, random prompts of "
         f"{opts.input_len} tokens, {opts.output_len} output tokens with `--ignore-eos`, "
         f"{opts.num_prompts} prompts, {opts.concurrency} concurrent) and by `nbserve bench` "
         f"with the same settings. Ratios are of `vllm bench serve`'s output tokens/s.",
