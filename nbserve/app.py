@@ -355,7 +355,8 @@ class App:
         from . import bench
 
         kwargs.setdefault("tokenizer", self._local_tokenizer())
-        return bench.run(self.endpoint, model=self.model, concurrency=concurrency,
+        model = kwargs.pop("model", None) or self.model
+        return bench.run(self.endpoint, model=model, concurrency=concurrency,
                          num_prompts=num_prompts, input_len=input_len, output_len=output_len,
                          **kwargs)
 
