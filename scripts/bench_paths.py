@@ -353,6 +353,7 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
                      f"{num(s['nbserve_bench']['output_tokens_per_s'])}"
                      for s in entry["sweep"]]
             lines.append(f"| {LABELS[path]} | " + " | ".join(cells) + " |")
+    lines += agreement(results, opts)
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     load = ", ".join(f"{x:.2f}" for x in info["load_avg_start"])
     lines += [
@@ -385,6 +386,30 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
     return "\n".join(lines)
 
 
+def agreement(results: dict[str, Any], opts: argparse.Namespace,
+              tolerance: float = 0.15) -> list[str]:
+    """Name the measurements where the two load generators differ by more than ``tolerance``."""
+    apart = []
+    for path in opts.paths:
+        entry = results.get(path, {})
+        if "error" in entry:
+            continue
+        pairs = [(f"concurrency {opts.concurrency}", entry["vllm_bench"], entry["nbserve_bench"])]
+        pairs += [(f"concurrency {s['concurrency']}", s["vllm_bench"], s["nbserve_bench"])
+                  for s in entry["sweep"]]
+        for where, vb, nb in pairs:
+            a, b = vb.get("output_throughput"), nb.get("output_tokens_per_s")
+            if a and b and abs(b / a - 1) > tolerance:
+                apart.append(f"{LABELS[path]} at {where} ({num(a)} vs {num(b)} tok/s)")
+    if not apart:
+        return ["", f"The two load generators agree within {tolerance:.0%} on every "
+                "output throughput above."]
+    return ["", f"The two load generators differ by more than {tolerance:.0%} on: "
+            + "; ".join(apart) + ". Both run on the same 2 cores as the server they load, "
+            "one after the other; where the rate is high their own CPU use and other work on "
+            "the machine can move the result; compare figures measured by the same tool."]
+
+
 def _head_env() -> dict[str, str]:
     from nbserve import local
 
@@ -411,6 +436,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nbserve-llm", default="{}", metavar="JSON",
                         help="extra nbserve.LLM(...) arguments, e.g. "
                         "'{\"engine\": {\"args\": {\"max_num_seqs\": 64}}}'")
+    parser.add_argument("--report-from", default=None, metavar="JSON",
+                        help="only rewrite the Markdown report from a saved raw JSON")
     parser.add_argument("--output", default=None,
                         help="Markdown report (default BENCHMARKS.md; quick: artifacts/)")
     opts = parser.parse_args(argv)
@@ -426,8 +453,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return opts
 
 
+def rerender(raw: Path, out: Path) -> int:
+    """Rewrite the Markdown report from the raw JSON of an earlier run (no new measurement)."""
+    saved = json.loads(raw.read_text())
+    opts = argparse.Namespace(**saved["options"])
+    out.write_text(report(saved["results"], opts, saved["machine"], saved["command"],
+                          saved["started"]))
+    print(f"wrote {out} from {raw}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
+    if opts.report_from:
+        return rerender(Path(opts.report_from), Path(opts.output))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM
     for flag in _head_env():
         os.environ.pop(flag, None)  # the Ray Serve defaults path must not inherit them
