@@ -405,9 +405,10 @@ def agreement(results: dict[str, Any], opts: argparse.Namespace,
         return ["", f"The two load generators agree within {tolerance:.0%} on every "
                 "output throughput above."]
     return ["", f"The two load generators differ by more than {tolerance:.0%} on: "
-            + "; ".join(apart) + ". Both run on the same 2 cores as the server they load, "
-            "one after the other; where the rate is high their own CPU use and other work on "
-            "the machine can move the result; compare figures measured by the same tool."]
+            + "; ".join(apart) + ". They run one after the other against the same server; "
+            "at high rates on a small shared machine consecutive runs of one tool vary as much "
+            "(the load generator itself uses well under a core), so read such a gap as "
+            "run-to-run variation and compare figures measured by the same tool."]
 
 
 def _head_env() -> dict[str, str]:
