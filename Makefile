@@ -1,5 +1,5 @@
 # The two commands of the README's quickstart, and a few more.
-.PHONY: demo test test-unit lint setup clean
+.PHONY: demo test test-unit lint setup clean bench bench-quick
 
 setup:
 	@bash scripts/setup.sh
@@ -19,8 +19,17 @@ test: setup
 test-unit: setup
 	.venv/bin/python -m pytest -m "not integration"
 
+## Raw vLLM, Ray Serve LLM defaults, nbserve and a Transformers baseline, one after another,
+## loaded by `vllm bench serve` and `nbserve bench`; writes BENCHMARKS.md (about 15 min).
+bench: setup
+	.venv/bin/python scripts/bench_paths.py
+
+## The same with a few prompts and no sweep (a smoke run); writes artifacts/BENCHMARKS-quick.md.
+bench-quick: setup
+	.venv/bin/python scripts/bench_paths.py --quick
+
 lint: setup
-	.venv/bin/ruff check nbserve tests
+	.venv/bin/ruff check nbserve tests scripts
 	.venv/bin/mypy nbserve
 
 clean:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import html
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _remote
@@ -24,6 +26,7 @@ from .wait import poll_until
 if TYPE_CHECKING:
     import openai
 
+    from .bench import BenchResult
     from .cluster import Cluster
     from .dashboard import Dashboard
     from .kuberay_spec import ClusterSpec
@@ -350,6 +353,41 @@ class App:
 
         return LoadRun(self.openai, self.model, concurrency=concurrency, duration_s=duration_s,
                        max_tokens=max_tokens, prompt=prompt, max_requests=max_requests)
+
+    def bench(self, *, concurrency: int | Sequence[int] = 8, num_prompts: int = 64,
+              input_len: int = 64, output_len: int = 128, **kwargs: Any) -> BenchResult:
+        """Measure this app's throughput and latency with streaming completions.
+
+        A thin wrapper of ``nbserve.bench.run`` on this app's endpoint and model. When the
+        model is a local checkpoint folder with a ``tokenizer.json``, random prompts are built
+        from its tokenizer, so their length in tokens is exact.
+
+        Args:
+            concurrency: requests in flight at once, or a list for a sweep (e.g. [1, 8, 32]).
+            num_prompts: requests per concurrency level.
+            input_len: tokens per random prompt.
+            output_len: tokens generated per request (exact: ``ignore_eos``).
+            **kwargs: any other argument of ``nbserve.bench.run`` (``prompts=``,
+                ``request_rate=``, ``progress=`` ...).
+
+        Example:
+            >>> result = app.bench(concurrency=[1, 8, 32], num_prompts=128)  # doctest: +SKIP
+            >>> result.to_frame()                                          # doctest: +SKIP
+            >>> result.cost_per_million_tokens(price_per_hour=0.70)        # doctest: +SKIP
+        """
+        from . import bench
+
+        kwargs.setdefault("tokenizer", self._local_tokenizer())
+        model = kwargs.pop("model", None) or self.model
+        return bench.run(self.endpoint, model=model, concurrency=concurrency,
+                         num_prompts=num_prompts, input_len=input_len, output_len=output_len,
+                         **kwargs)
+
+    def _local_tokenizer(self) -> str | None:
+        if self.spec is None:
+            return None
+        path = Path(self.spec.model)
+        return str(path) if (path / "tokenizer.json").is_file() else None
 
     def dashboard(self, *, interval: float = 2.0, history: int = 600,
                   prometheus: str | Prometheus | None = None) -> Dashboard:

@@ -1,8 +1,9 @@
-"""The ``nbserve`` command: the local cluster, the demo, the demo model, manifest rendering.
+"""The ``nbserve`` command: the local cluster, the demo, the demo model, manifests, benchmarks.
 
 The command line is for what happens outside a notebook: starting and stopping the embedded
 local Ray head, running the quickstart notebook end to end (``nbserve demo``), building the
-offline demo model, and printing KubeRay manifests for runbooks and GitOps (``nbserve render``).
+offline demo model, printing KubeRay manifests for runbooks and GitOps (``nbserve render``) and
+measuring an endpoint's throughput and latency (``nbserve bench``).
 It writes its results to stdout; the library underneath only logs.
 """
 
@@ -72,6 +73,38 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true",
                       help="leave the local Ray head running afterwards")
     demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser(
+        "bench", help="measure throughput and latency of an OpenAI-compatible endpoint or app",
+        description="Send streaming completions at a fixed concurrency (or a sweep) and report "
+        "output tokens/s, requests/s, TTFT, inter-token and end-to-end latency percentiles.",
+    )
+    bench.add_argument("target", metavar="ENDPOINT_OR_APP",
+                       help="an OpenAI base URL (http://HOST:PORT/PREFIX/v1) or the name of an "
+                       "app on the connected cluster (the local one, or --address)")
+    bench.add_argument("--address", default=None,
+                       help="Ray cluster of the app (default: the local head nbserve started)")
+    bench.add_argument("--model", default=None, help="model name (default: the endpoint's first)")
+    bench.add_argument("-c", "--concurrency", type=int, nargs="+", default=[8],
+                       help="requests in flight; several values run a sweep (default 8)")
+    bench.add_argument("-n", "--num-prompts", type=int, default=64,
+                       help="requests per concurrency level (default %(default)s)")
+    bench.add_argument("--input-len", type=int, default=64,
+                       help="tokens per random prompt (default %(default)s)")
+    bench.add_argument("--output-len", type=int, default=128,
+                       help="tokens generated per request, exact (default %(default)s)")
+    bench.add_argument("--request-rate", type=float, default=None,
+                       help="requests/s with Poisson arrivals (default: as fast as possible)")
+    bench.add_argument("--prompt", action="append", default=None,
+                       help="a prompt to send instead of random ones (repeatable)")
+    bench.add_argument("--tokenizer", default=None,
+                       help="folder with tokenizer.json, for exact random prompt lengths")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--json", default=None, metavar="PATH", help="also write the results")
+    bench.add_argument("--price-per-hour", type=float, default=None,
+                       help="machine price in $/hour: also print $ per 1M output tokens")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(func=_bench)
 
     render = sub.add_parser("render", help="print a KubeRay manifest (YAML) for GKE")
     kinds = render.add_subparsers(dest="kind", required=True)
@@ -154,6 +187,54 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"model answer: {summary['answer']!r}")
     print(f"executed notebook: {output}")
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench
+    from .errors import LocalClusterError
+
+    options: dict[str, Any] = dict(
+        model=args.model, concurrency=args.concurrency, num_prompts=args.num_prompts,
+        input_len=args.input_len, output_len=args.output_len, request_rate=args.request_rate,
+        prompts=args.prompt, seed=args.seed, progress=not args.no_progress,
+    )
+    if args.tokenizer:
+        options["tokenizer"] = args.tokenizer
+    if args.target.startswith(("http://", "https://")):
+        result = bench.run(args.target, **options)
+    elif "://" in args.target or "/" in args.target:
+        from .errors import SpecError
+
+        raise SpecError(f"{args.target!r} is neither an http(s) endpoint URL nor an app name; "
+                        "pass e.g. http://127.0.0.1:8000/tiny/v1 or tiny")
+    else:
+        import nbserve
+
+        from . import cluster as cluster_mod
+
+        if args.address is None and local.find() is None:
+            raise LocalClusterError(
+                f"no local Ray head is running to find app {args.target!r} on; start one with "
+                "`nbserve up`, pass --address ray://HOST:PORT, or pass the endpoint URL"
+            )
+        before = cluster_mod._active
+        cluster = nbserve.connect(args.address)
+        try:
+            app = cluster.app(args.target)
+            options["model"] = args.model or app.model
+            result = app.bench(**options)
+        finally:
+            if cluster is not before:  # keep a session this process had already opened
+                cluster.disconnect()
+    print(result)
+    if args.price_per_hour is not None:
+        best = result.best
+        print(f"cost: ${result.cost_per_million_tokens(args.price_per_hour):.4f} per 1M output "
+              f"tokens at ${args.price_per_hour}/h and {best.output_tokens_per_s:.0f} tok/s "
+              f"(concurrency {best.concurrency})")
+    if args.json:
+        print(f"results: {result.to_json(args.json)}")
+    return 1 if result.failed else 0
 
 
 def _render(args: argparse.Namespace) -> int:

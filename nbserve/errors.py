@@ -32,6 +32,10 @@ class ClusterError(NbserveError):
     """
 
 
+class EndpointError(NbserveError, ConnectionError):
+    """An OpenAI-compatible endpoint could not be reached or did not answer as one."""
+
+
 class VersionMismatch(NbserveError):
     """The cluster's Ray version or Python minor differs from this kernel's."""
 

@@ -32,6 +32,14 @@ __all__ = ["LocalCluster", "down", "find", "home", "up"]
 log = logging.getLogger(__name__)
 
 DEFAULT_NUM_CPUS = 8
+# Serve's throughput flags (those of KubeRay's high-throughput LLM sample that concern Serve):
+# gRPC between proxy and replicas, direct ingress, token streaming straight from the engine
+# replica. ``up(env={})`` starts a head without them.
+DEFAULT_HEAD_ENV: dict[str, str] = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
+}
 
 
 def home() -> Path:
@@ -127,7 +135,8 @@ def up(
             and the engine replicas all schedule on a small machine.
         base: nbserve's folder (default ``home()``); one head per folder.
         timeout: seconds to wait for the head to answer.
-        env: extra environment for the head's processes (e.g. Serve performance flags).
+        env: extra environment for the head's processes; None means ``DEFAULT_HEAD_ENV``
+            (Serve's throughput flags), ``{}`` none of them.
 
     Returns:
         The running head.
@@ -154,7 +163,7 @@ def up(
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
     temp_dir = tempfile.mkdtemp(prefix="nbserve-ray-")  # short: Ray puts sockets under it
-    gcs, client, dashboard, metrics, agent, serve = _free_ports(6)
+    gcs, client, dashboard, metrics, agent, serve, ha_stats, ha_metrics = _free_ports(8)
     ray_bin = Path(sys.executable).with_name("ray")
     cmd = [
         str(ray_bin if ray_bin.exists() else shutil.which("ray") or "ray"),
@@ -165,8 +174,11 @@ def up(
         f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
     ]
     head_env = {
+        # Serve's HAProxy takes fixed ports (8404, 9101) by default: two heads would clash.
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(ha_stats),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(ha_metrics),
         **os.environ,
-        **(env or {}),
+        **(DEFAULT_HEAD_ENV if env is None else env),
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_path),
         "RAY_USAGE_STATS_ENABLED": "0",

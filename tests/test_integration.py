@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import nbserve
+from nbserve import local
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +28,9 @@ def llm_replicas(app: nbserve.App) -> set[str]:
 def test_deploy_and_query(tiny_app: nbserve.App) -> None:
     status = tiny_app.status()
     assert status.ok, status
-    assert set(status.deployments) == {"LLMServer:tiny", "OpenAiIngress"}
+    # The local head streams tokens directly from the model server (Serve's direct streaming),
+    # so the router takes the place of the OpenAiIngress deployment.
+    assert set(status.deployments) == {"LLMServer:tiny", "LLMRouter"}
     assert tiny_app.endpoint.endswith("/tiny/v1")
     assert tiny_app.chat("Hello", max_tokens=8).strip()
     assert tiny_app.complete("def f(", max_tokens=8)
@@ -35,6 +38,43 @@ def test_deploy_and_query(tiny_app: nbserve.App) -> None:
     assert models == ["tiny"]
     reply = tiny_app.openai().completions.create(model="tiny", prompt="x", max_tokens=5)
     assert reply.usage is not None and reply.usage.completion_tokens == 5
+
+
+def test_bench_the_app_and_from_the_command_line(
+    tiny_app: nbserve.App, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nbserve.cli import main
+
+    result = tiny_app.bench(concurrency=2, num_prompts=4, input_len=16, output_len=8,
+                            progress=False)
+    (run,) = result.runs
+    assert result.model == "tiny" and result.endpoint == tiny_app.endpoint
+    assert (run.completed, run.failed, run.errors) == (4, 0, [])
+    assert run.output_tokens == 32  # ignore_eos makes the output length exact
+    assert run.input_tokens > 0 and run.output_tokens_per_s > 0
+    assert all(v is not None for v in (*run.ttft_ms.values(), *run.e2e_ms.values()))
+    assert result.cost_per_million_tokens(1.0) > 0
+
+    assert main(["bench", tiny_app.endpoint, "-n", "2", "-c", "2", "--output-len", "4",
+                 "--no-progress"]) == 0
+    assert "tiny at" in capsys.readouterr().out
+    # By app name on the connected local cluster; the shared session stays open.
+    assert main(["bench", "tiny", "-n", "2", "-c", "1", "--output-len", "4",
+                 "--no-progress"]) == 0
+    assert tiny_app.cluster.connected
+    assert main(["bench", "no-such-app", "--no-progress"]) == 1
+    assert "no application 'no-such-app'" in capsys.readouterr().err
+
+
+def test_local_head_runs_with_serve_throughput_flags(local_head: local.LocalCluster
+                                                    ) -> None:
+    raw = Path(f"/proc/{local_head.pid}/environ").read_bytes().split(b"\0")
+    env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+    assert {k: env.get(k) for k in local.DEFAULT_HEAD_ENV} == \
+        local.DEFAULT_HEAD_ENV
+    # HAProxy's stats and metrics ports are free ones, not the fixed defaults 8404 / 9101.
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404"
+    assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] != "9101"
 
 
 def test_scaling_update_is_in_place(tiny_app: nbserve.App) -> None:
