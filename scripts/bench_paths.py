@@ -57,32 +57,48 @@ ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 SERVE_DEFAULTS_DRIVER = textwrap.dedent(
     """
-    import sys, ray
+    import json, sys, time, ray
     from ray import serve
     from ray.serve.llm import LLMConfig, build_openai_app
 
     gcs, port, model, name = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    t0 = time.monotonic()
     ray.init(address=f"127.0.0.1:{gcs}")
+    connect_s = time.monotonic() - t0
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = LLMConfig(
         model_loading_config={"model_id": name, "model_source": model},
         placement_group_config={"bundles": [{"CPU": 1}]},
         runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
     )
+    t0 = time.monotonic()
     serve.run(build_openai_app({"llm_configs": [config]}), name=name, route_prefix=f"/{name}")
+    print(json.dumps({"connect_s": connect_s, "deploy_s": time.monotonic() - t0}))
     """
 )
 
 NBSERVE_DRIVER = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, time
     import nbserve
 
+    t0 = time.monotonic()
     cluster = nbserve.connect(timeout=300)
+    connect_s = time.monotonic() - t0
     extra = json.loads(sys.argv[3])
+    t0 = time.monotonic()
     app = cluster.deploy(nbserve.LLM(sys.argv[1], name=sys.argv[2], **extra), name=sys.argv[2],
                          progress=False)
-    print(json.dumps({"endpoint": app.endpoint}))
+    deploy_s = time.monotonic() - t0
+    # A lightweight update (the autoscaling target: no effect at one replica), applied in
+    # place, then set back.
+    before = app.spec.scaling.target_ongoing_requests
+    t0 = time.monotonic()
+    app.update(target_ongoing_requests=before + 1, progress=False)
+    update_s, update_kind = time.monotonic() - t0, app.last_update
+    app.update(target_ongoing_requests=before, progress=False)
+    print(json.dumps({"endpoint": app.endpoint, "connect_s": connect_s, "deploy_s": deploy_s,
+                      "update_s": update_s, "update": update_kind}))
     cluster.disconnect()
     """
 )
@@ -166,8 +182,13 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, log: Path,
 
 # --- the four paths ---------------------------------------------------------------------------
 @contextlib.contextmanager
-def start_path(path: str, model: str, work: Path, opts: argparse.Namespace) -> Iterator[str]:
-    """Start one serving path; yields its OpenAI base URL (ending in /v1); stops it after."""
+def start_path(path: str, model: str, work: Path, opts: argparse.Namespace,
+               control: dict[str, Any]) -> Iterator[str]:
+    """Start one serving path; yields its OpenAI base URL (ending in /v1); stops it after.
+
+    The Ray paths' drivers also time their control plane (connect, deploy to RUNNING and, for
+    nbserve, a lightweight update) into ``control``.
+    """
     from nbserve import local
 
     log = work / f"{path}.log"
@@ -191,9 +212,10 @@ def start_path(path: str, model: str, work: Path, opts: argparse.Namespace) -> I
                 head = local.up(base=home, env={})
                 driver = work / "serve_defaults_driver.py"
                 driver.write_text(SERVE_DEFAULTS_DRIVER)
-                run_group([PY, str(driver), str(head.gcs_port), str(head.serve_port), model,
-                           NAME], work / f"{path}-driver.log", 900,
-                          {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": head.token_path})
+                out = run_group([PY, str(driver), str(head.gcs_port), str(head.serve_port),
+                                 model, NAME], work / f"{path}-driver.log", 900,
+                                {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": head.token_path})
+                control.update(json.loads(out.strip().splitlines()[-1]))
                 endpoint = f"{head.serve_url}/{NAME}/v1"
             else:
                 if opts.nbserve_head_env is not None:  # else connect() starts the default head
@@ -203,7 +225,8 @@ def start_path(path: str, model: str, work: Path, opts: argparse.Namespace) -> I
                 out = run_group([PY, str(driver), model, NAME, opts.nbserve_llm],
                                 work / f"{path}-driver.log",
                                 900, {"NBSERVE_HOME": str(home), "PYTHONPATH": str(ROOT)})
-                endpoint = json.loads(out.strip().splitlines()[-1])["endpoint"]
+                control.update(json.loads(out.strip().splitlines()[-1]))
+                endpoint = control.pop("endpoint")
             wait_ready(f"{endpoint}/models", None, work / f"{path}-driver.log", 120)
             yield endpoint
         finally:
@@ -354,6 +377,7 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
                      for s in entry["sweep"]]
             lines.append(f"| {LABELS[path]} | " + " | ".join(cells) + " |")
     lines += agreement(results, opts)
+    lines += control_plane(results, info)
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     load = ", ".join(f"{x:.2f}" for x in info["load_avg_start"])
     lines += [
@@ -384,6 +408,36 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
         "",
     ]
     return "\n".join(lines)
+
+
+def control_plane(results: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    """The control-plane and live-view figures: connect, deploy, update, dashboard refresh."""
+    nb = results.get("nbserve", {}).get("control", {})
+    rs = results.get("ray-serve", {}).get("control", {})
+    refresh = info.get("dashboard_refresh")
+    if not (nb or rs or refresh):
+        return []
+
+    def sec(entry: dict[str, Any], key: str) -> str:
+        return f"{entry[key]:.1f} s" if key in entry else "-"
+
+    lines = [
+        "", "## Control plane and live view", "",
+        "| step | nbserve (Ray Client, declarative deploy) | bare `serve.run` (driver on the "
+        "head) |",
+        "| --- | ---: | ---: |",
+        f"| connect | {sec(nb, 'connect_s')} | {sec(rs, 'connect_s')} |",
+        f"| deploy to RUNNING | {sec(nb, 'deploy_s')} | {sec(rs, 'deploy_s')} |",
+        f"| lightweight update (autoscaling target, {nb.get('update', '-')}) "
+        f"| {sec(nb, 'update_s')} | - |",
+    ]
+    if refresh:
+        lines.append(
+            f"| dashboard refresh, {refresh['replicas']} replicas, in the notebook "
+            f"(`scripts/bench_refresh.py`) | {refresh['refresh_ms']:.1f} ms | - |")
+    lines += ["", "Deploys start the engine from scratch on a head of their own, one after "
+              "the other; the deploy figure is dominated by the engine's start on two cores."]
+    return lines
 
 
 def agreement(results: dict[str, Any], opts: argparse.Namespace,
@@ -471,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM
     for flag in _head_env():
         os.environ.pop(flag, None)  # the Ray Serve defaults path must not inherit them
-    sys.path.insert(0, str(ROOT))
+    sys.path[:0] = [str(ROOT), str(SCRIPTS)]
     import nbserve
 
     model = nbserve.demo_model()
@@ -487,15 +541,22 @@ def main(argv: list[str] | None = None) -> int:
         for path in opts.paths:
             print(f"== {LABELS[path]}", flush=True)
             t0 = time.monotonic()
+            control: dict[str, Any] = {}
             try:
-                with start_path(path, model, work, opts) as endpoint:
+                with start_path(path, model, work, opts, control) as endpoint:
                     print(f"  up at {endpoint} after {time.monotonic() - t0:.0f} s", flush=True)
                     results[path] = measure(path, endpoint, model, opts, work)
+                    results[path]["control"] = control
             except Exception as err:  # noqa: BLE001 - one failed path is reported, not fatal
                 print(f"  FAILED: {err}", flush=True)
                 results[path] = {"error": str(err).splitlines()[0] if str(err) else repr(err),
                                  "detail": str(err)}
             print(f"  done in {time.monotonic() - t0:.0f} s", flush=True)
+    if "nbserve" in opts.paths:
+        print("== dashboard refresh, 64 replicas", flush=True)
+        import bench_refresh
+
+        info["dashboard_refresh"] = bench_refresh.measure(replicas=64, runs=30)
     text = report(results, opts, info, command, started)
     out.write_text(text)
     raw = out.with_suffix(".json")

@@ -106,27 +106,24 @@ def median_ms(step: Callable[[], Any], warmup: int, runs: int) -> tuple[float, f
     return statistics.median(wall), statistics.median(cpu)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--replicas", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=50)
-    args = parser.parse_args()
-    raw = synthetic(args.replicas)
+def measure(replicas: int = 64, runs: int = 50) -> dict[str, Any]:
+    """Time refreshes for ``replicas`` replicas; the medians (ms) and the last snapshot."""
+    raw = synthetic(replicas)
     start = time.perf_counter()
-    small = [compacted(p) for p in raw]
+    small = [compacted(p) for p in raw]  # what the cluster side does, once per scrape
     cluster_ms = (time.perf_counter() - start) * 1000 / len(raw)
     blobs = [pickle.dumps(p) for p in small]
     warmup = len(blobs)  # the window learns every series and has rates after one cycle
 
     replay = Replay(blobs, raw[0]["time"])
     dash = Dashboard([replay], start=False)  # type: ignore[list-item]
-    ms, cpu = median_ms(dash.refresh, warmup, args.runs)
+    ms, cpu = median_ms(dash.refresh, warmup, runs)
     snap = dash.state.latest(APP)
-    assert snap is not None and len(snap.kv_cache_usage) == args.replicas
-    assert len(dash._replicas.children) == args.replicas
+    assert snap is not None and len(snap.kv_cache_usage) == replicas
+    assert len(dash._replicas.children) == replicas
 
     metrics_only = Replay(blobs, raw[0]["time"])
-    m_ms, m_cpu = median_ms(metrics_only.metrics, warmup, args.runs)
+    m_ms, m_cpu = median_ms(metrics_only.metrics, warmup, runs)
 
     text_window = MetricsWindow(APP)
     counter = iter(range(10**9))
@@ -136,20 +133,38 @@ def main() -> None:
         payload = dict(raw[i % len(raw)], time=raw[0]["time"] + 5.0 * i)
         return text_window.update(Scrape.from_payload(payload))
 
-    t_ms, t_cpu = median_ms(from_text, len(raw), max(5, args.runs // 5))
+    t_ms, t_cpu = median_ms(from_text, len(raw), max(5, runs // 5))
     dash.stop()
-    dash.widget.close_all() if hasattr(dash.widget, "close_all") else dash.widget.close()
+    dash.widget.close()
+    return {
+        "replicas": replicas, "runs": runs, "refresh_ms": ms, "refresh_cpu_ms": cpu,
+        "metrics_ms": m_ms, "metrics_cpu_ms": m_cpu, "text_parse_ms": t_ms,
+        "text_parse_cpu_ms": t_cpu, "cluster_side_ms": cluster_ms,
+        "rows_kib": len(blobs[-1]) / 1024,
+        "text_kib": sum(len(t) for t in raw[-1]["nodes"].values()) / 1024,
+        "tokens_per_s": snap.tokens_per_s, "ttft_p50_s": snap.ttft_p50_s,
+        "replica_counts": str(snap.replicas),
+    }
 
-    raw_kb = sum(len(t) for t in raw[-1]["nodes"].values()) / 1024
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args()
+    m = measure(args.replicas, args.runs)
     print(f"{args.replicas} replicas, median of {args.runs} refreshes, in the notebook process")
-    print(f"  refresh (unpickle {len(blobs[-1]) / 1024:.0f} KiB of rows + compute + render "
-          f"{args.replicas} bars and the chart): {ms:.1f} ms ({cpu:.1f} ms CPU)")
-    print(f"    of which unpickle + compute the Snapshot: {m_ms:.1f} ms ({m_cpu:.1f} ms CPU)")
-    print(f"  for comparison, parsing the nodes' text ({raw_kb:.0f} KiB) in the notebook instead: "
-          f"{t_ms:.0f} ms ({t_cpu:.0f} ms CPU)")
-    print(f"  cluster side, per scrape (parse + keep the app's series): {cluster_ms:.0f} ms")
-    print(f"  last snapshot: {snap.tokens_per_s:.0f} tokens/s, TTFT p50 "
-          f"{(snap.ttft_p50_s or 0) * 1000:.0f} ms, {snap.replicas}")
+    print(f"  refresh (unpickle {m['rows_kib']:.0f} KiB of rows + compute + render "
+          f"{args.replicas} bars and the chart): {m['refresh_ms']:.1f} ms "
+          f"({m['refresh_cpu_ms']:.1f} ms CPU)")
+    print(f"    of which unpickle + compute the Snapshot: {m['metrics_ms']:.1f} ms "
+          f"({m['metrics_cpu_ms']:.1f} ms CPU)")
+    print(f"  for comparison, parsing the nodes' text ({m['text_kib']:.0f} KiB) in the notebook "
+          f"instead: {m['text_parse_ms']:.0f} ms ({m['text_parse_cpu_ms']:.0f} ms CPU)")
+    print(f"  cluster side, per scrape (parse + keep the app's series): "
+          f"{m['cluster_side_ms']:.0f} ms")
+    print(f"  last snapshot: {m['tokens_per_s']:.0f} tokens/s, TTFT p50 "
+          f"{(m['ttft_p50_s'] or 0) * 1000:.0f} ms, {m['replica_counts']}")
 
 
 if __name__ == "__main__":

@@ -286,14 +286,16 @@ def saved_errors(page: Any, lab: Lab, name: str) -> list[str]:
     before = lab.api("GET", f"contents/{name}?content=0").json()["last_modified"]
     menu(page, "File", "Save Notebook(?! As)")
     deadline = time.monotonic() + 60
+    # Poll without content: reading a notebook while JupyterLab's atomic save replaces it
+    # makes the server "recover" the half-written file and breaks the save. Read it once saved.
     while True:
-        # A read that meets the save half-way fails (jupyter_server's atomic write): ask again.
-        reply = lab.api("GET", f"contents/{name}")
-        model = reply.json() if reply.status_code == 200 else {}
-        if model.get("last_modified", before) != before:
+        reply = lab.api("GET", f"contents/{name}?content=0")
+        if reply.status_code == 200 and reply.json()["last_modified"] != before:
             break
         assert time.monotonic() < deadline, f"the notebook was not saved: {reply.text[:300]}"
         time.sleep(0.5)
+    time.sleep(1)  # let the save's rename settle before the one full read
+    model = lab.api("GET", f"contents/{name}").json()
     return [f"{out['ename']}: {out['evalue']}" for cell in model["content"]["cells"]
             for out in cell.get("outputs", ()) if out["output_type"] == "error"]
 
