@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _remote
 from .errors import AppNotFound, DeployFailed, NbserveError, SpecError
-from .serveconfig import engine_version, serve_app
+from .serveconfig import engine_version, llm_deployment_name, serve_app
 from .spec import LLM
 from .wait import poll_until
 
@@ -244,7 +244,10 @@ class App:
         return sorted(reps, key=lambda r: (r["state"] != "ALIVE", r["deployment"], r["replica_id"]))
 
     def wait(self, timeout: float = 900, *, progress: bool = True, interval: float = 1.0) -> App:
-        """Wait until the app is RUNNING, showing a progress bar.
+        """Wait until the app is RUNNING with the replicas its spec asks for, with a progress bar.
+
+        "The replicas its spec asks for": the model server is HEALTHY with at least
+        ``min_replicas`` replicas running and at most ``max_replicas`` left.
 
         Raises:
             DeployFailed: as soon as the app is DEPLOY_FAILED or UNHEALTHY; carries Serve's
@@ -265,11 +268,30 @@ class App:
             bar.set_postfix_str(str(status), refresh=True)
 
         try:
-            poll_until(self.status, lambda s: s.ok, timeout=timeout, interval=interval,
+            poll_until(self.status, self._settled, timeout=timeout, interval=interval,
                        what=f"deploying {self.name!r}", on_poll=show)
         finally:
             bar.close()
         return self
+
+    def _settled(self, status: AppStatus) -> bool:
+        """RUNNING, and the model server has the replicas its spec asks for.
+
+        Serve applies a new config on its controller's next rounds: right after a scaling
+        update the app may still say RUNNING with the old replica count, so RUNNING alone
+        would end a wait before the update took effect.
+        """
+        if not status.ok:
+            return False
+        if self.spec is None:
+            return True
+        server = status.deployments.get(llm_deployment_name(self.spec))
+        if server is None:
+            return True
+        scaling = self.spec.scaling
+        alive = sum(n for state, n in server.replica_states.items() if state != "STOPPING")
+        return (server.status == "HEALTHY" and server.running >= scaling.min_replicas
+                and alive <= scaling.max_replicas)
 
     def update(self, *, wait: bool = True, timeout: float = 900, progress: bool = True,
                **changes: Any) -> App:

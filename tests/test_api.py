@@ -188,3 +188,23 @@ def test_every_error_is_an_nbserve_error() -> None:
     assert issubclass(nbserve.ConnectionFailed, ConnectionError)
     assert issubclass(nbserve.WaitTimeout, TimeoutError)
     assert "ClusterError" in nbserve.__all__ and "create_cluster" in nbserve.__all__
+
+
+def test_wait_ends_only_when_the_model_server_has_its_replicas() -> None:
+    """Right after a scaling update Serve may still say RUNNING with the old replica count."""
+    from nbserve.app import AppStatus, DeploymentStatus
+
+    app = nbserve.App(None, "tiny", nbserve.LLM("org/tiny", min_replicas=2, max_replicas=2))  # type: ignore[arg-type]
+
+    def status(state: str, server: str, **replicas: int) -> AppStatus:
+        deps = {"LLMServer:tiny": DeploymentStatus("LLMServer:tiny", server, "", replicas),
+                "LLMRouter": DeploymentStatus("LLMRouter", "HEALTHY", "", {"RUNNING": 1})}
+        return AppStatus("tiny", state, "", deps)
+
+    assert not app._settled(status("RUNNING", "HEALTHY", RUNNING=1))  # update not applied yet
+    assert not app._settled(status("RUNNING", "UPSCALING", RUNNING=1, STARTING=1))
+    assert not app._settled(status("DEPLOYING", "HEALTHY", RUNNING=2))
+    assert app._settled(status("RUNNING", "HEALTHY", RUNNING=2))
+    assert app._settled(status("RUNNING", "HEALTHY", RUNNING=2, STOPPING=1))
+    assert not app._settled(status("RUNNING", "HEALTHY", RUNNING=3))  # scaling down: not yet
+    assert nbserve.App(None, "x", None)._settled(status("RUNNING", "HEALTHY"))  # type: ignore[arg-type]
