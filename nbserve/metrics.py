@@ -97,7 +97,11 @@ class Scrape:
             samples = tuple(s for text in payload.get("nodes", {}).values() for s in parse(text))
         if not deployments:  # none (yet): a redeploy, or no such app; the series may know
             return cls(payload["time"], samples)
-        engines = [d for d in deployments.values() if not d.get("ingress")]
+        # The model servers: Serve LLM names them LLMServer:<model>. Which deployment is the
+        # ingress depends on Serve's settings (with direct streaming the router is not), so
+        # the ingress flag only decides for apps that are not Serve LLM apps.
+        engines = [d for name, d in deployments.items() if name.startswith("LLMServer:")]
+        engines = engines or [d for d in deployments.values() if not d.get("ingress")]
         engines = engines or list(deployments.values())
         states = [state for d in engines for state in d["replicas"].values()]
         targets = [d["target"] for d in engines if d.get("target") is not None]

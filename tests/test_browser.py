@@ -44,7 +44,7 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
-PARAMETERS = {"reuse": True, "load_seconds": 30, "interval": 1.0}  # and app_name: the shared app
+PARAMETERS = {"reuse": True, "load_seconds": 50, "interval": 1.0}  # and app_name: the shared app
 # Bounded waits (seconds); generous because the 2 cores may be shared with other test runs.
 LAB_START_TIMEOUT = 120
 KERNEL_IDLE_TIMEOUT = 120

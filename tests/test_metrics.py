@@ -326,3 +326,17 @@ def test_fetch_retries_with_the_token_when_asked(token_server: str) -> None:
     assert "ray_vllm_num_requests_running" in body
     with pytest.raises(_collector.urllib.error.HTTPError):
         _collector.fetch(token_server, 5, auth=dict)
+
+
+def test_replicas_are_the_model_servers_whichever_deployment_is_the_ingress(
+    entries: list[dict[str, Any]],
+) -> None:
+    """With Serve LLM's direct streaming the LLMServer is the ingress and LLMRouter is not."""
+    entry = entries[phase(entries, "load")[-1]]
+    direct = {
+        "LLMServer:tiny": {"ingress": True, "target": 2,
+                           "replicas": {"a": "RUNNING", "b": "STARTING"}},
+        "LLMRouter": {"ingress": False, "target": 1, "replicas": {"r": "RUNNING"}},
+    }
+    snap = MetricsWindow(APP).update(Scrape.from_payload(dict(entry, deployments=direct)))
+    assert snap.replicas == Replicas(running=1, starting=1, target=2)
