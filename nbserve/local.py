@@ -224,7 +224,15 @@ def down(base: Path | None = None, timeout: float = 30) -> bool:
     if cluster is None:
         return False
     log.info("stopping the local Ray head (pid %d)", cluster.pid)
+    # Some of the head's descendants leave its process group (Serve's HAProxy starts in a
+    # session of its own): note them now, while the tree still leads to them.
+    strays = [pid for pid, pgid in _descendants(cluster.pid) if pgid != cluster.pid]
     _stop_group(cluster.pid, grace=timeout)
+    for pid in strays:
+        if _pgid(pid) == pid:  # a group leader: its own children go with it
+            _stop_group(pid, grace=timeout)
+        else:
+            _kill(pid)
     state.unlink(missing_ok=True)
     shutil.rmtree(cluster.temp_dir, ignore_errors=True)
     return True
@@ -248,7 +256,9 @@ def _stop_group(pgid: int, grace: float) -> None:
         raise LocalClusterError(f"processes of group {pgid} survived SIGKILL")
 
 
-def _group_alive(pgid: int) -> bool:
+def _processes() -> dict[int, tuple[int, int]]:
+    """Live (not zombie) processes: pid -> (parent pid, process group)."""
+    out = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -257,9 +267,36 @@ def _group_alive(pgid: int) -> bool:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
+        if fields[0] != "Z":
+            out[int(entry.name)] = (int(fields[1]), int(fields[2]))
+    return out
+
+
+def _descendants(pid: int) -> list[tuple[int, int]]:
+    """Every live descendant of ``pid`` as (pid, process group)."""
+    procs = _processes()
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, pgid) in procs.items():
+            if ppid == parent:
+                found.append((child, pgid))
+                frontier.append(child)
+    return found
+
+
+def _pgid(pid: int) -> int | None:
+    entry = _processes().get(pid)
+    return entry[1] if entry else None
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    return any(group == pgid for _, group in _processes().values())
 
 
 def _pid_alive(pid: int) -> bool:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,27 @@ def test_cli_up_attach_status_down_stops_only_its_own_processes(tmp_path: Path) 
         local.down(tmp_path)
         bystander.send_signal(signal.SIGTERM)
         bystander.wait()
+
+
+def test_descendants_include_those_that_left_the_process_group() -> None:
+    """Serve's HAProxy starts in a session of its own; down() must still find it."""
+    from nbserve import local as local_mod
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, "
+         "'-c', 'import time; time.sleep(60)'], start_new_session=True); time.sleep(60)"],
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        found: list[tuple[int, int]] = []
+        while time.monotonic() < deadline and not found:
+            found = local_mod._descendants(parent.pid)
+            time.sleep(0.1)
+        ((child, group),) = found
+        assert group == child != parent.pid  # its own group, yet found through the tree
+    finally:
+        for pid, _ in local_mod._descendants(parent.pid):
+            local_mod._kill(pid)
+        parent.kill()
+        parent.wait()
