@@ -21,8 +21,10 @@ from .spec import LLM
 IMPORT_PATH = "ray.serve.llm:build_openai_app"
 
 # Environment the vLLM CPU engine wants when no accelerator is given: a small KV cache (GiB)
-# fits a laptop or a CI machine; the user's env overrides it.
-CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+# fits a laptop or a CI machine, and the engine core process runs on its worker's cores
+# (nbserve's vLLM plugin, nbserve/_vllm_plugin.py; ignored where nbserve is not installed).
+# The user's env overrides both.
+CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "NBSERVE_ENGINE_CORE_AFFINITY": "worker"}
 
 
 

