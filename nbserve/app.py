@@ -405,6 +405,36 @@ class App:
                          num_prompts=num_prompts, input_len=input_len, output_len=output_len,
                          **kwargs)
 
+    def cost(self, price_per_hour: float, *, result: BenchResult | None = None,
+             concurrency: int | Sequence[int] = 32, **bench_kwargs: Any) -> float:
+        """Dollars per million output tokens at this app's measured throughput.
+
+        ``price_per_hour`` is what the machines serving this app cost, in dollars an hour (for
+        example a GPU node's on-demand price times the replicas' nodes). The throughput is
+        ``result``'s best run, or, without a result, that of a benchmark run now
+        (``self.bench(concurrency=concurrency, **bench_kwargs)``), so configurations can be
+        compared in money.
+
+        Raises:
+            SpecError: ``price_per_hour`` is negative or not a number (before any request), or
+                the benchmark measured no tokens.
+
+        Example:
+            >>> app.cost(price_per_hour=0.70)                    # doctest: +SKIP
+            0.041
+            >>> app.cost(0.70, result=app.bench(concurrency=[8, 32]))  # doctest: +SKIP
+        """
+        if isinstance(price_per_hour, bool) or not isinstance(price_per_hour, (int, float)) \
+                or not price_per_hour >= 0:
+            raise SpecError(f"price_per_hour={price_per_hour!r} must be a number of dollars an "
+                            "hour >= 0, e.g. app.cost(price_per_hour=0.70)")
+        if result is None:
+            result = self.bench(concurrency=concurrency, **bench_kwargs)
+        cost = result.cost_per_million_tokens(price_per_hour)
+        log.info("app %s: $%.4f per 1M output tokens at %.0f tok/s and $%.2f/h", self.name,
+                 cost, result.best.output_tokens_per_s, price_per_hour)
+        return cost
+
     def _local_tokenizer(self) -> str | None:
         if self.spec is None:
             return None

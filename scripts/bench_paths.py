@@ -32,6 +32,7 @@ import platform
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -270,18 +271,24 @@ def measure(path: str, endpoint: str, model: str, opts: argparse.Namespace,
     print(f"  warm-up: {opts.concurrency} prompts at concurrency {opts.concurrency}", flush=True)
     nbserve_bench(endpoint, model, prompts=opts.concurrency, concurrency=opts.concurrency,
                   **lengths)
-    print(f"  vllm bench serve: {opts.num_prompts} prompts at concurrency {opts.concurrency}",
-          flush=True)
-    vb = vllm_bench(endpoint, model, prompts=opts.num_prompts, concurrency=opts.concurrency,
-                    work=work, tag=f"{path}-main", **lengths)
-    print(f"    {num(vb['output_throughput'])} output tok/s, TTFT p50 "
-          f"{num(vb['median_ttft_ms'])} ms, {vb['failed']} failed", flush=True)
-    print(f"  nbserve bench: {opts.num_prompts} prompts at concurrency {opts.concurrency}",
-          flush=True)
-    nb = nbserve_bench(endpoint, model, prompts=opts.num_prompts, concurrency=opts.concurrency,
-                       **lengths)
-    print(f"    {num(nb['output_tokens_per_s'])} output tok/s, TTFT p50 "
-          f"{num(nb['ttft_p50_ms'])} ms, {nb['failed']} failed", flush=True)
+    # The main measurement is repeated (interleaving the two tools) and each figure reported is
+    # the median over the repeats: on a small shared machine consecutive runs vary by 10-20%.
+    vbs, nbs = [], []
+    for rep in range(opts.repeats):
+        print(f"  [{rep + 1}/{opts.repeats}] vllm bench serve: {opts.num_prompts} prompts at "
+              f"concurrency {opts.concurrency}", flush=True)
+        vb = vllm_bench(endpoint, model, prompts=opts.num_prompts, concurrency=opts.concurrency,
+                        work=work, tag=f"{path}-main-{rep}", **lengths)
+        vbs.append(pick(vb))
+        print(f"    {num(vb['output_throughput'])} output tok/s, TTFT p50 "
+              f"{num(vb['median_ttft_ms'])} ms, {vb['failed']} failed", flush=True)
+        print(f"  [{rep + 1}/{opts.repeats}] nbserve bench: {opts.num_prompts} prompts at "
+              f"concurrency {opts.concurrency}", flush=True)
+        nb = nbserve_bench(endpoint, model, prompts=opts.num_prompts,
+                           concurrency=opts.concurrency, **lengths)
+        nbs.append(nb)
+        print(f"    {num(nb['output_tokens_per_s'])} output tok/s, TTFT p50 "
+              f"{num(nb['ttft_p50_ms'])} ms, {nb['failed']} failed", flush=True)
     sweep = []
     for conc in opts.sweep:
         prompts = max(opts.sweep_prompts_per_slot * conc, opts.sweep_prompts_per_slot)
@@ -291,7 +298,22 @@ def measure(path: str, endpoint: str, model: str, opts: argparse.Namespace,
         sn = nbserve_bench(endpoint, model, prompts=prompts, concurrency=conc, **lengths)
         sweep.append({"concurrency": conc, "prompts": prompts,
                       "vllm_bench": pick(sv), "nbserve_bench": sn})
-    return {"vllm_bench": pick(vb), "nbserve_bench": nb, "sweep": sweep}
+    return {"vllm_bench": median_of(vbs), "nbserve_bench": median_of(nbs),
+            "vllm_bench_runs": vbs, "nbserve_bench_runs": nbs, "sweep": sweep}
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each numeric figure's median over repeated runs (failures are summed)."""
+    out: dict[str, Any] = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+        if key in ("failed", "completed"):
+            out[key] = sum(values)
+        elif values:
+            out[key] = statistics.median(values)
+        else:
+            out[key] = runs[0][key]
+    return out
 
 
 def pick(vb: dict[str, Any]) -> dict[str, Any]:
@@ -346,23 +368,30 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
         f"with the same settings. Ratios are of `vllm bench serve`'s output tokens/s.",
         "",
         "| path | output tok/s | req/s | TTFT p50 ms | E2E p50 ms | failed | vs raw vLLM "
-        "| vs Transformers | `nbserve bench` tok/s | `nbserve bench` TTFT p50 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| vs Transformers | `nbserve bench` tok/s | `nbserve bench` TTFT p50 ms "
+        "| each run, tok/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for path in opts.paths:
         entry = results.get(path, {})
         if "error" in entry:
             lines.append(f"| {LABELS[path]} | failed: {entry['error'][:120]} "
-                         "| | | | | | | | |")
+                         "| | | | | | | | | |")
             continue
         vb, nb = entry["vllm_bench"], entry["nbserve_bench"]
+        each = " / ".join(num(r["output_throughput"]) for r in entry.get("vllm_bench_runs", [vb]))
         lines.append(
             f"| {LABELS[path]} | {num(vb['output_throughput'])} "
             f"| {num(vb['request_throughput'], '.2f')} | {num(vb['median_ttft_ms'])} "
             f"| {num(vb['median_e2el_ms'])} | {vb['failed']} "
             f"| {ratio(vb['output_throughput'], raw)} | {ratio(vb['output_throughput'], base)} "
-            f"| {num(nb['output_tokens_per_s'])} | {num(nb['ttft_p50_ms'])} |"
+            f"| {num(nb['output_tokens_per_s'])} | {num(nb['ttft_p50_ms'])} "
+            f"| {each} |"
         )
+    if opts.repeats > 1:
+        lines += ["", f"Each figure of this table is the median of {opts.repeats} runs of each "
+                  "tool, interleaved; the last column lists `vllm bench serve`'s runs."]
+    lines += targets(results, opts)
     if opts.sweep:
         lines += ["", "## Concurrency sweep (output tokens/s, `vllm bench serve` / "
                   "`nbserve bench`)", "",
@@ -396,6 +425,9 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
           if opts.nbserve_head_env is not None else []),
         *([f"- Extra `nbserve.LLM` arguments for this run: `{opts.nbserve_llm}`"]
           if opts.nbserve_llm != "{}" else []),
+        "- nbserve's CPU default runs each vLLM engine core process on the cores vLLM bound "
+        "its worker to (`NBSERVE_ENGINE_CORE_AFFINITY=worker`, nbserve's vLLM plugin); the "
+        "other paths run vLLM as it comes.",
         "- Before the measured runs each path gets one uncounted round of requests at the main "
         "concurrency (a fresh server is slower for its first requests).",
         "- Inter-token latency and TTFT are measured per streamed chunk by both tools.",
@@ -438,6 +470,34 @@ def control_plane(results: dict[str, Any], info: dict[str, Any]) -> list[str]:
     lines += ["", "Deploys start the engine from scratch on a head of their own, one after "
               "the other; the deploy figure is dominated by the engine's start on two cores."]
     return lines
+
+
+def targets(results: dict[str, Any], opts: argparse.Namespace) -> list[str]:
+    """Nbserve's targets against raw vLLM and the Transformers baseline, met or not."""
+    def main_run(path: str) -> dict[str, Any] | None:
+        entry = results.get(path, {})
+        return None if "error" in entry or "vllm_bench" not in entry else entry["vllm_bench"]
+
+    nb, raw, base = main_run("nbserve"), main_run("vllm"), main_run("transformers")
+    if nb is None or (raw is None and base is None):
+        return []
+    rows = []
+
+    def row(what: str, value: float, goal: str, met: bool) -> None:
+        rows.append(f"| {what} | {value:.2f}x | {goal} | {'met' if met else 'not met'} |")
+
+    if raw is not None:
+        tput = nb["output_throughput"] / raw["output_throughput"]
+        ttft = nb["median_ttft_ms"] / raw["median_ttft_ms"]
+        row("nbserve output tok/s / raw vLLM's", tput, ">= 0.90x", tput >= 0.9)
+        row("nbserve TTFT p50 / raw vLLM's", ttft, "<= 1.50x", ttft <= 1.5)
+    if base is not None:
+        tput = nb["output_throughput"] / base["output_throughput"]
+        e2e = base["median_e2el_ms"] / nb["median_e2el_ms"]
+        row("nbserve output tok/s / Transformers'", tput, ">= 5x", tput >= 5)
+        row("Transformers' E2E p50 / nbserve's (lower latency)", e2e, ">= 5x", e2e >= 5)
+    return ["", f"## Targets at concurrency {opts.concurrency} (`vllm bench serve`)", "",
+            "| ratio | measured | target | |", "| --- | ---: | ---: | --- |", *rows]
 
 
 def agreement(results: dict[str, Any], opts: argparse.Namespace,
@@ -491,6 +551,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nbserve-llm", default="{}", metavar="JSON",
                         help="extra nbserve.LLM(...) arguments, e.g. "
                         "'{\"engine\": {\"args\": {\"max_num_seqs\": 64}}}'")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="runs of each tool at the main concurrency, reported as medians "
+                        "(default 3; quick 1)")
     parser.add_argument("--report-from", default=None, metavar="JSON",
                         help="only rewrite the Markdown report from a saved raw JSON")
     parser.add_argument("--output", default=None,
@@ -498,6 +561,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     opts = parser.parse_args(argv)
     if opts.num_prompts is None:
         opts.num_prompts = 32 if opts.quick else 256
+    if opts.repeats is None:
+        opts.repeats = 1 if opts.quick else 3
+    if opts.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if opts.sweep is None:
         opts.sweep = [] if opts.quick else [1, 8]
     if opts.sweep_prompts_per_slot is None:
@@ -511,7 +578,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def rerender(raw: Path, out: Path) -> int:
     """Rewrite the Markdown report from the raw JSON of an earlier run (no new measurement)."""
     saved = json.loads(raw.read_text())
-    opts = argparse.Namespace(**saved["options"])
+    opts = argparse.Namespace(**{"repeats": 1, **saved["options"]})
     out.write_text(report(saved["results"], opts, saved["machine"], saved["command"],
                           saved["started"]))
     print(f"wrote {out} from {raw}")

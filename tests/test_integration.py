@@ -54,6 +54,12 @@ def test_bench_the_app_and_from_the_command_line(
     assert run.input_tokens > 0 and run.output_tokens_per_s > 0
     assert all(v is not None for v in (*run.ttft_ms.values(), *run.e2e_ms.values()))
     assert result.cost_per_million_tokens(1.0) > 0
+    # app.cost: from this result ($3.60 an hour is $0.001 a second), or measuring anew.
+    assert tiny_app.cost(3.6, result=result) == pytest.approx(1000 / run.output_tokens_per_s)
+    assert tiny_app.cost(1.0, concurrency=2, num_prompts=2, output_len=4, progress=False) > 0
+    for bad in (-1, "0.7", float("nan")):
+        with pytest.raises(nbserve.SpecError, match="price_per_hour"):
+            tiny_app.cost(bad)  # type: ignore[arg-type]
 
     assert main(["bench", tiny_app.endpoint, "-n", "2", "-c", "2", "--output-len", "4",
                  "--no-progress"]) == 0
