@@ -197,7 +197,7 @@ def start_path(path: str, model: str, work: Path, opts: argparse.Namespace,
         port = free_port()
         cmd = [PY, str(SCRIPTS / "vllm_cli.py"), "serve", model, "--served-model-name", NAME,
                "--host", "127.0.0.1", "--port", str(port)]
-        with server(cmd, log, ENGINE_ENV) as proc:
+        with server(cmd, log, {**ENGINE_ENV, **json.loads(opts.vllm_env)}) as proc:
             wait_ready(f"http://127.0.0.1:{port}/v1/models", proc, log)
             yield f"http://127.0.0.1:{port}/v1"
     elif path == "transformers":
@@ -209,8 +209,10 @@ def start_path(path: str, model: str, work: Path, opts: argparse.Namespace,
     else:
         home = work / f"{path}-home"
         try:
+            t0 = time.monotonic()
             if path == "ray-serve":
                 head = local.up(base=home, env={})
+                control["head_s"] = time.monotonic() - t0
                 driver = work / "serve_defaults_driver.py"
                 driver.write_text(SERVE_DEFAULTS_DRIVER)
                 out = run_group([PY, str(driver), str(head.gcs_port), str(head.serve_port),
@@ -219,8 +221,10 @@ def start_path(path: str, model: str, work: Path, opts: argparse.Namespace,
                 control.update(json.loads(out.strip().splitlines()[-1]))
                 endpoint = f"{head.serve_url}/{NAME}/v1"
             else:
-                if opts.nbserve_head_env is not None:  # else connect() starts the default head
-                    local.up(base=home, env=json.loads(opts.nbserve_head_env))
+                # Started here, not by connect(), so that connect is timed alone.
+                env = None if opts.nbserve_head_env is None else json.loads(opts.nbserve_head_env)
+                local.up(base=home, env=env)
+                control["head_s"] = time.monotonic() - t0
                 driver = work / "nbserve_driver.py"
                 driver.write_text(NBSERVE_DRIVER)
                 out = run_group([PY, str(driver), model, NAME, opts.nbserve_llm],
@@ -423,6 +427,8 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
         f"({', '.join(sorted(_head_env()))}).",
         *([f"- nbserve's head env for this run: `{opts.nbserve_head_env}`"]
           if opts.nbserve_head_env is not None else []),
+        *([f"- Extra environment of raw `vllm serve` for this run: `{opts.vllm_env}`"]
+          if getattr(opts, "vllm_env", "{}") != "{}" else []),
         *([f"- Extra `nbserve.LLM` arguments for this run: `{opts.nbserve_llm}`"]
           if opts.nbserve_llm != "{}" else []),
         "- nbserve's CPU default runs each vLLM engine core process on the cores vLLM bound "
@@ -458,6 +464,8 @@ def control_plane(results: dict[str, Any], info: dict[str, Any]) -> list[str]:
         "| step | nbserve (Ray Client, declarative deploy) | bare `serve.run` (driver on the "
         "head) |",
         "| --- | ---: | ---: |",
+        f"| start the local Ray head (`nbserve.local.up`) | {sec(nb, 'head_s')} "
+        f"| {sec(rs, 'head_s')} |",
         f"| connect | {sec(nb, 'connect_s')} | {sec(rs, 'connect_s')} |",
         f"| deploy to RUNNING | {sec(nb, 'deploy_s')} | {sec(rs, 'deploy_s')} |",
         f"| lightweight update (autoscaling target, {nb.get('update', '-')}) "
@@ -548,6 +556,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nbserve-head-env", default=None, metavar="JSON",
                         help="start nbserve's head with this env instead of its default, "
                         "e.g. '{}' (to measure a default)")
+    parser.add_argument("--vllm-env", default="{}", metavar="JSON",
+                        help="extra environment for raw vllm serve, e.g. "
+                        "'{\"NBSERVE_ENGINE_CORE_AFFINITY\": \"worker\"}'")
     parser.add_argument("--nbserve-llm", default="{}", metavar="JSON",
                         help="extra nbserve.LLM(...) arguments, e.g. "
                         "'{\"engine\": {\"args\": {\"max_num_seqs\": 64}}}'")
