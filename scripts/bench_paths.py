@@ -6,6 +6,9 @@
 One after another, each path is started, loaded and stopped with the offline demo model:
 
 - ``vllm``: raw ``vllm serve`` (through scripts/vllm_cli.py);
+- ``vllm-pinned``: the same, with nbserve's CPU default (the engine core process on its
+  worker's cores, ``NBSERVE_ENGINE_CORE_AFFINITY=worker``) applied to vLLM alone, to show what
+  is Serve's cost and what is the engine's placement;
 - ``ray-serve``: Ray Serve LLM with its defaults, a bare ``serve.run(build_openai_app(...))``
   on a local Ray head of its own started without nbserve's settings;
 - ``nbserve``: ``nbserve.connect()`` and ``cluster.deploy(nbserve.LLM(model))`` with nbserve's
@@ -46,9 +49,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 PY = sys.executable
-PATHS = ("vllm", "ray-serve", "nbserve", "transformers")
+PATHS = ("vllm", "vllm-pinned", "ray-serve", "nbserve", "transformers")
 LABELS = {
     "vllm": "raw `vllm serve`",
+    "vllm-pinned": "raw `vllm serve`, engine core on its worker's cores",
     "ray-serve": "Ray Serve LLM, defaults",
     "nbserve": "nbserve, defaults",
     "transformers": "Transformers, one request at a time",
@@ -193,11 +197,14 @@ def start_path(path: str, model: str, work: Path, opts: argparse.Namespace,
     from nbserve import local
 
     log = work / f"{path}.log"
-    if path == "vllm":
+    if path in ("vllm", "vllm-pinned"):
         port = free_port()
         cmd = [PY, str(SCRIPTS / "vllm_cli.py"), "serve", model, "--served-model-name", NAME,
                "--host", "127.0.0.1", "--port", str(port)]
-        with server(cmd, log, {**ENGINE_ENV, **json.loads(opts.vllm_env)}) as proc:
+        env = {**ENGINE_ENV, **json.loads(opts.vllm_env)}
+        if path == "vllm-pinned":  # nbserve's CPU default, applied to vLLM alone
+            env["NBSERVE_ENGINE_CORE_AFFINITY"] = "worker"
+        with server(cmd, log, env) as proc:
             wait_ready(f"http://127.0.0.1:{port}/v1/models", proc, log)
             yield f"http://127.0.0.1:{port}/v1"
     elif path == "transformers":
@@ -504,8 +511,17 @@ def targets(results: dict[str, Any], opts: argparse.Namespace) -> list[str]:
         e2e = base["median_e2el_ms"] / nb["median_e2el_ms"]
         row("nbserve output tok/s / Transformers'", tput, ">= 5x", tput >= 5)
         row("Transformers' E2E p50 / nbserve's (lower latency)", e2e, ">= 5x", e2e >= 5)
-    return ["", f"## Targets at concurrency {opts.concurrency} (`vllm bench serve`)", "",
-            "| ratio | measured | target | |", "| --- | ---: | ---: | --- |", *rows]
+    lines = ["", f"## Targets at concurrency {opts.concurrency} (`vllm bench serve`)", "",
+             "| ratio | measured | target | |", "| --- | ---: | ---: | --- |", *rows]
+    pinned = main_run("vllm-pinned")
+    if pinned is not None:
+        lines += ["", "Against raw `vllm serve` with the engine core on its worker's cores too "
+                  "(nbserve's CPU default applied to vLLM alone), nbserve reaches "
+                  f"{nb['output_throughput'] / pinned['output_throughput']:.2f}x its output "
+                  f"throughput and {nb['median_ttft_ms'] / pinned['median_ttft_ms']:.2f}x its "
+                  "median TTFT: that is the cost of Serve's replica, proxy and Ray's own "
+                  "processes on the machine below."]
+    return lines
 
 
 def agreement(results: dict[str, Any], opts: argparse.Namespace,
