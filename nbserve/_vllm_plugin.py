@@ -4,10 +4,10 @@ vLLM's CPU backend binds each worker's OpenMP threads to its own cores and leave
 the machine to "the serving framework", but its engine core process (the scheduler, which
 waits for each step's result in a spin loop) floats over every core. Behind Ray Serve that
 framework is the replica's HTTP and OpenAI layers, HAProxy and Ray's own processes, and the
-spinning engine core takes their CPU: measured on two cores, the replica streamed late in
-bursts and the engine reached about two thirds of raw ``vllm serve``'s throughput. Moving the
-engine core onto its workers' cores, where its spin yields to the worker it waits for, gave
-the framework its core back (``scripts/bench_paths.py``, BENCHMARKS.md).
+spinning engine core takes their CPU: on two cores the replica then streams late, in bursts,
+and the engine waits for work. Moved onto its workers' cores, where its spin yields to the
+worker it waits for, the engine core leaves the framework its core (figures with and without:
+BENCHMARKS.md and benchmarks/, from ``scripts/bench_paths.py``).
 
 vLLM loads general plugins in each of its processes; this one acts only in an engine core
 process, and only when the replica's environment sets ``NBSERVE_ENGINE_CORE_AFFINITY=worker``
@@ -35,6 +35,8 @@ def register() -> None:
         return
     if not hasattr(os, "sched_setaffinity"):
         return
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND") == "nobind":
+        return  # vLLM binds no worker: there is no placement to follow
     thread = threading.Thread(target=_follow_workers, name="nbserve-engine-affinity",
                               daemon=True)
     thread.start()
