@@ -363,12 +363,8 @@ def num(value: Any, fmt: str = ".0f") -> str:
 def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, Any],
            command: str, started: str) -> str:
     def tput(path: str) -> float | None:
-        """A reference path's best run (the ratios are conservative for nbserve)."""
-        entry = results.get(path, {})
-        if "error" in entry or "vllm_bench" not in entry:
-            return None
-        runs = entry.get("vllm_bench_runs") or [entry["vllm_bench"]]
-        return max((r.get("output_throughput") or 0 for r in runs), default=None) or None
+        best = best_of(results, path)  # the ratios are conservative for nbserve
+        return None if best is None else best["output_throughput"]
 
     raw, base = tput("vllm"), tput("transformers")
     lines = [
@@ -408,8 +404,7 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
         lines += ["", f"Each figure of this table is the median of {opts.repeats} runs of each "
                   "tool, interleaved; the last column lists `vllm bench serve`'s runs."]
     for path in opts.paths:
-        runs = [r for r in results.get(path, {}).get("vllm_bench_runs", [])
-                if r.get("output_throughput")]
+        runs = runs_of(results, path)
         low = min((r["output_throughput"] for r in runs), default=0)
         high = max((r["output_throughput"] for r in runs), default=0)
         if low and high / low > 1.5:
@@ -502,26 +497,33 @@ def control_plane(results: dict[str, Any], info: dict[str, Any]) -> list[str]:
     return lines
 
 
+def runs_of(results: dict[str, Any], path: str) -> list[dict[str, Any]]:
+    """A path's ``vllm bench serve`` runs at the main concurrency that measured throughput."""
+    entry = results.get(path, {})
+    if "error" in entry or "vllm_bench" not in entry:
+        return []
+    return [r for r in entry.get("vllm_bench_runs") or [entry["vllm_bench"]]
+            if r.get("output_throughput")]
+
+
+def best_of(results: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The best of a path's runs: the highest throughput, the lowest TTFT and E2E."""
+    runs = runs_of(results, path)
+    if not runs:
+        return None
+    return {"output_throughput": max(r["output_throughput"] for r in runs),
+            "median_ttft_ms": min(r["median_ttft_ms"] for r in runs),
+            "median_e2el_ms": min(r["median_e2el_ms"] for r in runs)}
+
+
 def targets(results: dict[str, Any], opts: argparse.Namespace) -> list[str]:
     """The targets of nbserve against raw vLLM and the Transformers baseline, met or not."""
     def main_run(path: str) -> dict[str, Any] | None:
         entry = results.get(path, {})
         return None if "error" in entry or "vllm_bench" not in entry else entry["vllm_bench"]
 
-    def best(path: str) -> dict[str, Any] | None:
-        """The best of a reference path's runs: highest throughput, lowest latencies."""
-        if main_run(path) is None:
-            return None
-        runs = [r for r in results[path].get("vllm_bench_runs") or [results[path]["vllm_bench"]]
-                if r.get("output_throughput")]
-        if not runs:
-            return None
-        return {"output_throughput": max(r["output_throughput"] for r in runs),
-                "median_ttft_ms": min(r["median_ttft_ms"] for r in runs),
-                "median_e2el_ms": min(r["median_e2el_ms"] for r in runs)}
-
     # Conservative: nbserve's median against the references' best runs.
-    nb, raw, base = main_run("nbserve"), best("vllm"), best("transformers")
+    nb, raw, base = main_run("nbserve"), best_of(results, "vllm"), best_of(results, "transformers")
     if nb is None or (raw is None and base is None):
         return []
     rows = []
@@ -544,7 +546,7 @@ def targets(results: dict[str, Any], opts: argparse.Namespace) -> list[str]:
              f"nbserve's median of {runs} against the best of raw vLLM's and of Transformers' "
              f"{runs} (the highest throughput, the lowest TTFT and E2E of any of their runs).",
              "", "| ratio | measured | target | |", "| --- | ---: | ---: | --- |", *rows]
-    pinned = best("vllm-pinned")
+    pinned = best_of(results, "vllm-pinned")
     if pinned is not None:
         lines += ["", "Against raw `vllm serve` with the engine core on its worker's cores too "
                   "(nbserve's CPU default applied to vLLM alone), nbserve reaches "
