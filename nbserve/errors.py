@@ -32,6 +32,19 @@ class ClusterError(NbserveError):
     """
 
 
+class KubernetesError(ClusterError, ConnectionFailed):
+    """The Kubernetes API refused or could not be reached (RBAC, 404, 401, a network error).
+
+    One error for reads and writes alike: it is a ``ClusterError`` (what creating, scaling or
+    deleting raises) and a ``ConnectionFailed`` (what connecting raises). ``status`` is the
+    HTTP status, or None when the API server could not be reached.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class EndpointError(NbserveError, ConnectionError):
     """An OpenAI-compatible endpoint could not be reached or did not answer as one."""
 

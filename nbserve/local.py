@@ -10,14 +10,11 @@ nothing else. Connecting to the head is ``cluster``'s job.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,21 +22,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import defaults, procs
 from .errors import LocalClusterError
 
 __all__ = ["LocalCluster", "down", "find", "home", "up"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NUM_CPUS = 8
-# Serve's throughput flags (those of KubeRay's high-throughput LLM sample that concern Serve):
-# gRPC between proxy and replicas, direct ingress, token streaming straight from the engine
-# replica. ``up(env={})`` starts a head without them.
-DEFAULT_HEAD_ENV: dict[str, str] = {
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
-}
+DEFAULT_NUM_CPUS = defaults.LOCAL_NUM_CPUS
+# Serve's throughput flags; ``up(env={})`` starts a head without them.
+DEFAULT_HEAD_ENV: dict[str, str] = dict(defaults.SERVE_THROUGHPUT_ENV)
 
 
 def home() -> Path:
@@ -87,7 +79,7 @@ class LocalCluster:
 
     def alive(self) -> bool:
         """Whether the head's process group still runs and its client port answers."""
-        return _pid_alive(self.pid) and _port_open(self.client_port)
+        return procs.pid_alive(self.pid) and procs.port_open(self.client_port)
 
     def _repr_html_(self) -> str:
         state = "running" if self.alive() else "stopped"
@@ -117,7 +109,7 @@ def find(base: Path | None = None) -> LocalCluster | None:
         log.warning("ignoring unreadable local cluster state %s: %s", path, err)
         path.unlink(missing_ok=True)
         return None
-    if _pid_alive(cluster.pid):
+    if procs.pid_alive(cluster.pid):
         return cluster
     log.info("local Ray head pid %d is gone; forgetting it", cluster.pid)
     path.unlink(missing_ok=True)
@@ -163,7 +155,7 @@ def up(
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
     temp_dir = tempfile.mkdtemp(prefix="nbserve-ray-")  # short: Ray puts sockets under it
-    gcs, client, dashboard, metrics, agent, serve, ha_stats, ha_metrics = _free_ports(8)
+    gcs, client, dashboard, metrics, agent, serve, ha_stats, ha_metrics = procs.free_ports(8)
     ray_bin = Path(sys.executable).with_name("ray")
     cmd = [
         str(ray_bin if ray_bin.exists() else shutil.which("ray") or "ray"),
@@ -200,11 +192,11 @@ def up(
     deadline = time.monotonic() + timeout
     # The client port opens before the raylet and its agent; Ray Client sessions opened in
     # that gap fail, so wait for the agent's ports too.
-    while not all(_port_open(p) for p in (client, dashboard, metrics, agent)):
+    while not all(procs.port_open(p) for p in (client, dashboard, metrics, agent)):
         if proc.poll() is not None or time.monotonic() > deadline:
-            _stop_group(proc.pid, grace=5)
+            _stop(proc.pid, grace=5)
             shutil.rmtree(temp_dir, ignore_errors=True)
-            tail = _tail(log_path)
+            tail = procs.tail(log_path)
             why = "exited" if proc.returncode is not None else f"did not answer in {timeout:.0f} s"
             raise LocalClusterError(f"the local Ray head {why}; its log ends:\n{tail}")
         time.sleep(0.25)
@@ -226,115 +218,20 @@ def down(base: Path | None = None, timeout: float = 30) -> bool:
     log.info("stopping the local Ray head (pid %d)", cluster.pid)
     # Some of the head's descendants leave its process group (Serve's HAProxy starts in a
     # session of its own): note them now, while the tree still leads to them.
-    strays = [pid for pid, pgid in _descendants(cluster.pid) if pgid != cluster.pid]
-    _stop_group(cluster.pid, grace=timeout)
+    strays = [pid for pid, pgid in procs.descendants(cluster.pid) if pgid != cluster.pid]
+    _stop(cluster.pid, grace=timeout)
     for pid in strays:
-        if _pgid(pid) == pid:  # a group leader: its own children go with it
-            _stop_group(pid, grace=timeout)
+        if procs.pgid(pid) == pid:  # a group leader: its own children go with it
+            _stop(pid, grace=timeout)
         else:
-            _kill(pid)
+            procs.kill(pid)
     state.unlink(missing_ok=True)
     shutil.rmtree(cluster.temp_dir, ignore_errors=True)
     return True
 
 
-def _stop_group(pgid: int, grace: float) -> None:
-    """SIGTERM a process group, wait up to ``grace`` seconds, then SIGKILL what is left."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(-pgid, os.WNOHANG)  # reap our own child if it is one
-            if not _group_alive(pgid):
-                return
-            time.sleep(0.2)
-    if _group_alive(pgid):
-        raise LocalClusterError(f"processes of group {pgid} survived SIGKILL")
-
-
-def _processes() -> dict[int, tuple[int, int]]:
-    """Live (not zombie) processes: pid -> (parent pid, process group)."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z":
-            out[int(entry.name)] = (int(fields[1]), int(fields[2]))
-    return out
-
-
-def _descendants(pid: int) -> list[tuple[int, int]]:
-    """Every live descendant of ``pid`` as (pid, process group)."""
-    procs = _processes()
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, (ppid, pgid) in procs.items():
-            if ppid == parent:
-                found.append((child, pgid))
-                frontier.append(child)
-    return found
-
-
-def _pgid(pid: int) -> int | None:
-    entry = _processes().get(pid)
-    return entry[1] if entry else None
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _group_alive(pgid: int) -> bool:
-    return any(group == pgid for _, group in _processes().values())
-
-
-def _pid_alive(pid: int) -> bool:
+def _stop(group: int, grace: float) -> None:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _group_alive(pid)
-
-
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports the OS considers free now, outside Ray's worker port range (10002-19999)."""
-    socks: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        while len(ports) < count:
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-            socks.append(sock)
-            if not 10002 <= port <= 19999:
-                ports.append(port)
-    finally:
-        for sock in socks:
-            sock.close()
-    return ports
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+        procs.stop_group(group, grace)
+    except procs.StopFailed as err:
+        raise LocalClusterError(str(err)) from err

@@ -6,7 +6,7 @@ RayService's ``serveConfigV2``: ``import_path: ray.serve.llm:build_openai_app`` 
 restarts replicas when an app's import path, args or runtime_env change and applies
 ``deployments:`` overrides in place, so keeping scaling out of the args is what makes
 ``update(max_replicas=...)`` lightweight. The same dict is deployed declaratively on the cluster
-side by ``_remote``, exported to a RayService and stored beside the running app, so what runs and
+side by ``remote``, exported to a RayService and stored beside the running app, so what runs and
 what is exported never drift.
 """
 
@@ -16,16 +16,13 @@ import hashlib
 import json
 from typing import Any
 
+from . import defaults
 from .spec import LLM
 
 IMPORT_PATH = "ray.serve.llm:build_openai_app"
 
-# Environment the vLLM CPU engine wants when no accelerator is given: a small KV cache (GiB)
-# fits a laptop or a CI machine, and the engine core process runs on its worker's cores
-# (nbserve's vLLM plugin, nbserve/_vllm_plugin.py; ignored where nbserve is not installed).
-# The user's env overrides both.
-CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "NBSERVE_ENGINE_CORE_AFFINITY": "worker"}
-
+# The user's env overrides nbserve's CPU engine defaults (``defaults.CPU_ENGINE_ENV``).
+CPU_ENGINE_ENV = dict(defaults.CPU_ENGINE_ENV)
 
 
 def llm_config(spec: LLM) -> dict[str, Any]:

@@ -9,10 +9,11 @@ cluster side, where the path has to exist. Rendering a spec into a Serve applica
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from . import names
 
 __all__ = ["LLM", "Engine", "Scaling"]
 
@@ -24,8 +25,6 @@ SCALING_SHORTCUTS = frozenset(
      "max_ongoing_requests"}
 )
 ENGINE_SHORTCUTS = frozenset({"max_model_len", "dtype", "tensor_parallel_size"})
-
-_APP_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 class Scaling(BaseModel):
@@ -213,8 +212,8 @@ class LLM(BaseModel):
 def _route_shortcuts(data: dict[str, Any]) -> dict[str, Any]:
     """Move top-level shortcuts (max_replicas=, max_model_len= ...) into scaling / engine."""
     out = dict(data)
-    for nested, names in (("scaling", SCALING_SHORTCUTS), ("engine", ENGINE_SHORTCUTS)):
-        moved = {k: out.pop(k) for k in list(out) if k in names}
+    for nested, fields in (("scaling", SCALING_SHORTCUTS), ("engine", ENGINE_SHORTCUTS)):
+        moved = {k: out.pop(k) for k in list(out) if k in fields}
         if not moved:
             continue
         base = out.get(nested)
@@ -231,11 +230,4 @@ def check_app_name(name: str) -> str:
         >>> check_app_name("qwen-7b")
         'qwen-7b'
     """
-    from .errors import SpecError
-
-    if not isinstance(name, str) or not _APP_NAME.fullmatch(name):
-        raise SpecError(
-            f"app name {name!r} is not allowed: use 1-63 lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit (it becomes the URL prefix /NAME)"
-        )
-    return name
+    return names.require("app name", name, names.APP_NAME)

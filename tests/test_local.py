@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nbserve import local
+from nbserve import local, procs
 from nbserve.errors import LocalClusterError
 
 
@@ -75,7 +75,7 @@ def test_cli_up_attach_status_down_stops_only_its_own_processes(tmp_path: Path) 
 
         down = cli("down", home=tmp_path)
         assert down.returncode == 0 and "stopped" in down.stdout
-        assert not local._group_alive(head.pid)
+        assert not procs.group_alive(head.pid)
         assert local.find(tmp_path) is None
         assert not Path(head.temp_dir).exists()
         assert bystander.poll() is None, "down must not touch processes it did not start"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import nbserve
-from nbserve import _vllm_plugin, local
+from nbserve import _vllm_plugin, local, procs
 
 needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
                                     reason="binding needs at least two CPUs")
@@ -93,7 +93,7 @@ def test_the_demo_apps_engine_core_runs_on_its_workers_cores(tiny_app: nbserve.A
                                                             local_head: local.LocalCluster
                                                             ) -> None:
     names = {}
-    for pid, _ in local._descendants(local_head.pid):
+    for pid, _ in procs.descendants(local_head.pid):
         try:
             names[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:

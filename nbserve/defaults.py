@@ -1,0 +1,47 @@
+"""The defaults several modules share, each defined once: ports, environments, CPU counts.
+
+Owns the Ray head's well-known ports (as KubeRay names them on the head container), Serve's
+throughput flags (set on the local head and offered for KubeRay manifests), the environment
+every CPU engine replica gets, and the local head's logical CPUs. It holds values only: who
+applies them is the module that uses them.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Final
+
+__all__ = [
+    "CPU_ENGINE_ENV", "HEAD_PORTS", "KUBERAY_THROUGHPUT_ENV", "LOCAL_NUM_CPUS",
+    "SERVE_THROUGHPUT_ENV",
+]
+
+# The head container's ports by the names KubeRay gives them (and the Ray defaults they carry).
+HEAD_PORTS: Final = MappingProxyType({
+    "gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": 8000, "metrics": 8080,
+})
+
+# Serve's throughput flags (those of KubeRay's high-throughput LLM sample that concern Serve):
+# gRPC between proxy and replicas, HAProxy as the ingress, token streaming straight from the
+# engine replica. The local head sets them unless told otherwise (``local.up(env={})``).
+SERVE_THROUGHPUT_ENV: Final = MappingProxyType({
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
+})
+
+# KubeRay's high-throughput LLM sample sets Serve's flags plus Ray's v2 executor for vLLM on
+# head and workers: pass ``ClusterSpec(env=dict(KUBERAY_THROUGHPUT_ENV))``.
+KUBERAY_THROUGHPUT_ENV: Final = MappingProxyType({
+    **SERVE_THROUGHPUT_ENV, "VLLM_USE_RAY_V2_EXECUTOR_BACKEND": "1",
+})
+
+# Every engine replica without an accelerator: a small KV cache (GiB) and the engine core on
+# its worker's cores (nbserve's vLLM plugin, ``nbserve._vllm_plugin``).
+CPU_ENGINE_ENV: Final = MappingProxyType({
+    "VLLM_CPU_KVCACHE_SPACE": "1", "NBSERVE_ENGINE_CORE_AFFINITY": "worker",
+})
+
+# Logical CPUs the local head advertises: more than the cores, so Serve's ingress and the
+# engine replicas all schedule on a small machine.
+LOCAL_NUM_CPUS: Final = 8

@@ -1,0 +1,148 @@
+"""Process groups on this machine: start nothing, find, stop and wait for what was started.
+
+Owns the ``/proc`` walk (pid -> parent, process group), stopping a process group (SIGTERM, a
+grace period, then SIGKILL) and the few socket checks a caller waiting for a server needs
+(is a loopback port open, which ports are free). It knows nothing of Ray: the local head
+(``local``) and the benchmark harness (``benchmarks/``) use it for their own processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+__all__ = [
+    "descendants", "free_ports", "group_alive", "kill", "pgid", "pid_alive", "port_open",
+    "processes", "stop_group", "tail",
+]
+
+
+class StopFailed(OSError):
+    """Processes of a group survived SIGKILL."""
+
+
+def stop_group(group: int, grace: float) -> None:
+    """SIGTERM a process group, wait up to ``grace`` seconds, then SIGKILL what is left.
+
+    Raises:
+        StopFailed: processes of the group survived SIGKILL.
+    """
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(-group, os.WNOHANG)  # reap our own child if it is one
+            if not group_alive(group):
+                return
+            time.sleep(0.2)
+    if group_alive(group):
+        raise StopFailed(f"processes of group {group} survived SIGKILL")
+
+
+def processes() -> dict[int, tuple[int, int]]:
+    """Live (not zombie) processes: pid -> (parent pid, process group)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z":
+            out[int(entry.name)] = (int(fields[1]), int(fields[2]))
+    return out
+
+
+def descendants(pid: int) -> list[tuple[int, int]]:
+    """Every live descendant of ``pid`` as (pid, process group)."""
+    procs = processes()
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, group) in procs.items():
+            if ppid == parent:
+                found.append((child, group))
+                frontier.append(child)
+    return found
+
+
+def pgid(pid: int) -> int | None:
+    """The process group of a live process, None when it is gone."""
+    entry = processes().get(pid)
+    return entry[1] if entry else None
+
+
+def kill(pid: int) -> None:
+    """SIGKILL one process; one that is gone already is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def group_alive(group: int) -> bool:
+    """Whether any live process is in process group ``group``."""
+    return any(g == group for _, g in processes().values())
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs and still leads a live process group (a head started by us does).
+
+    Example:
+        >>> pid_alive(os.getpid()) == group_alive(os.getpid())
+        True
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return group_alive(pid)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections at ``host:port``."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback ports the OS considers free now, outside Ray's worker port range (10002-19999).
+
+    Example:
+        >>> ports = free_ports(3)
+        >>> len(set(ports)) == 3 and not any(10002 <= p <= 19999 for p in ports)
+        True
+    """
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            socks.append(sock)
+            if not 10002 <= port <= 19999:
+                ports.append(port)
+    finally:
+        for sock in socks:
+            sock.close()
+    return ports
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of a log file, or ``(no log)``."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
