@@ -30,8 +30,13 @@ class Provider(Protocol):
         """Set the workers of one worker group."""
         ...
 
-    def down(self, *, force: bool, timeout: float, progress: bool) -> None:
-        """Delete (stop) the cluster; refuse one this kernel did not create unless ``force``."""
+    def down(self, *, force: bool, timeout: float, progress: bool,
+             disconnect: Callable[[], None]) -> None:
+        """Delete (or stop) the cluster and wait until it is gone.
+
+        A cluster this kernel did not create is refused (``ClusterError``, nothing done)
+        unless ``force``; otherwise ``disconnect()`` closes the session first.
+        """
         ...
 
 
