@@ -21,6 +21,7 @@ class Provider(Protocol):
     """A backend's handle to the cluster behind a session: what it is, scaling, deleting."""
 
     kind: str  # "local", "kuberay": what the session's repr calls it
+    created: bool  # whether this kernel created (started) it: down() then needs no force
 
     def describe(self) -> str:
         """The cluster in a few words, e.g. ``raycluster ray/llm``."""
