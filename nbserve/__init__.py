@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from .app import App, AppStatus, DeploymentStatus
+from .app import App
 from .cluster import Cluster, connect
 from .errors import (
     AppNotFound,
@@ -23,6 +23,7 @@ from .errors import (
     ConnectionFailed,
     DeployFailed,
     EndpointError,
+    KubernetesError,
     LocalClusterError,
     NbserveError,
     SpecError,
@@ -33,6 +34,7 @@ from .kuberay_spec import ClusterSpec, HeadSpec, WorkerGroup, to_yaml
 from .prometheus import Prometheus
 from .provision import create_cluster
 from .spec import LLM, Engine, Scaling
+from .status import AppStatus, DeploymentStatus, ReplicaInfo
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -52,10 +54,12 @@ __all__ = [
     "EndpointError",
     "Engine",
     "HeadSpec",
+    "KubernetesError",
     "LLM",
     "LocalClusterError",
     "NbserveError",
     "Prometheus",
+    "ReplicaInfo",
     "Scaling",
     "SpecError",
     "VersionMismatch",

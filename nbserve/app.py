@@ -1,6 +1,6 @@
 """``App``: the handle to one model server (a Serve application) on a cluster.
 
-It deploys and re-deploys its spec (on the cluster side, through ``_remote``), waits with a
+It deploys and re-deploys its spec (on the cluster side, through ``remote``), waits with a
 progress bar until the app runs or fails (with the replica's log tail), applies updates in place
 when only scaling changed and as a rolling restart otherwise, talks to the OpenAI-compatible
 endpoint, and deletes the app. Rendering the spec is ``serveconfig``'s job; the connection is
@@ -13,14 +13,16 @@ import html
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _remote
+from . import remote
 from .errors import AppNotFound, DeployFailed, NbserveError, SpecError
+from .remote import collect as remote_collect
+from .remote import serve as remote_serve
 from .serveconfig import engine_version, llm_deployment_name, serve_app
 from .spec import LLM
+from .status import FAILED, AppStatus, ReplicaInfo
 from .wait import poll_until
 
 if TYPE_CHECKING:
@@ -34,73 +36,9 @@ if TYPE_CHECKING:
     from .metrics import Snapshot
     from .prometheus import Prometheus
 
-__all__ = ["App", "AppStatus", "DeploymentStatus"]
+__all__ = ["App"]
 
 log = logging.getLogger(__name__)
-
-FAILED = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
-
-
-@dataclass(frozen=True)
-class DeploymentStatus:
-    """One deployment of an app, as Serve reports it."""
-
-    name: str
-    status: str
-    message: str
-    replica_states: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def running(self) -> int:
-        """Replicas in state RUNNING."""
-        return self.replica_states.get("RUNNING", 0)
-
-
-@dataclass(frozen=True)
-class AppStatus:
-    """An application's status: ``RUNNING``, ``DEPLOYING``, ``DEPLOY_FAILED`` ... or ``NOT_FOUND``.
-
-    Example:
-        >>> AppStatus("tiny", "RUNNING", "", {}).ok
-        True
-    """
-
-    name: str
-    status: str
-    message: str
-    deployments: dict[str, DeploymentStatus]
-
-    @property
-    def ok(self) -> bool:
-        """Whether the app is RUNNING."""
-        return self.status == "RUNNING"
-
-    @property
-    def failed(self) -> DeploymentStatus | None:
-        """The first deployment that failed, if any."""
-        for dep in self.deployments.values():
-            if dep.status in FAILED:
-                return dep
-        return None
-
-    def __str__(self) -> str:
-        parts = ", ".join(
-            f"{d.name} {d.status} {dict(d.replica_states)}" for d in self.deployments.values()
-        )
-        return f"{self.status} ({parts})" if parts else self.status
-
-    def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(d.name)}</td><td>{html.escape(d.status)}</td>"
-            f"<td>{html.escape(', '.join(f'{k}: {v}' for k, v in d.replica_states.items()))}"
-            f"</td></tr>"
-            for d in self.deployments.values()
-        )
-        return (
-            f"<b>{html.escape(self.name)}</b>: {html.escape(self.status)}"
-            f"<table><tr><th>deployment</th><th>status</th><th>replicas</th></tr>{rows}</table>"
-        )
-
 
 class App:
     """A vLLM model server running as a Serve application on a ``Cluster``.
@@ -178,19 +116,8 @@ class App:
         """The app's current status from Serve (``NOT_FOUND`` once deleted)."""
         from ray import serve
 
-        _remote.require_session()
-        info = serve.status().applications.get(self.name)
-        if info is None:
-            return AppStatus(self.name, "NOT_FOUND", "", {})
-        deployments = {
-            dname: DeploymentStatus(dname, str(d.status.value if hasattr(d.status, "value")
-                                               else d.status), d.message or "",
-                                    {str(getattr(k, "value", k)): v
-                                     for k, v in (d.replica_states or {}).items()})
-            for dname, d in info.deployments.items()
-        }
-        status = info.status.value if hasattr(info.status, "value") else str(info.status)
-        return AppStatus(self.name, status, info.message or "", deployments)
+        remote.require_session()
+        return AppStatus.from_serve(self.name, serve.status().applications.get(self.name))
 
     def metrics(self, *, timeout: float = 5.0,
                 prometheus: str | Prometheus | None = None) -> Snapshot:
@@ -217,7 +144,6 @@ class App:
             412.5
             >>> app.metrics(prometheus="http://prometheus:9090")  # doctest: +SKIP
         """
-        from . import _collector
         from .metrics import MetricsWindow, Scrape
         from .prometheus import Prometheus
 
@@ -231,17 +157,22 @@ class App:
         if window is None:
             window = windows[source] = MetricsWindow(self.name)
         if prometheus is None:
-            payload = _collector.run(self.name, timeout)
+            payload = remote.call(remote_collect.collect, self.name, timeout)
             if not payload["found"]:
                 raise AppNotFound(f"no application {self.name!r} on the cluster (deleted?)")
         else:
             payload = prometheus.collect(self.name)
         return window.update(Scrape.from_payload(payload))
 
-    def replicas(self) -> list[dict[str, Any]]:
-        """The app's replica actors (id, deployment, state, node, pid), alive ones first."""
-        reps = _remote.call(_remote.replicas, self.name)
-        return sorted(reps, key=lambda r: (r["state"] != "ALIVE", r["deployment"], r["replica_id"]))
+    def replicas(self) -> list[ReplicaInfo]:
+        """The app's replica actors (id, deployment, state, node, pid), alive ones first.
+
+        Example:
+            >>> {r.replica_id for r in app.replicas() if r.alive}  # doctest: +SKIP
+            {'a1b2c3'}
+        """
+        reps = [ReplicaInfo.from_row(r) for r in remote.call(remote_serve.replicas, self.name)]
+        return sorted(reps, key=lambda r: (not r.alive, r.deployment, r.replica_id))
 
     def wait(self, timeout: float = 900, *, progress: bool = True, interval: float = 1.0) -> App:
         """Wait until the app is RUNNING with the replicas its spec asks for, with a progress bar.
@@ -275,23 +206,11 @@ class App:
         return self
 
     def _settled(self, status: AppStatus) -> bool:
-        """RUNNING, and the model server has the replicas its spec asks for.
-
-        Serve applies a new config on its controller's next rounds: right after a scaling
-        update the app may still say RUNNING with the old replica count, so RUNNING alone
-        would end a wait before the update took effect.
-        """
-        if not status.ok:
-            return False
         if self.spec is None:
-            return True
-        server = status.deployments.get(llm_deployment_name(self.spec))
-        if server is None:
-            return True
+            return status.ok
         scaling = self.spec.scaling
-        alive = sum(n for state, n in server.replica_states.items() if state != "STOPPING")
-        return (server.status == "HEALTHY" and server.running >= scaling.min_replicas
-                and alive <= scaling.max_replicas)
+        return status.settled(llm_deployment_name(self.spec), scaling.min_replicas,
+                              scaling.max_replicas)
 
     def update(self, *, wait: bool = True, timeout: float = 900, progress: bool = True,
                **changes: Any) -> App:
@@ -330,7 +249,7 @@ class App:
 
     def delete(self) -> None:
         """Delete the app from the cluster; other apps keep running."""
-        _remote.call(_remote.delete, self.name)
+        remote.call(remote_serve.delete, self.name)
         log.info("deleted app %s", self.name)
 
     def _apply(self, spec: LLM) -> None:
@@ -340,12 +259,11 @@ class App:
             "route_prefix": self.route_prefix, "deployed_at": time.time(),
         }
         try:
-            _remote.call(_remote.deploy, config, self.cluster._http_options, record)
+            result = remote.call(remote_serve.deploy, config, self.cluster._http_options, record)
         except Exception as err:
-            cause = getattr(err, "cause", None) or err
-            if isinstance(cause, ValueError) and "does not exist" in str(cause):
-                raise SpecError(str(cause)) from err
-            raise DeployFailed(self.name, "DEPLOY_FAILED", _first_line(err)) from err
+            raise DeployFailed(self.name, "DEPLOY_FAILED", _error_tail(err)) from err
+        if not result["ok"]:
+            raise SpecError(result["message"])
         self.spec = spec
 
     def _failure(self, status: AppStatus) -> DeployFailed:
@@ -355,7 +273,7 @@ class App:
         if dep is not None:
             message = dep.message or message
             try:
-                tail = _remote.call(_remote.log_tail, self.name, dep.name, 40)
+                tail = remote.call(remote_serve.log_tail, self.name, dep.name, 40)
             except Exception as err:  # noqa: BLE001 - the status message still says why
                 log.warning("could not read the replica log of %s: %s", dep.name, err)
         return DeployFailed(self.name, status.status, message, tail)
@@ -487,7 +405,7 @@ class App:
         )
 
 
-def _first_line(err: BaseException) -> str:
+def _error_tail(err: BaseException) -> str:
     text = str(getattr(err, "cause", None) or err).strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
     # A Ray task error's last line is the exception itself; keep the tail that says why.

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from . import _remote, local
+from . import local, remote
 from .errors import ClusterError, ConnectionFailed, SpecError, VersionMismatch
+from .remote import serve as remote_serve
 from .spec import LLM, check_app_name
 from .wait import backoff
 
@@ -153,7 +154,7 @@ class Cluster:
 
         from .app import App
 
-        records = _remote.call(_remote.records)  # checks the session first
+        records = remote.call(remote_serve.records)  # checks the session first
         names = sorted(serve.status().applications)
         return [App._from_record(self, name, records.get(name)) for name in names]
 

@@ -7,7 +7,7 @@ each process's metrics every 10 s (``metrics_report_interval_ms``), each on its 
 dashboard polling faster sees most series unchanged between two scrapes; the window therefore
 measures each series between the scrapes where it changed, keeps that rate while the series is
 fresh, and counts it as idle once it stays unchanged for ``hold_s``. Scraping the cluster is
-``_collector``'s job; showing snapshots over time is the dashboard's.
+``remote.collect``'s job; showing snapshots over time is the dashboard's.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class Scrape:
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Scrape:
-        """Build a scrape from what ``_collector.collect`` returns (rows, or texts if raw)."""
+        """Build a scrape from what ``remote.collect.collect`` returns (rows, or texts if raw)."""
         for node, why in (payload.get("errors") or {}).items():
             log.warning("could not scrape metrics of node %s: %s", node, why)
         deployments: Mapping[str, Any] = payload.get("deployments") or {}

@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._collector import DROP_LABELS, FAMILIES
 from .errors import ConnectionFailed, SpecError
+from .remote.collect import DROP_LABELS, FAMILIES
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Prometheus:
         return '{__name__=~"(%s)(_total|_bucket)?"}' % names  # noqa: UP031 - PromQL braces
 
     def collect(self, app: str) -> dict[str, Any]:
-        """Read the series now, in the shape ``_collector.collect`` returns.
+        """Read the series now, in the shape ``remote.collect.collect`` returns.
 
         Raises:
             ConnectionFailed: the server is unreachable, refuses the request, or answers with

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nbserve import _collector
 from nbserve.dashboard import Dashboard
 from nbserve.metrics import MetricsWindow, Scrape, Snapshot
+from nbserve.remote import collect as _collector
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "metrics"
 APP = "tiny"

@@ -79,7 +79,8 @@ class Load:
 def capture(out: Path, base: Path) -> None:
     os.environ["NBSERVE_HOME"] = str(base)
     import nbserve
-    from nbserve import _collector, local
+    from nbserve import local, remote
+    from nbserve.remote import collect as _collector
 
     local.up(base=base, timeout=300)
     try:
@@ -87,14 +88,15 @@ def capture(out: Path, base: Path) -> None:
         app = cluster.deploy(nbserve.LLM(nbserve.demo_model(), name=APP, max_model_len=512),
                              name=APP, progress=False)
         app.complete("warm up", max_tokens=4)
-        _collector.run(APP)  # the first task starts a worker: keep that out of the timings
+        # the first task starts a worker: keep that out of the timings
+        remote.call(_collector.collect, APP)
         index: list[dict[str, Any]] = []
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
 
         def scrape(phase: str) -> None:
-            payload = _collector.run(APP, raw=True)
+            payload = remote.call(_collector.collect, APP, 5.0, True)
             files = {}
             for i, (node, text) in enumerate(sorted(payload["nodes"].items())):
                 name = f"{len(index):02d}_{phase}_node{i}.prom"

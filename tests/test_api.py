@@ -192,19 +192,18 @@ def test_every_error_is_an_nbserve_error() -> None:
 
 def test_wait_ends_only_when_the_model_server_has_its_replicas() -> None:
     """Right after a scaling update Serve may still say RUNNING with the old replica count."""
-    from nbserve.app import AppStatus, DeploymentStatus
+    from nbserve.status import AppStatus, DeploymentStatus
 
-    app = nbserve.App(None, "tiny", nbserve.LLM("org/tiny", min_replicas=2, max_replicas=2))  # type: ignore[arg-type]
-
-    def status(state: str, server: str, **replicas: int) -> AppStatus:
-        deps = {"LLMServer:tiny": DeploymentStatus("LLMServer:tiny", server, "", replicas),
+    def settled(state: str, server: str, **replicas: int) -> bool:
+        deps = {"LLMServer:tiny": DeploymentStatus("LLMServer:tiny", server, "", replicas),  # type: ignore[arg-type]
                 "LLMRouter": DeploymentStatus("LLMRouter", "HEALTHY", "", {"RUNNING": 1})}
-        return AppStatus("tiny", state, "", deps)
+        return AppStatus("tiny", state, "", deps).settled("LLMServer:tiny", 2, 2)  # type: ignore[arg-type]
 
-    assert not app._settled(status("RUNNING", "HEALTHY", RUNNING=1))  # update not applied yet
-    assert not app._settled(status("RUNNING", "UPSCALING", RUNNING=1, STARTING=1))
-    assert not app._settled(status("DEPLOYING", "HEALTHY", RUNNING=2))
-    assert app._settled(status("RUNNING", "HEALTHY", RUNNING=2))
-    assert app._settled(status("RUNNING", "HEALTHY", RUNNING=2, STOPPING=1))
-    assert not app._settled(status("RUNNING", "HEALTHY", RUNNING=3))  # scaling down: not yet
-    assert nbserve.App(None, "x", None)._settled(status("RUNNING", "HEALTHY"))  # type: ignore[arg-type]
+    assert not settled("RUNNING", "HEALTHY", RUNNING=1)  # update not applied yet
+    assert not settled("RUNNING", "UPSCALING", RUNNING=1, STARTING=1)
+    assert not settled("DEPLOYING", "HEALTHY", RUNNING=2)
+    assert settled("RUNNING", "HEALTHY", RUNNING=2)
+    assert settled("RUNNING", "HEALTHY", RUNNING=2, STOPPING=1)
+    assert not settled("RUNNING", "HEALTHY", RUNNING=3)  # scaling down: not yet
+    other = AppStatus("x", "RUNNING", "", {"Other": DeploymentStatus("Other", "HEALTHY", "", {})})
+    assert other.settled("LLMServer:x", 1, 1)  # not a Serve LLM app: RUNNING is enough

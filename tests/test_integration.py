@@ -20,8 +20,8 @@ pytestmark = pytest.mark.integration
 
 def llm_replicas(app: nbserve.App) -> set[str]:
     return {
-        r["replica_id"] for r in app.replicas()
-        if r["state"] == "ALIVE" and r["deployment"].startswith("LLMServer")
+        r.replica_id for r in app.replicas()
+        if r.alive and r.deployment.startswith("LLMServer")
     }
 
 

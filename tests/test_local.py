@@ -89,8 +89,6 @@ def test_cli_up_attach_status_down_stops_only_its_own_processes(tmp_path: Path) 
 
 def test_descendants_include_those_that_left_the_process_group() -> None:
     """Serve's HAProxy starts in a session of its own; down() must still find it."""
-    from nbserve import local as local_mod
-
     parent = subprocess.Popen(
         [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, "
          "'-c', 'import time; time.sleep(60)'], start_new_session=True); time.sleep(60)"],
@@ -100,12 +98,12 @@ def test_descendants_include_those_that_left_the_process_group() -> None:
         deadline = time.monotonic() + 20
         found: list[tuple[int, int]] = []
         while time.monotonic() < deadline and not found:
-            found = local_mod._descendants(parent.pid)
+            found = procs.descendants(parent.pid)
             time.sleep(0.1)
         ((child, group),) = found
         assert group == child != parent.pid  # its own group, yet found through the tree
     finally:
-        for pid, _ in local_mod._descendants(parent.pid):
-            local_mod._kill(pid)
+        for pid, _ in procs.descendants(parent.pid):
+            procs.kill(pid)
         parent.kill()
         parent.wait()

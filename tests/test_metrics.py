@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from nbserve import _collector
 from nbserve.metrics import MetricsWindow, Replicas, Scrape, Snapshot, histogram_quantile, parse
+from nbserve.remote import collect as _collector
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 APP = "tiny"

@@ -1,4 +1,4 @@
-"""Cluster-side metrics collection for one app, run as a zero-CPU Ray task over Ray Client.
+"""Cluster-side metrics collection for one app, run through ``remote.call``.
 
 ``collect(app)`` reads the app's replicas from Serve and scrapes every alive node's metrics
 export port (``ray.nodes()``: ``NodeManagerAddress``, ``MetricsExportPort``) over HTTP, keeps
@@ -7,14 +7,12 @@ nobody reads, and returns them already parsed, as compact ``[name, labels, value
 the replica states: the Prometheus text is parsed here, on the cluster, once per node, so the
 notebook receives a few hundred small rows per replica instead of text to parse. Turning the
 rows into typed Snapshots and computing rates is ``metrics``' job, in the notebook. Like
-``_remote``, this module imports only the standard library, Ray and prometheus_client at the
-top and is pickled by value, so a cluster without nbserve installed runs it too.
+all of ``remote``, it is pickled by value.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +20,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from .ray_private import auth_headers, serve_client
 
 # The metric families nbserve.metrics reads (names without _total/_bucket/_sum/_count).
 FAMILIES = frozenset({
@@ -49,17 +49,6 @@ DROP_LABELS = frozenset({
 # Histogram samples nbserve.metrics does not read: it only needs the buckets.
 DROP_SAMPLES = ("_sum", "_count", "_created")
 _SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
-
-
-def run(app: str, timeout: float = 5.0, *, raw: bool = False) -> dict[str, Any]:
-    """Run ``collect(app)`` as a zero-CPU Ray task on the connected cluster."""
-    import ray
-    import ray.cloudpickle
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    task = ray.remote(num_cpus=0, max_retries=0)(collect)
-    result: dict[str, Any] = ray.get(task.remote(app, timeout, raw=raw))
-    return result
 
 
 def collect(app: str, timeout: float = 5.0, *, raw: bool = False) -> dict[str, Any]:
@@ -112,9 +101,7 @@ def serve_replicas(app: str) -> dict[str, dict[str, Any]] | None:
     None when Serve has no application of that name (an app being redeployed is there, with
     no deployments for a moment).
     """
-    from ray.serve._private.api import serve_start
-
-    details = serve_start().get_serve_details()
+    details = serve_client().get_serve_details()
     info = details.get("applications", {}).get(app)
     if info is None:
         return None
@@ -144,18 +131,10 @@ def fetch(url: str, timeout: float, auth: Callable[[], dict[str, str]] | None = 
     except urllib.error.HTTPError as err:
         if err.code not in (401, 403):
             raise
-        headers = (auth or _ray_auth_headers)()
+        headers = (auth or auth_headers)()
         if not headers:
             raise
         return _get(url, headers, timeout)
-
-
-def _ray_auth_headers() -> dict[str, str]:
-    from ray._private.authentication.http_token_authentication import (
-        get_auth_headers_if_auth_enabled,
-    )
-
-    return dict(get_auth_headers_if_auth_enabled({}))
 
 
 def _get(url: str, headers: dict[str, str], timeout: float) -> str:

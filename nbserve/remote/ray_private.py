@@ -1,0 +1,83 @@
+"""Ray's private APIs nbserve relies on, fenced in one module so an upgrade looks in one place.
+
+Serve's controller client (``serve_start``), the internal key-value store, the GCS address the
+state API needs, Ray's auth headers for HTTP, and resetting the process's cached auth token.
+Each is a thin function with Ray 2.60's import inside; callers use only these names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "auth_headers", "gcs_address", "kv_delete", "kv_get", "kv_keys", "kv_put",
+    "reset_auth_token_cache", "serve_client",
+]
+
+
+def serve_client(http_options: dict[str, Any] | None = None) -> Any:
+    """Serve's controller client, starting Serve (with ``http_options``) if it is not running."""
+    from ray.serve._private.api import serve_start
+
+    return serve_start(http_options=http_options) if http_options else serve_start()
+
+
+def kv_get(key: str, namespace: bytes) -> bytes | None:
+    """A value of Ray's internal key-value store, or None."""
+    from ray.experimental import internal_kv
+
+    value: bytes | None = internal_kv._internal_kv_get(key, namespace=namespace)
+    return value
+
+
+def kv_put(key: str, value: str, namespace: bytes) -> None:
+    """Set a value of Ray's internal key-value store."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(key, value, overwrite=True, namespace=namespace)
+
+
+def kv_delete(key: str, namespace: bytes) -> None:
+    """Delete a key of Ray's internal key-value store (a missing one is fine)."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_del(key, namespace=namespace)
+
+
+def kv_keys(prefix: str, namespace: bytes) -> list[bytes]:
+    """The keys of Ray's internal key-value store that start with ``prefix``."""
+    from ray.experimental import internal_kv
+
+    return list(internal_kv._internal_kv_list(prefix, namespace=namespace))
+
+
+def gcs_address() -> str:
+    """This cluster's GCS address.
+
+    The state API, left to itself, looks for "the" local Ray instance and refuses when one
+    machine runs several.
+    """
+    import ray
+
+    return str(ray.get_runtime_context().gcs_address)
+
+
+def auth_headers() -> dict[str, str]:
+    """The HTTP headers that carry this process's Ray auth token, when token auth is on."""
+    from ray._private.authentication.http_token_authentication import (
+        get_auth_headers_if_auth_enabled,
+    )
+
+    return dict(get_auth_headers_if_auth_enabled({}))
+
+
+def reset_auth_token_cache() -> None:
+    """Make this process's Ray read its auth token settings (env, file) again.
+
+    Ray caches the token the first time it needs one; a kernel that connects to a second
+    cluster must drop the first one's.
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
