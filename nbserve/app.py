@@ -380,6 +380,7 @@ class App:
         """A RayService manifest whose serveConfigV2 is exactly this app, on ``cluster``.
 
         Example:
+            >>> import nbserve
             >>> spec = nbserve.ClusterSpec(name="llm", worker_groups=[nbserve.WorkerGroup()])
             >>> print(nbserve.to_yaml(app.to_rayservice(spec)))  # doctest: +SKIP
         """

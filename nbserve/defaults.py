@@ -1,19 +1,21 @@
-"""The defaults several modules share, each defined once: ports, environments, CPU counts.
+"""The defaults several modules share, each defined once: folders, ports, environments, CPUs.
 
-Owns the Ray head's well-known ports (as KubeRay names them on the head container), Serve's
-throughput flags (set on the local head and offered for KubeRay manifests), the environment
-every CPU engine replica gets, and the local head's logical CPUs. It holds values only: who
-applies them is the module that uses them.
+Owns nbserve's own folder (``home()``), the Ray head's well-known ports (as KubeRay names them
+on the head container), Serve's throughput flags (set on the local head and offered for
+KubeRay manifests), the environment every CPU engine replica gets, and the local head's
+logical CPUs. It holds values only: who applies them is the module that uses them.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
 __all__ = [
     "CPU_ENGINE_ENV", "HEAD_PORTS", "KUBERAY_THROUGHPUT_ENV", "LOCAL_NUM_CPUS",
-    "SERVE_THROUGHPUT_ENV",
+    "SERVE_THROUGHPUT_ENV", "home",
 ]
 
 # The head container's ports by the names KubeRay gives them (and the Ray defaults they carry).
@@ -45,3 +47,12 @@ CPU_ENGINE_ENV: Final = MappingProxyType({
 # Logical CPUs the local head advertises: more than the cores, so Serve's ingress and the
 # engine replicas all schedule on a small machine.
 LOCAL_NUM_CPUS: Final = 8
+
+
+def home() -> Path:
+    """Return nbserve's own folder: ``$NBSERVE_HOME``, else ``~/.cache/nbserve``.
+
+    The local head keeps its state under ``home() / "local"``, the demo model under
+    ``home() / "models"``.
+    """
+    return Path(os.environ.get("NBSERVE_HOME") or Path.home() / ".cache" / "nbserve").expanduser()

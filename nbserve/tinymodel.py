@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .local import home
+from .defaults import home
 
 logger = logging.getLogger(__name__)
 
