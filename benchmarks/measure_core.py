@@ -1,6 +1,6 @@
 """Measure nbserve's control plane on a fresh local cluster and print the figures as JSON.
 
-    .venv/bin/python scripts/measure_core.py [--out artifacts/core_figures.json]
+    .venv/bin/python -m benchmarks.measure_core [--out artifacts/core_figures.json]
 
 It starts its own local Ray head (in a temporary NBSERVE_HOME), connects, deploys the tiny demo
 model, applies a lightweight update without and with a new replica, an engine update, and
@@ -18,16 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import nbserve
+from nbserve import local
+
 
 def main() -> None:
+    """Measure on a head of its own, stop it, write and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="artifacts/core_figures.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="nbserve-measure-") as home:
-        os.environ["NBSERVE_HOME"] = home
-        import nbserve
-        from nbserve import local
-
+        os.environ["NBSERVE_HOME"] = home  # read by local and demo_model at each call
         figures: dict[str, object] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
         model = nbserve.demo_model()
         t0 = time.monotonic()

@@ -1,7 +1,7 @@
 """Where the CPU goes while an endpoint is under load: CPU time per process, from /proc.
 
-    .venv/bin/python scripts/cpu_split.py http://127.0.0.1:8000/tiny/v1
-    .venv/bin/python scripts/cpu_split.py URL --concurrency 32 --num-prompts 256 --top 12
+    .venv/bin/python -m benchmarks.cpu_split http://127.0.0.1:8000/tiny/v1
+    .venv/bin/python -m benchmarks.cpu_split URL --concurrency 32 --num-prompts 256 --top 12
 
 Reads every process's user + system CPU time (all its threads) before and after one
 ``nbserve bench`` run against ``URL`` and prints, per process, the share of one core it used
@@ -16,6 +16,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import nbserve
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -41,6 +43,7 @@ def cpu_times() -> dict[int, tuple[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Load the endpoint once and print the CPU each process used meanwhile."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("endpoint", help="OpenAI base URL, ending in /v1")
     parser.add_argument("--concurrency", type=int, default=32)
@@ -51,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a folder with tokenizer.json (default: the demo model's)")
     parser.add_argument("--top", type=int, default=12, help="processes to list")
     opts = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    import nbserve
-    from nbserve import bench
+    from nbserve import bench  # aiohttp, tokenizers: only for a run
 
     tokenizer = opts.tokenizer or nbserve.demo_model()
     before, t0 = cpu_times(), time.monotonic()

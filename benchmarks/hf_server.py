@@ -1,12 +1,12 @@
 """The traditional baseline: Hugging Face Transformers behind a minimal OpenAI-style endpoint.
 
-    .venv/bin/python scripts/hf_server.py MODEL_PATH --port 8004 [--name tiny]
+    .venv/bin/python benchmarks/hf_server.py MODEL_PATH --port 8004 [--name tiny]
 
 Serves ``GET /v1/models`` and ``POST /v1/completions`` (streaming or not, ``max_tokens``,
 ``ignore_eos``, ``temperature`` 0 = greedy, ``stream_options.include_usage``). It generates one
 request at a time, token by token with the model's KV cache, the way a plain Transformers
 server without batching does; requests that arrive meanwhile wait their turn. No chat
-endpoint, no auth. Only a benchmark baseline.
+endpoint, no auth. Only a benchmark baseline (the ``transformers`` path of ``benchmarks``).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class Generator:
 
 
 def handler(gen: Generator) -> type[BaseHTTPRequestHandler]:
+    """The request handler class of a server answering with ``gen``."""
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # one small write per token must not wait for an ACK
@@ -147,6 +148,7 @@ class Server(ThreadingHTTPServer):
 
 
 def main() -> None:
+    """Load the model and serve it until stopped."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("--name", default="tiny", help="model name clients send")
