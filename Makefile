@@ -11,7 +11,7 @@ demo: setup
 ## Install everything and run the whole test suite (CI runs exactly this).
 test: setup
 	bash scripts/install_test_tools.sh
-	.venv/bin/ruff check nbserve tests scripts
+	.venv/bin/ruff check nbserve tests scripts benchmarks
 	.venv/bin/mypy nbserve
 	.venv/bin/python -m pytest
 
@@ -29,7 +29,7 @@ bench-quick: setup
 	.venv/bin/python -m benchmarks --quick
 
 lint: setup
-	.venv/bin/ruff check nbserve tests scripts
+	.venv/bin/ruff check nbserve tests scripts benchmarks
 	.venv/bin/mypy nbserve
 
 clean:
