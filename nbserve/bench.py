@@ -47,6 +47,9 @@ def run(
 ) -> BenchResult:
     """Benchmark an OpenAI-compatible endpoint with streaming completions.
 
+    A request counts as completed only when its stream ended with ``data: [DONE]`` after all
+    ``output_len`` tokens (``StreamTally``); a cut stream is failed, with the reason.
+
     Args:
         endpoint: the base URL, ending in ``/v1`` (e.g. ``http://127.0.0.1:8000/tiny/v1``).
         model: the model name to request; default: the first one ``/v1/models`` lists.
@@ -99,7 +102,9 @@ def start(
 
     ``concurrency`` requests, each ``prompt`` with an exact ``max_tokens`` output as ``run()``
     sends them, stay in flight on the thread's own event loop until ``duration_s`` passes,
-    ``max_requests`` were sent or ``stop()`` is called. Failures are counted, not raised.
+    ``max_requests`` were sent or ``stop()`` is called. Failures are counted, not raised; as in
+    ``run()``, a request counts as completed only when its stream ended with ``[DONE]`` after
+    all ``max_tokens`` tokens.
 
     Args:
         endpoint: the base URL, ending in ``/v1`` (``app.endpoint`` gives it).

@@ -63,7 +63,11 @@ def check_price(price_per_hour: float) -> float:
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One request's outcome: timings in seconds from its own start."""
+    """One request's outcome: durations in seconds from its own start, and when it ran.
+
+    ``started_at`` and ``ended_at`` are absolute (``time.time()``), so a run's records draw an
+    availability timeline. A failed record keeps the tokens that did arrive.
+    """
 
     ok: bool
     ttft_s: float | None
@@ -71,6 +75,8 @@ class RequestRecord:
     itl_s: list[float]
     output_tokens: int
     input_tokens: int
+    started_at: float
+    ended_at: float
     error: str = ""
 
 
@@ -79,20 +85,23 @@ class StreamTally:
 
     ``feed`` takes the reply's ``text/event-stream`` bytes: it times the first chunk with
     choices (TTFT) and the gaps between later ones (ITL), keeps the server's usage and notes an
-    error message in the stream. ``clock`` is injectable for tests.
+    error message and the final ``data: [DONE]``. Every request sets ``ignore_eos``, so a stream
+    counts as good only when it ended with ``[DONE]`` after all ``output_len`` tokens: those the
+    final usage reports, else the chunks streamed. ``clock`` and ``wall`` are injectable.
     """
 
-    def __init__(self, output_len: int, *,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, output_len: int, *, clock: Callable[[], float] = time.perf_counter,
+                 wall: Callable[[], float] = time.time) -> None:
         self.output_len = output_len
-        self._clock = clock
-        self._start = clock()
+        self._clock, self._wall = clock, wall
+        self._start, self._started_at = clock(), wall()
         self._ttft: float | None = None
         self._last = self._start
         self._itl: list[float] = []
         self._chunks = 0
         self._usage: dict[str, Any] = {}
         self._error = ""
+        self._done = False
         self._pending = b""
 
     def feed(self, data: bytes) -> bool:
@@ -108,6 +117,7 @@ class StreamTally:
                 continue
             text = line[5:].strip()
             if text == b"[DONE]":
+                self._done = True
                 break
             message = json.loads(text)
             if message.get("choices"):
@@ -124,21 +134,30 @@ class StreamTally:
                 return False
         return True
 
-    def failed(self, error: str) -> RequestRecord:
+    def failed(self, error: str, output_tokens: int = 0) -> RequestRecord:
         """The record of a request that failed with ``error`` (an HTTP status, a timeout)."""
         return RequestRecord(ok=False, ttft_s=None, e2e_s=self._clock() - self._start, itl_s=[],
-                             output_tokens=0, input_tokens=0, error=error[:300])
+                             output_tokens=output_tokens, input_tokens=0,
+                             started_at=self._started_at, ended_at=self._wall(),
+                             error=error[:300])
 
     def record(self) -> RequestRecord:
-        """The record of the whole stream, once it ended."""
+        """The record of the whole stream, once it ended: good, or failed with the reason."""
+        reported = self._usage.get("completion_tokens")
+        tokens = self._chunks if reported is None else int(reported)
+        of = f"{tokens} of {self.output_len} tokens"
         if self._error:
-            return self.failed(self._error)
+            return self.failed(self._error, tokens)
+        if not self._done:
+            return self.failed(f"stream ended without [DONE] after {of}", tokens)
+        if tokens < self.output_len:
+            return self.failed(f"stream ended after {of}", tokens)
         if self._ttft is None:
             return self.failed("the stream ended without any token")
         return RequestRecord(
             ok=True, ttft_s=self._ttft, e2e_s=self._last - self._start, itl_s=self._itl,
-            output_tokens=int(self._usage.get("completion_tokens") or self._chunks),
-            input_tokens=int(self._usage.get("prompt_tokens") or 0),
+            output_tokens=tokens, input_tokens=int(self._usage.get("prompt_tokens") or 0),
+            started_at=self._started_at, ended_at=self._wall(),
         )
 
 
@@ -148,7 +167,7 @@ class BenchRun:
 
     Latency figures are in milliseconds, keyed by percentile (50, 95, 99); they are None when
     no request succeeded. Inter-token latency is the gap between streamed chunks, as vLLM's
-    benchmark measures it.
+    benchmark measures it. ``records`` holds every request, in the order they were made.
     """
 
     concurrency: int
@@ -164,6 +183,7 @@ class BenchRun:
     itl_ms: dict[int, float | None]
     e2e_ms: dict[int, float | None]
     errors: list[str] = field(default_factory=list)
+    records: list[RequestRecord] = field(default_factory=list, repr=False)
 
     @classmethod
     def from_records(cls, records: Sequence[RequestRecord], *, concurrency: int,
@@ -172,8 +192,8 @@ class BenchRun:
         """The statistics of ``records``: counts and token sums of the good ones, percentiles.
 
         Example:
-            >>> good = RequestRecord(True, 0.1, 0.5, [0.1, 0.1], 4, 8)
-            >>> bad = RequestRecord(False, None, 0.2, [], 0, 0, "HTTP 500: boom")
+            >>> good = RequestRecord(True, 0.1, 0.5, [0.1, 0.1], 4, 8, 100.0, 100.5)
+            >>> bad = RequestRecord(False, None, 0.2, [], 0, 0, 100.0, 100.2, "HTTP 500: boom")
             >>> run = BenchRun.from_records([good, bad], concurrency=2, request_rate=None,
             ...                             output_len=4, duration_s=1.0)
             >>> run.completed, run.failed, run.output_tokens, run.ttft_ms[50], run.errors
@@ -193,7 +213,7 @@ class BenchRun:
             ttft_ms=pcts([r.ttft_s for r in good if r.ttft_s is not None]),
             itl_ms=pcts([x for r in good for x in r.itl_s]),
             e2e_ms=pcts([r.e2e_s for r in good]),
-            errors=sorted({r.error for r in records if not r.ok})[:10],
+            errors=sorted({r.error for r in records if not r.ok})[:10], records=list(records),
         )
 
     @property
@@ -316,19 +336,15 @@ class BenchResult:
         return fig
 
     def __str__(self) -> str:
-        def ms(value: float | None) -> str:
-            return num(value, "{:.1f}")
-
         head = (f"{'conc':>5} {'ok':>5} {'fail':>5} {'out tok/s':>10} {'req/s':>7} "
                 f"{'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'E2E p50':>9} {'p99':>8}")
         lines = [f"{self.model} at {self.endpoint} (latencies in ms)", head]
         for r in self.runs:
-            lines.append(
-                f"{r.concurrency:>5} {r.completed:>5} {r.failed:>5} "
-                f"{r.output_tokens_per_s:>10.1f} {r.requests_per_s:>7.2f} "
-                f"{ms(r.ttft_ms[50]):>9} {ms(r.ttft_ms[99]):>8} {ms(r.itl_ms[50]):>8} "
-                f"{ms(r.e2e_ms[50]):>9} {ms(r.e2e_ms[99]):>8}"
-            )
+            t50, t99, i50, e50, e99 = (num(v, "{:.1f}") for v in (
+                r.ttft_ms[50], r.ttft_ms[99], r.itl_ms[50], r.e2e_ms[50], r.e2e_ms[99]))
+            lines.append(f"{r.concurrency:>5} {r.completed:>5} {r.failed:>5} "
+                         f"{r.output_tokens_per_s:>10.1f} {r.requests_per_s:>7.2f} "
+                         f"{t50:>9} {t99:>8} {i50:>8} {e50:>9} {e99:>8}")
         for r in self.runs:
             lines += [f"error at concurrency {r.concurrency}: {e}" for e in r.errors[:3]]
         return "\n".join(lines)
@@ -358,13 +374,7 @@ class LoadStats:
     @classmethod
     def from_records(cls, records: Sequence[RequestRecord], *, elapsed_s: float, running: bool,
                      error: str = "") -> LoadStats:
-        """The counts of ``records``; ``last_error`` is ``error`` or the last failure's reason.
-
-        Example:
-            >>> bad = RequestRecord(False, None, 0.2, [], 0, 0, "HTTP 500: boom")
-            >>> LoadStats.from_records([bad], elapsed_s=1.0, running=False).last_error
-            'HTTP 500: boom'
-        """
+        """The counts of ``records``; ``last_error`` is ``error`` or the last failure's reason."""
         good = [r for r in records if r.ok]
         failures = [r.error for r in records if not r.ok]
         return cls(len(good), len(records) - len(good), sum(r.output_tokens for r in good),

@@ -13,6 +13,7 @@ import json
 import math
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,16 +72,29 @@ class Stub:
                 {"error": {"message": f"model {body['model']} not found"}}, status=404)
         if self.fail_every and len(self.requests) % self.fail_every == 0:
             return web.json_response({"error": {"message": "boom"}}, status=500)
+        # The prompt says how to answer: "cut:..." prompts cut the stream (see CUTS).
+        how = body["prompt"] if body["prompt"] in CUTS else "whole"
+        n = 2 if how.startswith("cut:short") else body["max_tokens"]
+        texts = [" t" * n] if how == "whole:one-chunk" else [f" t{i}" for i in range(n)]
         reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await reply.prepare(request)
-        n = body["max_tokens"]
-        for i in range(n):
-            await reply.write(_event({"choices": [{"index": 0, "text": f" t{i}"}]}))
-        usage = {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": n}
-        await reply.write(_event({"choices": [], "usage": usage}))
-        await reply.write(b"data: [DONE]\n\n")
+        for text in texts:
+            await reply.write(_event({"choices": [{"index": 0, "text": text}]}))
+        if body.get("stream_options", {}).get("include_usage") and how != "cut:short-no-usage":
+            usage = {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": n}
+            await reply.write(_event({"choices": [], "usage": usage}))
+        if how != "cut:no-done":
+            await reply.write(b"data: [DONE]\n\n")
         await reply.write_eof()
         return reply
+
+
+CUTS = {
+    "cut:no-done": "every token and the usage, then the stream ends without [DONE]",
+    "cut:short": "2 tokens, usage saying 2, [DONE]",
+    "cut:short-no-usage": "2 tokens, no usage, [DONE]",
+    "whole:one-chunk": "all tokens in one chunk, usage saying all: a good stream",
+}
 
 
 def _event(message: dict[str, Any]) -> bytes:
@@ -192,19 +206,51 @@ def test_a_price_check_returns_the_price() -> None:
 
 
 def test_a_stream_becomes_a_record() -> None:
-    ticks = iter([10.0, 10.1, 10.3, 10.6, 10.7])
-    tally = StreamTally(3, clock=lambda: next(ticks))
+    ticks = iter([10.0, 10.1, 10.3, 10.6, 10.7, 10.8])
+    walls = iter([1000.0, 1000.9])
+    tally = StreamTally(3, clock=lambda: next(ticks), wall=lambda: next(walls))
     first = _event({"choices": [{"text": "a"}]}) + b'data: {"choices": [{"te'
     assert tally.feed(first)  # a chunk may end mid-line
     assert tally.feed(b'xt": "b"}]}\n\n')
     assert tally.feed(_event({"choices": [{"text": "c"}]}) + b": a comment\n\n")
     assert tally.feed(_event({"choices": [], "usage": {"prompt_tokens": 7,
                                                        "completion_tokens": 3}}))
+    assert tally.feed(b"data: [DONE]\n\n")
     record = tally.record()
     assert record.ok and record.error == ""
+    assert (record.started_at, record.ended_at) == (1000.0, 1000.9)
     assert record.ttft_s == pytest.approx(0.1) and record.e2e_s == pytest.approx(0.6)
     assert record.itl_s == pytest.approx([0.2, 0.3])
     assert (record.output_tokens, record.input_tokens) == (3, 7)
+
+
+@pytest.mark.parametrize(
+    ("stream", "ok", "tokens", "error"),
+    [
+        ([{"text": "a b c"}, {"usage": 3}, "[DONE]"], True, 3, ""),  # usage over chunks
+        ([{"text": "a"}, {"text": "b"}, {"text": "c"}, "[DONE]"], True, 3, ""),
+        ([{"text": "a"}, {"text": "b"}, {"text": "c"}, {"usage": 3}], False, 3,
+         "stream ended without [DONE] after 3 of 3 tokens"),
+        ([{"text": "a"}, {"text": "b"}, "[DONE]"], False, 2, "stream ended after 2 of 3 tokens"),
+        ([{"text": "a b"}, {"usage": 2}, "[DONE]"], False, 2, "stream ended after 2 of 3 tokens"),
+        (["[DONE]"], False, 0, "stream ended after 0 of 3 tokens"),
+        ([], False, 0, "stream ended without [DONE] after 0 of 3 tokens"),
+    ],
+)
+def test_a_stream_is_good_only_with_done_and_every_token(
+        stream: list[Any], ok: bool, tokens: int, error: str) -> None:
+    tally = StreamTally(3)
+    for part in stream:
+        if part == "[DONE]":
+            data = b"data: [DONE]\n\n"
+        elif "usage" in part:
+            data = _event({"choices": [], "usage": {"completion_tokens": part["usage"]}})
+        else:
+            data = _event({"choices": [part]})
+        assert tally.feed(data)
+    record = tally.record()
+    assert (record.ok, record.output_tokens, record.error) == (ok, tokens, error)
+    assert record.started_at <= record.ended_at
 
 
 def test_an_error_in_the_stream_fails_the_request() -> None:
@@ -218,9 +264,9 @@ def test_an_error_in_the_stream_fails_the_request() -> None:
 
 
 def test_load_stats_count_good_tokens_and_the_last_failure() -> None:
-    good = RequestRecord(True, 0.1, 0.5, [], 4, 8)
-    records = [good, RequestRecord(False, None, 0.1, [], 0, 0, "HTTP 500: a"), good,
-               RequestRecord(False, None, 0.1, [], 0, 0, "HTTP 503: b")]
+    good = RequestRecord(True, 0.1, 0.5, [], 4, 8, 100.0, 100.5)
+    records = [good, RequestRecord(False, None, 0.1, [], 0, 0, 100.0, 100.1, "HTTP 500: a"), good,
+               RequestRecord(False, None, 0.1, [], 0, 0, 100.2, 100.3, "HTTP 503: b")]
     stats = LoadStats.from_records(records, elapsed_s=2.0, running=True)
     assert (stats.completed, stats.failed, stats.output_tokens) == (2, 2, 8)
     assert stats.last_error == "HTTP 503: b" and stats.tokens_per_s == 4.0
@@ -361,3 +407,35 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_cut_streams_count_as_failed_with_their_reason(stub: Stub) -> None:
+    prompts = ["good", "cut:no-done", "cut:short", "cut:short-no-usage", "whole:one-chunk", "ok"]
+    before = time.time()
+    result = bench.run(stub.endpoint, model="stub", prompts=prompts, num_prompts=6,
+                       output_len=5, concurrency=2, progress=False, warmup=False)
+    after = time.time()
+    (run,) = result.runs
+    assert (run.completed, run.failed, run.output_tokens) == (3, 3, 15)
+    assert run.errors == ["stream ended after 2 of 5 tokens",
+                          "stream ended without [DONE] after 5 of 5 tokens"]
+    records = run.records  # in the order of the prompts
+    assert [r.ok for r in records] == [True, False, False, False, True, True]
+    assert [r.output_tokens for r in records] == [5, 5, 2, 2, 5, 5]  # what arrived
+    assert all(before <= r.started_at <= r.ended_at <= after for r in records)
+    assert "stream ended after 2 of 5 tokens" in str(result)
+
+
+def test_start_counts_cut_streams_as_failed(stub: Stub) -> None:
+    before = time.time()
+    with bench.start(stub.endpoint, model="stub", concurrency=1, max_tokens=4, max_requests=2,
+                     prompt="cut:no-done") as load:
+        stats = load.wait(timeout=60)
+    assert (stats.completed, stats.failed, stats.output_tokens) == (0, 2, 0)
+    assert stats.last_error == "stream ended without [DONE] after 4 of 4 tokens"
+    records = load.result().runs[0].records
+    assert len(records) == 2 and all(before <= r.started_at <= r.ended_at for r in records)
+    assert records[0].ended_at <= records[1].started_at  # one at a time
+    with bench.start(stub.endpoint, model="stub", concurrency=1, max_tokens=4, max_requests=1,
+                     prompt="cut:short") as load:
+        assert load.wait(timeout=60).last_error == "stream ended after 2 of 4 tokens"
