@@ -1,294 +1,42 @@
-"""A load generator for an OpenAI-compatible endpoint: throughput, latency, failures, cost.
+"""The load generator for an OpenAI-compatible endpoint: a benchmark, or background load.
 
-``run()`` sends streaming ``/v1/completions`` requests (random or given prompts, an exact output
-length through ``max_tokens`` and ``ignore_eos`` as vLLM's own ``vllm bench serve`` does) at a
-fixed concurrency, optionally paced by a Poisson request rate, for one concurrency or a sweep.
-It measures time to first token, inter-token latency (between streamed chunks) and end-to-end
-latency per request, and returns a ``BenchResult``. Turning a result into a table, JSON, a
-figure or a price is ``BenchResult``'s job; background load to watch a dashboard is ``load``'s.
+Both send streaming ``/v1/completions`` over aiohttp from one event loop, with an exact output
+length (``max_tokens`` and ``ignore_eos``, as ``vllm bench serve`` does). ``run()`` blocks for
+one concurrency or a sweep, optionally paced by a Poisson request rate, and returns a
+``BenchResult``; ``start()`` sends from one background thread for a bounded time and returns a
+``LoadRun`` at once (e.g. to watch a dashboard move). Making prompts is ``benchprompts``'s job;
+what was measured, and how it is shown or priced, is ``benchresult``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import html
 import json
 import logging
-import math
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from .benchprompts import random_prompts
+from .benchresult import (
+    BenchResult,
+    BenchRun,
+    LoadStats,
+    RequestRecord,
+    StreamTally,
+    check_price,
+    percentile,
+)
 from .errors import EndpointError, SpecError
+from .wait import Progress
 
-__all__ = ["BenchResult", "BenchRun", "RequestRecord", "percentile", "random_prompts", "run"]
+__all__ = ["BenchResult", "BenchRun", "LoadRun", "LoadStats", "RequestRecord", "check_price",
+           "percentile", "random_prompts", "run", "start"]
 
 log = logging.getLogger(__name__)
-
-PERCENTILES = (50, 95, 99)
-
-# Common English words: a random prompt of N words is about N tokens for most BPE tokenizers
-# (some words split in two). Pass a tokenizer for exact lengths.
-_WORDS = (
-    "the of and to in is was for on are with as his they be at one have this from or had by "
-    "word but what some we can out other were all there when up use your how said an each she "
-    "which do their time if will way about many then them write would like so these her long "
-    "make thing see him two has look more day could go come did number sound no most people my "
-    "over know water than call first who may down side been now find any new work part take get "
-    "place made live where after back little only round man year came show every good me give "
-    "our under name very through just form sentence great think say help low line differ turn "
-    "cause much mean before move right boy old too same tell does set three want air well also "
-    "play small end put home read hand port large spell add even land here must big high such"
-).split()
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q``-th percentile (0-100) with linear interpolation, as numpy's default; None if empty.
-
-    Example:
-        >>> percentile([1.0, 2.0, 3.0, 4.0], 50)
-        2.5
-        >>> percentile([], 99) is None
-        True
-    """
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low, high = math.floor(pos), math.ceil(pos)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
-def random_prompts(count: int, input_len: int, *, seed: int = 0,
-                   tokenizer: str | None = None) -> list[str]:
-    """``count`` random prompts of about ``input_len`` tokens each.
-
-    Without a tokenizer a prompt is ``input_len`` random common English words, which most BPE
-    tokenizers turn into ``input_len`` to ``2 * input_len`` tokens; the server's reported prompt
-    tokens (``BenchRun.input_tokens``) say what was really sent. With ``tokenizer`` (a folder or
-    file holding a Hugging Face ``tokenizer.json``) prompts are made as ``vllm bench serve``'s
-    random dataset makes them, so both tools send the same kind of text: ``input_len``
-    consecutive non-special token ids from a random offset, decoded, re-encoded and cut or
-    padded until the text is ``input_len`` tokens (a few tries; rarely one off).
-
-    Example:
-        >>> len(random_prompts(2, 8, seed=1)[0].split())
-        8
-    """
-    rng = random.Random(seed)
-    if tokenizer is None:
-        return [" ".join(rng.choice(_WORDS) for _ in range(input_len)) for _ in range(count)]
-    from tokenizers import Tokenizer
-
-    path = Path(tokenizer)
-    tok = Tokenizer.from_file(str(path / "tokenizer.json" if path.is_dir() else path))
-    specials = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
-    vocab = tok.get_vocab(with_added_tokens=True)
-    allowed = sorted(i for t, i in vocab.items() if t not in specials)
-    prompts = []
-    for _ in range(count):
-        offset = rng.randrange(len(allowed))
-        ids = [allowed[(offset + k) % len(allowed)] for k in range(input_len)]
-        for _ in range(10):
-            text = tok.decode(ids)
-            ids = tok.encode(text, add_special_tokens=False).ids
-            if len(ids) == input_len:
-                break
-            ids = (ids[:input_len] if len(ids) > input_len else
-                   ids + [rng.choice(allowed) for _ in range(input_len - len(ids))])
-        prompts.append(text)
-    return prompts
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    """One request's outcome: timings in seconds from its own start."""
-
-    ok: bool
-    ttft_s: float | None
-    e2e_s: float
-    itl_s: list[float]
-    output_tokens: int
-    input_tokens: int
-    error: str = ""
-
-
-@dataclass(frozen=True)
-class BenchRun:
-    """What one load level measured (one concurrency of a sweep).
-
-    Latency figures are in milliseconds, keyed by percentile (50, 95, 99); they are None when
-    no request succeeded. Inter-token latency is the gap between streamed chunks, as vLLM's
-    benchmark measures it.
-    """
-
-    concurrency: int
-    request_rate: float | None
-    num_prompts: int
-    output_len: int
-    duration_s: float
-    completed: int
-    failed: int
-    input_tokens: int
-    output_tokens: int
-    ttft_ms: dict[int, float | None]
-    itl_ms: dict[int, float | None]
-    e2e_ms: dict[int, float | None]
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def output_tokens_per_s(self) -> float:
-        """Output tokens of successful requests per second of wall time."""
-        return self.output_tokens / self.duration_s if self.duration_s > 0 else 0.0
-
-    @property
-    def requests_per_s(self) -> float:
-        """Successful requests per second of wall time."""
-        return self.completed / self.duration_s if self.duration_s > 0 else 0.0
-
-    def cost_per_million_tokens(self, price_per_hour: float) -> float:
-        """Dollars per million output tokens at this throughput.
-
-        ``price_per_hour`` is what the serving machine costs, in dollars an hour.
-
-        Example:
-            >>> run = BenchRun(1, None, 1, 10, 1.0, 1, 0, 10, 1000, {}, {}, {})
-            >>> round(run.cost_per_million_tokens(3.6), 6)
-            1.0
-        """
-        if price_per_hour < 0:
-            raise SpecError(f"price_per_hour={price_per_hour} must be >= 0 (dollars per hour)")
-        if self.output_tokens_per_s <= 0:
-            raise SpecError("no output tokens were measured, so there is no cost per token; "
-                            "look at the run's errors")
-        return price_per_hour / (self.output_tokens_per_s * 3600) * 1e6
-
-    def row(self) -> dict[str, Any]:
-        """One flat row: the figures a table or JSON shows."""
-        row: dict[str, Any] = {
-            "concurrency": self.concurrency, "request_rate": self.request_rate,
-            "num_prompts": self.num_prompts, "completed": self.completed,
-            "failed": self.failed, "duration_s": round(self.duration_s, 3),
-            "output_tokens_per_s": round(self.output_tokens_per_s, 1),
-            "requests_per_s": round(self.requests_per_s, 3),
-            "mean_input_tokens": round(self.input_tokens / self.completed, 1)
-            if self.completed else None,
-        }
-        for name, stats in (("ttft", self.ttft_ms), ("itl", self.itl_ms), ("e2e", self.e2e_ms)):
-            for q in PERCENTILES:
-                value = stats.get(q)
-                row[f"{name}_p{q}_ms"] = None if value is None else round(value, 2)
-        return row
-
-
-@dataclass(frozen=True)
-class BenchResult:
-    """The runs of one benchmark against one endpoint, one per concurrency.
-
-    Example:
-        >>> result = app.bench(concurrency=[1, 8, 32])       # doctest: +SKIP
-        >>> result.to_frame()                                # doctest: +SKIP
-        >>> result.cost_per_million_tokens(price_per_hour=0.70)  # doctest: +SKIP
-    """
-
-    endpoint: str
-    model: str
-    runs: list[BenchRun]
-
-    @property
-    def best(self) -> BenchRun:
-        """The run with the highest output throughput."""
-        return max(self.runs, key=lambda r: r.output_tokens_per_s)
-
-    @property
-    def failed(self) -> int:
-        """Failed requests over all runs."""
-        return sum(r.failed for r in self.runs)
-
-    def cost_per_million_tokens(self, price_per_hour: float) -> float:
-        """Dollars per million output tokens at the best measured throughput.
-
-        Args:
-            price_per_hour: what the serving machine (or cluster) costs, in dollars an hour.
-        """
-        return self.best.cost_per_million_tokens(price_per_hour)
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One flat dict per run."""
-        return [run.row() for run in self.runs]
-
-    def to_frame(self) -> Any:
-        """A pandas DataFrame, one row per run (pandas is imported only here)."""
-        import pandas as pd
-
-        return pd.DataFrame(self.rows())
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything, JSON-ready: endpoint, model, each run's figures and errors."""
-        return {"endpoint": self.endpoint, "model": self.model,
-                "runs": [{**run.row(), "errors": run.errors} for run in self.runs]}
-
-    def to_json(self, path: str | Path) -> Path:
-        """Write ``to_dict()`` as JSON to ``path``; returns the path."""
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return out
-
-    def figure(self) -> Any:
-        """A plotly figure: output tokens/s and TTFT / end-to-end p50 against concurrency."""
-        from plotly.subplots import make_subplots
-
-        xs = [r.concurrency for r in self.runs]
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("throughput", "latency (p50)"))
-        fig.add_scatter(x=xs, y=[r.output_tokens_per_s for r in self.runs], name="output tok/s",
-                        mode="lines+markers", row=1, col=1)
-        for name, key in (("TTFT", "ttft_ms"), ("end to end", "e2e_ms")):
-            fig.add_scatter(x=xs, y=[getattr(r, key).get(50) for r in self.runs],
-                            name=f"{name} ms", mode="lines+markers", row=1, col=2)
-        fig.update_xaxes(title_text="concurrent requests")
-        fig.update_yaxes(title_text="tokens/s", row=1, col=1)
-        fig.update_yaxes(title_text="ms", row=1, col=2)
-        fig.update_layout(title=f"{self.model} at {self.endpoint}", height=380)
-        return fig
-
-    def __str__(self) -> str:
-        head = (f"{'conc':>5} {'ok':>5} {'fail':>5} {'out tok/s':>10} {'req/s':>7} "
-                f"{'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'E2E p50':>9} {'p99':>8}")
-        lines = [f"{self.model} at {self.endpoint} (latencies in ms)", head]
-        for r in self.runs:
-            lines.append(
-                f"{r.concurrency:>5} {r.completed:>5} {r.failed:>5} "
-                f"{r.output_tokens_per_s:>10.1f} {r.requests_per_s:>7.2f} "
-                f"{_ms(r.ttft_ms[50]):>9} {_ms(r.ttft_ms[99]):>8} {_ms(r.itl_ms[50]):>8} "
-                f"{_ms(r.e2e_ms[50]):>9} {_ms(r.e2e_ms[99]):>8}"
-            )
-        for r in self.runs:
-            lines += [f"error at concurrency {r.concurrency}: {e}" for e in r.errors[:3]]
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        cols = ["concurrency", "completed", "failed", "output_tokens_per_s", "requests_per_s",
-                "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "itl_p50_ms", "e2e_p50_ms",
-                "e2e_p95_ms", "e2e_p99_ms"]
-        head = "".join(f"<th>{c}</th>" for c in cols)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(row[c]))}</td>" for c in cols) + "</tr>"
-            for row in self.rows()
-        )
-        errors = "".join(f"<br>error: {html.escape(e)}" for r in self.runs for e in r.errors[:3])
-        return (f"<b>nbserve bench</b> <code>{html.escape(self.model)}</code> at "
-                f"<code>{html.escape(self.endpoint)}</code><table><tr>{head}</tr>{body}</table>"
-                f"{errors}")
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
 
 def run(
     endpoint: str, *, model: str | None = None, prompts: Sequence[str] | None = None,
@@ -298,6 +46,9 @@ def run(
     warmup: bool = True, api_key: str = "nbserve",
 ) -> BenchResult:
     """Benchmark an OpenAI-compatible endpoint with streaming completions.
+
+    A request counts as completed only when its stream ended with ``data: [DONE]`` after all
+    ``output_len`` tokens (``StreamTally``); a cut stream is failed, with the reason.
 
     Args:
         endpoint: the base URL, ending in ``/v1`` (e.g. ``http://127.0.0.1:8000/tiny/v1``).
@@ -342,12 +93,164 @@ def run(
     return result
 
 
-def _check_args(endpoint: str, levels: list[int], num_prompts: int, input_len: int,
-                output_len: int, request_rate: float | None,
-                prompts: Sequence[str] | None) -> None:
+def start(
+    endpoint: str, *, model: str, concurrency: int = 8, duration_s: float = 60,
+    max_tokens: int = 128, prompt: str = "Tell me a long story.", max_requests: int = 100_000,
+    timeout: float = 120, api_key: str = "nbserve",
+) -> LoadRun:
+    """Send streaming completions from a background thread; returns a ``LoadRun`` at once.
+
+    ``concurrency`` requests, each ``prompt`` with an exact ``max_tokens`` output as ``run()``
+    sends them, stay in flight on the thread's own event loop until ``duration_s`` passes,
+    ``max_requests`` were sent or ``stop()`` is called. Failures are counted, not raised; as in
+    ``run()``, a request counts as completed only when its stream ended with ``[DONE]`` after
+    all ``max_tokens`` tokens.
+
+    Args:
+        endpoint: the base URL, ending in ``/v1`` (``app.endpoint`` gives it).
+        model: the model name to request.
+        concurrency: requests in flight at once.
+        duration_s: seconds to send for (requests in flight then finish).
+        max_tokens: tokens each request generates.
+        prompt: the prompt of every request.
+        max_requests: requests to send at most (it also bounds the records kept).
+        timeout: seconds one request may take.
+        api_key: bearer token for the endpoint.
+
+    Raises:
+        SpecError: an argument is out of range (before any request is sent).
+
+    Example:
+        >>> run = nbserve.bench.start(app.endpoint, model=app.model)  # doctest: +SKIP
+        >>> run.stop().completed                                      # doctest: +SKIP
+    """
+    _check_endpoint(endpoint)
+    counts = (concurrency, max_tokens, max_requests)
+    if not all(type(v) is int and v >= 1 for v in counts) or isinstance(duration_s, bool) \
+            or not isinstance(duration_s, (int, float)) or not duration_s > 0:
+        raise SpecError(
+            f"load needs concurrency >= 1, duration_s > 0, max_tokens >= 1 and "
+            f"max_requests >= 1; got concurrency={concurrency!r}, duration_s={duration_s!r}, "
+            f"max_tokens={max_tokens!r}, max_requests={max_requests!r}"
+        )
+    if not all(isinstance(text, str) and text for text in (model, prompt)):
+        raise SpecError(f"model={model!r} and prompt={prompt!r} must be non-empty strings")
+    load = LoadRun(endpoint.rstrip("/"), model, concurrency=concurrency, duration_s=duration_s,
+                   max_tokens=max_tokens, prompt=prompt, max_requests=max_requests,
+                   timeout=timeout, api_key=api_key)
+    load._thread.start()
+    return load
+
+
+class LoadRun:
+    """Background load made by ``start()`` (or ``App.load``): live counts, then a result.
+
+    ``stats()`` counts the requests finished so far; ``result()`` is a ``BenchResult`` (one run)
+    of them. As a context manager it stops the load on exit.
+
+    Example:
+        >>> run = app.load(concurrency=8, duration_s=60, max_tokens=128)  # doctest: +SKIP
+        >>> run.stats()                                                    # doctest: +SKIP
+        >>> run.stop()                                                     # doctest: +SKIP
+    """
+
+    def __init__(self, endpoint: str, model: str, *, concurrency: int, duration_s: float,
+                 max_tokens: int, prompt: str, max_requests: int, timeout: float,
+                 api_key: str) -> None:
+        self.endpoint, self.model, self.concurrency = endpoint, model, concurrency
+        self.max_tokens, self._prompt, self._budget = max_tokens, prompt, max_requests
+        self._session_args = (concurrency, timeout, api_key)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._records: list[RequestRecord] = []
+        self._crash = ""  # why the sending thread ended early, if it did
+        self._started = time.monotonic()
+        self._deadline = self._started + duration_s
+        self._ended: float | None = None
+        self._thread = threading.Thread(target=self._main, name="nbserve-load", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._send())
+        except Exception as err:  # noqa: BLE001 - a thread has no caller: shown in stats()
+            self._crash = _describe(err)[:300]
+            log.warning("load against %s stopped: %s", self.endpoint, self._crash)
+        finally:
+            self._ended = time.monotonic()
+            log.info("load finished: %s", self.stats())
+
+    async def _send(self) -> None:
+        async def worker(session: Any) -> None:
+            # The workers share one event loop, so the budget needs no lock.
+            while not self._stop.is_set() and time.monotonic() < self._deadline \
+                    and self._budget > 0:
+                self._budget -= 1
+                record = await _request(session, self.endpoint, self.model, self._prompt,
+                                        self.max_tokens)
+                with self._lock:
+                    self._records.append(record)
+                if not record.ok:
+                    log.debug("load request failed: %s", record.error)
+                    await asyncio.sleep(0.5)  # a failing endpoint is not hammered
+
+        async with _session(*self._session_args) as session:
+            await asyncio.gather(*(worker(session) for _ in range(self.concurrency)))
+
+    @property
+    def running(self) -> bool:
+        """Whether requests are still being sent."""
+        return self._ended is None
+
+    def stats(self) -> LoadStats:
+        """Counts so far."""
+        ended = self._ended
+        with self._lock:
+            records = list(self._records)
+        return LoadStats.from_records(records, elapsed_s=(ended or time.monotonic())
+                                      - self._started, running=ended is None, error=self._crash)
+
+    def result(self) -> BenchResult:
+        """The requests finished so far as a ``BenchResult`` of one run (latencies included)."""
+        elapsed = (self._ended or time.monotonic()) - self._started
+        with self._lock:
+            run = BenchRun.from_records(self._records, concurrency=self.concurrency,
+                                        request_rate=None, output_len=self.max_tokens,
+                                        duration_s=elapsed)
+        return BenchResult(self.endpoint, self.model, [run])
+
+    def stop(self, timeout: float | None = None) -> LoadStats:
+        """Stop sending (requests in flight finish) and return the final counts."""
+        self._stop.set()
+        return self.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> LoadStats:
+        """Wait until the run ends (its time is up or it was stopped); return the counts."""
+        self._thread.join(timeout)
+        return self.stats()
+
+    def __enter__(self) -> LoadRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<nbserve.LoadRun {self.stats()}>"
+
+    def _repr_html_(self) -> str:
+        return self.stats()._repr_html_()
+
+
+def _check_endpoint(endpoint: str) -> None:
     if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
         raise SpecError(f"endpoint {endpoint!r} is not an http(s) URL; pass the OpenAI base URL, "
                         "e.g. http://127.0.0.1:8000/tiny/v1 (app.endpoint gives it)")
+
+
+def _check_args(endpoint: str, levels: list[int], num_prompts: int, input_len: int,
+                output_len: int, request_rate: float | None,
+                prompts: Sequence[str] | None) -> None:
+    _check_endpoint(endpoint)
     if not levels or any(not isinstance(c, int) or c < 1 for c in levels):
         raise SpecError(f"concurrency={levels} must be one or more integers >= 1, e.g. 8 or "
                         "[1, 8, 32]")
@@ -373,30 +276,34 @@ def _run_coroutine(coro: Any) -> Any:
         return pool.submit(asyncio.run, coro).result()
 
 
-async def _main(base: str, model: str | None, texts: list[str], output_len: int,
-                levels: list[int], request_rate: float | None, seed: int, timeout: float,
-                progress: bool, warmup: bool, api_key: str) -> BenchResult:
+def _session(concurrency: int, timeout: float, api_key: str) -> Any:
+    """An aiohttp session for ``concurrency`` streams (made inside the running event loop)."""
     # aiohttp, as ``vllm bench serve`` uses: against the same server, httpx's streaming client
     # measured clearly less throughput than vLLM's tool at 8 and more concurrent streams.
     import aiohttp
-    from tqdm.auto import tqdm
 
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=max(levels) + 1, force_close=False),
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency + 1, force_close=False),
         timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=10),
         headers={"Authorization": f"Bearer {api_key}"}, trust_env=True,
     )
-    async with session:
+
+
+async def _main(base: str, model: str | None, texts: list[str], output_len: int,
+                levels: list[int], request_rate: float | None, seed: int, timeout: float,
+                progress: bool, warmup: bool, api_key: str) -> BenchResult:
+    async with _session(max(levels), timeout, api_key) as session:
         name = model or await _first_model(session, base)
         if warmup:
             record = await _request(session, base, name, texts[0], min(output_len, 4))
             if not record.ok:
                 raise EndpointError(f"the first request to {base} with model {name!r} failed: "
                                     f"{record.error}; check the URL and the model name")
-        bar = tqdm(total=len(texts) * len(levels), desc="bench", unit="req", disable=not progress)
+        bar = Progress("bench", enabled=progress, total=len(texts) * len(levels), unit="req",
+                       counts=True)
         try:
             runs = [await _level(session, base, name, texts, output_len, c, request_rate, seed,
-                                 bar.update) for c in levels]
+                                 lambda n: bar.update(advance=n)) for c in levels]
         finally:
             bar.close()
     return BenchResult(base, name, runs)
@@ -447,23 +354,8 @@ async def _level(session: Any, base: str, model: str, texts: list[str], output_l
         if request_rate is not None:
             await asyncio.sleep(rng.expovariate(request_rate))
     records = await asyncio.gather(*tasks)
-    duration = time.perf_counter() - start
-    good = [r for r in records if r.ok]
-
-    def pcts(values: list[float]) -> dict[int, float | None]:
-        return {q: None if (v := percentile(values, q)) is None else v * 1000
-                for q in PERCENTILES}
-
-    errors = sorted({r.error for r in records if not r.ok})
-    return BenchRun(
-        concurrency=concurrency, request_rate=request_rate, num_prompts=len(texts),
-        output_len=output_len, duration_s=duration, completed=len(good),
-        failed=len(records) - len(good), input_tokens=sum(r.input_tokens for r in good),
-        output_tokens=sum(r.output_tokens for r in good),
-        ttft_ms=pcts([r.ttft_s for r in good if r.ttft_s is not None]),
-        itl_ms=pcts([x for r in good for x in r.itl_s]), e2e_ms=pcts([r.e2e_s for r in good]),
-        errors=errors[:10],
-    )
+    return BenchRun.from_records(records, concurrency=concurrency, request_rate=request_rate,
+                                 output_len=output_len, duration_s=time.perf_counter() - start)
 
 
 async def _request(session: Any, base: str, model: str, prompt: str,
@@ -475,51 +367,15 @@ async def _request(session: Any, base: str, model: str, prompt: str,
     # decoding is cheaper per token than sampling, which shows with a small model on CPU.)
     payload = {"model": model, "prompt": prompt, "max_tokens": output_len, "stream": True,
                "ignore_eos": True, "stream_options": {"include_usage": True}}
-    start = time.perf_counter()
-    ttft: float | None = None
-    last = start
-    itl: list[float] = []
-    chunks = 0
-    usage: dict[str, Any] = {}
+    tally = StreamTally(output_len)
     try:
         async with session.post(f"{base}/completions", json=payload) as reply:
             if reply.status != 200:
                 body = (await reply.read()).decode(errors="replace")[:300]
-                return _failed(start, f"HTTP {reply.status}: {body}")
-            pending = b""
+                return tally.failed(f"HTTP {reply.status}: {body}")
             async for data in reply.content.iter_any():
-                now = time.perf_counter()
-                *lines, pending = (pending + data).split(b"\n")
-                for line in lines:
-                    if not line.startswith(b"data:"):
-                        continue
-                    text = line[5:].strip()
-                    if text == b"[DONE]":
-                        break
-                    message = json.loads(text)
-                    if message.get("choices"):
-                        if ttft is None:
-                            ttft = now - start
-                        else:
-                            itl.append(now - last)
-                        last = now
-                        chunks += 1
-                    if message.get("usage"):
-                        usage = message["usage"]
-                    if "error" in message:
-                        return _failed(start, f"error in stream: {message['error']}")
+                if not tally.feed(data):
+                    break
     except (TimeoutError, aiohttp.ClientError, ValueError) as err:
-        return _failed(start, _describe(err))
-    if ttft is None:
-        return _failed(start, "the stream ended without any token")
-    return RequestRecord(
-        ok=True, ttft_s=ttft, e2e_s=last - start, itl_s=itl,
-        output_tokens=int(usage.get("completion_tokens") or chunks),
-        input_tokens=int(usage.get("prompt_tokens") or 0),
-    )
-
-
-def _failed(start: float, error: str) -> RequestRecord:
-    return RequestRecord(ok=False, ttft_s=None, e2e_s=time.perf_counter() - start, itl_s=[],
-                         output_tokens=0, input_tokens=0, error=error[:300])
-
+        return tally.failed(_describe(err))
+    return tally.record()
