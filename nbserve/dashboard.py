@@ -1,11 +1,11 @@
-"""The live dashboard: ipywidgets and a plotly FigureWidget over an app's metric Snapshots.
+"""The live dashboard: ipywidgets and a plotly chart over the Snapshots of the apps it watches.
 
-State lives in ``DashboardState`` (bounded history of Snapshots per app, paused flag, interval);
-the widgets only render it. One background thread refreshes it (``start``/``stop``, or use the
-dashboard as a context manager) and stops by itself when the widget is closed or every app is
-gone. Nothing here talks to Ray: it calls ``app.metrics()``, ``app.status()`` and
-``app.update()`` on the apps it was given. ``report()`` renders the recorded window as static
-HTML, which is what an executed runbook (papermill, nbconvert) keeps.
+``DashboardState`` holds what is shown (a bounded history of Snapshots per app, errors, the
+paused flag, the interval); the widgets only render it. One background thread refreshes it
+(``start``/``stop``, or the dashboard as a context manager) and stops by itself once the widget
+is closed or every app is gone. It watches ``WatchedApp``s (an ``App`` is one): it reads their
+``metrics()`` and calls ``update()`` from each app's own replica controls, and talks to neither
+Ray nor Kubernetes itself. ``report()`` renders the recorded window as static HTML for runbooks.
 """
 
 from __future__ import annotations
@@ -18,20 +18,47 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import AppNotFound, NbserveError
-
-if TYPE_CHECKING:
-    from .app import App
-    from .metrics import Snapshot
-    from .prometheus import Prometheus
+from .fmt import num
+from .prometheus import Prometheus
+from .snapshot import Snapshot
+from .spec import LLM
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Dashboard", "DashboardReport", "DashboardState"]
+__all__ = ["AppControls", "Dashboard", "DashboardReport", "DashboardState", "WatchedApp"]
 
 SERIES = (("tokens_per_s", "tokens/s"), ("kv_cache_pct", "KV cache %"), ("queue", "queue"))
+INTERVALS = (1.0, 2.0, 5.0, 10.0)  # the refresh intervals offered, seconds
+
+
+class WatchedApp(Protocol):
+    """What the dashboard reads and calls on an app; ``nbserve.App`` is one."""
+
+    @property
+    def name(self) -> str:
+        """The app's name (its key in the dashboard)."""
+        ...
+
+    @property
+    def endpoint(self) -> str:
+        """The URL shown in the header."""
+        ...
+
+    @property
+    def spec(self) -> LLM | None:
+        """The app's spec, for the replica controls' first values; None: not updatable."""
+        ...
+
+    def metrics(self, *, prometheus: Prometheus | None = None) -> Snapshot:
+        """The app's Snapshot now (raises ``AppNotFound`` once it is gone)."""
+        ...
+
+    def update(self, *, min_replicas: int, max_replicas: int, wait: bool = True) -> object:
+        """Change the app's replica bounds."""
+        ...
 
 
 @dataclass
@@ -101,8 +128,31 @@ class DashboardReport:
         return "".join(parts)
 
 
+@dataclass
+class AppControls:
+    """The replica controls of one app: a row with min and max replicas and an apply button."""
+
+    row: Any  # ipywidgets.HBox
+    min_replicas: Any  # ipywidgets.BoundedIntText
+    max_replicas: Any  # ipywidgets.BoundedIntText
+    apply: Any  # ipywidgets.Button
+
+
 class Dashboard:
     """A live view of apps: replicas with their KV-cache use, tokens/s, queue, TTFT.
+
+    Each app gets its own row of replica controls (``controls[name]``). The widgets are
+    attributes: ``widget`` (the whole view), ``header`` (one line per app), ``bars`` (one
+    KV-cache bar per replica), ``chart`` (the plotly figure ``fig``, or an Output drawing it),
+    ``pause``, ``interval_menu`` and ``message`` (what the last apply did).
+
+    Args:
+        apps: what to watch; an empty list is an error.
+        interval: seconds between refreshes.
+        history: Snapshots kept per app for the charts (the oldest fall off).
+        start: start the refresh thread now.
+        prometheus: read the metrics from this Prometheus server (URL or ``Prometheus``)
+            instead of the nodes; a bad URL fails here, before any widget.
 
     Example:
         >>> dash = app.dashboard()   # doctest: +SKIP
@@ -110,21 +160,17 @@ class Dashboard:
         >>> dash.stop()              # doctest: +SKIP
     """
 
-    def __init__(self, apps: Sequence[App], *, interval: float = 2.0, history: int = 600,
+    def __init__(self, apps: Sequence[WatchedApp], *, interval: float = 2.0, history: int = 600,
                  start: bool = True, prometheus: str | Prometheus | None = None) -> None:
         if not apps:
             raise NbserveError("nothing to show: no apps run on this cluster")
-        if isinstance(prometheus, str):
-            from .prometheus import Prometheus
-
-            prometheus = Prometheus(prometheus)  # a bad URL fails here, before any widget
-        self.prometheus = prometheus
-        self.apps = {app.name: app for app in apps}
+        self.prometheus = Prometheus(prometheus) if isinstance(prometheus, str) else prometheus
+        self.apps: dict[str, WatchedApp] = {app.name: app for app in apps}
         self.state = DashboardState(list(self.apps), history=history, interval=interval)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._bars: dict[tuple[str, str], Any] = {}  # (app, replica id) -> its FloatProgress
+        self._bar_of: dict[tuple[str, str], Any] = {}  # (app, replica id) -> its FloatProgress
         self._gone: set[str] = set()  # apps Serve no longer has
         self.widget = self._build()
         if start:
@@ -196,45 +242,53 @@ class Dashboard:
     def _build(self) -> Any:
         import ipywidgets as w
 
-        self._header = w.HTML()
-        self._replicas = w.HBox()
+        self.header = w.HTML()
+        self.bars = w.HBox()
         try:
-            self._fig = _figure(self.state, widget=True)
-            self._chart: Any = self._fig
+            self.fig = _figure(self.state, widget=True)
+            self.chart: Any = self.fig
         except ImportError as err:  # plotly >= 6 draws a FigureWidget with anywidget only
             log.info("no plotly FigureWidget (%s); the chart is redrawn on each refresh", err)
-            self._fig = _figure(self.state, widget=False)
-            self._chart = w.Output()
-            self._chart.outputs = (_display_data(self._fig),)
-        first = next(iter(self.apps.values()))
-        scaling = first.spec.scaling if first.spec is not None else None
-        self._min = w.BoundedIntText(value=scaling.min_replicas if scaling else 1, min=0,
-                                     max=1000, description="min", layout=w.Layout(width="130px"))
-        self._max = w.BoundedIntText(value=scaling.max_replicas if scaling else 1, min=1,
-                                     max=1000, description="max", layout=w.Layout(width="130px"))
-        self._apply = w.Button(description="apply replicas", icon="check",
-                               disabled=first.spec is None)
-        self._apply.on_click(lambda _: self._on_apply())
-        self._pause = w.ToggleButton(value=False, description="pause", icon="pause")
-        self._pause.observe(lambda ch: setattr(self.state, "paused", ch["new"]), "value")
-        self._interval = w.Dropdown(options=[1.0, 2.0, 5.0, 10.0], value=self.state.interval
-                                    if self.state.interval in (1.0, 2.0, 5.0, 10.0) else 2.0,
-                                    description="every (s)", layout=w.Layout(width="170px"))
-        self._interval.observe(lambda ch: setattr(self.state, "interval", ch["new"]), "value")
-        self._message = w.HTML()
-        controls = w.HBox([self._min, self._max, self._apply, self._pause, self._interval])
-        return w.VBox([self._header, self._replicas, self._chart, controls, self._message])
+            self.fig = _figure(self.state, widget=False)
+            self.chart = w.Output()
+            self.chart.outputs = (_display_data(self.fig),)
+        self.controls = {name: self._controls(app) for name, app in self.apps.items()}
+        self.pause = w.ToggleButton(value=False, description="pause", icon="pause")
+        self.pause.observe(lambda ch: setattr(self.state, "paused", ch["new"]), "value")
+        self.interval_menu = w.Dropdown(
+            options=list(INTERVALS), description="every (s)", layout=w.Layout(width="170px"),
+            value=self.state.interval if self.state.interval in INTERVALS else 2.0)
+        self.interval_menu.observe(lambda ch: setattr(self.state, "interval", ch["new"]),
+                                   "value")
+        self.message = w.HTML()
+        rows = [c.row for c in self.controls.values()]
+        return w.VBox([self.header, self.bars, self.chart, *rows,
+                       w.HBox([self.pause, self.interval_menu]), self.message])
 
-    def _on_apply(self) -> None:
-        app = next(iter(self.apps.values()))
-        lo, hi = self._min.value, self._max.value
+    def _controls(self, app: WatchedApp) -> AppControls:
+        import ipywidgets as w
+
+        scaling = app.spec.scaling if app.spec is not None else None
+        low = w.BoundedIntText(value=scaling.min_replicas if scaling else 1, min=0, max=1000,
+                               description="min", layout=w.Layout(width="130px"))
+        high = w.BoundedIntText(value=scaling.max_replicas if scaling else 1, min=1, max=1000,
+                                description="max", layout=w.Layout(width="130px"))
+        apply = w.Button(description="apply replicas", icon="check", disabled=scaling is None,
+                         tooltip=f"set the replicas of {app.name}")
+        apply.on_click(lambda _: self._on_apply(app.name))
+        label = w.HTML(f"<b>{html.escape(app.name)}</b>", layout=w.Layout(min_width="80px"))
+        return AppControls(w.HBox([label, low, high, apply]), low, high, apply)
+
+    def _on_apply(self, name: str) -> None:
+        app, controls = self.apps[name], self.controls[name]
+        lo, hi = controls.min_replicas.value, controls.max_replicas.value
 
         def apply() -> None:
             try:
                 app.update(min_replicas=lo, max_replicas=hi, wait=False)
-                self._message.value = f"applied min={lo}, max={hi} to {html.escape(app.name)}"
+                self.message.value = f"applied min={lo}, max={hi} to {html.escape(name)}"
             except Exception as err:  # noqa: BLE001 - shown to the user in the widget
-                self._message.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
+                self.message.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
 
         threading.Thread(target=apply, name="nbserve-dashboard-apply", daemon=True).start()
 
@@ -249,10 +303,10 @@ class Dashboard:
             if snap is not None:
                 r = snap.replicas
                 line += (f" · replicas {r.running} running / {r.starting} starting / "
-                         f"target {r.target} · {_num(snap.tokens_per_s)} tok/s · "
-                         f"TTFT p50 {_num(snap.ttft_p50_s, 3)} s")
+                         f"target {r.target} · {num(snap.tokens_per_s)} tok/s · "
+                         f"TTFT p50 {num(snap.ttft_p50_s, '{:.3f}')} s")
                 for replica, usage in sorted(snap.kv_cache_usage.items()):
-                    bar = self._bars.get((name, replica))
+                    bar = self._bar_of.get((name, replica))
                     if bar is None:
                         bar = w.FloatProgress(min=0.0, max=1.0, description=replica[-8:],
                                               bar_style="info", layout=w.Layout(width="260px"))
@@ -261,24 +315,24 @@ class Dashboard:
             if err:
                 line += f" · <span style='color:#b00'>{html.escape(err)}</span>"
             rows.append(line)
-        self._header.value = "<br>".join(rows)
+        self.header.value = "<br>".join(rows)
         # Bars are kept per replica and only change value: new widgets on each refresh would
         # pile up in the kernel and the browser. Bars of replicas gone are closed.
-        if list(bars.values()) != list(self._replicas.children):
-            self._replicas.children = tuple(bars.values())
-        for key, bar in self._bars.items():
+        if list(bars.values()) != list(self.bars.children):
+            self.bars.children = tuple(bars.values())
+        for key, bar in self._bar_of.items():
             if key not in bars:
                 bar.close()
-        self._bars = bars
-        with self._fig.batch_update():
+        self._bar_of = bars
+        with self.fig.batch_update():
             for i, (key, _) in enumerate(_traces(self.state)):
                 app_name, metric = key
                 times, values = self.state.series(app_name)[metric]
-                self._fig.data[i].x = [time.strftime("%H:%M:%S", time.localtime(t))
-                                       for t in times]
-                self._fig.data[i].y = values
-        if self._chart is not self._fig:  # a plain Figure shown in an Output widget
-            self._chart.outputs = (_display_data(self._fig),)
+                self.fig.data[i].x = [time.strftime("%H:%M:%S", time.localtime(t))
+                                      for t in times]
+                self.fig.data[i].y = values
+        if self.chart is not self.fig:  # a plain Figure shown in an Output widget
+            self.chart.outputs = (_display_data(self.fig),)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle: dict[str, Any] = self.widget._repr_mimebundle_(**kwargs) or {}
@@ -288,7 +342,6 @@ class Dashboard:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<nbserve.Dashboard {sorted(self.apps)} ({state})>"
-
 
 def _traces(state: DashboardState) -> list[tuple[tuple[str, str], int]]:
     out = []
@@ -322,6 +375,3 @@ def _display_data(fig: Any) -> dict[str, Any]:
               "text/plain": f"<plotly Figure: {len(fig.data)} traces>"}
     return {"output_type": "display_data", "data": bundle, "metadata": {}}
 
-
-def _num(value: float | None, digits: int = 0) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"

@@ -1,67 +1,111 @@
-"""Live metrics of one app as typed ``Snapshot``s from Prometheus text (pure: text in, numbers out).
+"""THE table of the metrics nbserve reads, and Snapshots computed from them (pure).
 
-A ``Scrape`` is one reading of the app's series (parsed with ``prometheus_client``) plus its
-replica counts from Serve; a ``MetricsWindow`` turns successive scrapes into ``Snapshot``s:
-gauges as read, rates and latency percentiles from counter and histogram deltas. Ray exports
-each process's metrics every 10 s (``metrics_report_interval_ms``), each on its own phase, so a
-dashboard polling faster sees most series unchanged between two scrapes; the window therefore
-measures each series between the scrapes where it changed, keeps that rate while the series is
-fresh, and counts it as idle once it stays unchanged for ``hold_s``. Scraping the cluster is
-``remote.collect``'s job; showing snapshots over time is the dashboard's.
+``FAMILIES`` names every metric family read, its kind (gauge, counter, histogram) and the
+quantity it feeds; ``DROP_LABELS`` the labels nobody reads. The cluster-side collector
+(``remote.collect``, which cannot import nbserve) gets them as arguments and ``prometheus``
+builds its query from them. A ``Scrape`` is one reading of a cluster's series; a
+``MetricsWindow`` turns successive scrapes of one app into ``Snapshot``s. Where scrapes come
+from is ``sources``' job; showing Snapshots over time is the dashboard's.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-__all__ = ["MetricsWindow", "Replicas", "Scrape", "Snapshot", "histogram_quantile", "parse"]
+from .remote.collect import Payload
+from .snapshot import Replicas, Snapshot
+
+__all__ = [
+    "DROP_LABELS", "ENGINE_PREFIX", "FAMILIES", "SAMPLES", "Family", "MetricsWindow", "Replicas",
+    "Scrape", "Snapshot", "family_names", "histogram_quantile", "parse",
+]
 
 log = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S = 10.0  # Ray's default metrics_report_interval_ms, in seconds
 
+Kind = Literal["gauge", "counter", "histogram"]
+Feeds = Literal[
+    "kv_cache", "requests_running", "requests_waiting", "tokens", "prompt_tokens", "finished",
+    "ttft", "itl", "requests", "errors", "replica_healthy", "target_replicas",
+]
+_SUFFIX: dict[Kind, str] = {"gauge": "", "counter": "_total", "histogram": "_bucket"}
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family nbserve reads: its name (no suffix), its kind, what it feeds.
+
+    Example:
+        >>> Family("ray_vllm_generation_tokens", "counter", "tokens").sample
+        'ray_vllm_generation_tokens_total'
+    """
+
+    name: str
+    kind: Kind
+    feeds: Feeds
+
+    @property
+    def sample(self) -> str:
+        """The sample read: a gauge itself, a counter's ``_total``, a histogram's ``_bucket``."""
+        return self.name + _SUFFIX[self.kind]
+
+
+FAMILIES: tuple[Family, ...] = (
+    # vLLM's engine metrics (LLMConfig.log_engine_metrics), labelled ReplicaId and WorkerId.
+    Family("ray_vllm_kv_cache_usage_perc", "gauge", "kv_cache"),  # 0..1
+    Family("ray_vllm_num_requests_running", "gauge", "requests_running"),
+    Family("ray_vllm_num_requests_waiting", "gauge", "requests_waiting"),
+    Family("ray_vllm_generation_tokens", "counter", "tokens"),
+    Family("ray_vllm_prompt_tokens", "counter", "prompt_tokens"),
+    Family("ray_vllm_request_success", "counter", "finished"),
+    Family("ray_vllm_time_to_first_token_seconds", "histogram", "ttft"),
+    Family("ray_vllm_inter_token_latency_seconds", "histogram", "itl"),
+    # Serve's own, labelled application (and deployment, replica).
+    Family("ray_serve_num_http_requests", "counter", "requests"),
+    Family("ray_serve_num_grpc_requests", "counter", "requests"),
+    Family("ray_serve_num_http_error_requests", "counter", "errors"),
+    Family("ray_serve_num_grpc_error_requests", "counter", "errors"),
+    Family("ray_serve_deployment_replica_healthy", "gauge", "replica_healthy"),
+    Family("ray_serve_autoscaling_target_replicas", "gauge", "target_replicas"),
+)
+# Labels nothing reads nor needs to tell series apart (WorkerId, unique in the cluster, does
+# that for the engines; ReplicaId ties them to the app).
+DROP_LABELS = frozenset({
+    "Component", "Version", "SessionName", "NodeAddress", "model_name", "otel_scope_name",
+    "otel_scope_schema_url", "otel_scope_version",
+})
+SAMPLES = frozenset(f.sample for f in FAMILIES)  # every sample name read
+ENGINE_PREFIX = "ray_vllm_"  # the engines' series; the rest are Serve's
 # Sample name -> the quantity it feeds. Counters are single-bucket histograms (le=+Inf) here.
-_TRACKED = {
-    "ray_vllm_generation_tokens_total": "tokens",
-    "ray_vllm_prompt_tokens_total": "prompt_tokens",
-    "ray_serve_num_http_requests_total": "requests",
-    "ray_serve_num_grpc_requests_total": "requests",
-    "ray_serve_num_http_error_requests_total": "errors",
-    "ray_serve_num_grpc_error_requests_total": "errors",
-    "ray_vllm_request_success_total": "finished",
-    "ray_vllm_time_to_first_token_seconds_bucket": "ttft",
-    "ray_vllm_inter_token_latency_seconds_bucket": "itl",
-}
+_TRACKED: dict[str, Feeds] = {f.sample: f.feeds for f in FAMILIES if f.kind != "gauge"}
+_GAUGES: dict[str, Feeds] = {f.sample: f.feeds for f in FAMILIES if f.kind == "gauge"}
 _STARTING = frozenset({"STARTING", "UPDATING", "RECOVERING", "PENDING_MIGRATION"})
 
 Buckets = tuple[tuple[float, float], ...]  # cumulative (le, count), sorted by le
 _Key = tuple[str, tuple[tuple[str, str], ...]]  # sample name, labels without le
 
 
+def family_names() -> list[str]:
+    """The names of the families read, sorted.
+
+    Example:
+        >>> family_names()[0]
+        'ray_serve_autoscaling_target_replicas'
+    """
+    return sorted({f.name for f in FAMILIES})
+
+
 def parse(text: str) -> list[Sample]:
     """Parse Prometheus text into its samples (``name``, ``labels``, ``value``)."""
     return [s for family in text_string_to_metric_families(text) for s in family.samples]
-
-
-@dataclass(frozen=True)
-class Replicas:
-    """Model-server replicas of an app: running, starting, and the target Serve aims for."""
-
-    running: int
-    starting: int
-    target: int | None
-
-    def __str__(self) -> str:
-        target = "?" if self.target is None else str(self.target)
-        return f"{self.running} running, {self.starting} starting, target {target}"
 
 
 @dataclass(frozen=True)
@@ -85,26 +129,24 @@ class Scrape:
         return cls(time, samples, replicas, frozenset(replica_ids))
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> Scrape:
-        """Build a scrape from what ``remote.collect.collect`` returns (rows, or texts if raw)."""
-        for node, why in (payload.get("errors") or {}).items():
+    def from_payload(cls, payload: Payload) -> Scrape:
+        """Build a scrape from a collector's (or Prometheus') ``Payload``: rows, or raw texts."""
+        for node, why in payload["errors"].items():
             log.warning("could not scrape metrics of node %s: %s", node, why)
-        deployments: Mapping[str, Any] = payload.get("deployments") or {}
-        if "samples" in payload:
-            rows = payload["samples"]
-            samples = tuple(Sample(name, labels, value) for name, labels, value in rows)
-        else:
-            samples = tuple(s for text in payload.get("nodes", {}).values() for s in parse(text))
+        samples = tuple(Sample(name, labels, value)
+                        for name, labels, value in payload.get("samples", ()))
+        samples += tuple(s for text in payload.get("nodes", {}).values() for s in parse(text))
+        deployments = payload["deployments"]
         if not deployments:  # none (yet): a redeploy, or no such app; the series may know
             return cls(payload["time"], samples)
         # The model servers: Serve LLM names them LLMServer:<model>. Which deployment is the
         # ingress depends on Serve's settings (with direct streaming the router is not), so
         # the ingress flag only decides for apps that are not Serve LLM apps.
         engines = [d for name, d in deployments.items() if name.startswith("LLMServer:")]
-        engines = engines or [d for d in deployments.values() if not d.get("ingress")]
+        engines = engines or [d for d in deployments.values() if not d["ingress"]]
         engines = engines or list(deployments.values())
         states = [state for d in engines for state in d["replicas"].values()]
-        targets = [d["target"] for d in engines if d.get("target") is not None]
+        targets = [d["target"] for d in engines if d["target"] is not None]
         replicas = Replicas(
             running=sum(s == "RUNNING" for s in states),
             starting=sum(s in _STARTING for s in states),
@@ -112,64 +154,6 @@ class Scrape:
         )
         ids = frozenset(rid for d in deployments.values() for rid in d["replicas"])
         return cls(payload["time"], samples, replicas, ids)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """One app's live metrics at one time; rates and percentiles are None until measured.
-
-    Attributes:
-        app: the app's name.
-        time: when the metrics were read (unix seconds).
-        replicas: model-server replicas running, starting and targeted.
-        kv_cache_usage: KV-cache use (0..1) per replica id, for the replicas whose engine
-            exports metrics (0 for an idle engine whose gauge Ray stopped exporting).
-        requests_running: requests the engines are generating for now.
-        requests_waiting: requests queued in the engines.
-        tokens_per_s: generated tokens per second, all replicas.
-        prompt_tokens_per_s: prompt tokens processed per second, all replicas.
-        request_rate: requests per second answered by Serve's proxies (engine completions
-            when no proxy series exist).
-        error_rate: error responses per second from Serve's proxies.
-        ttft_p50_s: median time to first token over the last interval, seconds.
-        ttft_p95_s: 95th percentile time to first token over the last interval, seconds.
-        itl_p50_s: median inter-token latency over the last interval, seconds.
-    """
-
-    app: str
-    time: float
-    replicas: Replicas
-    kv_cache_usage: dict[str, float] = field(default_factory=dict)
-    requests_running: int = 0
-    requests_waiting: int = 0
-    tokens_per_s: float | None = None
-    prompt_tokens_per_s: float | None = None
-    request_rate: float | None = None
-    error_rate: float | None = None
-    ttft_p50_s: float | None = None
-    ttft_p95_s: float | None = None
-    itl_p50_s: float | None = None
-
-    def rows(self) -> list[tuple[str, str]]:
-        """The snapshot as (label, formatted value) rows, as ``_repr_html_`` shows them."""
-        kv = ", ".join(f"{rid} {_pct(v)}" for rid, v in sorted(self.kv_cache_usage.items()))
-        return [
-            ("replicas", str(self.replicas)),
-            ("KV cache", kv or "-"),
-            ("requests running / waiting", f"{self.requests_running} / {self.requests_waiting}"),
-            ("tokens/s (generated)", _num(self.tokens_per_s, "{:.1f}")),
-            ("prompt tokens/s", _num(self.prompt_tokens_per_s, "{:.1f}")),
-            ("requests/s", _num(self.request_rate, "{:.2f}")),
-            ("errors/s", _num(self.error_rate, "{:.2f}")),
-            ("TTFT p50 / p95", f"{_ms(self.ttft_p50_s)} / {_ms(self.ttft_p95_s)}"),
-            ("inter-token latency p50", _ms(self.itl_p50_s)),
-        ]
-
-    def _repr_html_(self) -> str:
-        body = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in self.rows()
-        )
-        return f"<b>{html.escape(self.app)}</b><table>{body}</table>"
 
 
 def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
@@ -216,6 +200,10 @@ class _Series:
 class MetricsWindow:
     """Turns successive scrapes of one app into Snapshots; owns the counter-reset logic.
 
+    Gauges are taken as read, rates and latency percentiles come from counter and histogram
+    deltas. Ray exports each process's metrics every 10 s (``metrics_report_interval_ms``), each
+    on its own phase, so a dashboard polling faster sees most series unchanged between two
+    scrapes; the window therefore measures each series between the scrapes where it changed.
     A series' rate is its increase between the first and the last scrape where its value
     changed, over the last ``window_s`` seconds: a series needs two changes (10 to 20 s with
     Ray's default export interval) before it has a rate. A counter that drops was reset: its
@@ -245,15 +233,16 @@ class MetricsWindow:
         kv: dict[str, float] = {}
         running = waiting = 0.0
         for s in mine:
-            if s.name == "ray_vllm_kv_cache_usage_perc":
+            gauge = _GAUGES.get(s.name)
+            if gauge == "kv_cache":
                 rid = s.labels.get("ReplicaId", "?")
                 kv[rid] = max(kv.get(rid, 0.0), min(max(s.value, 0.0), 1.0))
-            elif s.name == "ray_vllm_num_requests_running":
+            elif gauge == "requests_running":
                 running += s.value
-            elif s.name == "ray_vllm_num_requests_waiting":
+            elif gauge == "requests_waiting":
                 waiting += s.value
         for s in mine:  # Ray stops exporting an idle engine's gauges but keeps its counters
-            if s.name.startswith("ray_vllm_") and "ReplicaId" in s.labels:
+            if s.name.startswith(ENGINE_PREFIX) and "ReplicaId" in s.labels:
                 kv.setdefault(s.labels["ReplicaId"], 0.0)
         proxy = any(_TRACKED[key[0]] == "requests" for key in self._series)
         ttft = self._buckets("ttft", now)
@@ -369,24 +358,13 @@ def _replicas_from_series(samples: Iterable[Sample]) -> Replicas:
     """Replica counts from Serve's series, for scrapes that come without Serve's status."""
     samples = list(samples)
     engine_ids = {s.labels["ReplicaId"] for s in samples if "ReplicaId" in s.labels}
-    health = [s for s in samples if s.name == "ray_serve_deployment_replica_healthy"]
+    health = [s for s in samples if _GAUGES.get(s.name) == "replica_healthy"]
     engines = {s.labels.get("deployment") for s in health if s.labels.get("replica") in engine_ids}
     health = [s for s in health if not engines or s.labels.get("deployment") in engines]
-    targets = [s.value for s in samples if s.name == "ray_serve_autoscaling_target_replicas"
+    targets = [s.value for s in samples if _GAUGES.get(s.name) == "target_replicas"
                and (not engines or s.labels.get("deployment") in engines)]
     return Replicas(
         running=sum(s.value >= 1 for s in health), starting=sum(s.value < 1 for s in health),
         target=int(sum(targets)) if targets else None,
     )
 
-
-def _num(value: float | None, fmt: str) -> str:
-    return "-" if value is None else fmt.format(value)
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
-
-
-def _pct(fraction: float) -> str:
-    return f"{fraction * 100:.1f}%"

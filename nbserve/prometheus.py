@@ -1,19 +1,11 @@
-"""Read an app's metrics from a Prometheus server instead of scraping the Ray nodes.
+"""``Prometheus``: a ``Source`` that reads an app's metrics from a Prometheus server's HTTP API.
 
-On GKE the cluster's metrics usually already go to a Prometheus (GKE Managed Prometheus with a
-PodMonitoring of the Ray pods, or a Prometheus of your own). ``Prometheus(url)`` reads the same
-metric families nbserve's own collector reads, with one instant query over its HTTP API
-(``/api/v1/query``), and hands them on in the collector's shape, so ``MetricsWindow`` computes
-the same Snapshots from them. Replica counts then come from Serve's series
-(``ray_serve_deployment_replica_healthy``, ``ray_serve_autoscaling_target_replicas``), which
-needs no Ray call at all. Rates follow the server's scrape interval on top of Ray's 10 s export.
-
-Example:
-    >>> prom = Prometheus("http://prometheus.monitoring:9090")
-    >>> prom
-    Prometheus('http://prometheus.monitoring:9090')
-    >>> app.metrics(prometheus=prom)      # doctest: +SKIP
-    >>> app.dashboard(prometheus=prom)    # doctest: +SKIP
+Where the cluster's metrics already go to a Prometheus (GKE Managed Prometheus with a
+PodMonitoring of the Ray pods, or one of your own), one instant query (``/api/v1/query``) built
+from ``metrics``' table reads the series nbserve's own collector reads and hands them on as the
+collector's ``Payload``, so ``MetricsWindow`` computes the same Snapshots. Replica counts then
+come from Serve's series, with no Ray call; rates follow the server's scrape interval on top of
+Ray's 10 s export. Computing the Snapshots is ``metrics``' job, choosing the source ``sources``'.
 """
 
 from __future__ import annotations
@@ -25,7 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConnectionFailed, SpecError
-from .remote.collect import DROP_LABELS, FAMILIES
+from .metrics import DROP_LABELS, Scrape, family_names
+from .remote.collect import Payload, Row
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +41,11 @@ class Prometheus:
         timeout: seconds to wait for one query.
 
     Example:
+        >>> prom = Prometheus("http://prometheus.monitoring:9090")
+        >>> prom
+        Prometheus('http://prometheus.monitoring:9090')
+        >>> app.metrics(prometheus=prom)      # doctest: +SKIP
+        >>> app.dashboard(prometheus=prom)    # doctest: +SKIP
         >>> Prometheus("prometheus:9090")
         Traceback (most recent call last):
         ...
@@ -75,11 +73,20 @@ class Prometheus:
     @property
     def query(self) -> str:
         """The PromQL selector of the series nbserve reads."""
-        names = "|".join(sorted(FAMILIES))
+        names = "|".join(family_names())
         return '{__name__=~"(%s)(_total|_bucket)?"}' % names  # noqa: UP031 - PromQL braces
 
-    def collect(self, app: str) -> dict[str, Any]:
-        """Read the series now, in the shape ``remote.collect.collect`` returns.
+    @property
+    def key(self) -> str:
+        """What tells this source's series apart from other sources': the server's URL."""
+        return self.url
+
+    def scrape(self, app: str) -> Scrape:
+        """Read the series now, as a ``Scrape`` (see ``collect``)."""
+        return Scrape.from_payload(self.collect(app))
+
+    def collect(self, app: str) -> Payload:
+        """Read the series now, as the collector's ``Payload`` (no deployments, ``found`` None).
 
         Raises:
             ConnectionFailed: the server is unreachable, refuses the request, or answers with
@@ -113,23 +120,23 @@ class Prometheus:
                 f"Prometheus at {self.url} answered HTTP {response.status_code} to {endpoint}: "
                 f"{why}; is this the server's base URL (the part before /api/v1)?"
             )
-        return {"app": app, "time": time.time(), "found": None, "deployments": {},
-                "samples": rows(body["data"]["result"]), "errors": {}}
+        return Payload(app=app, time=time.time(), found=None, deployments={},
+                       samples=rows(body["data"]["result"]), errors={})
 
 
-def rows(result: list[dict[str, Any]]) -> list[list[Any]]:
-    """Turn an instant query's vector into the collector's ``[name, labels, value]`` rows.
+def rows(result: list[dict[str, Any]]) -> list[Row]:
+    """Turn an instant query's vector into the collector's ``(name, labels, value)`` rows.
 
     Example:
         >>> rows([{"metric": {"__name__": "ray_vllm_num_requests_running", "job": "ray",
         ...                   "instance": "10.0.0.5:8080", "ReplicaId": "r1"},
         ...        "value": [1764300000.0, "2"]}])
-        [['ray_vllm_num_requests_running', {'ReplicaId': 'r1'}, 2.0]]
+        [('ray_vllm_num_requests_running', {'ReplicaId': 'r1'}, 2.0)]
     """
-    out: list[list[Any]] = []
+    out: list[Row] = []
     for series in result:
         metric = series["metric"]
         labels = {k: v for k, v in metric.items()
                   if k not in SERVER_LABELS and k not in DROP_LABELS}
-        out.append([metric["__name__"], labels, float(series["value"][1])])
+        out.append((metric["__name__"], labels, float(series["value"][1])))
     return out

@@ -4,7 +4,7 @@
 
 Builds synthetic scrapes from the real fixtures (tests/fixtures/metrics, one replica under
 load) by copying every line of the model-server replica once per replica id. The cluster side
-(``_collector.compact``: parse each node's text, keep the app's series) runs once per scrape,
+(``collect.compact``: parse each node's text, keep the app's series) runs once per scrape,
 untimed in the notebook's figure and reported on its own. Then it times what one refresh does in
 the notebook process: unpickle the collector's payload (what Ray Client hands over), build the
 Scrape, update the MetricsWindow (rates, percentiles, Snapshot) and redraw the live Dashboard
@@ -19,16 +19,23 @@ import argparse
 import json
 import pickle
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from nbserve.dashboard import Dashboard
-from nbserve.metrics import MetricsWindow, Scrape, Snapshot
-from nbserve.remote import collect as _collector
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # time this checkout's nbserve, not whichever one is installed
 
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "metrics"
+from nbserve import metrics  # noqa: E402
+from nbserve.dashboard import Dashboard  # noqa: E402
+from nbserve.metrics import MetricsWindow, Scrape, Snapshot  # noqa: E402
+from nbserve.prometheus import Prometheus  # noqa: E402
+from nbserve.remote import collect  # noqa: E402
+from nbserve.remote.collect import Payload  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures" / "metrics"
 APP = "tiny"
 
 
@@ -44,8 +51,8 @@ def scale(text: str, replica: str, worker: str, ids: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def synthetic(replicas: int) -> list[dict[str, Any]]:
-    """Raw payloads (``_collector.collect(raw=True)``) of the load phase, for N replicas."""
+def synthetic(replicas: int) -> list[Payload]:
+    """Raw payloads (``collect.collect(raw=True)``) of the load phase, for N replicas."""
     index = json.loads((FIXTURES / "index.json").read_text())
     load = [e for e in index if e["phase"] == "load"]
     engine = load[-1]["deployments"]["LLMServer:tiny"]
@@ -62,20 +69,23 @@ def synthetic(replicas: int) -> list[dict[str, Any]]:
         deployments = json.loads(json.dumps(entry["deployments"]))
         deployments["LLMServer:tiny"]["replicas"] = dict.fromkeys(ids, "RUNNING")
         deployments["LLMServer:tiny"]["target"] = replicas
-        payloads.append(dict(entry, deployments=deployments,
-                             nodes={n: scale(t, replica, worker, ids) for n, t in texts.items()}))
+        payloads.append(Payload(
+            app=entry["app"], time=entry["time"], found=entry["found"], deployments=deployments,
+            nodes={n: scale(t, replica, worker, ids) for n, t in texts.items()}, errors={}))
     return payloads
 
 
-def compacted(payload: dict[str, Any]) -> dict[str, Any]:
-    """What ``_collector.collect`` returns for a raw payload: the app's rows, parsed."""
+def compacted(payload: Payload) -> Payload:
+    """What ``collect.collect`` returns for a raw payload: the app's rows, parsed."""
     ids = {r for d in payload["deployments"].values() for r in d["replicas"]}
-    rows = _collector.compact(payload["nodes"].values(), APP, ids)
-    return {k: v for k, v in payload.items() if k != "nodes"} | {"samples": rows}
+    rows = collect.compact(payload["nodes"].values(), APP, ids, metrics.SAMPLES,
+                           metrics.DROP_LABELS)
+    return Payload(app=payload["app"], time=payload["time"], found=payload["found"],
+                   deployments=payload["deployments"], samples=rows, errors=payload["errors"])
 
 
 class Replay:
-    """Stands in for an App in the Dashboard: its metrics() replays the recorded payloads."""
+    """An app for the Dashboard (a ``WatchedApp``): its metrics() replays recorded payloads."""
 
     name = APP
     endpoint = "http://127.0.0.1:8000/tiny"
@@ -85,12 +95,15 @@ class Replay:
         self.blobs, self.t0, self.i = blobs, t0, 0
         self.window = MetricsWindow(APP)
 
-    def metrics(self) -> Snapshot:
+    def metrics(self, *, prometheus: Prometheus | None = None) -> Snapshot:
         """Unpickle the next payload (as Ray Client would), parse and compute, 5 s later."""
-        payload = pickle.loads(self.blobs[self.i % len(self.blobs)])
+        payload = cast(Payload, pickle.loads(self.blobs[self.i % len(self.blobs)]))
         payload["time"] = self.t0 + 5.0 * self.i
         self.i += 1
         return self.window.update(Scrape.from_payload(payload))
+
+    def update(self, *, min_replicas: int, max_replicas: int, wait: bool = True) -> None:
+        """Not measured here."""
 
 
 def median_ms(step: Callable[[], Any], warmup: int, runs: int) -> tuple[float, float]:
@@ -116,11 +129,11 @@ def measure(replicas: int = 64, runs: int = 50) -> dict[str, Any]:
     warmup = len(blobs)  # the window learns every series and has rates after one cycle
 
     replay = Replay(blobs, raw[0]["time"])
-    dash = Dashboard([replay], start=False)  # type: ignore[list-item]
+    dash = Dashboard([replay], start=False)
     ms, cpu = median_ms(dash.refresh, warmup, runs)
     snap = dash.state.latest(APP)
     assert snap is not None and len(snap.kv_cache_usage) == replicas
-    assert len(dash._replicas.children) == replicas
+    assert len(dash.bars.children) == replicas
 
     metrics_only = Replay(blobs, raw[0]["time"])
     m_ms, m_cpu = median_ms(metrics_only.metrics, warmup, runs)
@@ -130,7 +143,7 @@ def measure(replicas: int = 64, runs: int = 50) -> dict[str, Any]:
 
     def from_text() -> Snapshot:
         i = next(counter)
-        payload = dict(raw[i % len(raw)], time=raw[0]["time"] + 5.0 * i)
+        payload: Payload = {**raw[i % len(raw)], "time": raw[0]["time"] + 5.0 * i}
         return text_window.update(Scrape.from_payload(payload))
 
     t_ms, t_cpu = median_ms(from_text, len(raw), max(5, runs // 5))

@@ -7,8 +7,8 @@ Starts a local Ray head in a temporary NBSERVE_HOME, deploys the tiny demo model
 with HTTP 400) while scraping every node, then rolls the replica (``app.update(max_model_len=
 256)``) under light load and scrapes during and after the roll, so the fixtures hold a replica
 restart: the old replica's series vanish and the new one's start from zero. Each scrape is what
-the cluster-side collector returns with ``raw=True``: every series of the families
-``nbserve.metrics`` reads, with all their labels. It writes one ``.prom`` file per scrape and
+the cluster-side collector returns with ``raw=True``: every series of the families in
+``nbserve.metrics``' table, with all their labels. It writes one ``.prom`` file per scrape and
 node, and ``index.json`` with each scrape's time, phase, Serve's replica states and files.
 The head is stopped at the end, also on failure.
 """
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -78,9 +79,10 @@ class Load:
 
 def capture(out: Path, base: Path) -> None:
     os.environ["NBSERVE_HOME"] = str(base)
+    sys.path.insert(0, str(ROOT))  # this checkout's nbserve, not whichever one is installed
     import nbserve
-    from nbserve import local, remote
-    from nbserve.remote import collect as _collector
+    from nbserve import local, metrics, remote
+    from nbserve.remote import collect
 
     local.up(base=base, timeout=300)
     try:
@@ -89,21 +91,21 @@ def capture(out: Path, base: Path) -> None:
                              name=APP, progress=False)
         app.complete("warm up", max_tokens=4)
         # the first task starts a worker: keep that out of the timings
-        remote.call(_collector.collect, APP)
+        remote.call(collect.collect, APP, metrics.SAMPLES, metrics.DROP_LABELS)
         index: list[dict[str, Any]] = []
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
 
         def scrape(phase: str) -> None:
-            payload = remote.call(_collector.collect, APP, 5.0, True)
+            payload = remote.call(collect.collect, APP, metrics.SAMPLES, metrics.DROP_LABELS,
+                                  5.0, True)
             files = {}
             for i, (node, text) in enumerate(sorted(payload["nodes"].items())):
                 name = f"{len(index):02d}_{phase}_node{i}.prom"
                 (out / name).write_text(text)
                 files[node] = name
-            payload["nodes"] = files
-            index.append({"phase": phase, **payload})
+            index.append({"phase": phase, **payload, "nodes": files})
             print(f"{len(index) - 1:2d} {phase:8s} {payload['deployments']}", flush=True)
 
         scrape("idle")

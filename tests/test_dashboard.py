@@ -1,7 +1,7 @@
 """The dashboard's widgets and refresh thread, driven by the real metrics captured under load.
 
-``Replay`` stands in for an ``App`` (the dashboard only calls ``metrics()``, ``update()`` and
-reads ``name``, ``endpoint`` and ``spec``): it replays tests/fixtures/metrics through the real
+``Replay`` is a ``WatchedApp`` (what the dashboard reads and calls: ``name``, ``endpoint``,
+``spec``, ``metrics()``, ``update()``): it replays tests/fixtures/metrics through the real
 ``MetricsWindow``, so the widgets show what a real refresh shows. The assertions read the real
 ipywidgets' and plotly FigureWidget's state; the live path (a deployed app, JupyterLab in
 Chromium) is tests/test_browser.py and notebooks/02_dashboard.ipynb.
@@ -12,23 +12,27 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 import nbserve
 from nbserve.dashboard import Dashboard, DashboardState
 from nbserve.errors import AppNotFound
-from nbserve.metrics import MetricsWindow, Scrape, Snapshot
+from nbserve.metrics import MetricsWindow, Replicas, Scrape, Snapshot
+from nbserve.prometheus import Prometheus
+from nbserve.remote.collect import Payload
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 
 
-def entries() -> list[dict[str, Any]]:
+def entries() -> list[Payload]:
+    """The recorded raw payloads; each also carries the ``phase`` of the capture."""
     index = json.loads((FIXTURES / "index.json").read_text())
-    return [dict(e, nodes={n: (FIXTURES / f).read_text() for n, f in e["nodes"].items()})
-            for e in index]
+    return [cast(Payload, dict(e, nodes={n: (FIXTURES / f).read_text()
+                                         for n, f in e["nodes"].items()})) for e in index]
 
 
 class Replay:
@@ -36,16 +40,17 @@ class Replay:
 
     endpoint = "http://127.0.0.1:8000/tiny"
 
-    def __init__(self, name: str = "tiny") -> None:
+    def __init__(self, name: str = "tiny", min_replicas: int = 1, max_replicas: int = 2) -> None:
         self.name = name
-        self.spec = nbserve.LLM("org/tiny", min_replicas=1, max_replicas=2)
+        self.spec: nbserve.LLM | None = nbserve.LLM(
+            "org/tiny", min_replicas=min_replicas, max_replicas=max_replicas)
         self.payloads = entries()
         self.window = MetricsWindow("tiny")
         self.calls = 0
         self.updates: list[dict[str, Any]] = []
         self.deleted = False
 
-    def metrics(self, **_: Any) -> Snapshot:
+    def metrics(self, *, prometheus: Prometheus | None = None) -> Snapshot:
         if self.deleted:
             raise AppNotFound(f"no application {self.name!r} on the cluster (deleted?)")
         payload = self.payloads[min(self.calls, len(self.payloads) - 1)]
@@ -57,28 +62,39 @@ class Replay:
         self.updates.append(changes)
 
 
+def replays(dash: Dashboard) -> dict[str, Replay]:
+    return {name: cast(Replay, app) for name, app in dash.apps.items()}
+
+
 @pytest.fixture
-def dash() -> Any:
-    board = Dashboard([Replay()], interval=0.05, history=5, start=False)  # type: ignore[list-item]
+def dash() -> Iterator[Dashboard]:
+    board = Dashboard([Replay()], interval=0.05, history=5, start=False)
     yield board
     board.stop()
     board.widget.close()
 
 
+def wait_until(done: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert done()
+
+
 def test_a_refresh_fills_header_bars_and_chart(dash: Dashboard) -> None:
-    load = [i for i, e in enumerate(entries()) if e["phase"] == "load"][-1]
+    load = [i for i, e in enumerate(entries()) if e.get("phase") == "load"][-1]
     for _ in range(load + 1):
         dash.refresh()
     snap = dash.state.latest("tiny")
     assert snap is not None and snap.tokens_per_s
-    header = dash._header.value
+    header = dash.header.value
     assert "tiny" in header and "http://127.0.0.1:8000/tiny" in header
     assert "1 running / 0 starting / target 1" in header
     assert f"{snap.tokens_per_s:.0f} tok/s" in header
-    (bar,) = dash._replicas.children
+    (bar,) = dash.bars.children
     (replica, usage), = snap.kv_cache_usage.items()
     assert bar.description == replica[-8:] and bar.value == pytest.approx(usage) and usage > 0
-    traces = {t.name: t for t in dash._fig.data}
+    traces = {t.name: t for t in dash.fig.data}
     assert traces["tiny tokens per s"].y[-1] == pytest.approx(snap.tokens_per_s)
     assert traces["tiny kv cache pct"].y[-1] == pytest.approx(100 * usage)
     assert len(traces["tiny queue"].x) == len(dash.state.snapshots["tiny"]) == 5  # history
@@ -88,7 +104,7 @@ def test_bars_follow_the_replicas_through_a_rolling_restart(dash: Dashboard) -> 
     seen = []
     for _ in entries():
         dash.refresh()
-        seen.append(tuple(bar.description for bar in dash._replicas.children))
+        seen.append(tuple(bar.description for bar in dash.bars.children))
     assert seen[0] == ()  # an idle engine exports no gauges yet
     assert seen[1] == seen[2] == ("6t111jhk",)
     assert seen[-1] == ("dw5ulf8q",)  # the new replica's bar; the old one is gone
@@ -96,49 +112,61 @@ def test_bars_follow_the_replicas_through_a_rolling_restart(dash: Dashboard) -> 
 
 
 def test_controls_call_update_and_pause(dash: Dashboard) -> None:
-    app = dash.apps["tiny"]
-    assert (dash._min.value, dash._max.value) == (1, 2)
-    dash._min.value, dash._max.value = 2, 4
-    dash._apply.click()
-    deadline = time.monotonic() + 10
-    while not app.updates and time.monotonic() < deadline:  # type: ignore[attr-defined]
-        time.sleep(0.02)
-    assert app.updates == [{"min_replicas": 2, "max_replicas": 4, "wait": False}]  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 10
-    while "applied" not in dash._message.value and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert "applied min=2, max=4 to tiny" in dash._message.value
-    dash._pause.value = True
+    app = replays(dash)["tiny"]
+    controls = dash.controls["tiny"]
+    assert (controls.min_replicas.value, controls.max_replicas.value) == (1, 2)
+    controls.min_replicas.value, controls.max_replicas.value = 2, 4
+    controls.apply.click()
+    wait_until(lambda: app.updates)
+    assert app.updates == [{"min_replicas": 2, "max_replicas": 4, "wait": False}]
+    wait_until(lambda: "applied" in dash.message.value)
+    assert "applied min=2, max=4 to tiny" in dash.message.value
+    dash.pause.value = True
     assert dash.state.paused
-    dash._interval.value = 5.0
+    dash.interval_menu.value = 5.0
     assert dash.state.interval == 5.0
 
 
+def test_each_app_has_its_own_controls() -> None:
+    small, large = Replay("small", 0, 1), Replay("large", 2, 8)
+    large.spec = None  # not deployed by nbserve: nothing to update
+    other = Replay("other", 1, 3)
+    board = Dashboard([small, large, other], start=False)
+    try:
+        values = {name: (c.min_replicas.value, c.max_replicas.value, c.apply.disabled)
+                  for name, c in board.controls.items()}
+        assert values == {"small": (0, 1, False), "large": (1, 1, True), "other": (1, 3, False)}
+        row = board.controls["other"].row
+        assert row in board.widget.children and "other" in row.children[0].value
+        board.controls["other"].max_replicas.value = 5
+        board.controls["other"].apply.click()
+        wait_until(lambda: "applied" in board.message.value)
+        assert other.updates == [{"min_replicas": 1, "max_replicas": 5, "wait": False}]
+        assert small.updates == [] and "to other" in board.message.value
+    finally:
+        board.widget.close()
+
+
 def test_the_thread_refreshes_pauses_and_stops_when_the_app_is_gone(dash: Dashboard) -> None:
-    app = dash.apps["tiny"]
+    app = replays(dash)["tiny"]
     dash.start()
     assert dash.running and "running" in repr(dash)
-    deadline = time.monotonic() + 20
-    while app.calls < 3 and time.monotonic() < deadline:  # type: ignore[attr-defined]
-        time.sleep(0.02)
-    assert app.calls >= 3  # type: ignore[attr-defined]
+    wait_until(lambda: app.calls >= 3)
     dash.state.paused = True
     time.sleep(0.2)
-    paused_at = app.calls  # type: ignore[attr-defined]
+    paused_at = app.calls
     time.sleep(0.3)
-    assert app.calls == paused_at  # type: ignore[attr-defined]
+    assert app.calls == paused_at
     dash.state.paused = False
-    app.deleted = True  # type: ignore[attr-defined]
-    dash._thread.join(timeout=20)  # type: ignore[union-attr]
-    assert not dash.running
-    assert "deleted?" in dash.state.errors["tiny"] and "deleted?" in dash._header.value
+    app.deleted = True
+    wait_until(lambda: not dash.running)
+    assert "deleted?" in dash.state.errors["tiny"] and "deleted?" in dash.header.value
 
 
 def test_closing_the_widget_stops_the_thread(dash: Dashboard) -> None:
     dash.start()
     dash.widget.close()
-    dash._thread.join(timeout=20)  # type: ignore[union-attr]
-    assert not dash.running
+    wait_until(lambda: not dash.running)
     assert not [t for t in threading.enumerate() if t.name == "nbserve-dashboard"]
 
 
@@ -149,14 +177,14 @@ def test_the_report_keeps_the_recorded_window(dash: Dashboard) -> None:
     page = report._repr_html_()
     assert "plotly" in page and "<table>" in page and "tiny" in page
     fig = report.figure()
-    assert len(fig.data) == len(dash._fig.data) and len(fig.data[0].x) == 4
+    assert len(fig.data) == len(dash.fig.data) and len(fig.data[0].x) == 4
     assert repr(report) == "<nbserve.DashboardReport {'tiny': 4} snapshots>"
 
 
 def test_state_is_bounded_and_checks_its_arguments() -> None:
     state = DashboardState(["a"], history=3)
     for i in range(10):
-        state.add(Snapshot(app="a", time=float(i), replicas=nbserve.metrics.Replicas(1, 0, 1)))
+        state.add(Snapshot(app="a", time=float(i), replicas=Replicas(1, 0, 1)))
     assert [s.time for s in state.snapshots["a"]] == [7.0, 8.0, 9.0]
     with pytest.raises(ValueError, match="at least 2"):
         DashboardState(["a"], history=1)
@@ -165,4 +193,4 @@ def test_state_is_bounded_and_checks_its_arguments() -> None:
     with pytest.raises(nbserve.NbserveError, match="no apps"):
         Dashboard([])
     with pytest.raises(nbserve.SpecError, match="needs a scheme"):
-        Dashboard([Replay()], prometheus="prometheus:9090", start=False)  # type: ignore[list-item]
+        Dashboard([Replay()], prometheus="prometheus:9090", start=False)

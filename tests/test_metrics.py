@@ -11,53 +11,66 @@ import http.server
 import json
 import math
 import threading
-from collections.abc import Iterator
+import urllib.error
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from nbserve import metrics
+from nbserve.errors import ConnectionFailed
 from nbserve.metrics import MetricsWindow, Replicas, Scrape, Snapshot, histogram_quantile, parse
-from nbserve.remote import collect as _collector
+from nbserve.prometheus import Prometheus
+from nbserve.remote import collect as collector
+from nbserve.remote.collect import DeploymentInfo, Payload
+from nbserve.sources import ClusterScrape, MetricsReader, Source, source_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 APP = "tiny"
 OLD, NEW = "6t111jhk", "dw5ulf8q"  # the model-server replica before and after the roll
 
 
-def payloads() -> list[dict[str, Any]]:
+class Recorded(Payload):
+    """A recorded raw payload (``collect(raw=True)``) and the phase of the capture it is from."""
+
+    phase: str  # idle, load, rolling, rolled
+
+
+def payloads() -> list[Recorded]:
     index = json.loads((FIXTURES / "index.json").read_text())
-    return [dict(entry, nodes={node: (FIXTURES / name).read_text()
-                               for node, name in entry["nodes"].items()}) for entry in index]
+    return [cast(Recorded, dict(entry, nodes={node: (FIXTURES / name).read_text()
+                                              for node, name in entry["nodes"].items()}))
+            for entry in index]
 
 
-def run(entries: list[dict[str, Any]], window: MetricsWindow | None = None) -> list[Snapshot]:
+def run(entries: Sequence[Payload], window: MetricsWindow | None = None) -> list[Snapshot]:
     window = window or MetricsWindow(APP)
     return [window.update(Scrape.from_payload(p)) for p in entries]
 
 
-def phase(entries: list[dict[str, Any]], name: str) -> list[int]:
+def phase(entries: list[Recorded], name: str) -> list[int]:
     return [i for i, entry in enumerate(entries) if entry["phase"] == name]
 
 
 @pytest.fixture(scope="module")
-def entries() -> list[dict[str, Any]]:
+def entries() -> list[Recorded]:
     return payloads()
 
 
 @pytest.fixture(scope="module")
-def snaps(entries: list[dict[str, Any]]) -> list[Snapshot]:
+def snaps(entries: list[Recorded]) -> list[Snapshot]:
     return run(entries)
 
 
-def text(entry: dict[str, Any]) -> str:
+def text(entry: Recorded) -> str:
     return "".join(entry["nodes"].values())
 
 
 # --- what the real texts hold -------------------------------------------------------------------
 
 
-def test_real_labels_identify_app_and_replica(entries: list[dict[str, Any]]) -> None:
+def test_real_labels_identify_app_and_replica(entries: list[Recorded]) -> None:
     samples = parse(text(entries[phase(entries, "load")[-1]]))
     engine = [s for s in samples if s.name.startswith("ray_vllm_")]
     serve = [s for s in samples if s.name.startswith("ray_serve_")]
@@ -74,7 +87,7 @@ def test_real_labels_identify_app_and_replica(entries: list[dict[str, Any]]) -> 
     assert {s.labels["ReplicaId"] for s in engine} == {OLD}
 
 
-def test_a_stopped_replica_lingers_in_the_export(entries: list[dict[str, Any]]) -> None:
+def test_a_stopped_replica_lingers_in_the_export(entries: list[Recorded]) -> None:
     """Why the app's replicas come from Serve: Ray keeps exporting a stopped replica's series."""
     last = entries[-1]
     ids = {s.labels.get("ReplicaId") for s in parse(text(last))} - {None}
@@ -92,7 +105,7 @@ def test_first_snapshot_has_no_rates(snaps: list[Snapshot]) -> None:
     assert first.ttft_p50_s is None and first.error_rate is None
 
 
-def test_rates_and_gauges_under_load(entries: list[dict[str, Any]],
+def test_rates_and_gauges_under_load(entries: list[Recorded],
                                      snaps: list[Snapshot]) -> None:
     last = snaps[phase(entries, "load")[-1]]
     assert last.tokens_per_s is not None and last.tokens_per_s > 100
@@ -114,7 +127,7 @@ def test_no_rate_is_ever_negative(snaps: list[Snapshot]) -> None:
             assert value is None or value >= 0, s
 
 
-def test_rate_is_the_counter_increase_between_changes(entries: list[dict[str, Any]]) -> None:
+def test_rate_is_the_counter_increase_between_changes(entries: list[Recorded]) -> None:
     """Recompute tokens/s by hand from the raw counter at the scrapes where it changed."""
     load = phase(entries, "load")
     window = MetricsWindow(APP, window_s=1e9, hold_s=1e9)  # keep every change
@@ -129,16 +142,16 @@ def test_rate_is_the_counter_increase_between_changes(entries: list[dict[str, An
     assert got == pytest.approx((v1 - v0) / (t1 - t0))
 
 
-def test_ttft_percentiles_come_from_bucket_deltas(entries: list[dict[str, Any]]) -> None:
+def test_ttft_percentiles_come_from_bucket_deltas(entries: list[Recorded]) -> None:
     load = phase(entries, "load")
     window = MetricsWindow(APP, window_s=1e9, hold_s=1e9)
     snap = run(entries[: load[-1] + 1], window)[-1]
 
-    def buckets(entry: dict[str, Any]) -> list[tuple[float, float]]:
+    def buckets(entry: Recorded) -> list[tuple[float, float]]:
         return sorted((float(s.labels["le"]), s.value) for s in parse(text(entry))
                       if s.name == "ray_vllm_time_to_first_token_seconds_bucket")
 
-    changes = []
+    changes: list[list[tuple[float, float]]] = []
     for entry in entries[: load[-1] + 1]:
         b = buckets(entry)
         if b and (not changes or b != changes[-1]):
@@ -151,7 +164,7 @@ def test_ttft_percentiles_come_from_bucket_deltas(entries: list[dict[str, Any]])
     assert snap.ttft_p95_s != pytest.approx(histogram_quantile(0.95, last))
 
 
-def test_rolling_restart_forgets_the_old_replica(entries: list[dict[str, Any]],
+def test_rolling_restart_forgets_the_old_replica(entries: list[Recorded],
                                                  snaps: list[Snapshot]) -> None:
     rolling = [snaps[i] for i in phase(entries, "rolling")]
     assert any(s.replicas.starting == 1 and s.replicas.running == 0 for s in rolling)
@@ -197,12 +210,13 @@ def test_a_replica_that_disappears_or_appears_gives_no_jump() -> None:
     assert got == [None, None, 110.0, 10.0, 10.0, 10.0, 20.0]
 
 
-def test_series_of_other_apps_are_left_out(entries: list[dict[str, Any]]) -> None:
+def test_series_of_other_apps_are_left_out(entries: list[Recorded]) -> None:
     load = phase(entries, "load")
     own = run(entries[: load[-1] + 1])[-1]
-    other = [dict(e, nodes={n: t + t.replace('application="tiny"', 'application="other"')
-                            .replace(OLD, "zzzzzzzz").replace('WorkerId="', 'WorkerId="x')
-                            for n, t in e["nodes"].items()}) for e in entries[: load[-1] + 1]]
+    other: list[Recorded] = [
+        {**e, "nodes": {n: t + t.replace('application="tiny"', 'application="other"')
+                        .replace(OLD, "zzzzzzzz").replace('WorkerId="', 'WorkerId="x')
+                        for n, t in e["nodes"].items()}} for e in entries[: load[-1] + 1]]
     mixed = run(other)[-1]
     assert mixed.tokens_per_s == pytest.approx(own.tokens_per_s)
     assert mixed.request_rate == pytest.approx(own.request_rate)
@@ -233,7 +247,7 @@ def test_histogram_quantile_by_hand() -> None:
 
 
 def test_ttft_window_by_hand() -> None:
-    def ttft(counts: list[float]) -> str:
+    def ttft(counts: Sequence[float]) -> str:
         bounds = ["0.1", "0.5", "1.0", "+Inf"]
         lines = ["# TYPE ray_vllm_time_to_first_token_seconds histogram"]
         lines += [f'ray_vllm_time_to_first_token_seconds_bucket{{ReplicaId="a",le="{le}"}} {c}'
@@ -268,20 +282,39 @@ def test_snapshot_html_shows_the_numbers() -> None:
 # --- the cluster-side collector's pure parts ----------------------------------------------------
 
 
-def test_collector_rows_keep_the_snapshots(entries: list[dict[str, Any]]) -> None:
+def compacted(entry: Payload) -> Payload:
+    """What ``collect`` returns (rows) for a recorded raw payload, given the metrics table."""
+    ids = {r for d in entry["deployments"].values() for r in d["replicas"]}
+    rows = collector.compact(entry["nodes"].values(), APP, ids, metrics.SAMPLES,
+                             metrics.DROP_LABELS)
+    return Payload(app=entry["app"], time=entry["time"], found=entry["found"],
+                   deployments=entry["deployments"], samples=rows, errors=entry["errors"])
+
+
+def test_collector_rows_keep_the_snapshots(entries: list[Recorded]) -> None:
     raw = run(entries)
-    compact_entries = []
-    for e in entries:
-        ids = {r for d in e["deployments"].values() for r in d["replicas"]}
-        rows = _collector.compact(e["nodes"].values(), APP, ids)
-        compact_entries.append({k: v for k, v in e.items() if k != "nodes"} | {"samples": rows})
+    compact_entries = [compacted(e) for e in entries]
     assert run(compact_entries) == raw
     rows = compact_entries[phase(entries, "rolled")[-1]]["samples"]
     labels = {part for _, lab, _ in rows for item in lab.items() for part in item}
     assert "otel_scope_name" not in labels and OLD not in labels and NEW in labels
-    assert not any(name.endswith(("_sum", "_count")) and "seconds" in name for name, _, _ in rows)
+    assert {name for name, _, _ in rows} <= metrics.SAMPLES  # no _sum, _count, _created
     raw_samples = sum(len(parse(t)) for t in entries[-1]["nodes"].values())
     assert 0 < len(rows) < raw_samples
+
+
+def test_one_table_of_metric_names() -> None:
+    kinds = {f.name: f.kind for f in metrics.FAMILIES}
+    assert len(kinds) == len(metrics.FAMILIES)  # each family once
+    assert kinds["ray_vllm_kv_cache_usage_perc"] == "gauge"
+    assert kinds["ray_vllm_generation_tokens"] == "counter"
+    assert kinds["ray_vllm_time_to_first_token_seconds"] == "histogram"
+    assert "ray_vllm_generation_tokens_total" in metrics.SAMPLES
+    assert "ray_vllm_time_to_first_token_seconds_bucket" in metrics.SAMPLES
+    assert metrics.family_names() == sorted(kinds)
+    # What the cluster side derives from the sample names it is given: the same families.
+    assert {collector.family_of(name) for name in metrics.SAMPLES} == set(kinds)
+    assert "model_name" in metrics.DROP_LABELS and "ReplicaId" not in metrics.DROP_LABELS
 
 
 def test_select_families_keeps_headers_and_samples() -> None:
@@ -292,7 +325,7 @@ def test_select_families_keeps_headers_and_samples() -> None:
         "# TYPE ray_other gauge\nray_other 1.0\n"
         "# TYPE ray_vllm_num_requests_running gauge\nray_vllm_num_requests_running 2.0\n"
     )
-    kept = _collector.select_families(full, _collector.FAMILIES)
+    kept = collector.select_families(full, metrics.family_names())
     assert "ray_other" not in kept
     assert [s.name for s in parse(kept)] == [
         "ray_vllm_generation_tokens_total", "ray_vllm_num_requests_running"]
@@ -322,21 +355,64 @@ def token_server() -> Iterator[str]:
 
 
 def test_fetch_retries_with_the_token_when_asked(token_server: str) -> None:
-    body = _collector.fetch(token_server, 5, auth=lambda: {"Authorization": "Bearer s3cret"})
+    body = collector.fetch(token_server, 5, auth=lambda: {"Authorization": "Bearer s3cret"})
     assert "ray_vllm_num_requests_running" in body
-    with pytest.raises(_collector.urllib.error.HTTPError):
-        _collector.fetch(token_server, 5, auth=dict)
+    with pytest.raises(urllib.error.HTTPError):
+        collector.fetch(token_server, 5, auth=dict)
 
 
 def test_replicas_are_the_model_servers_whichever_deployment_is_the_ingress(
-    entries: list[dict[str, Any]],
+    entries: list[Recorded],
 ) -> None:
     """With Serve LLM's direct streaming the LLMServer is the ingress and LLMRouter is not."""
     entry = entries[phase(entries, "load")[-1]]
     direct = {
-        "LLMServer:tiny": {"ingress": True, "target": 2,
-                           "replicas": {"a": "RUNNING", "b": "STARTING"}},
-        "LLMRouter": {"ingress": False, "target": 1, "replicas": {"r": "RUNNING"}},
+        "LLMServer:tiny": DeploymentInfo(ingress=True, target=2,
+                                         replicas={"a": "RUNNING", "b": "STARTING"}),
+        "LLMRouter": DeploymentInfo(ingress=False, target=1, replicas={"r": "RUNNING"}),
     }
-    snap = MetricsWindow(APP).update(Scrape.from_payload(dict(entry, deployments=direct)))
+    routed: Recorded = {**entry, "deployments": direct}
+    snap = MetricsWindow(APP).update(Scrape.from_payload(routed))
     assert snap.replicas == Replicas(running=1, starting=1, target=2)
+
+
+# --- sources, and the reader an App keeps -------------------------------------------------------
+
+
+class Recording:
+    """A Source that replays recorded payloads, one per scrape."""
+
+    def __init__(self, key: str, entries: Sequence[Payload]) -> None:
+        self.key = key
+        self.entries = iter(entries)
+
+    def scrape(self, app: str) -> Scrape:
+        return Scrape.from_payload(next(self.entries))
+
+
+def test_the_reader_keeps_one_window_per_source(entries: list[Recorded]) -> None:
+    load = phase(entries, "load")[-1]
+    reader = MetricsReader(APP)
+    nodes: Source = Recording("ray", entries)
+    prom: Source = Recording("http://p:9090", entries)
+    for _ in range(load + 1):
+        snap = reader.read(nodes)
+    assert snap == run(entries[: load + 1])[-1] and snap.tokens_per_s
+    assert reader.read(prom).tokens_per_s is None  # a new source starts its own window
+    assert reader.read(nodes).tokens_per_s is not None
+    assert sorted(reader.windows) == ["http://p:9090", "ray"]
+
+
+def test_source_for_picks_the_nodes_or_a_prometheus() -> None:
+    nodes = source_for(timeout=2.0)
+    assert isinstance(nodes, ClusterScrape) and nodes.timeout == 2.0 and nodes.key == "ray"
+    prom = Prometheus("http://p:9090", timeout=1.0)
+    assert source_for(prom, timeout=9.0) is prom
+    built = source_for("http://p:9090/", timeout=3.0)
+    assert isinstance(built, Prometheus) and built.key == "http://p:9090"
+    assert built.timeout == 3.0
+
+
+def test_the_cluster_scrape_refuses_without_a_session() -> None:
+    with pytest.raises(ConnectionFailed, match="no open Ray session"):
+        ClusterScrape().scrape(APP)

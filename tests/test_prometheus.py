@@ -21,8 +21,9 @@ from promserver import running_prometheus, wait_for_series
 
 import nbserve
 from nbserve.errors import ConnectionFailed, SpecError
-from nbserve.metrics import MetricsWindow, Scrape
+from nbserve.metrics import DROP_LABELS, MetricsWindow, Scrape, family_names
 from nbserve.prometheus import Prometheus
+from nbserve.sources import MetricsReader, Source
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 APP = "tiny"
@@ -78,6 +79,7 @@ def test_the_query_selects_every_family_nbserve_reads() -> None:
     query = Prometheus("http://p:9090/").query
     assert query.startswith('{__name__=~"(') and query.endswith(')(_total|_bucket)?"}')
     assert "ray_vllm_kv_cache_usage_perc" in query and "ray_serve_num_http_requests" in query
+    assert query[len('{__name__=~"('):].split(")")[0].split("|") == family_names()  # the table
     assert Prometheus("http://p:9090/").url == "http://p:9090"
 
 
@@ -120,10 +122,13 @@ def test_a_real_prometheus_gives_the_snapshot_of_the_text(
     with running_prometheus([address]) as url:
         wait_for_series(url, "ray_vllm_kv_cache_usage_perc")
         wait_for_series(url, "ray_serve_deployment_replica_healthy")
+        prom: Source = Prometheus(url)
         payload = Prometheus(url).collect(APP)
-    assert payload["deployments"] == {} and payload["samples"]
-    assert all(set(labels).isdisjoint({"job", "instance", "model_name"})
+        through_reader = MetricsReader(APP).read(prom)
+    assert payload["deployments"] == {} and payload["found"] is None and payload["samples"]
+    assert all(set(labels).isdisjoint({"job", "instance"} | DROP_LABELS)
                for _, labels, _ in payload["samples"])
+    assert through_reader.replicas.running == 1 and through_reader.kv_cache_usage
     via_prometheus = MetricsWindow(APP).update(Scrape.from_payload(payload))
     direct = MetricsWindow(APP).update(Scrape.from_texts([text], payload["time"]))
     assert via_prometheus.replicas == direct.replicas

@@ -1,13 +1,11 @@
 """Cluster-side metrics collection for one app, run through ``remote.call``.
 
-``collect(app)`` reads the app's replicas from Serve and scrapes every alive node's metrics
-export port (``ray.nodes()``: ``NodeManagerAddress``, ``MetricsExportPort``) over HTTP, keeps
-only the metric families ``nbserve.metrics`` reads and only the series of that app, drops labels
-nobody reads, and returns them already parsed, as compact ``[name, labels, value]`` rows, with
-the replica states: the Prometheus text is parsed here, on the cluster, once per node, so the
-notebook receives a few hundred small rows per replica instead of text to parse. Turning the
-rows into typed Snapshots and computing rates is ``metrics``' job, in the notebook. Like
-all of ``remote``, it is pickled by value.
+``collect(app, samples, drop_labels)`` reads the app's replicas from Serve, scrapes every alive
+node's metrics export port over HTTP and returns a ``Payload``: the app's series already parsed
+into small ``Row``s (the text is parsed here, once per node, so the notebook receives a few
+hundred rows per replica instead of text), with the replica states. Which samples to keep and
+which labels to drop are arguments: the table of them is ``nbserve.metrics``', which this
+module, pickled by value, cannot import. Rates and Snapshots are computed in the notebook.
 """
 
 from __future__ import annotations
@@ -16,60 +14,69 @@ import concurrent.futures
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Collection, Iterable
+from typing import NotRequired, TypedDict
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from .ray_private import auth_headers, serve_client
 
-# The metric families nbserve.metrics reads (names without _total/_bucket/_sum/_count).
-FAMILIES = frozenset({
-    "ray_vllm_kv_cache_usage_perc",
-    "ray_vllm_num_requests_running",
-    "ray_vllm_num_requests_waiting",
-    "ray_vllm_generation_tokens",
-    "ray_vllm_prompt_tokens",
-    "ray_vllm_request_success",
-    "ray_vllm_time_to_first_token_seconds",
-    "ray_vllm_inter_token_latency_seconds",
-    "ray_serve_num_http_requests",
-    "ray_serve_num_http_error_requests",
-    "ray_serve_num_grpc_requests",
-    "ray_serve_num_grpc_error_requests",
-    "ray_serve_deployment_replica_healthy",
-    "ray_serve_autoscaling_target_replicas",
-})
-# Labels nbserve.metrics neither reads nor needs to tell series apart (WorkerId, unique in the
-# cluster, does that for the engines; ReplicaId ties them to the app).
-DROP_LABELS = frozenset({
-    "Component", "Version", "SessionName", "NodeAddress", "model_name", "otel_scope_name",
-    "otel_scope_schema_url", "otel_scope_version",
-})
-# Histogram samples nbserve.metrics does not read: it only needs the buckets.
-DROP_SAMPLES = ("_sum", "_count", "_created")
+__all__ = [
+    "DeploymentInfo", "Payload", "Row", "collect", "compact", "family_of", "fetch",
+    "select_families", "serve_replicas",
+]
+
+Row = tuple[str, dict[str, str], float]  # one sample: name, labels, value
 _SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
 
 
-def collect(app: str, timeout: float = 5.0, *, raw: bool = False) -> dict[str, Any]:
+class DeploymentInfo(TypedDict):
+    """One deployment of the app as Serve reports it."""
+
+    ingress: bool  # whether it is the app's ingress deployment
+    target: int | None  # the replicas Serve aims for
+    replicas: dict[str, str]  # replica id -> state (RUNNING, STARTING, ...)
+
+
+class Payload(TypedDict):
+    """One reading of an app's metrics, as the collector (or ``nbserve.Prometheus``) returns it.
+
+    ``found`` says whether Serve has the app (None: the source cannot tell); ``deployments``
+    is empty when the source knows none (Prometheus, or an app being redeployed). The series
+    come as ``samples`` (rows) or, from ``collect(raw=True)``, as ``nodes`` (``host:port`` ->
+    Prometheus text). ``errors`` maps the nodes that could not be scraped to why.
+    """
+
+    app: str
+    time: float  # unix seconds
+    found: bool | None
+    deployments: dict[str, DeploymentInfo]
+    samples: NotRequired[list[Row]]
+    nodes: NotRequired[dict[str, str]]
+    errors: dict[str, str]
+
+
+def collect(app: str, samples: Collection[str], drop_labels: Collection[str],
+            timeout: float = 5.0, raw: bool = False) -> Payload:
     """Scrape every alive node for one app's metrics; runs on the cluster.
 
+    Args:
+        app: the Serve application.
+        samples: the sample names to keep (``ray_vllm_generation_tokens_total``, a histogram's
+            ``..._bucket``); their families' lines are picked from each node's text.
+        drop_labels: labels to leave out of the rows.
+        timeout: seconds to wait for each node's metrics endpoint.
+        raw: return ``nodes`` (every line of the samples' families as text, every label kept)
+            instead of ``samples``: what the test fixtures are captured from.
+
     Returns:
-        ``{"app", "time", "found", "deployments", "samples", "errors"}``: ``found`` says whether
-        Serve has the app at all; ``deployments`` maps
-        each deployment of the app to ``{"ingress", "target", "replicas": {replica_id: state}}``;
-        ``samples`` holds the app's series of ``FAMILIES`` from every node as
-        ``[name, labels, value]`` rows (see ``compact``); ``errors`` maps the nodes that could
-        not be scraped to why. With ``raw``, ``nodes`` (``host:port`` -> every series of
-        ``FAMILIES`` as text, every label kept) replaces ``samples``: what the test fixtures
-        are captured from.
+        The ``Payload``, with ``samples`` holding the app's series from every node (``compact``).
     """
     import ray
 
     deployments = serve_replicas(app)
-    found = deployments is not None
-    deployments = deployments or {}
-    replica_ids = {rid for dep in deployments.values() for rid in dep["replicas"]}
+    replica_ids = {rid for dep in (deployments or {}).values() for rid in dep["replicas"]}
+    families = frozenset(family_of(name) for name in samples)
     targets = [
         f"{node['NodeManagerAddress']}:{node['MetricsExportPort']}"
         for node in ray.nodes() if node.get("Alive") and node.get("MetricsExportPort")
@@ -81,21 +88,19 @@ def collect(app: str, timeout: float = 5.0, *, raw: bool = False) -> dict[str, A
         for future in concurrent.futures.as_completed(futures):
             target = futures[future]
             try:
-                nodes[target] = select_families(future.result(), FAMILIES)
+                nodes[target] = select_families(future.result(), families)
             except Exception as err:  # noqa: BLE001 - one node down must not hide the others
                 errors[target] = f"{type(err).__name__}: {err}"
-    payload: dict[str, Any] = {
-        "app": app, "time": time.time(), "found": found, "deployments": deployments,
-        "errors": errors,
-    }
+    payload = Payload(app=app, time=time.time(), found=deployments is not None,
+                      deployments=deployments or {}, errors=errors)
     if raw:
         payload["nodes"] = nodes
     else:
-        payload["samples"] = compact(nodes.values(), app, replica_ids)
+        payload["samples"] = compact(nodes.values(), app, replica_ids, samples, drop_labels)
     return payload
 
 
-def serve_replicas(app: str) -> dict[str, dict[str, Any]] | None:
+def serve_replicas(app: str) -> dict[str, DeploymentInfo] | None:
     """The app's deployments: ingress or not, target replicas, replica id -> state.
 
     None when Serve has no application of that name (an app being redeployed is there, with
@@ -106,16 +111,16 @@ def serve_replicas(app: str) -> dict[str, dict[str, Any]] | None:
     if info is None:
         return None
     ingress = (info.get("deployment_topology") or {}).get("ingress_deployment")
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, DeploymentInfo] = {}
     for name, dep in (info.get("deployments") or {}).items():
-        out[name] = {
-            "ingress": name == ingress,
-            "target": dep.get("target_num_replicas"),
-            "replicas": {
+        out[name] = DeploymentInfo(
+            ingress=name == ingress,
+            target=dep.get("target_num_replicas"),
+            replicas={
                 r["replica_id"]: str(getattr(r["state"], "value", r["state"]))
                 for r in dep.get("replicas") or []
             },
-        }
+        )
     return out
 
 
@@ -145,7 +150,12 @@ def _get(url: str, headers: dict[str, str], timeout: float) -> str:
 
 
 def family_of(name: str) -> str:
-    """A sample's or header's metric name without its ``_total``/``_bucket``/... suffix."""
+    """A sample's or header's metric name without its ``_total``/``_bucket``/... suffix.
+
+    Example:
+        >>> family_of("ray_vllm_time_to_first_token_seconds_bucket")
+        'ray_vllm_time_to_first_token_seconds'
+    """
     for suffix in _SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
@@ -171,32 +181,29 @@ def select_families(text: str, families: Iterable[str]) -> str:
     return "\n".join(keep) + "\n" if keep else ""
 
 
-def compact(texts: Iterable[str], app: str, replica_ids: Iterable[str]) -> list[list[Any]]:
-    r"""Parse metrics texts into one app's rows ``[name, labels, value]``, small labels only.
+def compact(texts: Iterable[str], app: str, replica_ids: Iterable[str],
+            samples: Collection[str], drop_labels: Collection[str]) -> list[Row]:
+    r"""Parse metrics texts into one app's rows of ``samples``, without ``drop_labels``.
 
     A series belongs to the app when its ``application`` label is the app (Serve's metrics) or
     its ``ReplicaId`` is one of the app's replicas (vLLM's engine metrics, which carry the
     served model name but not the app). Without replica ids (Serve lists none while it
-    redeploys an app) those of the app's own Serve series are used. Labels in ``DROP_LABELS``
-    and the ``_sum``/``_count`` samples of histograms are left out.
+    redeploys an app) those of the app's own Serve series are used.
 
     Example:
         >>> text = 'ray_vllm_num_requests_running{ReplicaId="r1",model_name="m"} 2.0\n'
-        >>> compact([text], "tiny", {"r1"})
-        [['ray_vllm_num_requests_running', {'ReplicaId': 'r1'}, 2.0]]
+        >>> compact([text], "tiny", {"r1"}, {"ray_vllm_num_requests_running"}, {"model_name"})
+        [('ray_vllm_num_requests_running', {'ReplicaId': 'r1'}, 2.0)]
     """
-    families = [f for text in texts for f in text_string_to_metric_families(text)]
+    parsed = [s for text in texts for f in text_string_to_metric_families(text) for s in f.samples]
     ids = frozenset(replica_ids) or frozenset(
-        s.labels["replica"] for family in families for s in family.samples
+        s.labels["replica"] for s in parsed
         if s.labels.get("application") == app and "replica" in s.labels
     )
-    rows: list[list[Any]] = []
-    for family in families:
-        histogram = family.type == "histogram"
-        for s in family.samples:
-            if (s.labels.get("application") == app or s.labels.get("ReplicaId") in ids) and not (
-                histogram and s.name.endswith(DROP_SAMPLES)
-            ):
-                labels = {k: v for k, v in s.labels.items() if k not in DROP_LABELS}
-                rows.append([s.name, labels, s.value])
-    return rows
+    wanted, dropped = frozenset(samples), frozenset(drop_labels)
+    return [
+        (s.name, {k: v for k, v in s.labels.items() if k not in dropped}, s.value)
+        for s in parsed
+        if s.name in wanted and (s.labels.get("application") == app
+                                 or s.labels.get("ReplicaId") in ids)
+    ]
