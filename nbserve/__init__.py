@@ -15,8 +15,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from . import cluster as _cluster
 from .app import App, AppStatus, DeploymentStatus
-from .cluster import Cluster, connect
+from .cluster import Cluster
+from .clusterspec import ClusterSpec, HeadSpec, WorkerGroup
+from .connect import connect, create_cluster
 from .errors import (
     AppNotFound,
     ClusterError,
@@ -29,9 +32,8 @@ from .errors import (
     VersionMismatch,
     WaitTimeout,
 )
-from .kuberay_spec import ClusterSpec, HeadSpec, WorkerGroup, to_yaml
+from .manifests import to_yaml
 from .prometheus import Prometheus
-from .provision import create_cluster
 from .spec import LLM, Engine, Scaling
 
 if TYPE_CHECKING:
@@ -78,9 +80,7 @@ def apps(cluster: Cluster | None = None) -> list[App]:
         >>> nbserve.apps()  # doctest: +SKIP
         [<nbserve.App 'tiny' ...>]
     """
-    from . import cluster as _cluster
-
-    target = cluster or _cluster._active
+    target = cluster or _cluster.current()
     if target is None:
         raise NbserveError("not connected: call nbserve.connect() first")
     return target.apps()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nbserve import local, procs
-from nbserve.errors import LocalClusterError
+from nbserve.errors import ClusterError, LocalClusterError
 
 
 def test_num_cpus_must_be_positive(tmp_path: Path) -> None:
@@ -35,6 +35,33 @@ def test_stale_state_is_forgotten(tmp_path: Path) -> None:
     assert local.find(tmp_path) is None
     assert not state.exists()
     assert local.down(tmp_path) is False
+
+
+def test_target_of_a_head_this_call_did_not_start_does_not_own_it(tmp_path: Path) -> None:
+    """A running head (a process group leader stands in for it) is attached to, not started."""
+    stand_in = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        state = tmp_path / "local" / "cluster.json"
+        state.parent.mkdir(parents=True)
+        state.write_text(json.dumps({
+            "pid": stand_in.pid, "client_port": 1, "dashboard_port": 2, "metrics_port": 3,
+            "serve_port": 4, "gcs_port": 5, "token_path": "/x", "temp_dir": "/y",
+            "num_cpus": 8, "started_at": 0.0,
+        }))
+        assert local.find(tmp_path) is not None  # else target() would start a real head
+        target = local.target(base=tmp_path)
+        assert target.kind == "local" and target.address == "ray://127.0.0.1:1"
+        assert target.token_path == "/x" and target.token is None
+        assert target.http_options == {"host": "127.0.0.1", "port": 4}
+        assert isinstance(target.provider, local.LocalProvider)
+        assert not target.provider.created
+        with pytest.raises(ClusterError, match="did not start it"):
+            target.provider.down(force=False, timeout=1, progress=False,
+                                 disconnect=lambda: pytest.fail("disconnected before refusing"))
+        assert stand_in.poll() is None and state.exists()
+    finally:
+        stand_in.kill()
+        stand_in.wait()
 
 
 def test_unreadable_state_is_forgotten(tmp_path: Path) -> None:
@@ -89,8 +116,6 @@ def test_cli_up_attach_status_down_stops_only_its_own_processes(tmp_path: Path) 
 
 def test_descendants_include_those_that_left_the_process_group() -> None:
     """Serve's HAProxy starts in a session of its own; down() must still find it."""
-    from nbserve import local as local_mod
-
     parent = subprocess.Popen(
         [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, "
          "'-c', 'import time; time.sleep(60)'], start_new_session=True); time.sleep(60)"],
@@ -100,12 +125,12 @@ def test_descendants_include_those_that_left_the_process_group() -> None:
         deadline = time.monotonic() + 20
         found: list[tuple[int, int]] = []
         while time.monotonic() < deadline and not found:
-            found = local_mod._descendants(parent.pid)
+            found = procs.descendants(parent.pid)
             time.sleep(0.1)
         ((child, group),) = found
         assert group == child != parent.pid  # its own group, yet found through the tree
     finally:
-        for pid, _ in local_mod._descendants(parent.pid):
-            local_mod._kill(pid)
+        for pid, _ in procs.descendants(parent.pid):
+            procs.kill(pid)
         parent.kill()
         parent.wait()
