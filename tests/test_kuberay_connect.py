@@ -110,6 +110,19 @@ def test_the_same_403_on_a_read_and_a_write_is_one_error(kube: FakeKube) -> None
     assert str(read.value).split(": you need")[0] == str(write.value).split(": you need")[0]
 
 
+def test_refused_credentials_and_an_unreachable_api_server(kube: FakeKube) -> None:
+    kube.write_kubeconfig(Path(os.environ["KUBECONFIG"]), token="expired")
+    with leaves_nothing_behind(kube):
+        text = connect_error(errors.KubernetesError)
+    assert "refused the credentials (401" in text and "gcloud auth login" in text
+    kube.stop()
+    with leaves_nothing_behind():
+        with pytest.raises(errors.KubernetesError) as info:
+            nbserve.connect("raycluster/llm", namespace=NS, timeout=5)
+    assert info.value.status is None
+    assert f"cannot reach the Kubernetes API server at {kube.url}" in str(info.value)
+
+
 def test_cluster_not_found_lists_the_existing_ones(kube: FakeKube) -> None:
     kube.add(*raycluster_objects("llm", NS), *raycluster_objects("qwen-l4", NS),
              *raycluster_objects("elsewhere", "default"))
@@ -358,9 +371,9 @@ def test_port_forward_to_a_closed_pod_port_ends_that_connection_only(kube: FakeK
     kube.add(*raycluster_objects("llm", NS))
     with Kube() as client, leaves_nothing_behind(kube), PodPortForward(
             client.api, NS, POD, 8265) as forward:
-        with socket.create_connection(("127.0.0.1", forward.local_port), timeout=10) as sock:
-            assert sock.recv(1) == b""  # the pod refused: the local connection ends
-        assert forward._accepter is not None and forward._accepter.is_alive()
+        for _ in range(2):  # the forward keeps accepting after a connection the pod refused
+            with socket.create_connection(("127.0.0.1", forward.local_port), timeout=10) as sock:
+                assert sock.recv(1) == b""  # the pod refused: the local connection ends
 
 
 # --- the fake itself: what part 2 (creating and patching RayServices) builds on --------------

@@ -186,8 +186,8 @@ def refusal(err: BaseException, what: What, *, host: str = "") -> KubernetesErro
     message = body.get("message") or getattr(err, "reason", None) or ""
     if status == 0 and (handshake := re.search(r"Handshake status (\d{3})", text)):
         status = int(handshake.group(1))
-        said = re.search(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)"', text)
-        message = said.group(1) if said else text.splitlines()[0][:300]
+        said = re.search(r'"message"\s*:\s*("(?:[^"\\]|\\.)*")', text)
+        message = _unquote(said.group(1)) if said else text.splitlines()[0][:300]
     message = str(message).strip() or "no reason given"
     details = body.get("details") or {}
     if status == 403:
@@ -223,6 +223,14 @@ def refusal(err: BaseException, what: What, *, host: str = "") -> KubernetesErro
     return KubernetesError(
         f"the Kubernetes API failed to {what.verb} {what.resource} in {what.namespace!r}: "
         f"{code}{message}", status or None)
+
+
+def _unquote(quoted: str) -> str:
+    """A JSON string literal's text (as written into a handshake's error), or it as it is."""
+    try:
+        return str(json.loads(quoted))
+    except ValueError:
+        return quoted.strip('"')
 
 
 def _status_body(err: BaseException) -> dict[str, Any]:
