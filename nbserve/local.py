@@ -1,11 +1,10 @@
 """The embedded default: a real local Ray head that nbserve starts, finds and stops.
 
-``up()`` starts ``ray start --head --block`` as its own process group, with the Ray Client
-server, dashboard and metrics export on free loopback ports, token authentication on (a token of
-its own, in a 0600 file) and more logical CPUs than cores so Serve's ingress always schedules.
-Its ports, pid and token path are written to a state file under ``NBSERVE_HOME``, so a second
-notebook or the CLI attaches to the same head. ``down()`` stops that process group by pid and
-nothing else. ``target()`` hands the session the head as a ``Target`` with a ``LocalProvider``;
+``up()`` starts ``ray start --head --block`` as its own process group (free loopback ports,
+token authentication with a 0600 token file, more logical CPUs than cores so Serve's ingress
+always schedules) and records it in a state file under ``NBSERVE_HOME``, so a second notebook
+or the CLI attaches to the same head. ``down()`` stops that process group by pid and nothing
+else. ``target()`` hands the session the head as a ``Target`` with a ``LocalProvider``;
 opening the Ray Client session on it is ``cluster``'s job.
 """
 
