@@ -15,8 +15,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from . import cluster as _cluster
 from .app import App
-from .cluster import Cluster, connect
+from .bench import LoadRun
+from .benchresult import BenchResult, BenchRun, LoadStats
+from .cluster import Cluster
+from .clusterspec import ClusterSpec, HeadSpec, SecretRef, WorkerGroup
+from .connect import connect, create_cluster
+from .dashboard import Dashboard, DashboardReport
 from .errors import (
     AppNotFound,
     ClusterError,
@@ -30,9 +36,9 @@ from .errors import (
     VersionMismatch,
     WaitTimeout,
 )
-from .kuberay_spec import ClusterSpec, HeadSpec, WorkerGroup, to_yaml
+from .manifests import to_yaml
 from .prometheus import Prometheus
-from .provision import create_cluster
+from .snapshot import Replicas, Snapshot
 from .spec import LLM, Engine, Scaling
 from .status import AppStatus, DeploymentStatus, ReplicaInfo
 
@@ -45,10 +51,14 @@ __all__ = [
     "App",
     "AppNotFound",
     "AppStatus",
+    "BenchResult",
+    "BenchRun",
     "Cluster",
     "ClusterError",
     "ClusterSpec",
     "ConnectionFailed",
+    "Dashboard",
+    "DashboardReport",
     "DeployFailed",
     "DeploymentStatus",
     "EndpointError",
@@ -56,11 +66,16 @@ __all__ = [
     "HeadSpec",
     "KubernetesError",
     "LLM",
+    "LoadRun",
+    "LoadStats",
     "LocalClusterError",
     "NbserveError",
     "Prometheus",
     "ReplicaInfo",
+    "Replicas",
     "Scaling",
+    "SecretRef",
+    "Snapshot",
     "SpecError",
     "VersionMismatch",
     "WaitTimeout",
@@ -82,9 +97,7 @@ def apps(cluster: Cluster | None = None) -> list[App]:
         >>> nbserve.apps()  # doctest: +SKIP
         [<nbserve.App 'tiny' ...>]
     """
-    from . import cluster as _cluster
-
-    target = cluster or _cluster._active
+    target = cluster or _cluster.current()
     if target is None:
         raise NbserveError("not connected: call nbserve.connect() first")
     return target.apps()

@@ -4,7 +4,7 @@ Owns one table: each accelerator's short name (``"L4"``), the value GKE puts in 
 ``cloud.google.com/gke-accelerator`` (``"nvidia-l4"``), the ``accelerator_type`` string Ray
 Serve LLM schedules on (``"L4"``, a ``ray.util.accelerators`` constant), its memory and the most
 GPUs one GKE node of that type carries. ``resolve_accelerator`` turns what a user typed into a
-row. It does not build manifests (``kuberay_spec`` does) and does no I/O.
+row. It does not build manifests (``manifests`` does) and does no I/O.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _row(
 
 # GKE's accelerator names (gcloud compute accelerator-types list). Ray detects a node's type from
 # the NVIDIA device name ("NVIDIA L4" -> "L4"); it reports both A100 sizes as "A100", so the two
-# precise names below must be advertised by the worker (kuberay_spec does that for every group).
+# precise names below must be advertised by the worker (manifests does that for every group).
 # K80 is left out: GKE no longer offers it. "A100" alone is ambiguous and is not an alias.
 ACCELERATORS: tuple[AcceleratorInfo, ...] = (
     _row("T4", "nvidia-tesla-t4", "T4", 16, 4, "TESLA-T4"),

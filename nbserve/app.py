@@ -16,25 +16,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import remote
-from .errors import AppNotFound, DeployFailed, NbserveError, SpecError
-from .remote import collect as remote_collect
+from . import bench, remote
+from .dashboard import Dashboard
+from .errors import DeployFailed, NbserveError, SpecError
+from .manifests import render_rayservice
 from .remote import serve as remote_serve
 from .serveconfig import engine_version, llm_deployment_name, serve_app
+from .sources import MetricsReader, source_for
 from .spec import LLM
 from .status import FAILED, AppStatus, ReplicaInfo
-from .wait import poll_until
+from .wait import Progress, poll_until
 
 if TYPE_CHECKING:
     import openai
 
-    from .bench import BenchResult
+    from .bench import BenchResult, LoadRun
     from .cluster import Cluster
-    from .dashboard import Dashboard
-    from .kuberay_spec import ClusterSpec
-    from .load import LoadRun
-    from .metrics import Snapshot
+    from .clusterspec import ClusterSpec
     from .prometheus import Prometheus
+    from .snapshot import Snapshot
 
 __all__ = ["App"]
 
@@ -59,6 +59,7 @@ class App:
         self.spec = spec
         self.route_prefix = route_prefix or f"/{name}"
         self.last_update: str | None = None
+        self._metrics = MetricsReader(name)  # one MetricsWindow per source read
 
     @classmethod
     def _from_record(cls, cluster: Cluster, name: str, record: dict[str, Any] | None) -> App:
@@ -144,25 +145,7 @@ class App:
             412.5
             >>> app.metrics(prometheus="http://prometheus:9090")  # doctest: +SKIP
         """
-        from .metrics import MetricsWindow, Scrape
-        from .prometheus import Prometheus
-
-        if isinstance(prometheus, str):
-            prometheus = Prometheus(prometheus, timeout=timeout)
-        # One window per source: series read from the nodes and from Prometheus differ in
-        # labels, so mixing them would count each as new.
-        source = "ray" if prometheus is None else prometheus.url
-        windows: dict[str, MetricsWindow] = self.__dict__.setdefault("_metrics_windows", {})
-        window = windows.get(source)
-        if window is None:
-            window = windows[source] = MetricsWindow(self.name)
-        if prometheus is None:
-            payload = remote.call(remote_collect.collect, self.name, timeout)
-            if not payload["found"]:
-                raise AppNotFound(f"no application {self.name!r} on the cluster (deleted?)")
-        else:
-            payload = prometheus.collect(self.name)
-        return window.update(Scrape.from_payload(payload))
+        return self._metrics.read(source_for(prometheus, timeout=timeout))
 
     def replicas(self) -> list[ReplicaInfo]:
         """The app's replica actors (id, deployment, state, node, pid), alive ones first.
@@ -185,24 +168,15 @@ class App:
                 message and the failing replica's last log lines.
             WaitTimeout: not RUNNING within ``timeout`` seconds; carries the last status.
         """
-        from tqdm.auto import tqdm
+        with Progress(self.name, enabled=progress, total=1) as bar:
+            def show(status: AppStatus) -> None:
+                if status.failed is not None or status.status in FAILED:
+                    raise self._failure(status)
+                healthy = sum(d.status == "HEALTHY" for d in status.deployments.values())
+                bar.update(str(status), n=healthy, total=max(len(status.deployments), 1))
 
-        bar = tqdm(total=1, desc=f"{self.name}", disable=not progress, leave=True,
-                   bar_format="{desc}: {n_fmt}/{total_fmt} deployments healthy [{elapsed}]"
-                   " {postfix}")
-
-        def show(status: AppStatus) -> None:
-            if status.failed is not None or status.status in FAILED:
-                raise self._failure(status)
-            bar.total = max(len(status.deployments), 1)
-            bar.n = sum(d.status == "HEALTHY" for d in status.deployments.values())
-            bar.set_postfix_str(str(status), refresh=True)
-
-        try:
             poll_until(self.status, self._settled, timeout=timeout, interval=interval,
                        what=f"deploying {self.name!r}", on_poll=show)
-        finally:
-            bar.close()
         return self
 
     def _settled(self, status: AppStatus) -> bool:
@@ -259,7 +233,7 @@ class App:
             "route_prefix": self.route_prefix, "deployed_at": time.time(),
         }
         try:
-            result = remote.call(remote_serve.deploy, config, self.cluster._http_options, record)
+            result = remote.call(remote_serve.deploy, config, self.cluster.http_options, record)
         except Exception as err:
             raise DeployFailed(self.name, "DEPLOY_FAILED", _error_tail(err)) from err
         if not result["ok"]:
@@ -281,18 +255,19 @@ class App:
     # --- watching and exporting -------------------------------------------------------------
     def load(self, *, concurrency: int = 8, duration_s: float = 60, max_tokens: int = 128,
              prompt: str = "Tell me a long story.", max_requests: int = 100_000) -> LoadRun:
-        """Send completion requests in the background, e.g. to watch the dashboard move.
+        """Send streaming completions in the background, e.g. to watch the dashboard move.
 
-        Returns at once; the run stops by itself after ``duration_s`` (or ``max_requests``).
+        A thin wrapper of ``nbserve.bench.start`` on this app's endpoint and model: it returns
+        at once and stops by itself after ``duration_s`` (or ``max_requests``). A request
+        counts as completed only when its stream ended with ``[DONE]`` after all its tokens.
 
         Example:
             >>> run = app.load(concurrency=8, duration_s=60)  # doctest: +SKIP
             >>> run.wait()                                     # doctest: +SKIP
         """
-        from .load import LoadRun
-
-        return LoadRun(self.openai, self.model, concurrency=concurrency, duration_s=duration_s,
-                       max_tokens=max_tokens, prompt=prompt, max_requests=max_requests)
+        return bench.start(self.endpoint, model=self.model, concurrency=concurrency,
+                           duration_s=duration_s, max_tokens=max_tokens, prompt=prompt,
+                           max_requests=max_requests)
 
     def bench(self, *, concurrency: int | Sequence[int] = 8, num_prompts: int = 64,
               input_len: int = 64, output_len: int = 128, **kwargs: Any) -> BenchResult:
@@ -315,8 +290,6 @@ class App:
             >>> result.to_frame()                                          # doctest: +SKIP
             >>> result.cost_per_million_tokens(price_per_hour=0.70)        # doctest: +SKIP
         """
-        from . import bench
-
         kwargs.setdefault("tokenizer", self._local_tokenizer())
         model = kwargs.pop("model", None) or self.model
         return bench.run(self.endpoint, model=model, concurrency=concurrency,
@@ -342,15 +315,12 @@ class App:
             0.041
             >>> app.cost(0.70, result=app.bench(concurrency=[8, 32]))  # doctest: +SKIP
         """
-        if isinstance(price_per_hour, bool) or not isinstance(price_per_hour, (int, float)) \
-                or not price_per_hour >= 0:
-            raise SpecError(f"price_per_hour={price_per_hour!r} must be a number of dollars an "
-                            "hour >= 0, e.g. app.cost(price_per_hour=0.70)")
+        price = bench.check_price(price_per_hour)
         if result is None:
             result = self.bench(concurrency=concurrency, **bench_kwargs)
-        cost = result.cost_per_million_tokens(price_per_hour)
+        cost = result.cost_per_million_tokens(price)
         log.info("app %s: $%.4f per 1M output tokens at %.0f tok/s and $%.2f/h", self.name,
-                 cost, result.best.output_tokens_per_s, price_per_hour)
+                 cost, result.best.output_tokens_per_s, price)
         return cost
 
     def _local_tokenizer(self) -> str | None:
@@ -372,8 +342,6 @@ class App:
             >>> dash = app.dashboard()  # doctest: +SKIP
             >>> dash                    # doctest: +SKIP
         """
-        from .dashboard import Dashboard
-
         return Dashboard([self], interval=interval, history=history, prometheus=prometheus)
 
     def to_rayservice(self, cluster: ClusterSpec, *, name: str | None = None) -> dict[str, Any]:
@@ -384,8 +352,6 @@ class App:
             >>> spec = nbserve.ClusterSpec(name="llm", worker_groups=[nbserve.WorkerGroup()])
             >>> print(nbserve.to_yaml(app.to_rayservice(spec)))  # doctest: +SKIP
         """
-        from .kuberay_spec import render_rayservice
-
         if self.spec is None:
             raise NbserveError(
                 f"app {self.name!r} was not deployed by nbserve, so its spec is unknown"

@@ -17,7 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from . import cluster as cluster_mod
 from . import local
+from .clusterspec import ClusterSpec, WorkerGroup
+from .manifests import render_rayservice, to_yaml
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -210,14 +213,12 @@ def _bench(args: argparse.Namespace) -> int:
     else:
         import nbserve
 
-        from . import cluster as cluster_mod
-
         if args.address is None and local.find() is None:
             raise LocalClusterError(
                 f"no local Ray head is running to find app {args.target!r} on; start one with "
                 "`nbserve up`, pass --address ray://HOST:PORT, or pass the endpoint URL"
             )
-        before = cluster_mod._active
+        before = cluster_mod.current()
         cluster = nbserve.connect(args.address)
         try:
             app = cluster.app(args.target)
@@ -238,8 +239,6 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from .kuberay_spec import ClusterSpec, WorkerGroup, render_rayservice, to_yaml
-
     cluster = ClusterSpec(
         name=args.name, namespace=args.namespace, image=args.image,
         worker_groups=[WorkerGroup(

@@ -23,12 +23,13 @@ HEAD_PORTS: Final = MappingProxyType({
     "gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": 8000, "metrics": 8080,
 })
 
-# Serve's throughput flags (those of KubeRay's high-throughput LLM sample that concern Serve):
-# gRPC between proxy and replicas, HAProxy as the ingress, token streaming straight from the
-# engine replica. The local head sets them unless told otherwise (``local.up(env={})``).
+# Serve's throughput flags (those of KubeRay's high-throughput LLM sample that concern Serve, in
+# the sample's order, which is the order a rendered manifest lists them in): HAProxy as the
+# ingress, gRPC between proxy and replicas, token streaming straight from the engine replica.
+# The local head sets them unless told otherwise (``local.up(env={})``).
 SERVE_THROUGHPUT_ENV: Final = MappingProxyType({
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
 })
 

@@ -27,8 +27,8 @@ class ClusterError(NbserveError):
     """A RayCluster could not be created, changed or deleted, or the cluster is not one to change.
 
     Raised for the Kubernetes API's refusals (RBAC, a missing namespace, a manifest the CRD
-    rejects), for ``scale`` or ``down`` on a cluster that is not a KubeRay RayCluster, and for
-    ``down`` on a RayCluster this kernel only attached to.
+    rejects), for ``scale`` or ``down`` where no backend can do it (a plain ``ray://`` address;
+    ``scale`` on the local head), and for ``down`` on a cluster this kernel only attached to.
     """
 
 

@@ -1,11 +1,11 @@
 """The embedded default: a real local Ray head that nbserve starts, finds and stops.
 
-``up()`` starts ``ray start --head --block`` as its own process group, with the Ray Client
-server, dashboard and metrics export on free loopback ports, token authentication on (a token of
-its own, in a 0600 file) and more logical CPUs than cores so Serve's ingress always schedules.
-Its ports, pid and token path are written to a state file under ``NBSERVE_HOME``, so a second
-notebook or the CLI attaches to the same head. ``down()`` stops that process group by pid and
-nothing else. Connecting to the head is ``cluster``'s job.
+``up()`` starts ``ray start --head --block`` as its own process group (free loopback ports,
+token authentication with a 0600 token file, more logical CPUs than cores so Serve's ingress
+always schedules) and records it in a state file under ``NBSERVE_HOME``, so a second notebook
+or the CLI attaches to the same head. ``down()`` stops that process group by pid and nothing
+else. ``target()`` hands the session the head as a ``Target`` with a ``LocalProvider``;
+opening the Ray Client session on it is ``cluster``'s job.
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import defaults, procs
-from .errors import LocalClusterError
+from .errors import ClusterError, LocalClusterError
+from .target import Target
 
-__all__ = ["LocalCluster", "down", "find", "home", "up"]
+__all__ = ["LocalCluster", "LocalProvider", "down", "find", "home", "target", "up"]
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +230,94 @@ def down(base: Path | None = None, timeout: float = 30) -> bool:
     state.unlink(missing_ok=True)
     shutil.rmtree(cluster.temp_dir, ignore_errors=True)
     return True
+
+
+class LocalProvider:
+    """The local backend of a session: stops the head with ``down()``; it cannot scale.
+
+    ``created`` is True when this kernel's ``target()`` call started the head, so ``down()``
+    stops it without ``force``, as ``Cluster.down`` deletes a RayCluster this kernel created.
+    A head that was running already (another notebook's, or ``nbserve up``'s) needs ``force``.
+
+    Example:
+        >>> head = LocalCluster(pid=1, client_port=10001, dashboard_port=8265, metrics_port=8080,
+        ...                     serve_port=8000, gcs_port=6379, token_path="/t", temp_dir="/r",
+        ...                     num_cpus=8, started_at=0.0)
+        >>> LocalProvider(head, created=False).describe()
+        'head pid 1'
+    """
+
+    kind = "local"
+
+    def __init__(self, head: LocalCluster, *, created: bool, base: Path | None = None) -> None:
+        self.head = head
+        self.created = created
+        self.base = base
+
+    def describe(self) -> str:
+        """``head pid PID``."""
+        return f"head pid {self.head.pid}"
+
+    def scale(self, group: str, replicas: int) -> None:
+        """Refused: the local head is one machine with a fixed count of logical CPUs.
+
+        Raises:
+            ClusterError: always, with what to do instead.
+        """
+        raise ClusterError(
+            f"scale() works on a KubeRay RayCluster (nbserve.create_cluster or "
+            f"connect('raycluster/NAME')); this cluster is the local head at "
+            f"{self.head.address}, one machine: scale a model with app.update(...), or restart "
+            "the head with more logical CPUs (`nbserve down`, then `nbserve up --num-cpus N`)"
+        )
+
+    def down(self, *, force: bool, timeout: float, progress: bool,
+             disconnect: Callable[[], None]) -> None:
+        """Stop the head (as ``nbserve down``) if this kernel started it or ``force``.
+
+        Raises:
+            ClusterError: this kernel did not start the head and ``force`` is not set (nothing
+                is done).
+            LocalClusterError: the head's processes survived SIGKILL.
+        """
+        if not self.created and not force:
+            raise ClusterError(
+                f"this kernel attached to the local Ray head (pid {self.head.pid}) but did not "
+                "start it, so down() leaves it alone: pass down(force=True) to stop it anyway, "
+                "run `nbserve down`, or call disconnect() to just close this session"
+            )
+        disconnect()
+        down(self.base, timeout=min(timeout, 30))
+
+    def __repr__(self) -> str:
+        return f"<LocalProvider pid {self.head.pid} created={self.created}>"
+
+
+def target(*, base: Path | None = None, timeout: float = 90) -> Target:
+    """The local head as a session's ``Target``, starting it first if none runs.
+
+    Args:
+        base: nbserve's folder (default ``home()``); one head per folder.
+        timeout: seconds to wait for a head this call starts to answer.
+
+    Returns:
+        Its Ray Client address, Serve and dashboard URLs, token file and Serve's listen options,
+        with a ``LocalProvider`` that is ``created`` only if this call started the head.
+
+    Raises:
+        LocalClusterError: the head did not start; the message ends with its log.
+
+    Example:
+        >>> target().kind  # doctest: +SKIP
+        'local'
+    """
+    created = find(base) is None
+    head = up(base=base, timeout=timeout)
+    return Target(
+        head.address, serve_url=head.serve_url, dashboard_url=head.dashboard_url,
+        token_path=head.token_path, http_options={"host": "127.0.0.1", "port": head.serve_port},
+        provider=LocalProvider(head, created=created, base=base),
+    )
 
 
 def _stop(group: int, grace: float) -> None:

@@ -24,7 +24,7 @@ class Provider(Protocol):
     created: bool  # whether this kernel created (started) it: down() then needs no force
 
     def describe(self) -> str:
-        """The cluster in a few words, e.g. ``raycluster ray/llm``."""
+        """The cluster in a few words, e.g. ``raycluster/ray/llm``, ``head pid 4242``."""
         ...
 
     def scale(self, group: str, replicas: int) -> None:

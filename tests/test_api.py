@@ -16,8 +16,9 @@ import pytest
 import ray
 
 import nbserve
-from nbserve import errors
-from nbserve.cluster import check_versions
+from nbserve import errors, local
+from nbserve.target import Target
+from nbserve.versions import check_versions
 
 # Names a module gets from its own imports, not exports, with the value they must have:
 # ``from __future__ import annotations`` (the same feature object this module imported) and
@@ -116,6 +117,14 @@ def test_connect_refuses_bad_addresses_before_any_network(
         assert part in str(info.value), f"{part!r} missing from: {info.value}"
 
 
+@pytest.mark.usefixtures("no_network")
+def test_connect_names_the_accepted_prefixes_for_an_unknown_one() -> None:
+    with pytest.raises(nbserve.SpecError) as info:
+        nbserve.connect("bogus://x")
+    for part in ["'bogus://x'", "'local'", "ray://HOST:PORT", "raycluster/NAME"]:
+        assert part in str(info.value), f"{part!r} missing from: {info.value}"
+
+
 @pytest.mark.parametrize("address", ["ray://host:abc", "ray://host:99999"])
 @pytest.mark.usefixtures("no_network")
 def test_connect_refuses_a_bad_port_with_a_spec_error(address: str) -> None:
@@ -164,13 +173,36 @@ def test_wait_timeout_carries_the_last_status() -> None:
     assert str(hinted).endswith("It was left in place.") and "app.status()" not in str(hinted)
 
 
-def test_scale_and_down_refuse_a_cluster_that_is_not_kuberay() -> None:
-    local = nbserve.Cluster("ray://127.0.0.1:10001", serve_url="http://127.0.0.1:8000",
-                            kind="local")
-    for call in (lambda: local.scale("gpu", 1), local.down):
-        with pytest.raises(nbserve.ClusterError, match="works on a KubeRay RayCluster.*local "
-                           "at ray://127.0.0.1:10001.*nbserve down"):
+def test_scale_and_down_on_a_plain_ray_address_say_why_not() -> None:
+    plain = nbserve.Cluster(Target("ray://10.0.0.5:10001", serve_url="http://10.0.0.5:8000"))
+    assert plain.kind == "remote" and plain.provider is None
+    for what, call in (("scale", lambda: plain.scale("gpu", 1)), ("down", plain.down)):
+        with pytest.raises(nbserve.ClusterError, match=f"{what}\\(\\) needs the backend.*plain "
+                           "Ray Client connection to ray://10.0.0.5:10001.*where it runs"):
             call()
+
+
+def a_local_head() -> local.LocalCluster:
+    return local.LocalCluster(pid=2**22 + 1, client_port=1, dashboard_port=2, metrics_port=3,
+                              serve_port=4, gcs_port=5, token_path="/t", temp_dir="/r",
+                              num_cpus=8, started_at=0.0)
+
+
+def test_the_local_provider_refuses_down_for_a_head_it_did_not_start(tmp_path: Any) -> None:
+    disconnected: list[bool] = []
+    provider = local.LocalProvider(a_local_head(), created=False, base=tmp_path)
+    target = Target("ray://127.0.0.1:1", serve_url="http://127.0.0.1:4", provider=provider,
+                    closers=[lambda: disconnected.append(True)])
+    cluster = nbserve.Cluster(target)
+    assert cluster.kind == "local" and "head pid" in repr(cluster)
+    with pytest.raises(nbserve.ClusterError, match=r"did not start it.*down\(force=True\).*"
+                       "nbserve down"):
+        cluster.down()
+    assert disconnected == []  # refused before anything
+    with pytest.raises(nbserve.ClusterError, match="scale\\(\\) works on a KubeRay.*local head"):
+        cluster.scale("gpu", 1)
+    cluster.down(force=True)  # no head is recorded under tmp_path: nothing to stop
+    assert disconnected == [True]
 
 
 def test_app_not_found_is_not_quoted_like_a_key_error() -> None:
@@ -181,9 +213,13 @@ def test_every_error_is_an_nbserve_error() -> None:
     classes = [v for v in vars(errors).values() if isinstance(v, type)
                and issubclass(v, BaseException) and v.__module__ == errors.__name__]
     assert len(classes) >= 8
+    exported = [getattr(nbserve, n) for n in nbserve.__all__]
     for cls in classes:
         assert issubclass(cls, nbserve.NbserveError), cls
-        assert cls.__name__ in nbserve.__all__, f"{cls.__name__} is not exported"
+        # KubernetesError is caught as what it also is (ClusterError, ConnectionFailed).
+        assert cls.__name__ in nbserve.__all__ or any(
+            issubclass(cls, e) for e in exported if e not in (cls, nbserve.NbserveError)
+            and isinstance(e, type)), f"{cls.__name__} is not exported"
     assert issubclass(nbserve.SpecError, ValueError)
     assert issubclass(nbserve.ConnectionFailed, ConnectionError)
     assert issubclass(nbserve.WaitTimeout, TimeoutError)

@@ -213,7 +213,7 @@ def test_quickstart_notebook_runs_under_papermill(
     result = json.loads(summary.read_text())
     assert result["endpoint"].endswith("/nb-quickstart/v1")
     assert result["answer"].strip()
-    token = Path(cluster.local_head.token_path).read_text().strip()  # type: ignore[union-attr]
+    token = Path(cluster.target.token_path).read_text().strip()  # type: ignore[arg-type]
     assert token not in json.dumps(nb), "the Ray auth token leaked into the notebook"
 
 

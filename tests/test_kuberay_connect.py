@@ -26,11 +26,15 @@ import requests
 import yaml
 from fake_kube import FakeKube, raycluster_objects
 from kube_helpers import leaves_nothing_behind
+from pydantic import ValidationError
 
 import nbserve
 from nbserve import cluster as cluster_mod
-from nbserve import kuberay
-from nbserve.portforward import PodPortForward
+from nbserve import errors, versions
+from nbserve.clusterspec import ClusterSpec
+from nbserve.kube import raycluster, resolve
+from nbserve.kube.client import Kube
+from nbserve.kube.portforward import PodPortForward
 
 NS = "ray"
 POD = "llm-head-x2k9p"
@@ -69,8 +73,54 @@ def test_in_cluster_without_a_service_account(monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.parametrize("address", ["raycluster/", "raycluster/LLM_1", "raycluster/a/b"])
 def test_bad_names_fail_before_any_network(address: str) -> None:
-    with pytest.raises(nbserve.SpecError, match="not a Kubernetes name"):
+    with pytest.raises(nbserve.SpecError, match="is not a valid name here"):
         nbserve.connect(address)
+
+
+@pytest.mark.parametrize("name", ["x" * 54, "llm.l4", "9lives"])
+def test_a_name_clusterspec_refuses_is_refused_by_connect_alike(name: str) -> None:
+    """One naming rule: what ClusterSpec refuses, connect("raycluster/NAME") refuses too."""
+    with pytest.raises(ValidationError) as spec_error:
+        ClusterSpec(name=name)
+    with pytest.raises(nbserve.SpecError) as connect_error:
+        nbserve.connect(f"raycluster/{name}")
+    hint = str(connect_error.value).removeprefix(f"RayCluster name {name!r} ")
+    assert hint in str(spec_error.value)
+    assert "at most 53" in hint and "starting with a lowercase letter" in hint
+
+
+def test_a_bad_namespace_is_refused_before_any_network() -> None:
+    with pytest.raises(nbserve.SpecError, match="namespace 'Ray_NS' is not a valid name"):
+        nbserve.connect("raycluster/llm", namespace="Ray_NS")
+
+
+def test_the_same_403_on_a_read_and_a_write_is_one_error(kube: FakeKube) -> None:
+    """Reading (connect) and writing (create_cluster) raise the same KubernetesError class,
+    which both ``except ConnectionFailed`` and ``except ClusterError`` catch."""
+    kube.deny("get", "rayclusters", NS)
+    kube.deny("create", "rayclusters", NS)
+    with pytest.raises(errors.KubernetesError) as read:
+        nbserve.connect("raycluster/llm", namespace=NS, timeout=20)
+    with pytest.raises(errors.KubernetesError) as write:
+        nbserve.create_cluster(ClusterSpec(name="llm", namespace=NS), timeout=20)
+    for err, verb in ((read.value, "get"), (write.value, "create")):
+        assert type(err) is errors.KubernetesError and err.status == 403
+        assert isinstance(err, nbserve.ConnectionFailed) and isinstance(err, nbserve.ClusterError)
+        assert f"permission to '{verb}' 'rayclusters.ray.io' in namespace 'ray'" in str(err)
+    assert str(read.value).split(": you need")[0] == str(write.value).split(": you need")[0]
+
+
+def test_refused_credentials_and_an_unreachable_api_server(kube: FakeKube) -> None:
+    kube.write_kubeconfig(Path(os.environ["KUBECONFIG"]), token="expired")
+    with leaves_nothing_behind(kube):
+        text = connect_error(errors.KubernetesError)
+    assert "refused the credentials (401" in text and "gcloud auth login" in text
+    kube.stop()
+    with leaves_nothing_behind():
+        with pytest.raises(errors.KubernetesError) as info:
+            nbserve.connect("raycluster/llm", namespace=NS, timeout=5)
+    assert info.value.status is None
+    assert f"cannot reach the Kubernetes API server at {kube.url}" in str(info.value)
 
 
 def test_cluster_not_found_lists_the_existing_ones(kube: FakeKube) -> None:
@@ -168,9 +218,12 @@ def test_a_failure_after_port_forwards_opened_closes_them(
 def test_direct_mode_uses_the_head_service_dns_name(kube: FakeKube) -> None:
     kube.add(*raycluster_objects("llm", NS, token=TOKEN, ports={"client": 10101}))
     with leaves_nothing_behind(kube):
+        target = resolve.target("llm", NS, timeout=5, direct=True)
+        assert target.address == "ray://llm-head-svc.ray.svc.cluster.local:10101"
+        assert target.closers == [] and target.token == TOKEN
         with pytest.raises(nbserve.ConnectionFailed, match="nothing answers at "
                            "llm-head-svc.ray.svc.cluster.local:10101"):
-            kuberay.connect_raycluster("llm", NS, timeout=5, direct=True)
+            cluster_mod.open(target, 5)
     assert not any("portforward" in path for _, path in kube.requests)
 
 
@@ -189,7 +242,7 @@ def test_direct_mode_uses_the_head_service_dns_name(kube: FakeKube) -> None:
     ],
 )
 def test_image_versions(image: str, expected: tuple[str | None, str | None]) -> None:
-    assert kuberay.image_versions(image) == expected
+    assert versions.image_versions(image) == expected
 
 
 @pytest.mark.parametrize(
@@ -206,10 +259,10 @@ def test_image_versions(image: str, expected: tuple[str | None, str | None]) -> 
 def test_readiness(status: dict[str, Any], ready: bool) -> None:
     rc = {"metadata": {"name": "llm"}, "spec": {}, "status": status}
     if ready:
-        kuberay._check_ready(rc, NS, "llm")
+        raycluster.check_ready(rc, NS, "llm")
     else:
         with pytest.raises(nbserve.ConnectionFailed, match="is not ready"):
-            kuberay._check_ready(rc, NS, "llm")
+            raycluster.check_ready(rc, NS, "llm")
 
 
 def test_ports_come_from_the_head_container_by_name() -> None:
@@ -218,8 +271,8 @@ def test_ports_come_from_the_head_container_by_name() -> None:
                                        {"name": "dashboard", "containerPort": 28265}]},
         {"name": "sidecar", "ports": [{"name": "client", "containerPort": 1}]},
     ]}}
-    assert kuberay._ports(pod) == {"client": 20001, "serve": 8000, "dashboard": 28265,
-                                   "metrics": 8080}
+    assert raycluster.head_ports(pod) == {"client": 20001, "serve": 8000, "dashboard": 28265,
+                                          "metrics": 8080}
 
 
 def test_token_from_a_manually_wired_secret(kube: FakeKube) -> None:
@@ -233,11 +286,10 @@ def test_token_from_a_manually_wired_secret(kube: FakeKube) -> None:
     kube.add({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
               "metadata": {"name": "ray-token", "namespace": NS},
               "data": {"tok": base64.b64encode(TOKEN.encode() + b"\n").decode()}})
-    api, _ = kuberay._api_client(None)
-    with api:
-        assert kuberay._token(api, NS, rc, time.monotonic() + 10) == TOKEN
+    with Kube() as client:
+        assert resolve.read_token(client, NS, rc, time.monotonic() + 10) == TOKEN
         rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"] = []
-        assert kuberay._token(api, NS, rc, time.monotonic() + 10) is None
+        assert resolve.read_token(client, NS, rc, time.monotonic() + 10) is None
 
 
 # --- the port-forward on its own ----------------------------------------------------------------
@@ -289,9 +341,8 @@ def test_port_forward_relays_both_ways_and_closes_everything(
 ) -> None:
     kube.add(*raycluster_objects("llm", NS))
     kube.targets[10001] = ("127.0.0.1", echo_port)
-    api, _ = kuberay._api_client(None)
-    with api, leaves_nothing_behind(kube):
-        forward = PodPortForward(api, NS, POD, 10001)
+    with Kube() as client, leaves_nothing_behind(kube):
+        forward = PodPortForward(client.api, NS, POD, 10001)
         try:
             payloads = [random.randbytes(300_000 + i) for i in range(6)]
             results: dict[int, bytes] = {}
@@ -318,11 +369,11 @@ def test_port_forward_relays_both_ways_and_closes_everything(
 
 def test_port_forward_to_a_closed_pod_port_ends_that_connection_only(kube: FakeKube) -> None:
     kube.add(*raycluster_objects("llm", NS))
-    api, _ = kuberay._api_client(None)
-    with api, leaves_nothing_behind(kube), PodPortForward(api, NS, POD, 8265) as forward:
-        with socket.create_connection(("127.0.0.1", forward.local_port), timeout=10) as sock:
-            assert sock.recv(1) == b""  # the pod refused: the local connection ends
-        assert forward._accepter is not None and forward._accepter.is_alive()
+    with Kube() as client, leaves_nothing_behind(kube), PodPortForward(
+            client.api, NS, POD, 8265) as forward:
+        for _ in range(2):  # the forward keeps accepting after a connection the pod refused
+            with socket.create_connection(("127.0.0.1", forward.local_port), timeout=10) as sock:
+                assert sock.recv(1) == b""  # the pod refused: the local connection ends
 
 
 # --- the fake itself: what part 2 (creating and patching RayServices) builds on --------------
@@ -330,9 +381,8 @@ def test_fake_api_server_speaks_like_the_real_one(kube: FakeKube) -> None:
     from kubernetes.client import CoreV1Api, CustomObjectsApi
     from kubernetes.client.exceptions import ApiException
 
-    api, _ = kuberay._api_client(None)
-    with api:
-        crs, core = CustomObjectsApi(api), CoreV1Api(api)
+    with Kube() as client:
+        crs, core = CustomObjectsApi(client.api), CoreV1Api(client.api)
         (rc, *others) = raycluster_objects("llm", NS)
         del rc["status"], rc["metadata"]["uid"]
         created = crs.create_namespaced_custom_object("ray.io", "v1", NS, "rayclusters", rc)
@@ -370,9 +420,8 @@ def test_fake_api_server_speaks_like_the_real_one(kube: FakeKube) -> None:
         assert core.list_namespaced_pod(NS, label_selector="ray.io/node-type=worker").items == []
         assert core.read_namespaced_secret("llm", NS).data["auth_token"]
     kube.write_kubeconfig(Path(os.environ["KUBECONFIG"]), token="wrong")
-    api, _ = kuberay._api_client(None)
-    with api, pytest.raises(ApiException) as info:
-        CoreV1Api(api).list_namespaced_pod(NS)
+    with Kube() as client, pytest.raises(ApiException) as info:
+        CoreV1Api(client.api).list_namespaced_pod(NS)
     assert info.value.status == 401
 
 
@@ -423,8 +472,8 @@ def kr_app(local_head: Any, tiny_path: str, tmp_path_factory: pytest.TempPathFac
                         app.delete()
             finally:
                 cluster.disconnect()
-            assert not cluster.connected and cluster_mod._active is None
-            assert not cluster._closers
+            assert not cluster.connected and cluster_mod.current() is None
+            assert not cluster.target.closers
 
 
 @pytest.mark.integration
@@ -499,8 +548,8 @@ def test_connect_to_a_real_raycluster() -> None:
     name = os.environ.get("NBSERVE_TEST_RAYCLUSTER", "raycluster-kuberay")
     namespace = os.environ.get("NBSERVE_TEST_NAMESPACE", "default")
     with leaves_nothing_behind(only_ours=True):
-        cluster = kuberay.connect_raycluster(
-            name, namespace, context=os.environ["NBSERVE_TEST_KUBECONTEXT"], timeout=120)
+        cluster = nbserve.connect(f"raycluster/{name}", namespace=namespace,
+                                  context=os.environ["NBSERVE_TEST_KUBECONTEXT"], timeout=120)
         try:
             assert cluster.connected and cluster.kind == "kuberay"
             assert ray.cluster_resources().get("CPU", 0) > 0

@@ -20,7 +20,9 @@ from kube_helpers import leaves_nothing_behind
 
 import nbserve
 from nbserve import cluster as cluster_mod
-from nbserve.kuberay import RayClusterRef
+from nbserve.kube.provision import RayClusterProvider, apply
+from nbserve.kube.raycluster import RayClusterRef
+from nbserve.target import Target
 
 NS = "ray"
 
@@ -45,10 +47,9 @@ def groups(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def attached(kube: FakeKube, *, created: bool, name: str = "llm") -> nbserve.Cluster:
     """A Cluster that knows its RayCluster, without a Ray session (scale/down need none)."""
-    cluster = nbserve.Cluster("ray://127.0.0.1:1", serve_url="http://127.0.0.1:2",
-                              kind="kuberay")
-    cluster.raycluster = RayClusterRef(name, NS, created=created)
-    return cluster
+    provider = RayClusterProvider(RayClusterRef(name, NS), created=created)
+    return nbserve.Cluster(Target("ray://127.0.0.1:1", serve_url="http://127.0.0.1:2",
+                                  provider=provider))
 
 
 # --- refusals, before and at the API server ------------------------------------------------------
@@ -114,7 +115,7 @@ def test_timeout_waiting_says_how_far_it_got_and_leaves_the_cluster(kube: FakeKu
 # --- applying --------------------------------------------------------------------------------
 def test_create_waits_until_ready(kube: FakeKube) -> None:
     kube.operator = Operator(ready_after=1.0)
-    rc = nbserve.create_cluster(spec(), timeout=30, connect=False, progress=False)
+    rc = apply(spec(), timeout=30, progress=False)
     assert rc["status"]["state"] == "ready"
     assert ("POST", f"/apis/ray.io/v1/namespaces/{NS}/rayclusters") in kube.requests
     gets = [p for m, p in kube.requests if m == "GET" and p.endswith("/rayclusters/llm")]
@@ -126,8 +127,7 @@ def test_create_waits_until_ready(kube: FakeKube) -> None:
 
 def test_namespace_argument_overrides_the_spec(kube: FakeKube) -> None:
     kube.operator = Operator(ready_after=0)
-    nbserve.create_cluster(spec(namespace="default"), NS, timeout=30, connect=False,
-                           progress=False)
+    apply(spec(namespace="default"), NS, timeout=30, progress=False)
     assert stored(kube)["metadata"]["namespace"] == NS
 
 
@@ -137,13 +137,13 @@ def test_existing_cluster_gets_its_spec_replaced(kube: FakeKube) -> None:
     kube.operator = Operator(ready_after=0)
     old = spec(labels={"team": "a"}, worker_groups=[
         nbserve.WorkerGroup(name="gpu", max_workers=8), nbserve.WorkerGroup(name="old")])
-    nbserve.create_cluster(old, timeout=30, connect=False, progress=False)
+    apply(old, timeout=30, progress=False)
     current = stored(kube)
     current["spec"]["workerGroupSpecs"][0]["replicas"] = 6  # the autoscaler's doing
     current["metadata"]["labels"]["owner"] = "bob"  # someone else's label
     kube.add(current)
     new = spec(labels={"team": "b"})
-    rc = nbserve.create_cluster(new, timeout=30, connect=False, progress=False)
+    rc = apply(new, timeout=30, progress=False)
     obj = stored(kube)
     assert list(groups(obj)) == ["gpu", "big"]  # "old" is gone, "big" is new
     assert groups(obj)["gpu"]["replicas"] == 4  # kept, clamped into the new maxReplicas
@@ -155,8 +155,8 @@ def test_existing_cluster_gets_its_spec_replaced(kube: FakeKube) -> None:
 
 def test_replacing_turns_autoscaling_off_for_real(kube: FakeKube) -> None:
     kube.operator = Operator(ready_after=0)
-    nbserve.create_cluster(spec(), timeout=30, connect=False, progress=False)
-    nbserve.create_cluster(spec(autoscaling=False), timeout=30, connect=False, progress=False)
+    apply(spec(), timeout=30, progress=False)
+    apply(spec(autoscaling=False), timeout=30, progress=False)
     obj = stored(kube)
     assert "enableInTreeAutoscaling" not in obj["spec"]
     assert "autoscalerOptions" not in obj["spec"]
@@ -165,7 +165,7 @@ def test_replacing_turns_autoscaling_off_for_real(kube: FakeKube) -> None:
 # --- scale ---------------------------------------------------------------------------------------
 def test_scale_patches_that_group_only(kube: FakeKube) -> None:
     kube.operator = Operator(ready_after=0)
-    nbserve.create_cluster(spec(autoscaling=False), timeout=30, connect=False, progress=False)
+    apply(spec(autoscaling=False), timeout=30, progress=False)
     before = groups(stored(kube))
     with leaves_nothing_behind(kube):
         attached(kube, created=False).scale("gpu", 3)
@@ -176,7 +176,7 @@ def test_scale_patches_that_group_only(kube: FakeKube) -> None:
 
 def test_scale_with_the_autoscaler_raises_its_floor(kube: FakeKube) -> None:
     kube.operator = Operator(ready_after=0)
-    nbserve.create_cluster(spec(), timeout=30, connect=False, progress=False)
+    apply(spec(), timeout=30, progress=False)
     cluster = attached(kube, created=True)
     cluster.scale("gpu", 2)
     assert (groups(stored(kube))["gpu"]["replicas"], groups(stored(kube))["gpu"]["minReplicas"]
@@ -199,8 +199,7 @@ def test_scale_with_the_autoscaler_raises_its_floor(kube: FakeKube) -> None:
 def test_scale_refuses_bad_arguments(kube: FakeKube, group: str, replicas: Any,
                                      autoscaling: bool, match: str) -> None:
     kube.operator = Operator(ready_after=0)
-    nbserve.create_cluster(spec(autoscaling=autoscaling), timeout=30, connect=False,
-                           progress=False)
+    apply(spec(autoscaling=autoscaling), timeout=30, progress=False)
     before = stored(kube)
     with leaves_nothing_behind(kube), pytest.raises(nbserve.SpecError, match=match):
         attached(kube, created=True).scale(group, replicas)
@@ -215,7 +214,7 @@ def test_scale_a_cluster_that_is_gone(kube: FakeKube) -> None:
 # --- down ---------------------------------------------------------------------------------------
 def test_down_refuses_a_cluster_it_only_attached_to(kube: FakeKube) -> None:
     kube.operator = Operator(ready_after=0)
-    nbserve.create_cluster(spec(), timeout=30, connect=False, progress=False)
+    apply(spec(), timeout=30, progress=False)
     with pytest.raises(nbserve.ClusterError, match=r"did not create it.*down\(force=True\)"):
         attached(kube, created=False).down()
     assert kube.get("rayclusters", NS, "llm") is not None
@@ -225,7 +224,7 @@ def test_down_refuses_a_cluster_it_only_attached_to(kube: FakeKube) -> None:
 
 def test_down_waits_until_the_cluster_and_its_pods_are_gone(kube: FakeKube) -> None:
     kube.operator = Operator(ready_after=0, delete_after=1.5)
-    nbserve.create_cluster(spec(), timeout=30, connect=False, progress=False)
+    apply(spec(), timeout=30, progress=False)
     stored(kube)
     assert kube.get("secrets", NS, "llm") is not None
     started = time.monotonic()
@@ -241,7 +240,7 @@ def test_down_waits_until_the_cluster_and_its_pods_are_gone(kube: FakeKube) -> N
 
 def test_down_timeout_says_it_is_still_going(kube: FakeKube) -> None:
     kube.operator = Operator(ready_after=0, delete_after=60)
-    nbserve.create_cluster(spec(), timeout=30, connect=False, progress=False)
+    apply(spec(), timeout=30, progress=False)
     with pytest.raises(nbserve.WaitTimeout, match="deleting RayCluster ray/llm.*pod.*left.*"
                        "still being deleted"):
         attached(kube, created=True).down(timeout=1.5, progress=False)
@@ -265,14 +264,15 @@ def test_create_connect_scale_down(local_head: Any, kube: FakeKube) -> None:
         cluster = nbserve.create_cluster(spec(), timeout=240, progress=False)
         try:
             assert cluster.connected and cluster.kind == "kuberay"
-            assert cluster.raycluster == RayClusterRef("llm", NS, None, created=True)
+            assert cluster.provider is not None and cluster.provider.created
+            assert cluster.provider.ref == RayClusterRef("llm", NS, None)  # type: ignore[attr-defined]
             assert "raycluster/ray/llm" in repr(cluster)
             assert isinstance(cluster.apps(), list)  # a real call over the session
             cluster.scale("gpu", 1)
             assert groups(stored(kube))["gpu"]["minReplicas"] == 1
             cluster.down(progress=False)
-            assert not cluster.connected and cluster_mod._active is None
-            assert not cluster._closers
+            assert not cluster.connected and cluster_mod.current() is None
+            assert not cluster.target.closers
             assert kube.get("rayclusters", NS, "llm") is None
         finally:
             cluster.disconnect()
@@ -285,11 +285,12 @@ def test_create_connect_scale_down(local_head: Any, kube: FakeKube) -> None:
 def test_attach_then_scale_but_not_down(local_head: Any, kube: FakeKube) -> None:
     kube.operator = head_operator(local_head)
     kube.forward_to("127.0.0.1", kube.operator.ports.values())  # type: ignore[union-attr]
-    nbserve.create_cluster(spec(autoscaling=False), timeout=30, connect=False, progress=False)
+    apply(spec(autoscaling=False), timeout=30, progress=False)
     with leaves_nothing_behind(kube, only_ours=True):
         cluster = nbserve.connect("raycluster/llm", namespace=NS, timeout=240)
         try:
-            assert cluster.raycluster == RayClusterRef("llm", NS, None, created=False)
+            assert cluster.provider is not None and not cluster.provider.created
+            assert cluster.provider.ref == RayClusterRef("llm", NS, None)  # type: ignore[attr-defined]
             cluster.scale("gpu", 2)
             assert groups(stored(kube))["gpu"]["replicas"] == 2
             with pytest.raises(nbserve.ClusterError, match="did not create it"):

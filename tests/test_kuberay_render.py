@@ -19,16 +19,10 @@ from golden_util import GOLDEN, check_golden
 from pydantic import ValidationError
 
 from nbserve.accelerators import ACCELERATORS, accelerator_names, resolve_accelerator
+from nbserve.clusterspec import ClusterSpec, HeadSpec, SecretRef, WorkerGroup
+from nbserve.defaults import KUBERAY_THROUGHPUT_ENV
 from nbserve.errors import SpecError
-from nbserve.kuberay_spec import (
-    THROUGHPUT_ENV,
-    ClusterSpec,
-    HeadSpec,
-    SecretRef,
-    WorkerGroup,
-    render_rayservice,
-    to_yaml,
-)
+from nbserve.manifests import render_rayservice, to_yaml
 
 SAMPLES = sorted(crdschema.KUBERAY_DIR.glob("ray-*.yaml"))
 
@@ -82,7 +76,8 @@ def a100_multi_cluster() -> ClusterSpec:
 
 
 def l4_service() -> dict[str, Any]:
-    cluster = ClusterSpec(name="qwen-l4", env=THROUGHPUT_ENV, head_env={"RAY_LOGGER_LEVEL": "info"},
+    cluster = ClusterSpec(name="qwen-l4", env=dict(KUBERAY_THROUGHPUT_ENV),
+                          head_env={"RAY_LOGGER_LEVEL": "info"},
                           hf_token=SecretRef(name="hf-secret", key="hf_api_token"))
     return render_rayservice(cluster, [llm_app()], name="qwen")
 
@@ -162,7 +157,8 @@ def test_throughput_env_matches_kubernetes_sample() -> None:
     (service,) = ray_documents(crdschema.KUBERAY_DIR / "ray-service.high-throughput-llm.yaml")
     head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
     sample = {e["name"]: e["value"] for e in head["containers"][0]["env"] if "value" in e}
-    assert sample == THROUGHPUT_ENV
+    assert sample == KUBERAY_THROUGHPUT_ENV
+    assert list(sample) == list(KUBERAY_THROUGHPUT_ENV)  # rendered in the sample's order
 
 
 # --- the validator can fail -----------------------------------------------------------------------

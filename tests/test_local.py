@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nbserve import local, procs
-from nbserve.errors import LocalClusterError
+from nbserve.errors import ClusterError, LocalClusterError
 
 
 def test_num_cpus_must_be_positive(tmp_path: Path) -> None:
@@ -35,6 +35,33 @@ def test_stale_state_is_forgotten(tmp_path: Path) -> None:
     assert local.find(tmp_path) is None
     assert not state.exists()
     assert local.down(tmp_path) is False
+
+
+def test_target_of_a_head_this_call_did_not_start_does_not_own_it(tmp_path: Path) -> None:
+    """A running head (a process group leader stands in for it) is attached to, not started."""
+    stand_in = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        state = tmp_path / "local" / "cluster.json"
+        state.parent.mkdir(parents=True)
+        state.write_text(json.dumps({
+            "pid": stand_in.pid, "client_port": 1, "dashboard_port": 2, "metrics_port": 3,
+            "serve_port": 4, "gcs_port": 5, "token_path": "/x", "temp_dir": "/y",
+            "num_cpus": 8, "started_at": 0.0,
+        }))
+        assert local.find(tmp_path) is not None  # else target() would start a real head
+        target = local.target(base=tmp_path)
+        assert target.kind == "local" and target.address == "ray://127.0.0.1:1"
+        assert target.token_path == "/x" and target.token is None
+        assert target.http_options == {"host": "127.0.0.1", "port": 4}
+        assert isinstance(target.provider, local.LocalProvider)
+        assert not target.provider.created
+        with pytest.raises(ClusterError, match="did not start it"):
+            target.provider.down(force=False, timeout=1, progress=False,
+                                 disconnect=lambda: pytest.fail("disconnected before refusing"))
+        assert stand_in.poll() is None and state.exists()
+    finally:
+        stand_in.kill()
+        stand_in.wait()
 
 
 def test_unreadable_state_is_forgotten(tmp_path: Path) -> None:

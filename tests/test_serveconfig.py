@@ -15,7 +15,7 @@ from golden_util import check_golden
 from ray.serve.schema import ServeApplicationSchema
 
 from nbserve import LLM, Engine
-from nbserve.kuberay_spec import to_yaml
+from nbserve.manifests import to_yaml
 from nbserve.serveconfig import (
     CPU_ENGINE_ENV,
     IMPORT_PATH,

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from nbserve import LLM, Engine, Scaling, SpecError
 from nbserve.accelerators import AcceleratorInfo, accelerator_names
-from nbserve.kuberay_spec import ClusterSpec, HeadSpec, SecretRef, WorkerGroup
+from nbserve.clusterspec import ClusterSpec, HeadSpec, SecretRef, WorkerGroup
 from nbserve.spec import check_app_name
 
 

@@ -3,8 +3,9 @@
 ``PodPortForward`` listens on a free loopback port and relays every accepted TCP connection to
 one port of one pod over a WebSocket session of its own (what ``kubectl port-forward`` does),
 so nothing but the API server needs to be reachable. ``close()`` stops the listener and every
-relay and joins their threads. Which pod and port to forward is ``kuberay``'s business; this
-module knows nothing about Ray.
+relay and joins their threads. A refused session is a ``KubernetesError`` from ``client``'s one
+map of refusals. Which pod and port to forward is ``resolve``'s business; this module knows
+nothing about Ray.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import re
 import select
 import socket
 import threading
 from typing import Any, NamedTuple
 
-from .errors import ConnectionFailed
+from ..errors import ConnectionFailed, KubernetesError
+from .client import What, refusal
 
 __all__ = ["PodPortForward"]
 
@@ -157,7 +158,7 @@ class PodPortForward:
                 forward = portforward(core.connect_get_namespaced_pod_portforward, self.pod,
                                       self.namespace, ports=str(self.port))
             except ApiException as err:
-                raise ConnectionFailed(self._refusal(err)) from err
+                raise self._refusal(err) from err
             threads = [t for t in threading.enumerate()
                        if t not in before and t.name.startswith(_PROXY_THREAD)]
         return _Session(forward.socket(self.port), forward, threads)
@@ -179,22 +180,12 @@ class PodPortForward:
         if session.forward.websocket.connected:  # the proxy thread ended some other way
             session.forward.websocket.shutdown()
 
-    def _refusal(self, err: Any) -> str:
-        text = f"{err.reason or ''} {err.body or ''}"
-        match = re.search(r"Handshake status (\d{3})", text)
-        status = int(match.group(1)) if match else err.status
+    def _refusal(self, err: Any) -> KubernetesError:
+        what = What("create", "pods/portforward", self.namespace, self.pod)
+        mapped = refusal(err, what, host=str(self.api_client.configuration.host))
         where = f"pod {self.namespace}/{self.pod} port {self.port}"
-        if status == 403:
-            return (f"the Kubernetes API refused a port-forward to {where} (403 Forbidden): "
-                    f"you need RBAC permission to 'create' (older clusters: 'get') "
-                    f"'pods/portforward' in namespace {self.namespace!r}")
-        if status == 404:
-            return f"cannot port-forward to {where}: the pod is gone (404 Not Found)"
-        if status == 401:
-            return (f"the Kubernetes API refused the credentials for a port-forward to {where} "
-                    "(401): refresh them, e.g. `gcloud auth login`")
-        first = text.strip().splitlines()[0] if text.strip() else "no reason given"
-        return f"could not open a port-forward to {where}: {first[:300]}"
+        return KubernetesError(f"could not open a port-forward to {where}: {mapped}",
+                               mapped.status)
 
 
 def _pump(a: Any, b: Any, wake: socket.socket) -> None:

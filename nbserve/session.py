@@ -1,0 +1,128 @@
+"""The Ray Client handshake: probe the address, hand Ray the token, retry inside a deadline.
+
+Owns what opening Ray Client on an address takes: a bounded probe of its port (a failure with
+a hint, not a hang), the cluster's token put where this process's Ray reads it (a private 0600
+file, never logged), Ray Client's version complaint turned into ``VersionMismatch``, and
+``ray.init`` retried with backoff, since a head that just started may refuse its first
+clients. Which address to open, and the ``Cluster`` around the session, are ``cluster``'s.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .errors import ConnectionFailed, VersionMismatch
+from .versions import version_hint
+from .wait import backoff
+
+__all__ = ["handshake", "probe", "set_token"]
+
+log = logging.getLogger(__name__)
+
+
+class _DropSigtermNotice(logging.Filter):
+    """Drop a warning the Ray Client server streams back on every session; it means nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def handshake(address: str, timeout: float, *, token: str | None, token_path: str | None,
+              sleep: Callable[[float], None] = time.sleep) -> float:
+    """Open this process's Ray Client session to ``address``; the seconds it took.
+
+    Args:
+        address: ``ray://host:port``.
+        timeout: seconds for the probe and every retry together.
+        token: the cluster's Ray auth token, if it uses token authentication.
+        token_path: a file holding that token, instead of ``token``.
+        sleep: how to wait between retries (tests pass a fake).
+
+    Raises:
+        ConnectionFailed: nothing answers, or no session within ``timeout`` (with a hint).
+        VersionMismatch: Ray Client reports another Ray version or Python minor.
+    """
+    import ray
+
+    streamed = logging.getLogger("ray.util.client.logsclient")  # the server's log lines
+    if not any(isinstance(f, _DropSigtermNotice) for f in streamed.filters):
+        streamed.addFilter(_DropSigtermNotice())
+
+    parsed = urlparse(address)
+    started = time.monotonic()
+    probe(parsed.hostname or "", parsed.port or 0, min(timeout, 10.0))
+    set_token(token, token_path)
+    last: Exception | None = None
+    for _ in backoff(started + timeout, first=1.0, factor=2.0, cap=8.0, sleep=sleep):
+        try:
+            ray.init(address, logging_level=logging.WARNING, log_to_driver=False)
+            break
+        except RuntimeError as err:
+            if "version mismatch" in str(err).lower() or "Python minor" in str(err):
+                raise VersionMismatch(version_hint(str(err))) from err
+            last = err
+        except (ConnectionError, TimeoutError, OSError) as err:
+            last = err
+        log.info("Ray Client handshake with %s failed (%s); retrying", address, last)
+        if ray.is_initialized():
+            ray.shutdown()
+    else:
+        text = str(last)
+        hint = (
+            " The cluster asks for a token: pass token= or token_path=, or set RAY_AUTH_TOKEN_PATH."
+            if "auth" in text.lower() else
+            " Check that the head is up and that this is its Ray Client port (usually 10001)."
+        )
+        raise ConnectionFailed(
+            f"could not open a Ray Client session to {address} within {timeout:.0f} s: "
+            f"{text}.{hint}"
+        ) from last
+    return time.monotonic() - started
+
+
+def probe(host: str, port: int, timeout: float) -> None:
+    """Fail fast, with a hint, when nothing answers at host:port.
+
+    Raises:
+        ConnectionFailed: the port is closed or the host unreachable.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as err:
+        raise ConnectionFailed(
+            f"nothing answers at {host}:{port} ({err.strerror or err}). Is the Ray head "
+            "running, and is this its Ray Client port? For a cluster on Kubernetes, open a "
+            "port-forward to the head service's port 10001 first."
+        ) from err
+
+
+def set_token(token: str | None, token_path: str | None) -> None:
+    """Point this process's Ray at the cluster's token; the token itself is never logged.
+
+    A token given as a string goes into a private 0600 file, not into the environment, so it
+    does not show up in ``%env`` or in child processes.
+    """
+    if token is None and token_path is None:
+        return
+    if token is not None:
+        fd, path = tempfile.mkstemp(prefix="nbserve-token-")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token)
+        atexit.register(lambda: Path(path).unlink(missing_ok=True))
+        token_path = path
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()  # a previous cluster's token is stale
