@@ -41,6 +41,7 @@ from .prometheus import Prometheus
 from .snapshot import Replicas, Snapshot
 from .spec import LLM, Engine, Scaling
 from .status import AppStatus, DeploymentStatus, ReplicaInfo
+from .tinymodel import build_tiny_model
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -112,6 +113,4 @@ def demo_model(path: str | Path | None = None) -> str:
     Example:
         >>> nbserve.LLM(nbserve.demo_model(), name="tiny")  # doctest: +SKIP
     """
-    from .tinymodel import build_tiny_model
-
     return str(build_tiny_model(path))

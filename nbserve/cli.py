@@ -17,10 +17,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+import nbserve
+
+from . import bench, local
 from . import cluster as cluster_mod
-from . import local
 from .clusterspec import ClusterSpec, WorkerGroup
+from .errors import LocalClusterError, NbserveError, SpecError
 from .manifests import render_rayservice, to_yaml
+from .serveconfig import serve_app
+from .spec import LLM, check_app_name
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -39,14 +46,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception as err:  # noqa: BLE001 - the command line reports, it does not trace
-        from pydantic import ValidationError
-
-        from .errors import NbserveError
-
         if not isinstance(err, NbserveError | ValidationError) or args.verbose:
             raise
-        print(f"nbserve: error: {err}", file=sys.stderr)
+        print(f"nbserve: error: {_describe(err)}", file=sys.stderr)
         return 1
+
+
+def _describe(err: Exception) -> str:
+    """An error in nbserve's words: a spec's validation errors without pydantic's links."""
+    if not isinstance(err, ValidationError):
+        return str(err)
+    problems = [
+        (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix(
+            "Value error, ")
+        for e in err.errors(include_url=False)
+    ]
+    return f"invalid {err.title}: " + "; ".join(problems)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,8 +162,6 @@ def _status(args: argparse.Namespace) -> int:
         print("no local Ray head is running (start one with `nbserve up`)")
         return 1
     _show(head)
-    import nbserve
-
     cluster = nbserve.connect()
     try:
         for app in cluster.apps():
@@ -159,8 +172,6 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _model(args: argparse.Namespace) -> int:
-    import nbserve
-
     print(nbserve.demo_model())
     return 0
 
@@ -193,9 +204,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from . import bench
-    from .errors import LocalClusterError
-
     options: dict[str, Any] = dict(
         model=args.model, concurrency=args.concurrency, num_prompts=args.num_prompts,
         input_len=args.input_len, output_len=args.output_len, request_rate=args.request_rate,
@@ -206,13 +214,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.target.startswith(("http://", "https://")):
         result = bench.run(args.target, **options)
     elif "://" in args.target or "/" in args.target:
-        from .errors import SpecError
-
         raise SpecError(f"{args.target!r} is neither an http(s) endpoint URL nor an app name; "
                         "pass e.g. http://127.0.0.1:8000/tiny/v1 or tiny")
     else:
-        import nbserve
-
         if args.address is None and local.find() is None:
             raise LocalClusterError(
                 f"no local Ray head is running to find app {args.target!r} on; start one with "
@@ -249,9 +253,6 @@ def _render(args: argparse.Namespace) -> int:
     if args.kind == "raycluster":
         manifest = cluster.to_raycluster()
     else:
-        from .serveconfig import serve_app
-        from .spec import LLM, check_app_name
-
         spec = LLM(args.model, accelerator=args.accelerator, min_replicas=args.min_replicas,
                    max_replicas=args.max_replicas, max_model_len=args.max_model_len,
                    tensor_parallel_size=args.gpus_per_worker)

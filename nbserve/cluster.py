@@ -17,14 +17,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import remote, session
-from .errors import ClusterError, SpecError
+from .app import App
+from .dashboard import Dashboard
+from .errors import AppNotFound, ClusterError, SpecError
 from .remote import serve as remote_serve
 from .spec import LLM, check_app_name
 from .target import Provider, Target
 
 if TYPE_CHECKING:
-    from .app import App
-    from .dashboard import Dashboard
     from .prometheus import Prometheus
 
 __all__ = ["Cluster", "current", "open"]
@@ -95,8 +95,6 @@ class Cluster:
             >>> app = cluster.deploy(nbserve.LLM("Qwen/Qwen2.5-0.5B-Instruct"), name="qwen")
             ... # doctest: +SKIP
         """
-        from .app import App
-
         if not isinstance(spec, LLM):
             raise SpecError(f"deploy() takes an nbserve.LLM spec, not {type(spec).__name__}")
         check_app_name(name)
@@ -117,8 +115,6 @@ class Cluster:
         """
         from ray import serve
 
-        from .app import App
-
         records = remote.call(remote_serve.records)  # checks the session first
         names = sorted(serve.status().applications)
         return [App._from_record(self, name, records.get(name)) for name in names]
@@ -129,8 +125,6 @@ class Cluster:
         Raises:
             AppNotFound: no application of that name runs; the message lists those that do.
         """
-        from .errors import AppNotFound
-
         apps = {a.name: a for a in self.apps()}
         if name not in apps:
             raise AppNotFound(
@@ -145,8 +139,6 @@ class Cluster:
         Example:
             >>> cluster.dashboard()  # doctest: +SKIP
         """
-        from .dashboard import Dashboard
-
         return Dashboard(self.apps(), interval=interval, history=history, prometheus=prometheus)
 
 

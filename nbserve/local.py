@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import defaults, procs
+from .defaults import home
 from .errors import ClusterError, LocalClusterError
 from .target import Target
 
@@ -34,11 +35,6 @@ log = logging.getLogger(__name__)
 DEFAULT_NUM_CPUS = defaults.LOCAL_NUM_CPUS
 # Serve's throughput flags; ``up(env={})`` starts a head without them.
 DEFAULT_HEAD_ENV: dict[str, str] = dict(defaults.SERVE_THROUGHPUT_ENV)
-
-
-def home() -> Path:
-    """Return nbserve's own folder: ``$NBSERVE_HOME``, else ``~/.cache/nbserve``."""
-    return Path(os.environ.get("NBSERVE_HOME") or Path.home() / ".cache" / "nbserve").expanduser()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from . import names
+from .accelerators import resolve_accelerator
+from .errors import SpecError
 
 __all__ = ["LLM", "Engine", "Scaling"]
 
@@ -154,8 +156,6 @@ class LLM(BaseModel):
         """Build a spec; ``model`` may be given by position."""
         if model is not None:
             if "model" in data:
-                from .errors import SpecError
-
                 raise SpecError("LLM() got the model twice: by position and as model=")
             data["model"] = model
         super().__init__(**_route_shortcuts(data))
@@ -174,8 +174,6 @@ class LLM(BaseModel):
     def _accelerator(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from .accelerators import resolve_accelerator
-
         return resolve_accelerator(value).serve_type
 
     @model_validator(mode="after")

@@ -54,3 +54,4 @@ def test_render_bad_input_is_a_clear_error(
     assert main(argv) == 1
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
+    assert "pydantic" not in captured.err  # nbserve's message, not pydantic's links

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..errors import ConnectionFailed
+
 __all__ = ["call", "require_session"]
 
 T = TypeVar("T")
@@ -41,8 +43,6 @@ def require_session() -> None:
     import ray
 
     if not ray.is_initialized():
-        from ..errors import ConnectionFailed
-
         raise ConnectionFailed(
             "this kernel has no open Ray session (it was closed, or another connect() failed); "
             "call nbserve.connect() again"

@@ -1,0 +1,214 @@
+"""The package's shape, checked from its source: layers, no import cycles, small modules.
+
+Imports are read with ``ast`` from every module of ``nbserve/``, at module level and inside
+functions; only ``if TYPE_CHECKING:`` blocks are left out (they never run). A module must be
+placed in ``LAYERS``; it may import modules of its own layer or below, never above, and the
+graph has no cycles. ``nbserve/remote/`` runs on the cluster side, pickled by value, so it may
+import only the standard library, Ray, prometheus_client and itself.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "nbserve"
+
+# Lowest first. A module's layer is its own name's entry, else its package's (``remote``).
+LAYERS: list[tuple[str, set[str]]] = [
+    ("leaves", {"errors", "wait", "versions", "names", "defaults", "fmt", "procs", "target",
+                "_vllm_plugin"}),
+    ("specs", {"spec", "accelerators", "serveconfig", "clusterspec", "manifests", "tinymodel"}),
+    ("remote", {"remote"}),
+    ("observe", {"metrics", "sources", "snapshot", "prometheus", "dashboard", "bench",
+                 "benchresult", "benchprompts"}),
+    ("session", {"cluster", "session", "app", "status"}),
+    ("backends", {"local", "kube"}),
+    ("root", {"connect", "__init__", "cli"}),
+]
+# Leaves import nothing of nbserve but errors.
+LEAF_IMPORTS = {"errors"}
+# Backends hand the session data; they never build (so never import) Cluster or App.
+SESSION = {"cluster", "session", "app"}
+BACKENDS = {"local", "kube"}
+# What the cluster side may import besides the standard library and itself. Its entry point,
+# ``remote.call`` (run in the kernel, never shipped), may raise nbserve's ConnectionFailed.
+REMOTE_THIRD_PARTY = {"ray", "prometheus_client"}
+REMOTE_ENTRY_MAY_IMPORT = {("remote", "errors")}
+MAX_LINES = 450
+
+
+def module_name(path: Path) -> str:
+    """``nbserve/remote/serve.py`` -> ``remote.serve``; ``nbserve/__init__.py`` -> ``__init__``."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer_of(name: str) -> int:
+    for index, (_, members) in enumerate(LAYERS):
+        if name in members or name.split(".")[0] in members:
+            return index
+    raise AssertionError(f"nbserve/{name.replace('.', '/')}.py is in no layer: add it to "
+                         "LAYERS in tests/test_layers.py")
+
+
+def _type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imports(path: Path, name: str) -> list[tuple[str, int, bool]]:
+    """(imported module, line, at function level) for every runtime import in ``path``.
+
+    nbserve modules come back as their names in ``modules()`` (``remote.serve``), others as
+    ``:top-level-package`` (``:ray``).
+    """
+    tree = ast.parse(path.read_text(), str(path))
+    package = name.split(".") if path.name == "__init__.py" and name != "__init__" else (
+        name.split(".")[:-1])
+    found: list[tuple[str, int, bool]] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _type_checking(child):
+                for other in child.orelse:
+                    visit(other, in_function)
+                continue
+            nested = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    found.append((_name(alias.name.split(".")), child.lineno, in_function))
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:  # relative: resolve against this module's package
+                    base = package[: len(package) - (child.level - 1)]
+                    target = ["nbserve", *base, *(child.module.split(".") if child.module else [])]
+                else:
+                    target = (child.module or "").split(".")
+                for alias in child.names:  # `from . import remote`: the alias is the module
+                    sub = [*target, alias.name]
+                    whole = sub if sub[0] == "nbserve" and _is_module(sub[1:]) else target
+                    found.append((_name(whole), child.lineno, in_function))
+            visit(child, nested)
+
+    visit(tree, False)
+    return found
+
+
+def _is_module(parts: list[str]) -> bool:
+    if not parts:
+        return False
+    base = PACKAGE.joinpath(*parts)
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def _name(parts: list[str]) -> str:
+    if parts[0] != "nbserve":
+        return ":" + parts[0]
+    rest = parts[1:]
+    while rest and not _is_module(rest):
+        rest = rest[:-1]
+    return ".".join(rest) if rest else "__init__"
+
+
+def graph() -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for name, path in modules().items():
+        out[name] = {dep for dep, _, _ in imports(path, name)
+                     if not dep.startswith(":") and dep != name}
+    return out
+
+
+def test_every_module_has_a_layer() -> None:
+    for name in modules():
+        layer_of(name)
+
+
+def test_imports_point_down_the_layers() -> None:
+    wrong = []
+    for name, path in modules().items():
+        mine = layer_of(name)
+        for dep, line, _ in imports(path, name):
+            if dep.startswith(":") or dep == name:
+                continue
+            if layer_of(dep) > mine:
+                wrong.append(f"nbserve/{name} line {line} imports {dep} "
+                             f"({LAYERS[layer_of(dep)][0]} is above {LAYERS[mine][0]})")
+            if mine == 0 and dep not in LEAF_IMPORTS and layer_of(dep) == 0:
+                wrong.append(f"leaf {name} line {line} imports {dep} (leaves import only errors)")
+            top = name.split(".")[0]
+            if top in BACKENDS and dep.split(".")[0] in SESSION:
+                wrong.append(f"backend {name} line {line} imports the session ({dep})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycles() -> None:
+    edges = graph()
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(edges.get(node, ())):
+            if state.get(dep) == 1:
+                cycles.append([*stack[stack.index(dep):], dep])
+            elif dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cluster_side_imports_only_what_a_ray_image_has() -> None:
+    allowed = set(sys.stdlib_module_names) | REMOTE_THIRD_PARTY
+    wrong = []
+    for name, path in modules().items():
+        if name.split(".")[0] != "remote":
+            continue
+        for dep, line, _ in imports(path, name):
+            if dep.startswith(":"):
+                if dep[1:] not in allowed and dep[1:] != "__future__":
+                    wrong.append(f"nbserve/{name} line {line} imports {dep[1:]}")
+            elif dep.split(".")[0] != "remote" and (name, dep) not in REMOTE_ENTRY_MAY_IMPORT:
+                wrong.append(f"nbserve/{name} line {line} imports nbserve.{dep}")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("name", sorted(modules()))
+def test_modules_stay_small(name: str) -> None:
+    lines = len(modules()[name].read_text().splitlines())
+    assert lines <= MAX_LINES, f"nbserve/{name}: {lines} lines; split it by concept"
+
+
+def test_the_checker_sees_function_level_and_skips_type_checking_imports() -> None:
+    source = PACKAGE / "remote" / "__init__.py"
+    found = {(dep, nested) for dep, _, nested in imports(source, "remote")}
+    assert (":ray", True) in found and ("errors", False) in found  # `from ..errors import`
+    serve = {dep for dep, _, _ in imports(PACKAGE / "remote" / "serve.py", "remote.serve")}
+    assert "remote.ray_private" in serve  # `from .ray_private import ...` in a subpackage
+    app = imports(PACKAGE / "app.py", "app")
+    assert "cluster" not in {dep for dep, _, _ in app}  # only under TYPE_CHECKING there
+
+
+def test_nbserve_modules_are_imported_at_module_level() -> None:
+    """Function-level imports are for deferring heavy third-party packages, not nbserve's own."""
+    late = [f"nbserve/{name} line {line} imports {dep} inside a function"
+            for name, path in modules().items()
+            for dep, line, in_function in imports(path, name)
+            if in_function and not dep.startswith(":")]
+    assert not late, "\n".join(late)
