@@ -16,6 +16,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from . import cluster as _cluster
+from . import tinymodel
 from .app import App
 from .bench import LoadRun
 from .benchresult import BenchResult, BenchRun, LoadStats
@@ -41,7 +42,6 @@ from .prometheus import Prometheus
 from .snapshot import Replicas, Snapshot
 from .spec import LLM, Engine, Scaling
 from .status import AppStatus, DeploymentStatus, ReplicaInfo
-from .tinymodel import build_tiny_model
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -113,4 +113,4 @@ def demo_model(path: str | Path | None = None) -> str:
     Example:
         >>> nbserve.LLM(nbserve.demo_model(), name="tiny")  # doctest: +SKIP
     """
-    return str(build_tiny_model(path))
+    return str(tinymodel.build_tiny_model(path))

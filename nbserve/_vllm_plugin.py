@@ -37,7 +37,7 @@ def register() -> None:
         return
     if os.environ.get("VLLM_CPU_OMP_THREADS_BIND") == "nobind":
         return  # vLLM binds no worker: there is no placement to follow
-    thread = threading.Thread(target=_follow_workers, name="nbserve-engine-affinity",
+    thread = threading.Thread(target=follow_workers, name="nbserve-engine-affinity",
                               daemon=True)
     thread.start()
 
@@ -51,7 +51,7 @@ def _is_engine_core() -> bool:
         return False
 
 
-def _follow_workers(timeout: float = 900, poll: float = 0.5) -> None:
+def follow_workers(timeout: float = 900, poll: float = 0.5) -> None:
     """Wait until vLLM has bound this process's workers, then move onto their cores."""
     deadline = time.monotonic() + timeout
     everything = os.sched_getaffinity(0)

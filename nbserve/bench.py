@@ -64,7 +64,7 @@ def run(
         tokenizer: a folder with the model's ``tokenizer.json`` for exact prompt lengths.
         seed: seed of the random prompts and arrival times.
         timeout: seconds one request may take.
-        progress: show a progress bar (``tqdm.auto``).
+        progress: show a progress bar (``wait.Progress``).
         warmup: send one request first, not counted, that also checks the endpoint answers.
         api_key: bearer token for the endpoint.
 

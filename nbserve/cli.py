@@ -262,7 +262,7 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(head: local.LocalCluster) -> None:
+def _show(head: local.LocalHead) -> None:
     print(f"local Ray head running (pid {head.pid})")
     print(f"  Ray Client: {head.address}")
     print(f"  dashboard:  {head.dashboard_url}")

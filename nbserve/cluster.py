@@ -224,6 +224,7 @@ class Cluster:
         if _active is self:
             ray.shutdown()
             _active = None
+            session.clear_token()
             log.info("disconnected from %s", self.address)
         self.target.close()
 

@@ -28,7 +28,7 @@ from .defaults import home
 from .errors import ClusterError, LocalClusterError
 from .target import Target
 
-__all__ = ["LocalCluster", "LocalProvider", "down", "find", "home", "target", "up"]
+__all__ = ["LocalHead", "LocalProvider", "down", "find", "target", "up"]
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,11 @@ DEFAULT_HEAD_ENV: dict[str, str] = dict(defaults.SERVE_THROUGHPUT_ENV)
 
 
 @dataclass(frozen=True)
-class LocalCluster:
+class LocalHead:
     """A running local head, as recorded in its state file.
 
     Example:
-        >>> lc = LocalCluster(pid=1, client_port=10001, dashboard_port=8265, metrics_port=8080,
+        >>> lc = LocalHead(pid=1, client_port=10001, dashboard_port=8265, metrics_port=8080,
         ...                   serve_port=8000, gcs_port=6379, token_path="/t", temp_dir="/r",
         ...                   num_cpus=8, started_at=0.0)
         >>> lc.address
@@ -93,14 +93,14 @@ def _state_file(base: Path | None = None) -> Path:
     return (base or home()) / "local" / "cluster.json"
 
 
-def find(base: Path | None = None) -> LocalCluster | None:
+def find(base: Path | None = None) -> LocalHead | None:
     """Return the local head recorded under ``base`` if it still runs, else None.
 
     A state file left by a head that died is removed.
     """
     path = _state_file(base)
     try:
-        cluster = LocalCluster(**json.loads(path.read_text()))
+        cluster = LocalHead(**json.loads(path.read_text()))
     except FileNotFoundError:
         return None
     except (ValueError, TypeError) as err:
@@ -117,7 +117,7 @@ def find(base: Path | None = None) -> LocalCluster | None:
 def up(
     *, num_cpus: int = DEFAULT_NUM_CPUS, base: Path | None = None, timeout: float = 90,
     env: dict[str, str] | None = None,
-) -> LocalCluster:
+) -> LocalHead:
     """Start a local Ray head, or return the one already running under ``base``.
 
     Args:
@@ -182,7 +182,7 @@ def up(
             cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=head_env,
             start_new_session=True,
         )
-    cluster = LocalCluster(
+    cluster = LocalHead(
         pid=proc.pid, client_port=client, dashboard_port=dashboard, metrics_port=metrics,
         serve_port=serve, gcs_port=gcs, token_path=str(token_path), temp_dir=temp_dir,
         num_cpus=num_cpus, started_at=time.time(),
@@ -236,7 +236,7 @@ class LocalProvider:
     A head that was running already (another notebook's, or ``nbserve up``'s) needs ``force``.
 
     Example:
-        >>> head = LocalCluster(pid=1, client_port=10001, dashboard_port=8265, metrics_port=8080,
+        >>> head = LocalHead(pid=1, client_port=10001, dashboard_port=8265, metrics_port=8080,
         ...                     serve_port=8000, gcs_port=6379, token_path="/t", temp_dir="/r",
         ...                     num_cpus=8, started_at=0.0)
         >>> LocalProvider(head, created=False).describe()
@@ -245,7 +245,7 @@ class LocalProvider:
 
     kind = "local"
 
-    def __init__(self, head: LocalCluster, *, created: bool, base: Path | None = None) -> None:
+    def __init__(self, head: LocalHead, *, created: bool, base: Path | None = None) -> None:
         self.head = head
         self.created = created
         self.base = base

@@ -20,10 +20,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .errors import ConnectionFailed, VersionMismatch
+from .remote.ray_private import reset_auth_token_cache
 from .versions import version_hint
 from .wait import backoff
 
-__all__ = ["handshake", "probe", "set_token"]
+__all__ = ["clear_token", "handshake", "probe", "set_token"]
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ def handshake(address: str, timeout: float, *, token: str | None, token_path: st
         ConnectionFailed: nothing answers, or no session within ``timeout`` (with a hint).
         VersionMismatch: Ray Client reports another Ray version or Python minor.
     """
-    import ray
-
     streamed = logging.getLogger("ray.util.client.logsclient")  # the server's log lines
     if not any(isinstance(f, _DropSigtermNotice) for f in streamed.filters):
         streamed.addFilter(_DropSigtermNotice())
@@ -60,11 +59,23 @@ def handshake(address: str, timeout: float, *, token: str | None, token_path: st
     started = time.monotonic()
     probe(parsed.hostname or "", parsed.port or 0, min(timeout, 10.0))
     set_token(token, token_path)
+    try:
+        _init(address, started + timeout, timeout, sleep)
+    except BaseException:
+        clear_token()  # a failed session leaves no credentials behind
+        raise
+    return time.monotonic() - started
+
+
+def _init(address: str, deadline: float, timeout: float, sleep: Callable[[float], None]) -> None:
+    """``ray.init(address)``, retried with backoff until ``deadline``."""
+    import ray
+
     last: Exception | None = None
-    for _ in backoff(started + timeout, first=1.0, factor=2.0, cap=8.0, sleep=sleep):
+    for _ in backoff(deadline, first=1.0, factor=2.0, cap=8.0, sleep=sleep):
         try:
             ray.init(address, logging_level=logging.WARNING, log_to_driver=False)
-            break
+            return
         except RuntimeError as err:
             if "version mismatch" in str(err).lower() or "Python minor" in str(err):
                 raise VersionMismatch(version_hint(str(err))) from err
@@ -74,18 +85,16 @@ def handshake(address: str, timeout: float, *, token: str | None, token_path: st
         log.info("Ray Client handshake with %s failed (%s); retrying", address, last)
         if ray.is_initialized():
             ray.shutdown()
-    else:
-        text = str(last)
-        hint = (
-            " The cluster asks for a token: pass token= or token_path=, or set RAY_AUTH_TOKEN_PATH."
-            if "auth" in text.lower() else
-            " Check that the head is up and that this is its Ray Client port (usually 10001)."
-        )
-        raise ConnectionFailed(
-            f"could not open a Ray Client session to {address} within {timeout:.0f} s: "
-            f"{text}.{hint}"
-        ) from last
-    return time.monotonic() - started
+    text = str(last)
+    hint = (
+        " The cluster asks for a token: pass token= or token_path=, or set RAY_AUTH_TOKEN_PATH."
+        if "auth" in text.lower() else
+        " Check that the head is up and that this is its Ray Client port (usually 10001)."
+    )
+    raise ConnectionFailed(
+        f"could not open a Ray Client session to {address} within {timeout:.0f} s: "
+        f"{text}.{hint}"
+    ) from last
 
 
 def probe(host: str, port: int, timeout: float) -> None:
@@ -105,24 +114,55 @@ def probe(host: str, port: int, timeout: float) -> None:
         ) from err
 
 
-def set_token(token: str | None, token_path: str | None) -> None:
-    """Point this process's Ray at the cluster's token; the token itself is never logged.
+# The variables through which this process's Ray finds a token. nbserve sets them for the one
+# session it opens with credentials and puts the user's own values back when it ends.
+_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
+_saved: dict[str, str | None] | None = None  # the user's values while nbserve's are set
+_token_file: Path | None = None
 
-    A token given as a string goes into a private 0600 file, not into the environment, so it
-    does not show up in ``%env`` or in child processes.
+
+def set_token(token: str | None, token_path: str | None) -> None:
+    """Give this process's Ray exactly this session's credentials, and no other's.
+
+    Whatever an earlier ``connect()`` set is cleared first (``clear_token``), so a cluster never
+    receives another cluster's token. With neither argument, the process's own environment
+    decides (e.g. a ``RAY_AUTH_TOKEN_PATH`` the user exported). A token given as a string goes
+    into a private 0600 file, not into the environment, so it does not show up in ``%env`` or
+    in child processes; it is never logged.
     """
+    global _saved, _token_file
+    clear_token()
     if token is None and token_path is None:
         return
+    _saved = {name: os.environ.get(name) for name in _AUTH_VARS}
     if token is not None:
         fd, path = tempfile.mkstemp(prefix="nbserve-token-")
         with os.fdopen(fd, "w") as fh:
             fh.write(token)
-        atexit.register(lambda: Path(path).unlink(missing_ok=True))
+        _token_file = Path(path)
+        atexit.register(_token_file.unlink, missing_ok=True)
         token_path = path
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
     os.environ.pop("RAY_AUTH_TOKEN", None)
-    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+    reset_auth_token_cache()
 
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()  # a previous cluster's token is stale
+
+def clear_token() -> None:
+    """Take back the credentials ``set_token`` gave Ray: the user's own values return.
+
+    ``Cluster.disconnect()`` calls it, so nothing of a closed session's token stays behind.
+    """
+    global _saved, _token_file
+    if _saved is None:
+        return
+    for name, value in _saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _saved = None
+    if _token_file is not None:
+        _token_file.unlink(missing_ok=True)
+        _token_file = None
+    reset_auth_token_cache()

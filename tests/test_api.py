@@ -182,8 +182,8 @@ def test_scale_and_down_on_a_plain_ray_address_say_why_not() -> None:
             call()
 
 
-def a_local_head() -> local.LocalCluster:
-    return local.LocalCluster(pid=2**22 + 1, client_port=1, dashboard_port=2, metrics_port=3,
+def a_local_head() -> local.LocalHead:
+    return local.LocalHead(pid=2**22 + 1, client_port=1, dashboard_port=2, metrics_port=3,
                               serve_port=4, gcs_port=5, token_path="/t", temp_dir="/r",
                               num_cpus=8, started_at=0.0)
 

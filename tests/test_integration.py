@@ -72,7 +72,7 @@ def test_bench_the_app_and_from_the_command_line(
     assert "no application 'no-such-app'" in capsys.readouterr().err
 
 
-def test_local_head_runs_with_serve_throughput_flags(local_head: local.LocalCluster
+def test_local_head_runs_with_serve_throughput_flags(local_head: local.LocalHead
                                                     ) -> None:
     raw = Path(f"/proc/{local_head.pid}/environ").read_bytes().split(b"\0")
     env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)

@@ -509,7 +509,7 @@ def test_gke_runbook_runs_under_papermill(
     from test_integration import run_notebook
 
     _, app, token = kr_app
-    before = {r["replica_id"] for r in app.replicas() if r["state"] == "ALIVE"}
+    before = {r.replica_id for r in app.replicas() if r.alive}
     kube.operator = Operator(ready_after=1.0, ports=head_ports(local_head), token=token)
     kube.forward_to("127.0.0.1", head_ports(local_head).values())
     summary, rayservice = tmp_path / "summary.json", tmp_path / "rayservice.yaml"
@@ -532,7 +532,7 @@ def test_gke_runbook_runs_under_papermill(
     assert kube.get("rayclusters", NS, "nb-gke") is None  # down=True deleted it
     assert not kube.open_sessions()
     assert token not in json.dumps(nb), "the Ray auth token leaked into the notebook"
-    after = {r["replica_id"] for r in app.replicas() if r["state"] == "ALIVE"}
+    after = {r.replica_id for r in app.replicas() if r.alive}
     assert after == before, "the runbook's deploy restarted replicas"
     assert app.status().ok
 

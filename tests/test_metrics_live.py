@@ -14,13 +14,13 @@ import pytest
 from promserver import require_prometheus, running_prometheus
 
 import nbserve
-from nbserve.local import LocalCluster
+from nbserve.local import LocalHead
 from nbserve.metrics import Snapshot
 
 pytestmark = pytest.mark.integration
 
 
-def test_metrics_under_load(local_head: LocalCluster, tiny_app: nbserve.App) -> None:
+def test_metrics_under_load(local_head: LocalHead, tiny_app: nbserve.App) -> None:
     require_prometheus()
     app = tiny_app
     stop = threading.Event()

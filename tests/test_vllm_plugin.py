@@ -34,7 +34,7 @@ FOLLOWER = textwrap.dedent(
         preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
     try:
         before = sorted(os.sched_getaffinity(0))
-        _vllm_plugin._follow_workers(timeout=float(sys.argv[1]), poll=0.05)
+        _vllm_plugin.follow_workers(timeout=float(sys.argv[1]), poll=0.05)
         print(json.dumps({"cpu": cpu, "before": before,
                           "after": sorted(os.sched_getaffinity(0))}))
     finally:
@@ -90,7 +90,7 @@ def test_children_lists_direct_children_only() -> None:
 @pytest.mark.integration
 @needs_two_cpus
 def test_the_demo_apps_engine_core_runs_on_its_workers_cores(tiny_app: nbserve.App,
-                                                            local_head: local.LocalCluster
+                                                            local_head: local.LocalHead
                                                             ) -> None:
     names = {}
     for pid, _ in procs.descendants(local_head.pid):
