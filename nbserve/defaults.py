@@ -40,7 +40,7 @@ KUBERAY_THROUGHPUT_ENV: Final = MappingProxyType({
 })
 
 # Every engine replica without an accelerator: a small KV cache (GiB) and the engine core on
-# its worker's cores (nbserve's vLLM plugin, ``nbserve._vllm_plugin``).
+# its worker's cores (nbserve's vLLM plugin, ``nbserve.vllm_plugin``).
 CPU_ENGINE_ENV: Final = MappingProxyType({
     "VLLM_CPU_KVCACHE_SPACE": "1", "NBSERVE_ENGINE_CORE_AFFINITY": "worker",
 })

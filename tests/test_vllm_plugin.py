@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import nbserve
-from nbserve import _vllm_plugin, local, procs
+from nbserve import local, procs, vllm_plugin
 
 needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
                                     reason="binding needs at least two CPUs")
@@ -26,7 +26,7 @@ needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
 FOLLOWER = textwrap.dedent(
     """
     import json, os, subprocess, sys
-    from nbserve import _vllm_plugin
+    from nbserve import vllm_plugin
 
     cpu = max(os.sched_getaffinity(0))
     worker = subprocess.Popen(
@@ -34,7 +34,7 @@ FOLLOWER = textwrap.dedent(
         preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
     try:
         before = sorted(os.sched_getaffinity(0))
-        _vllm_plugin.follow_workers(timeout=float(sys.argv[1]), poll=0.05)
+        vllm_plugin.follow_workers(timeout=float(sys.argv[1]), poll=0.05)
         print(json.dumps({"cpu": cpu, "before": before,
                           "after": sorted(os.sched_getaffinity(0))}))
     finally:
@@ -53,7 +53,7 @@ def run_follower(timeout: float = 20) -> dict[str, object]:
 
 def test_the_plugin_is_registered_for_vllm() -> None:
     names = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
-    assert names.get("nbserve_engine_affinity") == "nbserve._vllm_plugin:register"
+    assert names.get("nbserve_engine_affinity") == "nbserve.vllm_plugin:register"
 
 
 @needs_two_cpus
@@ -68,20 +68,20 @@ def test_register_does_nothing_outside_an_engine_core_or_without_the_env(
     def no_thread(*args: object, **kwargs: object) -> None:
         pytest.fail("register() started its thread")
 
-    monkeypatch.setattr(_vllm_plugin.threading, "Thread", no_thread)
-    monkeypatch.delenv(_vllm_plugin.ENV, raising=False)
-    _vllm_plugin.register()  # no env: nothing
-    monkeypatch.setenv(_vllm_plugin.ENV, "worker")
-    _vllm_plugin.register()  # env, but this test process is not an engine core
-    monkeypatch.setenv(_vllm_plugin.ENV, "off")
-    _vllm_plugin.register()
+    monkeypatch.setattr(vllm_plugin.threading, "Thread", no_thread)
+    monkeypatch.delenv(vllm_plugin.ENV, raising=False)
+    vllm_plugin.register()  # no env: nothing
+    monkeypatch.setenv(vllm_plugin.ENV, "worker")
+    vllm_plugin.register()  # env, but this test process is not an engine core
+    monkeypatch.setenv(vllm_plugin.ENV, "off")
+    vllm_plugin.register()
 
 
 def test_children_lists_direct_children_only() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        assert child.pid in _vllm_plugin.children(os.getpid())
-        assert _vllm_plugin.children(child.pid) == []
+        assert child.pid in vllm_plugin.children(os.getpid())
+        assert vllm_plugin.children(child.pid) == []
     finally:
         child.kill()
         child.wait()
