@@ -113,7 +113,7 @@ class DashboardReport:
 
     def figure(self) -> Any:
         """A plotly Figure of the recorded window."""
-        return _figure(self.state, widget=False)
+        return _figure(self.state)
 
     def __repr__(self) -> str:
         points = {app: len(self.state.snapshots.get(app, ())) for app in self.state.apps}
@@ -143,7 +143,7 @@ class Dashboard:
 
     Each app gets its own row of replica controls (``controls[name]``). The widgets are
     attributes: ``widget`` (the whole view), ``header`` (one line per app), ``bars`` (one
-    KV-cache bar per replica), ``chart`` (the plotly figure ``fig``, or an Output drawing it),
+    KV-cache bar per replica), ``chart`` (an Output widget drawing the plotly figure ``fig``),
     ``pause``, ``interval_menu`` and ``message`` (what the last apply did).
 
     Args:
@@ -244,14 +244,12 @@ class Dashboard:
 
         self.header = w.HTML()
         self.bars = w.HBox()
-        try:
-            self.fig = _figure(self.state, widget=True)
-            self.chart: Any = self.fig
-        except ImportError as err:  # plotly >= 6 draws a FigureWidget with anywidget only
-            log.info("no plotly FigureWidget (%s); the chart is redrawn on each refresh", err)
-            self.fig = _figure(self.state, widget=False)
-            self.chart = w.Output()
-            self.chart.outputs = (_display_data(self.fig),)
+        # The chart is a plain plotly Figure drawn into an Output widget and redrawn on each
+        # refresh. plotly's FigureWidget (updates instead of redraws) sometimes came up blank
+        # in JupyterLab when the refresh thread updated it while its view was being created.
+        self.fig = _figure(self.state)
+        self.chart = w.Output()
+        self.chart.outputs = (_display_data(self.fig),)
         self.controls = {name: self._controls(app) for name, app in self.apps.items()}
         self.pause = w.ToggleButton(value=False, description="pause", icon="pause")
         self.pause.observe(lambda ch: setattr(self.state, "paused", ch["new"]), "value")
@@ -273,8 +271,7 @@ class Dashboard:
                                description="min", layout=w.Layout(width="130px"))
         high = w.BoundedIntText(value=scaling.max_replicas if scaling else 1, min=1, max=1000,
                                 description="max", layout=w.Layout(width="130px"))
-        apply = w.Button(description="apply replicas", icon="check", disabled=scaling is None,
-                         tooltip=f"set the replicas of {app.name}")
+        apply = w.Button(description="apply replicas", icon="check", disabled=scaling is None)
         apply.on_click(lambda _: self._on_apply(app.name))
         label = w.HTML(f"<b>{html.escape(app.name)}</b>", layout=w.Layout(min_width="80px"))
         return AppControls(w.HBox([label, low, high, apply]), low, high, apply)
@@ -331,8 +328,7 @@ class Dashboard:
                 self.fig.data[i].x = [time.strftime("%H:%M:%S", time.localtime(t))
                                       for t in times]
                 self.fig.data[i].y = values
-        if self.chart is not self.fig:  # a plain Figure shown in an Output widget
-            self.chart.outputs = (_display_data(self.fig),)
+        self.chart.outputs = (_display_data(self.fig),)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle: dict[str, Any] = self.widget._repr_mimebundle_(**kwargs) or {}
@@ -352,7 +348,7 @@ def _traces(state: DashboardState) -> list[tuple[tuple[str, str], int]]:
     return out
 
 
-def _figure(state: DashboardState, *, widget: bool) -> Any:
+def _figure(state: DashboardState) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -366,7 +362,7 @@ def _figure(state: DashboardState, *, widget: bool) -> Any:
             mode="lines", name=label), row=row, col=1)
     fig.update_layout(height=480, margin={"l": 40, "r": 10, "t": 30, "b": 30},
                       legend={"orientation": "h"})
-    return go.FigureWidget(fig) if widget else fig
+    return fig
 
 
 def _display_data(fig: Any) -> dict[str, Any]:
