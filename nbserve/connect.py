@@ -135,13 +135,10 @@ def create_cluster(
 ) -> _cluster.Cluster:
     """Create (or update) a KubeRay RayCluster from ``spec``, wait until it is ready, connect.
 
-    Applying is declarative: a new RayCluster is created; if one of that name exists, its
-    ``spec`` is replaced by the spec's (one JSON patch, guarded by the object's
-    resourceVersion), so a worker group left out of ``spec`` is removed and every field nbserve
-    renders takes the spec's value. Two things are kept: labels nbserve does not set, and, when
-    the spec turns the in-tree autoscaler on, the ``replicas`` of worker groups that already
-    exist (the autoscaler owns them; they are clamped into the new bounds). KubeRay does not
-    restart running pods for a changed pod template: new pods get it.
+    Applying is ``nbserve.kube.provision.apply``'s: declarative (a RayCluster of that name gets
+    the spec's ``spec`` in one guarded JSON patch; labels nbserve does not set, and the
+    autoscaler's ``replicas`` clamped into the new bounds, are kept), and running pods keep
+    their template while new pods get the changed one.
 
     If the cluster is not ready in time it is left in place (GPU nodes may still be coming up;
     deleting would throw that away): the error says how far it got and how to go on. To apply
