@@ -10,6 +10,8 @@ opening the Ray Client session on it is ``cluster``'s job.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -107,11 +109,20 @@ def find(base: Path | None = None) -> LocalHead | None:
         log.warning("ignoring unreadable local cluster state %s: %s", path, err)
         path.unlink(missing_ok=True)
         return None
-    if procs.pid_alive(cluster.pid):
+    if procs.pid_alive(cluster.pid) and _is_head(cluster):
         return cluster
     log.info("local Ray head pid %d is gone; forgetting it", cluster.pid)
     path.unlink(missing_ok=True)
     return None
+
+
+def _is_head(head: LocalHead) -> bool:
+    """Whether ``head.pid`` is still the ``ray start`` nbserve ran (a pid can be reused)."""
+    try:
+        argv = Path(f"/proc/{head.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"start" in argv and f"--temp-dir={head.temp_dir}".encode() in argv
 
 
 def up(
@@ -119,6 +130,10 @@ def up(
     env: dict[str, str] | None = None,
 ) -> LocalHead:
     """Start a local Ray head, or return the one already running under ``base``.
+
+    Calls for one folder take turns (a file lock), so two notebooks starting at once get one
+    head. Interrupted (Ctrl-C, a kernel interrupt) or failing while the head starts, it stops
+    what it started: no head is left running unrecorded.
 
     Args:
         num_cpus: logical CPUs the head advertises; more than the cores so the Serve ingress
@@ -141,12 +156,29 @@ def up(
     """
     if num_cpus < 1:
         raise LocalClusterError(f"num_cpus={num_cpus} must be at least 1")
+    state = _state_file(base)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(state.parent):  # one up() at a time per folder: one head
+        return _up(state, num_cpus, base, timeout, env)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder/up.lock`` across processes (released if one dies)."""
+    with open(folder / "up.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _up(state: Path, num_cpus: int, base: Path | None, timeout: float,
+        env: dict[str, str] | None) -> LocalHead:
     existing = find(base)
     if existing is not None:
         log.info("attaching to the local Ray head already running (pid %d)", existing.pid)
         return existing
-    state = _state_file(base)
-    state.parent.mkdir(parents=True, exist_ok=True)
     token_path = state.parent / "auth_token"
     if not token_path.exists():
         fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -188,16 +220,20 @@ def up(
         num_cpus=num_cpus, started_at=time.time(),
     )
     deadline = time.monotonic() + timeout
-    # The client port opens before the raylet and its agent; Ray Client sessions opened in
-    # that gap fail, so wait for the agent's ports too.
-    while not all(procs.port_open(p) for p in (client, dashboard, metrics, agent)):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc.pid, grace=5)
-            shutil.rmtree(temp_dir, ignore_errors=True)
-            tail = procs.tail(log_path)
-            why = "exited" if proc.returncode is not None else f"did not answer in {timeout:.0f} s"
-            raise LocalClusterError(f"the local Ray head {why}; its log ends:\n{tail}")
-        time.sleep(0.25)
+    try:
+        # The client port opens before the raylet and its agent; Ray Client sessions opened
+        # in that gap fail, so wait for the agent's ports too.
+        while not all(procs.port_open(p) for p in (client, dashboard, metrics, agent)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = ("exited" if proc.returncode is not None
+                       else f"did not answer in {timeout:.0f} s")
+                raise LocalClusterError(
+                    f"the local Ray head {why}; its log ends:\n{procs.tail(log_path)}")
+            time.sleep(0.25)
+    except BaseException:  # also Ctrl-C / a kernel interrupt: leave no head behind
+        _stop(proc.pid, grace=5)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
     state.write_text(json.dumps(asdict(cluster), indent=2))
     log.info("local Ray head up: %s (pid %d)", cluster.address, cluster.pid)
     return cluster

@@ -39,7 +39,7 @@ def test_stale_state_is_forgotten(tmp_path: Path) -> None:
 
 def test_target_of_a_head_this_call_did_not_start_does_not_own_it(tmp_path: Path) -> None:
     """A running head (a process group leader stands in for it) is attached to, not started."""
-    stand_in = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    stand_in = head_stand_in("/y")
     try:
         state = tmp_path / "local" / "cluster.json"
         state.parent.mkdir(parents=True)
@@ -62,6 +62,45 @@ def test_target_of_a_head_this_call_did_not_start_does_not_own_it(tmp_path: Path
     finally:
         stand_in.kill()
         stand_in.wait()
+
+
+def head_stand_in(temp_dir: str) -> subprocess.Popen[bytes]:
+    """A process group leader whose command line reads like the head's ``ray start``."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "start",
+                             f"--temp-dir={temp_dir}"], start_new_session=True)
+
+
+def write_state(base: Path, pid: int, temp_dir: str) -> Path:
+    state = base / "local" / "cluster.json"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({
+        "pid": pid, "client_port": 1, "dashboard_port": 2, "metrics_port": 3, "serve_port": 4,
+        "gcs_port": 5, "token_path": "/x", "temp_dir": temp_dir, "num_cpus": 8,
+        "started_at": 0.0,
+    }))
+    return state
+
+
+def test_down_stops_only_the_head_it_started_not_a_process_that_took_its_pid(
+        tmp_path: Path) -> None:
+    """A recorded pid now belongs to another program (pids are reused): it is left alone."""
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        state = write_state(tmp_path, other.pid, str(tmp_path / "ray-tmp"))
+        assert local.find(tmp_path) is None and not state.exists()
+        write_state(tmp_path, other.pid, str(tmp_path / "ray-tmp"))
+        assert local.down(tmp_path) is False
+        assert other.poll() is None, "down() killed a process that is not the head"
+        imposter = head_stand_in(str(tmp_path / "another-head"))  # a head, but not this one
+        try:
+            write_state(tmp_path, imposter.pid, str(tmp_path / "ray-tmp"))
+            assert local.down(tmp_path) is False and imposter.poll() is None
+        finally:
+            imposter.kill()
+            imposter.wait()
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_unreadable_state_is_forgotten(tmp_path: Path) -> None:
@@ -134,3 +173,57 @@ def test_descendants_include_those_that_left_the_process_group() -> None:
             procs.kill(pid)
         parent.kill()
         parent.wait()
+
+
+def processes_of(base: Path) -> list[int]:
+    """Live processes started for the head under ``base`` (their environment names its token)."""
+    mark = str(base / "local" / "auth_token").encode()
+    found = []
+    for pid in procs.processes():
+        try:
+            if mark in Path(f"/proc/{pid}/environ").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+UP = ("import sys, pathlib; from nbserve import local; "
+      "print(local.up(base=pathlib.Path(sys.argv[1])).pid)")
+
+
+@pytest.mark.integration
+def test_two_up_at_once_start_one_head(tmp_path: Path) -> None:
+    runs = [subprocess.Popen([sys.executable, "-c", UP, str(tmp_path)], stdout=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    try:
+        pids = {run.communicate(timeout=300)[0].strip() for run in runs}
+        assert all(run.returncode == 0 for run in runs)
+        assert len(pids) == 1, f"two heads started: {pids}"
+    finally:
+        local.down(tmp_path)
+    assert not processes_of(tmp_path)
+
+
+@pytest.mark.integration
+def test_an_interrupted_up_leaves_no_head_running(tmp_path: Path) -> None:
+    run = subprocess.Popen([sys.executable, "-c", UP, str(tmp_path)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not processes_of(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the head is starting: interrupt up() while it waits for it
+        assert processes_of(tmp_path), "the head never started"
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=120)
+        assert run.returncode != 0 and "KeyboardInterrupt" in err
+        deadline = time.monotonic() + 30
+        while processes_of(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not processes_of(tmp_path), "an interrupted up() left the head running"
+        assert local.find(tmp_path) is None
+    finally:
+        run.kill()
+        local.down(tmp_path)
+        for pid in processes_of(tmp_path):
+            procs.kill(pid)
