@@ -62,10 +62,16 @@ class App:
         self._metrics = MetricsReader(name)  # one MetricsWindow per source read
 
     @classmethod
-    def _from_record(cls, cluster: Cluster, name: str, record: dict[str, Any] | None) -> App:
-        if record is None:
+    def from_record(cls, cluster: Cluster, name: str, record: dict[str, Any] | None) -> App:
+        """The handle of an app from nbserve's record of it (None: not deployed by nbserve).
+
+        A record this nbserve cannot read (e.g. a spec field of another version) gives a
+        handle without a spec, so one bad record never hides the other apps.
+        """
+        spec = _spec_of(name, record)
+        if spec is None:
             return cls(cluster, name, None)
-        return cls(cluster, name, LLM(**record["spec"]), route_prefix=record["route_prefix"])
+        return cls(cluster, name, spec, route_prefix=(record or {}).get("route_prefix"))
 
     # --- endpoint ---------------------------------------------------------------------------
     @property
@@ -210,12 +216,19 @@ class App:
             raise SpecError(
                 "update() cannot change model or name; deploy a new app with cluster.deploy()"
             )
-        new = self.spec.with_changes(**changes)
-        old_version = engine_version(serve_app(self.spec, self.name, self.route_prefix))
+        current = _spec_of(self.name, remote.call(remote_serve.record_of, self.name))
+        if current is None:
+            raise NbserveError(
+                f"app {self.name!r} has no nbserve record on the cluster any more (deleted, or "
+                "replaced by something else); cluster.apps() shows what runs now"
+            )
+        self.spec = current  # another notebook may have changed it since this handle saw it
+        new = current.with_changes(**changes)
+        old_version = engine_version(serve_app(current, self.name, self.route_prefix))
         new_version = engine_version(serve_app(new, self.name, self.route_prefix))
         kind = "in place" if old_version == new_version else "rolling restart"
         log.info("updating %s (%s): %s", self.name, kind, sorted(changes))
-        self._apply(new)
+        self.apply(new, replace=True)
         self.last_update = kind
         if wait:
             self.wait(timeout=timeout, progress=progress)
@@ -226,17 +239,29 @@ class App:
         remote.call(remote_serve.delete, self.name)
         log.info("deleted app %s", self.name)
 
-    def _apply(self, spec: LLM) -> None:
+    def apply(self, spec: LLM, *, replace: bool = False) -> None:
+        """Deploy ``spec`` as this app (what ``Cluster.deploy`` and ``update`` do), not waiting.
+
+        Raises:
+            SpecError: refused before anything changed (a name that runs another app without
+                ``replace``, a route prefix that is taken, a model path missing on the cluster).
+            DeployFailed: Serve did not accept the config.
+        """
         config = serve_app(spec, self.name, self.route_prefix)
         record = {
             "spec": spec.model_dump(mode="json"), "config": config,
             "route_prefix": self.route_prefix, "deployed_at": time.time(),
         }
         try:
-            result = remote.call(remote_serve.deploy, config, self.cluster.http_options, record)
+            result = remote.call(remote_serve.deploy, config, self.cluster.http_options, record,
+                                 replace)
+        except NbserveError:
+            raise
         except Exception as err:
             raise DeployFailed(self.name, "DEPLOY_FAILED", _error_tail(err)) from err
         if not result["ok"]:
+            if result["reason"] == "lost_apps":
+                raise NbserveError(result["message"])
             raise SpecError(result["message"])
         self.spec = spec
 
@@ -265,9 +290,11 @@ class App:
             >>> run = app.load(concurrency=8, duration_s=60)  # doctest: +SKIP
             >>> run.wait()                                     # doctest: +SKIP
         """
-        return bench.start(self.endpoint, model=self.model, concurrency=concurrency,
-                           duration_s=duration_s, max_tokens=max_tokens, prompt=prompt,
-                           max_requests=max_requests)
+        run = bench.start(self.endpoint, model=self.model, concurrency=concurrency,
+                          duration_s=duration_s, max_tokens=max_tokens, prompt=prompt,
+                          max_requests=max_requests)
+        self.cluster.bind(run)  # disconnect() stops it
+        return run
 
     def bench(self, *, concurrency: int | Sequence[int] = 8, num_prompts: int = 64,
               input_len: int = 64, output_len: int = 128, **kwargs: Any) -> BenchResult:
@@ -342,7 +369,9 @@ class App:
             >>> dash = app.dashboard()  # doctest: +SKIP
             >>> dash                    # doctest: +SKIP
         """
-        return Dashboard([self], interval=interval, history=history, prometheus=prometheus)
+        dash = Dashboard([self], interval=interval, history=history, prometheus=prometheus)
+        self.cluster.bind(dash)  # disconnect() stops it
+        return dash
 
     def to_rayservice(self, cluster: ClusterSpec, *, name: str | None = None) -> dict[str, Any]:
         """A RayService manifest whose serveConfigV2 is exactly this app, on ``cluster``.
@@ -370,6 +399,18 @@ class App:
             f"<b>nbserve.App</b> <code>{html.escape(self.name)}</code> · model {model}<br>"
             f"endpoint <code>{html.escape(self.endpoint)}</code>"
         )
+
+
+def _spec_of(name: str, record: dict[str, Any] | None) -> LLM | None:
+    """The spec in nbserve's record of an app, None without a readable one."""
+    if not record or not isinstance(record.get("spec"), dict):
+        return None
+    try:
+        return LLM(**record["spec"])
+    except ValueError as err:  # pydantic's ValidationError is a ValueError
+        log.warning("app %s: nbserve's record of it cannot be read here (%s)", name,
+                    str(err).splitlines()[0])
+        return None
 
 
 def _error_tail(err: BaseException) -> str:

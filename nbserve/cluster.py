@@ -13,8 +13,9 @@ from __future__ import annotations
 import html
 import logging
 import time
+import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import remote, session
 from .app import App
@@ -30,6 +31,15 @@ if TYPE_CHECKING:
 __all__ = ["Cluster", "current", "open"]
 
 log = logging.getLogger(__name__)
+
+
+
+class Stoppable(Protocol):
+    """What a session stops when it closes: a dashboard, a load run."""
+
+    def stop(self) -> object:
+        """Stop it."""
+        ...
 
 
 class Cluster:
@@ -50,6 +60,13 @@ class Cluster:
         self.address = target.address
         self.serve_url = target.serve_url.rstrip("/")
         self.dashboard_url = target.dashboard_url
+        # Dashboards and load runs of this session, stopped with it (weakly held: one that
+        # was dropped and collected needs no stopping).
+        self._bound: weakref.WeakSet[Stoppable] = weakref.WeakSet()
+
+    def bind(self, thing: Stoppable) -> None:
+        """Stop ``thing`` (a dashboard, a load run) when this session is disconnected."""
+        self._bound.add(thing)
 
     @property
     def provider(self) -> Provider | None:
@@ -68,18 +85,22 @@ class Cluster:
 
     # --- apps -------------------------------------------------------------------------------
     def deploy(
-        self, spec: LLM, name: str, *, route_prefix: str | None = None, wait: bool = True,
-        timeout: float = 900, progress: bool = True,
+        self, spec: LLM, name: str, *, route_prefix: str | None = None, replace: bool = False,
+        wait: bool = True, timeout: float = 900, progress: bool = True,
     ) -> App:
         """Deploy a model server as a Serve application of its own name and route prefix.
 
-        Other applications on the cluster are left alone; deploying a name that exists replaces
-        that application (in place where only scaling changed).
+        Other applications on the cluster are left alone, also when several notebooks deploy
+        at once (changes to the cluster's set of apps are serialized). Deploying exactly what
+        already runs under ``name`` changes nothing, so a notebook can run again; a name that
+        runs something else is refused unless ``replace=True`` (then in place where only
+        scaling changed, else a rolling restart).
 
         Args:
             spec: what to serve.
             name: application name; also the URL prefix (``/NAME/v1``).
             route_prefix: a different URL prefix, if wanted.
+            replace: replace whatever app runs under ``name`` (nbserve's or not).
             wait: wait until the app is RUNNING (with a progress bar), raising on failure.
             timeout: seconds to wait.
             progress: show a progress bar while waiting.
@@ -88,7 +109,9 @@ class Cluster:
             The app handle.
 
         Raises:
-            SpecError: bad name or spec (nothing was deployed).
+            SpecError: bad name or spec, a name that runs another app (without ``replace``),
+                a route prefix another app serves, or a local model path missing on the
+                cluster (nothing was deployed).
             DeployFailed: the app went DEPLOY_FAILED or UNHEALTHY while waiting.
 
         Example:
@@ -101,7 +124,7 @@ class Cluster:
         if route_prefix is not None and not route_prefix.startswith("/"):
             raise SpecError(f"route_prefix {route_prefix!r} must start with '/'")
         app = App(self, name, spec, route_prefix=route_prefix)
-        app._apply(spec)
+        app.apply(spec, replace=replace)
         if wait:
             app.wait(timeout=timeout, progress=progress)
         return app
@@ -117,7 +140,7 @@ class Cluster:
 
         records = remote.call(remote_serve.records)  # checks the session first
         names = sorted(serve.status().applications)
-        return [App._from_record(self, name, records.get(name)) for name in names]
+        return [App.from_record(self, name, records.get(name)) for name in names]
 
     def app(self, name: str) -> App:
         """Re-attach to one application by name, e.g. one another notebook deployed.
@@ -139,7 +162,9 @@ class Cluster:
         Example:
             >>> cluster.dashboard()  # doctest: +SKIP
         """
-        return Dashboard(self.apps(), interval=interval, history=history, prometheus=prometheus)
+        dash = Dashboard(self.apps(), interval=interval, history=history, prometheus=prometheus)
+        self.bind(dash)
+        return dash
 
 
     # --- the cluster behind the session ---------------------------------------------------------
@@ -217,10 +242,16 @@ class Cluster:
         return _active is self and ray.is_initialized()
 
     def disconnect(self) -> None:
-        """Close the Ray Client session and its port-forwards; the cluster keeps running."""
+        """Close the Ray Client session and its port-forwards; the cluster keeps running.
+
+        The session's dashboards and load runs stop first.
+        """
         global _active
         import ray
 
+        for thing in list(self._bound):  # they would call a cluster that is gone
+            thing.stop()
+        self._bound.clear()
         if _active is self:
             ray.shutdown()
             _active = None
@@ -253,6 +284,7 @@ class Cluster:
 
 
 _active: Cluster | None = None
+
 
 
 def current() -> Cluster | None:

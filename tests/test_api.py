@@ -243,3 +243,16 @@ def test_wait_ends_only_when_the_model_server_has_its_replicas() -> None:
     assert not settled("RUNNING", "HEALTHY", RUNNING=3)  # scaling down: not yet
     other = AppStatus("x", "RUNNING", "", {"Other": DeploymentStatus("Other", "HEALTHY", "", {})})
     assert other.settled("LLMServer:x", 1, 1)  # not a Serve LLM app: RUNNING is enough
+
+
+def test_disconnect_stops_the_sessions_dashboards_and_load_runs() -> None:
+    """Both would go on calling a cluster that is gone (or an endpoint of it) after disconnect."""
+    from nbserve.target import Target
+
+    cluster = nbserve.Cluster(Target("ray://127.0.0.1:9", serve_url="http://127.0.0.1:9"))
+    app = nbserve.App(cluster, "tiny", nbserve.LLM("org/tiny"))
+    dash = app.dashboard(interval=1.0)  # its reads fail (no session) and it keeps trying
+    run = app.load(concurrency=1, duration_s=600, max_tokens=4)  # nothing answers there
+    assert dash.running and run.running
+    cluster.disconnect()
+    assert not dash.running and not run.running

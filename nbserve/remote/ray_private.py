@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "auth_headers", "gcs_address", "kv_delete", "kv_get", "kv_keys", "kv_put",
+    "auth_headers", "gcs_address", "kv_delete", "kv_get", "kv_keys", "kv_put", "kv_put_new",
     "reset_auth_token_cache", "serve_client",
 ]
 
@@ -35,6 +35,17 @@ def kv_put(key: str, value: str, namespace: bytes) -> None:
     from ray.experimental import internal_kv
 
     internal_kv._internal_kv_put(key, value, overwrite=True, namespace=namespace)
+
+
+def kv_put_new(key: str, value: str, namespace: bytes) -> bool:
+    """Set a key of Ray's internal key-value store only if it is absent; whether it was set.
+
+    One call to the GCS, so of several callers exactly one gets True.
+    """
+    from ray.experimental import internal_kv
+
+    existed = internal_kv._internal_kv_put(key, value, overwrite=False, namespace=namespace)
+    return not existed
 
 
 def kv_delete(key: str, namespace: bytes) -> None:

@@ -13,6 +13,7 @@ import json
 import os
 from typing import Any, Literal, TypedDict
 
+from .lock import app_set_lock
 from .ray_private import gcs_address, kv_delete, kv_get, kv_keys, kv_put, serve_client
 
 KV_NAMESPACE = b"nbserve"
@@ -20,10 +21,13 @@ KV_PREFIX = "app/"
 
 
 class DeployResult(TypedDict):
-    """What ``deploy`` did: ``ok``, or why not (``reason``) in a sentence (``message``)."""
+    """What ``deploy`` did: ``ok``, or why not (``reason``) in a sentence (``message``).
+
+    An ``ok`` deploy that changed nothing has the message ``unchanged``.
+    """
 
     ok: bool
-    reason: Literal["", "model_path_missing"]
+    reason: Literal["", "model_path_missing", "exists", "route_prefix_taken", "lost_apps"]
     message: str
 
 
@@ -39,64 +43,123 @@ class ReplicaRow(TypedDict):
     death_cause: str
 
 
-def deploy(app: dict[str, Any], http: dict[str, Any] | None,
-           record: dict[str, Any]) -> DeployResult:
+def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, Any],
+           replace: bool = False) -> DeployResult:
     """Apply one Serve app config declaratively, keeping every other declared app as it is.
 
-    Serve's declarative API takes the whole set of apps at once, so the current set is read
-    and this app added or replaced in it. Serve builds the app on the cluster and applies
-    ``deployments:`` overrides in place. A local model path that does not exist is refused
-    (``model_path_missing``) before anything is deployed.
+    Serve's declarative API takes the whole set of apps at once, so under the cluster's
+    app-set lock the current set is read, this app added or replaced in it, the set written
+    back and checked (every other app still declared), and then nbserve's record of the app
+    written. Serve builds the app on the cluster and applies ``deployments:`` overrides in
+    place. Deploying exactly what runs under that name changes nothing. Refused before
+    anything changes: a local model path that does not exist (``model_path_missing``), a name
+    that runs something else unless ``replace`` (``exists``), a route prefix another app
+    serves (``route_prefix_taken``).
     """
     from ray.serve.schema import ServeDeploySchema
 
-    for cfg in app["args"]["llm_configs"]:
+    for cfg in (app.get("args") or {}).get("llm_configs") or []:
         source = cfg["model_loading_config"]["model_source"]
         if _looks_like_path(source) and not os.path.exists(os.path.expanduser(source)):
-            return DeployResult(
-                ok=False, reason="model_path_missing",
-                message=f"model path {source!r} does not exist on the cluster node "
-                        f"{os.uname().nodename}; pass a path that exists on the cluster's nodes "
-                        "or a Hugging Face model id")
+            return _refused("model_path_missing",
+                            f"model path {source!r} does not exist on the cluster node "
+                            f"{os.uname().nodename}; pass a path that exists on the cluster's "
+                            "nodes or a Hugging Face model id")
+    name = app["name"]
     client = serve_client(http)
-    details = client.get_serve_details()
-    declared = [
-        a["deployed_app_config"] for name, a in details.get("applications", {}).items()
-        if a.get("deployed_app_config") and name != app["name"]
-    ]
-    config: dict[str, Any] = {"applications": [*declared, app]}
-    if details.get("target_capacity") is not None:
-        config["target_capacity"] = details["target_capacity"]
-    kv_put(KV_PREFIX + app["name"], json.dumps(record), KV_NAMESPACE)
-    client.deploy_apps(ServeDeploySchema.model_validate(config))
+    with app_set_lock():
+        details = client.get_serve_details()
+        running = details.get("applications", {})
+        if name in running and not replace:
+            if (record_of(name) or {}).get("config") == app:
+                return DeployResult(ok=True, reason="", message="unchanged")
+            return _refused("exists", _exists(name, running[name]))
+        prefix = app.get("route_prefix")
+        for other, info in running.items():
+            theirs = info.get("route_prefix") or (info.get("deployed_app_config") or {}).get(
+                "route_prefix")  # the declared one, while Serve has not set it up yet
+            if other != name and prefix and theirs == prefix:
+                return _refused("route_prefix_taken",
+                                f"route prefix {prefix!r} is served by app {other!r}; pass "
+                                "another route_prefix= (or another name, the default prefix)")
+        keep = {other: a["deployed_app_config"] for other, a in running.items()
+                if a.get("deployed_app_config") and other != name}
+        config: dict[str, Any] = {"applications": [*keep.values(), app]}
+        if details.get("target_capacity") is not None:
+            config["target_capacity"] = details["target_capacity"]
+        client.deploy_apps(ServeDeploySchema.model_validate(config))
+        lost = _lost(client, {*keep, name})
+        if lost:
+            return _refused("lost_apps", f"after deploying {name!r}, Serve no longer declares "
+                                         f"{', '.join(sorted(lost))}; something outside nbserve "
+                                         "changed the cluster's applications at the same time")
+        kv_put(KV_PREFIX + name, json.dumps(record), KV_NAMESPACE)
     return DeployResult(ok=True, reason="", message="")
 
 
 def delete(name: str) -> None:
-    """Delete one Serve application and forget nbserve's record of it."""
+    """Delete one Serve application and forget nbserve's record of it; other apps stay."""
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
     client = serve_client()
-    details = client.get_serve_details()
-    apps = details.get("applications", {})
-    if name in apps and apps[name].get("deployed_app_config"):
-        rest = [a["deployed_app_config"] for n, a in apps.items()
-                if n != name and a.get("deployed_app_config")]
-        client.deploy_apps(ServeDeploySchema.model_validate({"applications": rest}))
+    with app_set_lock():
+        apps = client.get_serve_details().get("applications", {})
+        if name in apps and apps[name].get("deployed_app_config"):
+            rest = [a["deployed_app_config"] for n, a in apps.items()
+                    if n != name and a.get("deployed_app_config")]
+            client.deploy_apps(ServeDeploySchema.model_validate({"applications": rest}))
+        kv_delete(KV_PREFIX + name, KV_NAMESPACE)
     serve.delete(name, _blocking=True)  # an app of serve.run; else waits until it is gone
-    kv_delete(KV_PREFIX + name, KV_NAMESPACE)
 
 
 def records() -> dict[str, dict[str, Any]]:
-    """Nbserve's records of the apps it deployed, by app name."""
+    """Nbserve's readable records of the apps it deployed, by app name.
+
+    A record that is not JSON (written by something else) is left out: that app then shows as
+    one nbserve did not deploy, and the others still list.
+    """
     out = {}
     for key in kv_keys(KV_PREFIX, KV_NAMESPACE):
-        raw = kv_get(key.decode(), KV_NAMESPACE)
-        if raw:
-            name = key.decode()[len(KV_PREFIX):]
-            out[name] = json.loads(raw)
+        name = key.decode()[len(KV_PREFIX):]
+        record = record_of(name)
+        if record is not None:
+            out[name] = record
     return out
+
+
+def record_of(name: str) -> dict[str, Any] | None:
+    """Nbserve's record of one app, None when there is none (or it cannot be read)."""
+    raw = kv_get(KV_PREFIX + name, KV_NAMESPACE)
+    if not raw:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _lost(client: Any, names: set[str]) -> set[str]:
+    declared = {n for n, a in client.get_serve_details().get("applications", {}).items()
+                if a.get("deployed_app_config")}
+    return names - declared
+
+
+def _refused(reason: Any, message: str) -> DeployResult:
+    return DeployResult(ok=False, reason=reason, message=message)
+
+
+def _exists(name: str, info: dict[str, Any]) -> str:
+    config = info.get("deployed_app_config") or {}
+    what = config.get("import_path") or "an application"
+    models = [c.get("model_loading_config", {}).get("model_source")
+              for c in (config.get("args") or {}).get("llm_configs") or []]
+    if any(models):
+        what += f" serving {', '.join(m for m in models if m)}"
+    return (f"an application named {name!r} runs already ({what}, status "
+            f"{info.get('status', '?')}): pass replace=True to replace it, use "
+            f"cluster.app({name!r}).update(...) to change it, or pick another name")
 
 
 def replicas(app_name: str) -> list[ReplicaRow]:

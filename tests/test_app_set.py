@@ -1,0 +1,83 @@
+"""Changes to the cluster's set of Serve applications, from several callers at once.
+
+Serve's declarative API takes the whole set of applications in one call, so every deploy and
+delete reads the set, changes one app and writes the set back. These tests run that against a
+real local head with trivial Serve apps (tests/cluster_apps, no model engine) from many
+threads at once (each a Ray task on the cluster, as two notebooks would be) and check that no
+app is lost and that a name is only replaced when asked.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbserve import remote
+from nbserve.remote import serve as remote_serve
+
+pytestmark = pytest.mark.integration
+
+APPS_PATH = str(Path(__file__).parent / "cluster_apps")
+
+
+def echo_config(name: str) -> dict[str, Any]:
+    return {
+        "name": name, "route_prefix": f"/{name}", "import_path": "nbserve_echo:build",
+        "args": {"name": name}, "runtime_env": {"env_vars": {"PYTHONPATH": APPS_PATH}},
+    }
+
+
+def declared() -> set[str]:
+    from ray import serve
+
+    return set(serve.status().applications)
+
+
+def deploy(name: str, *, replace: bool = False, **changes: Any) -> remote_serve.DeployResult:
+    config = echo_config(name) | changes
+    return remote.call(remote_serve.deploy, config, None, {"config": config}, replace)
+
+
+def test_concurrent_deploys_and_deletes_lose_no_app(cluster: Any) -> None:
+    names = [f"echo-{i}" for i in range(6)]
+    keep = {"echo-keep"}
+    try:
+        assert deploy("echo-keep")["ok"]
+        for _ in range(2):
+            with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+                results = list(pool.map(deploy, names))
+            assert all(r["ok"] for r in results), results
+            assert declared() >= {*names, *keep}, sorted(declared())
+            with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+                list(pool.map(lambda n: remote.call(remote_serve.delete, n), names))
+            assert declared() & set(names) == set(), sorted(declared())
+            assert declared() >= keep, sorted(declared())
+    finally:
+        for name in [*names, *keep]:
+            remote.call(remote_serve.delete, name)
+
+
+def test_a_name_that_runs_is_replaced_only_when_asked(cluster: Any) -> None:
+    try:
+        assert deploy("echo-once")["ok"]
+        same = deploy("echo-once")  # exactly what runs: a no-op, so a notebook can run again
+        assert same["ok"] and same["message"] == "unchanged", same
+        other_args = deploy("echo-once", args={"name": "something else"})
+        assert not other_args["ok"] and other_args["reason"] == "exists", other_args
+        message = other_args["message"]
+        assert "replace=True" in message and "nbserve_echo:build" in message
+        assert deploy("echo-once", replace=True, args={"name": "something else"})["ok"]
+        taken = deploy("echo-other", route_prefix="/echo-once")
+        assert not taken["ok"] and taken["reason"] == "route_prefix_taken", taken
+        assert "echo-other" not in declared()
+        assert "echo-other" not in remote.call(remote_serve.records)  # no record without the app
+    finally:
+        for name in ("echo-once", "echo-other"):
+            remote.call(remote_serve.delete, name)
+    deadline = time.monotonic() + 60
+    while declared() & {"echo-once"} and time.monotonic() < deadline:
+        time.sleep(0.5)
