@@ -20,6 +20,10 @@ KV_NAMESPACE = b"nbserve"
 KV_PREFIX = "app/"
 
 
+# Why ``deploy`` refused ("" when it did not).
+Refusal = Literal["", "model_path_missing", "exists", "route_prefix_taken", "lost_apps"]
+
+
 class DeployResult(TypedDict):
     """What ``deploy`` did: ``ok``, or why not (``reason``) in a sentence (``message``).
 
@@ -27,7 +31,7 @@ class DeployResult(TypedDict):
     """
 
     ok: bool
-    reason: Literal["", "model_path_missing", "exists", "route_prefix_taken", "lost_apps"]
+    reason: Refusal
     message: str
 
 
@@ -146,7 +150,7 @@ def _lost(client: Any, names: set[str]) -> set[str]:
     return names - declared
 
 
-def _refused(reason: Any, message: str) -> DeployResult:
+def _refused(reason: Refusal, message: str) -> DeployResult:
     return DeployResult(ok=False, reason=reason, message=message)
 
 
