@@ -37,9 +37,14 @@ def declared() -> set[str]:
     return set(serve.status().applications)
 
 
-def deploy(name: str, *, replace: bool = False, **changes: Any) -> remote_serve.DeployResult:
+def deploy(name: str, *, replace: bool = False, http: dict[str, Any] | None = None,
+           **changes: Any) -> remote_serve.DeployResult:
+    """Deploy an echo app as ``App.apply`` does, with the session's HTTP options."""
+    import nbserve
+
     config = echo_config(name) | changes
-    return remote.call(remote_serve.deploy, config, None, {"config": config}, replace)
+    options = http or nbserve.connect().http_options  # the open session's
+    return remote.call(remote_serve.deploy, config, options, {"config": config}, replace)
 
 
 def test_concurrent_deploys_and_deletes_lose_no_app(cluster: Any) -> None:
@@ -81,3 +86,21 @@ def test_a_name_that_runs_is_replaced_only_when_asked(cluster: Any) -> None:
     deadline = time.monotonic() + 60
     while declared() & {"echo-once"} and time.monotonic() < deadline:
         time.sleep(0.5)
+
+
+def test_serve_listening_elsewhere_is_refused_and_reads_never_start_serve(cluster: Any) -> None:
+    """A deploy refuses when Serve listens elsewhere than the session expects (something
+    started it without nbserve's options). That reads never start Serve themselves is
+    tests/test_local.py's, on a head of its own."""
+    from nbserve import procs
+
+    try:
+        assert deploy("echo-here")["ok"]  # Serve runs, where the session expects it
+        here = cluster.http_options
+        wrong = {**here, "port": procs.free_ports(1)[0]}
+        refused = deploy("echo-there", http=wrong)
+        assert not refused["ok"] and refused["reason"] == "serve_elsewhere", refused
+        assert str(here["port"]) in refused["message"] and "serve.shutdown()" in refused["message"]
+        assert "echo-there" not in declared()
+    finally:
+        remote.call(remote_serve.delete, "echo-here")

@@ -106,8 +106,10 @@ def serve_replicas(app: str) -> dict[str, DeploymentInfo] | None:
     None when Serve has no application of that name (an app being redeployed is there, with
     no deployments for a moment).
     """
-    details = serve_client().get_serve_details()
-    info = details.get("applications", {}).get(app)
+    client = serve_client()
+    if client is None:  # Serve does not run: no app has deployments
+        return None
+    info = client.get_serve_details().get("applications", {}).get(app)
     if info is None:
         return None
     ingress = (info.get("deployment_topology") or {}).get("ingress_deployment")

@@ -1,7 +1,8 @@
 """Ray's private APIs nbserve relies on, fenced in one module so an upgrade looks in one place.
 
-Serve's controller client (``serve_start``), the internal key-value store, the GCS address the
-state API needs, Ray's auth headers for HTTP, and resetting the process's cached auth token.
+Serve's controller client (found, or started with ``serve_start``), the internal key-value
+store, the GCS address the state API needs, Ray's auth headers for HTTP, and resetting the
+process's cached auth token.
 Each is a thin function with Ray 2.60's import inside; callers use only these names.
 """
 
@@ -11,12 +12,23 @@ from typing import Any
 
 __all__ = [
     "auth_headers", "gcs_address", "kv_delete", "kv_get", "kv_keys", "kv_put", "kv_put_new",
-    "reset_auth_token_cache", "serve_client",
+    "reset_auth_token_cache", "serve_client", "start_serve",
 ]
 
 
-def serve_client(http_options: dict[str, Any] | None = None) -> Any:
-    """Serve's controller client, starting Serve (with ``http_options``) if it is not running."""
+def serve_client() -> Any:
+    """Serve's controller client, or None when Serve does not run on the cluster.
+
+    It never starts Serve: Serve started by a read or a delete would listen where Serve's
+    defaults say (0.0.0.0:8000), not where the session expects it.
+    """
+    from ray.serve.context import _connect
+
+    return _connect(raise_if_no_controller_running=False)
+
+
+def start_serve(http_options: dict[str, Any] | None) -> Any:
+    """Serve's controller client, starting Serve with ``http_options`` if it is not running."""
     from ray.serve._private.api import serve_start
 
     return serve_start(http_options=http_options) if http_options else serve_start()

@@ -14,14 +14,24 @@ import os
 from typing import Any, Literal, TypedDict
 
 from .lock import app_set_lock
-from .ray_private import gcs_address, kv_delete, kv_get, kv_keys, kv_put, serve_client
+from .ray_private import (
+    gcs_address,
+    kv_delete,
+    kv_get,
+    kv_keys,
+    kv_put,
+    serve_client,
+    start_serve,
+)
 
 KV_NAMESPACE = b"nbserve"
 KV_PREFIX = "app/"
 
 
 # Why ``deploy`` refused ("" when it did not).
-Refusal = Literal["", "model_path_missing", "exists", "route_prefix_taken", "lost_apps"]
+Refusal = Literal[
+    "", "model_path_missing", "serve_elsewhere", "exists", "route_prefix_taken", "lost_apps",
+]
 
 
 class DeployResult(TypedDict):
@@ -56,9 +66,10 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
     back and checked (every other app still declared), and then nbserve's record of the app
     written. Serve builds the app on the cluster and applies ``deployments:`` overrides in
     place. Deploying exactly what runs under that name changes nothing. Refused before
-    anything changes: a local model path that does not exist (``model_path_missing``), a name
-    that runs something else unless ``replace`` (``exists``), a route prefix another app
-    serves (``route_prefix_taken``).
+    anything changes: a local model path that does not exist (``model_path_missing``), Serve
+    started by something else and listening elsewhere than ``http`` says
+    (``serve_elsewhere``), a name that runs something else unless ``replace`` (``exists``), a
+    route prefix another app serves (``route_prefix_taken``).
     """
     from ray.serve.schema import ServeDeploySchema
 
@@ -70,9 +81,12 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
                             f"{os.uname().nodename}; pass a path that exists on the cluster's "
                             "nodes or a Hugging Face model id")
     name = app["name"]
-    client = serve_client(http)
+    client = start_serve(http)
     with app_set_lock():
         details = client.get_serve_details()
+        elsewhere = _listens_elsewhere(details.get("http_options") or {}, http or {})
+        if elsewhere:
+            return _refused("serve_elsewhere", elsewhere)
         running = details.get("applications", {})
         if name in running and not replace:
             if (record_of(name) or {}).get("config") == app:
@@ -106,15 +120,16 @@ def delete(name: str) -> None:
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
-    client = serve_client()
+    client = serve_client()  # never starts Serve: with none running there is no app
     with app_set_lock():
-        apps = client.get_serve_details().get("applications", {})
+        apps = client.get_serve_details().get("applications", {}) if client else {}
         if name in apps and apps[name].get("deployed_app_config"):
             rest = [a["deployed_app_config"] for n, a in apps.items()
                     if n != name and a.get("deployed_app_config")]
             client.deploy_apps(ServeDeploySchema.model_validate({"applications": rest}))
         kv_delete(KV_PREFIX + name, KV_NAMESPACE)
-    serve.delete(name, _blocking=True)  # an app of serve.run; else waits until it is gone
+    if client is not None:
+        serve.delete(name, _blocking=True)  # an app of serve.run; else waits until it is gone
 
 
 def records() -> dict[str, dict[str, Any]]:
@@ -148,6 +163,19 @@ def _lost(client: Any, names: set[str]) -> set[str]:
     declared = {n for n, a in client.get_serve_details().get("applications", {}).items()
                 if a.get("deployed_app_config")}
     return names - declared
+
+
+def _listens_elsewhere(running: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """Why Serve's proxy does not listen where the session expects it, or ""."""
+    differ = {key: (running.get(key), value) for key, value in wanted.items()
+              if key in ("host", "port") and running.get(key) != value}
+    if not differ:
+        return ""
+    where = ", ".join(f"{key} {have!r} instead of {want!r}" for key, (have, want) in differ.items())
+    return (f"Serve already runs on this cluster and listens with {where}, so nbserve's endpoints "
+            "would not reach it (something else started it, e.g. serve.run or serve.start "
+            "without nbserve's options); shut it down with serve.shutdown() (it stops every "
+            "app), or restart the local head (`nbserve down`, then `nbserve up`)")
 
 
 def _refused(reason: Refusal, message: str) -> DeployResult:
