@@ -40,7 +40,7 @@ from .errors import (
 from .manifests import to_yaml
 from .prometheus import Prometheus
 from .snapshot import Replicas, Snapshot
-from .spec import LLM, Engine, Scaling
+from .spec import LLM, Engine, Rollout, Scaling
 from .status import AppStatus, DeploymentStatus, ReplicaInfo
 
 if TYPE_CHECKING:
@@ -74,6 +74,7 @@ __all__ = [
     "Prometheus",
     "ReplicaInfo",
     "Replicas",
+    "Rollout",
     "Scaling",
     "SecretRef",
     "Snapshot",

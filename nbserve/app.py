@@ -197,9 +197,11 @@ class App:
         """Change the app in place: scaling changes apply without restarting replicas.
 
         Scaling (``min_replicas``, ``max_replicas``, ``initial_replicas``,
-        ``target_ongoing_requests``, ``max_ongoing_requests``) is a lightweight update; any engine
-        change (``max_model_len``, ``dtype``, ``engine=...``, ``env=...``) restarts the replicas
-        one by one. ``self.last_update`` says which it was.
+        ``target_ongoing_requests``, ``max_ongoing_requests``, ``max_queued_requests``) and
+        ``rollout=...`` are lightweight updates; any engine change (``max_model_len``,
+        ``dtype``, ``engine=...``, ``env=...``) restarts the replicas one by one, each
+        replacement starting before the replica it replaces stops (``Rollout``).
+        ``self.last_update`` says which it was.
 
         Example:
             >>> app.update(max_replicas=4)      # doctest: +SKIP

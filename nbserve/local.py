@@ -1,11 +1,12 @@
 """The embedded default: a real local Ray head that nbserve starts, finds and stops.
 
-``up()`` starts ``ray start --head --block`` as its own process group (free loopback ports,
-token authentication with a 0600 token file, more logical CPUs than cores so Serve's ingress
-always schedules) and records it in a state file under ``NBSERVE_HOME``, so a second notebook
-or the CLI attaches to the same head. ``down()`` stops that process group by pid and nothing
-else. ``target()`` hands the session the head as a ``Target`` with a ``LocalProvider``;
-opening the Ray Client session on it is ``cluster``'s job.
+``up()`` starts ``ray start --head --block`` as its own process group (every listener on
+loopback, free ports, token authentication with a 0600 token file, more logical CPUs than
+cores so Serve's ingress always schedules) and records it in a state file under
+``NBSERVE_HOME``, so a second notebook or the CLI attaches to the same head. ``down()`` stops
+that process group by pid and nothing else. ``target()`` hands the session the head as a
+``Target`` with a ``LocalProvider``; opening the Ray Client session on it is ``cluster``'s
+job. Serve's HAProxy settings for it come from ``haproxy``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import defaults, procs
+from . import defaults, haproxy, procs
 from .defaults import home
 from .errors import ClusterError, LocalClusterError
 from .target import Target
@@ -184,7 +185,7 @@ def _up(state: Path, num_cpus: int, base: Path | None, timeout: float,
         fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
-    temp_dir = tempfile.mkdtemp(prefix="nbserve-ray-")  # short: Ray puts sockets under it
+    temp_dir = tempfile.mkdtemp(prefix="nbray-")  # short: Ray and HAProxy put sockets under it
     gcs, client, dashboard, metrics, agent, serve, ha_stats, ha_metrics = procs.free_ports(8)
     ray_bin = Path(sys.executable).with_name("ray")
     cmd = [
@@ -201,6 +202,18 @@ def _up(state: Path, num_cpus: int, base: Path | None, timeout: float,
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(ha_metrics),
         **os.environ,
         **(DEFAULT_HEAD_ENV if env is None else env),
+    }
+    try:
+        head_env |= haproxy.loopback_env(head_env, state.parent, temp_dir)
+    except LocalClusterError:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    head_env |= {
+        # Ray's single-node mode (its default on macOS): the node's address is 127.0.0.1,
+        # so the Ray Client server, the agents and the metrics port listen on loopback, and no
+        # other node may join. (Ray's gRPC servers still bind every interface; they take only
+        # calls carrying the cluster's token.)
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_path),
         "RAY_USAGE_STATS_ENABLED": "0",

@@ -13,11 +13,13 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "descendants", "free_ports", "group_alive", "kill", "pgid", "pid_alive", "port_open",
-    "processes", "stop_group", "tail",
+    "Listener", "descendants", "free_ports", "group_alive", "kill", "listeners", "pgid",
+    "pid_alive", "port_open", "processes", "stop_group", "tail",
 ]
 
 
@@ -138,6 +140,60 @@ def free_ports(count: int) -> list[int]:
         for sock in socks:
             sock.close()
     return ports
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A TCP socket listening on this machine, and the process that holds it."""
+
+    pid: int
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        """Whether only this machine can reach it (127.0.0.0/8, also IPv4-mapped, or ::1)."""
+        return self.host.removeprefix("::ffff:").startswith("127.") or self.host == "::1"
+
+
+def listeners(pids: Iterable[int]) -> list[Listener]:
+    """The TCP sockets that ``pids`` hold in the LISTEN state, IPv4 and IPv6.
+
+    Example:
+        >>> with socket.socket() as sock:
+        ...     sock.bind(("127.0.0.1", 0)); sock.listen()
+        ...     port = sock.getsockname()[1]
+        ...     [(x.host, x.loopback) for x in listeners([os.getpid()]) if x.port == port]
+        [('127.0.0.1', True)]
+    """
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes[target[8:-1]] = pid
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            rows = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            hexaddr, hexport = fields[1].split(":")
+            found.append(Listener(inodes[fields[9]], _address(hexaddr, family), int(hexport, 16)))
+    return found
+
+
+def _address(hexaddr: str, family: int) -> str:
+    """An address as /proc/net/tcp{,6} writes it (32-bit words in host order) -> text."""
+    raw = bytes.fromhex(hexaddr)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(family, words)
 
 
 def tail(path: Path, lines: int = 30) -> str:

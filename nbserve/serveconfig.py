@@ -28,7 +28,7 @@ CPU_ENGINE_ENV = dict(defaults.CPU_ENGINE_ENV)
 def llm_config(spec: LLM) -> dict[str, Any]:
     """Render the ``ray.serve.llm.LLMConfig`` (as a dict) for a spec.
 
-    Replica scaling is not in it: see ``scaling_override``.
+    Replica scaling and rollout are not in it: see ``deployment_override``.
 
     Example:
         >>> cfg = llm_config(LLM("org/m", max_model_len=512))
@@ -69,12 +69,15 @@ def llm_deployment_name(spec: LLM) -> str:
     return "LLMServer:" + spec.served_name.replace("/", "--").replace(".", "_")
 
 
-def scaling_override(spec: LLM) -> dict[str, Any]:
-    """The ``deployments:`` entry that sets the model server's replicas and autoscaling.
+def deployment_override(spec: LLM) -> dict[str, Any]:
+    """The ``deployments:`` entry for the model server: replicas, autoscaling and rollout.
+
+    Serve applies all of it in place, without restarting replicas.
 
     Example:
-        >>> scaling_override(LLM("org/m", max_replicas=2))["autoscaling_config"]["max_replicas"]
-        2
+        >>> over = deployment_override(LLM("org/m", max_replicas=2))
+        >>> over["autoscaling_config"]["max_replicas"], over["max_surge_percent"]
+        (2, 100)
     """
     scaling = spec.scaling
     autoscaling: dict[str, Any] = {
@@ -92,7 +95,10 @@ def scaling_override(spec: LLM) -> dict[str, Any]:
     }
     if scaling.max_ongoing_requests is not None:
         override["max_ongoing_requests"] = scaling.max_ongoing_requests
-    return override
+    if scaling.max_queued_requests is not None:
+        override["max_queued_requests"] = scaling.max_queued_requests
+    rollout = spec.rollout.model_dump(exclude_none=True)
+    return override | rollout
 
 
 def serve_app(spec: LLM, name: str, route_prefix: str | None = None) -> dict[str, Any]:
@@ -108,7 +114,7 @@ def serve_app(spec: LLM, name: str, route_prefix: str | None = None) -> dict[str
         "route_prefix": route_prefix or f"/{name}",
         "import_path": IMPORT_PATH,
         "args": {"llm_configs": [llm_config(spec)]},
-        "deployments": [scaling_override(spec)],
+        "deployments": [deployment_override(spec)],
     }
 
 

@@ -17,14 +17,14 @@ from . import names
 from .accelerators import resolve_accelerator
 from .errors import SpecError
 
-__all__ = ["LLM", "Engine", "Scaling"]
+__all__ = ["LLM", "Engine", "Rollout", "Scaling"]
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 # Fields of the nested models that LLM(...) and App.update(...) accept at the top level.
 SCALING_SHORTCUTS = frozenset(
     {"min_replicas", "max_replicas", "initial_replicas", "target_ongoing_requests",
-     "max_ongoing_requests"}
+     "max_ongoing_requests", "max_queued_requests"}
 )
 ENGINE_SHORTCUTS = frozenset({"max_model_len", "dtype", "tensor_parallel_size"})
 
@@ -53,6 +53,12 @@ class Scaling(BaseModel):
         "LLM's default.",
     )
 
+    max_queued_requests: int | None = Field(
+        None, ge=1,
+        description="Requests waiting for a replica before Serve answers 503 at once; None "
+        "queues without limit (Serve's default).",
+    )
+
     @model_validator(mode="after")
     def _bounds(self) -> Scaling:
         if self.min_replicas > self.max_replicas:
@@ -68,6 +74,43 @@ class Scaling(BaseModel):
                 f" = [{self.min_replicas}, {self.max_replicas}]; pick a value inside that range"
             )
         return self
+
+
+class Rollout(BaseModel):
+    """How Serve replaces and stops the model server's replicas, and checks their health.
+
+    Every field applies in place (no replica restarts). The defaults keep a model that others
+    call answering through an engine update: the replacement starts before the replica it
+    replaces stops, and a stopping replica has time to finish long streams.
+
+    Example:
+        >>> Rollout(graceful_shutdown_timeout_s=60).max_surge_percent
+        100
+    """
+
+    model_config = _STRICT
+
+    max_surge_percent: int = Field(
+        100, ge=0, le=100,
+        description="Replicas an engine update may start beyond the target before stopping old "
+        "ones, as a percentage of the target (rounded up). 100 starts every replacement first; "
+        "0 stops old replicas first (Serve's default: a one-replica app then has none for the "
+        "whole engine start). Without room for the extra replicas, old ones keep serving while "
+        "replacements wait.",
+    )
+    graceful_shutdown_timeout_s: float = Field(
+        300, ge=0,
+        description="Seconds a stopping replica (engine update, scale-down) has to finish the "
+        "requests it holds before Serve kills it (Serve's default, 20 s, cuts long streams).",
+    )
+    health_check_period_s: float | None = Field(
+        None, gt=0, description="Seconds between Serve's health checks of a replica; None "
+        "keeps Serve LLM's default (10 s).",
+    )
+    health_check_timeout_s: float | None = Field(
+        None, gt=0, description="Seconds a health check may take before the replica counts as "
+        "unhealthy and is replaced; None keeps Serve LLM's default (10 s).",
+    )
 
 
 class Engine(BaseModel):
@@ -144,6 +187,10 @@ class LLM(BaseModel):
         default_factory=lambda: Scaling(), description="Replica counts and autoscaling."
     )
     engine: Engine = Field(default_factory=lambda: Engine(), description="vLLM engine settings.")
+    rollout: Rollout = Field(
+        default_factory=lambda: Rollout(),
+        description="How replicas are replaced, stopped and health-checked.",
+    )
     env: dict[str, str] = Field(
         default_factory=dict,
         description="Environment variables for the replicas (e.g. VLLM_CPU_KVCACHE_SPACE).",
@@ -200,7 +247,7 @@ class LLM(BaseModel):
         data = self.model_dump(exclude_unset=False)
         routed = _route_shortcuts(changes)
         for key, value in routed.items():
-            if key in ("scaling", "engine") and isinstance(value, dict):
+            if key in ("scaling", "engine", "rollout") and isinstance(value, dict):
                 data[key] = {**data[key], **value}
             else:
                 data[key] = value

@@ -83,6 +83,35 @@ def test_local_head_runs_with_serve_throughput_flags(local_head: local.LocalHead
     assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] != "9101"
 
 
+def test_everything_the_local_head_runs_listens_on_loopback_only(
+    local_head: local.LocalHead, tiny_app: nbserve.App
+) -> None:
+    """GCS, raylet, agents, Ray Client, workers, the engine and Serve's HAProxy: no listener
+    outside loopback, and HAProxy's admin socket in a 0700 folder of the head's own.
+
+    One exception, outside nbserve's reach: each Serve replica's inter-deployment gRPC server,
+    which Serve 2.60 binds to ``[::]:0`` in its code (``Replica._on_initialized``).
+    """
+    from collections import Counter
+
+    from nbserve import procs
+
+    assert tiny_app.status().ok  # Serve and its HAProxy run
+    tree = [local_head.pid, *(pid for pid, _ in procs.descendants(local_head.pid))]
+    listening = procs.listeners(tree)
+    names = {x.pid: Path(f"/proc/{x.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+             for x in listening}
+    assert "haproxy" in " ".join(names.values()) and len(listening) > 5, listening
+    exposed = [x for x in listening if not x.loopback]
+    per_replica = Counter(x.pid for x in exposed if names[x.pid].startswith("ray::ServeReplica:")
+                          and x.host == "::")
+    assert [(x, names[x.pid]) for x in exposed if x.pid not in per_replica] == []
+    assert set(per_replica.values()) == {1}, per_replica  # its one gRPC server, nothing else
+    sockets = list(Path(local_head.temp_dir).glob("h/*/admin.sock"))
+    assert len(sockets) == 1, sockets
+    assert (Path(local_head.temp_dir) / "h").stat().st_mode & 0o077 == 0  # only its owner
+
+
 def test_scaling_update_is_in_place(tiny_app: nbserve.App) -> None:
     before = llm_replicas(tiny_app)
     assert len(before) == 1
@@ -99,8 +128,18 @@ def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
     nbserve.wait.poll_until(lambda: len(llm_replicas(tiny_app)), lambda n: n == 1,
                             timeout=120, what="scale down to one replica")
     before = llm_replicas(tiny_app)
-    tiny_app.update(max_model_len=256, progress=False)
-    assert tiny_app.last_update == "rolling restart"
+    # Clients keep calling the one replica while its engine is replaced: the replacement
+    # starts first (max_surge_percent) and the old one finishes its streams before it stops.
+    with tiny_app.load(concurrency=2, duration_s=900, max_tokens=200) as run:
+        nbserve.wait.poll_until(lambda: run.stats().completed, lambda n: n >= 2, timeout=120,
+                                what="load on the app")
+        tiny_app.update(max_model_len=256, progress=False)
+        assert tiny_app.last_update == "rolling restart"
+        served = run.stats().completed
+        nbserve.wait.poll_until(lambda: run.stats().completed, lambda n: n >= served + 2,
+                                timeout=120, what="requests served by the new replica")
+        stats = run.stop()
+    assert stats.failed == 0 and stats.completed >= 4, stats
     after = llm_replicas(tiny_app)
     assert after and not (before & after), (before, after)
     assert tiny_app.spec is not None and tiny_app.spec.engine.max_model_len == 256

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nbserve"
 # Lowest first. A module's layer is its own name's entry, else its package's (``remote``).
 LAYERS: list[tuple[str, set[str]]] = [
     ("leaves", {"errors", "wait", "versions", "names", "defaults", "fmt", "procs", "target",
-                "vllm_plugin"}),
+                "vllm_plugin", "haproxy"}),
     ("specs", {"spec", "accelerators", "serveconfig", "clusterspec", "manifests", "tinymodel"}),
     ("remote", {"remote"}),
     ("observe", {"metrics", "sources", "snapshot", "prometheus", "dashboard", "bench",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nbserve import local, procs
+from nbserve import haproxy, local, procs
 from nbserve.errors import ClusterError, LocalClusterError
 
 
@@ -20,6 +21,44 @@ def test_num_cpus_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(LocalClusterError, match="num_cpus=0"):
         local.up(num_cpus=0, base=tmp_path)
     assert local.find(tmp_path) is None
+
+
+def test_a_temp_folder_too_long_for_haproxy_is_refused_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    deep = tmp_path / ("d" * 60)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    with pytest.raises(LocalClusterError, match="TMPDIR"):
+        local.up(base=tmp_path / "home")
+    assert local.find(tmp_path / "home") is None
+    assert list(deep.iterdir()) == []  # its temp folder is gone again
+
+
+def test_haproxy_runs_on_loopback_through_the_wrapper(tmp_path: Path) -> None:
+    """The wrapper moves HAProxy's every-interface binds to loopback and keeps the rest."""
+    import tempfile
+
+    short = tempfile.mkdtemp(prefix="nbray-", dir="/tmp")  # as the head's: HAProxy's sockets
+    try:
+        env = haproxy.loopback_env({"RAY_SERVE_ENABLE_HA_PROXY": "1",
+                                  "RAY_SERVE_HAPROXY_BINARY_PATH": "/bin/echo"}, tmp_path, short)
+    finally:
+        shutil.rmtree(short)
+    assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(tmp_path / "haproxy-loopback")
+    assert all(v.startswith(short) for k, v in env.items() if k != "RAY_SERVE_HAPROXY_BINARY_PATH")
+    config = tmp_path / "haproxy.cfg"
+    config.write_text("frontend prometheus\n    bind :9101\nfrontend http_frontend\n"
+                      "    bind 127.0.0.1:8000\nlisten stats\n  bind *:8404\n"
+                      "    server r1 10.0.0.7:30001 check\n")
+    out = subprocess.run([env["RAY_SERVE_HAPROXY_BINARY_PATH"], "-db", "-f", str(config),
+                          "-sf", "12"], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["-db", "-f", f"{config}.loopback", "-sf", "12"]
+    assert Path(f"{config}.loopback").read_text() == config.read_text().replace(
+        "bind :9101", "bind 127.0.0.1:9101").replace("bind *:8404", "bind 127.0.0.1:8404")
+    assert haproxy.loopback_env({}, tmp_path, str(tmp_path)) == {}  # no HAProxy, no wrapper
 
 
 def test_stale_state_is_forgotten(tmp_path: Path) -> None:
@@ -118,6 +157,24 @@ def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+NO_SERVE_PROBE = """
+import nbserve
+from nbserve import remote
+from nbserve.remote import collect, serve
+
+def serve_runs():
+    from nbserve.remote.ray_private import serve_client
+    return serve_client() is not None
+
+cluster = nbserve.connect()
+cluster.apps()
+remote.call(serve.delete, "nothing")
+print(remote.call(collect.serve_replicas, "nothing") is None, not remote.call(serve_runs),
+      len(cluster.apps()))
+cluster.disconnect()
+"""
+
+
 @pytest.mark.integration
 def test_cli_up_attach_status_down_stops_only_its_own_processes(tmp_path: Path) -> None:
     bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
@@ -138,6 +195,14 @@ def test_cli_up_attach_status_down_stops_only_its_own_processes(tmp_path: Path) 
         status = cli("-v", "status", home=tmp_path)
         assert status.returncode == 0, status.stderr
         assert token not in status.stdout + status.stderr
+
+        # Listing, deleting and reading metrics never start Serve (it would listen where
+        # Serve's defaults say, 0.0.0.0:8000, not where nbserve's endpoints point).
+        probe = subprocess.run(
+            [sys.executable, "-c", NO_SERVE_PROBE], capture_output=True, text=True, timeout=400,
+            env={**os.environ, "NBSERVE_HOME": str(tmp_path)},
+        )
+        assert probe.stdout.split() == ["True", "True", "0"], probe.stderr[-3000:]
 
         down = cli("down", home=tmp_path)
         assert down.returncode == 0 and "stopped" in down.stdout

@@ -12,16 +12,17 @@ from typing import Any
 
 import pytest
 from golden_util import check_golden
+from pydantic import ValidationError
 from ray.serve.schema import ServeApplicationSchema
 
-from nbserve import LLM, Engine
+from nbserve import LLM, Engine, Rollout
 from nbserve.manifests import to_yaml
 from nbserve.serveconfig import (
     CPU_ENGINE_ENV,
     IMPORT_PATH,
+    deployment_override,
     engine_version,
     llm_deployment_name,
-    scaling_override,
     serve_app,
 )
 
@@ -88,19 +89,44 @@ def test_scaling_lives_in_deployments_not_in_args(case: str) -> None:
     scaling_keys = {"deployment_config", "autoscaling_config", "num_replicas", "min_replicas",
                     "max_replicas", "initial_replicas", "max_ongoing_requests"}
     assert not scaling_keys & set(keys(app["args"]))
-    assert app["deployments"] == [scaling_override(spec)]
+    assert app["deployments"] == [deployment_override(spec)]
     auto = app["deployments"][0]["autoscaling_config"]
     assert (auto["min_replicas"], auto["max_replicas"]) == (
         spec.scaling.min_replicas, spec.scaling.max_replicas)
 
 
 def test_scale_to_zero_starts_warm_unless_told() -> None:
-    assert scaling_override(gpu_l4())["autoscaling_config"]["initial_replicas"] == 1
+    assert deployment_override(gpu_l4())["autoscaling_config"]["initial_replicas"] == 1
     cold = gpu_l4().with_changes(initial_replicas=0)
-    assert scaling_override(cold)["autoscaling_config"]["initial_replicas"] == 0
-    assert "initial_replicas" not in scaling_override(cpu_demo())["autoscaling_config"]
-    assert scaling_override(cpu_demo().with_changes(max_ongoing_requests=8))[
+    assert deployment_override(cold)["autoscaling_config"]["initial_replicas"] == 0
+    assert "initial_replicas" not in deployment_override(cpu_demo())["autoscaling_config"]
+    assert deployment_override(cpu_demo().with_changes(max_ongoing_requests=8))[
         "max_ongoing_requests"] == 8
+
+
+def test_replacements_start_first_and_stopping_replicas_finish_long_streams() -> None:
+    over = deployment_override(cpu_demo())
+    assert over["max_surge_percent"] == 100  # Serve's 0 leaves a one-replica app with none
+    assert over["graceful_shutdown_timeout_s"] > 20  # Serve's 20 s cuts long streams
+    assert "health_check_period_s" not in over and "max_queued_requests" not in over
+    tuned = cpu_demo().with_changes(
+        max_queued_requests=32, rollout={"health_check_timeout_s": 30, "max_surge_percent": 50})
+    over = deployment_override(tuned)
+    assert (over["max_queued_requests"], over["health_check_timeout_s"],
+            over["max_surge_percent"], over["graceful_shutdown_timeout_s"]) == (32, 30, 50, 300)
+    ServeApplicationSchema.model_validate(serve_app(tuned, "tiny"))  # Serve's own schema
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"rollout": {"max_surge_percent": 101}}, "max_surge_percent"),
+    ({"rollout": {"graceful_shutdown_timeout_s": -1}}, "graceful_shutdown_timeout_s"),
+    ({"rollout": {"health_check_period_s": 0}}, "health_check_period_s"),
+    ({"rollout": {"surge": 1}}, "surge"),
+    ({"max_queued_requests": 0}, "max_queued_requests"),
+])
+def test_bad_rollout_settings_name_the_field(bad: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        cpu_demo().with_changes(**bad)
 
 
 SCALING_ONLY = [
@@ -109,6 +135,9 @@ SCALING_ONLY = [
     {"initial_replicas": 2},
     {"target_ongoing_requests": 4},
     {"max_ongoing_requests": 8},
+    {"max_queued_requests": 64},
+    {"rollout": Rollout(max_surge_percent=0)},
+    {"rollout": {"graceful_shutdown_timeout_s": 60, "health_check_period_s": 5}},
 ]
 
 RESTARTING = [
