@@ -198,6 +198,11 @@ class ClusterSpec(BaseModel):
             )
         return self
 
+    def __repr_args__(self) -> Any:
+        """The fields as ``repr`` shows them: values of secret-looking env names masked."""
+        for key, value in super().__repr_args__():
+            yield key, names.masked_env(value) if key in ("env", "head_env") else value
+
     @property
     def resolved_image(self) -> str:
         """The image of every Ray pod: ``image`` or the Ray LLM image for the versions."""

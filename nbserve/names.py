@@ -4,6 +4,7 @@ A ``Rule`` is a pattern, a length limit and a hint. ``check`` applies one (Value
 pydantic validators); ``require`` applies one to an argument (``SpecError`` naming the
 argument). The cluster spec, ``connect("raycluster/NAME")``, ``create_cluster(namespace=)``
 and the app spec all use these, so a name accepted in one place is accepted in all of them.
+``says_secret`` is the one rule for an environment variable whose name says it holds a secret.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from .errors import SpecError
 
 __all__ = [
     "APP_NAME", "CLUSTER_NAME", "ENV_NAME", "LABEL_KEY", "LABEL_VALUE", "NAMESPACE",
-    "OBJECT_NAME", "SERVICE_NAME", "Rule", "check", "require",
+    "OBJECT_NAME", "SERVICE_NAME", "Rule", "check", "masked_env", "require", "says_secret",
 ]
 
 # KubeRay's limits (utils.MaxRayClusterNameLength): it appends up to 10 characters to a
@@ -100,3 +101,29 @@ def require(label: str, value: object, rule: Rule, *, example: str = "") -> str:
         raise SpecError(f"{label} {value!r} {rule.hint}{tail}")
     assert isinstance(value, str)
     return value
+
+
+# Parts of a variable's name (split at "_", "-" and ".") that say its value is a secret.
+_SECRET_PARTS = frozenset({"TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "APIKEY",
+                           "CREDENTIALS", "AUTH"})
+MASK = "****"
+
+
+def says_secret(name: str) -> bool:
+    """Whether an environment variable's name says it holds a secret (a token, a key ...).
+
+    Example:
+        >>> [says_secret(n) for n in ("HF_TOKEN", "OPENAI_API_KEY", "TOKENIZERS_PARALLELISM")]
+        [True, True, False]
+    """
+    return any(part in _SECRET_PARTS for part in re.split(r"[-_.]", name.upper()))
+
+
+def masked_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for showing: the values of variables that ``says_secret`` replaced by ``****``.
+
+    Example:
+        >>> masked_env({"HF_TOKEN": "hf_abc", "VLLM_CPU_KVCACHE_SPACE": "1"})
+        {'HF_TOKEN': '****', 'VLLM_CPU_KVCACHE_SPACE': '1'}
+    """
+    return {key: MASK if says_secret(key) and value else value for key, value in env.items()}

@@ -232,6 +232,11 @@ class LLM(BaseModel):
             )
         return self
 
+    def __repr_args__(self) -> Any:
+        """The fields as ``repr`` shows them: values of secret-looking env names masked."""
+        for key, value in super().__repr_args__():
+            yield key, names.masked_env(value) if key == "env" else value
+
     @property
     def served_name(self) -> str:
         """The model name clients put in requests."""

@@ -302,3 +302,20 @@ def test_every_field_is_described(model: type[BaseModel]) -> None:
                if not (field.description or "").strip()]
     assert not missing, f"{model.__name__} fields without a description: {missing}"
     assert model.model_config.get("extra") == "forbid", f"{model.__name__} accepts unknown fields"
+
+
+def test_secret_looking_env_values_are_masked_wherever_a_spec_is_shown() -> None:
+    from IPython.lib.pretty import pretty
+
+    from nbserve import ClusterSpec
+
+    sentinel = "hf_sentinel_8c1f"
+    spec = LLM("org/m", env={"HF_TOKEN": sentinel, "OPENAI_API_KEY": sentinel,
+                             "TOKENIZERS_PARALLELISM": "false"})
+    cluster = ClusterSpec(name="llm", env={"DB_PASSWORD": sentinel},
+                          head_env={"MY_SECRET": sentinel})
+    for obj in (spec, cluster):
+        for shown in (repr(obj), str(obj), pretty(obj)):
+            assert sentinel not in shown and "****" in shown, shown
+    assert "'TOKENIZERS_PARALLELISM': 'false'" in repr(spec)  # not a secret: shown
+    assert spec.env["HF_TOKEN"] == sentinel  # the value itself is kept for the replicas
