@@ -19,6 +19,10 @@ import pytest
 import nbserve
 from nbserve import session
 
+# A connect() closes the process's Ray Client session first (Ray Client has one per process), and
+# these change the process's credentials: they run after the tests that share the session.
+pytestmark = pytest.mark.own_session
+
 SENTINEL = "sentinel-token-of-cluster-a-0f3c"
 
 
