@@ -1,5 +1,5 @@
 # The two commands of the README's quickstart, and a few more.
-.PHONY: demo test test-unit lint setup clean bench bench-quick
+.PHONY: demo test test-unit lint setup clean bench bench-quick faults faults-quick
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +27,15 @@ bench: setup
 ## The same with a few prompts and no sweep (a smoke run); writes artifacts/BENCHMARKS-quick.md.
 bench-quick: setup
 	.venv/bin/python -m benchmarks --quick
+
+## Faults under load on the local cluster (engine updates, scale-down, a killed replica,
+## listeners and a secret): writes RELIABILITY.md (about 15 min).
+faults: setup
+	.venv/bin/python -m benchmarks.faults
+
+## Two of them, as CI runs them; writes artifacts/RELIABILITY-quick.md.
+faults-quick: setup
+	.venv/bin/python -m benchmarks.faults --quick
 
 lint: setup
 	.venv/bin/ruff check nbserve tests scripts benchmarks

