@@ -33,7 +33,7 @@ bench-quick: setup
 faults: setup
 	.venv/bin/python -m benchmarks.faults
 
-## Two of them, as CI runs them; writes artifacts/RELIABILITY-quick.md.
+## The mix with no fault and the search, as CI runs them; writes artifacts/RELIABILITY-quick.md.
 faults-quick: setup
 	.venv/bin/python -m benchmarks.faults --quick
 

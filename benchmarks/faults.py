@@ -1,7 +1,7 @@
 """Faults under load on the real local cluster: what the clients of a model saw, per scenario.
 
     .venv/bin/python -m benchmarks.faults            # every scenario, writes RELIABILITY.md
-    .venv/bin/python -m benchmarks.faults --quick    # one scenario, writes artifacts/
+    .venv/bin/python -m benchmarks.faults --quick    # two short ones, writes artifacts/
 
 A local head in a temporary ``NBSERVE_HOME`` serves the demo model. For each scenario the app
 is brought to its starting shape, then a steady mix runs against it (streams of several hundred
@@ -146,6 +146,17 @@ def under_load(app: nbserve.App, row: Row, opts: argparse.Namespace) -> Iterator
     tally(row, records, fault, time.time())
 
 
+def baseline(app: nbserve.App, opts: argparse.Namespace) -> Row:
+    """The mix with no fault, at one replica: what every other row compares with."""
+    row = Row("no fault, 1 replica", target="0 failed, 0 cut short")
+    shape(app, 1)
+    with under_load(app, row, opts) as fault:
+        time.sleep(opts.settle)
+        row.recovered_s = round(time.time() - fault, 1)
+    row.met = row.failed == 0
+    return row
+
+
 def engine_update(app: nbserve.App, replicas: int, opts: argparse.Namespace) -> Row:
     """An engine update (a new ``max_model_len``) while the mix runs."""
     row = Row(f"engine update, {replicas} replica{'s' * (replicas > 1)}",
@@ -228,6 +239,7 @@ def exposure(app: nbserve.App, head: local.LocalHead, home: Path) -> Row:
 
 
 SCENARIOS: dict[str, Callable[..., Row]] = {
+    "baseline": lambda app, opts, head, home: baseline(app, opts),
     "update-1": lambda app, opts, head, home: engine_update(app, 1, opts),
     "update-2": lambda app, opts, head, home: engine_update(app, 2, opts),
     "scale-down": lambda app, opts, head, home: scale_down(app, opts),
@@ -240,7 +252,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     """The command's options; ``--quick`` is the CI-sized run."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.faults",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one scenario, short settle")
+    parser.add_argument("--quick", action="store_true",
+                        help="the mix with no fault and the search, short settle (CI)")
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=None)
     parser.add_argument("--streams", type=int, default=2, help="long streams in flight")
     parser.add_argument("--stream-tokens", type=int, default=300)
@@ -250,7 +263,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", default=None)
     opts = parser.parse_args(argv)
     if opts.scenarios is None:
-        opts.scenarios = ["exposure", "update-1"] if opts.quick else list(SCENARIOS)
+        # The quick run is for CI: the mix end to end and the search; the update under load
+        # is tests/test_integration.py's too.
+        opts.scenarios = ["baseline", "exposure"] if opts.quick else list(SCENARIOS)
     if opts.settle is None:
         opts.settle = 3.0 if opts.quick else 10.0
     if opts.output is None:
