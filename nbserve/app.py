@@ -92,6 +92,10 @@ class App:
     def openai(self, **kwargs: Any) -> openai.OpenAI:
         """An ``openai.OpenAI`` client for this app's endpoint.
 
+        It retries twice what the SDK deems safe (a refused connection, 429 and 5xx answers,
+        after their ``Retry-After``): a replica being replaced or a full queue is a pause, not
+        an error. Pass ``max_retries=0`` to see every failure.
+
         Example:
             >>> client = app.openai()                                     # doctest: +SKIP
             >>> client.chat.completions.create(model=app.model, messages=[...])  # doctest: +SKIP
@@ -99,7 +103,7 @@ class App:
         import openai
 
         kwargs.setdefault("api_key", "nbserve")
-        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("max_retries", 2)
         kwargs.setdefault("timeout", 120)
         return openai.OpenAI(base_url=self.endpoint, **kwargs)
 

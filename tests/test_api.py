@@ -256,3 +256,41 @@ def test_disconnect_stops_the_sessions_dashboards_and_load_runs() -> None:
     assert dash.running and run.running
     cluster.disconnect()
     assert not dash.running and not run.running
+
+
+def test_the_apps_openai_client_waits_out_a_busy_replica() -> None:
+    """A 503 with Retry-After (a full queue, a replica being replaced) is retried, not raised."""
+    import http.server
+    import json
+    import threading
+
+    answers = [503, 200]
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the handler's name is http.server's
+            self.rfile.read(int(self.headers["Content-Length"]))
+            status = answers.pop(0)
+            body = json.dumps({"error": "busy"} if status != 200 else {
+                "id": "c", "object": "text_completion", "created": 0, "model": "tiny",
+                "choices": [{"index": 0, "text": "hello", "finish_reason": "length"}]}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cluster = types.SimpleNamespace(serve_url=f"http://127.0.0.1:{server.server_port}")
+        spec = nbserve.LLM("/models/tiny", name="tiny")
+        app = nbserve.App(cluster, "tiny", spec)  # type: ignore[arg-type]
+        assert app.complete("hi", max_tokens=4) == "hello"
+        assert answers == []  # the 503 was answered, then retried
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,7 +3,8 @@
 The row's arithmetic (failed, cut short, the longest gap with no successful reply) is checked
 on given records; the CI-sized run starts its own head, deploys the demo model and runs the
 mix with no fault and the listener and secret search for real, so the command keeps working
-(the engine update under load is tests/test_integration.py's). The figures of a full run go to RELIABILITY.md.
+(the engine update under load is tests/test_integration.py's). The figures of a full run go
+to RELIABILITY.md.
 """
 
 from __future__ import annotations
