@@ -253,8 +253,10 @@ def processes_of(base: Path) -> list[int]:
     return found
 
 
-UP = ("import sys, pathlib; from nbserve import local; "
-      "print(local.up(base=pathlib.Path(sys.argv[1])).pid)")
+# Python ignores SIGINT when it starts with SIGINT ignored (a background job of a shell): the
+# interrupt test puts the default handler back, as a notebook kernel has it.
+UP = ("import signal, sys, pathlib; signal.signal(signal.SIGINT, signal.default_int_handler); "
+      "from nbserve import local; print(local.up(base=pathlib.Path(sys.argv[1])).pid)")
 
 
 @pytest.mark.integration

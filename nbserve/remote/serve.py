@@ -166,16 +166,19 @@ def _lost(client: Any, names: set[str]) -> set[str]:
 
 
 def _listens_elsewhere(running: dict[str, Any], wanted: dict[str, Any]) -> str:
-    """Why Serve's proxy does not listen where the session expects it, or ""."""
-    differ = {key: (running.get(key), value) for key, value in wanted.items()
-              if key in ("host", "port") and running.get(key) != value}
-    if not differ:
+    """Why Serve's proxy does not listen on the port the session expects, or "".
+
+    The port decides where nbserve's endpoints point. The host may differ (a pod's Serve on
+    127.0.0.1 is still reached through a port-forward).
+    """
+    have, want = running.get("port"), wanted.get("port")
+    if want is None or have == want:
         return ""
-    where = ", ".join(f"{key} {have!r} instead of {want!r}" for key, (have, want) in differ.items())
-    return (f"Serve already runs on this cluster and listens with {where}, so nbserve's endpoints "
-            "would not reach it (something else started it, e.g. serve.run or serve.start "
-            "without nbserve's options); shut it down with serve.shutdown() (it stops every "
-            "app), or restart the local head (`nbserve down`, then `nbserve up`)")
+    return (f"Serve already runs on this cluster and listens on port {have} instead of {want}, "
+            "so nbserve's endpoints would not reach it (something else started it, e.g. "
+            "serve.run or serve.start without nbserve's options); shut it down with "
+            "serve.shutdown() (it stops every app), or restart the local head (`nbserve down`, "
+            "then `nbserve up`)")
 
 
 def _refused(reason: Refusal, message: str) -> DeployResult:
