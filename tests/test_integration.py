@@ -128,24 +128,33 @@ def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
     nbserve.wait.poll_until(lambda: len(llm_replicas(tiny_app)), lambda n: n == 1,
                             timeout=120, what="scale down to one replica")
     before = llm_replicas(tiny_app)
-    # Clients keep calling the one replica while its engine is replaced: the replacement
-    # starts first (max_surge_percent) and the old one finishes its streams before it stops.
-    with tiny_app.load(concurrency=2, duration_s=900, max_tokens=200) as run:
-        nbserve.wait.poll_until(lambda: run.stats().completed, lambda n: n >= 2, timeout=120,
-                                what="load on the app")
-        tiny_app.update(max_model_len=256, progress=False)
-        assert tiny_app.last_update == "rolling restart"
-        served = run.stats().completed
-        nbserve.wait.poll_until(lambda: run.stats().completed, lambda n: n >= served + 2,
-                                timeout=120, what="requests served by the new replica")
-        stats = run.stop()
-    assert stats.failed == 0 and stats.completed >= 4, stats
-    after = llm_replicas(tiny_app)
-    assert after and not (before & after), (before, after)
-    assert tiny_app.spec is not None and tiny_app.spec.engine.max_model_len == 256
-    # The new engine enforces the new limit: a prompt + completion over 256 tokens is refused.
-    with pytest.raises(Exception, match="(?i)max|length|context|token"):
-        tiny_app.complete("word " * 300, max_tokens=8)
+    assert tiny_app.spec is not None
+    original = tiny_app.spec.engine.max_model_len
+    try:
+        # Clients keep calling the one replica while its engine is replaced: the replacement
+        # starts first (max_surge_percent) and the old one finishes its streams before it
+        # stops.
+        with tiny_app.load(concurrency=2, duration_s=900, max_tokens=200) as run:
+            nbserve.wait.poll_until(lambda: run.stats().completed, lambda n: n >= 2,
+                                    timeout=120, what="load on the app")
+            tiny_app.update(max_model_len=256, progress=False)
+            assert tiny_app.last_update == "rolling restart"
+            served = run.stats().completed
+            nbserve.wait.poll_until(lambda: run.stats().completed, lambda n: n >= served + 2,
+                                    timeout=120, what="requests served by the new replica")
+            stats = run.stop()
+        assert stats.failed == 0 and stats.completed >= 4, stats
+        after = llm_replicas(tiny_app)
+        assert after and not (before & after), (before, after)
+        assert tiny_app.spec is not None and tiny_app.spec.engine.max_model_len == 256
+        # The new engine enforces the new limit: a prompt + completion over 256 tokens is
+        # refused.
+        with pytest.raises(Exception, match="(?i)max|length|context|token"):
+            tiny_app.complete("word " * 300, max_tokens=8)
+    finally:
+        # The shared app goes back to its spec: later tests (the KubeRay runbook) deploy
+        # exactly that spec again, and deploy() refuses a name that runs something else.
+        tiny_app.update(max_model_len=original, progress=False)
 
 
 DRIVER_WITHOUT_VLLM = textwrap.dedent(
