@@ -210,9 +210,9 @@ def _up(state: Path, num_cpus: int, base: Path | None, timeout: float,
         raise
     head_env |= {
         # Ray's single-node mode (its default on macOS): the node's address is 127.0.0.1,
-        # so the Ray Client server, the agents and the metrics port listen on loopback, and no
-        # other node may join. (Ray's gRPC servers still bind every interface; they take only
-        # calls carrying the cluster's token.)
+        # so GCS, the raylet, the Ray Client server, the agents and the metrics port listen on
+        # loopback, and no other node may join. (Serve's replica gRPC servers still bind
+        # every interface: Serve's code says [::]:0.)
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_path),
