@@ -33,16 +33,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray.cloudpickle
+
 import nbserve
-from nbserve import local, procs
+from nbserve import local, procs, remote
 from nbserve.benchresult import RequestRecord
-from nbserve.serveconfig import serve_app
 
 from .paths import ROOT
 from .report import machine
 
 COMMAND = ".venv/bin/python -m benchmarks.faults"
 SENTINEL = "nbserve-sentinel-7f3a9c"  # a fake secret, searched for everywhere it could leak
+SECRET_VAR = "NBSERVE_FAULTS_TOKEN"  # where the head's environment holds it
 
 
 @dataclass
@@ -86,6 +88,9 @@ class Mix:
         try:
             with urllib.request.urlopen(request, timeout=60) as reply:
                 ok = bool(json.loads(reply.read())["choices"][0]["text"] is not None)
+        except urllib.error.HTTPError as err:  # what the server said, not only its status
+            body = err.read().decode(errors="replace").replace("\n", " ")
+            ok, error = False, f"HTTP {err.code}: {body}"[:200]
         except (OSError, ValueError, KeyError) as err:
             ok, error = False, f"{type(err).__name__}: {err}"[:200]
         self.short.append(RequestRecord(ok=ok, ttft_s=None, e2e_s=time.time() - start, itl_s=[],
@@ -204,38 +209,75 @@ def kill_replica(app: nbserve.App, opts: argparse.Namespace) -> Row:
 
 
 def exposure(app: nbserve.App, head: local.LocalHead, home: Path) -> Row:
-    """Listeners outside loopback, and a sentinel secret searched where it could leak."""
+    """Listeners outside loopback, and a sentinel secret searched where it could leak.
+
+    The sentinel is a secret the way nbserve takes one: set in the environment the local head
+    started with (``main`` does that), and named in the app's ``secrets``. The update is in
+    place; then the replica must have the value and nothing else may.
+    """
     row = Row("listeners and a secret", target="0 listeners outside loopback, 0 sentinel hits")
     tree = [head.pid, *(pid for pid, _ in procs.descendants(head.pid))]
     exposed = [x for x in procs.listeners(tree) if not x.loopback]
     kinds = sorted({Path(f"/proc/{x.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
                     for x in exposed})
     row.notes.append(f"{len(exposed)} listeners outside loopback: {', '.join(kinds) or 'none'}")
+    app.update(secrets=[SECRET_VAR], progress=False)
+    row.notes.append(f"app.update(secrets=[{SECRET_VAR!r}]) was {app.last_update!r}")
     assert app.spec is not None
-    spec = app.spec.with_changes(env={"NBSERVE_FAULTS_TOKEN": SENTINEL})
-    config = serve_app(spec, app.name, app.route_prefix)
-    shown = nbserve.App(app.cluster, app.name, spec)
+    cluster_spec = nbserve.ClusterSpec(
+        name="c", secrets={SECRET_VAR: nbserve.SecretRef(name="faults", key="token")})
     places = {
-        "repr(spec)": repr(spec), "str(spec)": str(spec), "repr(app)": repr(shown),
-        "app._repr_html_()": shown._repr_html_(),
-        # What App.apply would write for this spec: nbserve's KV record and Serve's config.
-        "KV record": json.dumps({"spec": spec.model_dump(mode="json"), "config": config}),
-        "Serve config": json.dumps(config),
-        "RayService YAML": nbserve.to_yaml(shown.to_rayservice(nbserve.ClusterSpec(name="c"))),
+        "repr(spec)": repr(app.spec), "str(spec)": str(app.spec), "repr(app)": repr(app),
+        "app._repr_html_()": app._repr_html_(),
+        "RayService YAML": nbserve.to_yaml(app.to_rayservice(cluster_spec)),
     }
     hits = [name for name, text in places.items() if SENTINEL in text]
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # not on the cluster
+    keys, unread, found = remote.call(kv_search, SENTINEL)
+    hits += [f"KV {key}" for key in found]
     for pid in procs.processes():
         with contextlib.suppress(OSError):
             if SENTINEL.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                 hits.append(f"/proc/{pid}/cmdline")
-    logs = [p for p in home.rglob("*.log") if SENTINEL.encode() in p.read_bytes()]
+    logs = [p for folder in (home, Path(head.temp_dir)) for p in folder.rglob("*")
+            if p.is_file() and p.suffix in (".log", ".out", ".err", ".txt", ".json")
+            and SENTINEL.encode() in p.read_bytes()]
     hits += [str(p) for p in logs]
+    reached = [pid for pid in llm_replicas(app).values() if pid and SENTINEL.encode() in
+               Path(f"/proc/{pid}/environ").read_bytes()]
     row.sent = len(exposed)
     row.failed = len(hits)
-    row.notes.append(f"sentinel found in: {', '.join(hits) or 'nowhere searched'} (searched: "
-                     f"{', '.join(places)}, every /proc/*/cmdline, the head's logs)")
-    row.met = not exposed and not hits
+    row.notes.append(f"sentinel found in: {', '.join(hits) or 'none of the places searched'} "
+                     f"(searched: {', '.join(places)}, every value of Ray's key-value store "
+                     f"({keys} keys, {unread} in no known namespace), every /proc/*/cmdline, "
+                     "the head's logs)")
+    row.notes.append(f"the replicas that have the secret in their environment: {len(reached)} of "
+                     f"{len(llm_replicas(app))}")
+    row.met = not exposed and not hits and bool(reached)
     return row
+
+
+def kv_search(needle: str) -> tuple[int, int, list[str]]:
+    """On the cluster: every value of Ray's internal key-value store that holds ``needle``.
+
+    Ray lists keys without their namespace, so each is read in every namespace Ray, Serve and
+    nbserve use. Returns the number of keys, how many were in none of those namespaces, and
+    the keys (``namespace:key``) whose value holds the needle.
+    """
+    from ray._private import ray_constants
+    from ray.experimental import internal_kv
+
+    spaces = [None, b"serve", b"nbserve", b"usage_stats", b"__autoscaler", b"autoscaler",
+              *(v for k, v in vars(ray_constants).items() if k.startswith("KV_NAMESPACE_") and v)]
+    keys = internal_kv._internal_kv_list(b"", namespace=None)
+    unread, found = 0, []
+    for key in keys:
+        values = {ns: internal_kv._internal_kv_get(key, namespace=ns) for ns in spaces}
+        values = {ns: v for ns, v in values.items() if v is not None}
+        unread += not values
+        found += [f"{(ns or b'').decode()}:{key.decode(errors='replace')}"
+                  for ns, v in values.items() if needle.encode() in v]
+    return len(keys), unread, found
 
 
 SCENARIOS: dict[str, Callable[..., Row]] = {
@@ -315,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nbserve-faults-") as tmp:
         home = Path(tmp)
         os.environ["NBSERVE_HOME"] = str(home)
+        os.environ[SECRET_VAR] = SENTINEL  # the head starts with it, as a user's secret
         head = local.up(base=home)
         try:
             cluster = nbserve.connect(timeout=240)

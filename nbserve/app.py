@@ -253,6 +253,11 @@ class App:
                 ``replace``, a route prefix that is taken, a model path missing on the cluster).
             DeployFailed: Serve did not accept the config.
         """
+        if spec.secret_looking_env:
+            log.warning("app %s: env %s looks like a secret, and env values are stored in the "
+                        "cluster's records and Serve's config; pass secrets=%s instead (the "
+                        "replicas then read it from their node's environment)", self.name,
+                        ", ".join(spec.secret_looking_env), spec.secret_looking_env)
         config = serve_app(spec, self.name, self.route_prefix)
         record = {
             "spec": spec.model_dump(mode="json"), "config": config,
@@ -260,7 +265,7 @@ class App:
         }
         try:
             result = remote.call(remote_serve.deploy, config, self.cluster.http_options, record,
-                                 replace)
+                                 replace, list(spec.secrets))
         except NbserveError:
             raise
         except Exception as err:
@@ -392,7 +397,7 @@ class App:
                 f"app {self.name!r} was not deployed by nbserve, so its spec is unknown"
             )
         return render_rayservice(cluster, [serve_app(self.spec, self.name, self.route_prefix)],
-                                 name=name)
+                                 name=name, secrets=self.spec.secrets)
 
     # --- display ----------------------------------------------------------------------------
     def __repr__(self) -> str:

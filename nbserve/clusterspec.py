@@ -176,6 +176,12 @@ class ClusterSpec(BaseModel):
     hf_token: SecretRef | None = Field(
         default=None, description="Secret key holding a Hugging Face token, exposed as HF_TOKEN."
     )
+    secrets: dict[EnvName, SecretRef] = Field(
+        default_factory=dict,
+        description="Environment variables of every Ray pod filled from Kubernetes Secrets "
+        "(valueFrom.secretKeyRef): what an app's LLM(secrets=[...]) names. The manifests hold "
+        "only the references.",
+    )
 
     @field_validator("worker_groups")
     @classmethod
@@ -198,10 +204,36 @@ class ClusterSpec(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_source_per_variable(self) -> ClusterSpec:
+        refs = self.secret_env
+        plain = sorted(set(refs) & (set(self.env) | set(self.head_env)))
+        if plain:
+            raise ValueError(
+                f"{', '.join(plain)} is set both from a Secret and as a plain value in env= or "
+                "head_env=; remove the plain value"
+            )
+        if self.hf_token is not None and "HF_TOKEN" in self.secrets:
+            raise ValueError("HF_TOKEN is given twice, as hf_token= and in secrets=; keep one")
+        return self
+
     def __repr_args__(self) -> Any:
         """The fields as ``repr`` shows them: values of secret-looking env names masked."""
         for key, value in super().__repr_args__():
             yield key, names.masked_env(value) if key in ("env", "head_env") else value
+
+    @property
+    def secret_env(self) -> dict[str, SecretRef]:
+        """Every pod variable filled from a Secret: ``secrets`` and ``hf_token`` (as HF_TOKEN).
+
+        Example:
+            >>> ClusterSpec(name="llm", hf_token=SecretRef(name="hf")).secret_env["HF_TOKEN"].key
+            'hf_token'
+        """
+        refs = dict(self.secrets)
+        if self.hf_token is not None:
+            refs["HF_TOKEN"] = self.hf_token
+        return refs
 
     @property
     def resolved_image(self) -> str:

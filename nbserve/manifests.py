@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -62,10 +63,9 @@ def _pod_spec(
     cluster: ClusterSpec, container: dict[str, Any], env: dict[str, str]
 ) -> dict[str, Any]:
     env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
-    if cluster.hf_token is not None:
-        ref = {"name": cluster.hf_token.name, "key": cluster.hf_token.key}
-        env_list = [e for e in env_list if e["name"] != "HF_TOKEN"]
-        env_list.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}})
+    for var, ref in cluster.secret_env.items():
+        env_list.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name,
+                                                                      "key": ref.key}}})
     if env_list:
         container["env"] = env_list
     pod: dict[str, Any] = {}
@@ -120,7 +120,8 @@ def _worker_group(cluster: ClusterSpec, group: WorkerGroup) -> dict[str, Any]:
 
 
 def render_rayservice(
-    cluster: ClusterSpec, applications: list[dict[str, Any]], *, name: str | None = None
+    cluster: ClusterSpec, applications: list[dict[str, Any]], *, name: str | None = None,
+    secrets: Collection[str] = (),
 ) -> dict[str, Any]:
     """Render a ``ray.io/v1`` RayService that runs Serve applications on a cluster like ``cluster``.
 
@@ -129,13 +130,16 @@ def render_rayservice(
         applications: Serve application configs (name, route_prefix, import_path, args ...),
             written as ``spec.serveConfigV2``. They are copied, never changed.
         name: the RayService's name (at most 47 characters); defaults to the cluster's name.
+        secrets: environment variables the applications read from their pods' environment
+            (``LLM.secrets``); ``cluster`` must fill each from a Secret.
 
     Returns:
         The manifest as a new dict.
 
     Raises:
         SpecError: the name is invalid, or an application has no name or import_path, or two
-            applications share a name or a route prefix.
+            applications share a name or a route prefix, or a secret has no Secret in
+            ``cluster``.
 
     Example:
         >>> from nbserve.clusterspec import ClusterSpec
@@ -150,6 +154,14 @@ def render_rayservice(
         raise SpecError(f"RayService name {err}; pass another name=") from err
     apps = copy.deepcopy(applications)
     _check_applications(apps)
+    unfilled = [var for var in secrets if var not in cluster.secret_env]
+    if unfilled:
+        raise SpecError(
+            f"the app reads secret {', '.join(unfilled)} from its pods' environment, and "
+            f"ClusterSpec {cluster.name!r} fills no such variable; add "
+            f"secrets={{{unfilled[0]!r}: SecretRef(name='<Secret>', key='<key>')}} to the "
+            "ClusterSpec (kubectl create secret generic <Secret> --from-literal=<key>=...)"
+        )
     try:
         serve_config = yaml.safe_dump({"applications": apps}, sort_keys=False)
     except yaml.YAMLError as err:

@@ -9,9 +9,17 @@ cluster side, where the path has to exist. Rendering a spec into a Serve applica
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from functools import partial
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from . import names
 from .accelerators import resolve_accelerator
@@ -20,6 +28,7 @@ from .errors import SpecError
 __all__ = ["LLM", "Engine", "Rollout", "Scaling"]
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+EnvName = Annotated[str, AfterValidator(partial(names.check, rule=names.ENV_NAME))]
 
 # Fields of the nested models that LLM(...) and App.update(...) accept at the top level.
 SCALING_SHORTCUTS = frozenset(
@@ -191,9 +200,19 @@ class LLM(BaseModel):
         default_factory=lambda: Rollout(),
         description="How replicas are replaced, stopped and health-checked.",
     )
-    env: dict[str, str] = Field(
+    env: dict[EnvName, str] = Field(
         default_factory=dict,
-        description="Environment variables for the replicas (e.g. VLLM_CPU_KVCACHE_SPACE).",
+        description="Environment variables for the replicas (e.g. VLLM_CPU_KVCACHE_SPACE). "
+        "Their values are stored in the cluster's records and Serve's config: put secrets in "
+        "secrets= instead.",
+    )
+    secrets: list[EnvName] = Field(
+        default_factory=list,
+        description="Names of environment variables that hold secrets the replicas need (e.g. "
+        "HF_TOKEN). The replicas read them from their node's environment: the local head "
+        "takes the kernel's when it starts; on KubeRay a Kubernetes Secret fills it "
+        "(ClusterSpec(secrets=...)). nbserve stores, sends and shows only the names, and "
+        "refuses a deploy when the cluster lacks one.",
     )
     log_engine_metrics: bool = Field(
         True, description="Export vLLM's metrics (KV cache, tokens, latency) to Ray's metrics."
@@ -232,10 +251,33 @@ class LLM(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _secrets_are_names_only(self) -> LLM:
+        twice = sorted({n for n in self.secrets if self.secrets.count(n) > 1})
+        if twice:
+            raise ValueError(f"secrets lists {', '.join(twice)} more than once; list each once")
+        both = sorted(set(self.secrets) & set(self.env))
+        if both:
+            raise ValueError(
+                f"{', '.join(both)} is both in env= (a value nbserve stores) and in secrets= (a "
+                "name the replicas read from their node); remove it from env="
+            )
+        return self
+
     def __repr_args__(self) -> Any:
         """The fields as ``repr`` shows them: values of secret-looking env names masked."""
         for key, value in super().__repr_args__():
             yield key, names.masked_env(value) if key == "env" else value
+
+    @property
+    def secret_looking_env(self) -> list[str]:
+        """Names in ``env`` that say they hold a secret (their values are stored in clear).
+
+        Example:
+            >>> LLM("m", env={"HF_TOKEN": "x", "VLLM_CPU_KVCACHE_SPACE": "1"}).secret_looking_env
+            ['HF_TOKEN']
+        """
+        return sorted(n for n, v in self.env.items() if v and names.says_secret(n))
 
     @property
     def served_name(self) -> str:

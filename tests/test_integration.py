@@ -210,6 +210,17 @@ def test_missing_model_path_deploys_nothing(cluster: nbserve.Cluster) -> None:
     assert "missing" not in [a.name for a in cluster.apps()]
 
 
+def test_a_secret_the_cluster_lacks_deploys_nothing(cluster: nbserve.Cluster,
+                                                    tiny_path: str) -> None:
+    name = "NBSERVE_NO_SUCH_SECRET_3F1"
+    assert name not in os.environ
+    with pytest.raises(nbserve.SpecError,
+                       match=f"secret {name} is not set in the environment of cluster node"):
+        cluster.deploy(nbserve.LLM(tiny_path, secrets=[name]), name="secretless",
+                       progress=False)
+    assert "secretless" not in [a.name for a in cluster.apps()]
+
+
 def test_model_that_fails_to_load_reports_the_engine_reason(
     cluster: nbserve.Cluster, tiny_path: str, tmp_path: Path
 ) -> None:

@@ -320,3 +320,34 @@ def test_spec_is_frozen() -> None:
 def test_default_image_matches_notebook_versions() -> None:
     assert l4_cluster().resolved_image == "rayproject/ray-llm:2.60.0-py311-cu128"
     assert ClusterSpec(name="x", image="me/ray:1").resolved_image == "me/ray:1"
+
+
+def test_secrets_fill_pod_variables_from_secrets_and_an_app_needs_its_own() -> None:
+    from nbserve import LLM
+    from nbserve.serveconfig import serve_app
+
+    cluster = ClusterSpec(name="llm", env={"A": "1"}, hf_token=SecretRef(name="hf"),
+                          secrets={"OPENAI_API_KEY": SecretRef(name="keys", key="openai")},
+                          worker_groups=[WorkerGroup()])
+    rendered = cluster.to_raycluster()["spec"]
+    pods = [rendered["headGroupSpec"]["template"]["spec"],
+            rendered["workerGroupSpecs"][0]["template"]["spec"]]
+    for pod in pods:
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["A"] == {"name": "A", "value": "1"}
+        assert env["OPENAI_API_KEY"]["valueFrom"] == {
+            "secretKeyRef": {"name": "keys", "key": "openai"}}
+        assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "hf_token"}}
+    with pytest.raises(ValidationError, match="OPENAI_API_KEY is set both from a Secret"):
+        ClusterSpec(name="llm", env={"OPENAI_API_KEY": "x"},
+                    secrets={"OPENAI_API_KEY": SecretRef(name="keys")})
+    with pytest.raises(ValidationError, match="HF_TOKEN is given twice"):
+        ClusterSpec(name="llm", hf_token=SecretRef(name="hf"),
+                    secrets={"HF_TOKEN": SecretRef(name="hf")})
+    # An app that reads a secret exports only with a cluster that fills it from a Secret.
+    spec = LLM("org/m", secrets=["OPENAI_API_KEY", "HF_TOKEN"])
+    manifest = render_rayservice(cluster, [serve_app(spec, "chat")], secrets=spec.secrets)
+    assert "OPENAI_API_KEY" not in manifest["spec"]["serveConfigV2"]
+    with pytest.raises(SpecError, match=r"reads secret OPENAI_API_KEY.*add secrets=\{'OPENAI"):
+        render_rayservice(ClusterSpec(name="llm", hf_token=SecretRef(name="hf")),
+                          [serve_app(spec, "chat")], secrets=spec.secrets)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from nbserve import LLM, Engine, Scaling, SpecError
 from nbserve.accelerators import AcceleratorInfo, accelerator_names
 from nbserve.clusterspec import ClusterSpec, HeadSpec, SecretRef, WorkerGroup
+from nbserve.serveconfig import engine_version, serve_app
 from nbserve.spec import check_app_name
 
 
@@ -319,3 +320,18 @@ def test_secret_looking_env_values_are_masked_wherever_a_spec_is_shown() -> None
             assert sentinel not in shown and "****" in shown, shown
     assert "'TOKENIZERS_PARALLELISM': 'false'" in repr(spec)  # not a secret: shown
     assert spec.env["HF_TOKEN"] == sentinel  # the value itself is kept for the replicas
+
+
+def test_secrets_are_names_the_replicas_read_from_their_node() -> None:
+    spec = LLM("org/m", secrets=["HF_TOKEN"], env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+    assert spec.secrets == ["HF_TOKEN"] and spec.secret_looking_env == []
+    assert LLM("org/m", env={"HF_TOKEN": "x"}).secret_looking_env == ["HF_TOKEN"]
+    with pytest.raises(ValidationError, match="HF_TOKEN is both in env=.*remove it from env="):
+        LLM("org/m", secrets=["HF_TOKEN"], env={"HF_TOKEN": "x"})
+    with pytest.raises(ValidationError, match="secrets lists HF_TOKEN more than once"):
+        LLM("org/m", secrets=["HF_TOKEN", "HF_TOKEN"])
+    with pytest.raises(ValidationError, match="(?s)secrets.*.HF TOKEN'.*not a valid variable name"):
+        LLM("org/m", secrets=["HF TOKEN"])
+    # Adding a secret to a running app changes nothing the replicas are built from.
+    assert engine_version(serve_app(spec, "a")) == engine_version(
+        serve_app(spec.with_changes(secrets=[]), "a"))

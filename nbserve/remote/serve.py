@@ -30,7 +30,8 @@ KV_PREFIX = "app/"
 
 # Why ``deploy`` refused ("" when it did not).
 Refusal = Literal[
-    "", "model_path_missing", "serve_elsewhere", "exists", "route_prefix_taken", "lost_apps",
+    "", "model_path_missing", "secret_missing", "serve_elsewhere", "exists",
+    "route_prefix_taken", "lost_apps",
 ]
 
 
@@ -58,7 +59,7 @@ class ReplicaRow(TypedDict):
 
 
 def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, Any],
-           replace: bool = False) -> DeployResult:
+           replace: bool = False, secrets: list[str] | None = None) -> DeployResult:
     """Apply one Serve app config declaratively, keeping every other declared app as it is.
 
     Serve's declarative API takes the whole set of apps at once, so under the cluster's
@@ -66,7 +67,9 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
     back and checked (every other app still declared), and then nbserve's record of the app
     written. Serve builds the app on the cluster and applies ``deployments:`` overrides in
     place. Deploying exactly what runs under that name changes nothing. Refused before
-    anything changes: a local model path that does not exist (``model_path_missing``), Serve
+    anything changes: a local model path that does not exist (``model_path_missing``), a
+    secret the replicas read from their node's environment that is not set there
+    (``secret_missing``; only the names of ``secrets`` travel, never a value), Serve
     started by something else and listening elsewhere than ``http`` says
     (``serve_elsewhere``), a name that runs something else unless ``replace`` (``exists``), a
     route prefix another app serves (``route_prefix_taken``).
@@ -80,6 +83,9 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
                             f"model path {source!r} does not exist on the cluster node "
                             f"{os.uname().nodename}; pass a path that exists on the cluster's "
                             "nodes or a Hugging Face model id")
+    missing = [n for n in secrets or () if not os.environ.get(n)]
+    if missing:
+        return _refused("secret_missing", _secret_missing(missing))
     name = app["name"]
     client = start_serve(http)
     with app_set_lock():
@@ -179,6 +185,16 @@ def _listens_elsewhere(running: dict[str, Any], wanted: dict[str, Any]) -> str:
             "serve.run or serve.start without nbserve's options); shut it down with "
             "serve.shutdown() (it stops every app), or restart the local head (`nbserve down`, "
             "then `nbserve up`)")
+
+
+def _secret_missing(missing: list[str]) -> str:
+    listed = ", ".join(missing)
+    return (f"secret {listed} is not set in the environment of cluster node "
+            f"{os.uname().nodename}, where the replicas read it; set it where the Ray nodes "
+            "start: for nbserve's local head, in the kernel's environment before the head "
+            "starts (a running head keeps the environment it started with: `nbserve down`, "
+            "then connect again); on KubeRay, from a Kubernetes Secret with "
+            f"ClusterSpec(secrets={{{missing[0]!r}: SecretRef(name=..., key=...)}})")
 
 
 def _refused(reason: Refusal, message: str) -> DeployResult:
