@@ -45,6 +45,8 @@ from .report import machine
 COMMAND = ".venv/bin/python -m benchmarks.faults"
 SENTINEL = "nbserve-sentinel-7f3a9c"  # a fake secret, searched for everywhere it could leak
 SECRET_VAR = "NBSERVE_FAULTS_TOKEN"  # where the head's environment holds it
+HOLD = 4  # requests one replica takes at once in the overload scenario
+REJECTED = ("HTTP 503", "HTTP 429")  # how a client is told to come back later
 
 
 @dataclass
@@ -208,6 +210,51 @@ def kill_replica(app: nbserve.App, opts: argparse.Namespace) -> Row:
     return row
 
 
+def overload(app: nbserve.App, opts: argparse.Namespace) -> Row:
+    """Four times the requests one replica takes at once, without and with a queue cap.
+
+    The replica takes ``HOLD`` requests at once (``max_ongoing_requests``); four times that
+    many clients stream at once for ``opts.overload_s`` seconds, first with no cap on what
+    waits (Serve's default), then with ``max_queued_requests=HOLD``. What each client got is
+    counted: complete, rejected (503/429, and how fast), or failed otherwise (a timeout).
+    """
+    row = Row("overload 4x, 1 replica",
+              target="with a queue cap: rejections answered within 1 s with 503/429; none "
+                     "timing out, with or without")
+    shape(app, 1)
+    met = True
+    try:
+        for cap in (None, HOLD):
+            app.update(max_ongoing_requests=HOLD, max_queued_requests=cap, progress=False)
+            run = app.load(concurrency=4 * HOLD, duration_s=opts.overload_s,
+                           max_tokens=opts.stream_tokens // 3)
+            run.wait()
+            records = run.result().runs[0].records
+            row.sent += len(records)
+            done = [r for r in records if r.ok]
+            rejected = [r for r in records if not r.ok and r.error.startswith(REJECTED)]
+            other = [r for r in records if not r.ok and not r.error.startswith(REJECTED)]
+            row.failed += len(other)
+            waits = sorted(r.e2e_s for r in rejected)
+            slowest = f", slowest {waits[-1]:.2f} s" if waits else ""
+            row.notes.append(
+                f"queue cap {cap}: {len(records)} sent, {len(done)} complete (median "
+                f"{_median([r.e2e_s for r in done]):.1f} s), {len(rejected)} rejected with "
+                f"{', '.join(sorted({r.error[:8] for r in rejected})) or '-'} (median "
+                f"{_median(waits):.2f} s{slowest}), {len(other)} failed otherwise"
+                + (f": {sorted({r.error[:80] for r in other})[:2]}" if other else ""))
+            met = met and not other and (cap is None or (bool(rejected) and waits[-1] <= 1.0))
+    finally:
+        app.update(max_ongoing_requests=None, max_queued_requests=None, progress=False)
+    row.met = met
+    return row
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else 0.0
+
+
 def exposure(app: nbserve.App, head: local.LocalHead, home: Path) -> Row:
     """Listeners outside loopback, and a sentinel secret searched where it could leak.
 
@@ -286,6 +333,7 @@ SCENARIOS: dict[str, Callable[..., Row]] = {
     "update-2": lambda app, opts, head, home: engine_update(app, 2, opts),
     "scale-down": lambda app, opts, head, home: scale_down(app, opts),
     "kill-replica": lambda app, opts, head, home: kill_replica(app, opts),
+    "overload": lambda app, opts, head, home: overload(app, opts),
     "exposure": lambda app, opts, head, home: exposure(app, head, home),
 }
 
@@ -300,6 +348,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, default=2, help="long streams in flight")
     parser.add_argument("--stream-tokens", type=int, default=300)
     parser.add_argument("--rate", type=float, default=2.0, help="short completions a second")
+    parser.add_argument("--overload-s", type=float, default=20.0,
+                        help="seconds each overload phase runs")
     parser.add_argument("--settle", type=float, default=None,
                         help="seconds the mix runs after the app is back (default 10; quick 3)")
     parser.add_argument("--output", default=None)

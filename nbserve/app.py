@@ -21,7 +21,7 @@ from .dashboard import Dashboard
 from .errors import DeployFailed, NbserveError, SpecError
 from .manifests import render_rayservice
 from .remote import serve as remote_serve
-from .serveconfig import engine_version, llm_deployment_name, serve_app
+from .serveconfig import engine_version, llm_deployment_name, router_override, serve_app
 from .sources import MetricsReader, source_for
 from .spec import LLM
 from .status import FAILED, AppStatus, ReplicaInfo
@@ -265,7 +265,8 @@ class App:
         }
         try:
             result = remote.call(remote_serve.deploy, config, self.cluster.http_options, record,
-                                 replace, list(spec.secrets))
+                                 replace, list(spec.secrets), self._fixed_nodes,
+                                 router_override())
         except NbserveError:
             raise
         except Exception as err:
@@ -275,6 +276,11 @@ class App:
                 raise NbserveError(result["message"])
             raise SpecError(result["message"])
         self.spec = spec
+
+    @property
+    def _fixed_nodes(self) -> bool:
+        provider = self.cluster.provider
+        return provider is not None and provider.fixed_nodes
 
     def _failure(self, status: AppStatus) -> DeployFailed:
         dep = status.failed

@@ -293,6 +293,7 @@ class LocalProvider:
     """
 
     kind = "local"
+    fixed_nodes = True  # one machine: nothing adds nodes
 
     def __init__(self, head: LocalHead, *, created: bool, base: Path | None = None) -> None:
         self.head = head

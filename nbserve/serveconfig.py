@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 from . import defaults
-from .spec import LLM
+from .spec import AUTOSCALER_KNOBS, LLM
 
 IMPORT_PATH = "ray.serve.llm:build_openai_app"
 
@@ -85,6 +85,8 @@ def deployment_override(spec: LLM) -> dict[str, Any]:
         "max_replicas": scaling.max_replicas,
         "target_ongoing_requests": scaling.target_ongoing_requests,
     }
+    autoscaling |= {knob: getattr(scaling, knob) for knob in AUTOSCALER_KNOBS
+                    if getattr(scaling, knob) is not None}
     initial = scaling.initial_replicas
     if initial is None and scaling.min_replicas == 0:
         initial = 1  # start warm; the autoscaler may still scale to zero when idle
@@ -99,6 +101,29 @@ def deployment_override(spec: LLM) -> dict[str, Any]:
         override["max_queued_requests"] = scaling.max_queued_requests
     rollout = spec.rollout.model_dump(exclude_none=True)
     return override | rollout
+
+
+# Serve LLM's ingress request router, which HAProxy asks where each request goes when the
+# cluster streams straight from the engine replicas (RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING).
+ROUTER_DEPLOYMENT = "LLMRouter"
+# Seconds a stopping router keeps answering before it checks for work and exits: HAProxy asks
+# a replaced router until its reload drops it, and Serve's 2 s left it answering "router
+# unreachable" (503) meanwhile.
+ROUTER_DRAIN_S = 10.0
+
+
+def router_override() -> dict[str, Any]:
+    """The ``deployments:`` entry for Serve LLM's router, where the app has one.
+
+    Every engine update rebuilds the app, so the router is replaced too: its replacement
+    starts first, and the old one drains long enough for HAProxy to stop asking it.
+
+    Example:
+        >>> router_override()["max_surge_percent"]
+        100
+    """
+    return {"name": ROUTER_DEPLOYMENT, "max_surge_percent": 100,
+            "graceful_shutdown_wait_loop_s": ROUTER_DRAIN_S}
 
 
 def serve_app(spec: LLM, name: str, route_prefix: str | None = None) -> dict[str, Any]:

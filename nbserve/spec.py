@@ -30,10 +30,17 @@ __all__ = ["LLM", "Engine", "Rollout", "Scaling"]
 _STRICT = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 EnvName = Annotated[str, AfterValidator(partial(names.check, rule=names.ENV_NAME))]
 
+# Serve's autoscaler settings that nbserve passes through under Serve's own names; None keeps
+# Serve's value.
+AUTOSCALER_KNOBS = (
+    "upscale_delay_s", "downscale_delay_s", "downscale_to_zero_delay_s", "look_back_period_s",
+    "metrics_interval_s", "upscaling_factor", "downscaling_factor", "aggregation_function",
+)
+SERVE_METRICS_INTERVAL_S = 10.0  # Serve's metrics_interval_s when it is not set
 # Fields of the nested models that LLM(...) and App.update(...) accept at the top level.
 SCALING_SHORTCUTS = frozenset(
     {"min_replicas", "max_replicas", "initial_replicas", "target_ongoing_requests",
-     "max_ongoing_requests", "max_queued_requests"}
+     "max_ongoing_requests", "max_queued_requests", *AUTOSCALER_KNOBS}
 )
 ENGINE_SHORTCUTS = frozenset({"max_model_len", "dtype", "tensor_parallel_size"})
 
@@ -41,9 +48,13 @@ ENGINE_SHORTCUTS = frozenset({"max_model_len", "dtype", "tensor_parallel_size"})
 class Scaling(BaseModel):
     """How many replicas of the model server run, and when Serve adds or removes them.
 
+    The autoscaler's settings keep Serve's names; left at None they keep Serve's values. All
+    of them apply in place (no replica restarts).
+
     Example:
-        >>> Scaling(min_replicas=0, max_replicas=4).max_replicas
-        4
+        >>> Scaling(min_replicas=0, max_replicas=2, downscale_to_zero_delay_s=30,
+        ...         upscale_delay_s=5).downscale_to_zero_delay_s
+        30.0
     """
 
     model_config = _STRICT
@@ -67,6 +78,43 @@ class Scaling(BaseModel):
         description="Requests waiting for a replica before Serve answers 503 at once; None "
         "queues without limit (Serve's default).",
     )
+    upscale_delay_s: float | None = Field(
+        None, ge=0,
+        description="Seconds the autoscaler must see more load than the replicas' target "
+        "before it adds replicas; None: Serve's 30.",
+    )
+    downscale_delay_s: float | None = Field(
+        None, ge=0,
+        description="Seconds the autoscaler must see less load before it removes replicas "
+        "(down to 1); None: Serve's 600.",
+    )
+    downscale_to_zero_delay_s: float | None = Field(
+        None, ge=0,
+        description="Seconds without requests before the last replica stops (with "
+        "min_replicas=0); None: downscale_delay_s.",
+    )
+    look_back_period_s: float | None = Field(
+        None, gt=0,
+        description="Window over which ongoing requests are aggregated for each decision; "
+        "None: Serve's 30.",
+    )
+    metrics_interval_s: float | None = Field(
+        None, gt=0,
+        description="How often replicas report their load; None: Serve's 10 (Serve 2.60 "
+        "deprecates it for RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S).",
+    )
+    upscaling_factor: float | None = Field(
+        None, gt=0,
+        description="Multiplies each scale-up step (below 1: more cautious); None: Serve's 1.",
+    )
+    downscaling_factor: float | None = Field(
+        None, gt=0,
+        description="Multiplies each scale-down step (below 1: more cautious); None: Serve's 1.",
+    )
+    aggregation_function: Literal["mean", "max", "min"] | None = Field(
+        None,
+        description="How the window's load samples are combined; None: Serve's 'mean'.",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Scaling:
@@ -74,6 +122,14 @@ class Scaling(BaseModel):
             raise ValueError(
                 f"min_replicas={self.min_replicas} is greater than max_replicas="
                 f"{self.max_replicas}; raise max_replicas or lower min_replicas"
+            )
+        interval = self.metrics_interval_s or SERVE_METRICS_INTERVAL_S
+        if self.look_back_period_s is not None and self.look_back_period_s <= interval:
+            raise ValueError(
+                f"look_back_period_s={self.look_back_period_s:g} must be longer than "
+                f"metrics_interval_s={interval:g} (Serve's {SERVE_METRICS_INTERVAL_S:g} when "
+                "unset): a window shorter than one report holds no sample; raise "
+                "look_back_period_s or lower metrics_interval_s"
             )
         if self.initial_replicas is not None and not (
             self.min_replicas <= self.initial_replicas <= self.max_replicas

@@ -22,6 +22,9 @@ class Provider(Protocol):
 
     kind: str  # "local", "kuberay": what the session's repr calls it
     created: bool  # whether this kernel created (started) it: down() then needs no force
+    # True when the cluster cannot add nodes (no autoscaler): a replica that fits no node it
+    # has now never runs, so a deploy of one is refused.
+    fixed_nodes: bool
 
     def describe(self) -> str:
         """The cluster in a few words, e.g. ``raycluster/ray/llm``, ``head pid 4242``."""

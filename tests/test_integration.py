@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import nbserve
-from nbserve import local
+from nbserve import local, remote
+from nbserve.serveconfig import ROUTER_DEPLOYMENT, ROUTER_DRAIN_S, llm_deployment_name
 
 pytestmark = pytest.mark.integration
 
@@ -122,6 +123,38 @@ def test_scaling_update_is_in_place(tiny_app: nbserve.App) -> None:
     tiny_app.update(min_replicas=1, max_replicas=1, progress=False)
     assert tiny_app.status().ok
     assert tiny_app.chat("still there?", max_tokens=4).strip()
+    # Serve's autoscaler settings apply in place too, and Serve runs with them.
+    kept = llm_replicas(tiny_app)
+    tiny_app.update(upscale_delay_s=5, downscale_delay_s=60, look_back_period_s=20,
+                    progress=False)
+    try:
+        assert tiny_app.last_update == "in place" and llm_replicas(tiny_app) == kept
+        autoscaling = deployment_configs(tiny_app.name)[llm_deployment_name(tiny_app.spec)][
+            "autoscaling_config"]
+        assert (autoscaling["upscale_delay_s"], autoscaling["downscale_delay_s"],
+                autoscaling["look_back_period_s"]) == (5, 60, 20), autoscaling
+    finally:
+        tiny_app.update(upscale_delay_s=None, downscale_delay_s=None, look_back_period_s=None,
+                        progress=False)
+
+
+def deployment_configs(app_name: str) -> dict[str, dict]:
+    """Each deployment's config as Serve runs it, read on the cluster."""
+    def read(name: str) -> dict[str, dict]:
+        from nbserve.remote.ray_private import serve_client
+
+        details = serve_client().get_serve_details()["applications"][name]["deployments"]
+        return {dep: info["deployment_config"] for dep, info in details.items()}
+
+    return remote.call(read, app_name)
+
+
+def test_the_router_is_replaced_before_it_stops(tiny_app: nbserve.App) -> None:
+    # An engine update rebuilds the app, router included; HAProxy asks the old router until
+    # its reload drops it, so the old one has to outlive its replacement's start.
+    router = deployment_configs(tiny_app.name)[ROUTER_DEPLOYMENT]
+    assert router["max_surge_percent"] == 100, router
+    assert router["graceful_shutdown_wait_loop_s"] == ROUTER_DRAIN_S, router
 
 
 def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
@@ -219,6 +252,21 @@ def test_a_secret_the_cluster_lacks_deploys_nothing(cluster: nbserve.Cluster,
         cluster.deploy(nbserve.LLM(tiny_path, secrets=[name]), name="secretless",
                        progress=False)
     assert "secretless" not in [a.name for a in cluster.apps()]
+
+
+def test_a_replica_no_node_can_hold_deploys_nothing(cluster: nbserve.Cluster,
+                                                    tiny_path: str) -> None:
+    # The local head cannot add nodes, so a replica that fits none of them would wait forever.
+    cases = {
+        "too-many-cpus": (nbserve.LLM(tiny_path, cpus=100),
+                          r"one replica needs CPU 101 on one node.*has CPU \d+.*lower cpus="),
+        "a-gpu": (nbserve.LLM(tiny_path, accelerator="L4"),
+                  r"needs GPU 1, accelerator_type:L4 0\.001, CPU 1.*accelerator=None"),
+    }
+    for name, (spec, message) in cases.items():
+        with pytest.raises(nbserve.SpecError, match=message):
+            cluster.deploy(spec, name=name, progress=False)
+    assert not {a.name for a in cluster.apps()} & set(cases)
 
 
 def test_model_that_fails_to_load_reports_the_engine_reason(

@@ -25,6 +25,7 @@ from nbserve.serveconfig import (
     llm_deployment_name,
     serve_app,
 )
+from nbserve.spec import AUTOSCALER_KNOBS
 
 
 def cpu_demo() -> LLM:
@@ -117,12 +118,38 @@ def test_replacements_start_first_and_stopping_replicas_finish_long_streams() ->
     ServeApplicationSchema.model_validate(serve_app(tuned, "tiny"))  # Serve's own schema
 
 
+def test_every_autoscaler_setting_reaches_serve_under_its_own_name() -> None:
+    from ray.serve.config import AutoscalingConfig
+
+    knobs = {"upscale_delay_s": 5, "downscale_delay_s": 60, "downscale_to_zero_delay_s": 30,
+             "look_back_period_s": 10, "metrics_interval_s": 2, "upscaling_factor": 2,
+             "downscaling_factor": 0.5, "aggregation_function": "max"}
+    assert set(knobs) == set(AUTOSCALER_KNOBS)
+    spec = cpu_demo().with_changes(min_replicas=0, max_replicas=2, **knobs)
+    autoscaling = deployment_override(spec)["autoscaling_config"]
+    assert {k: autoscaling[k] for k in knobs} == knobs
+    assert set(knobs) <= set(AutoscalingConfig.model_fields)  # Serve's names
+    config = AutoscalingConfig(**autoscaling)  # and values Serve takes
+    assert (config.downscale_to_zero_delay_s, config.aggregation_function) == (30, "max")
+    ServeApplicationSchema.model_validate(serve_app(spec, "tiny"))
+    # Unset, they are not sent: Serve keeps its own values.
+    assert not set(knobs) & set(deployment_override(cpu_demo())["autoscaling_config"])
+
+
 @pytest.mark.parametrize("bad, field", [
     ({"rollout": {"max_surge_percent": 101}}, "max_surge_percent"),
     ({"rollout": {"graceful_shutdown_timeout_s": -1}}, "graceful_shutdown_timeout_s"),
     ({"rollout": {"health_check_period_s": 0}}, "health_check_period_s"),
     ({"rollout": {"surge": 1}}, "surge"),
     ({"max_queued_requests": 0}, "max_queued_requests"),
+    ({"upscale_delay_s": -1}, "upscale_delay_s"),
+    ({"downscale_to_zero_delay_s": -5}, "downscale_to_zero_delay_s"),
+    ({"look_back_period_s": 0}, "look_back_period_s"),
+    ({"look_back_period_s": 10}, "look_back_period_s=10 must be longer than metrics_interval_s=10"),
+    ({"look_back_period_s": 5, "metrics_interval_s": 5}, "metrics_interval_s=5"),
+    ({"upscaling_factor": 0}, "upscaling_factor"),
+    ({"aggregation_function": "median"}, "aggregation_function"),
+    ({"scaling": {"upscale_delay": 5}}, "upscale_delay"),
 ])
 def test_bad_rollout_settings_name_the_field(bad: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError, match=field):
@@ -138,6 +165,10 @@ SCALING_ONLY = [
     {"max_queued_requests": 64},
     {"rollout": Rollout(max_surge_percent=0)},
     {"rollout": {"graceful_shutdown_timeout_s": 60, "health_check_period_s": 5}},
+    {"upscale_delay_s": 5},
+    {"downscale_delay_s": 60, "downscale_to_zero_delay_s": 30},
+    {"look_back_period_s": 10, "metrics_interval_s": 2},
+    {"upscaling_factor": 2, "downscaling_factor": 0.5, "aggregation_function": "max"},
 ]
 
 RESTARTING = [

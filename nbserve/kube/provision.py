@@ -43,6 +43,7 @@ class RayClusterProvider:
     """
 
     kind = "kuberay"
+    fixed_nodes = False  # KubeRay's autoscaler may add worker pods (and GKE the nodes)
 
     def __init__(self, ref: RayClusterRef, *, created: bool = False) -> None:
         self.ref = ref

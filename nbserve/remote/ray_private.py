@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "auth_headers", "gcs_address", "kv_delete", "kv_get", "kv_keys", "kv_put", "kv_put_new",
-    "reset_auth_token_cache", "serve_client", "start_serve",
+    "auth_headers", "direct_streaming", "gcs_address", "kv_delete", "kv_get", "kv_keys",
+    "kv_put", "kv_put_new", "reset_auth_token_cache", "serve_client", "start_serve",
 ]
 
 
@@ -32,6 +32,17 @@ def start_serve(http_options: dict[str, Any] | None) -> Any:
     from ray.serve._private.api import serve_start
 
     return serve_start(http_options=http_options) if http_options else serve_start()
+
+
+def direct_streaming() -> bool:
+    """Whether Serve LLM builds apps on this node with its ingress request router.
+
+    With ``RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING`` the engine replica is the ingress and an
+    ``LLMRouter`` deployment tells HAProxy which replica takes each request.
+    """
+    from ray.llm._internal.serve.constants import RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING
+
+    return bool(RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING)
 
 
 def kv_get(key: str, namespace: bytes) -> bytes | None:

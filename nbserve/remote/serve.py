@@ -15,6 +15,7 @@ from typing import Any, Literal, TypedDict
 
 from .lock import app_set_lock
 from .ray_private import (
+    direct_streaming,
     gcs_address,
     kv_delete,
     kv_get,
@@ -30,7 +31,7 @@ KV_PREFIX = "app/"
 
 # Why ``deploy`` refused ("" when it did not).
 Refusal = Literal[
-    "", "model_path_missing", "secret_missing", "serve_elsewhere", "exists",
+    "", "model_path_missing", "secret_missing", "unschedulable", "serve_elsewhere", "exists",
     "route_prefix_taken", "lost_apps",
 ]
 
@@ -59,19 +60,23 @@ class ReplicaRow(TypedDict):
 
 
 def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, Any],
-           replace: bool = False, secrets: list[str] | None = None) -> DeployResult:
+           replace: bool = False, secrets: list[str] | None = None,
+           fixed_nodes: bool = False, router: dict[str, Any] | None = None) -> DeployResult:
     """Apply one Serve app config declaratively, keeping every other declared app as it is.
 
     Serve's declarative API takes the whole set of apps at once, so under the cluster's
     app-set lock the current set is read, this app added or replaced in it, the set written
     back and checked (every other app still declared), and then nbserve's record of the app
     written. Serve builds the app on the cluster and applies ``deployments:`` overrides in
-    place. Deploying exactly what runs under that name changes nothing. Refused before
-    anything changes: a local model path that does not exist (``model_path_missing``), a
-    secret the replicas read from their node's environment that is not set there
-    (``secret_missing``; only the names of ``secrets`` travel, never a value), Serve
-    started by something else and listening elsewhere than ``http`` says
-    (``serve_elsewhere``), a name that runs something else unless ``replace`` (``exists``), a
+    place; ``router`` is the override of Serve LLM's router, added where this cluster builds
+    apps with one (``direct_streaming``). Deploying exactly what runs under that name changes
+    nothing. Refused before anything changes: a local model path that does not exist
+    (``model_path_missing``), a secret the replicas read from their node's environment that
+    is not set there (``secret_missing``; only the names of ``secrets`` travel, never a
+    value), a replica that fits no node of a cluster that cannot add nodes
+    (``unschedulable``, checked when ``fixed_nodes``), Serve started by something else and
+    listening elsewhere than ``http`` says (``serve_elsewhere``), a name that runs something
+    else unless ``replace`` (``exists``), a
     route prefix another app serves (``route_prefix_taken``).
     """
     from ray.serve.schema import ServeDeploySchema
@@ -86,6 +91,9 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
     missing = [n for n in secrets or () if not os.environ.get(n)]
     if missing:
         return _refused("secret_missing", _secret_missing(missing))
+    lacking = unschedulable(app) if fixed_nodes else ""
+    if lacking:
+        return _refused("unschedulable", lacking)
     name = app["name"]
     client = start_serve(http)
     with app_set_lock():
@@ -108,7 +116,10 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
                                 "another route_prefix= (or another name, the default prefix)")
         keep = {other: a["deployed_app_config"] for other, a in running.items()
                 if a.get("deployed_app_config") and other != name}
-        config: dict[str, Any] = {"applications": [*keep.values(), app]}
+        applied = app
+        if router and direct_streaming():
+            applied = {**app, "deployments": [*app.get("deployments", []), router]}
+        config: dict[str, Any] = {"applications": [*keep.values(), applied]}
         if details.get("target_capacity") is not None:
             config["target_capacity"] = details["target_capacity"]
         client.deploy_apps(ServeDeploySchema.model_validate(config))
@@ -185,6 +196,62 @@ def _listens_elsewhere(running: dict[str, Any], wanted: dict[str, Any]) -> str:
             "serve.run or serve.start without nbserve's options); shut it down with "
             "serve.shutdown() (it stops every app), or restart the local head (`nbserve down`, "
             "then `nbserve up`)")
+
+
+def replica_bundles(app: dict[str, Any]) -> list[dict[str, float]]:
+    """The resource bundles one model-server replica of a Serve LLM app config asks Ray for.
+
+    Example:
+        >>> first, second = replica_bundles({"args": {"llm_configs": [
+        ...     {"accelerator_type": "L4", "engine_kwargs": {"tensor_parallel_size": 2}}]}})
+        >>> first
+        {'GPU': 1.0, 'accelerator_type:L4': 0.001, 'CPU': 1.0}
+        >>> second
+        {'GPU': 1.0, 'accelerator_type:L4': 0.001}
+        >>> replica_bundles({"args": {"llm_configs": [
+        ...     {"placement_group_config": {"bundles": [{"CPU": 2}]}}]}})
+        [{'CPU': 3.0}]
+    """
+    bundles: list[dict[str, float]] = []
+    for cfg in (app.get("args") or {}).get("llm_configs") or []:
+        given = (cfg.get("placement_group_config") or {}).get("bundles")
+        if given:
+            mine = [{k: float(v) for k, v in b.items()} for b in given]
+        else:
+            # Serve LLM's default: one GPU bundle per tensor-parallel worker, of the type asked.
+            tp = int((cfg.get("engine_kwargs") or {}).get("tensor_parallel_size", 1))
+            kind = f"accelerator_type:{cfg.get('accelerator_type')}"
+            mine = [{"GPU": 1.0, kind: 0.001} for _ in range(tp)]
+        # The replica actor itself (1 CPU, Serve LLM's default) joins the first bundle.
+        mine[0] = {**mine[0], "CPU": mine[0].get("CPU", 0.0) + 1.0}
+        bundles += mine
+    return bundles
+
+
+def unschedulable(app: dict[str, Any]) -> str:
+    """Why no node of the cluster as it is can hold one replica of ``app``, or "".
+
+    Compared with each alive node's total resources, not what is free now: a replica that
+    waits for another to stop still runs later.
+    """
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for bundle in replica_bundles(app):
+        if any(all(node.get(k, 0.0) >= v for k, v in bundle.items()) for node in nodes):
+            continue
+        short = [k for k, v in bundle.items() if max((n.get(k, 0.0) for n in nodes),
+                                                     default=0.0) < v]
+        have = ", ".join(f"{k} {max((n.get(k, 0.0) for n in nodes), default=0.0):g}"
+                         for k in short)
+        wanted = ", ".join(f"{k} {v:g}" for k, v in bundle.items())
+        fix = ("lower cpus= (or start the local head with more logical CPUs: `nbserve down`, "
+               "then `nbserve up --num-cpus N`)" if set(short) == {"CPU"} else
+               "deploy on CPUs (accelerator=None) or connect to a cluster that has that GPU")
+        return (f"one replica needs {wanted} on one node, and the largest node of this "
+                f"cluster has {have or 'less'}; this cluster cannot add nodes, so the replica "
+                f"would never start: {fix}")
+    return ""
 
 
 def _secret_missing(missing: list[str]) -> str:
