@@ -223,9 +223,16 @@ def overload(app: nbserve.App, opts: argparse.Namespace) -> Row:
                      "timing out, with or without")
     shape(app, 1)
     met = True
+    assert app.spec is not None
+    length = app.spec.engine.max_model_len
     try:
-        for cap in (None, HOLD):
-            app.update(max_ongoing_requests=HOLD, max_queued_requests=cap, progress=False)
+        # The cap set in place, then again with the app rebuilt (an engine change), in case
+        # Serve's routers read it only when they start.
+        for cap, rebuilt in ((None, False), (HOLD, False), (HOLD, True)):
+            changes: dict[str, Any] = {"max_model_len": 384 if length != 384 else 512} \
+                if rebuilt else {}
+            app.update(max_ongoing_requests=HOLD, max_queued_requests=cap, progress=False,
+                       **changes)
             run = app.load(concurrency=4 * HOLD, duration_s=opts.overload_s,
                            max_tokens=opts.stream_tokens // 3)
             run.wait()
@@ -238,8 +245,10 @@ def overload(app: nbserve.App, opts: argparse.Namespace) -> Row:
             waits = sorted(r.e2e_s for r in rejected)
             slowest = f", slowest {waits[-1]:.2f} s" if waits else ""
             row.notes.append(
-                f"queue cap {cap}: {len(records)} sent, {len(done)} complete (median "
-                f"{_median([r.e2e_s for r in done]):.1f} s), {len(rejected)} rejected with "
+                f"queue cap {cap}{' (app rebuilt)' * rebuilt}: {len(records)} sent, "
+                f"{len(done)} complete (median "
+                f"{_median([r.e2e_s for r in done]):.2f} s, first token after "
+                f"{_median([r.ttft_s or 0.0 for r in done]):.2f} s), {len(rejected)} rejected with "
                 f"{', '.join(sorted({r.error[:8] for r in rejected})) or '-'} (median "
                 f"{_median(waits):.2f} s{slowest}), {len(other)} failed otherwise"
                 + (f": {sorted({r.error[:80] for r in other})[:2]}" if other else ""))
