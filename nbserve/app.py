@@ -201,9 +201,12 @@ class App:
         """Change the app in place: scaling changes apply without restarting replicas.
 
         Scaling (``min_replicas``, ``max_replicas``, ``initial_replicas``,
-        ``target_ongoing_requests``, ``max_ongoing_requests``, ``max_queued_requests``) and
-        ``rollout=...`` are lightweight updates; any engine change (``max_model_len``,
-        ``dtype``, ``engine=...``, ``env=...``) restarts the replicas one by one, each
+        ``target_ongoing_requests``, ``max_ongoing_requests``, ``max_queued_requests``, the
+        autoscaler's settings) and ``rollout=...`` are lightweight updates (a new
+        ``max_queued_requests`` takes effect only once the app's router restarts, at the next
+        engine change: Serve's router reads it when it starts); any engine change
+        (``max_model_len``, ``dtype``, ``engine=...``, ``env=...``) restarts the replicas one
+        by one, each
         replacement starting before the replica it replaces stops (``Rollout``).
         ``self.last_update`` says which it was.
 
@@ -234,6 +237,11 @@ class App:
         new_version = engine_version(serve_app(new, self.name, self.route_prefix))
         kind = "in place" if old_version == new_version else "rolling restart"
         log.info("updating %s (%s): %s", self.name, kind, sorted(changes))
+        if kind == "in place" and new.scaling.max_queued_requests != \
+                current.scaling.max_queued_requests:
+            log.warning("app %s: Serve 2.60's router reads max_queued_requests when it starts, "
+                        "so the new cap applies from the next engine change or redeploy "
+                        "(measured in RELIABILITY.md)", self.name)
         self.apply(new, replace=True)
         self.last_update = kind
         if wait:

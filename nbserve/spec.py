@@ -76,7 +76,8 @@ class Scaling(BaseModel):
     max_queued_requests: int | None = Field(
         None, ge=1,
         description="Requests waiting for a replica before Serve answers 503 at once; None "
-        "queues without limit (Serve's default).",
+        "queues without limit (Serve's default). Serve's router reads it when it starts: set "
+        "at deploy, or changed with an engine change.",
     )
     upscale_delay_s: float | None = Field(
         None, ge=0,
