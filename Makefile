@@ -29,7 +29,7 @@ bench-quick: setup
 	.venv/bin/python -m benchmarks --quick
 
 ## Faults under load on the local cluster (engine updates, scale-down, a killed replica,
-## listeners and a secret): writes RELIABILITY.md (13 min on the 2-core machine of its run).
+## overload, listeners and a secret): writes RELIABILITY.md (about 20 min on 2 cores).
 faults: setup
 	.venv/bin/python -m benchmarks.faults
 

@@ -37,7 +37,7 @@ import ray.cloudpickle
 
 import nbserve
 from nbserve import local, procs, remote
-from nbserve.benchresult import RequestRecord
+from nbserve.benchresult import RequestRecord, percentile
 
 from .paths import ROOT
 from .report import machine
@@ -260,8 +260,7 @@ def overload(app: nbserve.App, opts: argparse.Namespace) -> Row:
 
 
 def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2] if ordered else 0.0
+    return percentile(values, 50) or 0.0
 
 
 def exposure(app: nbserve.App, head: local.LocalHead, home: Path) -> Row:

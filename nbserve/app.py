@@ -206,8 +206,7 @@ class App:
         ``max_queued_requests`` takes effect only once the app's router restarts, at the next
         engine change: Serve's router reads it when it starts); any engine change
         (``max_model_len``, ``dtype``, ``engine=...``, ``env=...``) restarts the replicas one
-        by one, each
-        replacement starting before the replica it replaces stops (``Rollout``).
+        by one, each replacement starting before the replica it replaces stops (``Rollout``).
         ``self.last_update`` says which it was.
 
         Example:

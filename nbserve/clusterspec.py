@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from . import manifests, names, versions
 from .accelerators import AcceleratorInfo, resolve_accelerator
+from .spec import EnvName
 
 __all__ = ["IMAGE_CUDA", "ClusterSpec", "HeadSpec", "SecretRef", "WorkerGroup"]
 
@@ -45,7 +46,6 @@ Quantity = Annotated[str, AfterValidator(_quantity)]
 ObjectName = Annotated[str, _rule(names.OBJECT_NAME)]
 Dns1123 = Annotated[str, _rule(names.NAMESPACE)]
 ClusterName = Annotated[str, _rule(names.CLUSTER_NAME)]
-EnvName = Annotated[str, _rule(names.ENV_NAME)]
 LabelKey = Annotated[str, _rule(names.LABEL_KEY)]
 LabelValue = Annotated[str, _rule(names.LABEL_VALUE)]
 Accelerator = Annotated[str, AfterValidator(lambda v: resolve_accelerator(v).name)]

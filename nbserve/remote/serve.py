@@ -240,10 +240,9 @@ def unschedulable(app: dict[str, Any]) -> str:
     for bundle in replica_bundles(app):
         if any(all(node.get(k, 0.0) >= v for k, v in bundle.items()) for node in nodes):
             continue
-        short = [k for k, v in bundle.items() if max((n.get(k, 0.0) for n in nodes),
-                                                     default=0.0) < v]
-        have = ", ".join(f"{k} {max((n.get(k, 0.0) for n in nodes), default=0.0):g}"
-                         for k in short)
+        largest = {k: max((n.get(k, 0.0) for n in nodes), default=0.0) for k in bundle}
+        short = [k for k, v in bundle.items() if largest[k] < v]
+        have = ", ".join(f"{k} {largest[k]:g}" for k in short)
         wanted = ", ".join(f"{k} {v:g}" for k, v in bundle.items())
         fix = ("lower cpus= (or start the local head with more logical CPUs: `nbserve down`, "
                "then `nbserve up --num-cpus N`)" if set(short) == {"CPU"} else
