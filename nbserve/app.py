@@ -23,7 +23,7 @@ from .manifests import render_rayservice
 from .remote import serve as remote_serve
 from .serveconfig import engine_version, llm_deployment_name, router_override, serve_app
 from .sources import MetricsReader, source_for
-from .spec import LLM
+from .spec import LLM, spec_of_record
 from .status import FAILED, AppStatus, ReplicaInfo
 from .wait import Progress, poll_until
 
@@ -68,7 +68,7 @@ class App:
         A record this nbserve cannot read (e.g. a spec field of another version) gives a
         handle without a spec, so one bad record never hides the other apps.
         """
-        spec = _spec_of(name, record)
+        spec = spec_of_record(name, record)
         if spec is None:
             return cls(cluster, name, None)
         return cls(cluster, name, spec, route_prefix=(record or {}).get("route_prefix"))
@@ -96,6 +96,10 @@ class App:
         after their ``Retry-After``): a replica being replaced or a full queue is a pause, not
         an error. Pass ``max_retries=0`` to see every failure.
 
+        It waits 120 s for an answer, or 900 s (``wait()``'s default) for an app that may
+        scale to zero (``min_replicas=0``): Serve holds a request sent at zero replicas until
+        a replica has started, which takes as long as a deploy.
+
         Example:
             >>> client = app.openai()                                     # doctest: +SKIP
             >>> client.chat.completions.create(model=app.model, messages=[...])  # doctest: +SKIP
@@ -104,8 +108,12 @@ class App:
 
         kwargs.setdefault("api_key", "nbserve")
         kwargs.setdefault("max_retries", 2)
-        kwargs.setdefault("timeout", 120)
+        kwargs.setdefault("timeout", self._request_timeout())
         return openai.OpenAI(base_url=self.endpoint, **kwargs)
+
+    def _request_timeout(self) -> float:
+        """Seconds a request may wait for its answer: 900 if it may wake the app from zero."""
+        return 900.0 if self.spec is not None and self.spec.scaling.min_replicas == 0 else 120.0
 
     def chat(self, message: str, *, max_tokens: int = 64, **kwargs: Any) -> str:
         """Send one user message to the chat endpoint and return the answer's text."""
@@ -224,7 +232,7 @@ class App:
             raise SpecError(
                 "update() cannot change model or name; deploy a new app with cluster.deploy()"
             )
-        current = _spec_of(self.name, remote.call(remote_serve.record_of, self.name))
+        current = spec_of_record(self.name, remote.call(remote_serve.record_of, self.name))
         if current is None:
             raise NbserveError(
                 f"app {self.name!r} has no nbserve record on the cluster any more (deleted, or "
@@ -302,21 +310,23 @@ class App:
         return DeployFailed(self.name, status.status, message, tail)
 
     # --- watching and exporting -------------------------------------------------------------
-    def load(self, *, concurrency: int = 8, duration_s: float = 60, max_tokens: int = 128,
+    def load(self, *, concurrency: int | None = None, duration_s: float | None = None,
+             ramp: Sequence[tuple[float, int]] | None = None, max_tokens: int = 128,
              prompt: str = "Tell me a long story.", max_requests: int = 100_000) -> LoadRun:
         """Send streaming completions in the background, e.g. to watch the dashboard move.
 
-        A thin wrapper of ``nbserve.bench.start`` on this app's endpoint and model: it returns
-        at once and stops by itself after ``duration_s`` (or ``max_requests``). A request
-        counts as completed only when its stream ended with ``[DONE]`` after all its tokens.
+        ``nbserve.bench.start`` on this app's endpoint and model: it returns at once, keeps
+        ``concurrency`` (8) requests in flight for ``duration_s`` (60), or follows ``ramp``'s
+        steps of (seconds, concurrency), e.g. to watch the autoscaler follow.
 
         Example:
-            >>> run = app.load(concurrency=8, duration_s=60)  # doctest: +SKIP
-            >>> run.wait()                                     # doctest: +SKIP
+            >>> run = app.load(ramp=[(30, 2), (90, 16), (30, 2)])  # doctest: +SKIP
+            >>> run.wait()                                          # doctest: +SKIP
         """
         run = bench.start(self.endpoint, model=self.model, concurrency=concurrency,
-                          duration_s=duration_s, max_tokens=max_tokens, prompt=prompt,
-                          max_requests=max_requests)
+                          duration_s=duration_s, ramp=ramp, max_tokens=max_tokens,
+                          prompt=prompt, max_requests=max_requests,
+                          timeout=self._request_timeout())
         self.cluster.bind(run)  # disconnect() stops it
         return run
 
@@ -423,18 +433,6 @@ class App:
             f"<b>nbserve.App</b> <code>{html.escape(self.name)}</code> · model {model}<br>"
             f"endpoint <code>{html.escape(self.endpoint)}</code>"
         )
-
-
-def _spec_of(name: str, record: dict[str, Any] | None) -> LLM | None:
-    """The spec in nbserve's record of an app, None without a readable one."""
-    if not record or not isinstance(record.get("spec"), dict):
-        return None
-    try:
-        return LLM(**record["spec"])
-    except ValueError as err:  # pydantic's ValidationError is a ValueError
-        log.warning("app %s: nbserve's record of it cannot be read here (%s)", name,
-                    str(err).splitlines()[0])
-        return None
 
 
 def _error_tail(err: BaseException) -> str:

@@ -94,9 +94,10 @@ def run(
 
 
 def start(
-    endpoint: str, *, model: str, concurrency: int = 8, duration_s: float = 60,
-    max_tokens: int = 128, prompt: str = "Tell me a long story.", max_requests: int = 100_000,
-    timeout: float = 120, api_key: str = "nbserve",
+    endpoint: str, *, model: str, concurrency: int | None = None, duration_s: float | None = None,
+    ramp: Sequence[tuple[float, int]] | None = None, max_tokens: int = 128,
+    prompt: str = "Tell me a long story.", max_requests: int = 100_000, timeout: float = 120,
+    api_key: str = "nbserve",
 ) -> LoadRun:
     """Send streaming completions from a background thread; returns a ``LoadRun`` at once.
 
@@ -106,11 +107,16 @@ def start(
     ``run()``, a request counts as completed only when its stream ended with ``[DONE]`` after
     all ``max_tokens`` tokens.
 
+    ``ramp`` changes the load over time instead: ``[(30, 2), (60, 12), (30, 4)]`` keeps 2
+    requests in flight for 30 s, then 12 for 60 s, then 4 for 30 s (a request in flight
+    when its step ends finishes first). ``LoadRun.level()`` tells the step's concurrency.
+
     Args:
         endpoint: the base URL, ending in ``/v1`` (``app.endpoint`` gives it).
         model: the model name to request.
-        concurrency: requests in flight at once.
-        duration_s: seconds to send for (requests in flight then finish).
+        concurrency: requests in flight at once (8 when neither it nor ``ramp`` is given).
+        duration_s: seconds to send for (60 by default; requests in flight then finish).
+        ramp: steps of (seconds, concurrency), instead of ``concurrency`` and ``duration_s``.
         max_tokens: tokens each request generates.
         prompt: the prompt of every request.
         max_requests: requests to send at most (it also bounds the records kept).
@@ -125,21 +131,50 @@ def start(
         >>> run.stop().completed                                      # doctest: +SKIP
     """
     _check_endpoint(endpoint)
-    counts = (concurrency, max_tokens, max_requests)
-    if not all(type(v) is int and v >= 1 for v in counts) or isinstance(duration_s, bool) \
-            or not isinstance(duration_s, (int, float)) or not duration_s > 0:
-        raise SpecError(
-            f"load needs concurrency >= 1, duration_s > 0, max_tokens >= 1 and "
-            f"max_requests >= 1; got concurrency={concurrency!r}, duration_s={duration_s!r}, "
-            f"max_tokens={max_tokens!r}, max_requests={max_requests!r}"
-        )
+    steps = _ramp_steps(ramp, concurrency, duration_s)
+    for seconds, level in steps:
+        counts = (level, max_tokens, max_requests)
+        if not all(type(v) is int and v >= 1 for v in counts) or isinstance(seconds, bool) \
+                or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise SpecError(
+                f"load needs concurrency >= 1, duration_s > 0, max_tokens >= 1 and "
+                f"max_requests >= 1; got concurrency={level!r}, duration_s={seconds!r}, "
+                f"max_tokens={max_tokens!r}, max_requests={max_requests!r}"
+            )
     if not all(isinstance(text, str) and text for text in (model, prompt)):
         raise SpecError(f"model={model!r} and prompt={prompt!r} must be non-empty strings")
-    load = LoadRun(endpoint.rstrip("/"), model, concurrency=concurrency, duration_s=duration_s,
-                   max_tokens=max_tokens, prompt=prompt, max_requests=max_requests,
-                   timeout=timeout, api_key=api_key)
+    load = LoadRun(endpoint.rstrip("/"), model, steps=steps, max_tokens=max_tokens,
+                   prompt=prompt, max_requests=max_requests, timeout=timeout, api_key=api_key)
     load._thread.start()
     return load
+
+
+def _ramp_steps(ramp: Sequence[tuple[float, int]] | None, concurrency: int | None,
+                duration_s: float | None) -> list[tuple[float, int]]:
+    """The load's steps of (seconds, concurrency): ``ramp``'s, or one from the two numbers.
+
+    Example:
+        >>> _ramp_steps([(10, 2), (20, 8)], None, None)
+        [(10.0, 2), (20.0, 8)]
+        >>> _ramp_steps(None, 4, None)
+        [(60, 4)]
+    """
+    if ramp is None:
+        return [(60 if duration_s is None else duration_s,
+                 8 if concurrency is None else concurrency)]
+    if concurrency is not None or duration_s is not None:
+        raise SpecError("pass either ramp= or concurrency= and duration_s=, not both: the ramp's "
+                        "steps give both, e.g. ramp=[(30, 2), (60, 12)]")
+    try:
+        steps = [(seconds, level) for seconds, level in ramp]
+    except (TypeError, ValueError):
+        steps = []
+    if not steps or not all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0
+            and type(c) is int and c >= 1 for t, c in steps):
+        raise SpecError(f"ramp={ramp!r} must be a non-empty list of (seconds > 0, concurrency "
+                        ">= 1) steps, e.g. ramp=[(30, 2), (60, 12)]")
+    return [(float(t), c) for t, c in steps]
 
 
 class LoadRun:
@@ -154,12 +189,15 @@ class LoadRun:
         >>> run.stop()                                                     # doctest: +SKIP
     """
 
-    def __init__(self, endpoint: str, model: str, *, concurrency: int, duration_s: float,
+    def __init__(self, endpoint: str, model: str, *, steps: Sequence[tuple[float, int]],
                  max_tokens: int, prompt: str, max_requests: int, timeout: float,
                  api_key: str) -> None:
-        self.endpoint, self.model, self.concurrency = endpoint, model, concurrency
+        self.steps = list(steps)
+        self.concurrency = max(c for _, c in self.steps)  # the most in flight at once
+        self.endpoint, self.model = endpoint, model
         self.max_tokens, self._prompt, self._budget = max_tokens, prompt, max_requests
-        self._session_args = (concurrency, timeout, api_key)
+        self._session_args = (self.concurrency, timeout, api_key)
+        duration_s = sum(t for t, _ in self.steps)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._records: list[RequestRecord] = []
@@ -179,11 +217,25 @@ class LoadRun:
             self._ended = time.monotonic()
             log.info("load finished: %s", self.stats())
 
+    def level(self) -> int:
+        """Requests the run keeps in flight now: its ramp step's concurrency (0 once ended)."""
+        if self._ended is not None or self._stop.is_set():
+            return 0
+        elapsed = time.monotonic() - self._started
+        for seconds, level in self.steps:
+            if elapsed < seconds:
+                return level
+            elapsed -= seconds
+        return 0
+
     async def _send(self) -> None:
-        async def worker(session: Any) -> None:
+        async def worker(session: Any, index: int) -> None:
             # The workers share one event loop, so the budget needs no lock.
             while not self._stop.is_set() and time.monotonic() < self._deadline \
                     and self._budget > 0:
+                if index >= self.level():  # this worker rests during the ramp's lower steps
+                    await asyncio.sleep(0.1)
+                    continue
                 self._budget -= 1
                 record = await _request(session, self.endpoint, self.model, self._prompt,
                                         self.max_tokens)
@@ -194,7 +246,7 @@ class LoadRun:
                     await asyncio.sleep(0.5)  # a failing endpoint is not hammered
 
         async with _session(*self._session_args) as session:
-            await asyncio.gather(*(worker(session) for _ in range(self.concurrency)))
+            await asyncio.gather(*(worker(session, i) for i in range(self.concurrency)))
 
     @property
     def running(self) -> bool:

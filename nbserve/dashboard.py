@@ -299,9 +299,10 @@ class Dashboard:
             line = f"<b>{html.escape(name)}</b> · <code>{html.escape(app.endpoint)}</code>"
             if snap is not None:
                 r = snap.replicas
-                line += (f" · replicas {r.running} running / {r.starting} starting / "
-                         f"target {r.target} · {num(snap.tokens_per_s)} tok/s · "
+                line += (f" · replicas {html.escape(str(r))} · {num(snap.tokens_per_s)} tok/s · "
                          f"TTFT p50 {num(snap.ttft_p50_s, '{:.3f}')} s")
+                if snap.autoscaler is not None:
+                    line += f"<br>autoscaler: {html.escape(str(snap.autoscaler))}"
                 for replica, usage in sorted(snap.kv_cache_usage.items()):
                     bar = self._bar_of.get((name, replica))
                     if bar is None:

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from .remote.collect import Payload
-from .snapshot import Replicas, Snapshot
+from .snapshot import Autoscaler, Replicas, Snapshot
 
 __all__ = [
     "DROP_LABELS", "ENGINE_PREFIX", "FAMILIES", "SAMPLES", "Family", "MetricsWindow", "Replicas",
@@ -35,6 +35,7 @@ Kind = Literal["gauge", "counter", "histogram"]
 Feeds = Literal[
     "kv_cache", "requests_running", "requests_waiting", "tokens", "prompt_tokens", "finished",
     "ttft", "itl", "requests", "errors", "replica_healthy", "target_replicas",
+    "autoscaler_requests", "autoscaler_target_ongoing", "autoscaler_desired",
 ]
 _SUFFIX: dict[Kind, str] = {"gauge": "", "counter": "_total", "histogram": "_bucket"}
 
@@ -75,6 +76,11 @@ FAMILIES: tuple[Family, ...] = (
     Family("ray_serve_num_grpc_error_requests", "counter", "errors"),
     Family("ray_serve_deployment_replica_healthy", "gauge", "replica_healthy"),
     Family("ray_serve_autoscaling_target_replicas", "gauge", "target_replicas"),
+    # What Serve's autoscaler sees and decides, per autoscaling deployment (Serve 2.60 keeps
+    # no decision log): the ongoing requests it counts, its target per replica, its decision.
+    Family("ray_serve_autoscaling_total_requests", "gauge", "autoscaler_requests"),
+    Family("ray_serve_autoscaling_target_ongoing_requests", "gauge", "autoscaler_target_ongoing"),
+    Family("ray_serve_autoscaling_desired_replicas", "gauge", "autoscaler_desired"),
 )
 # Labels nothing reads nor needs to tell series apart (WorkerId, unique in the cluster, does
 # that for the engines; ReplicaId ties them to the app).
@@ -98,7 +104,7 @@ def family_names() -> list[str]:
 
     Example:
         >>> family_names()[0]
-        'ray_serve_autoscaling_target_replicas'
+        'ray_serve_autoscaling_desired_replicas'
     """
     return sorted({f.name for f in FAMILIES})
 
@@ -113,13 +119,16 @@ class Scrape:
     """One reading of the metrics of a cluster at ``time`` (unix seconds).
 
     ``replicas`` and ``replica_ids`` come from Serve when known; without them the window reads
-    them from Serve's own series (``ray_serve_deployment_replica_healthy``).
+    them from Serve's own series (``ray_serve_deployment_replica_healthy``). ``stopping`` are
+    the replicas Serve is stopping: their counters still count (they finish their requests),
+    but they get no KV-cache bar.
     """
 
     time: float
     samples: tuple[Sample, ...]
     replicas: Replicas | None = None
     replica_ids: frozenset[str] = frozenset()
+    stopping: frozenset[str] = frozenset()
 
     @classmethod
     def from_texts(cls, texts: Iterable[str], time: float, *, replicas: Replicas | None = None,
@@ -153,7 +162,9 @@ class Scrape:
             target=sum(targets) if targets else None,
         )
         ids = frozenset(rid for d in deployments.values() for rid in d["replicas"])
-        return cls(payload["time"], samples, replicas, ids)
+        stopping = frozenset(rid for d in deployments.values()
+                             for rid, state in d["replicas"].items() if state == "STOPPING")
+        return cls(payload["time"], samples, replicas, ids, stopping)
 
 
 def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
@@ -244,11 +255,14 @@ class MetricsWindow:
         for s in mine:  # Ray stops exporting an idle engine's gauges but keeps its counters
             if s.name.startswith(ENGINE_PREFIX) and "ReplicaId" in s.labels:
                 kv.setdefault(s.labels["ReplicaId"], 0.0)
+        for rid in scrape.stopping:
+            kv.pop(rid, None)
         proxy = any(_TRACKED[key[0]] == "requests" for key in self._series)
         ttft = self._buckets("ttft", now)
+        replicas = scrape.replicas or _replicas_from_series(mine)
         return Snapshot(
-            app=self.app, time=now,
-            replicas=scrape.replicas or _replicas_from_series(mine),
+            app=self.app, time=now, replicas=replicas,
+            autoscaler=_autoscaler(mine, replicas),
             kv_cache_usage=kv, requests_running=int(running), requests_waiting=int(waiting),
             tokens_per_s=self._rate("tokens", now),
             prompt_tokens_per_s=self._rate("prompt_tokens", now),
@@ -352,6 +366,29 @@ def _merge(histograms: Sequence[Buckets]) -> Buckets:
         total.append((bound, sum(max((c for le, c in h if le <= bound), default=0.0)
                                  for h in histograms)))
     return tuple(total)
+
+
+def _autoscaler(samples: Iterable[Sample], replicas: Replicas) -> Autoscaler | None:
+    """What Serve's autoscaler sees and decides for the model servers, if it exports it.
+
+    The app's router may autoscale too; the model servers (``LLMServer:*``) are the ones shown
+    where the app has them.
+    """
+    seen: dict[str, dict[str, float]] = {}
+    for s in samples:
+        feeds = _GAUGES.get(s.name)
+        if feeds is not None and feeds.startswith("autoscaler_"):
+            seen.setdefault(s.labels.get("deployment", ""), {})[feeds] = s.value
+    servers = [d for d in seen if d.startswith("LLMServer:")] or list(seen)
+    values = [seen[d] for d in servers if len(seen[d]) == 3]
+    if not values:
+        return None
+    return Autoscaler(
+        ongoing=sum(v["autoscaler_requests"] for v in values),
+        target_per_replica=values[0]["autoscaler_target_ongoing"],
+        desired=int(sum(v["autoscaler_desired"] for v in values)),
+        target=replicas.target, running=replicas.running,
+    )
 
 
 def _replicas_from_series(samples: Iterable[Sample]) -> Replicas:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .fmt import html_table, ms, num, pct
 
-__all__ = ["Replicas", "Snapshot"]
+__all__ = ["Autoscaler", "Replicas", "Snapshot"]
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,69 @@ class Replicas:
     starting: int
     target: int | None
 
+    @property
+    def scaled_to_zero(self) -> bool:
+        """None running or starting and the autoscaler's target is 0: the app waits for a request.
+
+        Example:
+            >>> str(Replicas(running=0, starting=0, target=0))
+            'scaled to zero'
+        """
+        return self.running == 0 and self.starting == 0 and self.target == 0
+
     def __str__(self) -> str:
+        if self.scaled_to_zero:
+            return "scaled to zero"
         target = "?" if self.target is None else str(self.target)
         return f"{self.running} running, {self.starting} starting, target {target}"
+
+
+@dataclass(frozen=True)
+class Autoscaler:
+    """What Serve's autoscaler sees and decides for an app's model servers.
+
+    Attributes:
+        ongoing: requests in flight or queued as the autoscaler counts them (its
+            ``look_back_period_s`` average).
+        target_per_replica: the ``target_ongoing_requests`` it aims for per replica.
+        desired: the replicas its policy asks for (``ongoing / target_per_replica``, within
+            ``min_replicas``..``max_replicas``, before its up/down delays).
+        target: the replicas Serve is bringing up or keeping now (None: unknown).
+        running: replicas running now.
+
+    Example:
+        >>> str(Autoscaler(ongoing=6.1, target_per_replica=2, desired=2, target=1, running=1))
+        'scaling up: 6.1 ongoing > 2 × 1 replica, wants 2'
+        >>> str(Autoscaler(ongoing=0, target_per_replica=2, desired=0, target=0, running=0))
+        'steady: 0 ongoing, 0 replicas'
+    """
+
+    ongoing: float
+    target_per_replica: float
+    desired: int
+    target: int | None
+    running: int
+
+    @property
+    def decision(self) -> str:
+        """``"scaling up"``, ``"scaling down"`` or ``"steady"``: desired against running."""
+        if self.desired > self.running:
+            return "scaling up"
+        if self.desired < self.running:
+            return "scaling down"
+        return "steady"
+
+    def __str__(self) -> str:
+        ongoing = f"{self.ongoing:.3g}"
+        capacity = f"{self.target_per_replica:g} × {self.running} replica" + (
+            "" if self.running == 1 else "s")
+        decision = self.decision
+        if decision == "scaling up":
+            return f"scaling up: {ongoing} ongoing > {capacity}, wants {self.desired}"
+        if decision == "scaling down":
+            return f"scaling down: {ongoing} ongoing < {capacity}, wants {self.desired}"
+        return f"steady: {ongoing} ongoing, {self.running} replica" + (
+            "" if self.running == 1 else "s")
 
 
 @dataclass(frozen=True)
@@ -41,6 +101,8 @@ class Snapshot:
         app: the app's name.
         time: when the metrics were read (unix seconds).
         replicas: model-server replicas running, starting and targeted.
+        autoscaler: what Serve's autoscaler sees and decides (None: the app does not
+            autoscale, or Serve has not exported it yet).
         kv_cache_usage: KV-cache use (0..1) per replica id, for the replicas whose engine
             exports metrics (0 for an idle engine whose gauge Ray stopped exporting).
         requests_running: requests the engines are generating for now.
@@ -58,6 +120,7 @@ class Snapshot:
     app: str
     time: float
     replicas: Replicas
+    autoscaler: Autoscaler | None = None
     kv_cache_usage: dict[str, float] = field(default_factory=dict)
     requests_running: int = 0
     requests_waiting: int = 0
@@ -73,12 +136,13 @@ class Snapshot:
         """The snapshot as (label, formatted value) rows, as ``_repr_html_`` shows them.
 
         Example:
-            >>> Snapshot("tiny", 0.0, Replicas(1, 0, 1), tokens_per_s=412.54).rows()[3]
+            >>> Snapshot("tiny", 0.0, Replicas(1, 0, 1), tokens_per_s=412.54).rows()[4]
             ('tokens/s (generated)', '412.5')
         """
         kv = ", ".join(f"{rid} {pct(v)}" for rid, v in sorted(self.kv_cache_usage.items()))
         return [
             ("replicas", str(self.replicas)),
+            ("autoscaler", "-" if self.autoscaler is None else str(self.autoscaler)),
             ("KV cache", kv or "-"),
             ("requests running / waiting", f"{self.requests_running} / {self.requests_waiting}"),
             ("tokens/s (generated)", num(self.tokens_per_s, "{:.1f}")),

@@ -9,6 +9,7 @@ cluster side, where the path has to exist. Rendering a spec into a Serve applica
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Annotated, Any, Literal
 
@@ -25,7 +26,9 @@ from . import names
 from .accelerators import resolve_accelerator
 from .errors import SpecError
 
-__all__ = ["LLM", "Engine", "Rollout", "Scaling"]
+__all__ = ["LLM", "Engine", "Rollout", "Scaling", "spec_of_record"]
+
+log = logging.getLogger(__name__)
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 EnvName = Annotated[str, AfterValidator(partial(names.check, rule=names.ENV_NAME))]
@@ -380,3 +383,25 @@ def check_app_name(name: str) -> str:
         'qwen-7b'
     """
     return names.require("app name", name, names.APP_NAME)
+
+
+def spec_of_record(name: str, record: dict[str, Any] | None) -> LLM | None:
+    """The spec in nbserve's record of app ``name``; None without a readable one.
+
+    A record this nbserve cannot read (e.g. a field of another version) is logged, not raised,
+    so one bad record never hides the other apps.
+
+    Example:
+        >>> spec_of_record("tiny", {"spec": {"model": "org/tiny"}}).model
+        'org/tiny'
+        >>> spec_of_record("tiny", {"spec": {"model": "org/tiny", "colour": "red"}}) is None
+        True
+    """
+    if not record or not isinstance(record.get("spec"), dict):
+        return None
+    try:
+        return LLM(**record["spec"])
+    except ValueError as err:  # pydantic's ValidationError is a ValueError
+        log.warning("app %s: nbserve's record of it cannot be read here (%s)", name,
+                    str(err).splitlines()[0])
+        return None

@@ -23,6 +23,8 @@ AppState = Literal["NOT_STARTED", "DEPLOYING", "RUNNING", "DEPLOY_FAILED", "DELE
 DeploymentState = Literal["UPDATING", "HEALTHY", "UNHEALTHY", "DEPLOY_FAILED", "UPSCALING",
                           "DOWNSCALING"]
 FAILED: frozenset[str] = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
+# Serve's ReplicaState values of a replica on its way out: it serves nothing new.
+LEAVING: frozenset[str] = frozenset({"STOPPING"})
 
 
 def _value(status: Any) -> str:
@@ -43,6 +45,30 @@ class DeploymentStatus:
     def running(self) -> int:
         """Replicas in state RUNNING."""
         return self.replica_states.get("RUNNING", 0)
+
+    @property
+    def scaled_to_zero(self) -> bool:
+        """No replica is running or starting, by the autoscaler's choice (not a failure).
+
+        An app with ``min_replicas=0`` gets there after ``downscale_to_zero_delay_s`` without
+        requests; Serve holds the next request until a replica is up. Replicas still
+        stopping do not count: they serve nothing new.
+
+        Example:
+            >>> DeploymentStatus("LLMServer:m", "HEALTHY", "", {}).scaled_to_zero
+            True
+            >>> DeploymentStatus("LLMServer:m", "DOWNSCALING", "", {"STOPPING": 1}).scaled_to_zero
+            True
+            >>> DeploymentStatus("LLMServer:m", "UPSCALING", "", {"STARTING": 1}).scaled_to_zero
+            False
+        """
+        active = sum(n for state, n in self.replica_states.items() if state not in LEAVING)
+        return active == 0 and self.status in ("HEALTHY", "DOWNSCALING")
+
+    def __str__(self) -> str:
+        if self.scaled_to_zero:
+            return f"{self.name} scaled to zero"
+        return f"{self.name} {self.status} {dict(self.replica_states)}"
 
 
 @dataclass(frozen=True)
@@ -78,6 +104,21 @@ class AppStatus:
         return self.status == "RUNNING"
 
     @property
+    def scaled_to_zero(self) -> bool:
+        """RUNNING with a deployment at zero replicas (see ``DeploymentStatus.scaled_to_zero``).
+
+        The app is fine: its next request starts a replica and waits for it.
+
+        Example:
+            >>> server = DeploymentStatus("LLMServer:m", "HEALTHY", "", {})
+            >>> router = DeploymentStatus("LLMRouter", "HEALTHY", "", {"RUNNING": 1})
+            >>> status = AppStatus("m", "RUNNING", "", {server.name: server, router.name: router})
+            >>> status.scaled_to_zero, str(server)
+            (True, 'LLMServer:m scaled to zero')
+        """
+        return self.ok and any(d.scaled_to_zero for d in self.deployments.values())
+
+    @property
     def failed(self) -> DeploymentStatus | None:
         """The first deployment that failed, if any."""
         for dep in self.deployments.values():
@@ -107,17 +148,18 @@ class AppStatus:
         return dep.status == "HEALTHY" and dep.running >= min_replicas and alive <= max_replicas
 
     def __str__(self) -> str:
-        parts = ", ".join(
-            f"{d.name} {d.status} {dict(d.replica_states)}" for d in self.deployments.values()
-        )
-        return f"{self.status} ({parts})" if parts else self.status
+        parts = ", ".join(str(d) for d in self.deployments.values())
+        state = f"{self.status}, scaled to zero" if self.scaled_to_zero else self.status
+        return f"{state} ({parts})" if parts else state
 
     def _repr_html_(self) -> str:
         import html
 
-        rows = [(d.name, d.status, ", ".join(f"{k}: {v}" for k, v in d.replica_states.items()))
+        rows = [(d.name, "scaled to zero" if d.scaled_to_zero else d.status,
+                 ", ".join(f"{k}: {v}" for k, v in d.replica_states.items()))
                 for d in self.deployments.values()]
-        return (f"<b>{html.escape(self.name)}</b>: {html.escape(self.status)}"
+        state = f"{self.status}, scaled to zero" if self.scaled_to_zero else self.status
+        return (f"<b>{html.escape(self.name)}</b>: {html.escape(state)}"
                 + html_table(["deployment", "status", "replicas"], rows))
 
 

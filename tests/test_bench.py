@@ -33,6 +33,9 @@ class Stub:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.fail_every = 0  # answer HTTP 500 to every n-th completion (0: never)
+        self.delay_s = 0.0  # seconds each completion takes before its first token
+        self.in_flight = 0
+        self.arrivals: list[tuple[float, int]] = []  # (monotonic time, in flight) per completion
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self._sock.getsockname()[1]}/v1"
@@ -77,9 +80,15 @@ class Stub:
         n = 2 if how.startswith("cut:short") else body["max_tokens"]
         texts = [" t" * n] if how == "whole:one-chunk" else [f" t{i}" for i in range(n)]
         reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await reply.prepare(request)
-        for text in texts:
-            await reply.write(_event({"choices": [{"index": 0, "text": text}]}))
+        self.in_flight += 1
+        self.arrivals.append((time.monotonic(), self.in_flight))
+        try:
+            await asyncio.sleep(self.delay_s)
+            await reply.prepare(request)
+            for text in texts:
+                await reply.write(_event({"choices": [{"index": 0, "text": text}]}))
+        finally:
+            self.in_flight -= 1
         if body.get("stream_options", {}).get("include_usage") and how != "cut:short-no-usage":
             usage = {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": n}
             await reply.write(_event({"choices": [], "usage": usage}))
@@ -323,9 +332,27 @@ def test_start_against_no_server_counts_failures() -> None:
     assert (stats.completed, stats.failed) == (0, 1) and "Connect" in stats.last_error
 
 
+def test_a_ramp_keeps_each_steps_concurrency_in_flight(stub: Stub) -> None:
+    stub.delay_s = 0.2
+    load = bench.start(stub.endpoint, model="stub", ramp=[(1.5, 1), (1.5, 4)], max_tokens=2)
+    assert (load.concurrency, load.level()) == (4, 1)
+    stats = load.wait(timeout=60)
+    assert stats.failed == 0 and stats.completed == len(stub.arrivals) and load.level() == 0
+    first = stub.arrivals[0][0]
+    step_one = [n for t, n in stub.arrivals if t - first < 1.3]
+    step_two = [n for t, n in stub.arrivals if t - first > 1.7]
+    assert step_one and max(step_one) == 1  # one worker sends while the others rest
+    assert step_two and max(step_two) == 4
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
+        ({"ramp": [(10, 2)], "concurrency": 2}, "either ramp= or concurrency="),
+        ({"ramp": []}, r"ramp=\[\] must be a non-empty list"),
+        ({"ramp": [(10, 0)]}, r"ramp=.* \(seconds > 0, concurrency >= 1\)"),
+        ({"ramp": [(0, 2)]}, "seconds > 0"),
+        ({"ramp": [10, 2]}, "must be a non-empty list"),
         ({"concurrency": 0}, "load needs concurrency >= 1.*got concurrency=0"),
         ({"concurrency": 2.5}, "got concurrency=2.5"),
         ({"duration_s": 0}, "duration_s > 0.*duration_s=0"),

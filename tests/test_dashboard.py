@@ -24,6 +24,7 @@ from nbserve.errors import AppNotFound
 from nbserve.metrics import MetricsWindow, Replicas, Scrape, Snapshot
 from nbserve.prometheus import Prometheus
 from nbserve.remote.collect import Payload
+from nbserve.snapshot import Autoscaler
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 
@@ -89,7 +90,7 @@ def test_a_refresh_fills_header_bars_and_chart(dash: Dashboard) -> None:
     assert snap is not None and snap.tokens_per_s
     header = dash.header.value
     assert "tiny" in header and "http://127.0.0.1:8000/tiny" in header
-    assert "1 running / 0 starting / target 1" in header
+    assert "replicas 1 running, 0 starting, target 1" in header
     assert f"{snap.tokens_per_s:.0f} tok/s" in header
     (bar,) = dash.bars.children
     (replica, usage), = snap.kv_cache_usage.items()
@@ -109,6 +110,31 @@ def test_bars_follow_the_replicas_through_a_rolling_restart(dash: Dashboard) -> 
     assert seen[1] == seen[2] == ("6t111jhk",)
     assert seen[-1] == ("dw5ulf8q",)  # the new replica's bar; the old one is gone
     assert all(len(s) <= 2 for s in seen)
+
+
+def test_an_app_at_zero_replicas_reads_scaled_to_zero(dash: Dashboard) -> None:
+    replay = replays(dash)["tiny"]
+    dash.refresh()
+    last = replay.metrics()
+    replay.metrics = lambda **_: Snapshot(**{  # type: ignore[method-assign]
+        **last.__dict__, "replicas": Replicas(running=0, starting=0, target=0),
+        "kv_cache_usage": {}})
+    dash.refresh()
+    assert "replicas scaled to zero" in dash.header.value
+    assert "unhealthy" not in dash.header.value.lower()
+    assert "autoscaler" not in dash.header.value  # this app does not autoscale
+    assert dash.bars.children == ()
+
+
+def test_the_autoscalers_view_is_shown_per_app(dash: Dashboard) -> None:
+    replay = replays(dash)["tiny"]
+    last = replay.metrics()
+    replay.metrics = lambda **_: Snapshot(**{  # type: ignore[method-assign]
+        **last.__dict__, "replicas": Replicas(running=0, starting=1, target=1),
+        "autoscaler": Autoscaler(ongoing=1, target_per_replica=2, desired=1, target=1,
+                                 running=0)})
+    dash.refresh()
+    assert "autoscaler: scaling up: 1 ongoing &gt; 2 × 0 replicas, wants 1" in dash.header.value
 
 
 def test_controls_call_update_and_pause(dash: Dashboard) -> None:

@@ -324,6 +324,25 @@ def test_quickstart_notebook_runs_under_papermill(
     assert token not in json.dumps(nb), "the Ray auth token leaked into the notebook"
 
 
+def test_autoscaling_notebook_scales_up_to_zero_and_wakes(
+    cluster: nbserve.Cluster, tmp_path: Path
+) -> None:
+    """notebooks/04: 1 -> 2 replicas under a load ramp, down to zero, woken by one request.
+
+    The notebook asserts each step itself; its summary shows what the user saw: the status
+    and the metrics saying "scaled to zero", the load with no failed request, and the answer to
+    the request sent at zero replicas with a client that does not retry (held, not refused).
+    """
+    summary = tmp_path / "summary.json"
+    run_notebook("04_autoscaling.ipynb", app_name="nb-autoscaling", summary_path=str(summary))
+    result = json.loads(summary.read_text())
+    assert result["load"]["completed"] > 0 and result["load"]["failed"] == 0, result
+    assert "scaled to zero" in result["status_at_zero"]
+    assert result["replicas_at_zero"] == "scaled to zero"
+    assert result["answer"].strip()
+    assert "nb-autoscaling" not in [a.name for a in cluster.apps()]
+
+
 def test_dashboard_notebook_runs_under_papermill(cluster: nbserve.Cluster) -> None:
     nb = run_notebook("02_dashboard.ipynb", app_name="nb-dashboard", load_seconds=45,
                       concurrency=8, max_tokens=200, scale_to=2)

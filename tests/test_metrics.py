@@ -23,6 +23,7 @@ from nbserve.metrics import MetricsWindow, Replicas, Scrape, Snapshot, histogram
 from nbserve.prometheus import Prometheus
 from nbserve.remote import collect as collector
 from nbserve.remote.collect import DeploymentInfo, Payload
+from nbserve.snapshot import Autoscaler
 from nbserve.sources import ClusterScrape, MetricsReader, Source, source_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
@@ -260,6 +261,49 @@ def test_ttft_window_by_hand() -> None:
     # Between the changes at 10 s and 20 s: 2 under 0.1 s, 4 in (0.1, 0.5], 1 in (0.5, 1].
     assert snap.ttft_p50_s == pytest.approx(0.1 + 0.4 * 1.5 / 4)
     assert snap.ttft_p95_s == pytest.approx(0.5 + 0.5 * 0.65 / 1)
+
+
+def test_the_autoscaler_view_reads_serves_gauges_for_the_model_servers(
+        entries: list[Recorded]) -> None:
+    """A real scrape of the local head, 8 requests in flight against an app with
+    ``target_ongoing_requests=2`` and ``max_replicas=2`` while its second replica started
+    (tests/fixtures/autoscaling). The router's series (``LLMRouter``) are not the servers'."""
+    text = (FIXTURES.parent / "autoscaling" / "upscaling_node0.prom").read_text()
+    scrape = Scrape.from_texts([text], 0.0, replicas=Replicas(running=1, starting=1, target=2))
+    snap = MetricsWindow("nb-autoscaling").update(scrape)
+    auto = snap.autoscaler
+    assert auto is not None
+    assert (auto.ongoing, auto.target_per_replica, auto.desired) == (8.0, 2.0, 2)
+    assert str(auto) == "scaling up: 8 ongoing > 2 × 1 replica, wants 2"
+    assert ("autoscaler", str(auto)) in snap.rows()
+    steady = MetricsWindow("nb-autoscaling").update(
+        Scrape.from_texts([text], 0.0, replicas=Replicas(running=2, starting=0, target=2)))
+    assert str(steady.autoscaler) == "steady: 8 ongoing, 2 replicas"
+    # An app with a fixed replica count exports none of them.
+    fixed = MetricsWindow(APP).update(Scrape.from_payload(entries[-1]))
+    assert fixed.autoscaler is None and ("autoscaler", "-") in fixed.rows()
+
+
+def test_a_stopping_replica_has_no_kv_cache_bar(entries: list[Recorded],
+                                                snaps: list[Snapshot]) -> None:
+    """In the recorded roll, Serve lists the old replica as STOPPING while Ray still exports
+    its series: it gets no bar (at zero replicas no stale bar stays), its counters still count."""
+    (i,) = [i for i, e in enumerate(entries)
+            if "STOPPING" in [s for d in e["deployments"].values() for s in d["replicas"].values()]]
+    stopping = {r for d in entries[i]["deployments"].values()
+                for r, s in d["replicas"].items() if s == "STOPPING"}
+    assert any(s.labels.get("ReplicaId") in stopping
+               for s in Scrape.from_payload(entries[i]).samples)  # still exported
+    assert not stopping & set(snaps[i].kv_cache_usage)
+    assert stopping & set(snaps[i - 1].kv_cache_usage)  # it had one while running
+
+
+def test_the_autoscaler_says_which_way_it_goes() -> None:
+    down = Autoscaler(ongoing=1, target_per_replica=2, desired=1, target=2, running=2)
+    assert (down.decision, str(down)) == (
+        "scaling down", "scaling down: 1 ongoing < 2 × 2 replicas, wants 1")
+    assert Autoscaler(0, 2, 0, None, 1).decision == "scaling down"
+    assert Autoscaler(3, 2, 2, 2, 1).decision == "scaling up"  # target raised, replica starting
 
 
 # --- display ------------------------------------------------------------------------------------
