@@ -1,5 +1,5 @@
 # The two commands of the README's quickstart, and a few more.
-.PHONY: demo test test-unit lint setup clean bench bench-quick faults faults-quick
+.PHONY: demo test test-unit lint setup clean bench bench-quick faults faults-quick coldstart
 
 setup:
 	@bash scripts/setup.sh
@@ -36,6 +36,11 @@ faults: setup
 ## The mix with no fault and the search, as CI runs them; writes artifacts/RELIABILITY-quick.md.
 faults-quick: setup
 	.venv/bin/python -m benchmarks.faults --quick
+
+## Cold starts from zero replicas to the first token, phase by phase, with and without the
+## model-download task nbserve skips for local paths: writes COLDSTART.md (about 15 min).
+coldstart: setup
+	.venv/bin/python -m benchmarks.coldstart
 
 lint: setup
 	.venv/bin/ruff check nbserve tests scripts benchmarks

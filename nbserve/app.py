@@ -21,9 +21,11 @@ from .dashboard import Dashboard
 from .errors import DeployFailed, NbserveError, SpecError
 from .manifests import render_rayservice
 from .remote import serve as remote_serve
+from .remote import starts as remote_starts
 from .serveconfig import engine_version, llm_deployment_name, router_override, serve_app
 from .sources import MetricsReader, source_for
 from .spec import LLM, spec_of_record
+from .starts import ColdStarts
 from .status import FAILED, AppStatus, ReplicaInfo
 from .wait import Progress, poll_until
 
@@ -65,8 +67,7 @@ class App:
     def from_record(cls, cluster: Cluster, name: str, record: dict[str, Any] | None) -> App:
         """The handle of an app from nbserve's record of it (None: not deployed by nbserve).
 
-        A record this nbserve cannot read (e.g. a spec field of another version) gives a
-        handle without a spec, so one bad record never hides the other apps.
+        A record this nbserve cannot read gives a handle without a spec (``spec_of_record``).
         """
         spec = spec_of_record(name, record)
         if spec is None:
@@ -96,9 +97,8 @@ class App:
         after their ``Retry-After``): a replica being replaced or a full queue is a pause, not
         an error. Pass ``max_retries=0`` to see every failure.
 
-        It waits 120 s for an answer, or 900 s (``wait()``'s default) for an app that may
-        scale to zero (``min_replicas=0``): Serve holds a request sent at zero replicas until
-        a replica has started, which takes as long as a deploy.
+        It waits 120 s for an answer, 900 s if the app may be at zero replicas: Serve then
+        holds the request until a replica has started, which takes as long as a deploy.
 
         Example:
             >>> client = app.openai()                                     # doctest: +SKIP
@@ -174,6 +174,18 @@ class App:
         """
         reps = [ReplicaInfo.from_row(r) for r in remote.call(remote_serve.replicas, self.name)]
         return sorted(reps, key=lambda r: (not r.alive, r.deployment, r.replica_id))
+
+    def cold_starts(self) -> ColdStarts:
+        """Every start of the app's model-server replicas, dated phase by phase, oldest first.
+
+        Deploys, scale-ups, wakes from zero and restarts, from Serve's and vLLM's logs
+        (``nbserve.starts``); ``.latest`` is the newest, ``.to_frame()`` a DataFrame.
+
+        Example:
+            >>> app.cold_starts().latest.durations()  # doctest: +SKIP
+            {'scheduled': 10.0, 'engine_started': 17.3, 'weights_loaded': 8.0, ...}
+        """
+        return ColdStarts.from_lines(self.name, remote.call(remote_starts.start_lines, self.name))
 
     def wait(self, timeout: float = 900, *, progress: bool = True, interval: float = 1.0) -> App:
         """Wait until the app is RUNNING with the replicas its spec asks for, with a progress bar.
@@ -334,9 +346,8 @@ class App:
               input_len: int = 64, output_len: int = 128, **kwargs: Any) -> BenchResult:
         """Measure this app's throughput and latency with streaming completions.
 
-        A thin wrapper of ``nbserve.bench.run`` on this app's endpoint and model. When the
-        model is a local checkpoint folder with a ``tokenizer.json``, random prompts are built
-        from its tokenizer, so their length in tokens is exact.
+        ``nbserve.bench.run`` on this app's endpoint and model; for a local checkpoint with a
+        ``tokenizer.json`` the random prompts are built from its tokenizer (exact lengths).
 
         Args:
             concurrency: requests in flight at once, or a list for a sweep (e.g. [1, 8, 32]).
@@ -349,7 +360,6 @@ class App:
         Example:
             >>> result = app.bench(concurrency=[1, 8, 32], num_prompts=128)  # doctest: +SKIP
             >>> result.to_frame()                                          # doctest: +SKIP
-            >>> result.cost_per_million_tokens(price_per_hour=0.70)        # doctest: +SKIP
         """
         kwargs.setdefault("tokenizer", self._local_tokenizer())
         model = kwargs.pop("model", None) or self.model
@@ -361,11 +371,9 @@ class App:
              concurrency: int | Sequence[int] = 32, **bench_kwargs: Any) -> float:
         """Dollars per million output tokens at this app's measured throughput.
 
-        ``price_per_hour`` is what the machines serving this app cost, in dollars an hour (for
-        example a GPU node's on-demand price times the replicas' nodes). The throughput is
-        ``result``'s best run, or, without a result, that of a benchmark run now
-        (``self.bench(concurrency=concurrency, **bench_kwargs)``), so configurations can be
-        compared in money.
+        ``price_per_hour``: what the machines serving this app cost, in dollars an hour. The
+        throughput is ``result``'s best run, or that of ``self.bench(concurrency=concurrency,
+        **bench_kwargs)`` run now, so configurations can be compared in money.
 
         Raises:
             SpecError: ``price_per_hour`` is negative or not a number (before any request), or

@@ -340,6 +340,11 @@ def test_autoscaling_notebook_scales_up_to_zero_and_wakes(
     assert "scaled to zero" in result["status_at_zero"]
     assert result["replicas_at_zero"] == "scaled to zero"
     assert result["answer"].strip()
+    assert result["starts"] >= 3  # app.cold_starts(): the deploy, the scale-up, the wake
+    phases = result["wake_phases_s"]
+    assert set(phases) == {"scheduled", "engine_started", "weights_loaded", "engine_ready",
+                           "running"} and all(v is not None and v >= 0 for v in phases.values())
+    assert 0 < result["wake_start_s"] <= result["wake_s"] + 1  # within the held request's wait
     assert "nb-autoscaling" not in [a.name for a in cluster.apps()]
 
 

@@ -20,11 +20,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nbserve"
 # Lowest first. A module's layer is its own name's entry, else its package's (``remote``).
 LAYERS: list[tuple[str, set[str]]] = [
     ("leaves", {"errors", "wait", "versions", "names", "defaults", "fmt", "procs", "target",
-                "vllm_plugin", "haproxy"}),
+                "vllm_plugin", "haproxy", "serve_callbacks"}),
     ("specs", {"spec", "accelerators", "serveconfig", "clusterspec", "manifests", "tinymodel"}),
     ("remote", {"remote"}),
     ("observe", {"metrics", "sources", "snapshot", "prometheus", "dashboard", "bench",
-                 "benchresult", "benchprompts"}),
+                 "benchresult", "benchprompts", "starts"}),
     ("session", {"cluster", "session", "app", "status"}),
     ("backends", {"local", "kube"}),
     ("root", {"connect", "__init__", "cli"}),

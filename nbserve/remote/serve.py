@@ -116,9 +116,9 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
                                 "another route_prefix= (or another name, the default prefix)")
         keep = {other: a["deployed_app_config"] for other, a in running.items()
                 if a.get("deployed_app_config") and other != name}
-        applied = app
+        applied = _local_models(app) if fixed_nodes else app
         if router and direct_streaming():
-            applied = {**app, "deployments": [*app.get("deployments", []), router]}
+            applied = {**applied, "deployments": [*app.get("deployments", []), router]}
         config: dict[str, Any] = {"applications": [*keep.values(), applied]}
         if details.get("target_capacity") is not None:
             config["target_capacity"] = details["target_capacity"]
@@ -318,6 +318,31 @@ def log_tail(app_name: str, deployment: str, lines: int) -> str:
         if rep["death_cause"]:
             return rep["death_cause"]
     return ""
+
+
+LOCAL_MODEL_CALLBACK = "nbserve.serve_callbacks.LocalModel"
+
+
+def _local_models(app: dict[str, Any]) -> dict[str, Any]:
+    """``app`` with Serve LLM's model-download task skipped where the files are on the node.
+
+    Only for a cluster that cannot add nodes (this node is where the replicas run), when every
+    model is a local path (checked to exist) and nbserve is importable here, so that the
+    replica can load the callback (``nbserve.serve_callbacks``). Otherwise, or when the
+    head's environment sets ``NBSERVE_SERVE_LLM_NODE_INIT=always`` (to compare), ``app`` as
+    it is.
+    """
+    import importlib.util
+
+    configs = (app.get("args") or {}).get("llm_configs") or []
+    if os.environ.get("NBSERVE_SERVE_LLM_NODE_INIT") == "always":
+        return app
+    if not configs or importlib.util.find_spec("nbserve") is None or not all(
+            _looks_like_path(c["model_loading_config"]["model_source"]) for c in configs):
+        return app
+    configs = [{**c, "callback_config": {"callback_class": LOCAL_MODEL_CALLBACK}}
+               for c in configs]
+    return {**app, "args": {**app["args"], "llm_configs": configs}}
 
 
 def _looks_like_path(source: str) -> bool:
