@@ -33,7 +33,7 @@ import nbserve
 from nbserve import local
 from nbserve.starts import PHASES
 
-from .report import machine
+from .report import machine, write_report
 
 COMMAND = ".venv/bin/python -m benchmarks.coldstart"
 # Each variant: the Scaling() settings and the head's environment that differ from what the
@@ -209,13 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                 cluster.disconnect()
             finally:
                 local.down(home)
-    output = Path(opts.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     text = render(results, info, command, started)
-    output.write_text(text)
-    output.with_suffix(".json").write_text(json.dumps(
-        {"started": started, "command": command, "machine": info, "results": results},
-        indent=2, default=str))
+    write_report(opts.output, text, {"started": started, "command": command, "machine": info,
+                                     "results": results})
     print(text)
     return 0
 

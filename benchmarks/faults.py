@@ -40,7 +40,7 @@ from nbserve import local, procs, remote
 from nbserve.benchresult import RequestRecord, percentile
 
 from .paths import ROOT
-from .report import machine
+from .report import machine, write_report
 
 COMMAND = ".venv/bin/python -m benchmarks.faults"
 SENTINEL = "nbserve-sentinel-7f3a9c"  # a fake secret, searched for everywhere it could leak
@@ -434,13 +434,9 @@ def main(argv: list[str] | None = None) -> int:
             cluster.disconnect()
         finally:
             local.down(home)
-    output = Path(opts.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     text = render(rows, info, command, started)
-    output.write_text(text)
-    output.with_suffix(".json").write_text(json.dumps(
-        {"started": started, "command": command, "machine": info,
-         "rows": [asdict(r) for r in rows]}, indent=2, default=str))
+    write_report(opts.output, text, {"started": started, "command": command, "machine": info,
+                                     "rows": [asdict(r) for r in rows]})
     print(text)
     return 1 if failed else 0
 

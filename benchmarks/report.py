@@ -299,6 +299,15 @@ def save(out: Path, results: dict[str, Any], opts: argparse.Namespace, info: dic
     return text, raw
 
 
+def write_report(output: str | Path, text: str, raw: dict[str, Any]) -> Path:
+    """Write a report's Markdown to ``output`` and what it was made from beside it (``.json``)."""
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
+    return out
+
+
 def rerender(raw: Path) -> str:
     """The Markdown report of the raw JSON of an earlier run (no new measurement).
 
