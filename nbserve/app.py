@@ -12,27 +12,31 @@ from __future__ import annotations
 import html
 import logging
 import time
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import bench, remote
+from . import remote
 from .dashboard import Dashboard
 from .errors import DeployFailed, NbserveError, SpecError
 from .manifests import render_rayservice
+from .measuring import Measuring
+from .remote import prewarm as remote_prewarm
 from .remote import serve as remote_serve
-from .remote import starts as remote_starts
-from .serveconfig import engine_version, llm_deployment_name, router_override, serve_app
+from .serveconfig import (
+    app_record,
+    deployment_override,
+    engine_version,
+    llm_deployment_name,
+    router_override,
+    serve_app,
+)
 from .sources import MetricsReader, source_for
 from .spec import LLM, spec_of_record
-from .starts import ColdStarts
 from .status import FAILED, AppStatus, ReplicaInfo
 from .wait import Progress, poll_until
 
 if TYPE_CHECKING:
     import openai
 
-    from .bench import BenchResult, LoadRun
     from .cluster import Cluster
     from .clusterspec import ClusterSpec
     from .prometheus import Prometheus
@@ -42,7 +46,7 @@ __all__ = ["App"]
 
 log = logging.getLogger(__name__)
 
-class App:
+class App(Measuring):
     """A vLLM model server running as a Serve application on a ``Cluster``.
 
     Get one from ``cluster.deploy(...)``, ``cluster.app(name)`` or ``cluster.apps()``.
@@ -175,18 +179,6 @@ class App:
         reps = [ReplicaInfo.from_row(r) for r in remote.call(remote_serve.replicas, self.name)]
         return sorted(reps, key=lambda r: (not r.alive, r.deployment, r.replica_id))
 
-    def cold_starts(self) -> ColdStarts:
-        """Every start of the app's model-server replicas, dated phase by phase, oldest first.
-
-        Deploys, scale-ups, wakes from zero and restarts, from Serve's and vLLM's logs
-        (``nbserve.starts``); ``.latest`` is the newest, ``.to_frame()`` a DataFrame.
-
-        Example:
-            >>> app.cold_starts().latest.durations()  # doctest: +SKIP
-            {'scheduled': 10.0, 'engine_started': 17.3, 'weights_loaded': 8.0, ...}
-        """
-        return ColdStarts.from_lines(self.name, remote.call(remote_starts.start_lines, self.name))
-
     def wait(self, timeout: float = 900, *, progress: bool = True, interval: float = 1.0) -> App:
         """Wait until the app is RUNNING with the replicas its spec asks for, with a progress bar.
 
@@ -234,23 +226,14 @@ class App:
             >>> app.update(max_model_len=1024)  # doctest: +SKIP
         """
         if self.spec is None:
-            raise NbserveError(
-                f"app {self.name!r} was not deployed by nbserve, so its spec is unknown; "
-                "deploy it with cluster.deploy(...) to manage it from here"
-            )
+            self._current_spec()  # raises: not deployed by nbserve
         if not changes:
             raise SpecError("update() needs at least one change, e.g. update(max_replicas=4)")
         if "model" in changes or "name" in changes:
             raise SpecError(
                 "update() cannot change model or name; deploy a new app with cluster.deploy()"
             )
-        current = spec_of_record(self.name, remote.call(remote_serve.record_of, self.name))
-        if current is None:
-            raise NbserveError(
-                f"app {self.name!r} has no nbserve record on the cluster any more (deleted, or "
-                "replaced by something else); cluster.apps() shows what runs now"
-            )
-        self.spec = current  # another notebook may have changed it since this handle saw it
+        current = self._current_spec()  # another notebook may have changed it since
         new = current.with_changes(**changes)
         old_version = engine_version(serve_app(current, self.name, self.route_prefix))
         new_version = engine_version(serve_app(new, self.name, self.route_prefix))
@@ -268,9 +251,90 @@ class App:
         return self
 
     def delete(self) -> None:
-        """Delete the app from the cluster; other apps keep running."""
+        """Delete the app from the cluster (and its pre-warm); other apps keep running."""
+        remote.call(remote_prewarm.cancel, self.name)
         remote.call(remote_serve.delete, self.name)
         log.info("deleted app %s", self.name)
+
+    def prewarm(self, replicas: int, for_s: float, *, wait: bool = True, timeout: float = 900,
+                progress: bool = True) -> App:
+        """Keep at least ``replicas`` replicas for ``for_s`` seconds, then lower the floor again.
+
+        Ahead of expected traffic (a scheduled batch, a demo): the replicas start now, not
+        when the first requests wait for them. ``min_replicas`` is raised in place and put back
+        after ``for_s`` by a timer on the cluster (a detached Ray actor), so also when this
+        kernel has ended; a change to the app in between (``update``, a redeploy, ``delete``)
+        cancels the timer's restore, and a new ``prewarm`` replaces it (restoring the floor
+        from before the first). ``prewarming()`` tells what runs.
+
+        Raises:
+            SpecError: ``replicas`` is not 1..``max_replicas`` or ``for_s`` is not positive
+                (before anything changes).
+
+        Example:
+            >>> app.prewarm(replicas=2, for_s=3600)   # doctest: +SKIP
+        """
+        if type(replicas) is not int or replicas < 1:
+            raise SpecError(f"prewarm(replicas={replicas!r}) must be a whole number >= 1")
+        if isinstance(for_s, bool) or not isinstance(for_s, (int, float)) or not for_s > 0:
+            raise SpecError(f"prewarm(for_s={for_s!r}) must be a positive number of seconds")
+        spec = self._current_spec()
+        if replicas > spec.scaling.max_replicas:
+            raise SpecError(f"prewarm(replicas={replicas}) is more than max_replicas="
+                            f"{spec.scaling.max_replicas}; raise it first, e.g. "
+                            f"app.update(max_replicas={replicas})")
+        running = remote.call(remote_prewarm.running, self.name)
+        floor = running["plan"]["min_replicas"] if running else spec.scaling.min_replicas
+        initial = running["plan"]["scaling"]["initial_replicas"] if running else \
+            spec.scaling.initial_replicas
+        warm_min = max(replicas, floor)
+        self.apply(spec.with_changes(
+            min_replicas=warm_min, initial_replicas=None if initial is None else
+            max(initial, warm_min)), replace=True)
+        cold = deployment_override(spec.with_changes(min_replicas=floor,
+                                                     initial_replicas=initial))
+        remote.call(remote_prewarm.cancel, self.name)
+        remote.call(remote_prewarm.start, remote_prewarm.Plan(
+            name=self.name, for_s=float(for_s), warm_min=warm_min, min_replicas=floor,
+            scaling={"min_replicas": floor, "initial_replicas": initial},
+            autoscaling={k: v for k, v in cold["autoscaling_config"].items()
+                         if k in ("min_replicas", "initial_replicas")},
+            http=self.cluster.http_options, fixed_nodes=self._fixed_nodes,
+            router=router_override()))
+        log.info("pre-warming %s: at least %d replicas for %.0f s", self.name, replicas, for_s)
+        if wait:
+            self.wait(timeout=timeout, progress=progress)
+        return self
+
+    def prewarming(self) -> dict[str, Any] | None:
+        """The running pre-warm: the floor it restores and when (None: none runs).
+
+        Example:
+            >>> app.prewarming()   # doctest: +SKIP
+            {'min_replicas': 0, 'until': 1796430000.0, 'outcome': ''}
+        """
+        info = remote.call(remote_prewarm.running, self.name)
+        if info is None:
+            return None
+        return {"min_replicas": info["plan"]["min_replicas"], "until": info["until"],
+                "outcome": info["outcome"]}
+
+    def _current_spec(self) -> LLM:
+        """The spec in the cluster's record (another notebook may have changed it)."""
+        if self.spec is None:
+            raise NbserveError(
+                f"app {self.name!r} was not deployed by nbserve, so its spec is unknown; "
+                "deploy it with cluster.deploy(...) to manage it from here"
+            )
+        current = spec_of_record(self.name, remote.call(remote_serve.record_of, self.name))
+        if current is None:
+            raise NbserveError(
+                f"app {self.name!r} has no nbserve record on the cluster any more (deleted, or "
+                "replaced by something else); cluster.apps() shows what runs now"
+            )
+        self.spec = current
+        return current
+
 
     def apply(self, spec: LLM, *, replace: bool = False) -> None:
         """Deploy ``spec`` as this app (what ``Cluster.deploy`` and ``update`` do), not waiting.
@@ -285,11 +349,8 @@ class App:
                         "cluster's records and Serve's config; pass secrets=%s instead (the "
                         "replicas then read it from their node's environment)", self.name,
                         ", ".join(spec.secret_looking_env), spec.secret_looking_env)
-        config = serve_app(spec, self.name, self.route_prefix)
-        record = {
-            "spec": spec.model_dump(mode="json"), "config": config,
-            "route_prefix": self.route_prefix, "deployed_at": time.time(),
-        }
+        record = app_record(spec, self.name, self.route_prefix, time.time())
+        config = record["config"]
         try:
             result = remote.call(remote_serve.deploy, config, self.cluster.http_options, record,
                                  replace, list(spec.secrets), self._fixed_nodes,
@@ -321,83 +382,7 @@ class App:
                 log.warning("could not read the replica log of %s: %s", dep.name, err)
         return DeployFailed(self.name, status.status, message, tail)
 
-    # --- watching and exporting -------------------------------------------------------------
-    def load(self, *, concurrency: int | None = None, duration_s: float | None = None,
-             ramp: Sequence[tuple[float, int]] | None = None, max_tokens: int = 128,
-             prompt: str = "Tell me a long story.", max_requests: int = 100_000) -> LoadRun:
-        """Send streaming completions in the background, e.g. to watch the dashboard move.
-
-        ``nbserve.bench.start`` on this app's endpoint and model: it returns at once, keeps
-        ``concurrency`` (8) requests in flight for ``duration_s`` (60), or follows ``ramp``'s
-        steps of (seconds, concurrency), e.g. to watch the autoscaler follow.
-
-        Example:
-            >>> run = app.load(ramp=[(30, 2), (90, 16), (30, 2)])  # doctest: +SKIP
-            >>> run.wait()                                          # doctest: +SKIP
-        """
-        run = bench.start(self.endpoint, model=self.model, concurrency=concurrency,
-                          duration_s=duration_s, ramp=ramp, max_tokens=max_tokens,
-                          prompt=prompt, max_requests=max_requests,
-                          timeout=self._request_timeout())
-        self.cluster.bind(run)  # disconnect() stops it
-        return run
-
-    def bench(self, *, concurrency: int | Sequence[int] = 8, num_prompts: int = 64,
-              input_len: int = 64, output_len: int = 128, **kwargs: Any) -> BenchResult:
-        """Measure this app's throughput and latency with streaming completions.
-
-        ``nbserve.bench.run`` on this app's endpoint and model; for a local checkpoint with a
-        ``tokenizer.json`` the random prompts are built from its tokenizer (exact lengths).
-
-        Args:
-            concurrency: requests in flight at once, or a list for a sweep (e.g. [1, 8, 32]).
-            num_prompts: requests per concurrency level.
-            input_len: tokens per random prompt.
-            output_len: tokens generated per request (exact: ``ignore_eos``).
-            **kwargs: any other argument of ``nbserve.bench.run`` (``prompts=``,
-                ``request_rate=``, ``progress=`` ...).
-
-        Example:
-            >>> result = app.bench(concurrency=[1, 8, 32], num_prompts=128)  # doctest: +SKIP
-            >>> result.to_frame()                                          # doctest: +SKIP
-        """
-        kwargs.setdefault("tokenizer", self._local_tokenizer())
-        model = kwargs.pop("model", None) or self.model
-        return bench.run(self.endpoint, model=model, concurrency=concurrency,
-                         num_prompts=num_prompts, input_len=input_len, output_len=output_len,
-                         **kwargs)
-
-    def cost(self, price_per_hour: float, *, result: BenchResult | None = None,
-             concurrency: int | Sequence[int] = 32, **bench_kwargs: Any) -> float:
-        """Dollars per million output tokens at this app's measured throughput.
-
-        ``price_per_hour``: what the machines serving this app cost, in dollars an hour. The
-        throughput is ``result``'s best run, or that of ``self.bench(concurrency=concurrency,
-        **bench_kwargs)`` run now, so configurations can be compared in money.
-
-        Raises:
-            SpecError: ``price_per_hour`` is negative or not a number (before any request), or
-                the benchmark measured no tokens.
-
-        Example:
-            >>> app.cost(price_per_hour=0.70)                    # doctest: +SKIP
-            0.041
-            >>> app.cost(0.70, result=app.bench(concurrency=[8, 32]))  # doctest: +SKIP
-        """
-        price = bench.check_price(price_per_hour)
-        if result is None:
-            result = self.bench(concurrency=concurrency, **bench_kwargs)
-        cost = result.cost_per_million_tokens(price)
-        log.info("app %s: $%.4f per 1M output tokens at %.0f tok/s and $%.2f/h", self.name,
-                 cost, result.best.output_tokens_per_s, price)
-        return cost
-
-    def _local_tokenizer(self) -> str | None:
-        if self.spec is None:
-            return None
-        path = Path(self.spec.model)
-        return str(path) if (path / "tokenizer.json").is_file() else None
-
+    # --- watching and exporting (and Measuring's load, bench, cost, cold_starts) ----------
     def dashboard(self, *, interval: float = 2.0, history: int = 600,
                   prometheus: str | Prometheus | None = None) -> Dashboard:
         """A live widget of this app: replicas, KV cache, tokens/s, queue, latency.

@@ -143,6 +143,17 @@ def serve_app(spec: LLM, name: str, route_prefix: str | None = None) -> dict[str
     }
 
 
+def app_record(spec: LLM, name: str, route_prefix: str, at: float) -> dict[str, Any]:
+    """Nbserve's record of an app it deployed: its spec, its Serve config, when (``at``).
+
+    Example:
+        >>> sorted(app_record(LLM("org/m"), "m", "/m", 0.0))
+        ['config', 'deployed_at', 'route_prefix', 'spec']
+    """
+    return {"spec": spec.model_dump(mode="json"), "config": serve_app(spec, name, route_prefix),
+            "route_prefix": route_prefix, "deployed_at": at}
+
+
 def engine_version(app: dict[str, Any]) -> str:
     """Hash the parts of a Serve app config whose change restarts replicas.
 

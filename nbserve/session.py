@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .errors import ConnectionFailed, VersionMismatch
-from .remote.ray_private import reset_auth_token_cache
+from .remote.ray_private import forget_serve_client, reset_auth_token_cache
 from .versions import version_hint
 from .wait import backoff
 
@@ -59,6 +59,7 @@ def handshake(address: str, timeout: float, *, token: str | None, token_path: st
     started = time.monotonic()
     probe(parsed.hostname or "", parsed.port or 0, min(timeout, 10.0))
     set_token(token, token_path)
+    forget_serve_client()  # a handle of the last session's cluster, not of this one
     try:
         _init(address, started + timeout, timeout, sleep)
     except BaseException:

@@ -53,16 +53,16 @@ class Autoscaler:
         ongoing: requests in flight or queued as the autoscaler counts them (its
             ``look_back_period_s`` average).
         target_per_replica: the ``target_ongoing_requests`` it aims for per replica.
-        desired: the replicas its policy asks for (``ongoing / target_per_replica``, within
-            ``min_replicas``..``max_replicas``, before its up/down delays).
+        desired: the replicas its policy asks for now, before ``min_replicas`` and
+            ``max_replicas`` bound it.
         target: the replicas Serve is bringing up or keeping now (None: unknown).
         running: replicas running now.
 
     Example:
-        >>> str(Autoscaler(ongoing=6.1, target_per_replica=2, desired=2, target=1, running=1))
-        'scaling up: 6.1 ongoing > 2 × 1 replica, wants 2'
-        >>> str(Autoscaler(ongoing=0, target_per_replica=2, desired=0, target=0, running=0))
-        'steady: 0 ongoing, 0 replicas'
+        >>> str(Autoscaler(ongoing=8, target_per_replica=2, desired=2, target=2, running=1))
+        'scaling up to 2: 8 ongoing > 2 × 1 replica'
+        >>> str(Autoscaler(ongoing=6.1, target_per_replica=2, desired=4, target=2, running=2))
+        'steady: 6.1 ongoing, 2 replicas, wants 4'
     """
 
     ongoing: float
@@ -73,24 +73,30 @@ class Autoscaler:
 
     @property
     def decision(self) -> str:
-        """``"scaling up"``, ``"scaling down"`` or ``"steady"``: desired against running."""
-        if self.desired > self.running:
+        """``"scaling up"``, ``"scaling down"`` or ``"steady"``: Serve's target against running.
+
+        Without a known target, the policy's wish stands for it.
+        """
+        goal = self.desired if self.target is None else self.target
+        if goal > self.running:
             return "scaling up"
-        if self.desired < self.running:
+        if goal < self.running:
             return "scaling down"
         return "steady"
 
     def __str__(self) -> str:
         ongoing = f"{self.ongoing:.3g}"
-        capacity = f"{self.target_per_replica:g} × {self.running} replica" + (
-            "" if self.running == 1 else "s")
+        replicas = f"{self.running} replica" + ("" if self.running == 1 else "s")
+        goal = self.desired if self.target is None else self.target
         decision = self.decision
         if decision == "scaling up":
-            return f"scaling up: {ongoing} ongoing > {capacity}, wants {self.desired}"
+            return f"scaling up to {goal}: {ongoing} ongoing > {self.target_per_replica:g} × " \
+                f"{replicas}"
         if decision == "scaling down":
-            return f"scaling down: {ongoing} ongoing < {capacity}, wants {self.desired}"
-        return f"steady: {ongoing} ongoing, {self.running} replica" + (
-            "" if self.running == 1 else "s")
+            return f"scaling down to {goal}: {ongoing} ongoing < " \
+                f"{self.target_per_replica:g} × {replicas}"
+        wants = f", wants {self.desired}" if self.desired != self.running else ""
+        return f"steady: {ongoing} ongoing, {replicas}{wants}"
 
 
 @dataclass(frozen=True)

@@ -294,3 +294,29 @@ def test_the_apps_openai_client_waits_out_a_busy_replica() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("replicas", "for_s", "message"),
+    [(0, 60, r"replicas=0\) must be a whole number >= 1"),
+     (1.5, 60, r"replicas=1.5\)"),
+     (1, 0, r"for_s=0\) must be a positive number of seconds"),
+     (1, "60", r"for_s='60'\)")],
+)
+def test_prewarm_refuses_bad_arguments_before_calling_the_cluster(
+        replicas: Any, for_s: Any, message: str) -> None:
+    from nbserve.target import Target
+
+    cluster = nbserve.Cluster(Target("ray://127.0.0.1:9", serve_url="http://127.0.0.1:9"))
+    app = nbserve.App(cluster, "tiny", nbserve.LLM("org/tiny", max_replicas=2))
+    with pytest.raises(nbserve.SpecError, match=message):
+        app.prewarm(replicas, for_s)  # no Ray session: a call would raise ConnectionFailed
+
+
+def test_a_model_at_zero_replicas_gets_a_client_that_waits_for_a_cold_start() -> None:
+    cluster = types.SimpleNamespace(serve_url="http://127.0.0.1:9")
+    warm = nbserve.App(cluster, "a", nbserve.LLM("org/tiny"))  # type: ignore[arg-type]
+    cold = nbserve.App(cluster, "b", nbserve.LLM(  # type: ignore[arg-type]
+        "org/tiny", scaling=nbserve.Scaling(min_replicas=0, max_replicas=1)))
+    assert warm.openai().timeout == 120.0 and cold.openai().timeout == 900.0
+    assert cold.openai(timeout=5).timeout == 5

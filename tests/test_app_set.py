@@ -104,3 +104,30 @@ def test_serve_listening_elsewhere_is_refused_and_reads_never_start_serve(cluste
         assert "echo-there" not in declared()
     finally:
         remote.call(remote_serve.delete, "echo-here")
+
+
+@pytest.mark.own_session
+def test_serve_calls_reach_this_sessions_cluster_after_another(tmp_path: Path) -> None:
+    """Two fresh local heads, one after the other, from one process (a kernel that restarts
+    its local head, or connects elsewhere). Serve caches its controller's handle per Ray job
+    id and both sessions are their head's first job: the second session's ``serve.status()``
+    called the first head's controller ("Can't run an actor the server doesn't have a handle
+    for") until ``connect()`` dropped the cached handle."""
+    import nbserve
+    from nbserve import local
+
+    for name in ("first", "second"):
+        base = tmp_path / name
+        head = local.up(base=base)
+        try:
+            cluster = nbserve.connect(head.address, token_path=head.token_path, timeout=240)
+            try:
+                config = echo_config(f"echo-{name}")
+                http = {"host": "127.0.0.1", "port": head.serve_port}
+                result = remote.call(remote_serve.deploy, config, http, {"config": config})
+                assert result["ok"], result
+                assert declared() == {f"echo-{name}"}  # this head's Serve, through the kernel
+            finally:
+                cluster.disconnect()
+        finally:
+            local.down(base)

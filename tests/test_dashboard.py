@@ -134,7 +134,7 @@ def test_the_autoscalers_view_is_shown_per_app(dash: Dashboard) -> None:
         "autoscaler": Autoscaler(ongoing=1, target_per_replica=2, desired=1, target=1,
                                  running=0)})
     dash.refresh()
-    assert "autoscaler: scaling up: 1 ongoing &gt; 2 × 0 replicas, wants 1" in dash.header.value
+    assert "autoscaler: scaling up to 1: 1 ongoing &gt; 2 × 0 replicas" in dash.header.value
 
 
 def test_controls_call_update_and_pause(dash: Dashboard) -> None:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -330,21 +331,44 @@ def test_autoscaling_notebook_scales_up_to_zero_and_wakes(
     """notebooks/04: 1 -> 2 replicas under a load ramp, down to zero, woken by one request.
 
     The notebook asserts each step itself; its summary shows what the user saw: the status
-    and the metrics saying "scaled to zero", the load with no failed request, and the answer to
-    the request sent at zero replicas with a client that does not retry (held, not refused).
+    and the metrics saying "scaled to zero", the load with no failed request, the answer to
+    the request sent at zero replicas with a client that does not retry (held, not refused),
+    and the wake's phases. It ends with a pre-warm and leaves the app: the pre-warm's timer
+    must put ``min_replicas`` back after the notebook's kernel has ended.
     """
     summary = tmp_path / "summary.json"
-    run_notebook("04_autoscaling.ipynb", app_name="nb-autoscaling", summary_path=str(summary))
-    result = json.loads(summary.read_text())
-    assert result["load"]["completed"] > 0 and result["load"]["failed"] == 0, result
-    assert "scaled to zero" in result["status_at_zero"]
-    assert result["replicas_at_zero"] == "scaled to zero"
-    assert result["answer"].strip()
-    assert result["starts"] >= 3  # app.cold_starts(): the deploy, the scale-up, the wake
-    phases = result["wake_phases_s"]
-    assert set(phases) == {"scheduled", "engine_started", "weights_loaded", "engine_ready",
-                           "running"} and all(v is not None and v >= 0 for v in phases.values())
-    assert 0 < result["wake_start_s"] <= result["wake_s"] + 1  # within the held request's wait
+    try:
+        run_notebook("04_autoscaling.ipynb", app_name="nb-autoscaling",
+                     summary_path=str(summary), prewarm_s=30, delete_at_end=False)
+        kernel_gone = time.time()  # papermill has shut the notebook's kernel down
+        result = json.loads(summary.read_text())
+        assert result["load"]["completed"] > 0 and result["load"]["failed"] == 0, result
+        assert "scaled to zero" in result["status_at_zero"]
+        assert result["replicas_at_zero"] == "scaled to zero"
+        assert result["answer"].strip()
+        assert result["starts"] >= 3  # app.cold_starts(): the deploy, the scale-up, the wake
+        phases = result["wake_phases_s"]
+        assert set(phases) == {"scheduled", "engine_started", "weights_loaded", "engine_ready",
+                               "running"} and all(v is not None and v >= 0
+                                                  for v in phases.values())
+        assert 0 < result["wake_start_s"] <= result["wake_s"] + 1  # within the held request
+        assert "max_replicas=2" in result["prewarm_refused"]
+        assert result["prewarm"]["min_replicas"] == 0  # the floor it restores
+        assert kernel_gone < result["prewarm"]["until"]  # its time was not up yet
+        app = cluster.app("nb-autoscaling")
+        deadline = time.monotonic() + 120
+        while app.prewarming() is not None and time.monotonic() < deadline:
+            time.sleep(1)
+        assert app.prewarming() is None  # the timer ran and ended, the kernel long gone
+        restored = cluster.app("nb-autoscaling").spec
+        assert restored is not None and restored.scaling.min_replicas == 0
+        assert restored.scaling.max_replicas == 2 and restored.scaling.initial_replicas == 1
+        # Pre-warm and restore changed the app in place: no replica started after the wake.
+        assert cluster.app("nb-autoscaling").cold_starts().latest.replica_id == \
+            result["woken_replica"]
+    finally:
+        if "nb-autoscaling" in [a.name for a in cluster.apps()]:
+            cluster.app("nb-autoscaling").delete()
     assert "nb-autoscaling" not in [a.name for a in cluster.apps()]
 
 

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("specs", {"spec", "accelerators", "serveconfig", "clusterspec", "manifests", "tinymodel"}),
     ("remote", {"remote"}),
     ("observe", {"metrics", "sources", "snapshot", "prometheus", "dashboard", "bench",
-                 "benchresult", "benchprompts", "starts"}),
+                 "benchresult", "benchprompts", "starts", "measuring"}),
     ("session", {"cluster", "session", "app", "status"}),
     ("backends", {"local", "kube"}),
     ("root", {"connect", "__init__", "cli"}),

@@ -274,7 +274,7 @@ def test_the_autoscaler_view_reads_serves_gauges_for_the_model_servers(
     auto = snap.autoscaler
     assert auto is not None
     assert (auto.ongoing, auto.target_per_replica, auto.desired) == (8.0, 2.0, 2)
-    assert str(auto) == "scaling up: 8 ongoing > 2 × 1 replica, wants 2"
+    assert str(auto) == "scaling up to 2: 8 ongoing > 2 × 1 replica"
     assert ("autoscaler", str(auto)) in snap.rows()
     steady = MetricsWindow("nb-autoscaling").update(
         Scrape.from_texts([text], 0.0, replicas=Replicas(running=2, starting=0, target=2)))
@@ -299,9 +299,12 @@ def test_a_stopping_replica_has_no_kv_cache_bar(entries: list[Recorded],
 
 
 def test_the_autoscaler_says_which_way_it_goes() -> None:
-    down = Autoscaler(ongoing=1, target_per_replica=2, desired=1, target=2, running=2)
+    down = Autoscaler(ongoing=1, target_per_replica=2, desired=1, target=1, running=2)
     assert (down.decision, str(down)) == (
-        "scaling down", "scaling down: 1 ongoing < 2 × 2 replicas, wants 1")
+        "scaling down", "scaling down to 1: 1 ongoing < 2 × 2 replicas")
+    # At zero replicas Serve's policy gauge may still say 1; its target (0) decides.
+    idle = Autoscaler(ongoing=0, target_per_replica=2, desired=1, target=0, running=0)
+    assert (idle.decision, str(idle)) == ("steady", "steady: 0 ongoing, 0 replicas, wants 1")
     assert Autoscaler(0, 2, 0, None, 1).decision == "scaling down"
     assert Autoscaler(3, 2, 2, 2, 1).decision == "scaling up"  # target raised, replica starting
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "auth_headers", "direct_streaming", "gcs_address", "kv_delete", "kv_get", "kv_keys",
-    "kv_put", "kv_put_new", "reset_auth_token_cache", "serve_client", "start_serve",
+    "auth_headers", "direct_streaming", "forget_serve_client", "gcs_address", "kv_delete",
+    "kv_get", "kv_keys", "kv_put", "kv_put_new", "reset_auth_token_cache", "serve_client",
+    "start_serve",
 ]
 
 
@@ -25,6 +26,19 @@ def serve_client() -> Any:
     from ray.serve.context import _connect
 
     return _connect(raise_if_no_controller_running=False)
+
+
+def forget_serve_client() -> None:
+    """Drop the Serve controller handle this process cached for its previous Ray session.
+
+    Serve keeps it per Ray job id, and the first job of every fresh head has the same id: in a
+    kernel that connects to a second cluster (a local head restarted, another ``ray://``),
+    ``serve.status()`` then called the first cluster's controller and failed ("Can't run an
+    actor the server doesn't have a handle for").
+    """
+    from ray.serve.context import _set_global_client
+
+    _set_global_client(None)
 
 
 def start_serve(http_options: dict[str, Any] | None) -> Any:
