@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import nbserve
-from nbserve import local
+from nbserve import local, starts
 from nbserve.starts import PHASES
 
 from .report import machine, write_report
@@ -50,11 +50,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 STEPS = ("reaction", *PHASES[1:], "first_token")
 SPENT_ON = {
     "reaction": "the request reaching the autoscaler, which asks for a replica",
-    "scheduled": "placing the replica actor and starting its worker process",
-    "engine_started": "the replica's initialization up to vLLM's engine process",
-    "weights_loaded": "the engine's worker process starting and loading the weights",
-    "engine_ready": "allocating the KV cache, compiling and warming up",
-    "running": "Serve's health check and adding the replica to routing",
+    **starts.SPENT_ON,
     "first_token": "routing the held request and generating its first token",
 }
 
@@ -125,13 +121,13 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     totals = [r["total_s"] for r in rounds]
     # The replica's own start: the total less the autoscaler's reaction, which varies with
     # when the request came within Serve's metrics interval.
-    starts = [r["total_s"] - r["steps_s"]["reaction"] for r in rounds
-              if r["steps_s"]["reaction"] is not None]
+    own = [r["total_s"] - r["steps_s"]["reaction"] for r in rounds
+           if r["steps_s"]["reaction"] is not None]
     steps = {s: statistics.median(v) if (v := [r["steps_s"][s] for r in rounds
                                                if r["steps_s"][s] is not None]) else None
              for s in STEPS}
     return {"total_s": statistics.median(totals) if totals else None, "steps_s": steps,
-            "start_s": statistics.median(starts) if starts else None}
+            "start_s": statistics.median(own) if own else None}
 
 
 def render(results: list[dict[str, Any]], info: dict[str, Any], command: str,

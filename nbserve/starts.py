@@ -28,26 +28,22 @@ from datetime import datetime
 from typing import Any
 
 from .fmt import html_table
-from .remote.starts import StartLines
+from .remote.starts import ENGINE_MARKERS, StartLines
 
 __all__ = ["PHASES", "ColdStart", "ColdStarts"]
 
 PHASES = ("requested", "scheduled", "engine_started", "weights_loaded", "engine_ready", "running")
-# What each phase's duration (from the phase before it) is spent on.
+# What each phase's duration (from the phase before it) is spent on (the cold-start report's
+# words).
 SPENT_ON = {
     "scheduled": "placing the replica actor and starting its worker process",
     "engine_started": "the replica's initialization up to vLLM's engine process",
     "weights_loaded": "the engine's worker process starting and loading the weights",
     "engine_ready": "allocating the KV cache, compiling and warming up",
-    "running": "Serve's health check and the replica being added to routing",
+    "running": "Serve's health check and adding the replica to routing",
 }
 _SERVE_TIME = re.compile(r"\b(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\b")
 _VLLM_TIME = re.compile(r"\b(\d\d-\d\d \d\d:\d\d:\d\d)\b")
-_ENGINE = {
-    "engine_started": ("Initializing a V1 LLM engine",),
-    "weights_loaded": ("Loading weights took", "Model loading took"),
-    "engine_ready": ("init engine (profile, create kv cache, warmup model) took",),
-}
 
 
 def _serve_time(line: str) -> datetime | None:
@@ -96,7 +92,7 @@ class ColdStart:
             found["scheduled"] = found["scheduled"] or _serve_time(line)
         year = next((t.year for t in found.values() if t is not None), datetime.now().year)
         for line in lines["engine"]:
-            for phase, markers in _ENGINE.items():
+            for phase, markers in ENGINE_MARKERS.items():
                 if found[phase] is None and any(m in line for m in markers):
                     found[phase] = _vllm_time(line, year)
         return cls(lines["replica_id"], lines["state"], lines["node_id"], **found)

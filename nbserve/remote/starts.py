@@ -16,13 +16,13 @@ from typing import TypedDict
 from .ray_private import gcs_address
 from .serve import replicas
 
-# vLLM's engine log lines that date a phase of its start (stdout of the replica's worker).
-ENGINE_MARKERS = (
-    "Initializing a V1 LLM engine",
-    "Loading weights took",
-    "Model loading took",
-    "init engine (profile, create kv cache, warmup model) took",
-)
+# vLLM's engine log lines that date a phase of its start (stdout of the replica's worker),
+# by the phase they date.
+ENGINE_MARKERS: dict[str, tuple[str, ...]] = {
+    "engine_started": ("Initializing a V1 LLM engine",),
+    "weights_loaded": ("Loading weights took", "Model loading took"),
+    "engine_ready": ("init engine (profile, create kv cache, warmup model) took",),
+}
 SERVE_MARKER = "Started initializing replica"
 
 
@@ -72,7 +72,8 @@ def start_lines(app_name: str, prefix: str = "LLMServer:") -> list[StartLines]:
             replica_log = [ln for ln in text.splitlines() if SERVE_MARKER in ln][:1]
             text = "".join(get_log(address=address, actor_id=rep["actor_id"], suffix="out",
                                    tail=-1))
-            engine = [ln for ln in text.splitlines() if any(m in ln for m in ENGINE_MARKERS)]
+            engine = [ln for ln in text.splitlines()
+                      if any(m in ln for marks in ENGINE_MARKERS.values() for m in marks)]
         except Exception:  # noqa: BLE001 - a replica whose logs are gone has fewer phases
             pass
         out.append(StartLines(
