@@ -45,6 +45,14 @@ CPU_ENGINE_ENV: Final = MappingProxyType({
     "VLLM_CPU_KVCACHE_SPACE": "1", "NBSERVE_ENGINE_CORE_AFFINITY": "worker",
 })
 
+# Bounds (seconds) of vLLM's request-phase histograms (queue, prefill, decode, end to end),
+# its ``request_latency`` bucket family: 1 ms to 2 h, about 2.5x apart. vLLM's own start at
+# 0.3 s, too coarse for a queue or a prefill of milliseconds; as many bounds, so as many series.
+PHASE_BUCKETS_S: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0,
+    100.0, 250.0, 500.0, 1000.0, 2500.0, 7680.0,
+)
+
 # Logical CPUs the local head advertises: more than the cores, so Serve's ingress and the
 # engine replicas all schedule on a small machine.
 LOCAL_NUM_CPUS: Final = 8

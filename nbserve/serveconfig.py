@@ -32,10 +32,15 @@ def llm_config(spec: LLM) -> dict[str, Any]:
 
     Example:
         >>> cfg = llm_config(LLM("org/m", max_model_len=512))
-        >>> cfg["model_loading_config"], cfg["engine_kwargs"]
-        ({'model_id': 'm', 'model_source': 'org/m'}, {'max_model_len': 512})
+        >>> cfg["model_loading_config"], cfg["engine_kwargs"]["max_model_len"]
+        ({'model_id': 'm', 'model_source': 'org/m'}, 512)
+        >>> cfg["engine_kwargs"]["custom_histogram_buckets"]["request_latency"][:3]
+        [0.001, 0.0025, 0.005]
     """
-    engine: dict[str, Any] = dict(spec.engine.args)
+    engine: dict[str, Any] = {}
+    if spec.log_engine_metrics:  # finer request-phase buckets for Snapshot.latency
+        engine["custom_histogram_buckets"] = {"request_latency": list(defaults.PHASE_BUCKETS_S)}
+    engine |= spec.engine.args
     if spec.engine.max_model_len is not None:
         engine["max_model_len"] = spec.engine.max_model_len
     if spec.engine.dtype != "auto":

@@ -40,6 +40,10 @@ AUTOSCALER_KNOBS = (
     "metrics_interval_s", "upscaling_factor", "downscaling_factor", "aggregation_function",
 )
 SERVE_METRICS_INTERVAL_S = 10.0  # Serve's metrics_interval_s when it is not set
+# nbserve's: a request sent to an app at zero replicas reaches the autoscaler within a second
+# instead of up to Serve's 10 s (COLDSTART.md); a few model-server replicas and routers
+# reporting every second cost Serve's controller next to nothing.
+METRICS_INTERVAL_S = 1.0
 # Fields of the nested models that LLM(...) and App.update(...) accept at the top level.
 SCALING_SHORTCUTS = frozenset(
     {"min_replicas", "max_replicas", "initial_replicas", "target_ongoing_requests",
@@ -51,8 +55,9 @@ ENGINE_SHORTCUTS = frozenset({"max_model_len", "dtype", "tensor_parallel_size"})
 class Scaling(BaseModel):
     """How many replicas of the model server run, and when Serve adds or removes them.
 
-    The autoscaler's settings keep Serve's names; left at None they keep Serve's values. All
-    of them apply in place (no replica restarts).
+    The autoscaler's settings keep Serve's names; set to None they keep Serve's values, and
+    all but ``metrics_interval_s`` (nbserve's 1 s) are None by default. All of them apply in
+    place (no replica restarts).
 
     Example:
         >>> Scaling(min_replicas=0, max_replicas=2, downscale_to_zero_delay_s=30,
@@ -103,9 +108,11 @@ class Scaling(BaseModel):
         "None: Serve's 30.",
     )
     metrics_interval_s: float | None = Field(
-        None, gt=0,
-        description="How often replicas report their load; None: Serve's 10 (Serve 2.60 "
-        "deprecates it for RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S).",
+        METRICS_INTERVAL_S, gt=0,
+        description="How often replicas and the handles routing to them report their load; "
+        "nbserve's 1 lets the autoscaler see a request within a second (it wakes an app at "
+        "zero replicas that much sooner); None: Serve's 10 (Serve 2.60 deprecates the field, "
+        "yet its handles still report at this interval).",
     )
     upscaling_factor: float | None = Field(
         None, gt=0,

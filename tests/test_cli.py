@@ -34,7 +34,7 @@ def test_render_rayservice_carries_the_serve_app(capsys: pytest.CaptureFixture[s
     assert app["name"] == "qwen" and app["import_path"] == "ray.serve.llm:build_openai_app"
     (llm,) = app["args"]["llm_configs"]
     assert llm["accelerator_type"] == "L4"
-    assert llm["engine_kwargs"] == {"max_model_len": 8192}
+    assert llm["engine_kwargs"]["max_model_len"] == 8192
     assert app["deployments"][0]["autoscaling_config"]["max_replicas"] == 4
 
 

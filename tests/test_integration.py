@@ -158,6 +158,24 @@ def test_the_router_is_replaced_before_it_stops(tiny_app: nbserve.App) -> None:
     assert router["graceful_shutdown_wait_loop_s"] == ROUTER_DRAIN_S, router
 
 
+def test_the_engine_dtype_suits_this_cpu(tiny_app: nbserve.App) -> None:
+    """On the local head a CPU engine at dtype "auto" runs float32 where the CPU has no native
+    bfloat16 (vLLM would emulate it), and vLLM's own choice where it has."""
+    from nbserve.remote.serve import native_bf16
+
+    def engine_kwargs(name: str) -> dict:
+        from nbserve.remote.ray_private import serve_client
+
+        app = serve_client().get_serve_details()["applications"][name]["deployed_app_config"]
+        return app["args"]["llm_configs"][0]["engine_kwargs"]
+
+    native = native_bf16(Path("/proc/cpuinfo").read_text())
+    assert native is not None
+    assert remote.call(engine_kwargs, tiny_app.name).get("dtype") == \
+        (None if native else "float32")
+    assert tiny_app.spec is not None and tiny_app.spec.engine.dtype == "auto"  # as asked
+
+
 def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
     nbserve.wait.poll_until(lambda: len(llm_replicas(tiny_app)), lambda n: n == 1,
                             timeout=120, what="scale down to one replica")

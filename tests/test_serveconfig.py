@@ -7,6 +7,7 @@ here: importing ``ray.serve.llm`` imports vLLM (about 14 s), too slow for a unit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from ray.serve.schema import ServeApplicationSchema
 
 from nbserve import LLM, Engine, Rollout
+from nbserve.defaults import PHASE_BUCKETS_S
 from nbserve.manifests import to_yaml
 from nbserve.serveconfig import (
     CPU_ENGINE_ENV,
@@ -132,8 +134,13 @@ def test_every_autoscaler_setting_reaches_serve_under_its_own_name() -> None:
     config = AutoscalingConfig(**autoscaling)  # and values Serve takes
     assert (config.downscale_to_zero_delay_s, config.aggregation_function) == (30, "max")
     ServeApplicationSchema.model_validate(serve_app(spec, "tiny"))
-    # Unset, they are not sent: Serve keeps its own values.
-    assert not set(knobs) & set(deployment_override(cpu_demo())["autoscaling_config"])
+    # Left alone, only nbserve's metrics interval is sent: Serve keeps its other values.
+    sent = deployment_override(cpu_demo())["autoscaling_config"]
+    assert set(knobs) & set(sent) == {"metrics_interval_s"}
+    assert sent["metrics_interval_s"] == 1.0
+    # None sends nothing, and Serve's 10 s applies.
+    unset = deployment_override(cpu_demo().with_changes(metrics_interval_s=None))
+    assert "metrics_interval_s" not in unset["autoscaling_config"]
 
 
 @pytest.mark.parametrize("bad, field", [
@@ -145,7 +152,9 @@ def test_every_autoscaler_setting_reaches_serve_under_its_own_name() -> None:
     ({"upscale_delay_s": -1}, "upscale_delay_s"),
     ({"downscale_to_zero_delay_s": -5}, "downscale_to_zero_delay_s"),
     ({"look_back_period_s": 0}, "look_back_period_s"),
-    ({"look_back_period_s": 10}, "look_back_period_s=10 must be longer than metrics_interval_s=10"),
+    ({"look_back_period_s": 1}, "look_back_period_s=1 must be longer than metrics_interval_s=1"),
+    ({"look_back_period_s": 10, "metrics_interval_s": None},
+     "look_back_period_s=10 must be longer than metrics_interval_s=10"),
     ({"look_back_period_s": 5, "metrics_interval_s": 5}, "metrics_interval_s=5"),
     ({"upscaling_factor": 0}, "upscaling_factor"),
     ({"aggregation_function": "median"}, "aggregation_function"),
@@ -252,13 +261,70 @@ def test_gpu_spec_gets_accelerator_type_and_no_placement_group() -> None:
 
 def test_engine_kwargs_carry_the_named_engine_fields() -> None:
     spec = gpu_l4().with_changes(dtype="bfloat16", tensor_parallel_size=2)
+    buckets = {"request_latency": list(PHASE_BUCKETS_S)}
     assert llm_cfg(serve_app(spec, "qwen"))["engine_kwargs"] == {
+        "custom_histogram_buckets": buckets,
         "enable_prefix_caching": True, "max_model_len": 8192, "dtype": "bfloat16",
         "tensor_parallel_size": 2,
     }
-    assert llm_cfg(serve_app(LLM("org/m"), "m"))["engine_kwargs"] == {}
+    assert llm_cfg(serve_app(LLM("org/m"), "m"))["engine_kwargs"] == {
+        "custom_histogram_buckets": buckets}
+    # Without engine metrics, no buckets; the user's own engine setting wins over nbserve's.
+    assert llm_cfg(serve_app(LLM("org/m", log_engine_metrics=False), "m"))["engine_kwargs"] == {}
+    mine = {"request_latency": [0.1, 1.0]}
+    assert llm_cfg(serve_app(LLM("org/m", engine=Engine(args={"custom_histogram_buckets": mine})),
+                             "m"))["engine_kwargs"] == {"custom_histogram_buckets": mine}
 
 
 def test_route_prefix() -> None:
     assert serve_app(cpu_demo(), "tiny")["route_prefix"] == "/tiny"
     assert serve_app(cpu_demo(), "tiny", route_prefix="/v2/tiny")["route_prefix"] == "/v2/tiny"
+
+
+@pytest.mark.parametrize("factor, first", [(None, 1), (8, 8)])
+def test_from_zero_serve_asks_for_upscaling_factor_replicas(factor: float | None,
+                                                            first: int) -> None:
+    """The README's GKE chain: Serve 2.60's policy, given the autoscaling config nbserve sends,
+    answers a burst at zero replicas with ``ceil(upscaling_factor)`` replicas, not with what the
+    load needs; the rest follow after ``upscale_delay_s`` once a replica runs."""
+    from ray.serve._private.common import DeploymentID
+    from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
+    from ray.serve.config import AutoscalingConfig, AutoscalingContext
+
+    spec = cpu_demo().with_changes(min_replicas=0, max_replicas=8, upscaling_factor=factor)
+    config = AutoscalingConfig(**deployment_override(spec)["autoscaling_config"])
+
+    def decide(running: int, requests: float) -> int:
+        ctx = AutoscalingContext(
+            deployment_id=DeploymentID(name="LLMServer:tiny", app_name="tiny"),
+            deployment_name="LLMServer:tiny", app_name="tiny", current_num_replicas=running,
+            target_num_replicas=running, running_replicas=[], total_num_requests=requests,
+            total_queued_requests=None, aggregated_metrics=None, raw_metrics=None,
+            capacity_adjusted_min_replicas=0, capacity_adjusted_max_replicas=8,
+            policy_state={}, last_scale_up_time=None, last_scale_down_time=None,
+            current_time=None, config=config)
+        replicas, _ = replica_queue_length_autoscaling_policy(ctx)
+        return math.ceil(replicas)
+
+    assert decide(0, 128) == first       # 128 ongoing at zero: 8 would hold them at 16 each
+    assert decide(1, 128) == 8           # once one runs, the load asks for 8
+
+
+def test_cpu_engines_at_auto_run_float32_where_the_cpu_lacks_bfloat16() -> None:
+    from nbserve.remote.serve import cpu_dtype, native_bf16
+
+    def dtypes(app: dict[str, Any]) -> list[Any]:
+        return [c["engine_kwargs"].get("dtype") for c in app["args"]["llm_configs"]]
+
+    cpu = serve_app(cpu_demo(), "tiny")
+    assert dtypes(cpu_dtype(cpu, native=False)) == ["float32"]
+    assert dtypes(cpu_dtype(cpu, native=True)) == [None]  # vLLM's auto: native bfloat16
+    assert dtypes(cpu_dtype(cpu, native=None)) == [None]  # flags unknown: leave it
+    named = serve_app(cpu_demo().with_changes(dtype="bfloat16"), "tiny")
+    assert dtypes(cpu_dtype(named, native=False)) == ["bfloat16"]  # the spec's choice
+    gpu = serve_app(gpu_l4(), "qwen")
+    assert dtypes(cpu_dtype(gpu, native=False)) == [None]  # a GPU engine is not a CPU one
+    assert dtypes(cpu) == [None]  # the input is not changed
+    amd = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    intel = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n"
+    assert (native_bf16(amd), native_bf16(intel)) == (False, True)

@@ -116,7 +116,7 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
                                 "another route_prefix= (or another name, the default prefix)")
         keep = {other: a["deployed_app_config"] for other, a in running.items()
                 if a.get("deployed_app_config") and other != name}
-        applied = _local_models(app) if fixed_nodes else app
+        applied = _on_this_node(app) if fixed_nodes else app
         if router and direct_streaming():
             applied = {**applied, "deployments": [*app.get("deployments", []), router]}
         config: dict[str, Any] = {"applications": [*keep.values(), applied]}
@@ -321,6 +321,64 @@ def log_tail(app_name: str, deployment: str, lines: int) -> str:
 
 
 LOCAL_MODEL_CALLBACK = "nbserve.serve_callbacks.LocalModel"
+# CPU flags of a native bfloat16 (AVX-512 BF16, AMX): without one, vLLM emulates bfloat16.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def _on_this_node(app: dict[str, Any]) -> dict[str, Any]:
+    """``app`` made for the node it runs on, on a cluster that cannot add nodes."""
+    import ray
+
+    app = _local_models(app)
+    if len([n for n in ray.nodes() if n.get("Alive")]) == 1:  # its CPU is this one
+        app = cpu_dtype(app, native_bf16(_cpuinfo()))
+    return app
+
+
+def _cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def native_bf16(cpuinfo: str) -> bool | None:
+    r"""Whether the CPU computes in bfloat16 natively, from ``/proc/cpuinfo`` (None: unknown).
+
+    Example:
+        >>> native_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+        True
+        >>> native_bf16("flags\t\t: fpu avx2\n"), native_bf16("")
+        (False, None)
+    """
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return bool(NATIVE_BF16_FLAGS & set(line.partition(":")[2].split()))
+    return None
+
+
+def cpu_dtype(app: dict[str, Any], native: bool | None) -> dict[str, Any]:
+    """``app`` with float32 for its CPU engines at dtype "auto" when the CPU lacks bfloat16.
+
+    There vLLM's "auto" (bfloat16 for a bfloat16 checkpoint) emulates bfloat16, slower than
+    float32. A dtype the spec names, an accelerator, or a CPU with native bfloat16 (or
+    unknown flags) keep vLLM's choice.
+
+    Example:
+        >>> app = {"args": {"llm_configs": [{"engine_kwargs": {}}]}}
+        >>> cpu_dtype(app, False)["args"]["llm_configs"][0]["engine_kwargs"]
+        {'dtype': 'float32'}
+        >>> cpu_dtype(app, True) is app
+        True
+    """
+    configs = (app.get("args") or {}).get("llm_configs") or []
+    if native is not False or not configs:
+        return app
+    configs = [c if c.get("accelerator_type") or "dtype" in (c.get("engine_kwargs") or {})
+               else {**c, "engine_kwargs": {**(c.get("engine_kwargs") or {}), "dtype": "float32"}}
+               for c in configs]
+    return {**app, "args": {**app["args"], "llm_configs": configs}}
 
 
 def _local_models(app: dict[str, Any]) -> dict[str, Any]:
