@@ -39,7 +39,7 @@ from .errors import (
 )
 from .manifests import to_yaml
 from .prometheus import Prometheus
-from .snapshot import Replicas, Snapshot
+from .snapshot import Latency, Percentiles, Replicas, Snapshot
 from .spec import LLM, Engine, Rollout, Scaling
 from .status import AppStatus, DeploymentStatus, ReplicaInfo
 
@@ -67,10 +67,12 @@ __all__ = [
     "HeadSpec",
     "KubernetesError",
     "LLM",
+    "Latency",
     "LoadRun",
     "LoadStats",
     "LocalClusterError",
     "NbserveError",
+    "Percentiles",
     "Prometheus",
     "ReplicaInfo",
     "Replicas",

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["AppControls", "Dashboard", "DashboardReport", "DashboardState", "WatchedApp"]
 
-SERIES = (("tokens_per_s", "tokens/s"), ("kv_cache_pct", "KV cache %"), ("queue", "queue"))
+SERIES = (("tokens_per_s", "tokens/s"), ("kv_cache_pct", "KV cache %"), ("queue", "queue"),
+          ("replicas", "replicas (▲ starting)"))
 INTERVALS = (1.0, 2.0, 5.0, 10.0)  # the refresh intervals offered, seconds
 
 
@@ -102,6 +103,9 @@ class DashboardState:
             ]),
             "queue": (times, [p.requests_waiting for p in points]),
             "running": (times, [p.requests_running for p in points]),
+            "replicas": (times, [p.replicas.running for p in points]),
+            # A replica start on the timeline: a mark at each refresh that saw one starting.
+            "starting": (times, [p.replicas.starting or None for p in points]),
         }
 
 
@@ -303,6 +307,12 @@ class Dashboard:
                          f"TTFT p50 {num(snap.ttft_p50_s, '{:.3f}')} s")
                 if snap.autoscaler is not None:
                     line += f"<br>autoscaler: {html.escape(str(snap.autoscaler))}"
+                line += snap.latency.bar_html()  # where the requests' time went
+                health = snap.health
+                if health.prefix_cache_hit_rate is not None or health.nodes:
+                    line += f"<br>engine: {html.escape(str(health))}" + "".join(
+                        f" · {html.escape(ip)}: {html.escape(str(use))}"
+                        for ip, use in sorted(health.nodes.items()))
                 for replica, usage in sorted(snap.kv_cache_usage.items()):
                     bar = self._bar_of.get((name, replica))
                     if bar is None:
@@ -346,6 +356,7 @@ def _traces(state: DashboardState) -> list[tuple[tuple[str, str], int]]:
         for row, (metric, _) in enumerate(SERIES, start=1):
             out.append(((app, metric), row))
         out.append(((app, "running"), 3))
+        out.append(((app, "starting"), 4))
     return out
 
 
@@ -353,15 +364,18 @@ def _figure(state: DashboardState) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+    fig = make_subplots(rows=len(SERIES), cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=[title for _, title in SERIES])
     for (app, metric), row in _traces(state):
         times, values = state.series(app)[metric]
         label = f"{app} {metric.replace('_', ' ')}"
+        marks = metric == "starting"
         fig.add_trace(go.Scatter(
             x=[time.strftime("%H:%M:%S", time.localtime(t)) for t in times], y=values,
-            mode="lines", name=label), row=row, col=1)
-    fig.update_layout(height=480, margin={"l": 40, "r": 10, "t": 30, "b": 30},
+            mode="markers" if marks else "lines", name=label,
+            marker={"symbol": "triangle-up", "size": 9} if marks else None),
+            row=row, col=1)
+    fig.update_layout(height=600, margin={"l": 40, "r": 10, "t": 30, "b": 30},
                       legend={"orientation": "h"})
     return fig
 

@@ -1,11 +1,8 @@
-"""THE table of the metrics nbserve reads, and Snapshots computed from them (pure).
+"""Snapshots computed from the metrics in ``families``' table (pure).
 
-``FAMILIES`` names every metric family read, its kind (gauge, counter, histogram) and the
-quantity it feeds; ``DROP_LABELS`` the labels nobody reads. The cluster-side collector
-(``remote.collect``, which cannot import nbserve) gets them as arguments and ``prometheus``
-builds its query from them. A ``Scrape`` is one reading of a cluster's series; a
-``MetricsWindow`` turns successive scrapes of one app into ``Snapshot``s. Where scrapes come
-from is ``sources``' job; showing Snapshots over time is the dashboard's.
+A ``Scrape`` is one reading of a cluster's series; a ``MetricsWindow`` turns successive
+scrapes of one app into ``Snapshot``s. Where scrapes come from is ``sources``' job; showing
+Snapshots over time is the dashboard's.
 """
 
 from __future__ import annotations
@@ -14,13 +11,25 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from .families import (
+    DROP_LABELS,
+    ENGINE_PREFIX,
+    FAMILIES,
+    GAUGES,
+    NODE_PREFIX,
+    SAMPLES,
+    TRACKED,
+    UNITS,
+    Family,
+    Feeds,
+    family_names,
+)
 from .remote.collect import Payload
-from .snapshot import Autoscaler, Replicas, Snapshot
+from .snapshot import Autoscaler, Health, Latency, NodeUse, Percentiles, Replicas, Snapshot
 
 __all__ = [
     "DROP_LABELS", "ENGINE_PREFIX", "FAMILIES", "SAMPLES", "Family", "MetricsWindow", "Replicas",
@@ -31,82 +40,10 @@ log = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S = 10.0  # Ray's default metrics_report_interval_ms, in seconds
 
-Kind = Literal["gauge", "counter", "histogram"]
-Feeds = Literal[
-    "kv_cache", "requests_running", "requests_waiting", "tokens", "prompt_tokens", "finished",
-    "ttft", "itl", "requests", "errors", "replica_healthy", "target_replicas",
-    "autoscaler_requests", "autoscaler_target_ongoing", "autoscaler_desired",
-]
-_SUFFIX: dict[Kind, str] = {"gauge": "", "counter": "_total", "histogram": "_bucket"}
-
-
-@dataclass(frozen=True)
-class Family:
-    """One metric family nbserve reads: its name (no suffix), its kind, what it feeds.
-
-    Example:
-        >>> Family("ray_vllm_generation_tokens", "counter", "tokens").sample
-        'ray_vllm_generation_tokens_total'
-    """
-
-    name: str
-    kind: Kind
-    feeds: Feeds
-
-    @property
-    def sample(self) -> str:
-        """The sample read: a gauge itself, a counter's ``_total``, a histogram's ``_bucket``."""
-        return self.name + _SUFFIX[self.kind]
-
-
-FAMILIES: tuple[Family, ...] = (
-    # vLLM's engine metrics (LLMConfig.log_engine_metrics), labelled ReplicaId and WorkerId.
-    Family("ray_vllm_kv_cache_usage_perc", "gauge", "kv_cache"),  # 0..1
-    Family("ray_vllm_num_requests_running", "gauge", "requests_running"),
-    Family("ray_vllm_num_requests_waiting", "gauge", "requests_waiting"),
-    Family("ray_vllm_generation_tokens", "counter", "tokens"),
-    Family("ray_vllm_prompt_tokens", "counter", "prompt_tokens"),
-    Family("ray_vllm_request_success", "counter", "finished"),
-    Family("ray_vllm_time_to_first_token_seconds", "histogram", "ttft"),
-    Family("ray_vllm_inter_token_latency_seconds", "histogram", "itl"),
-    # Serve's own, labelled application (and deployment, replica).
-    Family("ray_serve_num_http_requests", "counter", "requests"),
-    Family("ray_serve_num_grpc_requests", "counter", "requests"),
-    Family("ray_serve_num_http_error_requests", "counter", "errors"),
-    Family("ray_serve_num_grpc_error_requests", "counter", "errors"),
-    Family("ray_serve_deployment_replica_healthy", "gauge", "replica_healthy"),
-    Family("ray_serve_autoscaling_target_replicas", "gauge", "target_replicas"),
-    # What Serve's autoscaler sees and decides, per autoscaling deployment (Serve 2.60 keeps
-    # no decision log): the ongoing requests it counts, its target per replica, its decision.
-    Family("ray_serve_autoscaling_total_requests", "gauge", "autoscaler_requests"),
-    Family("ray_serve_autoscaling_target_ongoing_requests", "gauge", "autoscaler_target_ongoing"),
-    Family("ray_serve_autoscaling_desired_replicas", "gauge", "autoscaler_desired"),
-)
-# Labels nothing reads nor needs to tell series apart (WorkerId, unique in the cluster, does
-# that for the engines; ReplicaId ties them to the app).
-DROP_LABELS = frozenset({
-    "Component", "Version", "SessionName", "NodeAddress", "model_name", "otel_scope_name",
-    "otel_scope_schema_url", "otel_scope_version",
-})
-SAMPLES = frozenset(f.sample for f in FAMILIES)  # every sample name read
-ENGINE_PREFIX = "ray_vllm_"  # the engines' series; the rest are Serve's
-# Sample name -> the quantity it feeds. Counters are single-bucket histograms (le=+Inf) here.
-_TRACKED: dict[str, Feeds] = {f.sample: f.feeds for f in FAMILIES if f.kind != "gauge"}
-_GAUGES: dict[str, Feeds] = {f.sample: f.feeds for f in FAMILIES if f.kind == "gauge"}
 _STARTING = frozenset({"STARTING", "UPDATING", "RECOVERING", "PENDING_MIGRATION"})
 
 Buckets = tuple[tuple[float, float], ...]  # cumulative (le, count), sorted by le
 _Key = tuple[str, tuple[tuple[str, str], ...]]  # sample name, labels without le
-
-
-def family_names() -> list[str]:
-    """The names of the families read, sorted.
-
-    Example:
-        >>> family_names()[0]
-        'ray_serve_autoscaling_desired_replicas'
-    """
-    return sorted({f.name for f in FAMILIES})
 
 
 def parse(text: str) -> list[Sample]:
@@ -129,6 +66,7 @@ class Scrape:
     replicas: Replicas | None = None
     replica_ids: frozenset[str] = frozenset()
     stopping: frozenset[str] = frozenset()
+    node_ips: frozenset[str] = frozenset()  # the nodes the app's replicas run on
 
     @classmethod
     def from_texts(cls, texts: Iterable[str], time: float, *, replicas: Replicas | None = None,
@@ -164,7 +102,8 @@ class Scrape:
         ids = frozenset(rid for d in deployments.values() for rid in d["replicas"])
         stopping = frozenset(rid for d in deployments.values()
                              for rid, state in d["replicas"].items() if state == "STOPPING")
-        return cls(payload["time"], samples, replicas, ids, stopping)
+        node_ips = frozenset(ip for d in deployments.values() for ip in d.get("nodes", ()))
+        return cls(payload["time"], samples, replicas, ids, stopping, node_ips)
 
 
 def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
@@ -238,13 +177,13 @@ class MetricsWindow:
     def update(self, scrape: Scrape) -> Snapshot:
         """Take the next scrape and return the app's snapshot at its time."""
         now = scrape.time
-        mine = _app_samples(scrape.samples, self.app, scrape.replica_ids)
+        mine = _app_samples(scrape.samples, self.app, scrape.replica_ids, scrape.node_ips)
         self._advance(_tracked_values(mine), now)
         self._updates += 1
         kv: dict[str, float] = {}
         running = waiting = 0.0
         for s in mine:
-            gauge = _GAUGES.get(s.name)
+            gauge = GAUGES.get(s.name)
             if gauge == "kv_cache":
                 rid = s.labels.get("ReplicaId", "?")
                 kv[rid] = max(kv.get(rid, 0.0), min(max(s.value, 0.0), 1.0))
@@ -257,7 +196,7 @@ class MetricsWindow:
                 kv.setdefault(s.labels["ReplicaId"], 0.0)
         for rid in scrape.stopping:
             kv.pop(rid, None)
-        proxy = any(_TRACKED[key[0]] == "requests" for key in self._series)
+        proxy = any(TRACKED[key[0]] == "requests" for key in self._series)
         ttft = self._buckets("ttft", now)
         replicas = scrape.replicas or _replicas_from_series(mine)
         return Snapshot(
@@ -270,7 +209,40 @@ class MetricsWindow:
             error_rate=self._rate("errors", now) if proxy else None,
             ttft_p50_s=histogram_quantile(0.5, ttft), ttft_p95_s=histogram_quantile(0.95, ttft),
             itl_p50_s=histogram_quantile(0.5, self._buckets("itl", now)),
+            latency=self._latency(now), health=self._health(mine, now),
         )
+
+    def _health(self, mine: list[Sample], now: float) -> Health:
+        queries, hits = self._rate("prefix_queries", now), self._rate("prefix_hits", now)
+        waiting: dict[str, int] = {}
+        nodes: dict[str, dict[str, list[float]]] = {}
+        for s in mine:
+            feeds = GAUGES.get(s.name)
+            if feeds == "waiting_by_reason":
+                reason = s.labels.get("reason", "?")
+                waiting[reason] = waiting.get(reason, 0) + int(s.value)
+            elif feeds is not None and feeds.startswith("node_") and "ip" in s.labels:
+                nodes.setdefault(s.labels["ip"], {}).setdefault(feeds, []).append(s.value)
+        return Health(
+            prefix_cache_hit_rate=hits / queries if queries and hits is not None else None,
+            preemptions_per_s=self._rate("preemptions", now), waiting_by_reason=waiting,
+            nodes={ip: _node_use(values) for ip, values in nodes.items()})
+
+    def _latency(self, now: float) -> Latency:
+        """The phases' percentiles; Serve's own part is its latency less the engine's."""
+        def percentiles(group: Feeds) -> Percentiles:
+            buckets = self._buckets(group, now)
+            return Percentiles(histogram_quantile(0.5, buckets),
+                               histogram_quantile(0.95, buckets))
+
+        phases = {phase: percentiles(phase) for phase in ("queue", "prefill", "decode")}
+        engine, serve = percentiles("engine_e2e"), percentiles("serve_e2e")
+        phases["e2e"] = serve if serve.p50 is not None else engine
+        if serve.p50 is not None and engine.p50 is not None:
+            phases["serve"] = Percentiles(*(
+                None if whole is None or part is None else max(whole - part, 0.0)
+                for whole, part in ((serve.p50, engine.p50), (serve.p95, engine.p95))))
+        return Latency({k: v for k, v in phases.items() if v.p50 is not None})
 
     def _advance(self, values: dict[_Key, Buckets], now: float) -> None:
         for key in [k for k in self._series if k not in values]:
@@ -290,7 +262,7 @@ class MetricsWindow:
 
     def _fresh(self, group: str, now: float) -> tuple[list[_Series], bool]:
         """The group's series with a recent increase, and whether the group's rate is known."""
-        series = [st for key, st in self._series.items() if _TRACKED[key[0]] == group]
+        series = [st for key, st in self._series.items() if TRACKED[key[0]] == group]
         fresh, known = [], not series
         for st in series:
             last = st.marks[-1][0] if st.marks else st.first_seen
@@ -318,27 +290,43 @@ class MetricsWindow:
         return _merge([step for st in fresh for step in st.increase()[0]])
 
 
-def _app_samples(samples: Iterable[Sample], app: str, replica_ids: frozenset[str]) -> list[Sample]:
-    """The app's samples: Serve's by ``application``, the engines' by ``ReplicaId``."""
+def _app_samples(samples: Iterable[Sample], app: str, replica_ids: frozenset[str],
+                 node_ips: frozenset[str] = frozenset()) -> list[Sample]:
+    """The app's samples: Serve's by application, the engines' by ReplicaId, nodes' by ip."""
     samples = list(samples)
     ids = set(replica_ids) or {
         s.labels["replica"] for s in samples
         if s.labels.get("application") == app and "replica" in s.labels
     }
     return [s for s in samples
-            if s.labels.get("application") == app or s.labels.get("ReplicaId") in ids]
+            if s.labels.get("application") == app or s.labels.get("ReplicaId") in ids
+            or (s.name.startswith(NODE_PREFIX) and s.labels.get("ip") in node_ips)]
+
+
+def _node_use(values: dict[str, list[float]]) -> NodeUse:
+    """One node's gauges (several per GPU) as a ``NodeUse``; a gauge not exported is None."""
+    def one(feeds: str) -> float | None:
+        return values[feeds][0] if feeds in values else None
+
+    gpus = values.get("node_gpu_pct")
+    used, free = values.get("node_gpu_mem_used"), values.get("node_gpu_mem_free")
+    return NodeUse(
+        cpu_pct=one("node_cpu_pct"), cpus=one("node_cpus"), mem_used=one("node_mem_used"),
+        mem_total=one("node_mem_total"), gpu_pct=sum(gpus) / len(gpus) if gpus else None,
+        gpu_mem_used=sum(used) if used else None,
+        gpu_mem_total=sum(used) + sum(free) if used and free else None)
 
 
 def _tracked_values(samples: Iterable[Sample]) -> dict[_Key, Buckets]:
     grouped: dict[_Key, list[tuple[float, float]]] = {}
     for s in samples:
-        if s.name not in _TRACKED:
+        if s.name not in TRACKED:
             continue
         labels = s.labels
         le = math.inf
         if "le" in labels:
             labels = dict(labels)
-            le = float(labels.pop("le"))
+            le = float(labels.pop("le")) * UNITS.get(s.name, 1.0)
         grouped.setdefault((s.name, tuple(sorted(labels.items()))), []).append((le, s.value))
     return {key: tuple(sorted(pairs)) for key, pairs in grouped.items()}
 
@@ -376,7 +364,7 @@ def _autoscaler(samples: Iterable[Sample], replicas: Replicas) -> Autoscaler | N
     """
     seen: dict[str, dict[str, float]] = {}
     for s in samples:
-        feeds = _GAUGES.get(s.name)
+        feeds = GAUGES.get(s.name)
         if feeds is not None and feeds.startswith("autoscaler_"):
             seen.setdefault(s.labels.get("deployment", ""), {})[feeds] = s.value
     servers = [d for d in seen if d.startswith("LLMServer:")] or list(seen)
@@ -395,10 +383,10 @@ def _replicas_from_series(samples: Iterable[Sample]) -> Replicas:
     """Replica counts from Serve's series, for scrapes that come without Serve's status."""
     samples = list(samples)
     engine_ids = {s.labels["ReplicaId"] for s in samples if "ReplicaId" in s.labels}
-    health = [s for s in samples if _GAUGES.get(s.name) == "replica_healthy"]
+    health = [s for s in samples if GAUGES.get(s.name) == "replica_healthy"]
     engines = {s.labels.get("deployment") for s in health if s.labels.get("replica") in engine_ids}
     health = [s for s in health if not engines or s.labels.get("deployment") in engines]
-    targets = [s.value for s in samples if _GAUGES.get(s.name) == "target_replicas"
+    targets = [s.value for s in samples if GAUGES.get(s.name) == "target_replicas"
                and (not engines or s.labels.get("deployment") in engines)]
     return Replicas(
         running=sum(s.value >= 1 for s in health), starting=sum(s.value < 1 for s in health),

@@ -8,11 +8,19 @@ series of them over time is ``dashboard``'s.
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from .fmt import html_table, ms, num, pct
+from .fmt import duration, html_table, ms, num, pct
 
-__all__ = ["Autoscaler", "Replicas", "Snapshot"]
+__all__ = ["PHASES", "Autoscaler", "Health", "Latency", "NodeUse", "Percentiles", "Replicas",
+           "Snapshot"]
+
+# Where a request's time goes, in order: Serve before the engine (HTTP ingress, routing, the
+# replica's queue), the engine's queue, prefill, decode; and the whole request.
+PHASES = ("serve", "queue", "prefill", "decode", "e2e")
+PHASE_COLORS = {"serve": "#8c564b", "queue": "#d62728", "prefill": "#ff7f0e",
+                "decode": "#1f77b4"}
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,148 @@ class Autoscaler:
 
 
 @dataclass(frozen=True)
+class Percentiles:
+    """The median and 95th percentile of one phase's seconds (None: no request measured).
+
+    Example:
+        >>> str(Percentiles(0.012, 1.5))
+        '12 ms / 1.5 s'
+    """
+
+    p50: float | None = None
+    p95: float | None = None
+
+    def __str__(self) -> str:
+        return " / ".join("-" if v is None else duration(v) for v in (self.p50, self.p95))
+
+
+@dataclass(frozen=True)
+class Latency(Mapping[str, Percentiles]):
+    """Where requests' time went over the recent window: ``PHASES`` -> ``Percentiles``.
+
+    ``serve`` is the time in Serve before and around the engine (HTTP ingress, routing, the
+    replica's queue): Serve's request latency less the engine's, percentile by percentile, so
+    an estimate. ``queue``, ``prefill`` and ``decode`` are the engine's own phases and ``e2e``
+    the whole request as Serve saw it (the engine's when Serve's is missing). Percentiles of
+    phases do not add up to the percentile of their sum.
+
+    Example:
+        >>> lat = Latency({"queue": Percentiles(0.0, 0.01), "decode": Percentiles(1.5, 2.0)})
+        >>> lat["decode"].p50, lat["serve"].p50
+        (1.5, None)
+        >>> str(lat)
+        'p50: queue 0 ms, decode 1.5 s'
+    """
+
+    phases: dict[str, Percentiles] = field(default_factory=dict)
+
+    def __getitem__(self, phase: str) -> Percentiles:
+        if phase not in PHASES:
+            raise KeyError(f"{phase!r} is not a phase; the phases are {', '.join(PHASES)}")
+        return self.phases.get(phase, Percentiles())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(PHASES)
+
+    def __len__(self) -> int:
+        return len(PHASES)
+
+    @property
+    def measured(self) -> bool:
+        """Whether any phase has a value."""
+        return any(p.p50 is not None for p in self.values())
+
+    def __str__(self) -> str:
+        parts = [f"{phase} {duration(p.p50)}" for phase, p in self.items() if p.p50 is not None]
+        return "p50: " + ", ".join(parts) if parts else "-"
+
+    def bar_html(self, width_px: int = 360) -> str:
+        """The medians of the parts (Serve, queue, prefill, decode) as one stacked bar.
+
+        Example:
+            >>> bar = Latency({"prefill": Percentiles(0.1, 0.2), "decode": Percentiles(0.3, 1)})
+            >>> "width:25.0%" in bar.bar_html() and "decode 300 ms" in bar.bar_html()
+            True
+            >>> Latency().bar_html()
+            ''
+        """
+        parts = [(phase, p50) for phase in PHASES[:-1] if (p50 := self[phase].p50)]
+        total = sum(v for _, v in parts)
+        if not total:
+            return ""
+        segments = "".join(
+            f"<div title='{phase} p50 {duration(v)}' style='width:{100 * v / total:.1f}%;"
+            f"background:{PHASE_COLORS[phase]}'></div>" for phase, v in parts)
+        legend = " ".join(f"<span style='color:{PHASE_COLORS[phase]}'>&#9632;</span> {phase} "
+                          f"{duration(v)}" for phase, v in parts)
+        return (f"<div class='nbserve-latency' style='display:flex;width:{width_px}px;"
+                f"height:10px;margin:2px 0'>{segments}</div><small>p50: {legend}</small>")
+
+
+def _gib(value: float | None) -> str:
+    return "?" if value is None else f"{value / 2**30:.1f}"
+
+
+@dataclass(frozen=True)
+class NodeUse:
+    """What one node the app's replicas run on is using now (Ray's node metrics).
+
+    The GPU fields are None on a node without GPUs: absent, not zero.
+
+    Example:
+        >>> str(NodeUse(cpu_pct=85, cpus=2, mem_used=9.1 * 2**30, mem_total=23.5 * 2**30))
+        'CPU 85% of 2, memory 9.1 / 23.5 GiB'
+        >>> str(NodeUse(40, 8, 2**34, 2**35, gpu_pct=91, gpu_mem_used=2**34,
+        ...             gpu_mem_total=24 * 2**30))
+        'CPU 40% of 8, memory 16.0 / 32.0 GiB, GPU 91%, GPU memory 16.0 / 24.0 GiB'
+    """
+
+    cpu_pct: float | None = None
+    cpus: float | None = None
+    mem_used: float | None = None  # bytes
+    mem_total: float | None = None
+    gpu_pct: float | None = None  # the mean over the node's GPUs
+    gpu_mem_used: float | None = None  # bytes, all its GPUs
+    gpu_mem_total: float | None = None
+
+    def __str__(self) -> str:
+        parts = [f"CPU {num(self.cpu_pct)}% of {num(self.cpus)}",
+                 f"memory {_gib(self.mem_used)} / {_gib(self.mem_total)} GiB"]
+        if self.gpu_pct is not None:
+            parts.append(f"GPU {num(self.gpu_pct)}%")
+        if self.gpu_mem_used is not None:
+            parts.append(f"GPU memory {_gib(self.gpu_mem_used)} / {_gib(self.gpu_mem_total)} GiB")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Health:
+    """The engines' health over the recent window, and the nodes they run on.
+
+    Attributes:
+        prefix_cache_hit_rate: the share of prompt tokens looked up in the prefix cache that
+            were found there (None: no lookups).
+        preemptions_per_s: requests the engines preempted (KV cache full) per second.
+        waiting_by_reason: requests waiting in the engines, by vLLM's reason (``capacity``,
+            ``deferred``).
+        nodes: node IP -> its use, for the nodes the app's replicas run on.
+
+    Example:
+        >>> str(Health(prefix_cache_hit_rate=0.42, preemptions_per_s=0.0))
+        'prefix cache 42.0% hits, 0.00 preemptions/s'
+    """
+
+    prefix_cache_hit_rate: float | None = None
+    preemptions_per_s: float | None = None
+    waiting_by_reason: dict[str, int] = field(default_factory=dict)
+    nodes: dict[str, NodeUse] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"prefix cache {pct(self.prefix_cache_hit_rate)} hits, " \
+            f"{num(self.preemptions_per_s, '{:.2f}')} preemptions/s"
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """One app's live metrics at one time; rates and percentiles are None until measured.
 
@@ -121,6 +271,9 @@ class Snapshot:
         ttft_p50_s: median time to first token over the last interval, seconds.
         ttft_p95_s: 95th percentile time to first token over the last interval, seconds.
         itl_p50_s: median inter-token latency over the last interval, seconds.
+        latency: where the recent requests' time went, phase by phase (``Latency``).
+        health: the engines' prefix-cache hits, preemptions and waiting reasons, and the use
+            of the nodes the replicas run on (``Health``).
     """
 
     app: str
@@ -137,6 +290,8 @@ class Snapshot:
     ttft_p50_s: float | None = None
     ttft_p95_s: float | None = None
     itl_p50_s: float | None = None
+    latency: Latency = field(default_factory=Latency)
+    health: Health = field(default_factory=Health)
 
     def rows(self) -> list[tuple[str, str]]:
         """The snapshot as (label, formatted value) rows, as ``_repr_html_`` shows them.
@@ -157,8 +312,15 @@ class Snapshot:
             ("errors/s", num(self.error_rate, "{:.2f}")),
             ("TTFT p50 / p95", f"{ms(self.ttft_p50_s)} / {ms(self.ttft_p95_s)}"),
             ("inter-token latency p50", ms(self.itl_p50_s)),
+            *((f"{phase} p50 / p95", str(self.latency[phase])) for phase in PHASES),
+            ("prefix-cache hits", pct(self.health.prefix_cache_hit_rate)),
+            ("preemptions/s", num(self.health.preemptions_per_s, "{:.2f}")),
+            ("waiting by reason", ", ".join(
+                f"{reason} {n}" for reason, n in sorted(self.health.waiting_by_reason.items()))
+             or "-"),
+            *((f"node {ip}", str(use)) for ip, use in sorted(self.health.nodes.items())),
         ]
 
     def _repr_html_(self) -> str:
         return html_table(["metric", "value"], self.rows(),
-                          caption=f"<b>{html.escape(self.app)}</b>")
+                          caption=f"<b>{html.escape(self.app)}</b>") + self.latency.bar_html()

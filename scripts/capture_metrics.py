@@ -1,12 +1,14 @@
 """Capture real metrics of a local cluster under load into tests/fixtures/metrics/.
 
     .venv/bin/python scripts/capture_metrics.py [--out tests/fixtures/metrics]
+    .venv/bin/python scripts/capture_metrics.py --load-only --out tests/fixtures/latency
 
 Starts a local Ray head in a temporary NBSERVE_HOME, deploys the tiny demo model as the app
 "tiny", sends 16 concurrent completions of 200 tokens (and a few too-long prompts, which fail
 with HTTP 400) while scraping every node, then rolls the replica (``app.update(max_model_len=
 256)``) under light load and scrapes during and after the roll, so the fixtures hold a replica
-restart: the old replica's series vanish and the new one's start from zero. Each scrape is what
+restart: the old replica's series vanish and the new one's start from zero (``--load-only``:
+idle and load, no roll). Each scrape is what
 the cluster-side collector returns with ``raw=True``: every series of the families in
 ``nbserve.metrics``' table, with all their labels. It writes one ``.prom`` file per scrape and
 node, and ``index.json`` with each scrape's time, phase, Serve's replica states and files.
@@ -77,7 +79,7 @@ class Load:
                 pass
 
 
-def capture(out: Path, base: Path) -> None:
+def capture(out: Path, base: Path, *, roll: bool = True) -> None:
     os.environ["NBSERVE_HOME"] = str(base)
     sys.path.insert(0, str(ROOT))  # this checkout's nbserve, not whichever one is installed
     import nbserve
@@ -114,15 +116,16 @@ def capture(out: Path, base: Path) -> None:
                 time.sleep(4)
                 scrape("load")
         print(f"load: {load.tokens} tokens, {load.failed} failed", flush=True)
-        with Load(app, concurrency=4, max_tokens=100) as load:
-            app.update(max_model_len=256, wait=False)
+        with Load(app, concurrency=4 if roll else 0, max_tokens=100) as load:
+            if roll:
+                app.update(max_model_len=256, wait=False)
             deadline = time.monotonic() + 600
-            for _ in range(6):
+            for _ in range(6 * roll):
                 time.sleep(8)
                 scrape("rolling")
             while not app.status().ok and time.monotonic() < deadline:
                 time.sleep(2)
-            for _ in range(5):
+            for _ in range(5 * roll):
                 time.sleep(5)
                 scrape("rolled")
         print(f"after the roll: {load.tokens} tokens, {load.failed} failed", flush=True)
@@ -136,10 +139,11 @@ def capture(out: Path, base: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "metrics")
+    parser.add_argument("--load-only", action="store_true", help="idle and load, no roll")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="nbserve-capture-"))
     try:
-        capture(args.out, base)
+        capture(args.out, base, roll=not args.load_only)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(f"wrote {args.out}")

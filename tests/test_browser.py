@@ -72,6 +72,7 @@ DASHBOARD_JS = """() => {
       percent: parseFloat((b.querySelector('.progress .progress-bar') || {style: {}}).style.width),
     })),
     traces: plot.querySelectorAll('.scatterlayer .trace').length,
+    latency: box.querySelectorAll('.nbserve-latency > div').length,
     drawn: lines.filter(p => (p.getAttribute('d') || '').length > 1).length,
   };
 }"""
@@ -335,7 +336,7 @@ def test_dashboard_live_in_jupyterlab(playwright_api: Any, tiny_app: nbserve.App
                     state = page.evaluate(DASHBOARD_JS)
                     if state is not None:
                         peak = max([peak, *(float(v) for v in TOK_S.findall(state["header"]))])
-                        if peak > 0 and state["bars"] and state["drawn"]:
+                        if peak > 0 and state["bars"] and state["drawn"] and state["latency"]:
                             break
                     if tracebacks := shown_tracebacks(page):
                         pytest.fail("a cell failed before the dashboard showed values:\n"
@@ -350,6 +351,8 @@ def test_dashboard_live_in_jupyterlab(playwright_api: Any, tiny_app: nbserve.App
                 assert all(b["label"] and 0 <= b["percent"] <= 100 for b in state["bars"]), state
                 assert state["traces"] >= 4 and state["drawn"] >= 1, f"no drawn chart: {state}"
                 assert peak > 0, f"no tokens/s > 0 in the header during the load: {state}"
+                # The latency breakdown's stacked bar: at least prefill and decode.
+                assert state["latency"] >= 2, f"no latency breakdown bar: {state}"
                 phases["values shown"] = time.monotonic() - start
                 time.sleep(SCREENSHOT_DELAY)  # a few more points on the chart
                 page.locator(".jp-OutputArea-output .widget-vbox", has=page.locator(

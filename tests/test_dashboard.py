@@ -137,6 +137,20 @@ def test_the_autoscalers_view_is_shown_per_app(dash: Dashboard) -> None:
     assert "autoscaler: scaling up to 1: 1 ongoing &gt; 2 × 0 replicas" in dash.header.value
 
 
+def test_replica_starts_are_marked_on_the_timeline(dash: Dashboard) -> None:
+    replay = replays(dash)["tiny"]
+    dash.refresh()  # one running, none starting
+    last = replay.metrics()
+    replay.metrics = lambda **_: Snapshot(**{  # type: ignore[method-assign]
+        **last.__dict__, "replicas": Replicas(running=1, starting=1, target=2)})
+    dash.refresh()
+    traces = {t.name: t for t in dash.fig.data}
+    assert list(traces["tiny replicas"].y[-2:]) == [1, 1]
+    assert list(traces["tiny starting"].y[-2:]) == [None, 1]  # a mark where one was starting
+    assert traces["tiny starting"].mode == "markers"
+    assert traces["tiny replicas"].yaxis == traces["tiny starting"].yaxis == "y4"
+
+
 def test_controls_call_update_and_pause(dash: Dashboard) -> None:
     app = replays(dash)["tiny"]
     controls = dash.controls["tiny"]

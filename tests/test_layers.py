@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                 "vllm_plugin", "haproxy", "serve_callbacks"}),
     ("specs", {"spec", "accelerators", "serveconfig", "clusterspec", "manifests", "tinymodel"}),
     ("remote", {"remote"}),
-    ("observe", {"metrics", "sources", "snapshot", "prometheus", "dashboard", "bench",
+    ("observe", {"families", "metrics", "sources", "snapshot", "prometheus", "dashboard", "bench",
                  "benchresult", "benchprompts", "starts", "measuring"}),
     ("session", {"cluster", "session", "app", "status"}),
     ("backends", {"local", "kube"}),

@@ -23,7 +23,7 @@ from nbserve.metrics import MetricsWindow, Replicas, Scrape, Snapshot, histogram
 from nbserve.prometheus import Prometheus
 from nbserve.remote import collect as collector
 from nbserve.remote.collect import DeploymentInfo, Payload
-from nbserve.snapshot import Autoscaler
+from nbserve.snapshot import PHASES, Autoscaler
 from nbserve.sources import ClusterScrape, MetricsReader, Source, source_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
@@ -359,7 +359,9 @@ def test_one_table_of_metric_names() -> None:
     assert "ray_vllm_time_to_first_token_seconds_bucket" in metrics.SAMPLES
     assert metrics.family_names() == sorted(kinds)
     # What the cluster side derives from the sample names it is given: the same families.
-    assert {collector.family_of(name) for name in metrics.SAMPLES} == set(kinds)
+    # A gauge named like a counter (ray_node_mem_total) is found by its own name.
+    derived = {collector.family_of(name) for name in metrics.SAMPLES} | metrics.SAMPLES
+    assert set(kinds) <= derived
     assert "model_name" in metrics.DROP_LABELS and "ReplicaId" not in metrics.DROP_LABELS
 
 
@@ -471,3 +473,83 @@ def test_the_cluster_scrape_refuses_without_a_session() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert "refused:" in out and "no open Ray session" in out, out
+
+
+GPU_NODE = """\
+# TYPE ray_node_cpu_utilization gauge
+ray_node_cpu_utilization{ip="10.0.0.7",SessionName="s",IsHeadNode="false"} 40.0
+ray_node_cpu_utilization{ip="10.0.0.9",SessionName="s",IsHeadNode="false"} 3.0
+# TYPE ray_node_cpu_count gauge
+ray_node_cpu_count{ip="10.0.0.7"} 8.0
+# TYPE ray_node_mem_used gauge
+ray_node_mem_used{ip="10.0.0.7"} 17179869184.0
+# TYPE ray_node_mem_total gauge
+ray_node_mem_total{ip="10.0.0.7"} 34359738368.0
+# TYPE ray_node_gpus_utilization gauge
+ray_node_gpus_utilization{ip="10.0.0.7",GpuIndex="0",GpuDeviceName="NVIDIA L4",GpuUuid="u0"} 90.0
+ray_node_gpus_utilization{ip="10.0.0.7",GpuIndex="1",GpuDeviceName="NVIDIA L4",GpuUuid="u1"} 70.0
+# TYPE ray_node_gram_used gauge
+ray_node_gram_used{ip="10.0.0.7",GpuIndex="0",GpuDeviceName="NVIDIA L4",GpuUuid="u0"} 8589934592.0
+ray_node_gram_used{ip="10.0.0.7",GpuIndex="1",GpuDeviceName="NVIDIA L4",GpuUuid="u1"} 8589934592.0
+# TYPE ray_node_gram_available gauge
+ray_node_gram_available{ip="10.0.0.7",GpuIndex="0",GpuUuid="u0"} 17179869184.0
+ray_node_gram_available{ip="10.0.0.7",GpuIndex="1",GpuUuid="u1"} 17179869184.0
+"""
+
+
+def test_the_nodes_of_the_apps_replicas_and_their_gpus() -> None:
+    """Ray's node gauges of a GPU node (no GPU here, so a text in Ray's format): only the
+    nodes the app's replicas run on are kept, a node's GPUs are averaged and summed, and a
+    node without GPUs has none (absent, not zero)."""
+    rows = collector.compact([GPU_NODE], APP, {"r1"}, metrics.SAMPLES, metrics.DROP_LABELS,
+                             node_ips={"10.0.0.7"})
+    assert {r[1]["ip"] for r in rows} == {"10.0.0.7"}  # the other node runs none of the app's
+    assert all("GpuUuid" not in r[1] and "SessionName" not in r[1] for r in rows)
+    payload = Payload(app=APP, time=1.0, found=True, errors={}, samples=rows, deployments={
+        "LLMServer:tiny": DeploymentInfo(ingress=False, target=1, replicas={"r1": "RUNNING"},
+                                         nodes=["10.0.0.7"])})
+    node = MetricsWindow(APP).update(Scrape.from_payload(payload)).health.nodes["10.0.0.7"]
+    assert (node.cpu_pct, node.cpus, node.gpu_pct) == (40.0, 8.0, 80.0)
+    assert (node.mem_used, node.mem_total) == (2**34, 2**35)
+    assert (node.gpu_mem_used, node.gpu_mem_total) == (2**34, 3 * 2**34)
+    cpu_only = "\n".join(line for line in GPU_NODE.splitlines()
+                         if "gpus_" not in line and "gram_" not in line) + "\n"
+    rows = collector.compact([cpu_only], APP, {"r1"}, metrics.SAMPLES, metrics.DROP_LABELS,
+                             node_ips={"10.0.0.7"})
+    node = MetricsWindow(APP).update(Scrape.from_payload({**payload, "samples": rows})) \
+        .health.nodes["10.0.0.7"]
+    assert node.cpu_pct == 40.0 and (node.gpu_pct, node.gpu_mem_used) == (None, None)
+    assert "GPU" not in str(node)
+
+
+LATENCY = Path(__file__).parent / "fixtures" / "latency"
+
+
+def test_where_the_time_went_and_the_engines_health_under_a_real_load() -> None:
+    """tests/fixtures/latency (``scripts/capture_metrics.py --load-only``): the local head
+    under 16 concurrent 200-token completions, every family of the table in its raw text."""
+    index = json.loads((LATENCY / "index.json").read_text())
+    entries = [cast(Recorded, dict(e, nodes={n: (LATENCY / f).read_text()
+                                             for n, f in e["nodes"].items()})) for e in index]
+    samples = parse(text(entries[-1]))
+    # The engine took nbserve's finer bounds for its request phases, not vLLM's (0.3 s up).
+    bounds = {float(s.labels["le"]) for s in samples
+              if s.name == "ray_vllm_request_queue_time_seconds_bucket"}
+    assert min(bounds) == 0.001 and 0.3 not in bounds
+    assert any(s.name == "ray_serve_http_request_latency_ms_bucket" for s in samples)
+    snaps = run(entries)
+    assert not snaps[0].latency.measured  # idle: nothing measured yet
+    timed = [s for s in snaps if all(s.latency[p].p50 is not None for p in PHASES)]
+    assert timed, [str(s.latency) for s in snaps]
+    latency = timed[-1].latency
+    for phase in ("queue", "prefill", "decode", "e2e"):
+        p = latency[phase]
+        assert p.p50 is not None and p.p95 is not None and 0 <= p.p50 <= p.p95, (phase, p)
+    # Serve saw each request whole: at least the engine's time, at most a little more.
+    assert latency["serve"].p50 is not None and latency["serve"].p50 >= 0
+    assert latency["decode"].p50 <= latency["e2e"].p95  # type: ignore[operator]
+    health = timed[-1].health
+    assert health.prefix_cache_hit_rate is not None and 0 <= health.prefix_cache_hit_rate <= 1
+    assert health.preemptions_per_s is not None
+    (node,) = health.nodes.values()
+    assert node.cpus and node.mem_total and node.gpu_pct is None

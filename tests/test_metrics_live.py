@@ -16,6 +16,7 @@ from promserver import require_prometheus, running_prometheus
 import nbserve
 from nbserve.local import LocalHead
 from nbserve.metrics import Snapshot
+from nbserve.snapshot import PHASES
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,15 @@ def test_metrics_under_load(local_head: LocalHead, tiny_app: nbserve.App) -> Non
 
         def moved(points: list[Snapshot]) -> bool:
             return any(s.tokens_per_s for s in points) and any(
-                s.kv_cache_usage and max(s.kv_cache_usage.values()) > 0 for s in points)
+                s.kv_cache_usage and max(s.kv_cache_usage.values()) > 0 for s in points) \
+                and any(timed(s) for s in points) and any(checked(s) for s in points)
+
+        def checked(snap: Snapshot) -> bool:  # the engine's health, and its node's
+            return snap.health.prefix_cache_hit_rate is not None and bool(snap.health.nodes)
+
+        def timed(snap: Snapshot) -> bool:  # every phase of the breakdown has a value
+            return all(snap.latency[p].p50 is not None and snap.latency[p].p95 is not None
+                       for p in PHASES)
 
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and not failures:
@@ -68,6 +77,24 @@ def test_metrics_under_load(local_head: LocalHead, tiny_app: nbserve.App) -> Non
         assert any(s.requests_running > 0 for s in snaps)
         assert all(len(s.kv_cache_usage) <= 1 for s in snaps)  # this app's replica only
         assert app.name in snaps[-1]._repr_html_()
+        # Where the requests' time went: Serve, the engine's queue, prefill, decode, the whole.
+        latency = next(s.latency for s in reversed(snaps) if timed(s))
+        assert all(0 <= p.p50 <= p.p95 for phase, p in latency.items()  # type: ignore[operator]
+                   if phase != "serve"), latency  # serve's is a difference of percentiles
+        assert latency["serve"].p50 >= 0 and latency["serve"].p95 >= 0  # type: ignore[operator]
+        assert latency["prefill"].p50 <= latency["e2e"].p95  # type: ignore[operator]
+        assert "decode p50 / p95" in snaps[-1]._repr_html_()
+        assert any(timed(s) for s in prom), [s.latency for s in prom]
+        # The engine's health: its prefix cache was asked (a short prompt fills no cache
+        # block, so its hits may be 0), its preemption counter read, its node's use.
+        health = next(s.health for s in reversed(snaps) if checked(s))
+        assert 0 <= health.prefix_cache_hit_rate <= 1, health  # type: ignore[operator]
+        assert health.preemptions_per_s is not None and health.preemptions_per_s >= 0, health
+        (node,) = health.nodes.values()  # the one node the replica runs on
+        assert 0 <= node.cpu_pct <= 100 and node.cpus >= 1, node  # type: ignore[operator]
+        assert 0 < node.mem_used < node.mem_total, node  # type: ignore[operator]
+        assert node.gpu_pct is None and node.gpu_mem_used is None  # no GPU: absent, not 0
+        assert "prefix-cache hits" in snaps[-1]._repr_html_()
         # The same load through Prometheus: the same replica, rates from its scrapes.
         assert any(s.tokens_per_s is not None and s.tokens_per_s > 0 for s in prom), prom
         assert any(max(s.kv_cache_usage.values(), default=0) > 0 for s in prom), prom

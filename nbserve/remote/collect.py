@@ -36,6 +36,7 @@ class DeploymentInfo(TypedDict):
     ingress: bool  # whether it is the app's ingress deployment
     target: int | None  # the replicas Serve aims for
     replicas: dict[str, str]  # replica id -> state (RUNNING, STARTING, ...)
+    nodes: NotRequired[list[str]]  # the IP addresses of the nodes its replicas run on
 
 
 class Payload(TypedDict):
@@ -76,7 +77,9 @@ def collect(app: str, samples: Collection[str], drop_labels: Collection[str],
 
     deployments = serve_replicas(app)
     replica_ids = {rid for dep in (deployments or {}).values() for rid in dep["replicas"]}
-    families = frozenset(family_of(name) for name in samples)
+    node_ips = {ip for dep in (deployments or {}).values() for ip in dep.get("nodes", ())}
+    # A gauge may end like a counter (ray_node_mem_total): keep the name itself too.
+    families = frozenset(samples) | frozenset(family_of(name) for name in samples)
     targets = [
         f"{node['NodeManagerAddress']}:{node['MetricsExportPort']}"
         for node in ray.nodes() if node.get("Alive") and node.get("MetricsExportPort")
@@ -96,7 +99,8 @@ def collect(app: str, samples: Collection[str], drop_labels: Collection[str],
     if raw:
         payload["nodes"] = nodes
     else:
-        payload["samples"] = compact(nodes.values(), app, replica_ids, samples, drop_labels)
+        payload["samples"] = compact(nodes.values(), app, replica_ids, samples, drop_labels,
+                                     node_ips)
     return payload
 
 
@@ -122,6 +126,7 @@ def serve_replicas(app: str) -> dict[str, DeploymentInfo] | None:
                 r["replica_id"]: str(getattr(r["state"], "value", r["state"]))
                 for r in dep.get("replicas") or []
             },
+            nodes=sorted({r["node_ip"] for r in dep.get("replicas") or [] if r.get("node_ip")}),
         )
     return out
 
@@ -184,12 +189,14 @@ def select_families(text: str, families: Iterable[str]) -> str:
 
 
 def compact(texts: Iterable[str], app: str, replica_ids: Iterable[str],
-            samples: Collection[str], drop_labels: Collection[str]) -> list[Row]:
+            samples: Collection[str], drop_labels: Collection[str],
+            node_ips: Iterable[str] = ()) -> list[Row]:
     r"""Parse metrics texts into one app's rows of ``samples``, without ``drop_labels``.
 
-    A series belongs to the app when its ``application`` label is the app (Serve's metrics) or
+    A series belongs to the app when its ``application`` label is the app (Serve's metrics),
     its ``ReplicaId`` is one of the app's replicas (vLLM's engine metrics, which carry the
-    served model name but not the app). Without replica ids (Serve lists none while it
+    served model name but not the app), or its ``ip`` is one of ``node_ips``, the nodes the
+    app's replicas run on (Ray's node metrics). Without replica ids (Serve lists none while it
     redeploys an app) those of the app's own Serve series are used.
 
     Example:
@@ -202,10 +209,12 @@ def compact(texts: Iterable[str], app: str, replica_ids: Iterable[str],
         s.labels["replica"] for s in parsed
         if s.labels.get("application") == app and "replica" in s.labels
     )
-    wanted, dropped = frozenset(samples), frozenset(drop_labels)
+    wanted, dropped, nodes = frozenset(samples), frozenset(drop_labels), frozenset(node_ips)
     return [
         (s.name, {k: v for k, v in s.labels.items() if k not in dropped}, s.value)
         for s in parsed
         if s.name in wanted and (s.labels.get("application") == app
-                                 or s.labels.get("ReplicaId") in ids)
+                                 or s.labels.get("ReplicaId") in ids
+                                 or (s.name.startswith("ray_node_")
+                                     and s.labels.get("ip") in nodes))
     ]
