@@ -217,7 +217,11 @@ def _up(state: Path, num_cpus: int, base: Path | None, timeout: float,
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_path),
         "RAY_USAGE_STATS_ENABLED": "0",
+        # vLLM's engine sockets (ZeroMQ IPC, one per engine start) go under the head's own
+        # folder, private to its user and removed with it, instead of staying in /tmp.
+        "VLLM_RPC_BASE_PATH": os.path.join(temp_dir, "v"),
     }
+    os.mkdir(head_env["VLLM_RPC_BASE_PATH"], 0o700)
     head_env.pop("RAY_AUTH_TOKEN", None)  # the file is the one source of the token
     head_env.pop("RAY_ADDRESS", None)
     log_path = state.parent / "head.log"

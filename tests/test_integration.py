@@ -112,6 +112,9 @@ def test_everything_the_local_head_runs_listens_on_loopback_only(
     sockets = list(Path(local_head.temp_dir).glob("h/*/admin.sock"))
     assert len(sockets) == 1, sockets
     assert (Path(local_head.temp_dir) / "h").stat().st_mode & 0o077 == 0  # only its owner
+    # vLLM's engine sockets live in the head's folder too, not in /tmp, where they outlived it.
+    engine_sockets = [p for p in (Path(local_head.temp_dir) / "v").iterdir() if p.is_socket()]
+    assert engine_sockets, "vLLM's IPC sockets are not under the head's folder"
 
 
 def test_scaling_update_is_in_place(tiny_app: nbserve.App) -> None:
