@@ -40,11 +40,12 @@ COMMAND = ".venv/bin/python -m benchmarks.coldstart"
 # benchmark's app has by default. Each runs on a head of its own.
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {"scaling": {}, "head_env": {}},
+    # Handles and replicas report load at Serve's default interval, every 10 s, instead of
+    # nbserve's every second.
+    "metrics-10s": {"scaling": {"metrics_interval_s": None}, "head_env": {}},
     # Serve LLM's model-download task before each engine start, which nbserve skips for local
     # model paths on the local head (nbserve.serve_callbacks).
     "download-task": {"scaling": {}, "head_env": {"NBSERVE_SERVE_LLM_NODE_INIT": "always"}},
-    # Handles and replicas report load every second instead of every 10 s (Serve's default).
-    "metrics-1s": {"scaling": {"metrics_interval_s": 1}, "head_env": {}},
 }
 # The columns of a round, in the order of the cold start.
 STEPS = ("reaction", *PHASES[1:], "first_token")
@@ -167,7 +168,8 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], command: str,
         scaling, env = r["changes"].get("scaling"), r["changes"].get("head_env")
         if scaling or env:
             lines.append(f"- `{r['variant']}`: " + ", ".join(
-                [f"`Scaling(..., {scaling})`"] * bool(scaling)
+                [f"`Scaling(..., {', '.join(f'{k}={v!r}' for k, v in scaling.items())})`"]
+                * bool(scaling)
                 + [f"head environment `{env}`"] * bool(env)))
     return "\n".join(lines).rstrip() + "\n"
 
