@@ -42,6 +42,7 @@ from .prometheus import Prometheus
 from .snapshot import Latency, Percentiles, Replicas, Snapshot
 from .spec import LLM, Engine, Rollout, Scaling
 from .status import AppStatus, DeploymentStatus, ReplicaInfo
+from .traces import Trace, Traces
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -81,6 +82,8 @@ __all__ = [
     "SecretRef",
     "Snapshot",
     "SpecError",
+    "Trace",
+    "Traces",
     "VersionMismatch",
     "WaitTimeout",
     "WorkerGroup",

@@ -17,6 +17,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -419,9 +420,13 @@ async def _request(session: Any, base: str, model: str, prompt: str,
     # decoding is cheaper per token than sampling, which shows with a small model on CPU.)
     payload = {"model": model, "prompt": prompt, "max_tokens": output_len, "stream": True,
                "ignore_eos": True, "stream_options": {"include_usage": True}}
-    tally = StreamTally(output_len)
+    # Serve takes the client's x-request-id as the request's id, and vLLM keeps it in its
+    # trace span: the record and the span meet by it (``nbserve.traces``).
+    request_id = uuid.uuid4().hex
+    tally = StreamTally(output_len, request_id=request_id)
     try:
-        async with session.post(f"{base}/completions", json=payload) as reply:
+        async with session.post(f"{base}/completions", json=payload,
+                                headers={"x-request-id": request_id}) as reply:
             if reply.status != 200:
                 body = (await reply.read()).decode(errors="replace")[:300]
                 return tally.failed(f"HTTP {reply.status}: {body}")

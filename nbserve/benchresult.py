@@ -20,6 +20,7 @@ from typing import Any
 
 from .errors import SpecError
 from .fmt import html_table, num
+from .traces import Traces, of_records
 
 __all__ = ["PERCENTILES", "BenchResult", "BenchRun", "LoadStats", "RequestRecord", "StreamTally",
            "check_price", "percentile"]
@@ -78,6 +79,7 @@ class RequestRecord:
     started_at: float
     ended_at: float
     error: str = ""
+    request_id: str = ""
 
 
 class StreamTally:
@@ -90,9 +92,10 @@ class StreamTally:
     final usage reports, else the chunks streamed. ``clock`` and ``wall`` are injectable.
     """
 
-    def __init__(self, output_len: int, *, clock: Callable[[], float] = time.perf_counter,
+    def __init__(self, output_len: int, *, request_id: str = "",
+                 clock: Callable[[], float] = time.perf_counter,
                  wall: Callable[[], float] = time.time) -> None:
-        self.output_len = output_len
+        self.output_len, self.request_id = output_len, request_id
         self._clock, self._wall = clock, wall
         self._start, self._started_at = clock(), wall()
         self._ttft: float | None = None
@@ -139,7 +142,7 @@ class StreamTally:
         return RequestRecord(ok=False, ttft_s=None, e2e_s=self._clock() - self._start, itl_s=[],
                              output_tokens=output_tokens, input_tokens=0,
                              started_at=self._started_at, ended_at=self._wall(),
-                             error=error[:300])
+                             error=error[:300], request_id=self.request_id)
 
     def record(self) -> RequestRecord:
         """The record of the whole stream, once it ended: good, or failed with the reason."""
@@ -157,7 +160,7 @@ class StreamTally:
         return RequestRecord(
             ok=True, ttft_s=self._ttft, e2e_s=self._last - self._start, itl_s=self._itl,
             output_tokens=tokens, input_tokens=int(self._usage.get("prompt_tokens") or 0),
-            started_at=self._started_at, ended_at=self._wall(),
+            started_at=self._started_at, ended_at=self._wall(), request_id=self.request_id,
         )
 
 
@@ -295,6 +298,21 @@ class BenchResult:
             price_per_hour: what the serving machine (or cluster) costs, in dollars an hour.
         """
         return self.best.cost_per_million_tokens(price_per_hour)
+
+    def traces(self, *, slowest: int = 5, wait_s: float = 10.0) -> Traces:
+        """Where the time of the ``slowest`` successful requests went, phase by phase.
+
+        Each request's engine span (an app deployed with ``LLM(tracing=True)``) joined with
+        this run's record of it (``nbserve.traces``); ``traces[0].figure()`` draws the slowest
+        as a waterfall. Needs the connection to the app's cluster.
+
+        Example:
+            >>> result = app.bench(concurrency=8, num_prompts=32)  # doctest: +SKIP
+            >>> result.traces(slowest=3)[0].figure()               # doctest: +SKIP
+        """
+        good = sorted((r for run in self.runs for r in run.records if r.ok),
+                      key=lambda r: r.e2e_s, reverse=True)
+        return of_records(good[:slowest], wait_s=wait_s)
 
     def rows(self) -> list[dict[str, Any]]:
         """One flat dict per run."""

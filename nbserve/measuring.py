@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import bench, remote
+from . import bench, remote, traces
+from .errors import NbserveError
 from .remote import starts as remote_starts
 from .spec import LLM
 from .starts import ColdStarts
+from .traces import Trace
 
 if TYPE_CHECKING:
     from .bench import BenchResult, LoadRun
@@ -61,6 +63,37 @@ class Measuring:
             {'scheduled': 10.0, 'engine_started': 17.3, 'weights_loaded': 8.0, ...}
         """
         return ColdStarts.from_lines(self.name, remote.call(remote_starts.start_lines, self.name))
+
+    def trace(self: _App, request_id: str, *, wait_s: float = 10.0) -> Trace:
+        """Where one request's time went: its engine span on the cluster, phase by phase.
+
+        ``request_id`` is what the request was sent with as ``x-request-id`` (or what Serve
+        answered in that header). The app must run with ``LLM(tracing=True)``. For the client's
+        side too (sent, first token, last byte), trace bench or load requests:
+        ``result.traces()``.
+
+        Raises:
+            NbserveError: the app does not trace, or no engine span of the request arrived
+                within ``wait_s`` seconds.
+
+        Example:
+            >>> reply = app.openai().completions.with_raw_response.create(
+            ...     model=app.model, prompt="Hi", max_tokens=16,
+            ...     extra_headers={"x-request-id": "my-request-1"})  # doctest: +SKIP
+            >>> app.trace("my-request-1").figure()                  # doctest: +SKIP
+        """
+        if self.spec is not None and not self.spec.tracing:
+            raise NbserveError(f"app {self.name!r} runs without tracing; app.update("
+                               "tracing=True) turns it on (a rolling restart of its replicas)")
+        spans = [s for s in traces.fetch([request_id], wait_s=wait_s)
+                 if not s.get("replica") or s["replica"].startswith(f"{self.name}#")]
+        found = traces.from_spans(request_id, spans)
+        if found is None:
+            raise NbserveError(
+                f"no engine span of request {request_id!r} on app {self.name!r} arrived within "
+                f"{wait_s:.0f} s: send it with the header x-request-id: {request_id} (vLLM keeps "
+                "the spans of requests that finished; a receiver keeps the newest 20,000)")
+        return found
 
     def load(self: _App, *, concurrency: int | None = None, duration_s: float | None = None,
              ramp: Sequence[tuple[float, int]] | None = None, max_tokens: int = 128,

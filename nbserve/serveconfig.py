@@ -40,6 +40,8 @@ def llm_config(spec: LLM) -> dict[str, Any]:
     engine: dict[str, Any] = {}
     if spec.log_engine_metrics:  # finer request-phase buckets for Snapshot.latency
         engine["custom_histogram_buckets"] = {"request_latency": list(defaults.PHASE_BUCKETS_S)}
+    if spec.tracing:  # pointed at the cluster's own receivers when deployed (remote.traces)
+        engine["otlp_traces_endpoint"] = defaults.TRACES_ENDPOINT
     engine |= spec.engine.args
     if spec.engine.max_model_len is not None:
         engine["max_model_len"] = spec.engine.max_model_len
@@ -54,6 +56,8 @@ def llm_config(spec: LLM) -> dict[str, Any]:
         "log_engine_metrics": spec.log_engine_metrics,
     }
     env = dict(spec.env)
+    if spec.tracing:  # the engines' span exporter sends every second, not every five
+        env = {"OTEL_BSP_SCHEDULE_DELAY": "1000", **env}
     if spec.accelerator is not None:
         config["accelerator_type"] = spec.accelerator
     else:

@@ -284,6 +284,11 @@ class LLM(BaseModel):
     log_engine_metrics: bool = Field(
         True, description="Export vLLM's metrics (KV cache, tokens, latency) to Ray's metrics."
     )
+    tracing: bool = Field(
+        False, description="Have vLLM send an OpenTelemetry span per request to receivers "
+        "nbserve runs on the cluster, for app.trace() and result.traces() (BENCHMARKS.md "
+        "gives what it costs)."
+    )
 
     def __init__(self, model: str | None = None, /, **data: Any) -> None:
         """Build a spec; ``model`` may be given by position."""
@@ -316,6 +321,13 @@ class LLM(BaseModel):
                 f"tensor_parallel_size={self.engine.tensor_parallel_size} needs GPUs; set "
                 "accelerator= (e.g. 'L4') or keep tensor_parallel_size=1 on CPU"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tracing_needs_stats(self) -> LLM:
+        if self.tracing and not self.log_engine_metrics:
+            raise ValueError("tracing=True needs log_engine_metrics=True (vLLM times a "
+                             "request's phases only when it keeps statistics)")
         return self
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -192,7 +193,8 @@ def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
         with tiny_app.load(concurrency=2, duration_s=900, max_tokens=200) as run:
             nbserve.wait.poll_until(lambda: run.stats().completed, lambda n: n >= 2,
                                     timeout=120, what="load on the app")
-            tiny_app.update(max_model_len=256, progress=False)
+            # The new engine also traces its requests (an engine setting like the other).
+            tiny_app.update(max_model_len=256, tracing=True, progress=False)
             assert tiny_app.last_update == "rolling restart"
             served = run.stats().completed
             nbserve.wait.poll_until(lambda: run.stats().completed, lambda n: n >= served + 2,
@@ -206,10 +208,36 @@ def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
         # refused.
         with pytest.raises(Exception, match="(?i)max|length|context|token"):
             tiny_app.complete("word " * 300, max_tokens=8)
+        _requests_are_traced_through_the_cluster(tiny_app)
     finally:
         # The shared app goes back to its spec: later tests (the KubeRay runbook) deploy
         # exactly that spec again, and deploy() refuses a name that runs something else.
-        tiny_app.update(max_model_len=original, progress=False)
+        tiny_app.update(max_model_len=original, tracing=False, progress=False)
+    with pytest.raises(nbserve.NbserveError, match="tracing=True"):
+        tiny_app.trace("any")
+
+
+def _requests_are_traced_through_the_cluster(app: nbserve.App) -> None:
+    """Bench requests and one of the user's own, each joined with the engine's span."""
+    result = app.bench(concurrency=2, num_prompts=4, input_len=16, output_len=16,
+                       progress=False)
+    found = result.traces(slowest=2)
+    assert len(found) == 2 and not found.missing, found
+    for trace in found:
+        assert set(trace.phases) == set(nbserve.traces.PHASES), trace.phases
+        assert all(d >= 0 for d in trace.durations().values()), trace.durations()
+        assert trace.durations()["decode"] > 0 and trace.tokens == 16
+        assert trace.replica.startswith("tiny#LLMServer:tiny#") and trace.node
+        # one clock: the engine's part lies within what the client saw
+        client = trace.phases["client"]
+        assert client[0] <= trace.phases["queue"][0] <= trace.phases["decode"][1] <= client[1]
+    assert found[0].total_s >= found[1].total_s
+    rid = f"own-{uuid.uuid4().hex}"
+    app.openai().completions.create(model="tiny", prompt="x", max_tokens=4,
+                                    extra_headers={"x-request-id": rid})
+    own = app.trace(rid)
+    assert own.request_id == rid and own.tokens == 4
+    assert set(own.phases) == {"engine_input", "queue", "prefill", "decode"}
 
 
 DRIVER_WITHOUT_VLLM = textwrap.dedent(

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("specs", {"spec", "accelerators", "serveconfig", "clusterspec", "manifests", "tinymodel"}),
     ("remote", {"remote"}),
     ("observe", {"families", "metrics", "sources", "snapshot", "prometheus", "dashboard", "bench",
-                 "benchresult", "benchprompts", "starts", "measuring"}),
+                 "benchresult", "benchprompts", "starts", "measuring", "traces"}),
     ("session", {"cluster", "session", "app", "status"}),
     ("backends", {"local", "kube"}),
     ("root", {"connect", "__init__", "cli"}),
@@ -38,6 +38,9 @@ BACKENDS = {"local", "kube"}
 # ``remote.call`` (run in the kernel, never shipped), may raise nbserve's ConnectionFailed.
 REMOTE_THIRD_PARTY = {"ray", "prometheus_client"}
 REMOTE_ENTRY_MAY_IMPORT = {("remote", "errors")}
+# The trace receivers, only inside their functions: gRPC (a Ray dependency) and the OTLP
+# protobufs (a dependency of vLLM's tracing), on every node that traces.
+REMOTE_TRACES_MAY_IMPORT = {"grpc", "opentelemetry"}
 MAX_LINES = 450
 
 
@@ -180,8 +183,10 @@ def test_the_cluster_side_imports_only_what_a_ray_image_has() -> None:
     for name, path in modules().items():
         if name.split(".")[0] != "remote":
             continue
-        for dep, line, _ in imports(path, name):
+        for dep, line, nested in imports(path, name):
             if dep.startswith(":"):
+                if name == "remote.traces" and nested and dep[1:] in REMOTE_TRACES_MAY_IMPORT:
+                    continue
                 if dep[1:] not in allowed and dep[1:] != "__future__":
                     wrong.append(f"nbserve/{name} line {line} imports {dep[1:]}")
             elif dep.split(".")[0] != "remote" and (name, dep) not in REMOTE_ENTRY_MAY_IMPORT:
@@ -212,3 +217,10 @@ def test_nbserve_modules_are_imported_at_module_level() -> None:
             for dep, line, in_function in imports(path, name)
             if in_function and not dep.startswith(":")]
     assert not late, "\n".join(late)
+
+
+def test_the_rendered_traces_endpoint_is_the_one_the_cluster_side_rewrites() -> None:
+    from nbserve import defaults
+    from nbserve.remote import traces
+
+    assert defaults.TRACES_ENDPOINT == traces.RENDERED_ENDPOINT

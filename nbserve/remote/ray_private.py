@@ -13,7 +13,7 @@ from typing import Any
 __all__ = [
     "auth_headers", "direct_streaming", "forget_serve_client", "gcs_address", "kv_delete",
     "kv_get", "kv_keys", "kv_put", "kv_put_new", "reset_auth_token_cache", "serve_client",
-    "start_serve",
+    "session_dir", "start_serve",
 ]
 
 
@@ -129,3 +129,13 @@ def reset_auth_token_cache() -> None:
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
+
+
+def session_dir() -> str:
+    """This node's folder of the Ray session (``<temp dir>/session_<name>``).
+
+    The session's name is the cluster's, so nodes that share a temp dir share the path.
+    """
+    import ray._private.worker
+
+    return str(ray._private.worker.global_worker.node.get_session_dir_path())

@@ -24,6 +24,7 @@ from .ray_private import (
     serve_client,
     start_serve,
 )
+from .traces import for_this_cluster
 
 KV_NAMESPACE = b"nbserve"
 KV_PREFIX = "app/"
@@ -95,6 +96,7 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
     if lacking:
         return _refused("unschedulable", lacking)
     name = app["name"]
+    traced = for_this_cluster(app)  # receivers up before any replica exports to them
     client = start_serve(http)
     with app_set_lock():
         details = client.get_serve_details()
@@ -116,7 +118,7 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
                                 "another route_prefix= (or another name, the default prefix)")
         keep = {other: a["deployed_app_config"] for other, a in running.items()
                 if a.get("deployed_app_config") and other != name}
-        applied = _on_this_node(app) if fixed_nodes else app
+        applied = _on_this_node(traced) if fixed_nodes else traced
         if router and direct_streaming():
             applied = {**applied, "deployments": [*app.get("deployments", []), router]}
         config: dict[str, Any] = {"applications": [*keep.values(), applied]}

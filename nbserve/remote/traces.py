@@ -1,0 +1,192 @@
+"""Request traces, kept on the cluster: one OTLP receiver per node, on a Unix socket.
+
+An app deployed with ``LLM(tracing=True)`` has vLLM export one OpenTelemetry span per request
+(``llm_request``: arrival to finish, with the time in queue, prefill and decode, the request id
+and the trace context the client sent) to ``otlp_traces_endpoint``. nbserve points that at a
+Unix socket in the Ray session's ``sockets`` folder of the replica's own node, where a
+detached ``Receiver`` actor (one per node, no CPU) keeps the newest spans in memory. Nothing
+listens on a network port and nothing on the cluster connects to the notebook: the notebook
+asks the receivers over the Ray connection it has (``find``).
+
+The receivers need ``grpcio`` (a Ray dependency) and ``opentelemetry-proto`` (a dependency
+of vLLM's tracing): both are on every node that can trace, so they are imported there only.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import threading
+from typing import Any, TypedDict
+
+from .ray_private import gcs_address, session_dir
+
+# What ``serveconfig`` renders for a traced app: Ray's default session path (KubeRay's). The
+# deploy rewrites it to this cluster's session (``for_this_cluster``).
+RENDERED_ENDPOINT = "unix:///tmp/ray/session_latest/sockets/nbserve-otlp"
+SOCKET = os.path.join("sockets", "nbserve-otlp")
+# Versioned by what the receivers keep and answer: change it with the Receiver's methods.
+ACTOR_PREFIX = "nbserve-traces-v1-"
+NAMESPACE = "nbserve"
+CAPACITY = 20_000  # spans kept per node, the newest
+
+
+class Span(TypedDict):
+    """One span as the receiver keeps it: ids in hex, times in epoch seconds."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str
+    name: str
+    start: float
+    end: float
+    attributes: dict[str, Any]
+    pid: int
+    node_id: str
+    node: str
+    replica: str
+
+
+class Receiver:
+    """An OTLP/gRPC trace receiver on a Unix socket that keeps the newest spans in memory."""
+
+    def __init__(self, path: str, node_id: str, node: str, capacity: int = CAPACITY) -> None:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import (
+            trace_service_pb2,
+            trace_service_pb2_grpc,
+        )
+
+        self.path, self.node_id, self.node = path, node_id, node
+        self._spans: collections.deque[Span] = collections.deque(maxlen=capacity)
+        self._lock = threading.Lock()
+        keep = self._keep
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
+                keep(request)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by a receiver of this session that died
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self._server)
+        self._server.add_insecure_port("unix:" + path)
+        self._server.start()
+        os.chmod(path, 0o600)
+
+    def _keep(self, request: Any) -> None:
+        spans = []
+        for resource_spans in request.resource_spans:
+            resource = _attributes(resource_spans.resource.attributes)
+            pid = int(resource.get("vllm.process_id") or resource.get("process.pid") or 0)
+            for scope in resource_spans.scope_spans:
+                for span in scope.spans:
+                    spans.append(Span(
+                        trace_id=span.trace_id.hex(), span_id=span.span_id.hex(),
+                        parent_id=span.parent_span_id.hex(), name=span.name,
+                        start=span.start_time_unix_nano / 1e9,
+                        end=span.end_time_unix_nano / 1e9,
+                        attributes=_attributes(span.attributes), pid=pid,
+                        node_id=self.node_id, node=self.node, replica=""))
+        with self._lock:
+            self._spans.extend(spans)
+
+    def ready(self) -> str:
+        """The socket's path, once the receiver listens on it."""
+        return self.path
+
+    def spans(self, trace_ids: list[str], request_ids: list[str]) -> list[Span]:
+        """The kept spans of these traces, or whose request id contains one of these."""
+        traces = set(trace_ids)
+        with self._lock:
+            kept = list(self._spans)
+        # vLLM's request id is the client's x-request-id with a prefix and a suffix
+        return [s for s in kept if s["trace_id"] in traces or any(
+            rid in str(s["attributes"].get("gen_ai.request.id", "")) for rid in request_ids)]
+
+    def count(self) -> int:
+        """Spans kept."""
+        with self._lock:
+            return len(self._spans)
+
+
+def _attributes(pairs: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in pairs:
+        kind = kv.value.WhichOneof("value")
+        if kind in ("string_value", "int_value", "double_value", "bool_value"):
+            out[kv.key] = getattr(kv.value, kind)
+    return out
+
+
+def endpoint() -> str:
+    """The OTLP endpoint replicas of this cluster export to (same path on every node)."""
+    return "unix://" + os.path.join(session_dir(), SOCKET)
+
+
+def for_this_cluster(app: dict[str, Any]) -> dict[str, Any]:
+    """``app`` with its traced engines pointed at this cluster's receivers, started if needed.
+
+    Example:
+        >>> for_this_cluster({"args": {"llm_configs": [{"engine_kwargs": {}}]}})["args"]
+        {'llm_configs': [{'engine_kwargs': {}}]}
+    """
+    configs = (app.get("args") or {}).get("llm_configs") or []
+    if not any((c.get("engine_kwargs") or {}).get("otlp_traces_endpoint") == RENDERED_ENDPOINT
+               for c in configs):
+        return app
+    ensure_receivers()
+    here = endpoint()
+    configs = [c if (c.get("engine_kwargs") or {}).get("otlp_traces_endpoint")
+               != RENDERED_ENDPOINT
+               else {**c, "engine_kwargs": {**c["engine_kwargs"], "otlp_traces_endpoint": here}}
+               for c in configs]
+    return {**app, "args": {**app["args"], "llm_configs": configs}}
+
+
+def ensure_receivers(timeout: float = 60.0) -> list[Any]:
+    """A receiver on every alive node (started where there is none yet), ready."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    path = os.path.join(session_dir(), SOCKET)
+    handles = []
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        actor = ray.remote(Receiver).options(
+            name=ACTOR_PREFIX + node["NodeID"], namespace=NAMESPACE, lifetime="detached",
+            get_if_exists=True, num_cpus=0, max_concurrency=4,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+        ).remote(path, node["NodeID"], node["NodeManagerAddress"])
+        handles.append(actor)
+    ray.get([h.ready.remote() for h in handles], timeout=timeout)
+    return handles
+
+
+def find(trace_ids: list[str], request_ids: list[str]) -> list[Span]:
+    """The spans of these traces (or request ids) from every node's receiver, with replicas.
+
+    A span's ``replica`` is the Serve replica whose process exported it (vLLM's engine runs
+    in the replica's process).
+    """
+    import ray
+    from ray.util.state import list_actors
+
+    found: list[Span] = []
+    for spans in ray.get([h.spans.remote(trace_ids, request_ids)
+                          for h in ensure_receivers()]):
+        found.extend(spans)
+    if found:
+        names = {(a.node_id, a.pid): (a.name or "").removeprefix("SERVE_REPLICA::")
+                 for a in list_actors(address=gcs_address(), detail=True, limit=10_000,
+                                      filters=[("ray_namespace", "=", "serve")],
+                                      raise_on_missing_output=False)}
+        for span in found:
+            span["replica"] = names.get((span["node_id"], span["pid"]), "")
+    return found
