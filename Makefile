@@ -1,5 +1,5 @@
 # The two commands of the README's quickstart, and a few more.
-.PHONY: demo test test-unit lint setup clean bench bench-quick faults faults-quick coldstart
+.PHONY: demo test test-unit lint setup clean bench bench-quick faults faults-quick coldstart tracing
 
 setup:
 	@bash scripts/setup.sh
@@ -41,6 +41,11 @@ faults-quick: setup
 ## model-download task nbserve skips for local paths: writes COLDSTART.md (about 15 min).
 coldstart: setup
 	.venv/bin/python -m benchmarks.coldstart
+
+## Raw vLLM at its best here beside nbserve, each plain and traced: the targets, what tracing
+## costs and each request's phases side by side; writes TRACING.md (about 10 min).
+tracing: setup
+	.venv/bin/python -m benchmarks.tracing
 
 lint: setup
 	.venv/bin/ruff check nbserve tests scripts benchmarks

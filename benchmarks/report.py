@@ -149,6 +149,7 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
             lines.append(f"| {LABELS[path]} | " + " | ".join(cells) + " |")
     lines += agreement(results, opts)
     lines += control_plane(results, info)
+    lines += tracing_section(ROOT / "TRACING.md")
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     load = ", ".join(f"{x:.2f}" for x in info["load_avg_start"])
     lines += [
@@ -184,6 +185,21 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
         "",
     ]
     return "\n".join(lines)
+
+
+def tracing_section(path: Path) -> list[str]:
+    """``TRACING.md`` (``python -m benchmarks.tracing``, a run of its own) as a section here.
+
+    It compares nbserve with the best raw vLLM phase by phase and gives what tracing costs;
+    its figures compare with each other, not with this report's (another run).
+    """
+    if not path.is_file():
+        return []
+    text = path.read_text().strip().splitlines()
+    body = [("#" + line) if line.startswith("#") else line for line in text]
+    return ["", *body[:1], "", "From `python -m benchmarks.tracing`, a run of its own "
+            "(`TRACING.md` and its JSON): compare its figures with each other only.",
+            *body[1:]]
 
 
 def control_plane(results: dict[str, Any], info: dict[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ from .serveconfig import (
     app_record,
     deployment_override,
     engine_version,
+    exported_app,
     llm_deployment_name,
     router_override,
     serve_app,
@@ -412,7 +413,7 @@ class App(Measuring):
             raise NbserveError(
                 f"app {self.name!r} was not deployed by nbserve, so its spec is unknown"
             )
-        return render_rayservice(cluster, [serve_app(self.spec, self.name, self.route_prefix)],
+        return render_rayservice(cluster, [exported_app(self.spec, self.name, self.route_prefix)],
                                  name=name, secrets=self.spec.secrets)
 
     # --- display ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from . import cluster as cluster_mod
 from .clusterspec import ClusterSpec, WorkerGroup
 from .errors import LocalClusterError, NbserveError, SpecError
 from .manifests import render_rayservice, to_yaml
-from .serveconfig import serve_app
+from .serveconfig import exported_app
 from .spec import LLM, check_app_name
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -257,7 +257,7 @@ def _render(args: argparse.Namespace) -> int:
                    max_replicas=args.max_replicas, max_model_len=args.max_model_len,
                    tensor_parallel_size=args.gpus_per_worker)
         app = check_app_name(args.app or args.name)
-        manifest = render_rayservice(cluster, [serve_app(spec, app)], name=args.name)
+        manifest = render_rayservice(cluster, [exported_app(spec, app)], name=args.name)
     sys.stdout.write(to_yaml(manifest))
     return 0
 

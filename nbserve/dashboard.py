@@ -33,6 +33,8 @@ __all__ = ["AppControls", "Dashboard", "DashboardReport", "DashboardState", "Wat
 SERIES = (("tokens_per_s", "tokens/s"), ("kv_cache_pct", "KV cache %"), ("queue", "queue"),
           ("replicas", "replicas (▲ starting)"))
 INTERVALS = (1.0, 2.0, 5.0, 10.0)  # the refresh intervals offered, seconds
+KV_REPLICA = "kv:"  # series of one replica's KV cache: "kv:<replica id>"
+KV_LINES = 16  # replicas in a window beyond which their KV lines would only clutter
 
 
 class WatchedApp(Protocol):
@@ -106,7 +108,17 @@ class DashboardState:
             "replicas": (times, [p.replicas.running for p in points]),
             # A replica start on the timeline: a mark at each refresh that saw one starting.
             "starting": (times, [p.replicas.starting or None for p in points]),
+            # Each replica's KV cache over the window (gaps where it did not run), for up to
+            # KV_LINES replicas; the max above is the app's line.
+            **{f"{KV_REPLICA}{r}": (times, [
+                None if (u := p.kv_cache_usage.get(r)) is None else 100 * u for p in points])
+               for r in self.replicas_seen(app)},
         }
+
+    def replicas_seen(self, app: str) -> list[str]:
+        """The replicas with a KV-cache figure in the recorded window (up to ``KV_LINES``)."""
+        seen = sorted({r for p in self.snapshots.get(app, ()) for r in p.kv_cache_usage})
+        return seen if len(seen) <= KV_LINES else []
 
 
 class DashboardReport:
@@ -332,10 +344,14 @@ class Dashboard:
             if key not in bars:
                 bar.close()
         self._bar_of = bars
+        traces = _traces(self.state)
+        if [_label(*key) for key, _ in traces] != [t.name for t in self.fig.data]:
+            # a replica came or went: its KV line too
+            self.fig = _figure(self.state)
+        series = {app: self.state.series(app) for app in self.state.apps}
         with self.fig.batch_update():
-            for i, (key, _) in enumerate(_traces(self.state)):
-                app_name, metric = key
-                times, values = self.state.series(app_name)[metric]
+            for i, ((app_name, metric), _) in enumerate(traces):
+                times, values = series[app_name][metric]
                 self.fig.data[i].x = [time.strftime("%H:%M:%S", time.localtime(t))
                                       for t in times]
                 self.fig.data[i].y = values
@@ -357,7 +373,14 @@ def _traces(state: DashboardState) -> list[tuple[tuple[str, str], int]]:
             out.append(((app, metric), row))
         out.append(((app, "running"), 3))
         out.append(((app, "starting"), 4))
+        out += [((app, f"{KV_REPLICA}{r}"), 2) for r in state.replicas_seen(app)]
     return out
+
+
+def _label(app: str, metric: str) -> str:
+    if metric.startswith(KV_REPLICA):
+        return f"{app} KV {metric[len(KV_REPLICA):][-8:]}"
+    return f"{app} {metric.replace('_', ' ')}"
 
 
 def _figure(state: DashboardState) -> Any:
@@ -366,14 +389,17 @@ def _figure(state: DashboardState) -> Any:
 
     fig = make_subplots(rows=len(SERIES), cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=[title for _, title in SERIES])
+    series = {app: state.series(app) for app in state.apps}
     for (app, metric), row in _traces(state):
-        times, values = state.series(app)[metric]
-        label = f"{app} {metric.replace('_', ' ')}"
+        times, values = series[app][metric]
+        replica = metric.startswith(KV_REPLICA)
+        label = _label(app, metric)
         marks = metric == "starting"
         fig.add_trace(go.Scatter(
             x=[time.strftime("%H:%M:%S", time.localtime(t)) for t in times], y=values,
             mode="markers" if marks else "lines", name=label,
-            marker={"symbol": "triangle-up", "size": 9} if marks else None),
+            marker={"symbol": "triangle-up", "size": 9} if marks else None,
+            line={"dash": "dot", "width": 1} if replica else None),
             row=row, col=1)
     fig.update_layout(height=600, margin={"l": 40, "r": 10, "t": 30, "b": 30},
                       legend={"orientation": "h"})

@@ -163,6 +163,19 @@ def app_record(spec: LLM, name: str, route_prefix: str, at: float) -> dict[str, 
             "route_prefix": route_prefix, "deployed_at": at}
 
 
+def exported_app(spec: LLM, name: str, route_prefix: str | None = None) -> dict[str, Any]:
+    """The Serve app of a spec as a manifest for production carries it: without tracing.
+
+    Tracing sends spans to receivers nbserve starts from a notebook; a RayService has none.
+
+    Example:
+        >>> cfg = exported_app(LLM("org/m", tracing=True), "m")["args"]["llm_configs"][0]
+        >>> "otlp_traces_endpoint" in cfg["engine_kwargs"]
+        False
+    """
+    return serve_app(spec.model_copy(update={"tracing": False}), name, route_prefix)
+
+
 def engine_version(app: dict[str, Any]) -> str:
     """Hash the parts of a Serve app config whose change restarts replicas.
 

@@ -234,3 +234,24 @@ def test_state_is_bounded_and_checks_its_arguments() -> None:
         Dashboard([])
     with pytest.raises(nbserve.SpecError, match="needs a scheme"):
         Dashboard([Replay()], prometheus="prometheus:9090", start=False)
+
+
+def test_each_replicas_kv_cache_has_its_line_through_a_rolling_restart() -> None:
+    board = Dashboard([Replay()], interval=0.05, history=len(entries()), start=False)
+    try:
+        for _ in entries():
+            board.refresh()
+        traces = {t.name: t for t in board.fig.data}
+        old, new = traces["tiny KV 6t111jhk"], traces["tiny KV dw5ulf8q"]
+        assert old.yaxis == new.yaxis == traces["tiny kv cache pct"].yaxis == "y2"
+        assert old.y[1] is not None and old.y[-1] is None  # gone after the restart
+        assert new.y[1] is None and new.y[-1] is not None
+        snap = board.state.latest("tiny")
+        assert snap is not None
+        assert new.y[-1] == pytest.approx(100 * snap.kv_cache_usage[next(
+            r for r in snap.kv_cache_usage if r.endswith("dw5ulf8q"))])
+        # the static report draws the same lines
+        assert {t.name for t in board.report().figure().data} == set(traces)
+    finally:
+        board.stop()
+        board.widget.close()

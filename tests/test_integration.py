@@ -430,3 +430,23 @@ def test_dashboard_notebook_runs_under_papermill(cluster: nbserve.Cluster) -> No
     text = json.dumps(nb)
     assert "js-plotly-plot" in text or "plotly" in text  # the static report stayed in the output
     assert "peak" in text and "tokens/s" in text
+
+
+def test_observability_notebook_breaks_down_and_traces(cluster: nbserve.Cluster,
+                                                       tmp_path: Path) -> None:
+    summary = tmp_path / "summary.json"
+    try:
+        run_notebook("05_observability.ipynb", app_name="nb-observability", load_seconds=25,
+                     concurrency=8, max_tokens=64, bench_prompts=16, slowest=3,
+                     summary_path=str(summary))
+    finally:
+        if "nb-observability" in [a.name for a in cluster.apps()]:
+            cluster.app("nb-observability").delete()
+    result = json.loads(summary.read_text())
+    assert set(result["latency_p50_ms"]) == {"serve", "queue", "prefill", "decode", "e2e"}
+    assert result["latency_p50_ms"]["decode"] > 0 and result["nodes"] == 1
+    assert 0 <= result["prefix_cache_hit_rate"] <= 1
+    assert result["traces"] == 3 and result["completed"] > 0
+    assert result["slowest_replica"].startswith("nb-observability#LLMServer:tiny#")
+    assert result["slowest_phases_s"]["decode"] > 0
+    assert set(result["own_phases_s"]) == {"engine_input", "queue", "prefill", "decode"}
