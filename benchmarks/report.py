@@ -69,7 +69,7 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, Any],
-           command: str, started: str) -> str:
+           command: str, started: str, tracing: Path | None = None) -> str:
     """The Markdown report of one run.
 
     Args:
@@ -79,6 +79,7 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
         info: ``machine()``, plus ``dashboard_refresh`` when it was measured.
         command: the command line that reproduces the run.
         started: when the run started (UTC, as text).
+        tracing: a ``TRACING.md`` to take in as a section (another run's figures).
 
     Returns:
         The report, ending with a newline.
@@ -149,7 +150,7 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
             lines.append(f"| {LABELS[path]} | " + " | ".join(cells) + " |")
     lines += agreement(results, opts)
     lines += control_plane(results, info)
-    lines += tracing_section(ROOT / "TRACING.md")
+    lines += tracing_section(tracing) if tracing is not None else []
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     load = ", ".join(f"{x:.2f}" for x in info["load_avg_start"])
     lines += [
@@ -307,7 +308,7 @@ def save(out: Path, results: dict[str, Any], opts: argparse.Namespace, info: dic
     Returns:
         The report's text and the JSON's path.
     """
-    text = report(results, opts, info, command, started)
+    text = report(results, opts, info, command, started, _tracing_for(out))
     out.write_text(text)
     raw = out.with_suffix(".json")
     raw.write_text(json.dumps({"machine": info, "command": command, "started": started,
@@ -335,4 +336,11 @@ def rerender(raw: Path) -> str:
     command = saved["command"]
     if command.startswith(LEGACY_COMMAND):
         command = COMMAND + command.removeprefix(LEGACY_COMMAND)
-    return report(saved["results"], opts, saved["machine"], command, saved["started"])
+    return report(saved["results"], opts, saved["machine"], command, saved["started"],
+                  _tracing_for(raw.with_suffix(".md")))
+
+
+def _tracing_for(out: Path) -> Path | None:
+    """TRACING.md goes into the project's BENCHMARKS.md only, not into other saved reports."""
+    main = ROOT / "BENCHMARKS.md"
+    return ROOT / "TRACING.md" if out.resolve() == main.resolve() else None

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.tracing                  # 3 rounds, TRACING.md
     .venv/bin/python -m benchmarks.tracing --rounds 1 --num-prompts 32 --output artifacts/T.md
+    .venv/bin/python -m benchmarks.tracing --render TRACING.json   # the report again
 
 Four servers of the demo model run side by side on this machine, so that every figure of the
 report comes from the same run: raw ``vllm serve`` in its best configuration here (the engine
@@ -138,7 +139,9 @@ def render(result: dict[str, Any], info: dict[str, Any], command: str, started: 
         "two apps of one replica, `LLM(tracing=False)` and `LLM(tracing=True)`. Each round "
         f"benches the four in turn with `nbserve bench` ({opts['num_prompts']} requests of 64 "
         f"random tokens in and 128 out, {opts['concurrency']} in flight); one uncounted warm-up "
-        f"round, then the medians of {opts['rounds']} rounds.", "",
+        f"round, then the medians of {opts['rounds']} rounds. All four run at once, so each is "
+        "measured beside the idle others, the Ray head's own processes included (they weigh on "
+        "raw vLLM's figures too; `python -m benchmarks` measures each path alone).", "",
         "| server | output tok/s | TTFT p50 ms | E2E p50 ms | ITL p50 ms | failed |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -178,10 +181,27 @@ def render(result: dict[str, Any], info: dict[str, Any], command: str, started: 
             continue
         lines.append(f"| {phase} | {a['p50']:.1f} | {a['p95']:.1f} | {b['p50']:.1f} | "
                      f"{b['p95']:.1f} | {b['p50'] - a['p50']:+.1f} |")
+    lines += ["", gap(ph["raw-traced"], ph["traced"], med)]
     rounds = "; ".join(f"{name} " + ", ".join(f"{r['output_tokens_per_s']:.0f}" for r in rows)
                        for name, rows in result["rounds"].items())
     lines += ["", f"Rounds (output tok/s): {rounds}."]
     return "\n".join(lines) + "\n"
+
+
+def gap(raw: dict[str, dict[str, float]], nb: dict[str, dict[str, float]],
+        med: dict[str, dict[str, float]]) -> str:
+    """The gap to raw vLLM in words, phase by phase (p50), from the figures above."""
+    diffs = sorted(((nb[p]["p50"] - raw[p]["p50"], p) for p in traces.PHASES[1:]
+                    if p in raw and p in nb), reverse=True)
+    more = ", ".join(f"{p} {d:+.1f} ms" for d, p in diffs if d >= 0.05)
+    less = ", ".join(f"{p} {d:+.1f} ms" for d, p in diffs if d <= -0.05)
+    return (f"Per phase (p50), nbserve's requests spend more time than raw vLLM's in: {more}"
+            f"{'; less in: ' + less if less else ''}. `serve` is Serve's own path (HAProxy, "
+            "the replica's HTTP handling and the router's choice), on the same two cores as the "
+            "engine and Ray's processes; `decode` follows the inter-token latency (ITL p50 "
+            f"{med['plain']['itl_p50_ms']:.2f} ms for nbserve, {med['raw']['itl_p50_ms']:.2f} ms "
+            "raw), the engine's steps slowed by the CPU those processes take, which is also "
+            "where most of the throughput gap comes from.")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -191,12 +211,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--num-prompts", type=int, default=128)
     parser.add_argument("--output", default="TRACING.md")
+    parser.add_argument("--render", metavar="JSON",
+                        help="only write the report again from a run's JSON")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Measure; write the report and its JSON."""
     opts = parse(argv)
+    if opts.render:
+        raw = json.loads(Path(opts.render).read_text())
+        text = render(raw["result"], raw["machine"], raw["command"], raw["started"],
+                      raw["settings"])
+        Path(opts.output).write_text(text)
+        print(text)
+        return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM
     args = sys.argv[1:] if argv is None else argv
     command = " ".join([COMMAND, *map(shlex.quote, args)])

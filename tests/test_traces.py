@@ -117,3 +117,23 @@ def test_a_traced_spec_renders_the_receivers_endpoint_and_a_quick_exporter() -> 
     theirs = {"args": {"llm_configs": [{"engine_kwargs": {
         "otlp_traces_endpoint": "http://collector:4317"}}]}}
     assert for_this_cluster(theirs) is theirs
+
+
+def test_the_tracing_report_renders_targets_cost_and_phases_from_its_json() -> None:
+    import json
+
+    from benchmarks import tracing
+
+    root = Path(__file__).resolve().parent.parent
+    raw = json.loads((root / "TRACING.json").read_text())
+    text = tracing.render(raw["result"], raw["machine"], raw["command"], raw["started"],
+                          raw["settings"])
+    assert text == (root / "TRACING.md").read_text()  # the committed report is this JSON's
+    rounds = raw["result"]["rounds"]
+    ratio = (tracing.statistics.median(r["output_tokens_per_s"] for r in rounds["plain"])
+             / tracing.statistics.median(r["output_tokens_per_s"] for r in rounds["raw"]))
+    verdict = "met" if ratio >= 0.9 else "not met"
+    assert f"| output tok/s, nbserve / raw | {ratio:.2f}x | >= 0.90x | {verdict} |" in text
+    for phase in ("serve", "engine_input", "prefill", "decode", "return"):
+        assert f"| {phase} |" in text
+    assert "Per phase (p50), nbserve's requests spend more time than raw vLLM's in:" in text
