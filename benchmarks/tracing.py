@@ -72,7 +72,7 @@ def raw_vllm(model: str, work: Path, traced: bool) -> Iterator[tuple[str, Receiv
             yield f"http://127.0.0.1:{port}/v1", receiver
     finally:
         if receiver is not None:
-            receiver._server.stop(None)
+            receiver.stop()
 
 
 def phases_ms(found: list[traces.Trace]) -> dict[str, dict[str, float]]:

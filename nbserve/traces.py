@@ -111,7 +111,7 @@ class Trace:
             base=[(self.phases[p][0] - t0) * 1000 for p in names], orientation="h",
             text=[ms(self.phases[p][1] - self.phases[p][0]) for p in names],
             textposition="auto", marker_color=[_COLOURS[p] for p in names],
-            hovertemplate="%{y}: %{base:.1f} to %{x:.1f} ms<extra></extra>"))
+            hovertemplate="%{y}: from %{base:.1f} ms, %{x:.1f} ms long<extra></extra>"))
         for label, when in (("first token (engine)", self.engine_first_token),
                             ("first token (client)", self.client_first_token)):
             if when is not None:

@@ -193,8 +193,7 @@ def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
         with tiny_app.load(concurrency=2, duration_s=900, max_tokens=200) as run:
             nbserve.wait.poll_until(lambda: run.stats().completed, lambda n: n >= 2,
                                     timeout=120, what="load on the app")
-            # The new engine also traces its requests (an engine setting like the other).
-            tiny_app.update(max_model_len=256, tracing=True, progress=False)
+            tiny_app.update(max_model_len=256, progress=False)
             assert tiny_app.last_update == "rolling restart"
             served = run.stats().completed
             nbserve.wait.poll_until(lambda: run.stats().completed, lambda n: n >= served + 2,
@@ -212,13 +211,12 @@ def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
     finally:
         # The shared app goes back to its spec: later tests (the KubeRay runbook) deploy
         # exactly that spec again, and deploy() refuses a name that runs something else.
-        tiny_app.update(max_model_len=original, tracing=False, progress=False)
-    with pytest.raises(nbserve.NbserveError, match="tracing=True"):
-        tiny_app.trace("any")
+        tiny_app.update(max_model_len=original, progress=False)
 
 
 def _requests_are_traced_through_the_cluster(app: nbserve.App) -> None:
-    """Bench requests and one of the user's own, each joined with the engine's span."""
+    """Bench requests and one of the user's own, each joined with the engine's span (the
+    shared app traces, and the new replica's engine does too)."""
     result = app.bench(concurrency=2, num_prompts=4, input_len=16, output_len=16,
                        progress=False)
     found = result.traces(slowest=2)
@@ -422,31 +420,29 @@ def test_autoscaling_notebook_scales_up_to_zero_and_wakes(
     assert "nb-autoscaling" not in [a.name for a in cluster.apps()]
 
 
-def test_dashboard_notebook_runs_under_papermill(cluster: nbserve.Cluster) -> None:
-    # Scaling up under load is notebook 04's to assert (1 -> 2 replicas); here the dashboard
-    # and its static report, on an app of one replica.
-    nb = run_notebook("02_dashboard.ipynb", app_name="nb-dashboard", load_seconds=30,
-                      concurrency=8, max_tokens=200, scale_to=1)
+def test_dashboard_notebook_runs_under_papermill(tiny_app: nbserve.App) -> None:
+    # Scaling up under load is notebook 04's to assert (1 -> 2 replicas), deploying is
+    # notebook 01's: here the dashboard and its static report, on the session's app.
+    nb = run_notebook("02_dashboard.ipynb", app_name=tiny_app.name, reuse=True,
+                      load_seconds=30, concurrency=8, max_tokens=200)
     text = json.dumps(nb)
     assert "js-plotly-plot" in text or "plotly" in text  # the static report stayed in the output
     assert "peak" in text and "tokens/s" in text
 
 
-def test_observability_notebook_breaks_down_and_traces(cluster: nbserve.Cluster,
+def test_observability_notebook_breaks_down_and_traces(tiny_app: nbserve.App,
                                                        tmp_path: Path) -> None:
+    # On the session's app, which traces (deploying is notebook 01's to show).
     summary = tmp_path / "summary.json"
-    try:
-        run_notebook("05_observability.ipynb", app_name="nb-observability", load_seconds=25,
-                     concurrency=8, max_tokens=64, bench_prompts=16, slowest=3,
-                     summary_path=str(summary))
-    finally:
-        if "nb-observability" in [a.name for a in cluster.apps()]:
-            cluster.app("nb-observability").delete()
+    run_notebook("05_observability.ipynb", app_name=tiny_app.name, reuse=True,
+                 load_seconds=25, concurrency=8, max_tokens=64, bench_prompts=16, slowest=3,
+                 summary_path=str(summary))
+    assert tiny_app.status().ok  # the notebook left the app it attached to running
     result = json.loads(summary.read_text())
     assert set(result["latency_p50_ms"]) == {"serve", "queue", "prefill", "decode", "e2e"}
     assert result["latency_p50_ms"]["decode"] > 0 and result["nodes"] == 1
     assert 0 <= result["prefix_cache_hit_rate"] <= 1
     assert result["traces"] == 3 and result["completed"] > 0
-    assert result["slowest_replica"].startswith("nb-observability#LLMServer:tiny#")
+    assert result["slowest_replica"].startswith("tiny#LLMServer:tiny#")
     assert result["slowest_phases_s"]["decode"] > 0
     assert set(result["own_phases_s"]) == {"engine_input", "queue", "prefill", "decode"}

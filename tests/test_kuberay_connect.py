@@ -439,7 +439,7 @@ KR_APP = "tiny"
 def kr_spec(tiny_path: str) -> nbserve.LLM:
     """The app both tests below serve: the GKE runbook deploys exactly this, a no-op."""
     return nbserve.LLM(tiny_path, name="tiny", max_model_len=512, min_replicas=1,
-                       max_replicas=1)
+                       max_replicas=1, tracing=True)
 
 
 @pytest.fixture(scope="module")
@@ -517,7 +517,7 @@ def test_gke_runbook_runs_under_papermill(
     nb = run_notebook(
         "03_gke.ipynb", cluster_name="nb-gke", namespace=NS, model=tiny_path,
         served_name="tiny", accelerator="", max_model_len=512, app_name=KR_APP,
-        min_replicas=1, max_replicas=1, cluster_timeout=120, timeout=300,
+        min_replicas=1, max_replicas=1, tracing=True, cluster_timeout=120, timeout=300,
         rayservice_path=str(rayservice), down=True, summary_path=str(summary))
     seconds = time.monotonic() - started
     logging.getLogger(__name__).warning("the GKE runbook ran in %.1f s", seconds)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -50,7 +51,7 @@ def receiver(tmp_path: Path):  # type: ignore[no-untyped-def]
     try:
         yield rec, socket
     finally:
-        rec._server.stop(None)
+        rec.stop()
 
 
 def test_the_receiver_keeps_the_sdk_exporters_spans_and_finds_them_by_request_id(
@@ -137,3 +138,12 @@ def test_the_tracing_report_renders_targets_cost_and_phases_from_its_json() -> N
     for phase in ("serve", "engine_input", "prefill", "decode", "return"):
         assert f"| {phase} |" in text
     assert "Per phase (p50), nbserve's requests spend more time than raw vLLM's in:" in text
+
+
+def test_tracing_a_request_of_an_app_that_does_not_trace_says_how_to_turn_it_on() -> None:
+    from nbserve import LLM, NbserveError
+    from nbserve.app import App
+
+    app = App(cast(Any, None), "plain", LLM("org/m"))  # refused before any cluster call
+    with pytest.raises(NbserveError, match=r"app.update\(tracing=True\)"):
+        app.trace("r1")

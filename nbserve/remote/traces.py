@@ -109,6 +109,10 @@ class Receiver:
         return [s for s in kept if s["trace_id"] in traces or any(
             rid in str(s["attributes"].get("gen_ai.request.id", "")) for rid in request_ids)]
 
+    def stop(self) -> None:
+        """Stop listening (the spans kept stay readable)."""
+        self._server.stop(None)
+
     def count(self) -> int:
         """Spans kept."""
         with self._lock:
