@@ -181,8 +181,7 @@ def fetch(request_ids: Sequence[str], *, wait_s: float = 10.0,
     deadline = time.monotonic() + wait_s
     while True:
         spans = remote.call(remote_traces.find, [], ids)
-        seen = {rid for rid in ids for s in spans
-                if rid in str(s["attributes"].get("gen_ai.request.id", ""))}
+        seen = {rid for rid in ids for s in spans if remote_traces.is_of(s, rid)}
         if len(seen) == len(ids) or time.monotonic() >= deadline:
             return spans
         time.sleep(poll_s)
@@ -209,7 +208,7 @@ def from_spans(request_id: str, spans: Sequence[Mapping[str, Any]],
     ``record``, the client's record of the same request, adds the client's phases.
     """
     mine = [s for s in spans if s.get("name") == ENGINE_SPAN
-            and request_id in str(s["attributes"].get("gen_ai.request.id", ""))]
+            and remote_traces.is_of(s, request_id)]
     if not mine:
         return None
     span = mine[-1]

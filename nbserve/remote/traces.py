@@ -18,6 +18,7 @@ import collections
 import contextlib
 import os
 import threading
+from collections.abc import Mapping
 from typing import Any, TypedDict
 
 from .ray_private import gcs_address, session_dir
@@ -105,9 +106,8 @@ class Receiver:
         traces = set(trace_ids)
         with self._lock:
             kept = list(self._spans)
-        # vLLM's request id is the client's x-request-id with a prefix and a suffix
         return [s for s in kept if s["trace_id"] in traces or any(
-            rid in str(s["attributes"].get("gen_ai.request.id", "")) for rid in request_ids)]
+            is_of(s, rid) for rid in request_ids)]
 
     def stop(self) -> None:
         """Stop listening (the spans kept stay readable)."""
@@ -117,6 +117,18 @@ class Receiver:
         """Spans kept."""
         with self._lock:
             return len(self._spans)
+
+
+def is_of(span: Mapping[str, Any], request_id: str) -> bool:
+    """Whether ``span`` is of the request sent with ``x-request-id: request_id``.
+
+    vLLM's request id is the client's with a prefix and a suffix (``cmpl-<id>-0``).
+
+    Example:
+        >>> is_of({"attributes": {"gen_ai.request.id": "cmpl-r1-0"}}, "r1")
+        True
+    """
+    return request_id in str(span["attributes"].get("gen_ai.request.id", ""))
 
 
 def _attributes(pairs: Any) -> dict[str, Any]:
@@ -141,15 +153,14 @@ def for_this_cluster(app: dict[str, Any]) -> dict[str, Any]:
         {'llm_configs': [{'engine_kwargs': {}}]}
     """
     configs = (app.get("args") or {}).get("llm_configs") or []
-    if not any((c.get("engine_kwargs") or {}).get("otlp_traces_endpoint") == RENDERED_ENDPOINT
-               for c in configs):
+    traced = [(c.get("engine_kwargs") or {}).get("otlp_traces_endpoint") == RENDERED_ENDPOINT
+              for c in configs]
+    if not any(traced):
         return app
     ensure_receivers()
     here = endpoint()
-    configs = [c if (c.get("engine_kwargs") or {}).get("otlp_traces_endpoint")
-               != RENDERED_ENDPOINT
-               else {**c, "engine_kwargs": {**c["engine_kwargs"], "otlp_traces_endpoint": here}}
-               for c in configs]
+    configs = [{**c, "engine_kwargs": {**c["engine_kwargs"], "otlp_traces_endpoint": here}}
+               if t else c for c, t in zip(configs, traced, strict=True)]
     return {**app, "args": {**app["args"], "llm_configs": configs}}
 
 
