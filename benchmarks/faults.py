@@ -1,7 +1,7 @@
 """Faults under load on the real local cluster: what the clients of a model saw, per scenario.
 
     .venv/bin/python -m benchmarks.faults            # every scenario, writes RELIABILITY.md
-    .venv/bin/python -m benchmarks.faults --quick    # two short ones, writes artifacts/
+    .venv/bin/python -m benchmarks.faults --quick    # three short ones, writes artifacts/
 
 A local head in a temporary ``NBSERVE_HOME`` serves the demo model. For each scenario the app
 is brought to its starting shape, then a steady mix runs against it (streams of several hundred
@@ -22,135 +22,32 @@ import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import ray.cloudpickle
-
 import nbserve
 from nbserve import local, procs, remote
-from nbserve.benchresult import RequestRecord, percentile
+from nbserve.benchresult import RequestRecord
+from nbserve.serveconfig import llm_deployment_name
 
+from .exposure import SECRET_VAR, SENTINEL, exposure
+from .faultload import Row, llm_replicas, median, shape, tally, under_load
 from .paths import ROOT
 from .report import machine, write_report
 
 COMMAND = ".venv/bin/python -m benchmarks.faults"
-SENTINEL = "nbserve-sentinel-7f3a9c"  # a fake secret, searched for everywhere it could leak
-SECRET_VAR = "NBSERVE_FAULTS_TOKEN"  # where the head's environment holds it
 HOLD = 4  # requests one replica takes at once in the overload scenario
 REJECTED = ("HTTP 503", "HTTP 429")  # how a client is told to come back later
 
-
-@dataclass
-class Row:
-    """One scenario's figures and its target, met or not."""
-
-    scenario: str
-    sent: int = 0
-    failed: int = 0
-    cut_short: int = 0
-    longest_gap_s: float = 0.0
-    recovered_s: float | None = None
-    target: str = ""
-    met: bool = False
-    notes: list[str] = field(default_factory=list)
-
-
-class Mix:
-    """Long streams (``bench.start``) plus short non-streaming completions at a fixed rate."""
-
-    def __init__(self, app: nbserve.App, *, streams: int, stream_tokens: int, rate: float):
-        self.app, self.rate = app, rate
-        self.started = time.time()
-        self.long = app.load(concurrency=streams, duration_s=3600, max_tokens=stream_tokens)
-        self.short: list[RequestRecord] = []
-        self._stop = threading.Event()
-        self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="faults-short")
-        self._pacer = threading.Thread(target=self._pace, daemon=True)
-        self._pacer.start()
-
-    def _pace(self) -> None:
-        while not self._stop.wait(1 / self.rate):
-            self._pool.submit(self._one)
-
-    def _one(self) -> None:
-        body = json.dumps({"model": self.app.model, "prompt": "Hello", "max_tokens": 8}).encode()
-        request = urllib.request.Request(
-            f"{self.app.endpoint}/completions", data=body, method="POST",
-            headers={"Content-Type": "application/json", "Authorization": "Bearer nbserve"})
-        start, error = time.time(), ""
-        try:
-            with urllib.request.urlopen(request, timeout=60) as reply:
-                ok = bool(json.loads(reply.read())["choices"][0]["text"] is not None)
-        except urllib.error.HTTPError as err:  # what the server said, not only its status
-            body = err.read().decode(errors="replace").replace("\n", " ")
-            ok, error = False, f"HTTP {err.code}: {body}"[:200]
-        except (OSError, ValueError, KeyError) as err:
-            ok, error = False, f"{type(err).__name__}: {err}"[:200]
-        self.short.append(RequestRecord(ok=ok, ttft_s=None, e2e_s=time.time() - start, itl_s=[],
-                                        output_tokens=8 if ok else 0, input_tokens=0,
-                                        started_at=start, ended_at=time.time(), error=error))
-
-    def stop(self) -> list[RequestRecord]:
-        """Stop sending, let what is in flight finish; every request of the mix."""
-        self._stop.set()
-        self._pacer.join()
-        self._pool.shutdown(wait=True)
-        self.long.stop()
-        streams = self.long.result().runs[0].records
-        return [*streams, *self.short]
-
-
-def tally(row: Row, records: list[RequestRecord], since: float, until: float) -> None:
-    """Fill ``row``'s counts from the mix's records: failures, cut streams, the longest gap.
-
-    The gap is the longest time between ``since`` (the fault), the successful replies after it
-    and ``until`` (the mix's end) with no successful reply.
-    """
-    row.sent = len(records)
-    row.failed = sum(not r.ok for r in records)
-    row.cut_short = sum(not r.ok and r.output_tokens > 0 for r in records)
-    ends = sorted(r.ended_at for r in records if r.ok and since <= r.ended_at <= until)
-    marks = [since, *ends, until]
-    row.longest_gap_s = round(max(b - a for a, b in zip(marks, marks[1:], strict=False)), 1)
-    errors = sorted({(r.error or "?").splitlines()[0][:120] for r in records if not r.ok})
-    row.notes += [f"error: {e}" for e in errors[:3]]
-
-
-def llm_replicas(app: nbserve.App) -> dict[str, int | None]:
-    """The app's live model-server replicas: replica id -> pid."""
-    return {r.replica_id: r.pid for r in app.replicas()
-            if r.alive and r.deployment.startswith("LLMServer")}
-
-
-def shape(app: nbserve.App, replicas: int) -> None:
-    """Bring the app to ``replicas`` model-server replicas and wait until they serve."""
-    app.update(min_replicas=replicas, max_replicas=replicas, progress=False)
-    nbserve.wait.poll_until(lambda: len(llm_replicas(app)), lambda n: n == replicas,
-                            timeout=600, what=f"{replicas} replicas")
-
-
-@contextlib.contextmanager
-def under_load(app: nbserve.App, row: Row, opts: argparse.Namespace) -> Iterator[float]:
-    """Run the mix around the block; yields when the fault starts; tallies the row after."""
-    mix = Mix(app, streams=opts.streams, stream_tokens=opts.stream_tokens, rate=opts.rate)
-    try:
-        nbserve.wait.poll_until(lambda: mix.long.stats().completed, lambda n: n >= 1,
-                                timeout=300, what="the first complete stream")
-        fault = time.time()
-        yield fault
-        time.sleep(opts.settle)
-    finally:
-        records = mix.stop()
-    tally(row, records, fault, time.time())
+__all__ = ["COMMAND", "SENTINEL", "Row", "main", "render", "tally"]
 
 
 def baseline(app: nbserve.App, opts: argparse.Namespace) -> Row:
@@ -210,29 +107,233 @@ def kill_replica(app: nbserve.App, opts: argparse.Namespace) -> Row:
     return row
 
 
+def kill_engine(app: nbserve.App, opts: argparse.Namespace) -> Row:
+    """``kill -9`` of one replica's vLLM engine-core process, at two replicas.
+
+    The replica's actor lives on without its engine until Serve's health check (Serve LLM's
+    asks the engine) fails and Serve replaces it: the row says when Serve dropped it (the
+    actor gone) and when two replicas served again, and splits the failures into requests
+    started before the drop and after it.
+    """
+    row = Row("kill -9 an engine core, 2 replicas",
+              target="failures only among requests sent before Serve found the engine dead, "
+                     "0 after; 2 replicas within 60 s")
+    shape(app, 2)
+    assert app.spec is not None
+    deployment = llm_deployment_name(app.spec)
+    records: list[RequestRecord] = []
+    with under_load(app, row, opts, keep=records) as fault:
+        victim, pid = next(iter(llm_replicas(app).items()))
+        assert pid is not None
+        core = engine_core(pid)
+        os.kill(core, signal.SIGKILL)
+        nbserve.wait.poll_until(lambda: app.status().deployments[deployment].running,
+                                lambda n: n < 2, timeout=600, interval=0.5,
+                                what="Serve noticing the dead engine")
+        noticed = time.time()
+        nbserve.wait.poll_until(lambda: llm_replicas(app), lambda live: victim not in live,
+                                timeout=600, interval=0.5, what="Serve dropping the replica")
+        dropped = time.time()
+        nbserve.wait.poll_until(lambda: llm_replicas(app), lambda live: len(live) == 2,
+                                timeout=600, what="a replacement replica")
+        row.recovered_s = round(time.time() - fault, 1)
+    failed = [r for r in records if not r.ok]
+    after = sum(r.started_at >= noticed for r in failed)
+    last = max((r.started_at - fault for r in failed), default=0.0)
+    row.notes += [f"killed the engine core (pid {core}) of replica {victim} (pid {pid})",
+                  f"Serve's health check took it out of RUNNING {noticed - fault:.1f} s after the "
+                  f"kill; its actor was gone after {dropped - fault:.1f} s, two replicas served "
+                  f"again after {row.recovered_s} s",
+                  f"failed: {len(failed) - after} sent before Serve noticed (the last "
+                  f"{last:.1f} s after the kill), {after} after"]
+    row.met = after == 0 and row.recovered_s is not None and row.recovered_s <= 60
+    return row
+
+
+def engine_core(replica_pid: int) -> int:
+    """The pid of the vLLM engine-core process a replica's worker started."""
+    for pid, _ in procs.descendants(replica_pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"VLLM::EngineCore"):
+                return pid
+    raise RuntimeError(f"replica process {replica_pid} has no VLLM::EngineCore child")
+
+
+ABANDONED = 8  # streams a client leaves after their first token
+# How often the benchmark's head exports metrics (Ray's default is 10 s): the abandoned
+# streams are counted off the engine's own gauge, so this is that count's resolution.
+METRICS_EXPORT_MS = 1000
+
+
+def abandon(app: nbserve.App, opts: argparse.Namespace) -> Row:
+    """Streams left by their client mid-stream: how soon the engine stops them.
+
+    Each stream asks for as many tokens as the model's context leaves (``ignore_eos``); once
+    every one has its first token and the engine counts them all as running (vLLM's
+    ``num_requests_running``, which this benchmark's head exports every second), every client
+    closes its connection. The engine's count is then read until it is 0: the row gives the
+    seconds from the last close.
+    """
+    row = Row(f"{ABANDONED} streams abandoned mid-stream", target="no request running after 5 s")
+    shape(app, 1)
+    assert app.spec is not None
+    tokens = (app.spec.engine.max_model_len or 512) - 16
+    started, leave = threading.Barrier(ABANDONED + 1), threading.Event()
+
+    def stream(_: int) -> float:
+        body = json.dumps({"model": app.model, "prompt": "Hello", "stream": True,
+                           "max_tokens": tokens, "ignore_eos": True}).encode()
+        request = urllib.request.Request(
+            f"{app.endpoint}/completions", data=body, method="POST",
+            headers={"Content-Type": "application/json", "Authorization": "Bearer nbserve"})
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            for line in reply:
+                if line.startswith(b"data: {"):
+                    break
+            started.wait(timeout=120)
+            leave.wait(timeout=120)
+        return time.time()  # the connection closed as the block ended
+
+    with concurrent.futures.ThreadPoolExecutor(ABANDONED) as pool:
+        closes = [pool.submit(stream, i) for i in range(ABANDONED)]
+        started.wait(timeout=120)
+        nbserve.wait.poll_until(lambda: app.metrics().requests_running,
+                                lambda n: n >= ABANDONED, timeout=60, interval=0.25,
+                                what="the engine running every stream")
+        leave.set()
+        closed = max(f.result() for f in closes)
+    row.sent = ABANDONED
+    seen: list[tuple[float, int]] = []
+
+    def running() -> int:
+        count = app.metrics().requests_running
+        seen.append((time.time() - closed, count))
+        return count
+
+    nbserve.wait.poll_until(running, lambda n: n == 0, timeout=120, interval=0.25,
+                            what="the engine running none of the abandoned streams")
+    row.recovered_s = round(seen[-1][0], 1)
+    row.notes.append(f"{tokens} tokens asked per stream; the engine's running requests after "
+                     "the last client closed: "
+                     + ", ".join(f"{count} at {at:.1f} s" for at, count in seen[:12])
+                     + f" (its metrics exported every {METRICS_EXPORT_MS / 1000:g} s)")
+    row.met = seen[-1][0] <= 5.0
+    return row
+
+
+def dropped_connection(app: nbserve.App, opts: argparse.Namespace,
+                       head: local.LocalHead) -> Row:
+    """The notebook's Ray Client session dropped (its server process killed), a dashboard on.
+
+    Ray Client's server on the head runs one process per session; ``kill -9`` of this one's
+    ends the session as a crashed head or a dropped port-forward would. Then one call as a
+    user would make it (``app.status()``): the row gives the seconds until it returned, with
+    nothing done by hand; the dashboard must show that it reconnects and draw new points
+    after, by itself.
+    """
+    row = Row("Ray Client session dropped, a dashboard on",
+              target="the next call works and the dashboard recovers, without user action")
+    shape(app, 1)
+    states: list[tuple[float, str]] = []  # what the dashboard is told, and when
+
+    def told(state: str) -> None:
+        states.append((time.time(), state))
+
+    with under_load(app, row, opts):
+        dash = app.dashboard(interval=1.0)
+        remote.watch(told)
+        try:
+            nbserve.wait.poll_until(lambda: dash.state.latest(app.name), lambda s: s is not None,
+                                    timeout=60, what="the dashboard's first point")
+            servers = [pid for pid, _ in procs.descendants(head.pid)
+                       if b"specific-server" in _cmdline(pid)]
+            killed = time.time()
+            for pid in servers:
+                os.kill(pid, signal.SIGKILL)
+            status = app.status()
+            row.recovered_s = round(time.time() - killed, 1)
+            after = time.time()
+            nbserve.wait.poll_until(
+                lambda: dash.state.latest(app.name), lambda s: s is not None and s.time > after,
+                timeout=120, what="the dashboard's first point after the drop")
+            drawn = time.time() - killed
+            alive = dash.running
+        finally:
+            remote.watch(told, stop=True)
+            dash.stop()
+    states = [(at - killed, state) for at, state in states]
+    row.notes += [f"killed {len(servers)} Ray Client server process(es) of this session",
+                  f"app.status() returned {status.status} after {row.recovered_s} s",
+                  "the dashboard was told: " + (", ".join(f"{s} at {t:.1f} s" for t, s in states)
+                                                or "nothing"),
+                  f"its first new point {drawn:.1f} s after the kill; refresh thread running: "
+                  f"{alive}"]
+    row.met = bool(servers) and status.ok and alive and \
+        [s for _, s in states] == ["reconnecting", "connected"]
+    return row
+
+
+def _cmdline(pid: int) -> bytes:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    return b""
+
+
+def two_processes(app: nbserve.App, opts: argparse.Namespace, home: Path) -> Row:
+    """Two processes deploy and delete apps of their own at once while the mix runs.
+
+    Each connects to the head as a notebook would and, ``opts.rounds`` times, deploys an app
+    (no replica: ``min_replicas=0, initial_replicas=0``, the point is the declared app set),
+    checks that its app and the mix's app are declared, deletes its app and checks the mix's
+    app again. An app missing at a check is lost; the mix counts failed requests.
+    """
+    row = Row(f"two processes deploying, {opts.rounds} rounds", target="0 apps lost, 0 failed")
+    shape(app, 1)
+    env = {**os.environ, "NBSERVE_HOME": str(home)}
+    with under_load(app, row, opts) as fault:
+        workers = [subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.faultworker", tag, app.name, str(opts.rounds)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for tag in ("a", "b")]
+        outs = [w.communicate(timeout=1800) for w in workers]
+        row.recovered_s = round(time.time() - fault, 1)
+    lost, checks = 0, 0
+    for worker, (out, err) in zip(workers, outs, strict=True):
+        if worker.returncode != 0:
+            raise RuntimeError(f"worker exited {worker.returncode}: {err[-2000:]}")
+        result = json.loads(out.strip().splitlines()[-1])
+        lost += result["lost"]
+        checks += result["checks"]
+        row.notes += [f"worker {result['tag']}: {result['rounds']} rounds, {result['checks']} "
+                      f"checks, {result['lost']} apps missing" +
+                      (f": {result['missing'][:3]}" if result["missing"] else "")]
+    row.notes.append(f"{checks} checks of the declared apps in all, {lost} found one missing")
+    row.met = lost == 0 and row.failed == 0 and app.name in {a.name for a in
+                                                             app.cluster.apps()}
+    return row
+
+
 def overload(app: nbserve.App, opts: argparse.Namespace) -> Row:
     """Four times the requests one replica takes at once, without and with a queue cap.
 
     The replica takes ``HOLD`` requests at once (``max_ongoing_requests``); four times that
     many clients stream at once for ``opts.overload_s`` seconds, first with no cap on what
-    waits (Serve's default), then with ``max_queued_requests=HOLD``. What each client got is
-    counted: complete, rejected (503/429, and how fast), or failed otherwise (a timeout).
+    waits (Serve's default), then with ``max_queued_requests=HOLD`` set by ``app.update`` (a
+    rolling restart: a running replica reads its cap only when it starts) and rejections
+    answered 429 with ``Retry-After``. What each client got is counted: complete, rejected
+    (503/429, and how fast), or failed otherwise (a timeout).
     """
     row = Row("overload 4x, 1 replica",
               target="with a queue cap: rejections answered within 1 s with 503/429; none "
                      "timing out, with or without")
     shape(app, 1)
     met = True
-    assert app.spec is not None
-    length = app.spec.engine.max_model_len
     try:
-        # The cap set in place, then again with the app rebuilt (an engine change), in case
-        # Serve's routers read it only when they start.
-        for cap, rebuilt in ((None, False), (HOLD, False), (HOLD, True)):
-            changes: dict[str, Any] = {"max_model_len": 384 if length != 384 else 512} \
-                if rebuilt else {}
+        for cap in (None, HOLD):
+            answer: dict[str, Any] = {"reject_status": 429, "retry_after_s": 1} if cap else {}
             app.update(max_ongoing_requests=HOLD, max_queued_requests=cap, progress=False,
-                       **changes)
+                       **answer)
+            row.notes.append(f"app.update(max_queued_requests={cap}) was {app.last_update!r}")
             run = app.load(concurrency=4 * HOLD, duration_s=opts.overload_s,
                            max_tokens=opts.stream_tokens // 3)
             run.wait()
@@ -245,94 +346,18 @@ def overload(app: nbserve.App, opts: argparse.Namespace) -> Row:
             waits = sorted(r.e2e_s for r in rejected)
             slowest = f", slowest {waits[-1]:.2f} s" if waits else ""
             row.notes.append(
-                f"queue cap {cap}{' (app rebuilt)' * rebuilt}: {len(records)} sent, "
-                f"{len(done)} complete (median "
-                f"{_median([r.e2e_s for r in done]):.2f} s, first token after "
-                f"{_median([r.ttft_s or 0.0 for r in done]):.2f} s), {len(rejected)} rejected with "
+                f"queue cap {cap}: {len(records)} sent, {len(done)} complete (median "
+                f"{median([r.e2e_s for r in done]):.2f} s, first token after "
+                f"{median([r.ttft_s or 0.0 for r in done]):.2f} s), {len(rejected)} rejected with "
                 f"{', '.join(sorted({r.error[:8] for r in rejected})) or '-'} (median "
-                f"{_median(waits):.2f} s{slowest}), {len(other)} failed otherwise"
+                f"{median(waits):.2f} s{slowest}), {len(other)} failed otherwise"
                 + (f": {sorted({r.error[:80] for r in other})[:2]}" if other else ""))
             met = met and not other and (cap is None or (bool(rejected) and waits[-1] <= 1.0))
     finally:
-        app.update(max_ongoing_requests=None, max_queued_requests=None, progress=False)
+        app.update(max_ongoing_requests=None, max_queued_requests=None, reject_status=503,
+                   retry_after_s=None, progress=False)
     row.met = met
     return row
-
-
-def _median(values: list[float]) -> float:
-    return percentile(values, 50) or 0.0
-
-
-def exposure(app: nbserve.App, head: local.LocalHead, home: Path) -> Row:
-    """Listeners outside loopback, and a sentinel secret searched where it could leak.
-
-    The sentinel is a secret the way nbserve takes one: set in the environment the local head
-    started with (``main`` does that), and named in the app's ``secrets``. The update is in
-    place; then the replica must have the value and nothing else may.
-    """
-    row = Row("listeners and a secret", target="0 listeners outside loopback, 0 sentinel hits")
-    tree = [head.pid, *(pid for pid, _ in procs.descendants(head.pid))]
-    exposed = [x for x in procs.listeners(tree) if not x.loopback]
-    kinds = sorted({Path(f"/proc/{x.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-                    for x in exposed})
-    row.notes.append(f"{len(exposed)} listeners outside loopback: {', '.join(kinds) or 'none'}")
-    app.update(secrets=[SECRET_VAR], progress=False)
-    row.notes.append(f"app.update(secrets=[{SECRET_VAR!r}]) was {app.last_update!r}")
-    assert app.spec is not None
-    cluster_spec = nbserve.ClusterSpec(
-        name="c", secrets={SECRET_VAR: nbserve.SecretRef(name="faults", key="token")})
-    places = {
-        "repr(spec)": repr(app.spec), "str(spec)": str(app.spec), "repr(app)": repr(app),
-        "app._repr_html_()": app._repr_html_(),
-        "RayService YAML": nbserve.to_yaml(app.to_rayservice(cluster_spec)),
-    }
-    hits = [name for name, text in places.items() if SENTINEL in text]
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # not on the cluster
-    keys, unread, found = remote.call(kv_search, SENTINEL)
-    hits += [f"KV {key}" for key in found]
-    for pid in procs.processes():
-        with contextlib.suppress(OSError):
-            if SENTINEL.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                hits.append(f"/proc/{pid}/cmdline")
-    logs = [p for folder in (home, Path(head.temp_dir)) for p in folder.rglob("*")
-            if p.is_file() and p.suffix in (".log", ".out", ".err", ".txt", ".json")
-            and SENTINEL.encode() in p.read_bytes()]
-    hits += [str(p) for p in logs]
-    reached = [pid for pid in llm_replicas(app).values() if pid and SENTINEL.encode() in
-               Path(f"/proc/{pid}/environ").read_bytes()]
-    row.sent = len(exposed)
-    row.failed = len(hits)
-    row.notes.append(f"sentinel found in: {', '.join(hits) or 'none of the places searched'} "
-                     f"(searched: {', '.join(places)}, every value of Ray's key-value store "
-                     f"({keys} keys, {unread} in no known namespace), every /proc/*/cmdline, "
-                     "the head's logs)")
-    row.notes.append(f"the replicas that have the secret in their environment: {len(reached)} of "
-                     f"{len(llm_replicas(app))}")
-    row.met = not exposed and not hits and bool(reached)
-    return row
-
-
-def kv_search(needle: str) -> tuple[int, int, list[str]]:
-    """On the cluster: every value of Ray's internal key-value store that holds ``needle``.
-
-    Ray lists keys without their namespace, so each is read in every namespace Ray, Serve and
-    nbserve use. Returns the number of keys, how many were in none of those namespaces, and
-    the keys (``namespace:key``) whose value holds the needle.
-    """
-    from ray._private import ray_constants
-    from ray.experimental import internal_kv
-
-    spaces = [None, b"serve", b"nbserve", b"usage_stats", b"__autoscaler", b"autoscaler",
-              *(v for k, v in vars(ray_constants).items() if k.startswith("KV_NAMESPACE_") and v)]
-    keys = internal_kv._internal_kv_list(b"", namespace=None)
-    unread, found = 0, []
-    for key in keys:
-        values = {ns: internal_kv._internal_kv_get(key, namespace=ns) for ns in spaces}
-        values = {ns: v for ns, v in values.items() if v is not None}
-        unread += not values
-        found += [f"{(ns or b'').decode()}:{key.decode(errors='replace')}"
-                  for ns, v in values.items() if needle.encode() in v]
-    return len(keys), unread, found
 
 
 SCENARIOS: dict[str, Callable[..., Row]] = {
@@ -341,7 +366,11 @@ SCENARIOS: dict[str, Callable[..., Row]] = {
     "update-2": lambda app, opts, head, home: engine_update(app, 2, opts),
     "scale-down": lambda app, opts, head, home: scale_down(app, opts),
     "kill-replica": lambda app, opts, head, home: kill_replica(app, opts),
+    "kill-engine": lambda app, opts, head, home: kill_engine(app, opts),
     "overload": lambda app, opts, head, home: overload(app, opts),
+    "abandon": lambda app, opts, head, home: abandon(app, opts),
+    "connection": lambda app, opts, head, home: dropped_connection(app, opts, head),
+    "two-processes": lambda app, opts, head, home: two_processes(app, opts, home),
     "exposure": lambda app, opts, head, home: exposure(app, head, home),
 }
 
@@ -351,11 +380,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.faults",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="the mix with no fault and the search, short settle (CI)")
+                        help="the mix with no fault, a dropped session and the search, short "
+                             "settle (CI)")
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=None)
     parser.add_argument("--streams", type=int, default=2, help="long streams in flight")
     parser.add_argument("--stream-tokens", type=int, default=300)
     parser.add_argument("--rate", type=float, default=2.0, help="short completions a second")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="rounds of each process in the two-processes scenario")
     parser.add_argument("--overload-s", type=float, default=20.0,
                         help="seconds each overload phase runs")
     parser.add_argument("--settle", type=float, default=None,
@@ -363,9 +395,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", default=None)
     opts = parser.parse_args(argv)
     if opts.scenarios is None:
-        # The quick run is for CI: the mix end to end and the search; the update under load
-        # is tests/test_integration.py's too.
-        opts.scenarios = ["baseline", "exposure"] if opts.quick else list(SCENARIOS)
+        # The quick run is for CI: the mix end to end, a dropped session, and the search; the
+        # update under load is tests/test_integration.py's too.
+        opts.scenarios = ["baseline", "connection", "exposure"] if opts.quick \
+            else list(SCENARIOS)
     if opts.settle is None:
         opts.settle = 3.0 if opts.quick else 10.0
     if opts.output is None:
@@ -416,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         home = Path(tmp)
         os.environ["NBSERVE_HOME"] = str(home)
         os.environ[SECRET_VAR] = SENTINEL  # the head starts with it, as a user's secret
+        os.environ["RAY_metrics_report_interval_ms"] = str(METRICS_EXPORT_MS)
         head = local.up(base=home)
         try:
             cluster = nbserve.connect(timeout=240)

@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 __all__ = ["App"]
 
 log = logging.getLogger(__name__)
+# Seconds a deployment may stay UNHEALTHY in wait() before it is a failure: Serve replaces a
+# replica whose health checks failed (three, Serve LLM's period 10 s) and starts another, an
+# engine start of minutes for a large model; a model that cannot run goes DEPLOY_FAILED.
+UNHEALTHY_GRACE_S = 300.0
 
 class App(Measuring):
     """A vLLM model server running as a Serve application on a ``Cluster``.
@@ -140,8 +144,8 @@ class App(Measuring):
         """The app's current status from Serve (``NOT_FOUND`` once deleted)."""
         from ray import serve
 
-        remote.require_session()
-        return AppStatus.from_serve(self.name, serve.status().applications.get(self.name))
+        return AppStatus.from_serve(
+            self.name, remote.client(lambda: serve.status().applications.get(self.name)))
 
     def metrics(self, *, timeout: float = 5.0,
                 prometheus: str | Prometheus | None = None) -> Snapshot:
@@ -186,14 +190,28 @@ class App(Measuring):
         "The replicas its spec asks for": the model server is HEALTHY with at least
         ``min_replicas`` replicas running and at most ``max_replicas`` left.
 
+        A deployment UNHEALTHY because a replica failed its health checks (its engine died)
+        is being repaired: Serve replaces the replica, and says UNHEALTHY until it has. That
+        is a failure only when it lasts ``UNHEALTHY_GRACE_S``.
+
         Raises:
-            DeployFailed: as soon as the app is DEPLOY_FAILED or UNHEALTHY; carries Serve's
-                message and the failing replica's last log lines.
+            DeployFailed: as soon as the app is DEPLOY_FAILED, or UNHEALTHY for
+                ``UNHEALTHY_GRACE_S``; carries Serve's message and the failing replica's last
+                log lines.
             WaitTimeout: not RUNNING within ``timeout`` seconds; carries the last status.
         """
+        unhealthy: list[float] = []  # when this wait first saw it UNHEALTHY, if it is
+
         with Progress(self.name, enabled=progress, total=1) as bar:
             def show(status: AppStatus) -> None:
-                if status.failed is not None or status.status in FAILED:
+                failed = status.failed
+                if failed is None and status.status not in FAILED:
+                    unhealthy.clear()
+                elif "DEPLOY_FAILED" in (status.status, failed and failed.status):
+                    raise self._failure(status)
+                elif not unhealthy:
+                    unhealthy.append(time.monotonic())
+                elif time.monotonic() - unhealthy[0] >= UNHEALTHY_GRACE_S:
                     raise self._failure(status)
                 healthy = sum(d.status == "HEALTHY" for d in status.deployments.values())
                 bar.update(str(status), n=healthy, total=max(len(status.deployments), 1))
@@ -214,13 +232,12 @@ class App(Measuring):
         """Change the app in place: scaling changes apply without restarting replicas.
 
         Scaling (``min_replicas``, ``max_replicas``, ``initial_replicas``,
-        ``target_ongoing_requests``, ``max_ongoing_requests``, ``max_queued_requests``, the
-        autoscaler's settings) and ``rollout=...`` are lightweight updates (a new
-        ``max_queued_requests`` takes effect only once the app's router restarts, at the next
-        engine change: Serve's router reads it when it starts); any engine change
-        (``max_model_len``, ``dtype``, ``engine=...``, ``env=...``) restarts the replicas one
-        by one, each replacement starting before the replica it replaces stops (``Rollout``).
-        ``self.last_update`` says which it was.
+        ``target_ongoing_requests``, ``max_ongoing_requests``, ``retry_after_s``, the
+        autoscaler's settings) and ``rollout=...`` are lightweight updates; any engine change
+        (``max_model_len``, ``dtype``, ``engine=...``, ``env=...``) and a new
+        ``max_queued_requests`` (a running replica reads it only when it starts) restart the
+        replicas one by one, each replacement starting before the replica it replaces stops
+        (``Rollout``). ``self.last_update`` says which it was.
 
         Example:
             >>> app.update(max_replicas=4)      # doctest: +SKIP
@@ -240,11 +257,6 @@ class App(Measuring):
         new_version = engine_version(serve_app(new, self.name, self.route_prefix))
         kind = "in place" if old_version == new_version else "rolling restart"
         log.info("updating %s (%s): %s", self.name, kind, sorted(changes))
-        if kind == "in place" and new.scaling.max_queued_requests != \
-                current.scaling.max_queued_requests:
-            log.warning("app %s: Serve 2.60's router reads max_queued_requests when it starts, "
-                        "so the new cap applies from the next engine change or redeploy "
-                        "(measured in RELIABILITY.md)", self.name)
         self.apply(new, replace=True)
         self.last_update = kind
         if wait:

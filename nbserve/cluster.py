@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import remote, session
 from .app import App
 from .dashboard import Dashboard
-from .errors import AppNotFound, ClusterError, SpecError
+from .errors import AppNotFound, ClusterError, ConnectionFailed, SpecError
 from .remote import serve as remote_serve
 from .spec import LLM, check_app_name
 from .target import Provider, Target
@@ -139,7 +139,7 @@ class Cluster:
         from ray import serve
 
         records = remote.call(remote_serve.records)  # checks the session first
-        names = sorted(serve.status().applications)
+        names = sorted(remote.client(lambda: serve.status().applications))
         return [App.from_record(self, name, records.get(name)) for name in names]
 
     def app(self, name: str) -> App:
@@ -284,6 +284,47 @@ class Cluster:
 
 
 _active: Cluster | None = None
+# Seconds a lost session may take to reopen, on the call that found it lost.
+REOPEN_S = 60.0
+
+
+def _reopen(lost: BaseException | None) -> None:
+    """Reopen this kernel's session after its connection was lost (``remote``'s hook).
+
+    Ray Client keeps a session through a short drop by itself (30 s); this is for one it gave
+    up on: its server process gone, the head or the port-forward away for longer. The same
+    address (a KubeRay port-forward keeps its local port) and credentials; dashboards and load
+    runs bound to the session keep running.
+
+    Raises:
+        ConnectionFailed: no session to reopen (never opened, or disconnected), or the cluster
+            did not take a new one within ``REOPEN_S``; the message says what to do.
+    """
+    import ray
+
+    cluster = _active
+    if cluster is None:
+        raise ConnectionFailed(
+            "this kernel has no open Ray session (it was closed, or another connect() failed); "
+            "call nbserve.connect() again"
+        ) from lost
+    why = f"was lost ({lost})" if lost is not None else "had closed"
+    log.warning("the Ray Client session to %s %s; reopening it", cluster.address, why)
+    if ray.is_initialized():
+        ray.shutdown()
+    try:
+        seconds = session.handshake(cluster.address, REOPEN_S, token=cluster.target.token,
+                                    token_path=cluster.target.token_path)
+    except ConnectionFailed as err:
+        raise ConnectionFailed(
+            f"the Ray Client session to {cluster.address} {why} and could not be reopened "
+            f"within {REOPEN_S:.0f} s: {err} Once the head answers again (for KubeRay: its pod "
+            "runs), the next call reopens it, or call nbserve.connect()"
+        ) from lost
+    log.info("reopened the session to %s in %.1f s", cluster.address, seconds)
+
+
+remote.on_lost(_reopen)
 
 
 

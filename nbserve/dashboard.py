@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import remote
 from .errors import AppNotFound, NbserveError
 from .fmt import num
 from .prometheus import Prometheus
@@ -74,6 +75,7 @@ class DashboardState:
     paused: bool = False
     snapshots: dict[str, deque[Snapshot]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    connection: str = ""  # "reconnecting" or "lost" while the session is being reopened
 
     def __post_init__(self) -> None:
         if self.history < 2:
@@ -198,6 +200,7 @@ class Dashboard:
         if self._thread is not None and self._thread.is_alive():
             return self
         self._stop.clear()
+        remote.watch(self._on_connection)
         self._thread = threading.Thread(target=self._run, name="nbserve-dashboard", daemon=True)
         self._thread.start()
         return self
@@ -205,6 +208,7 @@ class Dashboard:
     def stop(self) -> DashboardReport:
         """Stop refreshing; return a static report of what was recorded."""
         self._stop.set()
+        remote.watch(self._on_connection, stop=True)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
         return self.report()
@@ -242,6 +246,15 @@ class Dashboard:
                     log.debug("refresh of %s failed: %s", name, err)
             self._render()
 
+    def _on_connection(self, state: str) -> None:
+        """Say so while the session is being reopened (any thread; refresh may hold the lock)."""
+        self.state.connection = "" if state == "connected" else state
+        self.notice.value = {
+            "reconnecting": "<span style='color:#b60'>connection lost: reconnecting…</span>",
+            "lost": "<span style='color:#b00'>connection lost: retrying at the next refresh"
+                    "</span>",
+        }.get(state, "")
+
     def _run(self) -> None:
         while not self._stop.is_set():
             if self.widget.comm is None:  # widget.close() was called
@@ -258,6 +271,7 @@ class Dashboard:
     def _build(self) -> Any:
         import ipywidgets as w
 
+        self.notice = w.HTML()  # the session's connection, when it is being reopened
         self.header = w.HTML()
         self.bars = w.HBox()
         # The chart is a plain plotly Figure drawn into an Output widget and redrawn on each
@@ -276,7 +290,7 @@ class Dashboard:
                                    "value")
         self.message = w.HTML()
         rows = [c.row for c in self.controls.values()]
-        return w.VBox([self.header, self.bars, self.chart, *rows,
+        return w.VBox([self.notice, self.header, self.bars, self.chart, *rows,
                        w.HBox([self.pause, self.interval_menu]), self.message])
 
     def _controls(self, app: WatchedApp) -> AppControls:

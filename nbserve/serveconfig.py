@@ -65,6 +65,11 @@ def llm_config(spec: LLM) -> dict[str, Any]:
         config["placement_group_config"] = {"bundles": [{"CPU": spec.cpus}]}
     if env:
         config["runtime_env"] = {"env_vars": env}
+    if spec.scaling.max_queued_requests is not None:
+        # Serve 2.60 counts a replica's queue in the replica (direct ingress) but passes a new
+        # cap only to routers, never to running replicas: in the engine's config a change
+        # rebuilds the app, so every replica restarts (one by one) with the new cap.
+        config["deployment_config"] = {"max_queued_requests": spec.scaling.max_queued_requests}
     return config
 
 
@@ -108,6 +113,8 @@ def deployment_override(spec: LLM) -> dict[str, Any]:
         override["max_ongoing_requests"] = scaling.max_ongoing_requests
     if scaling.max_queued_requests is not None:
         override["max_queued_requests"] = scaling.max_queued_requests
+        override["backpressure_config"] = {"status_code": scaling.reject_status,
+                                           "retry_after_s": scaling.retry_after_s}
     rollout = spec.rollout.model_dump(exclude_none=True)
     return override | rollout
 

@@ -10,12 +10,13 @@ clients. Which address to open, and the ``Cluster`` around the session, are ``cl
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -75,7 +76,8 @@ def _init(address: str, deadline: float, timeout: float, sleep: Callable[[float]
     last: Exception | None = None
     for _ in backoff(deadline, first=1.0, factor=2.0, cap=8.0, sleep=sleep):
         try:
-            ray.init(address, logging_level=logging.WARNING, log_to_driver=False)
+            with _grace():
+                ray.init(address, logging_level=logging.WARNING, log_to_driver=False)
             return
         except RuntimeError as err:
             if "version mismatch" in str(err).lower() or "Python minor" in str(err):
@@ -96,6 +98,27 @@ def _init(address: str, deadline: float, timeout: float, sleep: Callable[[float]
         f"could not open a Ray Client session to {address} within {timeout:.0f} s: "
         f"{text}.{hint}"
     ) from last
+
+
+# Seconds Ray Client keeps trying to resume a session whose connection broke before it gives
+# up (Ray's default: 30). Its server resumes only a session it still holds; one whose server
+# process died is gone, and Ray Client tried for the whole period all the same. nbserve
+# reopens a lost session itself (``cluster._reopen``), so waiting long buys nothing.
+RECONNECT_GRACE_S = 10
+_GRACE_VAR = "RAY_CLIENT_RECONNECT_GRACE_PERIOD"
+
+
+@contextlib.contextmanager
+def _grace() -> Iterator[None]:
+    """Ray Client reads its grace period when it connects: nbserve's, unless the user set one."""
+    if _GRACE_VAR in os.environ:
+        yield
+        return
+    os.environ[_GRACE_VAR] = str(RECONNECT_GRACE_S)
+    try:
+        yield
+    finally:
+        os.environ.pop(_GRACE_VAR, None)
 
 
 def probe(host: str, port: int, timeout: float) -> None:

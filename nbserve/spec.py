@@ -47,7 +47,8 @@ METRICS_INTERVAL_S = 1.0
 # Fields of the nested models that LLM(...) and App.update(...) accept at the top level.
 SCALING_SHORTCUTS = frozenset(
     {"min_replicas", "max_replicas", "initial_replicas", "target_ongoing_requests",
-     "max_ongoing_requests", "max_queued_requests", *AUTOSCALER_KNOBS}
+     "max_ongoing_requests", "max_queued_requests", "reject_status", "retry_after_s",
+     *AUTOSCALER_KNOBS}
 )
 ENGINE_SHORTCUTS = frozenset({"max_model_len", "dtype", "tensor_parallel_size"})
 
@@ -83,10 +84,15 @@ class Scaling(BaseModel):
 
     max_queued_requests: int | None = Field(
         None, ge=1,
-        description="Requests waiting for a replica before Serve answers 503 at once; None "
-        "queues without limit (Serve's default). Serve's router reads it when it starts: set "
-        "at deploy, or changed with an engine change.",
+        description="Requests waiting at a replica before Serve turns the next away at once "
+        "(reject_status); None queues without limit (Serve's default). A running replica reads "
+        "it only when it starts, so a change restarts the replicas one by one (Rollout).",
     )
+    reject_status: Literal[503, 429] = Field(
+        503, description="HTTP status of a request turned away by max_queued_requests.")
+    retry_after_s: float | None = Field(
+        None, ge=0, description="Retry-After (seconds) sent with a request turned away; "
+        "None sends none. Applies in place.")
     upscale_delay_s: float | None = Field(
         None, ge=0,
         description="Seconds the autoscaler must see more load than the replicas' target "
@@ -149,6 +155,10 @@ class Scaling(BaseModel):
                 f"initial_replicas={self.initial_replicas} is outside [min_replicas, max_replicas]"
                 f" = [{self.min_replicas}, {self.max_replicas}]; pick a value inside that range"
             )
+        if self.max_queued_requests is None and (self.reject_status != 503
+                                                 or self.retry_after_s is not None):
+            raise ValueError("reject_status and retry_after_s answer requests turned away by a "
+                             "queue cap; set max_queued_requests too")
         return self
 
 

@@ -2,7 +2,8 @@
 
 The row's arithmetic (failed, cut short, the longest gap with no successful reply) is checked
 on given records; the CI-sized run starts its own head, deploys the demo model and runs the
-mix with no fault and the listener and secret search for real, so the command keeps working
+mix with no fault, with the session's Ray Client server killed under a dashboard, and the
+listener and secret search for real, so the command keeps working
 (the engine update under load is tests/test_integration.py's). The figures of a full run go
 to RELIABILITY.md.
 """
@@ -85,3 +86,8 @@ def test_quick_run_of_the_mix_and_the_search(tmp_path: Path, nbserve_home: Path)
     assert "the replicas that have the secret in their environment: 1 of 1" in search["notes"]
     assert "app.update(secrets=['NBSERVE_FAULTS_TOKEN']) was 'in place'" in search["notes"]
     assert "| no fault, 1 replica |" in out.read_text()
+    # The session's Ray Client server killed under a dashboard: the next call reopened it and
+    # the dashboard drew again by itself (nbserve gave up on a dropped session before).
+    dropped = rows["Ray Client session dropped, a dashboard on"]
+    assert dropped["met"], dropped["notes"]
+    assert dropped["failed"] == 0, dropped["notes"]

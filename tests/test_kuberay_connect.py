@@ -376,6 +376,33 @@ def test_port_forward_to_a_closed_pod_port_ends_that_connection_only(kube: FakeK
                 assert sock.recv(1) == b""  # the pod refused: the local connection ends
 
 
+def test_port_forward_follows_the_head_to_its_new_pod_on_the_same_port(
+    kube: FakeKube, echo_port: int
+) -> None:
+    """The head pod replaced (a crash, an upgrade): the same local port reaches the new one."""
+    kube.add(*raycluster_objects("llm", NS))
+    kube.targets[10001] = ("127.0.0.1", echo_port)
+    head = raycluster.HEAD_SELECTOR.format(name="llm")
+    with Kube() as client, leaves_nothing_behind(kube):
+        following = PodPortForward(client.api, NS, POD, 10001, selector=head)
+        fixed = PodPortForward(client.api, NS, POD, 10001)  # without a selector: stays put
+        try:
+            assert round_trip(following.local_port, b"before") == b"before"
+            pod = kube.get("pods", NS, POD)
+            assert pod is not None
+            kube.remove("pods", NS, POD)
+            pod["metadata"].update(name="llm-head-n3w7q", uid="new",
+                                   creationTimestamp="2099-01-01T00:00:00Z")
+            kube.add(pod)
+            assert round_trip(following.local_port, b"after") == b"after"
+            assert following.pod == "llm-head-n3w7q"
+            with socket.create_connection(("127.0.0.1", fixed.local_port), timeout=10) as sock:
+                assert sock.recv(1) == b""  # its pod is gone: the connection ends
+        finally:
+            following.close()
+            fixed.close()
+
+
 # --- the fake itself: what part 2 (creating and patching RayServices) builds on --------------
 def test_fake_api_server_speaks_like_the_real_one(kube: FakeKube) -> None:
     from kubernetes.client import CoreV1Api, CustomObjectsApi

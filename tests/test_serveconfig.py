@@ -120,6 +120,27 @@ def test_replacements_start_first_and_stopping_replicas_finish_long_streams() ->
     ServeApplicationSchema.model_validate(serve_app(tuned, "tiny"))  # Serve's own schema
 
 
+def test_a_queue_cap_reaches_the_replicas_and_says_how_to_turn_requests_away() -> None:
+    from ray.serve.llm import LLMConfig
+
+    capped = cpu_demo().with_changes(max_queued_requests=8, reject_status=429, retry_after_s=2)
+    over = deployment_override(capped)
+    assert over["backpressure_config"] == {"status_code": 429, "retry_after_s": 2}
+    app = serve_app(capped, "tiny")
+    ServeApplicationSchema.model_validate(app)
+    # In the engine's config too: Serve passes a new cap to running replicas never, so a
+    # change must restart them (a rolling restart); the answer to a turned-away request, in
+    # place.
+    engine = app["args"]["llm_configs"][0]
+    assert engine["deployment_config"] == {"max_queued_requests": 8}
+    assert LLMConfig.model_validate(engine).deployment_config["max_queued_requests"] == 8
+    assert "deployment_config" not in serve_app(cpu_demo(), "tiny")["args"]["llm_configs"][0]
+    answer = serve_app(capped.with_changes(reject_status=503, retry_after_s=None), "tiny")
+    assert engine_version(answer) == engine_version(app)
+    assert engine_version(serve_app(capped.with_changes(max_queued_requests=9), "tiny")) != \
+        engine_version(app)
+
+
 def test_every_autoscaler_setting_reaches_serve_under_its_own_name() -> None:
     from ray.serve.config import AutoscalingConfig
 
@@ -149,6 +170,10 @@ def test_every_autoscaler_setting_reaches_serve_under_its_own_name() -> None:
     ({"rollout": {"health_check_period_s": 0}}, "health_check_period_s"),
     ({"rollout": {"surge": 1}}, "surge"),
     ({"max_queued_requests": 0}, "max_queued_requests"),
+    ({"reject_status": 500, "max_queued_requests": 4}, "reject_status"),
+    ({"retry_after_s": -1, "max_queued_requests": 4}, "retry_after_s"),
+    ({"reject_status": 429}, "set max_queued_requests too"),
+    ({"retry_after_s": 5}, "set max_queued_requests too"),
     ({"upscale_delay_s": -1}, "upscale_delay_s"),
     ({"downscale_to_zero_delay_s": -5}, "downscale_to_zero_delay_s"),
     ({"look_back_period_s": 0}, "look_back_period_s"),
@@ -171,7 +196,6 @@ SCALING_ONLY = [
     {"initial_replicas": 2},
     {"target_ongoing_requests": 4},
     {"max_ongoing_requests": 8},
-    {"max_queued_requests": 64},
     {"rollout": Rollout(max_surge_percent=0)},
     {"rollout": {"graceful_shutdown_timeout_s": 60, "health_check_period_s": 5}},
     {"upscale_delay_s": 5},
@@ -192,6 +216,7 @@ RESTARTING = [
     {"accelerator": "A100-80G"},
     {"accelerator": None},
     {"log_engine_metrics": False},
+    {"max_queued_requests": 64},  # a running replica reads its cap only when it starts
 ]
 
 

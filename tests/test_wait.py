@@ -1,4 +1,5 @@
-"""``backoff`` and ``poll_until`` driven by a fake clock: spacing, deadlines, results, errors."""
+"""``backoff`` and ``poll_until`` driven by a fake clock: spacing, deadlines, results, errors;
+what ``App.wait`` takes for a failure."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+import nbserve
 from nbserve.errors import DeployFailed, NbserveError, WaitTimeout
+from nbserve.status import AppStatus, DeploymentStatus
 from nbserve.wait import backoff, poll_until
 
 
@@ -178,3 +181,32 @@ def test_error_from_poll_propagates_at_once() -> None:
 
 def test_sub_second_timeout_is_not_printed_as_zero() -> None:
     assert "within 0 s" not in str(WaitTimeout("x", 0.4, "PENDING"))
+
+
+def _status(app: str, *states: str) -> AppStatus:
+    """An app whose one deployment is in state states[1] (the app in states[0])."""
+    dep = DeploymentStatus("LLMServer:m", states[1],  # type: ignore[arg-type]
+                           "A replica's health check failed.", {"RUNNING": 1})
+    return AppStatus(app, states[0], "", {dep.name: dep})  # type: ignore[arg-type]
+
+
+def test_a_replica_being_replaced_after_its_health_checks_failed_is_waited_for(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve says UNHEALTHY until the replacement of a dead replica runs: not a failure."""
+    import nbserve.app as app_module
+
+    app = nbserve.App(None, "m", None)  # type: ignore[arg-type]
+    script = iter([_status("m", "DEPLOYING", "UNHEALTHY")] * 3 + [_status("m", "RUNNING",
+                                                                         "HEALTHY")])
+    monkeypatch.setattr(app, "status", lambda: next(script))
+    assert app.wait(timeout=30, progress=False, interval=0.01) is app
+    # One that stays UNHEALTHY is a failure, after the grace ...
+    monkeypatch.setattr(app_module, "UNHEALTHY_GRACE_S", 0.05)
+    monkeypatch.setattr(app, "status", lambda: _status("m", "DEPLOYING", "UNHEALTHY"))
+    with pytest.raises(DeployFailed, match="health check failed"):
+        app.wait(timeout=30, progress=False, interval=0.01)
+    # ... and DEPLOY_FAILED is one at once.
+    monkeypatch.setattr(app_module, "UNHEALTHY_GRACE_S", 3600)
+    monkeypatch.setattr(app, "status", lambda: _status("m", "DEPLOY_FAILED", "DEPLOY_FAILED"))
+    with pytest.raises(DeployFailed):
+        app.wait(timeout=30, progress=False, interval=0.01)

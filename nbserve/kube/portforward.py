@@ -52,11 +52,15 @@ class PodPortForward:
         >>> fwd.close()                                                     # doctest: +SKIP
     """
 
-    def __init__(self, api_client: Any, namespace: str, pod: str, port: int) -> None:
+    def __init__(self, api_client: Any, namespace: str, pod: str, port: int, *,
+                 selector: str | None = None) -> None:
         self.api_client = api_client
         self.namespace = namespace
         self.pod = pod
         self.port = port
+        # The labels of the pod's successors (a RayCluster's head): a connection that finds
+        # the pod gone follows to the running one, on the same local port.
+        self.selector = selector
         self._stop = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._relays: list[threading.Thread] = []
@@ -127,7 +131,7 @@ class PodPortForward:
 
     def _relay(self, conn: socket.socket) -> None:
         try:
-            session = self._open_session()
+            session = self._open_session_following()
         except ConnectionFailed as err:
             log.warning("port-forward to %s/%s:%d failed: %s", self.namespace, self.pod,
                         self.port, err)
@@ -145,6 +149,35 @@ class PodPortForward:
             self._close_session(session)
 
     # --- kubernetes ---------------------------------------------------------------------------
+    def _open_session_following(self) -> _Session:
+        """Open a session; if the pod is gone (404) and has a successor, to that one."""
+        try:
+            return self._open_session()
+        except KubernetesError as err:
+            if err.status != 404 or self.selector is None:
+                raise
+            successor = self._successor()
+            if successor is None:
+                raise
+            log.warning("pod %s/%s is gone; forwarding 127.0.0.1:%d to its successor %s",
+                        self.namespace, self.pod, self.local_port, successor)
+            self.pod = successor
+            return self._open_session()
+
+    def _successor(self) -> str | None:
+        """The running pod with ``selector``'s labels, newest first, if there is one."""
+        from kubernetes.client import CoreV1Api
+
+        with _SESSION_LOCK:  # not while a session's opening has swapped the client's call_api
+            pods = CoreV1Api(self.api_client).list_namespaced_pod(
+                self.namespace, label_selector=self.selector).items
+        running = [p for p in pods if p.status is not None and p.status.phase == "Running"
+                   and p.metadata.deletion_timestamp is None]
+        if not running:
+            return None
+        newest = max(running, key=lambda p: p.metadata.creation_timestamp or 0)
+        return str(newest.metadata.name)
+
     def _open_session(self) -> _Session:
         """Open one portforward session (a WebSocket to the API server) for ``self.port``."""
         from kubernetes.client import CoreV1Api

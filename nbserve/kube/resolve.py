@@ -85,7 +85,8 @@ def target(
             host = f"{service}.{namespace}.svc.cluster.local"
             hosts = {role: f"{host}:{ports[role]}" for role in ("client", "serve", "dashboard")}
         else:
-            hosts, closers = _forward(kube, namespace, pod["metadata"]["name"], ports)
+            hosts, closers = _forward(kube, namespace, pod["metadata"]["name"], ports,
+                                      raycluster.HEAD_SELECTOR.format(name=name))
     provider = RayClusterProvider(RayClusterRef(name, namespace, context), created=created)
     log.info("%s answers at %s", where, hosts["client"])
     return Target(
@@ -173,16 +174,21 @@ def _head_service(kube: Kube, namespace: str, name: str, rc: dict[str, Any], dea
     return str(items[0]["metadata"]["name"])
 
 
-def _forward(kube: Kube, namespace: str, pod: str, ports: dict[str, int]
+def _forward(kube: Kube, namespace: str, pod: str, ports: dict[str, int], selector: str
              ) -> tuple[dict[str, str], list[Any]]:
-    """Port-forwards to the head pod's client, serve and dashboard ports, and their closers."""
+    """Port-forwards to the head pod's client, serve and dashboard ports, and their closers.
+
+    Each follows the head to a new pod (``selector``) on the same local port, so a session
+    reopened after the head restarted, and the ``App`` objects' URLs, keep working.
+    """
     forwards: dict[str, PodPortForward] = {}
     try:
         for role in ("client", "serve", "dashboard"):
             # An ApiClient of its own: it lives as long as the forward, past this function.
             own = kube.new_api_client()
             try:
-                forwards[role] = PodPortForward(own, namespace, pod, ports[role])
+                forwards[role] = PodPortForward(own, namespace, pod, ports[role],
+                                                selector=selector)
             except BaseException:
                 own.close()
                 raise

@@ -1,0 +1,95 @@
+"""The fault benchmark's search for what the local head exposes.
+
+Listeners outside loopback, and a sentinel secret wherever it could leak: reprs, the RayService
+manifest, Ray's key-value store, command lines, logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import ray.cloudpickle
+
+import nbserve
+from nbserve import local, procs, remote
+
+from .faultload import Row, llm_replicas
+
+SENTINEL = "nbserve-sentinel-7f3a9c"  # a fake secret, searched for everywhere it could leak
+SECRET_VAR = "NBSERVE_FAULTS_TOKEN"  # where the head's environment holds it
+
+
+def exposure(app: nbserve.App, head: local.LocalHead, home: Path) -> Row:
+    """Listeners outside loopback, and a sentinel secret searched where it could leak.
+
+    The sentinel is a secret the way nbserve takes one: set in the environment the local head
+    started with (``main`` does that), and named in the app's ``secrets``. The update is in
+    place; then the replica must have the value and nothing else may.
+    """
+    row = Row("listeners and a secret", target="0 listeners outside loopback, 0 sentinel hits")
+    tree = [head.pid, *(pid for pid, _ in procs.descendants(head.pid))]
+    exposed = [x for x in procs.listeners(tree) if not x.loopback]
+    kinds = sorted({Path(f"/proc/{x.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+                    for x in exposed})
+    row.notes.append(f"{len(exposed)} listeners outside loopback: {', '.join(kinds) or 'none'}")
+    app.update(secrets=[SECRET_VAR], progress=False)
+    row.notes.append(f"app.update(secrets=[{SECRET_VAR!r}]) was {app.last_update!r}")
+    assert app.spec is not None
+    cluster_spec = nbserve.ClusterSpec(
+        name="c", secrets={SECRET_VAR: nbserve.SecretRef(name="faults", key="token")})
+    places = {
+        "repr(spec)": repr(app.spec), "str(spec)": str(app.spec), "repr(app)": repr(app),
+        "app._repr_html_()": app._repr_html_(),
+        "RayService YAML": nbserve.to_yaml(app.to_rayservice(cluster_spec)),
+    }
+    hits = [name for name, text in places.items() if SENTINEL in text]
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # not on the cluster
+    keys, unread, found = remote.call(kv_search, SENTINEL)
+    hits += [f"KV {key}" for key in found]
+    for pid in procs.processes():
+        with contextlib.suppress(OSError):
+            if SENTINEL.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                hits.append(f"/proc/{pid}/cmdline")
+    logs = [p for folder in (home, Path(head.temp_dir)) for p in folder.rglob("*")
+            if p.is_file() and p.suffix in (".log", ".out", ".err", ".txt", ".json")
+            and SENTINEL.encode() in p.read_bytes()]
+    hits += [str(p) for p in logs]
+    reached = [pid for pid in llm_replicas(app).values() if pid and SENTINEL.encode() in
+               Path(f"/proc/{pid}/environ").read_bytes()]
+    row.sent = len(exposed)
+    row.failed = len(hits)
+    row.notes.append(f"sentinel found in: {', '.join(hits) or 'none of the places searched'} "
+                     f"(searched: {', '.join(places)}, every value of Ray's key-value store "
+                     f"({keys} keys, {unread} in no known namespace), every /proc/*/cmdline, "
+                     "the head's logs)")
+    row.notes.append(f"the replicas that have the secret in their environment: {len(reached)} of "
+                     f"{len(llm_replicas(app))}")
+    row.met = not exposed and not hits and bool(reached)
+    return row
+
+
+def kv_search(needle: str) -> tuple[int, int, list[str]]:
+    """On the cluster: every value of Ray's internal key-value store that holds ``needle``.
+
+    Ray lists keys without their namespace, so each is read in every namespace Ray, Serve and
+    nbserve use. Returns the number of keys, how many were in none of those namespaces, and
+    the keys (``namespace:key``) whose value holds the needle.
+    """
+    from ray._private import ray_constants
+    from ray.experimental import internal_kv
+
+    spaces = [None, b"serve", b"nbserve", b"usage_stats", b"__autoscaler", b"autoscaler",
+              *(v for k, v in vars(ray_constants).items() if k.startswith("KV_NAMESPACE_") and v)]
+    keys = internal_kv._internal_kv_list(b"", namespace=None)
+    unread, found = 0, []
+    for key in keys:
+        values = {ns: internal_kv._internal_kv_get(key, namespace=ns) for ns in spaces}
+        values = {ns: v for ns, v in values.items() if v is not None}
+        unread += not values
+        found += [f"{(ns or b'').decode()}:{key.decode(errors='replace')}"
+                  for ns, v in values.items() if needle.encode() in v]
+    return len(keys), unread, found
+
+

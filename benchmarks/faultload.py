@@ -1,0 +1,139 @@
+"""The fault benchmark's load: a steady mix against an app, and one row of figures per scenario.
+
+The mix is long streams (each good only when it ended with ``[DONE]`` after all its tokens)
+plus short non-streaming completions at a fixed rate; ``under_load`` runs it around a fault and
+``tally`` turns what the clients saw into a ``Row``: requests sent, failed, cut short, the
+longest time with no successful reply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import nbserve
+from nbserve.benchresult import RequestRecord, percentile
+
+
+@dataclass
+class Row:
+    """One scenario's figures and its target, met or not."""
+
+    scenario: str
+    sent: int = 0
+    failed: int = 0
+    cut_short: int = 0
+    longest_gap_s: float = 0.0
+    recovered_s: float | None = None
+    target: str = ""
+    met: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class Mix:
+    """Long streams (``bench.start``) plus short non-streaming completions at a fixed rate."""
+
+    def __init__(self, app: nbserve.App, *, streams: int, stream_tokens: int, rate: float):
+        self.app, self.rate = app, rate
+        self.started = time.time()
+        self.long = app.load(concurrency=streams, duration_s=3600, max_tokens=stream_tokens)
+        self.short: list[RequestRecord] = []
+        self._stop = threading.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="faults-short")
+        self._pacer = threading.Thread(target=self._pace, daemon=True)
+        self._pacer.start()
+
+    def _pace(self) -> None:
+        while not self._stop.wait(1 / self.rate):
+            self._pool.submit(self._one)
+
+    def _one(self) -> None:
+        body = json.dumps({"model": self.app.model, "prompt": "Hello", "max_tokens": 8}).encode()
+        request = urllib.request.Request(
+            f"{self.app.endpoint}/completions", data=body, method="POST",
+            headers={"Content-Type": "application/json", "Authorization": "Bearer nbserve"})
+        start, error = time.time(), ""
+        try:
+            with urllib.request.urlopen(request, timeout=60) as reply:
+                ok = bool(json.loads(reply.read())["choices"][0]["text"] is not None)
+        except urllib.error.HTTPError as err:  # what the server said, not only its status
+            said = err.read().decode(errors="replace").replace("\n", " ")
+            ok, error = False, f"HTTP {err.code}: {said}"[:200]
+        except (OSError, ValueError, KeyError) as err:
+            ok, error = False, f"{type(err).__name__}: {err}"[:200]
+        self.short.append(RequestRecord(ok=ok, ttft_s=None, e2e_s=time.time() - start, itl_s=[],
+                                        output_tokens=8 if ok else 0, input_tokens=0,
+                                        started_at=start, ended_at=time.time(), error=error))
+
+    def stop(self) -> list[RequestRecord]:
+        """Stop sending, let what is in flight finish; every request of the mix."""
+        self._stop.set()
+        self._pacer.join()
+        self._pool.shutdown(wait=True)
+        self.long.stop()
+        streams = self.long.result().runs[0].records
+        return [*streams, *self.short]
+
+
+def tally(row: Row, records: list[RequestRecord], since: float, until: float) -> None:
+    """Fill ``row``'s counts from the mix's records: failures, cut streams, the longest gap.
+
+    The gap is the longest time between ``since`` (the fault), the successful replies after it
+    and ``until`` (the mix's end) with no successful reply.
+    """
+    row.sent = len(records)
+    row.failed = sum(not r.ok for r in records)
+    row.cut_short = sum(not r.ok and r.output_tokens > 0 for r in records)
+    ends = sorted(r.ended_at for r in records if r.ok and since <= r.ended_at <= until)
+    marks = [since, *ends, until]
+    row.longest_gap_s = round(max(b - a for a, b in zip(marks, marks[1:], strict=False)), 1)
+    errors = sorted({(r.error or "?").splitlines()[0][:120] for r in records if not r.ok})
+    row.notes += [f"error: {e}" for e in errors[:3]]
+
+
+def llm_replicas(app: nbserve.App) -> dict[str, int | None]:
+    """The app's live model-server replicas: replica id -> pid."""
+    return {r.replica_id: r.pid for r in app.replicas()
+            if r.alive and r.deployment.startswith("LLMServer")}
+
+
+def shape(app: nbserve.App, replicas: int) -> None:
+    """Bring the app to ``replicas`` model-server replicas and wait until they serve."""
+    app.update(min_replicas=replicas, max_replicas=replicas, progress=False)
+    nbserve.wait.poll_until(lambda: len(llm_replicas(app)), lambda n: n == replicas,
+                            timeout=600, what=f"{replicas} replicas")
+
+
+@contextlib.contextmanager
+def under_load(app: nbserve.App, row: Row, opts: argparse.Namespace,
+               keep: list[RequestRecord] | None = None) -> Iterator[float]:
+    """Run the mix around the block; yields when the fault starts; tallies the row after.
+
+    ``keep``, if given, receives every record of the mix (for a scenario's own counts).
+    """
+    mix = Mix(app, streams=opts.streams, stream_tokens=opts.stream_tokens, rate=opts.rate)
+    try:
+        nbserve.wait.poll_until(lambda: mix.long.stats().completed, lambda n: n >= 1,
+                                timeout=300, what="the first complete stream")
+        fault = time.time()
+        yield fault
+        time.sleep(opts.settle)
+    finally:
+        records = mix.stop()
+        if keep is not None:
+            keep += records
+    tally(row, records, fault, time.time())
+
+
+
+def median(values: list[float]) -> float:
+    """The median, 0 for no values."""
+    return percentile(values, 50) or 0.0

@@ -1,0 +1,142 @@
+"""A lost Ray Client session is reopened once, by one thread, and the call sent again.
+
+``remote.client`` is the rule every call to the cluster follows; here the session's hook and
+the call are plain functions (what the connection does is the integration tests' and the fault
+benchmark's: ``python -m benchmarks.faults --scenarios connection`` kills the session's server
+process on a real head). Ray's own ``ray.is_initialized`` is the one thing replaced.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from ray.exceptions import RayTaskError
+
+from nbserve import remote
+from nbserve.errors import ConnectionFailed
+
+
+@pytest.fixture
+def hook(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """A session hook that records what it was called with; the session counts as open."""
+    calls: list[Any] = []
+    monkeypatch.setattr(remote, "require_session", lambda: None)
+    monkeypatch.setattr(remote, "_reopen", calls.append)
+    yield calls
+
+
+def flaky(failures: list[BaseException]) -> Callable[[], str]:
+    def call() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "ok"
+    return call
+
+
+def test_a_lost_connection_is_reopened_and_the_call_sent_again(hook: list[Any]) -> None:
+    told: list[str] = []
+    remote.watch(told.append)
+    try:
+        lost = ConnectionError("Failed during this or a previous request")
+        assert remote.client(flaky([lost])) == "ok"
+    finally:
+        remote.watch(told.append, stop=True)
+    assert hook == [lost] and told == ["reconnecting", "connected"]
+
+
+def test_an_error_raised_on_the_cluster_is_not_a_lost_connection(hook: list[Any]) -> None:
+    on_cluster = RayTaskError("f", "traceback", ConnectionError("refused")).as_instanceof_cause()
+    assert isinstance(on_cluster, ConnectionError)  # why the check is needed
+    with pytest.raises(ConnectionError):
+        remote.client(flaky([on_cluster]))
+    assert hook == []
+
+
+def test_grpc_unavailable_is_a_lost_connection_and_other_codes_are_not(hook: list[Any]) -> None:
+    import grpc
+
+    class Rpc(grpc.RpcError):
+        def __init__(self, code: grpc.StatusCode) -> None:
+            self._code = code
+
+        def code(self) -> grpc.StatusCode:
+            return self._code
+
+    assert remote.client(flaky([Rpc(grpc.StatusCode.UNAVAILABLE)])) == "ok"
+    with pytest.raises(grpc.RpcError):
+        remote.client(flaky([Rpc(grpc.StatusCode.ABORTED)]))  # the server's own error
+    assert len(hook) == 1
+
+
+def test_a_second_loss_right_after_reopening_is_not_retried_forever(hook: list[Any]) -> None:
+    with pytest.raises(ConnectionError):
+        remote.client(flaky([ConnectionError("a"), ConnectionError("b")]))
+    assert len(hook) == 1
+
+
+def test_a_failed_reopen_says_so_and_tells_the_watchers(monkeypatch: pytest.MonkeyPatch) -> None:
+    def cannot(_: BaseException | None) -> None:
+        raise ConnectionFailed("the head does not answer")
+
+    monkeypatch.setattr(remote, "require_session", lambda: None)
+    monkeypatch.setattr(remote, "_reopen", cannot)
+    told: list[str] = []
+    remote.watch(told.append)
+    try:
+        with pytest.raises(ConnectionFailed, match="does not answer"):
+            remote.client(flaky([ConnectionError("gone")]))
+    finally:
+        remote.watch(told.append, stop=True)
+    assert told == ["reconnecting", "lost"]
+
+
+def test_threads_that_find_it_lost_together_reopen_it_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    opened = threading.Event()
+    calls: list[Any] = []
+
+    def reopen(lost: BaseException | None) -> None:
+        calls.append(lost)
+        opened.set()
+
+    monkeypatch.setattr(remote, "require_session", lambda: None)
+    monkeypatch.setattr(remote, "_reopen", reopen)
+    both_failed = threading.Barrier(2)
+
+    def call() -> str:
+        if not opened.is_set():
+            both_failed.wait(timeout=10)  # both calls fail on the same lost session
+            raise ConnectionError("lost")
+        return "ok"
+
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(remote.client(call)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert results == ["ok", "ok"] and len(calls) == 1
+
+
+def test_without_a_session_hook_a_loss_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(remote, "require_session", lambda: None)
+    monkeypatch.setattr(remote, "_reopen", None)
+    with pytest.raises(ConnectionFailed, match=r"call nbserve.connect\(\) again"):
+        remote.client(flaky([ConnectionError("gone")]))
+
+
+def test_with_no_session_open_the_hook_is_asked_and_refuses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbserve.cluster as session_of  # registers its hook on import
+
+    def closed() -> None:
+        raise ConnectionFailed("Ray is not initialized")
+
+    monkeypatch.setattr(session_of, "_active", None)
+    monkeypatch.setattr(remote, "require_session", closed)
+    assert remote._reopen is session_of._reopen
+    with pytest.raises(ConnectionFailed, match="no open Ray session"):
+        remote.client(lambda: "never")
