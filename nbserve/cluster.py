@@ -73,6 +73,23 @@ class Cluster:
         """The backend that can scale or delete this cluster (None for a plain ``ray://``)."""
         return self.target.provider
 
+    def node_shapes(self) -> dict[str, dict[str, float]] | None:
+        """The nodes this cluster may add, one per group, as Ray sees them; None: unknown.
+
+        A KubeRay cluster's groups (a deploy checks that one of them can hold a replica);
+        None for the local head (its nodes are all there: ``fixed_nodes``) and a plain
+        ``ray://`` address (nothing says what it can add). Unreadable is unknown, not a refusal.
+        """
+        shapes = getattr(self.provider, "node_shapes", None)
+        if shapes is None or self.provider is None or self.provider.fixed_nodes:
+            return None
+        try:
+            result: dict[str, dict[str, float]] | None = shapes()
+        except Exception as err:  # noqa: BLE001 - the deploy goes on unchecked, as before
+            log.warning("could not read the groups of %s: %s", self.provider.describe(), err)
+            return None
+        return result
+
     @property
     def kind(self) -> str:
         """``local``, ``kuberay`` or ``remote`` (a plain ``ray://`` address)."""

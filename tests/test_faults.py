@@ -68,6 +68,12 @@ def test_the_report_states_each_target_met_or_not() -> None:
     assert "CPU X (2 cores; CPU flags: avx2)" in text and faults.COMMAND in text
 
 
+def test_the_committed_report_is_its_json_rendered(tmp_path: Path) -> None:
+    out = tmp_path / "reliability.md"
+    assert faults.main(["--render", str(ROOT / "RELIABILITY.json"), "--output", str(out)]) == 0
+    assert out.read_text() == (ROOT / "RELIABILITY.md").read_text()
+
+
 @pytest.mark.integration
 def test_quick_run_of_the_mix_and_the_search(tmp_path: Path, nbserve_home: Path) -> None:
     out = tmp_path / "reliability.md"

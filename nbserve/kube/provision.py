@@ -21,7 +21,7 @@ from ..clusterspec import ClusterSpec
 from ..errors import ClusterError, SpecError, WaitTimeout
 from ..wait import Progress, poll_until
 from .client import Conflict, Kube, What
-from .raycluster import GROUP, PLURAL, RESOURCE, VERSION, RayClusterRef, readiness
+from .raycluster import GROUP, PLURAL, RESOURCE, VERSION, RayClusterRef, node_shapes, readiness
 
 __all__ = ["RayClusterProvider", "apply", "delete", "scale"]
 
@@ -56,6 +56,15 @@ class RayClusterProvider:
     def scale(self, group: str, replicas: int) -> None:
         """Set the workers of one worker group (see ``Cluster.scale``)."""
         scale(self.ref, group, replicas)
+
+    def node_shapes(self, *, timeout: float = 30) -> dict[str, dict[str, float]] | None:
+        """A pod of each group as Ray sees it (``raycluster.node_shapes``); None: unreadable.
+
+        What a deploy checks a replica against: the autoscaler adds pods of these groups only.
+        """
+        with Kube(self.ref.context) as kube:
+            rc = _get(kube, self.ref.namespace, self.ref.name, time.monotonic() + timeout)
+        return None if rc is None else node_shapes(rc)
 
     def down(self, *, force: bool, timeout: float, progress: bool,
              disconnect: Callable[[], None]) -> None:

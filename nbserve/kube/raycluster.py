@@ -9,17 +9,19 @@ where its Ray auth token lives. Reading the objects from the API server is ``res
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from .. import defaults, versions
+from ..accelerators import ACCELERATORS
 from ..errors import ConnectionFailed
 
 __all__ = [
     "GROUP", "HEAD_SELECTOR", "PLURAL", "RESOURCE", "ROLES", "TOKEN_KEY", "VERSION",
     "RayClusterRef",
-    "check_ready", "check_versions", "head_ports", "readiness", "token_ref",
+    "check_ready", "check_versions", "head_ports", "node_shapes", "readiness", "token_ref",
 ]
 
 log = logging.getLogger(__name__)
@@ -175,3 +177,56 @@ def _kuberay_name(name: str) -> str:
     """KubeRay's utils.CheckName: at most 50 characters, starting with a letter."""
     name = name[-50:]
     return "r" + name[1:] if not name[0].isalpha() else name
+
+
+def node_shapes(rc: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The Ray resources one pod of each group would have, by group ("head" for the head).
+
+    What KubeRay gives Ray: ``num-cpus``/``num-gpus`` from ``rayStartParams`` or else the
+    first container's limits (requests without limits), and ``resources``' JSON; a GKE node
+    selector for a GPU adds Ray's ``accelerator_type:<type>``, which Ray detects on such a node;
+    a GPU of no known type is ``accelerator_type:*``. Worker groups that may have no pod
+    (``maxReplicas`` 0) are left out.
+
+    Example:
+        >>> rc = {"spec": {"headGroupSpec": {"rayStartParams": {"num-cpus": "0"}},
+        ...       "workerGroupSpecs": [{"groupName": "gpu", "maxReplicas": 2, "template": {
+        ...           "spec": {"nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+        ...                    "containers": [{"resources": {"limits": {
+        ...                        "cpu": "8", "nvidia.com/gpu": "1"}}}]}}}]}}
+        >>> node_shapes(rc)
+        {'head': {'CPU': 0.0}, 'gpu': {'CPU': 8.0, 'GPU': 1.0, 'accelerator_type:L4': 1.0}}
+    """
+    spec = rc.get("spec") or {}
+    groups = [("head", spec.get("headGroupSpec") or {})] + [
+        (str(g.get("groupName", "?")), g) for g in spec.get("workerGroupSpecs") or []
+        if int(g.get("maxReplicas", g.get("replicas", 1)) or 0) > 0]
+    by_label = {a.gke_label: a.serve_type for a in ACCELERATORS}
+    shapes: dict[str, dict[str, float]] = {}
+    for name, group in groups:
+        params = group.get("rayStartParams") or {}
+        pod = (group.get("template") or {}).get("spec") or {}
+        amounts = ((pod.get("containers") or [{}])[0].get("resources") or {})
+        given = {**(amounts.get("requests") or {}), **(amounts.get("limits") or {})}
+        shape: dict[str, float] = {}
+        cpus = params.get("num-cpus", given.get("cpu"))
+        if cpus is not None:
+            shape["CPU"] = _quantity(str(cpus))
+        gpus = params.get("num-gpus", given.get("nvidia.com/gpu"))
+        if gpus is not None and _quantity(str(gpus)) > 0:
+            shape["GPU"] = _quantity(str(gpus))
+        label = (pod.get("nodeSelector") or {}).get("cloud.google.com/gke-accelerator")
+        if label in by_label and "GPU" in shape:
+            shape[f"accelerator_type:{by_label[label]}"] = 1.0
+        custom = str(params.get("resources") or "").strip().strip('"').replace('\\"', '"')
+        if custom:
+            shape |= {k: float(v) for k, v in json.loads(custom).items()}
+        if "GPU" in shape and not any(k.startswith("accelerator_type:") for k in shape):
+            shape["accelerator_type:*"] = 1.0  # a GPU whose type Ray learns on the node
+        shapes[name] = shape
+    return shapes
+
+
+def _quantity(text: str) -> float:
+    """A Kubernetes CPU or count quantity as a number: "4" -> 4, "500m" -> 0.5."""
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)

@@ -62,7 +62,8 @@ class ReplicaRow(TypedDict):
 
 def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, Any],
            replace: bool = False, secrets: list[str] | None = None,
-           fixed_nodes: bool = False, router: dict[str, Any] | None = None) -> DeployResult:
+           fixed_nodes: bool = False, router: dict[str, Any] | None = None,
+           shapes: dict[str, dict[str, float]] | None = None) -> DeployResult:
     """Apply one Serve app config declaratively, keeping every other declared app as it is.
 
     Serve's declarative API takes the whole set of apps at once, so under the cluster's
@@ -74,8 +75,9 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
     nothing. Refused before anything changes: a local model path that does not exist
     (``model_path_missing``), a secret the replicas read from their node's environment that
     is not set there (``secret_missing``; only the names of ``secrets`` travel, never a
-    value), a replica that fits no node of a cluster that cannot add nodes
-    (``unschedulable``, checked when ``fixed_nodes``), Serve started by something else and
+    value), a replica that fits no node of a cluster that cannot add nodes, or no node of the
+    groups ``shapes`` says it can add (``unschedulable``, checked when ``fixed_nodes`` or
+    ``shapes``), Serve started by something else and
     listening elsewhere than ``http`` says (``serve_elsewhere``), a name that runs something
     else unless ``replace`` (``exists``), a
     route prefix another app serves (``route_prefix_taken``).
@@ -92,7 +94,8 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
     missing = [n for n in secrets or () if not os.environ.get(n)]
     if missing:
         return _refused("secret_missing", _secret_missing(missing))
-    lacking = unschedulable(app) if fixed_nodes else ""
+    lacking = unschedulable(app) if fixed_nodes else \
+        unschedulable(app, shapes) if shapes is not None else ""
     if lacking:
         return _refused("unschedulable", lacking)
     name = app["name"]
@@ -230,22 +233,35 @@ def replica_bundles(app: dict[str, Any]) -> list[dict[str, float]]:
     return bundles
 
 
-def unschedulable(app: dict[str, Any]) -> str:
-    """Why no node of the cluster as it is can hold one replica of ``app``, or "".
+def unschedulable(app: dict[str, Any], shapes: dict[str, dict[str, float]] | None = None
+                  ) -> str:
+    """Why no node the cluster has, or may add, can hold one replica of ``app``, or "".
 
-    Compared with each alive node's total resources, not what is free now: a replica that
-    waits for another to stop still runs later.
+    Without ``shapes``: compared with each alive node's total resources (a cluster that cannot
+    add nodes), not what is free now: a replica that waits for another to stop still runs
+    later. With ``shapes``: with a node of each group the cluster may add nodes of (a
+    RayCluster's groups, by name); ``accelerator_type:*`` in a shape stands for a GPU whose
+    type only Ray, on the node, will know.
     """
     import ray
 
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    nodes = shapes if shapes is not None else {
+        str(n.get("NodeID")): n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")}
     for bundle in replica_bundles(app):
-        if any(all(node.get(k, 0.0) >= v for k, v in bundle.items()) for node in nodes):
+        if any(_fits(bundle, node) for node in nodes.values()):
             continue
-        largest = {k: max((n.get(k, 0.0) for n in nodes), default=0.0) for k in bundle}
+        wanted = ", ".join(f"{k} {v:g}" for k, v in bundle.items())
+        if shapes is not None:
+            offered = "; ".join(f"{group}: {', '.join(f'{k} {v:g}' for k, v in node.items())}"
+                                for group, node in nodes.items())
+            return (f"one replica needs {wanted} on one node, and no group of this RayCluster "
+                    f"has such nodes ({offered}), so the replica would never start: deploy "
+                    "for what a group has (cpus=, accelerator=), or give the cluster a worker "
+                    "group with it (ClusterSpec(worker_groups=[WorkerGroup(accelerator=...)]), "
+                    "then nbserve.create_cluster)")
+        largest = {k: max((n.get(k, 0.0) for n in nodes.values()), default=0.0) for k in bundle}
         short = [k for k, v in bundle.items() if largest[k] < v]
         have = ", ".join(f"{k} {largest[k]:g}" for k in short)
-        wanted = ", ".join(f"{k} {v:g}" for k, v in bundle.items())
         fix = ("lower cpus= (or start the local head with more logical CPUs: `nbserve down`, "
                "then `nbserve up --num-cpus N`)" if set(short) == {"CPU"} else
                "deploy on CPUs (accelerator=None) or connect to a cluster that has that GPU")
@@ -253,6 +269,13 @@ def unschedulable(app: dict[str, Any]) -> str:
                 f"cluster has {have or 'less'}; this cluster cannot add nodes, so the replica "
                 f"would never start: {fix}")
     return ""
+
+
+def _fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
+    """Whether ``node``'s resources hold ``bundle`` (a GPU of unknown type holds any type)."""
+    return all(node.get(k, 0.0) >= v or (k.startswith("accelerator_type:")
+                                         and node.get("accelerator_type:*", 0.0) >= v)
+               for k, v in bundle.items())
 
 
 def _secret_missing(missing: list[str]) -> str:
