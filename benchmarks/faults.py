@@ -431,10 +431,11 @@ def render(rows: list[Row], info: dict[str, Any], command: str, started: str) ->
                      f"{r.longest_gap_s:.1f} | {back} | {r.target} | "
                      f"{'yes' if r.met else '**no**'} |")
     lines += ["", "For the listeners row, *sent* counts listeners outside loopback and *failed* "
-              "the places the sentinel secret was found. A listener found in a Serve replica's "
-              "process is its inter-deployment gRPC server, which Serve 2.60 binds to `[::]:0` "
-              "in its code (`ray/serve/_private/replica.py`, whatever Serve's host is): one per "
-              "replica, and no setting of Serve's moves it.", ""]
+              "the places the sentinel secret was found. Serve 2.60 binds each replica's "
+              "inter-deployment gRPC server to `[::]:0` in its code "
+              "(`ray/serve/_private/replica.py`, whatever Serve's host is); on the local head "
+              "nbserve's worker setup hook (`nbserve.serve_loopback`) binds it to 127.0.0.1.",
+              ""]
     for r in rows:
         if r.notes:
             lines += [f"**{r.scenario}**", "", *(f"- {n}" for n in r.notes), ""]

@@ -36,7 +36,7 @@ from typing import Any
 import nbserve
 from nbserve import bench, local, procs, traces
 from nbserve.benchresult import BenchResult, percentile
-from nbserve.remote.serve import native_bf16
+from nbserve.remote.thisnode import native_bf16
 from nbserve.remote.traces import Receiver
 
 from .paths import ENGINE_ENV, NAME, PY, VLLM_CLI

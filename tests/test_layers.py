@@ -20,7 +20,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nbserve"
 # Lowest first. A module's layer is its own name's entry, else its package's (``remote``).
 LAYERS: list[tuple[str, set[str]]] = [
     ("leaves", {"errors", "wait", "versions", "names", "defaults", "fmt", "procs", "target",
-                "vllm_plugin", "haproxy", "serve_callbacks"}),
+                "vllm_plugin", "haproxy", "serve_callbacks",
+                "serve_loopback"}),
     ("specs", {"spec", "accelerators", "serveconfig", "clusterspec", "manifests", "tinymodel"}),
     ("remote", {"remote"}),
     ("observe", {"families", "metrics", "sources", "snapshot", "prometheus", "dashboard", "bench",

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from nbserve import LLM
-from nbserve.remote.serve import LOCAL_MODEL_CALLBACK, _local_models
+from nbserve.remote.thisnode import LOCAL_MODEL_CALLBACK, local_models
 from nbserve.serveconfig import serve_app
 
 
@@ -28,7 +28,7 @@ def callbacks(app: dict[str, Any]) -> list[Any]:
 
 def test_local_paths_skip_the_download_task() -> None:
     app = app_of("/models/tiny", "./other")
-    applied = _local_models(app)
+    applied = local_models(app)
     assert callbacks(applied) == [{"callback_class": LOCAL_MODEL_CALLBACK}] * 2
     assert callbacks(app) == [None, None]  # the declared config (and the record) unchanged
     assert {k: v for k, v in applied.items() if k != "args"} == \
@@ -38,13 +38,13 @@ def test_local_paths_skip_the_download_task() -> None:
 @pytest.mark.parametrize("models", [("org/tiny",), ("/models/tiny", "org/tiny")])
 def test_a_model_to_download_keeps_serve_llms_task(models: tuple[str, ...]) -> None:
     app = app_of(*models)
-    assert _local_models(app) is app
+    assert local_models(app) is app
 
 
 def test_the_heads_environment_can_keep_the_task(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NBSERVE_SERVE_LLM_NODE_INIT", "always")
     app = app_of("/models/tiny")
-    assert _local_models(app) is app
+    assert local_models(app) is app
 
 
 def test_the_callback_turns_node_initialization_off() -> None:

@@ -336,7 +336,7 @@ def test_from_zero_serve_asks_for_upscaling_factor_replicas(factor: float | None
 
 
 def test_cpu_engines_at_auto_run_float32_where_the_cpu_lacks_bfloat16() -> None:
-    from nbserve.remote.serve import cpu_dtype, native_bf16
+    from nbserve.remote.thisnode import cpu_dtype, native_bf16
 
     def dtypes(app: dict[str, Any]) -> list[Any]:
         return [c["engine_kwargs"].get("dtype") for c in app["args"]["llm_configs"]]

@@ -24,6 +24,7 @@ from .ray_private import (
     serve_client,
     start_serve,
 )
+from .thisnode import looks_like_path, on_this_node
 from .traces import for_this_cluster
 
 KV_NAMESPACE = b"nbserve"
@@ -86,7 +87,7 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
 
     for cfg in (app.get("args") or {}).get("llm_configs") or []:
         source = cfg["model_loading_config"]["model_source"]
-        if _looks_like_path(source) and not os.path.exists(os.path.expanduser(source)):
+        if looks_like_path(source) and not os.path.exists(os.path.expanduser(source)):
             return _refused("model_path_missing",
                             f"model path {source!r} does not exist on the cluster node "
                             f"{os.uname().nodename}; pass a path that exists on the cluster's "
@@ -121,7 +122,7 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
                                 "another route_prefix= (or another name, the default prefix)")
         keep = {other: a["deployed_app_config"] for other, a in running.items()
                 if a.get("deployed_app_config") and other != name}
-        applied = _on_this_node(traced) if fixed_nodes else traced
+        applied = on_this_node(traced) if fixed_nodes else traced
         if router and direct_streaming():
             applied = {**applied, "deployments": [*app.get("deployments", []), router]}
         config: dict[str, Any] = {"applications": [*keep.values(), applied]}
@@ -343,93 +344,6 @@ def log_tail(app_name: str, deployment: str, lines: int) -> str:
         if rep["death_cause"]:
             return rep["death_cause"]
     return ""
-
-
-LOCAL_MODEL_CALLBACK = "nbserve.serve_callbacks.LocalModel"
-# CPU flags of a native bfloat16 (AVX-512 BF16, AMX): without one, vLLM emulates bfloat16.
-NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-
-
-def _on_this_node(app: dict[str, Any]) -> dict[str, Any]:
-    """``app`` made for the node it runs on, on a cluster that cannot add nodes."""
-    import ray
-
-    app = _local_models(app)
-    if len([n for n in ray.nodes() if n.get("Alive")]) == 1:  # its CPU is this one
-        app = cpu_dtype(app, native_bf16(_cpuinfo()))
-    return app
-
-
-def _cpuinfo() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            return fh.read()
-    except OSError:
-        return ""
-
-
-def native_bf16(cpuinfo: str) -> bool | None:
-    r"""Whether the CPU computes in bfloat16 natively, from ``/proc/cpuinfo`` (None: unknown).
-
-    Example:
-        >>> native_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
-        True
-        >>> native_bf16("flags\t\t: fpu avx2\n"), native_bf16("")
-        (False, None)
-    """
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return bool(NATIVE_BF16_FLAGS & set(line.partition(":")[2].split()))
-    return None
-
-
-def cpu_dtype(app: dict[str, Any], native: bool | None) -> dict[str, Any]:
-    """``app`` with float32 for its CPU engines at dtype "auto" when the CPU lacks bfloat16.
-
-    There vLLM's "auto" (bfloat16 for a bfloat16 checkpoint) emulates bfloat16, slower than
-    float32. A dtype the spec names, an accelerator, or a CPU with native bfloat16 (or
-    unknown flags) keep vLLM's choice.
-
-    Example:
-        >>> app = {"args": {"llm_configs": [{"engine_kwargs": {}}]}}
-        >>> cpu_dtype(app, False)["args"]["llm_configs"][0]["engine_kwargs"]
-        {'dtype': 'float32'}
-        >>> cpu_dtype(app, True) is app
-        True
-    """
-    configs = (app.get("args") or {}).get("llm_configs") or []
-    if native is not False or not configs:
-        return app
-    configs = [c if c.get("accelerator_type") or "dtype" in (c.get("engine_kwargs") or {})
-               else {**c, "engine_kwargs": {**(c.get("engine_kwargs") or {}), "dtype": "float32"}}
-               for c in configs]
-    return {**app, "args": {**app["args"], "llm_configs": configs}}
-
-
-def _local_models(app: dict[str, Any]) -> dict[str, Any]:
-    """``app`` with Serve LLM's model-download task skipped where the files are on the node.
-
-    Only for a cluster that cannot add nodes (this node is where the replicas run), when every
-    model is a local path (checked to exist) and nbserve is importable here, so that the
-    replica can load the callback (``nbserve.serve_callbacks``). Otherwise, or when the
-    head's environment sets ``NBSERVE_SERVE_LLM_NODE_INIT=always`` (to compare), ``app`` as
-    it is.
-    """
-    import importlib.util
-
-    configs = (app.get("args") or {}).get("llm_configs") or []
-    if os.environ.get("NBSERVE_SERVE_LLM_NODE_INIT") == "always":
-        return app
-    if not configs or importlib.util.find_spec("nbserve") is None or not all(
-            _looks_like_path(c["model_loading_config"]["model_source"]) for c in configs):
-        return app
-    configs = [{**c, "callback_config": {"callback_class": LOCAL_MODEL_CALLBACK}}
-               for c in configs]
-    return {**app, "args": {**app["args"], "llm_configs": configs}}
-
-
-def _looks_like_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or os.path.isabs(source)
 
 
 def _short(cause: Any) -> str:
