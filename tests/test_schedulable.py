@@ -84,3 +84,43 @@ def test_the_provider_reads_the_groups_from_the_api_server(kube: FakeKube) -> No
     assert kuberay.node_shapes() == shapes
     assert Cluster(Target("ray://127.0.0.1:1", serve_url="http://127.0.0.1:2")).node_shapes() \
         is None
+
+
+MULTI_NODE = """
+import sys, ray
+from ray.cluster_utils import Cluster
+import nbserve
+from nbserve.remote.serve import _paths_absent_where_replicas_run as absent
+from nbserve.serveconfig import serve_app
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+try:
+    cluster.add_node(num_cpus=2, num_gpus=1, resources={"accelerator_type:L4": 1})
+    ray.init(address=cluster.address)
+    for path, accelerator in ((sys.argv[1], "L4"), ("/no/such/model", "L4"),
+                              ("/no/such/model", "H100")):
+        print(repr(absent(serve_app(nbserve.LLM(path, accelerator=accelerator), "m"))))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+@pytest.mark.integration
+def test_a_model_path_is_looked_for_on_a_node_where_the_replica_could_run(
+        tmp_path: Path) -> None:
+    """A head without GPUs and an L4 node: two raylets of Ray's own test cluster on this
+    machine (it listens on the machine's address while the test runs). The deploy's check is
+    sent to the L4 node by node affinity (both raylets share this machine's files, so this
+    shows the refusal and the skip, not which node looked), and is skipped when no node
+    could hold the replica yet (the autoscaler would add it)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", MULTI_NODE, str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found, missing, no_node = proc.stdout.strip().splitlines()[-3:]
+    assert found == "''"
+    assert "model path '/no/such/model' does not exist on the cluster node" in missing
+    assert "where its replicas would run" in missing
+    assert no_node == "''"  # no H100 node yet: the engine says so if it starts without it

@@ -73,25 +73,20 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
     written. Serve builds the app on the cluster and applies ``deployments:`` overrides in
     place; ``router`` is the override of Serve LLM's router, added where this cluster builds
     apps with one (``direct_streaming``). Deploying exactly what runs under that name changes
-    nothing. Refused before anything changes: a local model path that does not exist
-    (``model_path_missing``), a secret the replicas read from their node's environment that
-    is not set there (``secret_missing``; only the names of ``secrets`` travel, never a
-    value), a replica that fits no node of a cluster that cannot add nodes, or no node of the
-    groups ``shapes`` says it can add (``unschedulable``, checked when ``fixed_nodes`` or
-    ``shapes``), Serve started by something else and
-    listening elsewhere than ``http`` says (``serve_elsewhere``), a name that runs something
-    else unless ``replace`` (``exists``), a
-    route prefix another app serves (``route_prefix_taken``).
+    nothing. Refused before anything changes: a local model path that does not exist where a
+    replica could run (``model_path_missing``), a secret the replicas read from their node's
+    environment that is not set there (``secret_missing``; only the names of ``secrets``
+    travel, never a value), a replica that fits no node of a cluster that cannot add nodes, or
+    no node of the groups ``shapes`` says it can add (``unschedulable``, checked when
+    ``fixed_nodes`` or ``shapes``), Serve started by something else and listening elsewhere
+    than ``http`` says (``serve_elsewhere``), a name that runs something else unless
+    ``replace`` (``exists``), a route prefix another app serves (``route_prefix_taken``).
     """
     from ray.serve.schema import ServeDeploySchema
 
-    for cfg in (app.get("args") or {}).get("llm_configs") or []:
-        source = cfg["model_loading_config"]["model_source"]
-        if looks_like_path(source) and not os.path.exists(os.path.expanduser(source)):
-            return _refused("model_path_missing",
-                            f"model path {source!r} does not exist on the cluster node "
-                            f"{os.uname().nodename}; pass a path that exists on the cluster's "
-                            "nodes or a Hugging Face model id")
+    absent = _paths_absent_where_replicas_run(app)
+    if absent:
+        return _refused("model_path_missing", absent)
     missing = [n for n in secrets or () if not os.environ.get(n)]
     if missing:
         return _refused("secret_missing", _secret_missing(missing))
@@ -277,6 +272,46 @@ def _fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
     return all(node.get(k, 0.0) >= v or (k.startswith("accelerator_type:")
                                          and node.get("accelerator_type:*", 0.0) >= v)
                for k, v in bundle.items())
+
+
+def _paths_absent_where_replicas_run(app: dict[str, Any]) -> str:
+    """Why a model path of ``app`` is missing on a node a replica could run on, or "".
+
+    Checked on such a node (this one if it is one, else the first, by node affinity), not on
+    whichever node this task landed on: on KubeRay that is often the head, without the GPU
+    nodes' volumes. With no such node yet (the autoscaler adds it), nothing is checked: the
+    engine then says so when it starts.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    paths = [cfg["model_loading_config"]["model_source"]
+             for cfg in (app.get("args") or {}).get("llm_configs") or []]
+    paths = [p for p in paths if looks_like_path(p)]
+    if not paths:
+        return ""
+    nodes = {str(n["NodeID"]): n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")}
+    fit = [node for node, res in nodes.items() if _fits(replica_bundles(app)[0], res)]
+    if not fit:
+        return ""
+    here = ray.get_runtime_context().get_node_id()
+    if here in fit:
+        absent, where = paths_absent(paths)
+    else:
+        check = ray.remote(num_cpus=0, max_retries=0)(paths_absent).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(fit[0], soft=False))
+        absent, where = ray.get(check.remote(paths))
+    if not absent:
+        return ""
+    return (f"model path {absent[0]!r} does not exist on the cluster node {where}, where its "
+            "replicas would run; pass a path that exists on the cluster's nodes (for KubeRay, "
+            "a volume mounted in the worker pods) or a Hugging Face model id")
+
+
+def paths_absent(paths: list[str]) -> tuple[list[str], str]:
+    """The ``paths`` missing on this node, and the node's name."""
+    return ([p for p in paths if not os.path.exists(os.path.expanduser(p))],
+            os.uname().nodename)
 
 
 def _secret_missing(missing: list[str]) -> str:
