@@ -434,7 +434,8 @@ def render(rows: list[Row], info: dict[str, Any], command: str, started: str) ->
               "the places the sentinel secret was found. Serve 2.60 binds each replica's "
               "inter-deployment gRPC server to `[::]:0` in its code "
               "(`ray/serve/_private/replica.py`, whatever Serve's host is); on the local head "
-              "nbserve's worker setup hook (`nbserve.serve_loopback`) binds it to 127.0.0.1.",
+              "nbserve's worker setup hook (`nbserve.serve_loopback`, from commit eeb4450 on) "
+              "binds it to 127.0.0.1.",
               ""]
     for r in rows:
         if r.notes:

@@ -190,6 +190,7 @@ class Dashboard:
         self._lock = threading.Lock()
         self._bar_of: dict[tuple[str, str], Any] = {}  # (app, replica id) -> its FloatProgress
         self._gone: set[str] = set()  # apps Serve no longer has
+        self._body = ""  # the header's lines as last drawn, without a connection notice
         self.widget = self._build()
         if start:
             self.start()
@@ -247,13 +248,13 @@ class Dashboard:
             self._render()
 
     def _on_connection(self, state: str) -> None:
-        """Say so while the session is being reopened (any thread; refresh may hold the lock)."""
+        """Say so while the session is being reopened (any thread; refresh may hold the lock).
+
+        The header's first line says it until the next refresh redraws the header.
+        """
         self.state.connection = "" if state == "connected" else state
-        self.notice.value = {
-            "reconnecting": "<span style='color:#b60'>connection lost: reconnecting…</span>",
-            "lost": "<span style='color:#b00'>connection lost: retrying at the next refresh"
-                    "</span>",
-        }.get(state, "")
+        if self.state.connection:
+            self.header.value = f"{_notice(self.state.connection)}<br>{self._body}"
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -271,7 +272,6 @@ class Dashboard:
     def _build(self) -> Any:
         import ipywidgets as w
 
-        self.notice = w.HTML()  # the session's connection, when it is being reopened
         self.header = w.HTML()
         self.bars = w.HBox()
         # The chart is a plain plotly Figure drawn into an Output widget and redrawn on each
@@ -290,7 +290,7 @@ class Dashboard:
                                    "value")
         self.message = w.HTML()
         rows = [c.row for c in self.controls.values()]
-        return w.VBox([self.notice, self.header, self.bars, self.chart, *rows,
+        return w.VBox([self.header, self.bars, self.chart, *rows,
                        w.HBox([self.pause, self.interval_menu]), self.message])
 
     def _controls(self, app: WatchedApp) -> AppControls:
@@ -349,7 +349,9 @@ class Dashboard:
             if err:
                 line += f" · <span style='color:#b00'>{html.escape(err)}</span>"
             rows.append(line)
-        self.header.value = "<br>".join(rows)
+        self._body = "<br>".join(rows)
+        notice = [_notice(self.state.connection)] if self.state.connection else []
+        self.header.value = "<br>".join([*notice, self._body])
         # Bars are kept per replica and only change value: new widgets on each refresh would
         # pile up in the kernel and the browser. Bars of replicas gone are closed.
         if list(bars.values()) != list(self.bars.children):
@@ -395,6 +397,13 @@ def _label(app: str, metric: str) -> str:
     if metric.startswith(KV_REPLICA):
         return f"{app} KV {metric[len(KV_REPLICA):][-8:]}"
     return f"{app} {metric.replace('_', ' ')}"
+
+
+def _notice(connection: str) -> str:
+    """The header's line while the session is being reopened ("reconnecting") or failed to."""
+    if connection == "reconnecting":
+        return "<span style='color:#b60'>connection lost: reconnecting…</span>"
+    return "<span style='color:#b00'>connection lost: retrying at the next refresh</span>"
 
 
 def _figure(state: DashboardState) -> Any:

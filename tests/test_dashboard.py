@@ -203,6 +203,29 @@ def test_the_thread_refreshes_pauses_and_stops_when_the_app_is_gone(dash: Dashbo
     assert "deleted?" in dash.state.errors["tiny"] and "deleted?" in dash.header.value
 
 
+def test_while_the_session_is_reopened_the_header_says_so(dash: Dashboard) -> None:
+    """The dashboard watches the session: remote.client tells it, from whichever thread."""
+    from nbserve import remote
+
+    dash.refresh()
+    drawn = dash.header.value
+    dash.start()
+    try:
+        assert dash._on_connection in remote._watchers
+        remote._tell("reconnecting")
+        assert dash.header.value.startswith("<span") and "reconnecting" in dash.header.value
+        assert drawn in dash.header.value  # the apps' lines stay below it
+        remote._tell("lost")
+        assert dash.header.value.count("connection lost") == 1  # one notice, the latest
+        assert "retrying at the next refresh" in dash.header.value
+        remote._tell("connected")
+        dash.refresh()
+        assert "connection lost" not in dash.header.value
+    finally:
+        dash.stop()
+    assert dash._on_connection not in remote._watchers  # a stopped dashboard is not told
+
+
 def test_closing_the_widget_stops_the_thread(dash: Dashboard) -> None:
     dash.start()
     dash.widget.close()
