@@ -70,6 +70,7 @@ class App(Measuring):
         self.spec = spec
         self.route_prefix = route_prefix or f"/{name}"
         self.last_update: str | None = None
+        self._waiting = ""  # what its replica waits for, from the last deploy (see apply)
         self._metrics = MetricsReader(name)  # one MetricsWindow per source read
 
     @classmethod
@@ -155,8 +156,8 @@ class App(Measuring):
         works wherever the Ray Client connection works; or, given ``prometheus``, reads the
         same series from that Prometheus server with no Ray call. Rates and latency
         percentiles come from the change between calls: the first call has them as None, and
-        since Ray exports metrics every 10 s they appear after 10 to 20 s of calls (e.g.
-        every 2 s).
+        they appear after two of Ray's metric exports (every 10 s on a Ray cluster by default,
+        every 2 s on the local head nbserve starts) of calls made, say, every 2 s.
 
         Args:
             timeout: seconds to wait for each node's metrics endpoint (or for Prometheus).
@@ -214,10 +215,11 @@ class App(Measuring):
                 elif time.monotonic() - unhealthy[0] >= UNHEALTHY_GRACE_S:
                     raise self._failure(status)
                 healthy = sum(d.status == "HEALTHY" for d in status.deployments.values())
-                bar.update(str(status), n=healthy, total=max(len(status.deployments), 1))
+                waiting = f"; {self._waiting}" if self._waiting and not status.ok else ""
+                bar.update(f"{status}{waiting}", n=healthy, total=max(len(status.deployments), 1))
 
-            poll_until(self.status, self._settled, timeout=timeout, interval=interval,
-                       what=f"deploying {self.name!r}", on_poll=show)
+            poll_until(self.status, self._settled, timeout=timeout, interval=interval, on_poll=show,
+                       what=f"deploying {self.name!r}" + (self._waiting and f" ({self._waiting})"))
         return self
 
     def _settled(self, status: AppStatus) -> bool:
@@ -377,6 +379,9 @@ class App(Measuring):
                 raise NbserveError(result["message"])
             raise SpecError(result["message"])
         self.spec = spec
+        self._waiting = result.get("waiting", "")
+        if self._waiting:
+            log.warning("app %s: %s", self.name, self._waiting)
 
     @property
     def _fixed_nodes(self) -> bool:
@@ -422,9 +427,8 @@ class App(Measuring):
             >>> print(nbserve.to_yaml(app.to_rayservice(spec)))  # doctest: +SKIP
         """
         if self.spec is None:
-            raise NbserveError(
-                f"app {self.name!r} was not deployed by nbserve, so its spec is unknown"
-            )
+            raise NbserveError(f"app {self.name!r} was not deployed by nbserve, so its spec "
+                               "is unknown")
         return render_rayservice(cluster, [exported_app(self.spec, self.name, self.route_prefix)],
                                  name=name, secrets=self.spec.secrets)
 
@@ -435,10 +439,8 @@ class App(Measuring):
 
     def _repr_html_(self) -> str:
         model = html.escape(self.spec.model) if self.spec else "(not deployed by nbserve)"
-        return (
-            f"<b>nbserve.App</b> <code>{html.escape(self.name)}</code> · model {model}<br>"
-            f"endpoint <code>{html.escape(self.endpoint)}</code>"
-        )
+        return (f"<b>nbserve.App</b> <code>{html.escape(self.name)}</code> · model {model}<br>"
+                f"endpoint <code>{html.escape(self.endpoint)}</code>")
 
 
 def _error_tail(err: BaseException) -> str:

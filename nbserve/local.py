@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 DEFAULT_NUM_CPUS = defaults.LOCAL_NUM_CPUS
 # Serve's throughput flags; ``up(env={})`` starts a head without them.
 DEFAULT_HEAD_ENV: dict[str, str] = dict(defaults.SERVE_THROUGHPUT_ENV)
+METRICS_EXPORT_MS = 2000  # the head's metrics_report_interval_ms (Ray's default: 10000)
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,9 @@ def _up(state: Path, num_cpus: int, base: Path | None, timeout: float,
         # Serve's HAProxy takes fixed ports (8404, 9101) by default: two heads would clash.
         "RAY_SERVE_HAPROXY_STATS_PORT": str(ha_stats),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(ha_metrics),
+        # Every process exports its metrics every 2 s instead of Ray's 10 s: a dashboard shows
+        # tokens/s within seconds of the first calls, not after 10 to 20 s.
+        "RAY_metrics_report_interval_ms": str(METRICS_EXPORT_MS),
         **os.environ,
         **(DEFAULT_HEAD_ENV if env is None else env),
     }
@@ -211,8 +215,8 @@ def _up(state: Path, num_cpus: int, base: Path | None, timeout: float,
     head_env |= {
         # Ray's single-node mode (its default on macOS): the node's address is 127.0.0.1,
         # so GCS, the raylet, the Ray Client server, the agents and the metrics port listen on
-        # loopback, and no other node may join. (Serve's replica gRPC servers still bind
-        # every interface: Serve's code says [::]:0.)
+        # loopback, and no other node may join. (Serve's replica gRPC servers bind every
+        # interface in Serve's code: remote.thisnode.grpc_on_loopback turns that off.)
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_path),

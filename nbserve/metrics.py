@@ -137,6 +137,7 @@ class _Series:
 
     value: Buckets
     first_seen: float
+    last_seen: float
     # The changes seen: (time, increase since the previous change); the first one only marks
     # the time (the export before it happened at an unknown time), so it has no increase.
     marks: list[tuple[float, Buckets | None]] = field(default_factory=list)
@@ -151,15 +152,17 @@ class MetricsWindow:
     """Turns successive scrapes of one app into Snapshots; owns the counter-reset logic.
 
     Gauges are taken as read, rates and latency percentiles come from counter and histogram
-    deltas. Ray exports each process's metrics every 10 s (``metrics_report_interval_ms``), each
-    on its own phase, so a dashboard polling faster sees most series unchanged between two
+    deltas. Ray exports each process's metrics every 10 s by default
+    (``metrics_report_interval_ms``; every 2 s on the local head nbserve starts), each on its
+    own phase, so a dashboard polling faster sees most series unchanged between two
     scrapes; the window therefore measures each series between the scrapes where it changed.
     A series' rate is its increase between the first and the last scrape where its value
     changed, over the last ``window_s`` seconds: a series needs two changes (10 to 20 s with
     Ray's default export interval) before it has a rate. A counter that drops was reset: its
-    new value is the increase. A series seen for the first time is a baseline; one that
-    disappears (a stopped replica, or an engine idle long enough for Ray to stop exporting it)
-    is forgotten. A series unchanged for ``hold_s`` counts as idle (rate 0).
+    new value is the increase. A series seen for the first time is a baseline; one whose
+    replica is no longer the app's is forgotten at once, one missing from a scrape (a node's
+    scrape failed, or an engine idle long enough for Ray to stop exporting it) after ``hold_s``.
+    A series unchanged for ``hold_s`` counts as idle (rate 0).
 
     Example:
         >>> window = MetricsWindow("tiny")
@@ -178,7 +181,7 @@ class MetricsWindow:
         """Take the next scrape and return the app's snapshot at its time."""
         now = scrape.time
         mine = _app_samples(scrape.samples, self.app, scrape.replica_ids, scrape.node_ips)
-        self._advance(_tracked_values(mine), now)
+        self._advance(_tracked_values(mine), now, scrape.replica_ids)
         self._updates += 1
         kv: dict[str, float] = {}
         running = waiting = 0.0
@@ -244,14 +247,24 @@ class MetricsWindow:
                 for whole, part in ((serve.p50, engine.p50), (serve.p95, engine.p95))))
         return Latency({k: v for k, v in phases.items() if v.p50 is not None})
 
-    def _advance(self, values: dict[_Key, Buckets], now: float) -> None:
-        for key in [k for k in self._series if k not in values]:
-            del self._series[key]  # its replica stopped: it contributes nothing from now on
+    def _advance(self, values: dict[_Key, Buckets], now: float,
+                 replica_ids: frozenset[str]) -> None:
+        for key, old in list(self._series.items()):
+            if key in values:
+                continue
+            replica = _replica_of(key)
+            if (replica is not None and replica_ids and replica not in replica_ids) \
+                    or now - old.last_seen > self.hold_s:
+                del self._series[key]  # its replica stopped: it contributes nothing from now on
+            # else: missing from this scrape only (a node's export was late or its scrape
+            # failed); forgetting it would make it a new baseline and hide its rate for two
+            # more export intervals
         for key, value in values.items():
             st = self._series.get(key)
             if st is None:
-                self._series[key] = _Series(value, first_seen=now)
+                self._series[key] = _Series(value, first_seen=now, last_seen=now)
                 continue
+            st.last_seen = now
             if value == st.value or (st.marks and now <= st.marks[-1][0]):
                 continue
             st.marks.append((now, _increase(st.value, value) if st.marks else None))
@@ -315,6 +328,12 @@ def _node_use(values: dict[str, list[float]]) -> NodeUse:
         mem_total=one("node_mem_total"), gpu_pct=sum(gpus) / len(gpus) if gpus else None,
         gpu_mem_used=sum(used) if used else None,
         gpu_mem_total=sum(used) + sum(free) if used and free else None)
+
+
+def _replica_of(key: _Key) -> str | None:
+    """The replica a series belongs to (engines say ReplicaId, Serve says replica), if any."""
+    labels = dict(key[1])
+    return labels.get("ReplicaId") or labels.get("replica")
 
 
 def _tracked_values(samples: Iterable[Sample]) -> dict[_Key, Buckets]:

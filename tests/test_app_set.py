@@ -120,14 +120,35 @@ def test_serve_calls_reach_this_sessions_cluster_after_another(tmp_path: Path) -
         base = tmp_path / name
         head = local.up(base=base)
         try:
-            cluster = nbserve.connect(head.address, token_path=head.token_path, timeout=240)
+            cluster = nbserve.connect(head.address, token_path=head.token_path, timeout=240,
+                                      serve_url=f"http://127.0.0.1:{head.serve_port}")
             try:
                 config = echo_config(f"echo-{name}")
                 http = {"host": "127.0.0.1", "port": head.serve_port}
                 result = remote.call(remote_serve.deploy, config, http, {"config": config})
                 assert result["ok"], result
                 assert declared() == {f"echo-{name}"}  # this head's Serve, through the kernel
+                if name == "second":
+                    waits_for_a_node_it_lacks(cluster)
             finally:
                 cluster.disconnect()
         finally:
             local.down(base)
+
+
+def waits_for_a_node_it_lacks(cluster: Any) -> None:
+    """Through a plain ``ray://`` session (nothing says whether the cluster can add nodes), a
+    replica no node can hold is deployed, and ``wait()`` names what it waits for at once."""
+    import nbserve
+    from nbserve.errors import WaitTimeout
+
+    assert cluster.kind == "remote", cluster
+    spec = nbserve.LLM("Qwen/Qwen2.5-0.5B-Instruct", accelerator="L4")
+    app = cluster.deploy(spec, name="pending", wait=False, progress=False)
+    try:
+        with pytest.raises(WaitTimeout) as err:
+            app.wait(timeout=3, progress=False)
+        assert "accelerator_type:L4 0.001" in str(err.value), err.value
+        assert "autoscaler" in str(err.value)
+    finally:
+        app.delete()

@@ -84,6 +84,10 @@ def test_local_head_runs_with_serve_throughput_flags(local_head: local.LocalHead
     # HAProxy's stats and metrics ports are free ones, not the fixed defaults 8404 / 9101.
     assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404"
     assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] != "9101"
+    # Metrics are exported every 2 s (dashboards show rates within seconds), unless the
+    # user's environment says otherwise.
+    assert env["RAY_metrics_report_interval_ms"] == os.environ.get(
+        "RAY_metrics_report_interval_ms", str(local.METRICS_EXPORT_MS))
 
 
 def test_everything_the_local_head_runs_listens_on_loopback_only(

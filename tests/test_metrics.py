@@ -210,6 +210,21 @@ def test_a_replica_that_disappears_or_appears_gives_no_jump() -> None:
     assert got == [None, None, 110.0, 10.0, 10.0, 10.0, 20.0]
 
 
+def test_a_series_missing_from_one_scrape_keeps_its_rate() -> None:
+    # A node's scrape failed once (or its export was late): the replica is still the app's,
+    # so its counter is not a new baseline when it comes back (that hid tokens/s for 20 s).
+    window = MetricsWindow("m", hold_s=20)
+    got = []
+    for t, values, ids in [(0, {"a": 0}, {"a"}), (10, {"a": 100}, {"a"}), (20, {"a": 300}, {"a"}),
+                           (22, {}, {"a"}), (30, {"a": 500}, {"a"}),
+                           (40, {}, set()), (62, {}, set()), (63, {"a": 900}, {"a"})]:
+        got.append(window.update(Scrape.from_texts([counter(values)], t,
+                                                   replica_ids=ids)).tokens_per_s)
+    # t=22: the rate holds; t=30: measured from the changes before the gap; t=62: missing for
+    # longer than hold_s, forgotten; t=63: a baseline again.
+    assert got == [None, None, 20.0, 20.0, 20.0, 20.0, 0.0, None]
+
+
 def test_series_of_other_apps_are_left_out(entries: list[Recorded]) -> None:
     load = phase(entries, "load")
     own = run(entries[: load[-1] + 1])[-1]

@@ -21,7 +21,7 @@ from nbserve.clusterspec import ClusterSpec, WorkerGroup
 from nbserve.kube.provision import RayClusterProvider
 from nbserve.kube.raycluster import RayClusterRef, node_shapes
 from nbserve.manifests import render_raycluster
-from nbserve.remote.serve import unschedulable
+from nbserve.remote.serve import unschedulable, waits_for_node
 from nbserve.serveconfig import serve_app
 from nbserve.target import Target
 
@@ -70,6 +70,18 @@ def test_a_raycluster_nbserve_renders_holds_the_replicas_it_was_made_for() -> No
     assert unschedulable(app_of(accelerator="L4"), shapes) == ""
     assert unschedulable(app_of(accelerator="L4", tensor_parallel_size=2), shapes) == ""
     assert "A100-80G" in unschedulable(app_of(accelerator="A100-80G"), shapes)
+
+
+def test_a_cluster_that_may_add_nodes_says_what_a_replica_waits_for() -> None:
+    # A plain ray:// cluster: its autoscaler may add the node, so not a refusal, but the
+    # deploy says at once what no node has (wait() shows it), not Serve's warning after 30 s.
+    nodes = {"head": {"CPU": 8.0}, "worker": {"CPU": 4.0, "GPU": 1.0, "accelerator_type:T4": 1}}
+    assert waits_for_node(app_of(accelerator=None, cpus=2), nodes) == ""
+    assert waits_for_node(app_of(accelerator="T4"), nodes) == ""
+    waiting = waits_for_node(app_of(accelerator="L4"), nodes)
+    assert "needs GPU 1, accelerator_type:L4 0.001, CPU 1 on one node" in waiting
+    assert "the largest has accelerator_type:L4 0" in waiting and "autoscaler" in waiting
+    assert "CPU 9" in waits_for_node(app_of(accelerator=None, cpus=8), nodes)
 
 
 def test_the_provider_reads_the_groups_from_the_api_server(kube: FakeKube) -> None:

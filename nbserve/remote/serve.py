@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from .lock import app_set_lock
 from .ray_private import (
@@ -47,6 +47,7 @@ class DeployResult(TypedDict):
     ok: bool
     reason: Refusal
     message: str
+    waiting: NotRequired[str]  # an ok deploy whose replica no node has room for yet: why
 
 
 class ReplicaRow(TypedDict):
@@ -94,6 +95,9 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
         unschedulable(app, shapes) if shapes is not None else ""
     if lacking:
         return _refused("unschedulable", lacking)
+    # A cluster nbserve knows nothing of may add nodes (its autoscaler): not a refusal, but
+    # wait() says at once what the replica waits for, not after Serve's 30 s.
+    waiting = "" if fixed_nodes or shapes is not None else waits_for_node(app)
     name = app["name"]
     traced = for_this_cluster(app)  # receivers up before any replica exports to them
     client = start_serve(http)
@@ -130,7 +134,7 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
                                          f"{', '.join(sorted(lost))}; something outside nbserve "
                                          "changed the cluster's applications at the same time")
         kv_put(KV_PREFIX + name, json.dumps(record), KV_NAMESPACE)
-    return DeployResult(ok=True, reason="", message="")
+    return DeployResult(ok=True, reason="", message="", waiting=waiting)
 
 
 def delete(name: str) -> None:
@@ -239,10 +243,7 @@ def unschedulable(app: dict[str, Any], shapes: dict[str, dict[str, float]] | Non
     RayCluster's groups, by name); ``accelerator_type:*`` in a shape stands for a GPU whose
     type only Ray, on the node, will know.
     """
-    import ray
-
-    nodes = shapes if shapes is not None else {
-        str(n.get("NodeID")): n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")}
+    nodes = shapes if shapes is not None else _alive_nodes()
     for bundle in replica_bundles(app):
         if any(_fits(bundle, node) for node in nodes.values()):
             continue
@@ -255,16 +256,56 @@ def unschedulable(app: dict[str, Any], shapes: dict[str, dict[str, float]] | Non
                     "for what a group has (cpus=, accelerator=), or give the cluster a worker "
                     "group with it (ClusterSpec(worker_groups=[WorkerGroup(accelerator=...)]), "
                     "then nbserve.create_cluster)")
-        largest = {k: max((n.get(k, 0.0) for n in nodes.values()), default=0.0) for k in bundle}
-        short = [k for k, v in bundle.items() if largest[k] < v]
-        have = ", ".join(f"{k} {largest[k]:g}" for k in short)
         fix = ("lower cpus= (or start the local head with more logical CPUs: `nbserve down`, "
-               "then `nbserve up --num-cpus N`)" if set(short) == {"CPU"} else
+               "then `nbserve up --num-cpus N`)" if set(_lacks(bundle, nodes)) == {"CPU"} else
                "deploy on CPUs (accelerator=None) or connect to a cluster that has that GPU")
         return (f"one replica needs {wanted} on one node, and the largest node of this "
-                f"cluster has {have or 'less'}; this cluster cannot add nodes, so the replica "
-                f"would never start: {fix}")
+                f"cluster has {_have(bundle, nodes)}; this cluster cannot add nodes, so the "
+                f"replica would never start: {fix}")
     return ""
+
+
+def waits_for_node(app: dict[str, Any], nodes: dict[str, dict[str, float]] | None = None
+                   ) -> str:
+    """What one replica of ``app`` needs that no node has now, in a sentence, or "".
+
+    For a cluster that may add nodes nbserve cannot see (a plain ``ray://`` address): the
+    replica starts once its autoscaler adds such a node, or never. ``nodes``: each node's
+    total resources (default: the alive nodes').
+
+    Example:
+        >>> app = {"args": {"llm_configs": [{"accelerator_type": "L4"}]}}
+        >>> print(waits_for_node(app, {"head": {"CPU": 8.0}}).split(", and")[0])
+        a replica needs GPU 1, accelerator_type:L4 0.001, CPU 1 on one node
+    """
+    nodes = _alive_nodes() if nodes is None else nodes
+    for bundle in replica_bundles(app):
+        if not any(_fits(bundle, node) for node in nodes.values()):
+            wanted = ", ".join(f"{k} {v:g}" for k, v in bundle.items())
+            return (f"a replica needs {wanted} on one node, and no node of the cluster has it "
+                    f"now (the largest has {_have(bundle, nodes)}): it starts when the "
+                    "cluster's autoscaler adds such a node; if it adds none, app.delete() and "
+                    "deploy for what the nodes have (cpus=, accelerator=)")
+    return ""
+
+
+def _alive_nodes() -> dict[str, dict[str, float]]:
+    """Each alive node's total resources, by node id."""
+    import ray
+
+    return {str(n.get("NodeID")): n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")}
+
+
+def _lacks(bundle: dict[str, float], nodes: dict[str, dict[str, float]]) -> list[str]:
+    """The resources of ``bundle`` that even the largest of ``nodes`` lacks."""
+    return [k for k, v in bundle.items()
+            if max((n.get(k, 0.0) for n in nodes.values()), default=0.0) < v]
+
+
+def _have(bundle: dict[str, float], nodes: dict[str, dict[str, float]]) -> str:
+    """What the largest node has of the resources ``bundle`` lacks: ``GPU 0``."""
+    return ", ".join(f"{k} {max((n.get(k, 0.0) for n in nodes.values()), default=0.0):g}"
+                     for k in _lacks(bundle, nodes)) or "less"
 
 
 def _fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
