@@ -322,7 +322,7 @@ def overload(app: nbserve.App, opts: argparse.Namespace) -> Row:
     waits (Serve's default), then with ``max_queued_requests=HOLD`` set by ``app.update`` (a
     rolling restart: a running replica reads its cap only when it starts) and rejections
     answered 429 with ``Retry-After``. What each client got is counted: complete, rejected
-    (503/429, and how fast), or failed otherwise (a timeout).
+    (503/429, how fast, and whether it said when to come back), or failed otherwise.
     """
     row = Row("overload 4x, 1 replica",
               target="with a queue cap: rejections answered within 1 s with 503/429; none "
@@ -346,14 +346,17 @@ def overload(app: nbserve.App, opts: argparse.Namespace) -> Row:
             row.failed += len(other)
             waits = sorted(r.e2e_s for r in rejected)
             slowest = f", slowest {waits[-1]:.2f} s" if waits else ""
+            told = sum("(Retry-After " in r.error for r in rejected)
             row.notes.append(
                 f"queue cap {cap}: {len(records)} sent, {len(done)} complete (median "
                 f"{median([r.e2e_s for r in done]):.2f} s, first token after "
                 f"{median([r.ttft_s or 0.0 for r in done]):.2f} s), {len(rejected)} rejected with "
                 f"{', '.join(sorted({r.error[:8] for r in rejected})) or '-'} (median "
-                f"{median(waits):.2f} s{slowest}), {len(other)} failed otherwise"
+                f"{median(waits):.2f} s{slowest}; {told} with a Retry-After header), "
+                f"{len(other)} failed otherwise"
                 + (f": {sorted({r.error[:80] for r in other})[:2]}" if other else ""))
-            met = met and not other and (cap is None or (bool(rejected) and waits[-1] <= 1.0))
+            met = met and not other and (cap is None or (bool(rejected) and waits[-1] <= 1.0
+                                                         and told == len(rejected)))
     finally:
         app.update(max_ongoing_requests=None, max_queued_requests=None, reject_status=503,
                    retry_after_s=None, progress=False)

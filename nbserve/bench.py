@@ -429,7 +429,9 @@ async def _request(session: Any, base: str, model: str, prompt: str,
                                 headers={"x-request-id": request_id}) as reply:
             if reply.status != 200:
                 body = (await reply.read()).decode(errors="replace")[:300]
-                return tally.failed(f"HTTP {reply.status}: {body}")
+                after = reply.headers.get("Retry-After")  # a 429/503 may say when to come back
+                return tally.failed(f"HTTP {reply.status}"
+                                    + (f" (Retry-After {after})" if after else "") + f": {body}")
             async for data in reply.content.iter_any():
                 if not tally.feed(data):
                     break

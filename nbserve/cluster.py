@@ -80,15 +80,13 @@ class Cluster:
         None for the local head (its nodes are all there: ``fixed_nodes``) and a plain
         ``ray://`` address (nothing says what it can add). Unreadable is unknown, not a refusal.
         """
-        shapes = getattr(self.provider, "node_shapes", None)
-        if shapes is None or self.provider is None or self.provider.fixed_nodes:
+        if self.provider is None or self.provider.fixed_nodes:
             return None
         try:
-            result: dict[str, dict[str, float]] | None = shapes()
+            return self.provider.node_shapes()
         except Exception as err:  # noqa: BLE001 - the deploy goes on unchecked, as before
             log.warning("could not read the groups of %s: %s", self.provider.describe(), err)
             return None
-        return result
 
     @property
     def kind(self) -> str:
@@ -321,10 +319,7 @@ def _reopen(lost: BaseException | None) -> None:
 
     cluster = _active
     if cluster is None:
-        raise ConnectionFailed(
-            "this kernel has no open Ray session (it was closed, or another connect() failed); "
-            "call nbserve.connect() again"
-        ) from lost
+        raise ConnectionFailed(remote.NO_SESSION) from lost
     why = f"was lost ({lost})" if lost is not None else "had closed"
     log.warning("the Ray Client session to %s %s; reopening it", cluster.address, why)
     if ray.is_initialized():

@@ -312,6 +312,10 @@ class LocalProvider:
         """``head pid PID``."""
         return f"head pid {self.head.pid}"
 
+    def node_shapes(self) -> None:
+        """None: the head is the one node, and it runs already (``fixed_nodes``)."""
+        return None
+
     def scale(self, group: str, replicas: int) -> None:
         """Refused: the local head is one machine with a fixed count of logical CPUs.
 

@@ -34,6 +34,10 @@ class Provider(Protocol):
         """Set the workers of one worker group."""
         ...
 
+    def node_shapes(self) -> dict[str, dict[str, float]] | None:
+        """A node of each group the cluster may add, as Ray sees it; None: all are there."""
+        ...
+
     def down(self, *, force: bool, timeout: float, progress: bool,
              disconnect: Callable[[], None]) -> None:
         """Delete (or stop) the cluster and wait until it is gone.

@@ -75,6 +75,9 @@ class Stub:
                 {"error": {"message": f"model {body['model']} not found"}}, status=404)
         if self.fail_every and len(self.requests) % self.fail_every == 0:
             return web.json_response({"error": {"message": "boom"}}, status=500)
+        if body["prompt"] == "reject:429":  # a full queue that says when to come back
+            return web.json_response({"error": {"message": "full"}}, status=429,
+                                     headers={"Retry-After": "2"})
         # The prompt says how to answer: "cut:..." prompts cut the stream (see CUTS).
         how = body["prompt"] if body["prompt"] in CUTS else "whole"
         n = 2 if how.startswith("cut:short") else body["max_tokens"]
@@ -181,6 +184,14 @@ def test_failures_are_counted_not_raised(stub: Stub) -> None:
     assert (run.completed, run.failed) == (6, 3)
     assert run.output_tokens == 12 and result.failed == 3
     assert run.errors and "HTTP 500" in run.errors[0]
+
+
+def test_a_rejection_keeps_when_it_said_to_come_back(stub: Stub) -> None:
+    result = bench.run(stub.endpoint, model="stub", prompts=["reject:429", "fine"],
+                       num_prompts=2, output_len=2, concurrency=1, progress=False, warmup=False)
+    (run,) = result.runs
+    assert (run.completed, run.failed) == (1, 1)
+    assert run.errors[0].startswith("HTTP 429 (Retry-After 2): "), run.errors
 
 
 def test_given_prompts_and_request_rate(stub: Stub) -> None:

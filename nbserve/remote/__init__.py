@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 
 from ..errors import ConnectionFailed
 
-__all__ = ["call", "client", "lost_connection", "on_lost", "require_session", "watch"]
+__all__ = ["NO_SESSION", "call", "client", "lost_connection", "on_lost", "require_session",
+           "watch"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -148,12 +149,13 @@ def _tell(state: str) -> None:
             log.debug("connection watcher %r failed: %s", watcher, err)
 
 
+NO_SESSION = ("this kernel has no open Ray session (it was closed, or another connect() "
+              "failed); call nbserve.connect() again")
+
+
 def require_session() -> None:
     """Refuse to go on without a Ray Client session (Ray would start a local instance)."""
     import ray
 
     if not ray.is_initialized():
-        raise ConnectionFailed(
-            "this kernel has no open Ray session (it was closed, or another connect() failed); "
-            "call nbserve.connect() again"
-        )
+        raise ConnectionFailed(NO_SESSION)
