@@ -26,7 +26,7 @@ from typing import Any
 
 from nbserve import local, procs
 
-from .process import run_to_end, server, wait_ready
+from .process import engine_sockets, run_to_end, server, wait_ready
 
 __all__ = ["ENGINE_ENV", "LABELS", "NAME", "PATHS", "ROOT", "start_path"]
 
@@ -70,8 +70,9 @@ def start_path(path: str, model: str, work: Path, opts: argparse.Namespace,
         env = {**ENGINE_ENV, **json.loads(opts.vllm_env)}
         if path == "vllm-pinned":  # nbserve's CPU default, applied to vLLM alone
             env["NBSERVE_ENGINE_CORE_AFFINITY"] = "worker"
-        with _http_server([PY, str(VLLM_CLI), "serve", model, "--served-model-name", NAME,
-                           "--host", "127.0.0.1"], work / f"{path}.log", env) as endpoint:
+        with engine_sockets(env) as env, _http_server(
+                [PY, str(VLLM_CLI), "serve", model, "--served-model-name", NAME,
+                 "--host", "127.0.0.1"], work / f"{path}.log", env) as endpoint:
             yield endpoint
     elif path == "transformers":
         with _http_server([PY, str(HF_SERVER), model, "--name", NAME],

@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import subprocess
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from nbserve import procs
 from nbserve.errors import WaitTimeout
 from nbserve.wait import poll_until
 
-__all__ = ["ServerFailed", "run_to_end", "server", "wait_ready"]
+__all__ = ["ServerFailed", "engine_sockets", "run_to_end", "server", "wait_ready"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,16 @@ TAIL_LINES = 25
 
 class ServerFailed(RuntimeError):
     """A program of the benchmark exited with an error, ran too long or never answered."""
+
+
+@contextlib.contextmanager
+def engine_sockets(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """``env`` with vLLM's engine sockets (ZeroMQ IPC) in a folder removed after the block.
+
+    vLLM makes them in the temp folder by default and leaves them there when it stops.
+    """
+    with tempfile.TemporaryDirectory(prefix="nbserve-vllm-") as folder:
+        yield {**env, "VLLM_RPC_BASE_PATH": folder}
 
 
 @contextlib.contextmanager

@@ -40,7 +40,7 @@ from nbserve.remote.thisnode import native_bf16
 from nbserve.remote.traces import Receiver
 
 from .paths import ENGINE_ENV, NAME, PY, VLLM_CLI
-from .process import server, wait_ready
+from .process import engine_sockets, server, wait_ready
 from .report import machine, write_report
 
 COMMAND = ".venv/bin/python -m benchmarks.tracing"
@@ -66,8 +66,8 @@ def raw_vllm(model: str, work: Path, traced: bool) -> Iterator[tuple[str, Receiv
     port = procs.free_ports(1)[0]
     log = work / ("vllm-traced.log" if traced else "vllm.log")
     try:
-        with server([PY, str(VLLM_CLI), "serve", model, *args, "--port", str(port)], log,
-                    env) as proc:
+        with engine_sockets(env) as env, server(
+                [PY, str(VLLM_CLI), "serve", model, *args, "--port", str(port)], log, env) as proc:
             wait_ready(f"http://127.0.0.1:{port}/v1/models", proc, log)
             yield f"http://127.0.0.1:{port}/v1", receiver
     finally:

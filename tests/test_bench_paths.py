@@ -12,6 +12,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,8 @@ def test_a_program_that_fails_carries_its_log_tail(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_quick_run_of_two_paths(tmp_path: Path, nbserve_home: Path) -> None:
     out = tmp_path / "quick.md"
+    tmp = Path(tempfile.gettempdir())
+    sockets_before = {p for p in tmp.iterdir() if p.is_socket()}
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--paths", "vllm", "transformers",
          "--num-prompts", "8", "--concurrency", "4", "--output", str(out)],
@@ -155,3 +158,5 @@ def test_quick_run_of_two_paths(tmp_path: Path, nbserve_home: Path) -> None:
         assert result["vllm_bench"]["completed"] == 8 and result["vllm_bench"]["failed"] == 0
         assert result["nbserve_bench"]["completed"] == 8
         assert result["vllm_bench"]["output_throughput"] > 0
+    # The raw vLLM server's engine sockets went with it, none left in the temp folder.
+    assert {p for p in tmp.iterdir() if p.is_socket()} - sockets_before == set()
