@@ -255,7 +255,7 @@ class MetricsWindow:
             replica = _replica_of(key)
             if (replica is not None and replica_ids and replica not in replica_ids) \
                     or now - old.last_seen > self.hold_s:
-                del self._series[key]  # its replica stopped: it contributes nothing from now on
+                del self._series[key]  # its replica stopped, or it stayed away: forgotten
             # else: missing from this scrape only (a node's export was late or its scrape
             # failed); forgetting it would make it a new baseline and hide its rate for two
             # more export intervals

@@ -85,19 +85,20 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
     """
     from ray.serve.schema import ServeDeploySchema
 
-    absent = _paths_absent_where_replicas_run(app)
+    nodes = _alive_nodes()
+    absent = _paths_absent_where_replicas_run(app, nodes)
     if absent:
         return _refused("model_path_missing", absent)
     missing = [n for n in secrets or () if not os.environ.get(n)]
     if missing:
         return _refused("secret_missing", _secret_missing(missing))
-    lacking = unschedulable(app) if fixed_nodes else \
+    lacking = unschedulable(app, nodes=nodes) if fixed_nodes else \
         unschedulable(app, shapes) if shapes is not None else ""
     if lacking:
         return _refused("unschedulable", lacking)
     # A cluster nbserve knows nothing of may add nodes (its autoscaler): not a refusal, but
     # wait() says at once what the replica waits for, not after Serve's 30 s.
-    waiting = "" if fixed_nodes or shapes is not None else waits_for_node(app)
+    waiting = "" if fixed_nodes or shapes is not None else waits_for_node(app, nodes)
     name = app["name"]
     traced = for_this_cluster(app)  # receivers up before any replica exports to them
     client = start_serve(http)
@@ -233,36 +234,37 @@ def replica_bundles(app: dict[str, Any]) -> list[dict[str, float]]:
     return bundles
 
 
-def unschedulable(app: dict[str, Any], shapes: dict[str, dict[str, float]] | None = None
-                  ) -> str:
+def unschedulable(app: dict[str, Any], shapes: dict[str, dict[str, float]] | None = None, *,
+                  nodes: dict[str, dict[str, float]] | None = None) -> str:
     """Why no node the cluster has, or may add, can hold one replica of ``app``, or "".
 
     Without ``shapes``: compared with each alive node's total resources (a cluster that cannot
     add nodes), not what is free now: a replica that waits for another to stop still runs
     later. With ``shapes``: with a node of each group the cluster may add nodes of (a
     RayCluster's groups, by name); ``accelerator_type:*`` in a shape stands for a GPU whose
-    type only Ray, on the node, will know.
+    type only Ray, on the node, will know. ``nodes``: the alive nodes' resources, if read
+    already.
     """
-    nodes = shapes if shapes is not None else _alive_nodes()
-    for bundle in replica_bundles(app):
-        if any(_fits(bundle, node) for node in nodes.values()):
-            continue
-        wanted = ", ".join(f"{k} {v:g}" for k, v in bundle.items())
-        if shapes is not None:
-            offered = "; ".join(f"{group}: {', '.join(f'{k} {v:g}' for k, v in node.items())}"
-                                for group, node in nodes.items())
-            return (f"one replica needs {wanted} on one node, and no group of this RayCluster "
-                    f"has such nodes ({offered}), so the replica would never start: deploy "
-                    "for what a group has (cpus=, accelerator=), or give the cluster a worker "
-                    "group with it (ClusterSpec(worker_groups=[WorkerGroup(accelerator=...)]), "
-                    "then nbserve.create_cluster)")
-        fix = ("lower cpus= (or start the local head with more logical CPUs: `nbserve down`, "
-               "then `nbserve up --num-cpus N`)" if set(_lacks(bundle, nodes)) == {"CPU"} else
-               "deploy on CPUs (accelerator=None) or connect to a cluster that has that GPU")
-        return (f"one replica needs {wanted} on one node, and the largest node of this "
-                f"cluster has {_have(bundle, nodes)}; this cluster cannot add nodes, so the "
-                f"replica would never start: {fix}")
-    return ""
+    if shapes is not None:
+        nodes = shapes
+    elif nodes is None:
+        nodes = _alive_nodes()
+    bundle = _unfit(app, nodes)
+    if bundle is None:
+        return ""
+    if shapes is not None:
+        offered = "; ".join(f"{group}: {_listed(node)}" for group, node in nodes.items())
+        return (f"one replica needs {_listed(bundle)} on one node, and no group of this "
+                f"RayCluster has such nodes ({offered}), so the replica would never start: "
+                "deploy for what a group has (cpus=, accelerator=), or give the cluster a worker "
+                "group with it (ClusterSpec(worker_groups=[WorkerGroup(accelerator=...)]), "
+                "then nbserve.create_cluster)")
+    fix = ("lower cpus= (or start the local head with more logical CPUs: `nbserve down`, "
+           "then `nbserve up --num-cpus N`)" if set(_lacks(bundle, nodes)) == {"CPU"} else
+           "deploy on CPUs (accelerator=None) or connect to a cluster that has that GPU")
+    return (f"one replica needs {_listed(bundle)} on one node, and the largest node of this "
+            f"cluster has {_have(bundle, nodes)}; this cluster cannot add nodes, so the "
+            f"replica would never start: {fix}")
 
 
 def waits_for_node(app: dict[str, Any], nodes: dict[str, dict[str, float]] | None = None
@@ -279,14 +281,24 @@ def waits_for_node(app: dict[str, Any], nodes: dict[str, dict[str, float]] | Non
         a replica needs GPU 1, accelerator_type:L4 0.001, CPU 1 on one node
     """
     nodes = _alive_nodes() if nodes is None else nodes
-    for bundle in replica_bundles(app):
-        if not any(_fits(bundle, node) for node in nodes.values()):
-            wanted = ", ".join(f"{k} {v:g}" for k, v in bundle.items())
-            return (f"a replica needs {wanted} on one node, and no node of the cluster has it "
-                    f"now (the largest has {_have(bundle, nodes)}): it starts when the "
-                    "cluster's autoscaler adds such a node; if it adds none, app.delete() and "
-                    "deploy for what the nodes have (cpus=, accelerator=)")
-    return ""
+    bundle = _unfit(app, nodes)
+    if bundle is None:
+        return ""
+    return (f"a replica needs {_listed(bundle)} on one node, and no node of the cluster has it "
+            f"now (the largest has {_have(bundle, nodes)}): it starts when the cluster's "
+            "autoscaler adds such a node; if it adds none, app.delete() and deploy for what "
+            "the nodes have (cpus=, accelerator=)")
+
+
+def _unfit(app: dict[str, Any], nodes: dict[str, dict[str, float]]) -> dict[str, float] | None:
+    """The first bundle of one replica of ``app`` that none of ``nodes`` holds, if any."""
+    return next((bundle for bundle in replica_bundles(app)
+                 if not any(_fits(bundle, node) for node in nodes.values())), None)
+
+
+def _listed(resources: dict[str, float]) -> str:
+    """``GPU 1, CPU 1``."""
+    return ", ".join(f"{k} {v:g}" for k, v in resources.items())
 
 
 def _alive_nodes() -> dict[str, dict[str, float]]:
@@ -296,16 +308,19 @@ def _alive_nodes() -> dict[str, dict[str, float]]:
     return {str(n.get("NodeID")): n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")}
 
 
+def _largest(nodes: dict[str, dict[str, float]], resource: str) -> float:
+    """The most of ``resource`` any one of ``nodes`` has."""
+    return max((n.get(resource, 0.0) for n in nodes.values()), default=0.0)
+
+
 def _lacks(bundle: dict[str, float], nodes: dict[str, dict[str, float]]) -> list[str]:
     """The resources of ``bundle`` that even the largest of ``nodes`` lacks."""
-    return [k for k, v in bundle.items()
-            if max((n.get(k, 0.0) for n in nodes.values()), default=0.0) < v]
+    return [k for k, v in bundle.items() if _largest(nodes, k) < v]
 
 
 def _have(bundle: dict[str, float], nodes: dict[str, dict[str, float]]) -> str:
     """What the largest node has of the resources ``bundle`` lacks: ``GPU 0``."""
-    return ", ".join(f"{k} {max((n.get(k, 0.0) for n in nodes.values()), default=0.0):g}"
-                     for k in _lacks(bundle, nodes)) or "less"
+    return _listed({k: _largest(nodes, k) for k in _lacks(bundle, nodes)}) or "less"
 
 
 def _fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
@@ -315,13 +330,14 @@ def _fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
                for k, v in bundle.items())
 
 
-def _paths_absent_where_replicas_run(app: dict[str, Any]) -> str:
+def _paths_absent_where_replicas_run(app: dict[str, Any],
+                                     nodes: dict[str, dict[str, float]] | None = None) -> str:
     """Why a model path of ``app`` is missing on a node a replica could run on, or "".
 
     Checked on such a node (this one if it is one, else the first, by node affinity), not on
     whichever node this task landed on: on KubeRay that is often the head, without the GPU
     nodes' volumes. With no such node yet (the autoscaler adds it), nothing is checked: the
-    engine then says so when it starts.
+    engine then says so when it starts. ``nodes``: the alive nodes' resources, if read already.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -331,7 +347,7 @@ def _paths_absent_where_replicas_run(app: dict[str, Any]) -> str:
     paths = [p for p in paths if looks_like_path(p)]
     if not paths:
         return ""
-    nodes = {str(n["NodeID"]): n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")}
+    nodes = _alive_nodes() if nodes is None else nodes
     fit = [node for node, res in nodes.items() if _fits(replica_bundles(app)[0], res)]
     if not fit:
         return ""
