@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks --quick    # a few prompts, writes artifacts/
 
 One after another, each path (``paths``) is started, loaded by ``vllm bench serve`` and by
-``nbserve.bench.run`` with the same settings (``runs``) and stopped, with the offline demo
+``nbserve.load.bench.run`` with the same settings (``runs``) and stopped, with the offline demo
 model; every server runs in its own process group and is stopped when its turn ends, also on
 errors and on SIGTERM / Ctrl-C. Writes a Markdown report (``report``) with the figures, the
 machine and the command, and the raw results as JSON; ``--report-from`` only re-renders one.
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import nbserve
-from nbserve import defaults
+from nbserve.base import defaults
 
 from . import report, runs
 from .paths import LABELS, PATHS, ROOT, start_path

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import nbserve
-from nbserve import local, starts
-from nbserve.starts import PHASES
+from nbserve.local import head as local
+from nbserve.observe import starts
+from nbserve.observe.starts import PHASES
 
 from .report import machine, write_report
 
@@ -44,7 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # nbserve's every second.
     "metrics-10s": {"scaling": {"metrics_interval_s": None}, "head_env": {}},
     # Serve LLM's model-download task before each engine start, which nbserve skips for local
-    # model paths on the local head (nbserve.serve_callbacks).
+    # model paths on the local head (nbserve.hooks.serve_callbacks).
     "download-task": {"scaling": {}, "head_env": {"NBSERVE_SERVE_LLM_NODE_INIT": "always"}},
 }
 # The columns of a round, in the order of the cold start.

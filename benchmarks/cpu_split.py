@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a folder with tokenizer.json (default: the demo model's)")
     parser.add_argument("--top", type=int, default=12, help="processes to list")
     opts = parser.parse_args(argv)
-    from nbserve import bench  # aiohttp, tokenizers: only for a run
+    from nbserve.load import bench  # aiohttp, tokenizers: only for a run
 
     tokenizer = opts.tokenizer or nbserve.demo_model()
     before, t0 = cpu_times(), time.monotonic()

@@ -13,7 +13,9 @@ from pathlib import Path
 import ray.cloudpickle
 
 import nbserve
-from nbserve import local, procs, remote
+from nbserve import remote
+from nbserve.local import head as local
+from nbserve.local import procs
 
 from .faultload import Row, llm_replicas
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import nbserve
-from nbserve.benchresult import RequestRecord, percentile
+from nbserve.load.results import RequestRecord, percentile
 
 
 @dataclass
@@ -108,7 +108,7 @@ def llm_replicas(app: nbserve.App) -> dict[str, int | None]:
 def shape(app: nbserve.App, replicas: int) -> None:
     """Bring the app to ``replicas`` model-server replicas and wait until they serve."""
     app.update(min_replicas=replicas, max_replicas=replicas, progress=False)
-    nbserve.wait.poll_until(lambda: len(llm_replicas(app)), lambda n: n == replicas,
+    nbserve.base.wait.poll_until(lambda: len(llm_replicas(app)), lambda n: n == replicas,
                             timeout=600, what=f"{replicas} replicas")
 
 
@@ -121,7 +121,7 @@ def under_load(app: nbserve.App, row: Row, opts: argparse.Namespace,
     """
     mix = Mix(app, streams=opts.streams, stream_tokens=opts.stream_tokens, rate=opts.rate)
     try:
-        nbserve.wait.poll_until(lambda: mix.long.stats().completed, lambda n: n >= 1,
+        nbserve.base.wait.poll_until(lambda: mix.long.stats().completed, lambda n: n >= 1,
                                 timeout=300, what="the first complete stream")
         fault = time.time()
         yield fault

@@ -35,9 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import nbserve
-from nbserve import local, procs, remote
-from nbserve.benchresult import RequestRecord
-from nbserve.serveconfig import llm_deployment_name
+from nbserve import remote
+from nbserve.load.results import RequestRecord
+from nbserve.local import head as local
+from nbserve.local import procs
+from nbserve.specs.serveconfig import llm_deployment_name
 
 from .exposure import SECRET_VAR, SENTINEL, exposure
 from .faultload import Row, llm_replicas, median, shape, tally, under_load
@@ -82,7 +84,7 @@ def scale_down(app: nbserve.App, opts: argparse.Namespace) -> Row:
     shape(app, 2)
     with under_load(app, row, opts) as fault:
         app.update(min_replicas=1, max_replicas=1, progress=False)
-        nbserve.wait.poll_until(lambda: len(llm_replicas(app)), lambda n: n == 1, timeout=600,
+        nbserve.base.wait.poll_until(lambda: len(llm_replicas(app)), lambda n: n == 1, timeout=600,
                                 what="one replica")
         row.recovered_s = round(time.time() - fault, 1)
     row.met = row.failed == 0
@@ -98,7 +100,7 @@ def kill_replica(app: nbserve.App, opts: argparse.Namespace) -> Row:
         victim, pid = next(iter(llm_replicas(app).items()))
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        nbserve.wait.poll_until(
+        nbserve.base.wait.poll_until(
             lambda: llm_replicas(app), lambda live: len(live) == 2 and victim not in live,
             timeout=600, what="a replacement replica")
         row.recovered_s = round(time.time() - fault, 1)
@@ -128,14 +130,14 @@ def kill_engine(app: nbserve.App, opts: argparse.Namespace) -> Row:
         assert pid is not None
         core = engine_core(pid)
         os.kill(core, signal.SIGKILL)
-        nbserve.wait.poll_until(lambda: app.status().deployments[deployment].running,
+        nbserve.base.wait.poll_until(lambda: app.status().deployments[deployment].running,
                                 lambda n: n < 2, timeout=600, interval=0.5,
                                 what="Serve noticing the dead engine")
         noticed = time.time()
-        nbserve.wait.poll_until(lambda: llm_replicas(app), lambda live: victim not in live,
+        nbserve.base.wait.poll_until(lambda: llm_replicas(app), lambda live: victim not in live,
                                 timeout=600, interval=0.5, what="Serve dropping the replica")
         dropped = time.time()
-        nbserve.wait.poll_until(lambda: llm_replicas(app), lambda live: len(live) == 2,
+        nbserve.base.wait.poll_until(lambda: llm_replicas(app), lambda live: len(live) == 2,
                                 timeout=600, what="a replacement replica")
         row.recovered_s = round(time.time() - fault, 1)
     failed = [r for r in records if not r.ok]
@@ -198,7 +200,7 @@ def abandon(app: nbserve.App, opts: argparse.Namespace) -> Row:
     with concurrent.futures.ThreadPoolExecutor(ABANDONED) as pool:
         closes = [pool.submit(stream, i) for i in range(ABANDONED)]
         started.wait(timeout=120)
-        nbserve.wait.poll_until(lambda: app.metrics().requests_running,
+        nbserve.base.wait.poll_until(lambda: app.metrics().requests_running,
                                 lambda n: n >= ABANDONED, timeout=60, interval=0.25,
                                 what="the engine running every stream")
         leave.set()
@@ -211,7 +213,7 @@ def abandon(app: nbserve.App, opts: argparse.Namespace) -> Row:
         seen.append((time.time() - closed, count))
         return count
 
-    nbserve.wait.poll_until(running, lambda n: n == 0, timeout=120, interval=0.25,
+    nbserve.base.wait.poll_until(running, lambda n: n == 0, timeout=120, interval=0.25,
                             what="the engine running none of the abandoned streams")
     row.recovered_s = round(seen[-1][0], 1)
     row.notes.append(f"{tokens} tokens asked per stream; the engine's running requests after "
@@ -244,8 +246,9 @@ def dropped_connection(app: nbserve.App, opts: argparse.Namespace,
         dash = app.dashboard(interval=1.0)
         remote.watch(told)
         try:
-            nbserve.wait.poll_until(lambda: dash.state.latest(app.name), lambda s: s is not None,
-                                    timeout=60, what="the dashboard's first point")
+            nbserve.base.wait.poll_until(
+                lambda: dash.state.latest(app.name), lambda s: s is not None,
+                timeout=60, what="the dashboard's first point")
             servers = [pid for pid, _ in procs.descendants(head.pid)
                        if b"specific-server" in _cmdline(pid)]
             killed = time.time()
@@ -254,7 +257,7 @@ def dropped_connection(app: nbserve.App, opts: argparse.Namespace,
             status = app.status()
             row.recovered_s = round(time.time() - killed, 1)
             after = time.time()
-            nbserve.wait.poll_until(
+            nbserve.base.wait.poll_until(
                 lambda: dash.state.latest(app.name), lambda s: s is not None and s.time > after,
                 timeout=120, what="the dashboard's first point after the drop")
             drawn = time.time() - killed
@@ -437,7 +440,8 @@ def render(rows: list[Row], info: dict[str, Any], command: str, started: str) ->
               "the places the sentinel secret was found. Serve 2.60 binds each replica's "
               "inter-deployment gRPC server to `[::]:0` in its code "
               "(`ray/serve/_private/replica.py`, whatever Serve's host is); on the local head "
-              "nbserve's worker setup hook (`nbserve.serve_loopback`, from commit eeb4450 on) "
+              "nbserve's worker setup hook (`nbserve.hooks.serve_loopback`, from commit eeb4450 "
+              "on) "
               "binds it to 127.0.0.1.",
               ""]
     for r in rows:

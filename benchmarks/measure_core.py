@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import nbserve
-from nbserve import local
+from nbserve.local import head as local
 
 
 def main() -> None:

@@ -9,7 +9,7 @@
   defaults (``drivers/nbserve_deploy.py``), on a local head of its own;
 - ``transformers``: Transformers one request at a time (``benchmarks/hf_server.py``).
 
-The Ray heads are ``nbserve.local``'s, the other servers ``process.server``'s. Loading a path
+The Ray heads are ``nbserve.local.head``'s, the other servers ``process.server``'s. Loading a path
 is ``runs``'.
 """
 
@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from nbserve import local, procs
+from nbserve.local import head as local
+from nbserve.local import procs
 
 from .process import engine_sockets, run_to_end, server, wait_ready
 

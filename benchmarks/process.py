@@ -2,8 +2,9 @@
 
 Each program the harness starts (a server, a load generator, a Ray driver) runs in a process
 group of its own with its output in a log file, and the whole group is stopped when its block
-ends, also on errors (``nbserve.procs`` stops it). ``wait_ready`` waits for a server's URL with
-``nbserve.wait``. Which programs to start, with which arguments, is ``paths``' and ``runs``'.
+ends, also on errors (``nbserve.local.procs`` stops it). ``wait_ready`` waits for a server's URL
+with ``nbserve.base.wait``. Which programs to start, with which arguments, is ``paths``' and
+``runs``'.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from nbserve import procs
+from nbserve.base.wait import poll_until
 from nbserve.errors import WaitTimeout
-from nbserve.wait import poll_until
+from nbserve.local import procs
 
 __all__ = ["ServerFailed", "engine_sockets", "run_to_end", "server", "wait_ready"]
 

@@ -19,8 +19,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from nbserve import defaults
-from nbserve.fmt import num
+from nbserve.base import defaults
+from nbserve.base.fmt import num
 
 from .paths import LABELS, ROOT
 from .runs import best_of, runs_of
@@ -219,7 +219,7 @@ def control_plane(results: dict[str, Any], info: dict[str, Any]) -> list[str]:
         "| step | nbserve (Ray Client, declarative deploy) | bare `serve.run` (driver on the "
         "head) |",
         "| --- | ---: | ---: |",
-        f"| start the local Ray head (`nbserve.local.up`) | {sec(nb, 'head_s')} "
+        f"| start the local Ray head (`nbserve.local.head.up`) | {sec(nb, 'head_s')} "
         f"| {sec(rs, 'head_s')} |",
         f"| connect | {sec(nb, 'connect_s')} | {sec(rs, 'connect_s')} |",
         f"| deploy to RUNNING | {sec(nb, 'deploy_s')} | {sec(rs, 'deploy_s')} |",

@@ -1,6 +1,6 @@
 """The load on one serving path: both load generators, repeated runs, medians and best runs.
 
-``measure`` warms a fresh server up, then runs ``vllm bench serve`` and ``nbserve.bench.run``
+``measure`` warms a fresh server up, then runs ``vllm bench serve`` and ``nbserve.load.bench.run``
 with the same settings, interleaved, ``repeats`` times at the main concurrency, and once each
 at the sweep's concurrencies. Each figure reported is the median over the repeats
 (``median_of``); ``best_of`` is the best of a path's runs, what the targets compare against.
@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from nbserve.fmt import num
+from nbserve.base.fmt import num
 
 from .paths import NAME, PY, VLLM_CLI
 from .process import run_to_end
@@ -56,12 +56,12 @@ def vllm_bench(endpoint: str, model: str, *, prompts: int, concurrency: int, inp
 
 def nbserve_bench(endpoint: str, model: str, *, prompts: int, concurrency: int, input_len: int,
                   output_len: int) -> dict[str, Any]:
-    """One ``nbserve.bench.run`` with the same settings, prompts made with ``model``'s tokenizer.
+    """One ``nbserve.load.bench.run`` with the same settings, prompts from ``model``'s tokenizer.
 
     Returns:
         The run's flat row (``BenchRun.row()``).
     """
-    from nbserve import bench  # aiohttp, tokenizers: only when a path is loaded
+    from nbserve.load import bench  # aiohttp, tokenizers: only when a path is loaded
 
     result = bench.run(endpoint, model=NAME, num_prompts=prompts, concurrency=concurrency,
                        input_len=input_len, output_len=output_len, tokenizer=model,

@@ -34,8 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import nbserve
-from nbserve import bench, local, procs, traces
-from nbserve.benchresult import BenchResult, percentile
+from nbserve.load import bench
+from nbserve.load.results import BenchResult, percentile
+from nbserve.local import head as local
+from nbserve.local import procs
+from nbserve.observe import traces
 from nbserve.remote.thisnode import native_bf16
 from nbserve.remote.traces import Receiver
 
@@ -172,7 +175,7 @@ def render(result: dict[str, Any], info: dict[str, Any], command: str, started: 
               "client's send to the engine's arrival (for raw vLLM its HTTP server and OpenAI "
               "layer; for nbserve also HAProxy, the replica's queue and Serve's handling), "
               "`engine_input` the engine's own hand-off to its scheduler, `return` from the "
-              "last token to the client's last byte (`nbserve.traces`).", "",
+              "last token to the client's last byte (`nbserve.observe.traces`).", "",
               "| phase | raw p50 | raw p95 | nbserve p50 | nbserve p95 | nbserve - raw, p50 |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for phase in traces.PHASES[1:]:

@@ -15,16 +15,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from . import cluster as _cluster
-from . import tinymodel
-from .app import App
-from .bench import LoadRun
-from .benchresult import BenchResult, BenchRun, LoadStats
-from .cluster import Cluster
-from .clusterspec import ClusterSpec, HeadSpec, SecretRef, WorkerGroup
-from .connect import connect, create_cluster
-from .dashboard import Dashboard, DashboardReport
-from .errors import (
+from nbserve import cluster as _cluster
+from nbserve.app import App
+from nbserve.backends import connect, create_cluster
+from nbserve.cluster import Cluster
+from nbserve.errors import (
     AppNotFound,
     ClusterError,
     ConnectionFailed,
@@ -37,12 +32,17 @@ from .errors import (
     VersionMismatch,
     WaitTimeout,
 )
-from .manifests import to_yaml
-from .prometheus import Prometheus
-from .snapshot import Latency, Percentiles, Replicas, Snapshot
-from .spec import LLM, Engine, Rollout, Scaling
-from .status import AppStatus, DeploymentStatus, ReplicaInfo
-from .traces import Trace, Traces
+from nbserve.load.bench import LoadRun
+from nbserve.load.results import BenchResult, BenchRun, LoadStats
+from nbserve.models import tiny as tinymodel
+from nbserve.observe.dashboard import Dashboard, DashboardReport
+from nbserve.observe.prometheus import Prometheus
+from nbserve.observe.snapshot import Latency, Percentiles, Replicas, Snapshot
+from nbserve.observe.status import AppStatus, DeploymentStatus, ReplicaInfo
+from nbserve.observe.traces import Trace, Traces
+from nbserve.specs.clusterspec import ClusterSpec, HeadSpec, SecretRef, WorkerGroup
+from nbserve.specs.llm import LLM, Engine, Rollout, Scaling
+from nbserve.specs.manifests import to_yaml
 
 if TYPE_CHECKING:
     from pathlib import Path

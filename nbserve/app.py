@@ -14,14 +14,18 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import remote
-from .dashboard import Dashboard
-from .errors import DeployFailed, NbserveError, SpecError
-from .manifests import render_rayservice
-from .measuring import Measuring
-from .remote import prewarm as remote_prewarm
-from .remote import serve as remote_serve
-from .serveconfig import (
+from nbserve import remote
+from nbserve.base.wait import Progress, poll_until
+from nbserve.errors import DeployFailed, NbserveError, SpecError
+from nbserve.load.measuring import Measuring
+from nbserve.observe.dashboard import Dashboard
+from nbserve.observe.sources import MetricsReader, source_for
+from nbserve.observe.status import FAILED, AppStatus, ReplicaInfo
+from nbserve.remote import prewarm as remote_prewarm
+from nbserve.remote import serve as remote_serve
+from nbserve.specs.llm import LLM, spec_of_record
+from nbserve.specs.manifests import render_rayservice
+from nbserve.specs.serveconfig import (
     app_record,
     deployment_override,
     engine_version,
@@ -30,18 +34,14 @@ from .serveconfig import (
     router_override,
     serve_app,
 )
-from .sources import MetricsReader, source_for
-from .spec import LLM, spec_of_record
-from .status import FAILED, AppStatus, ReplicaInfo
-from .wait import Progress, poll_until
 
 if TYPE_CHECKING:
     import openai
 
-    from .cluster import Cluster
-    from .clusterspec import ClusterSpec
-    from .prometheus import Prometheus
-    from .snapshot import Snapshot
+    from nbserve.cluster import Cluster
+    from nbserve.observe.prometheus import Prometheus
+    from nbserve.observe.snapshot import Snapshot
+    from nbserve.specs.clusterspec import ClusterSpec
 
 __all__ = ["App"]
 

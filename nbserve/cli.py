@@ -20,14 +20,14 @@ from typing import Any
 from pydantic import ValidationError
 
 import nbserve
-
-from . import bench, local
-from . import cluster as cluster_mod
-from .clusterspec import ClusterSpec, WorkerGroup
-from .errors import LocalClusterError, NbserveError, SpecError
-from .manifests import render_rayservice, to_yaml
-from .serveconfig import exported_app
-from .spec import LLM, check_app_name
+from nbserve import cluster as cluster_mod
+from nbserve.errors import LocalClusterError, NbserveError, SpecError
+from nbserve.load import bench
+from nbserve.local import head as local
+from nbserve.specs.clusterspec import ClusterSpec, WorkerGroup
+from nbserve.specs.llm import LLM, check_app_name
+from nbserve.specs.manifests import render_rayservice, to_yaml
+from nbserve.specs.serveconfig import exported_app
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 

@@ -17,16 +17,17 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import remote, session
-from .app import App
-from .dashboard import Dashboard
-from .errors import AppNotFound, ClusterError, ConnectionFailed, SpecError
-from .remote import serve as remote_serve
-from .spec import LLM, check_app_name
-from .target import Provider, Target
+from nbserve import remote
+from nbserve.app import App
+from nbserve.errors import AppNotFound, ClusterError, ConnectionFailed, SpecError
+from nbserve.observe.dashboard import Dashboard
+from nbserve.remote import serve as remote_serve
+from nbserve.session import ray_client as session
+from nbserve.session.target import Provider, Target
+from nbserve.specs.llm import LLM, check_app_name
 
 if TYPE_CHECKING:
-    from .prometheus import Prometheus
+    from nbserve.observe.prometheus import Prometheus
 
 __all__ = ["Cluster", "current", "open"]
 

@@ -28,10 +28,10 @@ from typing import Any, cast
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # time this checkout's nbserve, not whichever one is installed
 
-from nbserve import metrics  # noqa: E402
-from nbserve.dashboard import Dashboard  # noqa: E402
-from nbserve.metrics import MetricsWindow, Scrape, Snapshot  # noqa: E402
-from nbserve.prometheus import Prometheus  # noqa: E402
+from nbserve.observe import metrics  # noqa: E402
+from nbserve.observe.dashboard import Dashboard  # noqa: E402
+from nbserve.observe.metrics import MetricsWindow, Scrape, Snapshot  # noqa: E402
+from nbserve.observe.prometheus import Prometheus  # noqa: E402
 from nbserve.remote import collect  # noqa: E402
 from nbserve.remote.collect import Payload  # noqa: E402
 

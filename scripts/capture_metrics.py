@@ -10,8 +10,9 @@ with HTTP 400) while scraping every node, then rolls the replica (``app.update(m
 restart: the old replica's series vanish and the new one's start from zero (``--load-only``:
 idle and load, no roll). Each scrape is what
 the cluster-side collector returns with ``raw=True``: every series of the families in
-``nbserve.metrics``' table, with all their labels. It writes one ``.prom`` file per scrape and
-node, and ``index.json`` with each scrape's time, phase, Serve's replica states and files.
+``nbserve.observe.metrics``' table, with all their labels. It writes one ``.prom`` file per
+scrape and node, and ``index.json`` with each scrape's time, phase, Serve's replica states and
+files.
 The head is stopped at the end, also on failure.
 """
 
@@ -83,7 +84,9 @@ def capture(out: Path, base: Path, *, roll: bool = True) -> None:
     os.environ["NBSERVE_HOME"] = str(base)
     sys.path.insert(0, str(ROOT))  # this checkout's nbserve, not whichever one is installed
     import nbserve
-    from nbserve import local, metrics, remote
+    from nbserve import remote
+    from nbserve.local import head as local
+    from nbserve.observe import metrics
     from nbserve.remote import collect
 
     local.up(base=base, timeout=300)

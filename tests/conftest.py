@@ -43,7 +43,7 @@ def nbserve_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def local_head(nbserve_home: Path) -> Iterator[object]:
-    from nbserve import local
+    from nbserve.local import head as local
 
     head = local.up()
     try:

@@ -16,9 +16,10 @@ import pytest
 import ray
 
 import nbserve
-from nbserve import errors, local
-from nbserve.target import Target
-from nbserve.versions import check_versions
+from nbserve import errors
+from nbserve.base.versions import check_versions
+from nbserve.local import head as local
+from nbserve.session.target import Target
 
 # Names a module gets from its own imports, not exports, with the value they must have:
 # ``from __future__ import annotations`` (the same feature object this module imported) and
@@ -228,7 +229,7 @@ def test_every_error_is_an_nbserve_error() -> None:
 
 def test_wait_ends_only_when_the_model_server_has_its_replicas() -> None:
     """Right after a scaling update Serve may still say RUNNING with the old replica count."""
-    from nbserve.status import AppStatus, DeploymentStatus
+    from nbserve.observe.status import AppStatus, DeploymentStatus
 
     def settled(state: str, server: str, **replicas: int) -> bool:
         deps = {"LLMServer:tiny": DeploymentStatus("LLMServer:tiny", server, "", replicas),  # type: ignore[arg-type]
@@ -247,7 +248,7 @@ def test_wait_ends_only_when_the_model_server_has_its_replicas() -> None:
 
 def test_disconnect_stops_the_sessions_dashboards_and_load_runs() -> None:
     """Both would go on calling a cluster that is gone (or an endpoint of it) after disconnect."""
-    from nbserve.target import Target
+    from nbserve.session.target import Target
 
     cluster = nbserve.Cluster(Target("ray://127.0.0.1:9", serve_url="http://127.0.0.1:9"))
     app = nbserve.App(cluster, "tiny", nbserve.LLM("org/tiny"))
@@ -305,7 +306,7 @@ def test_the_apps_openai_client_waits_out_a_busy_replica() -> None:
 )
 def test_prewarm_refuses_bad_arguments_before_calling_the_cluster(
         replicas: Any, for_s: Any, message: str) -> None:
-    from nbserve.target import Target
+    from nbserve.session.target import Target
 
     cluster = nbserve.Cluster(Target("ray://127.0.0.1:9", serve_url="http://127.0.0.1:9"))
     app = nbserve.App(cluster, "tiny", nbserve.LLM("org/tiny", max_replicas=2))

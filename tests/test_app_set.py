@@ -92,7 +92,7 @@ def test_serve_listening_elsewhere_is_refused_and_reads_never_start_serve(cluste
     """A deploy refuses when Serve listens elsewhere than the session expects (something
     started it without nbserve's options). That reads never start Serve themselves is
     tests/test_local.py's, on a head of its own."""
-    from nbserve import procs
+    from nbserve.local import procs
 
     try:
         assert deploy("echo-here")["ok"]  # Serve runs, where the session expects it
@@ -114,7 +114,7 @@ def test_serve_calls_reach_this_sessions_cluster_after_another(tmp_path: Path) -
     called the first head's controller ("Can't run an actor the server doesn't have a handle
     for") until ``connect()`` dropped the cached handle."""
     import nbserve
-    from nbserve import local
+    from nbserve.local import head as local
 
     for name in ("first", "second"):
         base = tmp_path / name

@@ -22,9 +22,11 @@ import pytest
 from aiohttp import web
 
 import nbserve
-from nbserve import bench, benchprompts, benchresult
-from nbserve.benchresult import LoadStats, RequestRecord, StreamTally
 from nbserve.cli import main
+from nbserve.load import bench
+from nbserve.load import prompts as benchprompts
+from nbserve.load import results as benchresult
+from nbserve.load.results import LoadStats, RequestRecord, StreamTally
 
 
 class Stub:

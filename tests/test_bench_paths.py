@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from nbserve import procs
+from nbserve.local import procs
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:

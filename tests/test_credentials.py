@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 import nbserve
-from nbserve import session
+from nbserve.session import ray_client as session
 
 # A connect() closes the process's Ray Client session first (Ray Client has one per process), and
 # these change the process's credentials: they run after the tests that share the session.

@@ -19,12 +19,12 @@ from typing import Any, cast
 import pytest
 
 import nbserve
-from nbserve.dashboard import Dashboard, DashboardState
 from nbserve.errors import AppNotFound
-from nbserve.metrics import MetricsWindow, Replicas, Scrape, Snapshot
-from nbserve.prometheus import Prometheus
+from nbserve.observe.dashboard import Dashboard, DashboardState
+from nbserve.observe.metrics import MetricsWindow, Replicas, Scrape, Snapshot
+from nbserve.observe.prometheus import Prometheus
+from nbserve.observe.snapshot import Autoscaler
 from nbserve.remote.collect import Payload
-from nbserve.snapshot import Autoscaler
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nbserve.benchresult import RequestRecord
+from nbserve.load.results import RequestRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:

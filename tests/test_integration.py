@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 import nbserve
-from nbserve import local, remote
-from nbserve.serveconfig import ROUTER_DEPLOYMENT, ROUTER_DRAIN_S, llm_deployment_name
+from nbserve import remote
+from nbserve.local import head as local
+from nbserve.specs.serveconfig import ROUTER_DEPLOYMENT, ROUTER_DRAIN_S, llm_deployment_name
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +99,7 @@ def test_everything_the_local_head_runs_listens_on_loopback_only(
     hook): no listener outside loopback, and HAProxy's admin socket in a 0700 folder of the
     head's own.
     """
-    from nbserve import procs
+    from nbserve.local import procs
 
     assert tiny_app.status().ok  # Serve and its HAProxy run
     tree = [local_head.pid, *(pid for pid, _ in procs.descendants(local_head.pid))]
@@ -180,7 +181,7 @@ def test_the_engine_dtype_suits_this_cpu(tiny_app: nbserve.App) -> None:
 
 
 def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
-    nbserve.wait.poll_until(lambda: len(llm_replicas(tiny_app)), lambda n: n == 1,
+    nbserve.base.wait.poll_until(lambda: len(llm_replicas(tiny_app)), lambda n: n == 1,
                             timeout=120, what="scale down to one replica")
     before = llm_replicas(tiny_app)
     assert tiny_app.spec is not None
@@ -190,12 +191,12 @@ def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
         # starts first (max_surge_percent) and the old one finishes its streams before it
         # stops.
         with tiny_app.load(concurrency=2, duration_s=900, max_tokens=200) as run:
-            nbserve.wait.poll_until(lambda: run.stats().completed, lambda n: n >= 2,
+            nbserve.base.wait.poll_until(lambda: run.stats().completed, lambda n: n >= 2,
                                     timeout=120, what="load on the app")
             tiny_app.update(max_model_len=256, progress=False)
             assert tiny_app.last_update == "rolling restart"
             served = run.stats().completed
-            nbserve.wait.poll_until(lambda: run.stats().completed, lambda n: n >= served + 2,
+            nbserve.base.wait.poll_until(lambda: run.stats().completed, lambda n: n >= served + 2,
                                     timeout=120, what="requests served by the new replica")
             stats = run.stop()
         assert stats.failed == 0 and stats.completed >= 4, stats
@@ -221,7 +222,7 @@ def _requests_are_traced_through_the_cluster(app: nbserve.App) -> None:
     found = result.traces(slowest=2)
     assert len(found) == 2 and not found.missing, found
     for trace in found:
-        assert set(trace.phases) == set(nbserve.traces.PHASES), trace.phases
+        assert set(trace.phases) == set(nbserve.observe.traces.PHASES), trace.phases
         assert all(d >= 0 for d in trace.durations().values()), trace.durations()
         assert trace.durations()["decode"] > 0 and trace.tokens == 16
         assert trace.replica.startswith("tiny#LLMServer:tiny#") and trace.node

@@ -30,11 +30,12 @@ from pydantic import ValidationError
 
 import nbserve
 from nbserve import cluster as cluster_mod
-from nbserve import errors, versions
-from nbserve.clusterspec import ClusterSpec
+from nbserve import errors
+from nbserve.base import versions
 from nbserve.kube import raycluster, resolve
 from nbserve.kube.client import Kube
 from nbserve.kube.portforward import PodPortForward
+from nbserve.specs.clusterspec import ClusterSpec
 
 NS = "ray"
 POD = "llm-head-x2k9p"

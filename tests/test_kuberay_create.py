@@ -22,7 +22,7 @@ import nbserve
 from nbserve import cluster as cluster_mod
 from nbserve.kube.provision import RayClusterProvider, apply
 from nbserve.kube.raycluster import RayClusterRef
-from nbserve.target import Target
+from nbserve.session.target import Target
 
 NS = "ray"
 

@@ -18,11 +18,11 @@ import yaml
 from golden_util import GOLDEN, check_golden
 from pydantic import ValidationError
 
-from nbserve.accelerators import ACCELERATORS, accelerator_names, resolve_accelerator
-from nbserve.clusterspec import ClusterSpec, HeadSpec, SecretRef, WorkerGroup
-from nbserve.defaults import KUBERAY_THROUGHPUT_ENV
+from nbserve.base.defaults import KUBERAY_THROUGHPUT_ENV
 from nbserve.errors import SpecError
-from nbserve.manifests import render_rayservice, to_yaml
+from nbserve.specs.accelerators import ACCELERATORS, accelerator_names, resolve_accelerator
+from nbserve.specs.clusterspec import ClusterSpec, HeadSpec, SecretRef, WorkerGroup
+from nbserve.specs.manifests import render_rayservice, to_yaml
 
 SAMPLES = sorted(crdschema.KUBERAY_DIR.glob("ray-*.yaml"))
 
@@ -324,7 +324,7 @@ def test_default_image_matches_notebook_versions() -> None:
 
 def test_secrets_fill_pod_variables_from_secrets_and_an_app_needs_its_own() -> None:
     from nbserve import LLM
-    from nbserve.serveconfig import serve_app
+    from nbserve.specs.serveconfig import serve_app
 
     cluster = ClusterSpec(name="llm", env={"A": "1"}, hf_token=SecretRef(name="hf"),
                           secrets={"OPENAI_API_KEY": SecretRef(name="keys", key="openai")},

@@ -1,10 +1,13 @@
-"""The package's shape, checked from its source: layers, no import cycles, small modules.
+"""The package's shape, read from its source: layers by folder, no cycles, short functions.
 
 Imports are read with ``ast`` from every module of ``nbserve/``, at module level and inside
-functions; only ``if TYPE_CHECKING:`` blocks are left out (they never run). A module must be
-placed in ``LAYERS``; it may import modules of its own layer or below, never above, and the
-graph has no cycles. ``nbserve/remote/`` runs on the cluster side, pickled by value, so it may
-import only the standard library, Ray, prometheus_client and itself.
+functions; only ``if TYPE_CHECKING:`` blocks are left out (they never run). A module's layer is
+its folder's: ``nbserve/observe/metrics.py`` is in ``observe``; the modules at the top of the
+package (``app``, ``cluster``, ``backends``, ``cli``, ``__init__``) are the composition root,
+above every folder, and ``errors`` is below them all. A module may import modules of its own
+layer or below, never above, and the graph has no cycles. ``nbserve/remote/`` runs on the
+cluster side, pickled by value, so it may import only the standard library, Ray,
+prometheus_client and itself.
 """
 
 from __future__ import annotations
@@ -17,24 +20,20 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nbserve"
 
-# Lowest first. A module's layer is its own name's entry, else its package's (``remote``).
-LAYERS: list[tuple[str, set[str]]] = [
-    ("leaves", {"errors", "wait", "versions", "names", "defaults", "fmt", "procs", "target",
-                "vllm_plugin", "haproxy", "serve_callbacks",
-                "serve_loopback"}),
-    ("specs", {"spec", "accelerators", "serveconfig", "clusterspec", "manifests", "tinymodel"}),
-    ("remote", {"remote"}),
-    ("observe", {"families", "metrics", "sources", "snapshot", "prometheus", "dashboard", "bench",
-                 "benchresult", "benchprompts", "starts", "measuring", "traces"}),
-    ("session", {"cluster", "session", "app", "status"}),
-    ("backends", {"local", "kube"}),
-    ("root", {"connect", "__init__", "cli"}),
+# The folders of nbserve/, lowest layer first; folders on one line share a layer.
+FOLDERS: list[tuple[str, ...]] = [
+    ("base", "hooks"),  # leaves: import nothing of nbserve but errors
+    ("specs", "models"),  # what to run, pure
+    ("remote",),  # what runs on the cluster
+    ("observe", "load"),  # watching and measuring apps
+    ("session",),  # how the kernel reaches a cluster
+    ("local", "kube"),  # the backends that find or make one
 ]
-# Leaves import nothing of nbserve but errors.
+ROOT = len(FOLDERS)  # the modules at the top of the package
+# The one top-level module below every folder: the exception tree everything raises from.
+BOTTOM = {"errors"}
+LEAF_FOLDERS = set(FOLDERS[0])
 LEAF_IMPORTS = {"errors"}
-# Backends hand the session data; they never build (so never import) Cluster or App.
-SESSION = {"cluster", "session", "app"}
-BACKENDS = {"local", "kube"}
 # What the cluster side may import besides the standard library and itself. Its entry point,
 # ``remote.call`` (run in the kernel, never shipped), may raise nbserve's ConnectionFailed.
 REMOTE_THIRD_PARTY = {"ray", "prometheus_client"}
@@ -45,7 +44,8 @@ REMOTE_TRACES_MAY_IMPORT = {"grpc", "opentelemetry"}
 # The entry, in the kernel only (telling a lost Ray Client connection by its gRPC status):
 # gRPC, which Ray Client itself runs on.
 REMOTE_ENTRY_NESTED = {("remote", "grpc")}
-MAX_LINES = 450
+# A function longer than this is doing more than one thing: split it by what it does.
+MAX_FUNCTION_LINES = 80
 
 
 def module_name(path: Path) -> str:
@@ -61,11 +61,19 @@ def modules() -> dict[str, Path]:
 
 
 def layer_of(name: str) -> int:
-    for index, (_, members) in enumerate(LAYERS):
-        if name in members or name.split(".")[0] in members:
+    """The layer of module ``name`` (``observe.metrics``), from its folder."""
+    parts = name.split(".")
+    if len(parts) == 1 and not (PACKAGE / parts[0]).is_dir():
+        return -1 if name in BOTTOM else ROOT
+    for index, folder in enumerate(FOLDERS):
+        if parts[0] in folder:
             return index
-    raise AssertionError(f"nbserve/{name.replace('.', '/')}.py is in no layer: add it to "
-                         "LAYERS in tests/test_layers.py")
+    raise AssertionError(f"nbserve/{parts[0]}/ is in no layer: add it to FOLDERS in "
+                         "tests/test_layers.py, below every folder it imports")
+
+
+def layer_name(index: int) -> str:
+    return "errors" if index < 0 else "root" if index == ROOT else "/".join(FOLDERS[index])
 
 
 def _type_checking(node: ast.If) -> bool:
@@ -149,13 +157,18 @@ def test_imports_point_down_the_layers() -> None:
                 continue
             if layer_of(dep) > mine:
                 wrong.append(f"nbserve/{name} line {line} imports {dep} "
-                             f"({LAYERS[layer_of(dep)][0]} is above {LAYERS[mine][0]})")
-            if mine == 0 and dep not in LEAF_IMPORTS and layer_of(dep) == 0:
+                             f"({layer_name(layer_of(dep))} is above {layer_name(mine)})")
+            if name.split(".")[0] in LEAF_FOLDERS and dep not in LEAF_IMPORTS:
                 wrong.append(f"leaf {name} line {line} imports {dep} (leaves import only errors)")
-            top = name.split(".")[0]
-            if top in BACKENDS and dep.split(".")[0] in SESSION:
-                wrong.append(f"backend {name} line {line} imports the session ({dep})")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_folder_is_a_layer_and_errors_is_the_bottom() -> None:
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert folders == {f for layer in FOLDERS for f in layer}
+    assert all(layer_of(dep) == -1 for dep in BOTTOM)
+    assert not {dep for dep, _, _ in imports(PACKAGE / "errors.py", "errors")
+                if not dep.startswith(":")}, "errors imports nothing of nbserve"
 
 
 def test_no_import_cycles() -> None:
@@ -200,10 +213,30 @@ def test_the_cluster_side_imports_only_what_a_ray_image_has() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+def long_functions(source: str, limit: int) -> list[tuple[str, int, int]]:
+    """(name, first line, length) of every function or method in ``source`` over ``limit`` lines."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            length = (node.end_lineno or node.lineno) - node.lineno + 1
+            if length > limit:
+                found.append((node.name, node.lineno, length))
+    return found
+
+
 @pytest.mark.parametrize("name", sorted(modules()))
-def test_modules_stay_small(name: str) -> None:
-    lines = len(modules()[name].read_text().splitlines())
-    assert lines <= MAX_LINES, f"nbserve/{name}: {lines} lines; split it by concept"
+def test_functions_stay_short(name: str) -> None:
+    long = long_functions(modules()[name].read_text(), MAX_FUNCTION_LINES)
+    assert not long, "\n".join(
+        f"nbserve/{name}: {fn} (line {line}) is {length} lines; split it by what it does"
+        for fn, line, length in long)
+
+
+def test_the_length_check_counts_a_function_with_its_body() -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    assert long_functions(f"def f():\n{body}\n", MAX_FUNCTION_LINES) == [
+        ("f", 1, MAX_FUNCTION_LINES + 1)]
+    assert long_functions("def g():\n    return 1\n", MAX_FUNCTION_LINES) == []
 
 
 def test_the_checker_sees_function_level_and_skips_type_checking_imports() -> None:
@@ -212,8 +245,9 @@ def test_the_checker_sees_function_level_and_skips_type_checking_imports() -> No
     assert (":ray", True) in found and ("errors", False) in found  # `from ..errors import`
     serve = {dep for dep, _, _ in imports(PACKAGE / "remote" / "serve.py", "remote.serve")}
     assert "remote.ray_private" in serve  # `from .ray_private import ...` in a subpackage
-    app = imports(PACKAGE / "app.py", "app")
-    assert "cluster" not in {dep for dep, _, _ in app}  # only under TYPE_CHECKING there
+    app = {dep for dep, _, _ in imports(PACKAGE / "app.py", "app")}
+    assert "observe.dashboard" in app  # `from nbserve.observe.dashboard import ...`
+    assert "cluster" not in app  # only under TYPE_CHECKING there
 
 
 def test_nbserve_modules_are_imported_at_module_level() -> None:
@@ -226,7 +260,7 @@ def test_nbserve_modules_are_imported_at_module_level() -> None:
 
 
 def test_the_rendered_traces_endpoint_is_the_one_the_cluster_side_rewrites() -> None:
-    from nbserve import defaults
+    from nbserve.base import defaults
     from nbserve.remote import traces
 
     assert defaults.TRACES_ENDPOINT == traces.RENDERED_ENDPOINT

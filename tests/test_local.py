@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from nbserve import haproxy, local, procs
 from nbserve.errors import ClusterError, LocalClusterError
+from nbserve.local import haproxy, procs
+from nbserve.local import head as local
 
 
 def test_num_cpus_must_be_positive(tmp_path: Path) -> None:

@@ -18,13 +18,20 @@ from typing import Any, cast
 
 import pytest
 
-from nbserve import metrics
-from nbserve.metrics import MetricsWindow, Replicas, Scrape, Snapshot, histogram_quantile, parse
-from nbserve.prometheus import Prometheus
+from nbserve.observe import metrics
+from nbserve.observe.metrics import (
+    MetricsWindow,
+    Replicas,
+    Scrape,
+    Snapshot,
+    histogram_quantile,
+    parse,
+)
+from nbserve.observe.prometheus import Prometheus
+from nbserve.observe.snapshot import PHASES, Autoscaler
+from nbserve.observe.sources import ClusterScrape, MetricsReader, Source, source_for
 from nbserve.remote import collect as collector
 from nbserve.remote.collect import DeploymentInfo, Payload
-from nbserve.snapshot import PHASES, Autoscaler
-from nbserve.sources import ClusterScrape, MetricsReader, Source, source_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 APP = "tiny"
@@ -482,7 +489,7 @@ def test_the_cluster_scrape_refuses_without_a_session() -> None:
     import sys
 
     code = ("from nbserve.errors import ConnectionFailed\n"
-            "from nbserve.sources import ClusterScrape\n"
+            "from nbserve.observe.sources import ClusterScrape\n"
             "try:\n    ClusterScrape().scrape('tiny')\n"
             "except ConnectionFailed as err:\n    print('refused:', err)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

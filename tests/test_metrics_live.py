@@ -14,9 +14,9 @@ import pytest
 from promserver import require_prometheus, running_prometheus
 
 import nbserve
-from nbserve.local import LocalHead
-from nbserve.metrics import Snapshot
-from nbserve.snapshot import PHASES
+from nbserve.local.head import LocalHead
+from nbserve.observe.metrics import Snapshot
+from nbserve.observe.snapshot import PHASES
 
 pytestmark = pytest.mark.integration
 

@@ -21,9 +21,9 @@ from promserver import running_prometheus, wait_for_series
 
 import nbserve
 from nbserve.errors import ConnectionFailed, SpecError
-from nbserve.metrics import DROP_LABELS, MetricsWindow, Scrape, family_names
-from nbserve.prometheus import Prometheus
-from nbserve.sources import MetricsReader, Source
+from nbserve.observe.metrics import DROP_LABELS, MetricsWindow, Scrape, family_names
+from nbserve.observe.prometheus import Prometheus
+from nbserve.observe.sources import MetricsReader, Source
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 APP = "tiny"

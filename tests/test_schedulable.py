@@ -17,13 +17,13 @@ from fake_kube import FakeKube, raycluster_objects
 
 import nbserve
 from nbserve.cluster import Cluster
-from nbserve.clusterspec import ClusterSpec, WorkerGroup
 from nbserve.kube.provision import RayClusterProvider
 from nbserve.kube.raycluster import RayClusterRef, node_shapes
-from nbserve.manifests import render_raycluster
 from nbserve.remote.serve import unschedulable, waits_for_node
-from nbserve.serveconfig import serve_app
-from nbserve.target import Target
+from nbserve.session.target import Target
+from nbserve.specs.clusterspec import ClusterSpec, WorkerGroup
+from nbserve.specs.manifests import render_raycluster
+from nbserve.specs.serveconfig import serve_app
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "kuberay"
 
@@ -103,7 +103,7 @@ import sys, ray
 from ray.cluster_utils import Cluster
 import nbserve
 from nbserve.remote.serve import _paths_absent_where_replicas_run as absent
-from nbserve.serveconfig import serve_app
+from nbserve.specs.serveconfig import serve_app
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
 try:
     cluster.add_node(num_cpus=2, num_gpus=1, resources={"accelerator_type:L4": 1})

@@ -13,7 +13,7 @@ import pytest
 
 from nbserve import LLM
 from nbserve.remote.thisnode import LOCAL_MODEL_CALLBACK, local_models
-from nbserve.serveconfig import serve_app
+from nbserve.specs.serveconfig import serve_app
 
 
 def app_of(*models: str) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def test_the_heads_environment_can_keep_the_task(monkeypatch: pytest.MonkeyPatch
 def test_the_callback_turns_node_initialization_off() -> None:
     from ray.serve.llm import LLMConfig
 
-    from nbserve.serve_callbacks import LocalModel
+    from nbserve.hooks.serve_callbacks import LocalModel
 
     config = LLMConfig(model_loading_config={"model_id": "m", "model_source": "/models/tiny"},
                        callback_config={"callback_class": LOCAL_MODEL_CALLBACK})

@@ -13,7 +13,8 @@ from concurrent import futures
 import grpc
 import pytest
 
-from nbserve import procs, serve_loopback
+from nbserve.hooks import serve_loopback
+from nbserve.local import procs
 from nbserve.remote import thisnode
 
 

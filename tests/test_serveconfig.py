@@ -17,9 +17,10 @@ from pydantic import ValidationError
 from ray.serve.schema import ServeApplicationSchema
 
 from nbserve import LLM, Engine, Rollout
-from nbserve.defaults import PHASE_BUCKETS_S
-from nbserve.manifests import to_yaml
-from nbserve.serveconfig import (
+from nbserve.base.defaults import PHASE_BUCKETS_S
+from nbserve.specs.llm import AUTOSCALER_KNOBS
+from nbserve.specs.manifests import to_yaml
+from nbserve.specs.serveconfig import (
     CPU_ENGINE_ENV,
     IMPORT_PATH,
     deployment_override,
@@ -27,7 +28,6 @@ from nbserve.serveconfig import (
     llm_deployment_name,
     serve_app,
 )
-from nbserve.spec import AUTOSCALER_KNOBS
 
 
 def cpu_demo() -> LLM:

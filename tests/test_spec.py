@@ -13,10 +13,10 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from nbserve import LLM, Engine, Scaling, SpecError
-from nbserve.accelerators import AcceleratorInfo, accelerator_names
-from nbserve.clusterspec import ClusterSpec, HeadSpec, SecretRef, WorkerGroup
-from nbserve.serveconfig import engine_version, serve_app
-from nbserve.spec import check_app_name
+from nbserve.specs.accelerators import AcceleratorInfo, accelerator_names
+from nbserve.specs.clusterspec import ClusterSpec, HeadSpec, SecretRef, WorkerGroup
+from nbserve.specs.llm import check_app_name
+from nbserve.specs.serveconfig import engine_version, serve_app
 
 
 def assert_mentions(text: str, *parts: str) -> None:

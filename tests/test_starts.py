@@ -15,8 +15,8 @@ from typing import cast
 
 import pytest
 
+from nbserve.observe.starts import PHASES, ColdStart, ColdStarts
 from nbserve.remote.starts import StartLines
-from nbserve.starts import PHASES, ColdStart, ColdStarts
 
 LINES = cast(list[StartLines], json.loads(
     (Path(__file__).parent / "fixtures" / "starts" / "lines.json").read_text()))

@@ -1,4 +1,4 @@
-"""Tests for nbserve.tinymodel: the offline tiny demo checkpoint."""
+"""Tests for nbserve.models.tiny: the offline tiny demo checkpoint."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from nbserve.tinymodel import build_tiny_model
+from nbserve.models.tiny import build_tiny_model
 
 MARKER = ".nbserve-complete"
 

@@ -16,8 +16,8 @@ from typing import Any, cast
 
 import pytest
 
-from nbserve import traces
-from nbserve.benchresult import RequestRecord
+from nbserve.load.results import RequestRecord
+from nbserve.observe import traces
 from nbserve.remote.traces import Receiver, for_this_cluster
 
 pytest.importorskip("opentelemetry.exporter.otlp.proto.grpc")
@@ -105,8 +105,9 @@ def test_a_span_joins_the_clients_record_on_one_clock(
 def test_a_traced_spec_renders_the_receivers_endpoint_and_a_quick_exporter() -> None:
     from pydantic import ValidationError
 
-    from nbserve import LLM, defaults
-    from nbserve.serveconfig import llm_config
+    from nbserve import LLM
+    from nbserve.base import defaults
+    from nbserve.specs.serveconfig import llm_config
 
     cfg = llm_config(LLM("org/m", tracing=True))
     assert cfg["engine_kwargs"]["otlp_traces_endpoint"] == defaults.TRACES_ENDPOINT

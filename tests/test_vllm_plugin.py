@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 import nbserve
-from nbserve import local, procs, vllm_plugin
+from nbserve.hooks import vllm_plugin
+from nbserve.local import head as local
+from nbserve.local import procs
 
 needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
                                     reason="binding needs at least two CPUs")
@@ -26,7 +28,7 @@ needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
 FOLLOWER = textwrap.dedent(
     """
     import json, os, subprocess, sys
-    from nbserve import vllm_plugin
+    from nbserve.hooks import vllm_plugin
 
     cpu = max(os.sched_getaffinity(0))
     worker = subprocess.Popen(
@@ -53,7 +55,7 @@ def run_follower(timeout: float = 20) -> dict[str, object]:
 
 def test_the_plugin_is_registered_for_vllm() -> None:
     names = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
-    assert names.get("nbserve_engine_affinity") == "nbserve.vllm_plugin:register"
+    assert names.get("nbserve_engine_affinity") == "nbserve.hooks.vllm_plugin:register"
 
 
 @needs_two_cpus

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 import nbserve
+from nbserve.base.wait import backoff, poll_until
 from nbserve.errors import DeployFailed, NbserveError, WaitTimeout
-from nbserve.status import AppStatus, DeploymentStatus
-from nbserve.wait import backoff, poll_until
+from nbserve.observe.status import AppStatus, DeploymentStatus
 
 
 class FakeClock:

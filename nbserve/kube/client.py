@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import KubernetesError
+from nbserve.errors import KubernetesError
 
 __all__ = ["GET_CREDENTIALS", "Conflict", "Kube", "What", "refusal"]
 

@@ -18,8 +18,8 @@ import socket
 import threading
 from typing import Any, NamedTuple
 
-from ..errors import ConnectionFailed, KubernetesError
-from .client import What, refusal
+from nbserve.errors import ConnectionFailed, KubernetesError
+from nbserve.kube.client import What, refusal
 
 __all__ = ["PodPortForward"]
 

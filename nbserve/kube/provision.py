@@ -16,12 +16,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import names
-from ..clusterspec import ClusterSpec
-from ..errors import ClusterError, SpecError, WaitTimeout
-from ..wait import Progress, poll_until
-from .client import Conflict, Kube, What
-from .raycluster import GROUP, PLURAL, RESOURCE, VERSION, RayClusterRef, node_shapes, readiness
+from nbserve.base.wait import Progress, poll_until
+from nbserve.errors import ClusterError, SpecError, WaitTimeout
+from nbserve.kube.client import Conflict, Kube, What
+from nbserve.kube.raycluster import (
+    GROUP,
+    PLURAL,
+    RESOURCE,
+    VERSION,
+    RayClusterRef,
+    node_shapes,
+    readiness,
+)
+from nbserve.specs import names
+from nbserve.specs.clusterspec import ClusterSpec
 
 __all__ = ["RayClusterProvider", "apply", "delete", "scale"]
 

@@ -14,9 +14,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .. import defaults, versions
-from ..accelerators import ACCELERATORS
-from ..errors import ConnectionFailed
+from nbserve.base import defaults, versions
+from nbserve.errors import ConnectionFailed
+from nbserve.specs.accelerators import ACCELERATORS
 
 __all__ = [
     "GROUP", "HEAD_SELECTOR", "PLURAL", "RESOURCE", "ROLES", "TOKEN_KEY", "VERSION",

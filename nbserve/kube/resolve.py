@@ -16,14 +16,14 @@ import logging
 import time
 from typing import Any
 
-from .. import names
-from ..errors import ConnectionFailed, KubernetesError
-from ..target import Target
-from . import raycluster
-from .client import Kube, What
-from .portforward import PodPortForward
-from .provision import RayClusterProvider
-from .raycluster import GROUP, PLURAL, RESOURCE, VERSION, RayClusterRef
+from nbserve.errors import ConnectionFailed, KubernetesError
+from nbserve.kube import raycluster
+from nbserve.kube.client import Kube, What
+from nbserve.kube.portforward import PodPortForward
+from nbserve.kube.provision import RayClusterProvider
+from nbserve.kube.raycluster import GROUP, PLURAL, RESOURCE, VERSION, RayClusterRef
+from nbserve.session.target import Target
+from nbserve.specs import names
 
 __all__ = ["read_token", "target"]
 

@@ -4,7 +4,7 @@
 node's metrics export port over HTTP and returns a ``Payload``: the app's series already parsed
 into small ``Row``s (the text is parsed here, once per node, so the notebook receives a few
 hundred rows per replica instead of text), with the replica states. Which samples to keep and
-which labels to drop are arguments: the table of them is ``nbserve.metrics``', which this
+which labels to drop are arguments: the table of them is ``nbserve.observe.metrics``', which this
 module, pickled by value, cannot import. Rates and Snapshots are computed in the notebook.
 """
 

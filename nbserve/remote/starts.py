@@ -5,7 +5,7 @@ replica and when the replica was up (``serve/controller_*.log`` on the head), Se
 when the actor began initializing (``serve/replica_<app>_<deployment>_<id>.log`` on the
 replica's node), and vLLM, in the replica worker's stdout, when the engine process started,
 loaded its weights and finished its warm-up. ``start_lines`` gathers the few lines that matter,
-through Ray's state API (which reads any node's logs); ``nbserve.starts`` turns them into
+through Ray's state API (which reads any node's logs); ``nbserve.observe.starts`` turns them into
 phases. Results are plain data.
 """
 

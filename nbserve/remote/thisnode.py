@@ -2,9 +2,9 @@
 
 On nbserve's local head every replica runs on the node where the deploy runs, so what that
 node has decides three things the spec cannot: Serve LLM's model-download task is skipped for
-files already there (``nbserve.serve_callbacks``), a CPU without native bfloat16 computes in
+files already there (``nbserve.hooks.serve_callbacks``), a CPU without native bfloat16 computes in
 float32, and the replicas' inter-deployment gRPC servers listen on loopback
-(``nbserve.serve_loopback``). Only the config Serve gets changes; nbserve's record keeps the
+(``nbserve.hooks.serve_loopback``). Only the config Serve gets changes; nbserve's record keeps the
 spec's. Plain data in, plain data out, like the rest of ``remote``.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 __all__ = ["LOCAL_MODEL_CALLBACK", "LOOPBACK_HOOK", "SETUP_HOOK_VAR", "cpu_dtype",
            "grpc_on_loopback", "local_models", "looks_like_path", "native_bf16", "on_this_node"]
 
-LOCAL_MODEL_CALLBACK = "nbserve.serve_callbacks.LocalModel"
-LOOPBACK_HOOK = "nbserve.serve_loopback.setup"  # serve_loopback.HOOK
+LOCAL_MODEL_CALLBACK = "nbserve.hooks.serve_callbacks.LocalModel"
+LOOPBACK_HOOK = "nbserve.hooks.serve_loopback.setup"  # serve_loopback.HOOK
 SETUP_HOOK_VAR = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"  # what Ray's workers run at start
 # CPU flags of a native bfloat16 (AVX-512 BF16, AMX): without one, vLLM emulates bfloat16.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -38,7 +38,7 @@ def grpc_on_loopback(app: dict[str, Any]) -> dict[str, Any]:
     """``app`` whose replica processes bind Serve's inter-deployment gRPC server to loopback.
 
     On a single node (nbserve's local head, where every Ray address is 127.0.0.1) where
-    nbserve is importable: Ray runs ``nbserve.serve_loopback.setup`` in each replica's worker
+    nbserve is importable: Ray runs ``nbserve.hooks.serve_loopback.setup`` in each replica's worker
     process as it starts (``SETUP_HOOK_VAR``, set in the app's runtime_env).
     """
     import importlib.util
@@ -102,7 +102,7 @@ def local_models(app: dict[str, Any]) -> dict[str, Any]:
 
     Only for a cluster that cannot add nodes (this node is where the replicas run), when every
     model is a local path (checked to exist) and nbserve is importable here, so that the
-    replica can load the callback (``nbserve.serve_callbacks``). Otherwise, or when the
+    replica can load the callback (``nbserve.hooks.serve_callbacks``). Otherwise, or when the
     head's environment sets ``NBSERVE_SERVE_LLM_NODE_INIT=always`` (to compare), ``app`` as
     it is.
     """
