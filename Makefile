@@ -12,6 +12,7 @@ demo: setup
 test: setup
 	bash scripts/install_test_tools.sh
 	.venv/bin/ruff check nbserve tests scripts benchmarks
+	.venv/bin/ruff format --check nbserve tests scripts benchmarks
 	.venv/bin/mypy nbserve
 	.venv/bin/python -m pytest
 
@@ -49,6 +50,7 @@ tracing: setup
 
 lint: setup
 	.venv/bin/ruff check nbserve tests scripts benchmarks
+	.venv/bin/ruff format --check nbserve tests scripts benchmarks
 	.venv/bin/mypy nbserve
 
 clean:

@@ -36,35 +36,68 @@ BENCH_REFRESH = ROOT / "scripts" / "bench_refresh.py"
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """The command's options, with the defaults of a full or a ``--quick`` run filled in."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="few prompts, for development and a CI smoke (writes artifacts/)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="few prompts, for development and a CI smoke (writes artifacts/)",
+    )
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
     parser.add_argument("--num-prompts", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--sweep", type=int, nargs="*", default=None,
-                        help="extra concurrencies to measure (default: 1 8; quick: none)")
-    parser.add_argument("--sweep-prompts-per-slot", type=int, default=None,
-                        help="prompts per concurrent slot in the sweep (default 8; quick 2)")
-    parser.add_argument("--nbserve-head-env", default=None, metavar="JSON",
-                        help="start nbserve's head with this env instead of its default, "
-                        "e.g. '{}' (to measure a default)")
-    parser.add_argument("--vllm-env", default="{}", metavar="JSON",
-                        help="extra environment for raw vllm serve, e.g. "
-                        "'{\"NBSERVE_ENGINE_CORE_AFFINITY\": \"worker\"}'")
-    parser.add_argument("--nbserve-llm", default="{}", metavar="JSON",
-                        help="extra nbserve.LLM(...) arguments, e.g. "
-                        "'{\"engine\": {\"args\": {\"max_num_seqs\": 64}}}'")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="runs of each tool at the main concurrency, reported as medians "
-                        "(default 3; quick 1)")
-    parser.add_argument("--report-from", default=None, metavar="JSON",
-                        help="only rewrite the Markdown report from a saved raw JSON")
-    parser.add_argument("--output", default=None,
-                        help="Markdown report (default BENCHMARKS.md; quick: artifacts/)")
+    parser.add_argument(
+        "--sweep",
+        type=int,
+        nargs="*",
+        default=None,
+        help="extra concurrencies to measure (default: 1 8; quick: none)",
+    )
+    parser.add_argument(
+        "--sweep-prompts-per-slot",
+        type=int,
+        default=None,
+        help="prompts per concurrent slot in the sweep (default 8; quick 2)",
+    )
+    parser.add_argument(
+        "--nbserve-head-env",
+        default=None,
+        metavar="JSON",
+        help="start nbserve's head with this env instead of its default, "
+        "e.g. '{}' (to measure a default)",
+    )
+    parser.add_argument(
+        "--vllm-env",
+        default="{}",
+        metavar="JSON",
+        help="extra environment for raw vllm serve, e.g. "
+        '\'{"NBSERVE_ENGINE_CORE_AFFINITY": "worker"}\'',
+    )
+    parser.add_argument(
+        "--nbserve-llm",
+        default="{}",
+        metavar="JSON",
+        help="extra nbserve.LLM(...) arguments, e.g. "
+        '\'{"engine": {"args": {"max_num_seqs": 64}}}\'',
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="runs of each tool at the main concurrency, reported as medians (default 3; quick 1)",
+    )
+    parser.add_argument(
+        "--report-from",
+        default=None,
+        metavar="JSON",
+        help="only rewrite the Markdown report from a saved raw JSON",
+    )
+    parser.add_argument(
+        "--output", default=None, help="Markdown report (default BENCHMARKS.md; quick: artifacts/)"
+    )
     opts = parser.parse_args(argv)
     if opts.num_prompts is None:
         opts.num_prompts = 32 if opts.quick else 256
@@ -77,8 +110,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if opts.sweep_prompts_per_slot is None:
         opts.sweep_prompts_per_slot = 2 if opts.quick else 8
     if opts.output is None:
-        opts.output = str(ROOT / ("artifacts/BENCHMARKS-quick.md" if opts.quick
-                                  else "BENCHMARKS.md"))
+        opts.output = str(
+            ROOT / ("artifacts/BENCHMARKS-quick.md" if opts.quick else "BENCHMARKS.md")
+        )
     return opts
 
 
@@ -98,8 +132,10 @@ def run_paths(opts: argparse.Namespace, model: str) -> dict[str, Any]:
                     results[path]["control"] = control
             except Exception as err:  # noqa: BLE001 - one failed path is reported, not fatal
                 print(f"  FAILED: {err}", flush=True)
-                results[path] = {"error": str(err).splitlines()[0] if str(err) else repr(err),
-                                 "detail": str(err)}
+                results[path] = {
+                    "error": str(err).splitlines()[0] if str(err) else repr(err),
+                    "detail": str(err),
+                }
             print(f"  done in {time.monotonic() - t0:.0f} s", flush=True)
     return results
 

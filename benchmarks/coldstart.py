@@ -75,8 +75,7 @@ def wake(app: nbserve.App) -> dict[str, float]:
     client = app.openai(max_retries=0)
     sent = time.time()
     first = None
-    stream = client.completions.create(model=app.model, prompt="Hello", max_tokens=16,
-                                       stream=True)
+    stream = client.completions.create(model=app.model, prompt="Hello", max_tokens=16, stream=True)
     for chunk in stream:
         if first is None and chunk.choices and chunk.choices[0].text:
             first = time.time()
@@ -94,16 +93,27 @@ def one_round(app: nbserve.App) -> dict[str, Any]:
     steps: dict[str, float | None] = {"reaction": start.requested.timestamp() - client["sent"]}
     steps |= start.durations()
     steps["first_token"] = client["first_token"] - start.running.timestamp()
-    return {"replica": start.replica_id, "total_s": client["first_token"] - client["sent"],
-            "steps_s": steps}
+    return {
+        "replica": start.replica_id,
+        "total_s": client["first_token"] - client["sent"],
+        "steps_s": steps,
+    }
 
 
-def measure(cluster: nbserve.Cluster, name: str, variant: dict[str, Any],
-            opts: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    cluster: nbserve.Cluster, name: str, variant: dict[str, Any], opts: argparse.Namespace
+) -> dict[str, Any]:
     """Deploy the variant's app, measure ``opts.rounds`` wakes from zero, delete it."""
-    scaling = nbserve.Scaling(**{
-        "min_replicas": 0, "max_replicas": 1, "initial_replicas": 1, "downscale_delay_s": 5,
-        "downscale_to_zero_delay_s": 5, **variant["scaling"]})
+    scaling = nbserve.Scaling(
+        **{
+            "min_replicas": 0,
+            "max_replicas": 1,
+            "initial_replicas": 1,
+            "downscale_delay_s": 5,
+            "downscale_to_zero_delay_s": 5,
+            **variant["scaling"],
+        }
+    )
     spec = nbserve.LLM(nbserve.demo_model(), name="tiny", max_model_len=512, scaling=scaling)
     app = cluster.deploy(spec, name=f"cold-{name}", progress=False)
     rounds = []
@@ -123,28 +133,38 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     totals = [r["total_s"] for r in rounds]
     # The replica's own start: the total less the autoscaler's reaction, which varies with
     # when the request came within Serve's metrics interval.
-    own = [r["total_s"] - r["steps_s"]["reaction"] for r in rounds
-           if r["steps_s"]["reaction"] is not None]
-    steps = {s: statistics.median(v) if (v := [r["steps_s"][s] for r in rounds
-                                               if r["steps_s"][s] is not None]) else None
-             for s in STEPS}
-    return {"total_s": statistics.median(totals) if totals else None, "steps_s": steps,
-            "start_s": statistics.median(own) if own else None}
+    own = [
+        r["total_s"] - r["steps_s"]["reaction"]
+        for r in rounds
+        if r["steps_s"]["reaction"] is not None
+    ]
+    steps = {
+        s: statistics.median(v)
+        if (v := [r["steps_s"][s] for r in rounds if r["steps_s"][s] is not None])
+        else None
+        for s in STEPS
+    }
+    return {
+        "total_s": statistics.median(totals) if totals else None,
+        "steps_s": steps,
+        "start_s": statistics.median(own) if own else None,
+    }
 
 
-def render(results: list[dict[str, Any]], info: dict[str, Any], command: str,
-           started: str) -> str:
+def render(results: list[dict[str, Any]], info: dict[str, Any], command: str, started: str) -> str:
     """The report: each step's median and share of the total, per variant."""
     flags = " ".join(info["cpu_flags"]) or "none of avx2 avx512f avx512_bf16 amx"
     lines = [
-        "# Cold starts: from zero replicas to the first token", "",
+        "# Cold starts: from zero replicas to the first token",
+        "",
         f"Measured {started} UTC by `{command}` at nbserve {info['nbserve_commit']}, on "
         f"{info['cpu']} ({info['cores']} cores, {info['memory_gib']} GiB; flags: {flags}), "
         "with the demo model on the local head, as an app of `Scaling(min_replicas=0, "
         "max_replicas=1, initial_replicas=1, downscale_delay_s=5, downscale_to_zero_delay_s=5)`"
         ". Each round: the app at zero replicas (none stopping), one streamed completion sent "
         "by a client that does not retry; the medians of the rounds, each step's share of the "
-        "total in brackets. Only figures of the same run compare.", "",
+        "total in brackets. Only figures of the same run compare.",
+        "",
     ]
     header = "| step | what it is | " + " | ".join(r["variant"] for r in results) + " |"
     lines += [header, "| --- | --- |" + " ---: |" * len(results)]
@@ -153,25 +173,40 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], command: str,
         cells = []
         for s in sums:
             value, total = s["steps_s"][step], s["total_s"]
-            cells.append("-" if value is None else
-                         f"{value:.1f} s ({100 * value / total:.0f} %)" if total else
-                         f"{value:.1f} s")
+            cells.append(
+                "-"
+                if value is None
+                else f"{value:.1f} s ({100 * value / total:.0f} %)"
+                if total
+                else f"{value:.1f} s"
+            )
         lines.append(f"| {step} | {SPENT_ON[step]} | " + " | ".join(cells) + " |")
-    lines.append("| **sent → first token** | the whole cold start | " + " | ".join(
-        "-" if s["total_s"] is None else f"**{s['total_s']:.1f} s**" for s in sums) + " |")
-    lines.append("| **requested → first token** | the replica's start, without the reaction | "
-                 + " | ".join("-" if s["start_s"] is None else f"**{s['start_s']:.1f} s**"
-                              for s in sums) + " |")
-    rounds = ["{} {}".format(r["variant"], ", ".join(f"{x['total_s']:.1f} s" for x in r["rounds"]))
-              for r in results]
+    lines.append(
+        "| **sent → first token** | the whole cold start | "
+        + " | ".join("-" if s["total_s"] is None else f"**{s['total_s']:.1f} s**" for s in sums)
+        + " |"
+    )
+    lines.append(
+        "| **requested → first token** | the replica's start, without the reaction | "
+        + " | ".join("-" if s["start_s"] is None else f"**{s['start_s']:.1f} s**" for s in sums)
+        + " |"
+    )
+    rounds = [
+        "{} {}".format(r["variant"], ", ".join(f"{x['total_s']:.1f} s" for x in r["rounds"]))
+        for r in results
+    ]
     lines += ["", "Rounds (sent → first token): " + "; ".join(rounds) + ".", ""]
     for r in results:
         scaling, env = r["changes"].get("scaling"), r["changes"].get("head_env")
         if scaling or env:
-            lines.append(f"- `{r['variant']}`: " + ", ".join(
-                [f"`Scaling(..., {', '.join(f'{k}={v!r}' for k, v in scaling.items())})`"]
-                * bool(scaling)
-                + [f"head environment `{env}`"] * bool(env)))
+            lines.append(
+                f"- `{r['variant']}`: "
+                + ", ".join(
+                    [f"`Scaling(..., {', '.join(f'{k}={v!r}' for k, v in scaling.items())})`"]
+                    * bool(scaling)
+                    + [f"head environment `{env}`"] * bool(env)
+                )
+            )
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -180,11 +215,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="wakes per variant (default 3)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--timeout", type=float, default=300,
-                        help="seconds to wait for the app to reach zero replicas")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300,
+        help="seconds to wait for the app to reach zero replicas",
+    )
     parser.add_argument("--output", default="COLDSTART.md")
-    parser.add_argument("--render", metavar="JSON",
-                        help="only write the report again from a run's JSON")
+    parser.add_argument(
+        "--render", metavar="JSON", help="only write the report again from a run's JSON"
+    )
     return parser.parse_args(argv)
 
 
@@ -217,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 local.down(home)
     text = render(results, info, command, started)
-    write_report(opts.output, text, {"started": started, "command": command, "machine": info,
-                                     "results": results})
+    write_report(
+        opts.output,
+        text,
+        {"started": started, "command": command, "machine": info, "results": results},
+    )
     print(text)
     return 0
 

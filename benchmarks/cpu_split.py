@@ -34,7 +34,7 @@ def cpu_times() -> dict[int, tuple[str, float]]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         name = argv[0].decode(errors="replace") if argv and argv[0] else comm
         if name.endswith(("python", "python3")) and len(argv) > 1:
             name = " ".join(a.decode(errors="replace") for a in argv[1:3])
@@ -50,17 +50,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-prompts", type=int, default=256)
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--tokenizer", default=None,
-                        help="a folder with tokenizer.json (default: the demo model's)")
+    parser.add_argument(
+        "--tokenizer", default=None, help="a folder with tokenizer.json (default: the demo model's)"
+    )
     parser.add_argument("--top", type=int, default=12, help="processes to list")
     opts = parser.parse_args(argv)
     from nbserve.load import bench  # aiohttp, tokenizers: only for a run
 
     tokenizer = opts.tokenizer or nbserve.demo_model()
     before, t0 = cpu_times(), time.monotonic()
-    result = bench.run(opts.endpoint, num_prompts=opts.num_prompts,
-                       concurrency=opts.concurrency, input_len=opts.input_len,
-                       output_len=opts.output_len, tokenizer=tokenizer, progress=False)
+    result = bench.run(
+        opts.endpoint,
+        num_prompts=opts.num_prompts,
+        concurrency=opts.concurrency,
+        input_len=opts.input_len,
+        output_len=opts.output_len,
+        tokenizer=tokenizer,
+        progress=False,
+    )
     after, wall = cpu_times(), time.monotonic() - t0
     used = []
     for pid, (name, seconds) in after.items():
@@ -70,13 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     used.sort(reverse=True)
     total = sum(u for u, _, _ in used)
     run = result.runs[0]
-    print(f"{opts.endpoint}: {run.output_tokens_per_s:.0f} output tok/s, TTFT p50 "
-          f"{run.ttft_ms[50] or 0:.0f} ms, {run.failed} failed, {wall:.1f} s; "
-          f"{total / wall * 100:.0f}% of one core used in all ({os.cpu_count()} cores)")
+    print(
+        f"{opts.endpoint}: {run.output_tokens_per_s:.0f} output tok/s, TTFT p50 "
+        f"{run.ttft_ms[50] or 0:.0f} ms, {run.failed} failed, {wall:.1f} s; "
+        f"{total / wall * 100:.0f}% of one core used in all ({os.cpu_count()} cores)"
+    )
     print(f"{'% of a core':>11} {'pid':>7}  process")
-    for seconds, pid, label in used[:opts.top]:
+    for seconds, pid, label in used[: opts.top]:
         print(f"{seconds / wall * 100:>10.0f}% {pid:>7}  {label}")
-    rest = total - sum(u for u, _, _ in used[:opts.top])
+    rest = total - sum(u for u, _, _ in used[: opts.top])
     print(f"{rest / wall * 100:>10.0f}%          (all other processes)")
     return 0
 

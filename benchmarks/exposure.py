@@ -33,16 +33,20 @@ def exposure(app: nbserve.App, head: local.LocalHead, home: Path) -> Row:
     row = Row("listeners and a secret", target="0 listeners outside loopback, 0 sentinel hits")
     tree = [head.pid, *(pid for pid, _ in procs.descendants(head.pid))]
     exposed = [x for x in procs.listeners(tree) if not x.loopback]
-    kinds = sorted({Path(f"/proc/{x.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-                    for x in exposed})
+    kinds = sorted(
+        {Path(f"/proc/{x.pid}/cmdline").read_bytes().split(b"\0")[0].decode() for x in exposed}
+    )
     row.notes.append(f"{len(exposed)} listeners outside loopback: {', '.join(kinds) or 'none'}")
     app.update(secrets=[SECRET_VAR], progress=False)
     row.notes.append(f"app.update(secrets=[{SECRET_VAR!r}]) was {app.last_update!r}")
     assert app.spec is not None
     cluster_spec = nbserve.ClusterSpec(
-        name="c", secrets={SECRET_VAR: nbserve.SecretRef(name="faults", key="token")})
+        name="c", secrets={SECRET_VAR: nbserve.SecretRef(name="faults", key="token")}
+    )
     places = {
-        "repr(spec)": repr(app.spec), "str(spec)": str(app.spec), "repr(app)": repr(app),
+        "repr(spec)": repr(app.spec),
+        "str(spec)": str(app.spec),
+        "repr(app)": repr(app),
         "app._repr_html_()": app._repr_html_(),
         "RayService YAML": nbserve.to_yaml(app.to_rayservice(cluster_spec)),
     }
@@ -54,20 +58,32 @@ def exposure(app: nbserve.App, head: local.LocalHead, home: Path) -> Row:
         with contextlib.suppress(OSError):
             if SENTINEL.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                 hits.append(f"/proc/{pid}/cmdline")
-    logs = [p for folder in (home, Path(head.temp_dir)) for p in folder.rglob("*")
-            if p.is_file() and p.suffix in (".log", ".out", ".err", ".txt", ".json")
-            and SENTINEL.encode() in p.read_bytes()]
+    logs = [
+        p
+        for folder in (home, Path(head.temp_dir))
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix in (".log", ".out", ".err", ".txt", ".json")
+        and SENTINEL.encode() in p.read_bytes()
+    ]
     hits += [str(p) for p in logs]
-    reached = [pid for pid in llm_replicas(app).values() if pid and SENTINEL.encode() in
-               Path(f"/proc/{pid}/environ").read_bytes()]
+    reached = [
+        pid
+        for pid in llm_replicas(app).values()
+        if pid and SENTINEL.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    ]
     row.sent = len(exposed)
     row.failed = len(hits)
-    row.notes.append(f"sentinel found in: {', '.join(hits) or 'none of the places searched'} "
-                     f"(searched: {', '.join(places)}, every value of Ray's key-value store "
-                     f"({keys} keys, {unread} in no known namespace), every /proc/*/cmdline, "
-                     "the head's logs)")
-    row.notes.append(f"the replicas that have the secret in their environment: {len(reached)} of "
-                     f"{len(llm_replicas(app))}")
+    row.notes.append(
+        f"sentinel found in: {', '.join(hits) or 'none of the places searched'} "
+        f"(searched: {', '.join(places)}, every value of Ray's key-value store "
+        f"({keys} keys, {unread} in no known namespace), every /proc/*/cmdline, "
+        "the head's logs)"
+    )
+    row.notes.append(
+        f"the replicas that have the secret in their environment: {len(reached)} of "
+        f"{len(llm_replicas(app))}"
+    )
     row.met = not exposed and not hits and bool(reached)
     return row
 
@@ -82,16 +98,24 @@ def kv_search(needle: str) -> tuple[int, int, list[str]]:
     from ray._private import ray_constants
     from ray.experimental import internal_kv
 
-    spaces = [None, b"serve", b"nbserve", b"usage_stats", b"__autoscaler", b"autoscaler",
-              *(v for k, v in vars(ray_constants).items() if k.startswith("KV_NAMESPACE_") and v)]
+    spaces = [
+        None,
+        b"serve",
+        b"nbserve",
+        b"usage_stats",
+        b"__autoscaler",
+        b"autoscaler",
+        *(v for k, v in vars(ray_constants).items() if k.startswith("KV_NAMESPACE_") and v),
+    ]
     keys = internal_kv._internal_kv_list(b"", namespace=None)
     unread, found = 0, []
     for key in keys:
         values = {ns: internal_kv._internal_kv_get(key, namespace=ns) for ns in spaces}
         values = {ns: v for ns, v in values.items() if v is not None}
         unread += not values
-        found += [f"{(ns or b'').decode()}:{key.decode(errors='replace')}"
-                  for ns, v in values.items() if needle.encode() in v]
+        found += [
+            f"{(ns or b'').decode()}:{key.decode(errors='replace')}"
+            for ns, v in values.items()
+            if needle.encode() in v
+        ]
     return len(keys), unread, found
-
-

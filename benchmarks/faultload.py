@@ -58,8 +58,11 @@ class Mix:
     def _one(self) -> None:
         body = json.dumps({"model": self.app.model, "prompt": "Hello", "max_tokens": 8}).encode()
         request = urllib.request.Request(
-            f"{self.app.endpoint}/completions", data=body, method="POST",
-            headers={"Content-Type": "application/json", "Authorization": "Bearer nbserve"})
+            f"{self.app.endpoint}/completions",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": "Bearer nbserve"},
+        )
         start, error = time.time(), ""
         try:
             with urllib.request.urlopen(request, timeout=60) as reply:
@@ -69,9 +72,19 @@ class Mix:
             ok, error = False, f"HTTP {err.code}: {said}"[:200]
         except (OSError, ValueError, KeyError) as err:
             ok, error = False, f"{type(err).__name__}: {err}"[:200]
-        self.short.append(RequestRecord(ok=ok, ttft_s=None, e2e_s=time.time() - start, itl_s=[],
-                                        output_tokens=8 if ok else 0, input_tokens=0,
-                                        started_at=start, ended_at=time.time(), error=error))
+        self.short.append(
+            RequestRecord(
+                ok=ok,
+                ttft_s=None,
+                e2e_s=time.time() - start,
+                itl_s=[],
+                output_tokens=8 if ok else 0,
+                input_tokens=0,
+                started_at=start,
+                ended_at=time.time(),
+                error=error,
+            )
+        )
 
     def stop(self) -> list[RequestRecord]:
         """Stop sending, let what is in flight finish; every request of the mix."""
@@ -101,28 +114,40 @@ def tally(row: Row, records: list[RequestRecord], since: float, until: float) ->
 
 def llm_replicas(app: nbserve.App) -> dict[str, int | None]:
     """The app's live model-server replicas: replica id -> pid."""
-    return {r.replica_id: r.pid for r in app.replicas()
-            if r.alive and r.deployment.startswith("LLMServer")}
+    return {
+        r.replica_id: r.pid
+        for r in app.replicas()
+        if r.alive and r.deployment.startswith("LLMServer")
+    }
 
 
 def shape(app: nbserve.App, replicas: int) -> None:
     """Bring the app to ``replicas`` model-server replicas and wait until they serve."""
     app.update(min_replicas=replicas, max_replicas=replicas, progress=False)
-    nbserve.base.wait.poll_until(lambda: len(llm_replicas(app)), lambda n: n == replicas,
-                            timeout=600, what=f"{replicas} replicas")
+    nbserve.base.wait.poll_until(
+        lambda: len(llm_replicas(app)),
+        lambda n: n == replicas,
+        timeout=600,
+        what=f"{replicas} replicas",
+    )
 
 
 @contextlib.contextmanager
-def under_load(app: nbserve.App, row: Row, opts: argparse.Namespace,
-               keep: list[RequestRecord] | None = None) -> Iterator[float]:
+def under_load(
+    app: nbserve.App, row: Row, opts: argparse.Namespace, keep: list[RequestRecord] | None = None
+) -> Iterator[float]:
     """Run the mix around the block; yields when the fault starts; tallies the row after.
 
     ``keep``, if given, receives every record of the mix (for a scenario's own counts).
     """
     mix = Mix(app, streams=opts.streams, stream_tokens=opts.stream_tokens, rate=opts.rate)
     try:
-        nbserve.base.wait.poll_until(lambda: mix.long.stats().completed, lambda n: n >= 1,
-                                timeout=300, what="the first complete stream")
+        nbserve.base.wait.poll_until(
+            lambda: mix.long.stats().completed,
+            lambda n: n >= 1,
+            timeout=300,
+            what="the first complete stream",
+        )
         fault = time.time()
         yield fault
         time.sleep(opts.settle)
@@ -131,7 +156,6 @@ def under_load(app: nbserve.App, row: Row, opts: argparse.Namespace,
         if keep is not None:
             keep += records
     tally(row, records, fault, time.time())
-
 
 
 def median(values: list[float]) -> float:

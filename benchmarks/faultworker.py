@@ -20,8 +20,9 @@ def main(argv: list[str]) -> int:
     """Run the rounds; the JSON line on stdout is the result."""
     tag, keep, rounds = argv[0], argv[1], int(argv[2])
     cluster = nbserve.connect(timeout=120)
-    spec = nbserve.LLM(nbserve.demo_model(), name="tiny", max_model_len=256, min_replicas=0,
-                       initial_replicas=0)
+    spec = nbserve.LLM(
+        nbserve.demo_model(), name="tiny", max_model_len=256, min_replicas=0, initial_replicas=0
+    )
     checks, missing = 0, []
     try:
         for k in range(rounds):
@@ -35,8 +36,17 @@ def main(argv: list[str]) -> int:
                     cluster.app(mine).delete()
     finally:
         cluster.disconnect()
-    print(json.dumps({"tag": tag, "rounds": rounds, "checks": checks,
-                      "lost": len(missing), "missing": missing}))
+    print(
+        json.dumps(
+            {
+                "tag": tag,
+                "rounds": rounds,
+                "checks": checks,
+                "lost": len(missing),
+                "missing": missing,
+            }
+        )
+    )
     return 0
 
 

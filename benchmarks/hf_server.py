@@ -35,8 +35,9 @@ class Generator:
         self.lock = threading.Lock()
 
     @torch.inference_mode()
-    def tokens(self, prompt: str, max_tokens: int, ignore_eos: bool,
-               temperature: float) -> Iterator[tuple[str, int]]:
+    def tokens(
+        self, prompt: str, max_tokens: int, ignore_eos: bool, temperature: float
+    ) -> Iterator[tuple[str, int]]:
         """Yield (text piece, prompt token count) per generated token."""
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids
         n_prompt = ids.shape[1]
@@ -58,6 +59,7 @@ class Generator:
 
 def handler(gen: Generator) -> type[BaseHTTPRequestHandler]:
     """The request handler class of a server answering with ``gen``."""
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # one small write per token must not wait for an ACK
@@ -75,8 +77,13 @@ def handler(gen: Generator) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") in ("/v1/models", "/models"):
-                self._json(200, {"object": "list", "data": [
-                    {"id": gen.name, "object": "model", "owned_by": "baseline"}]})
+                self._json(
+                    200,
+                    {
+                        "object": "list",
+                        "data": [{"id": gen.name, "object": "model", "owned_by": "baseline"}],
+                    },
+                )
             elif self.path in ("/health", "/v1/health"):
                 self._json(200, {})
             else:
@@ -92,23 +99,42 @@ def handler(gen: Generator) -> type[BaseHTTPRequestHandler]:
                 return
             prompt = body.get("prompt", "")
             prompt = prompt[0] if isinstance(prompt, list) else prompt
-            args = (prompt, int(body.get("max_tokens") or 16), bool(body.get("ignore_eos")),
-                    float(body.get("temperature", 1.0)))
+            args = (
+                prompt,
+                int(body.get("max_tokens") or 16),
+                bool(body.get("ignore_eos")),
+                float(body.get("temperature", 1.0)),
+            )
             rid = f"cmpl-{uuid.uuid4().hex}"
             if body.get("stream"):
-                self._stream(rid, args, bool((body.get("stream_options") or {})
-                                             .get("include_usage")))
+                self._stream(
+                    rid, args, bool((body.get("stream_options") or {}).get("include_usage"))
+                )
                 return
             with gen.lock:
                 pieces = list(gen.tokens(*args))
             n_prompt = pieces[0][1] if pieces else 0
-            self._json(200, {"id": rid, "object": "text_completion", "created": int(time.time()),
-                             "model": gen.name, "choices": [{
-                                 "index": 0, "text": "".join(p for p, _ in pieces),
-                                 "finish_reason": "length"}],
-                             "usage": {"prompt_tokens": n_prompt,
-                                       "completion_tokens": len(pieces),
-                                       "total_tokens": n_prompt + len(pieces)}})
+            self._json(
+                200,
+                {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": int(time.time()),
+                    "model": gen.name,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "text": "".join(p for p, _ in pieces),
+                            "finish_reason": "length",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": n_prompt,
+                        "completion_tokens": len(pieces),
+                        "total_tokens": n_prompt + len(pieces),
+                    },
+                },
+            )
 
         def _stream(self, rid: str, args: tuple[str, int, bool, float], usage: bool) -> None:
             self.send_response(200)
@@ -125,14 +151,32 @@ def handler(gen: Generator) -> type[BaseHTTPRequestHandler]:
             with gen.lock:
                 for piece, prompt_len in gen.tokens(*args):
                     count, n_prompt = count + 1, prompt_len
-                    send(json.dumps({"id": rid, "object": "text_completion", "model": gen.name,
-                                     "choices": [{"index": 0, "text": piece,
-                                                  "finish_reason": None}]}))
+                    send(
+                        json.dumps(
+                            {
+                                "id": rid,
+                                "object": "text_completion",
+                                "model": gen.name,
+                                "choices": [{"index": 0, "text": piece, "finish_reason": None}],
+                            }
+                        )
+                    )
             if usage:
-                send(json.dumps({"id": rid, "object": "text_completion", "model": gen.name,
-                                 "choices": [], "usage": {
-                                     "prompt_tokens": n_prompt, "completion_tokens": count,
-                                     "total_tokens": n_prompt + count}}))
+                send(
+                    json.dumps(
+                        {
+                            "id": rid,
+                            "object": "text_completion",
+                            "model": gen.name,
+                            "choices": [],
+                            "usage": {
+                                "prompt_tokens": n_prompt,
+                                "completion_tokens": count,
+                                "total_tokens": n_prompt + count,
+                            },
+                        }
+                    )
+                )
             send("[DONE]")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
@@ -154,15 +198,18 @@ def main() -> None:
     parser.add_argument("--name", default="tiny", help="model name clients send")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8004)
-    parser.add_argument("--threads", type=int, default=max((os.cpu_count() or 2) - 1, 1),
-                        help="torch threads; default: one core less than the machine has, as "
-                        "vLLM's CPU backend does (on a busy small machine, more threads stall)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=max((os.cpu_count() or 2) - 1, 1),
+        help="torch threads; default: one core less than the machine has, as "
+        "vLLM's CPU backend does (on a busy small machine, more threads stall)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     gen = Generator(args.model, args.name)
     server = Server((args.host, args.port), handler(gen))
-    print(f"serving {args.model} as {args.name!r} on http://{args.host}:{args.port}/v1",
-          flush=True)
+    print(f"serving {args.model} as {args.name!r} on http://{args.host}:{args.port}/v1", flush=True)
     server.serve_forever()
 
 

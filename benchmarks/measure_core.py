@@ -40,12 +40,16 @@ def main() -> None:
             figures["connect_s"] = round(time.monotonic() - t0, 1)
 
             def llm_replicas(app: nbserve.App) -> set[str]:
-                return {r.replica_id for r in app.replicas()
-                        if r.alive and r.deployment.startswith("LLMServer")}
+                return {
+                    r.replica_id
+                    for r in app.replicas()
+                    if r.alive and r.deployment.startswith("LLMServer")
+                }
 
             t0 = time.monotonic()
-            app = cluster.deploy(nbserve.LLM(model, name="tiny", max_model_len=512),
-                                 name="tiny", progress=False)
+            app = cluster.deploy(
+                nbserve.LLM(model, name="tiny", max_model_len=512), name="tiny", progress=False
+            )
             figures["deploy_to_running_s"] = round(time.monotonic() - t0, 1)
             first = llm_replicas(app)
 

@@ -52,8 +52,9 @@ DRIVER_TIMEOUT_S = 900
 
 
 @contextlib.contextmanager
-def start_path(path: str, model: str, work: Path, opts: argparse.Namespace,
-               control: dict[str, Any]) -> Iterator[str]:
+def start_path(
+    path: str, model: str, work: Path, opts: argparse.Namespace, control: dict[str, Any]
+) -> Iterator[str]:
     """Start one serving path for the block; stop it (and its Ray head) after.
 
     Args:
@@ -71,13 +72,28 @@ def start_path(path: str, model: str, work: Path, opts: argparse.Namespace,
         env = {**ENGINE_ENV, **json.loads(opts.vllm_env)}
         if path == "vllm-pinned":  # nbserve's CPU default, applied to vLLM alone
             env["NBSERVE_ENGINE_CORE_AFFINITY"] = "worker"
-        with engine_sockets(env) as env, _http_server(
-                [PY, str(VLLM_CLI), "serve", model, "--served-model-name", NAME,
-                 "--host", "127.0.0.1"], work / f"{path}.log", env) as endpoint:
+        with (
+            engine_sockets(env) as env,
+            _http_server(
+                [
+                    PY,
+                    str(VLLM_CLI),
+                    "serve",
+                    model,
+                    "--served-model-name",
+                    NAME,
+                    "--host",
+                    "127.0.0.1",
+                ],
+                work / f"{path}.log",
+                env,
+            ) as endpoint,
+        ):
             yield endpoint
     elif path == "transformers":
-        with _http_server([PY, str(HF_SERVER), model, "--name", NAME],
-                          work / f"{path}.log") as endpoint:
+        with _http_server(
+            [PY, str(HF_SERVER), model, "--name", NAME], work / f"{path}.log"
+        ) as endpoint:
             yield endpoint
     elif path in ("ray-serve", "nbserve"):
         home = work / f"{path}-home"
@@ -93,8 +109,11 @@ def start_path(path: str, model: str, work: Path, opts: argparse.Namespace,
 
 
 @contextlib.contextmanager
-def _http_server(cmd: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 ) -> Iterator[str]:
+def _http_server(
+    cmd: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
     """A server that takes ``--port`` and answers ``/v1/models`` there once it is ready."""
     port = procs.free_ports(1)[0]
     with server([*cmd, "--port", str(port)], log_path, env) as proc:
@@ -102,30 +121,44 @@ def _http_server(cmd: list[str], log_path: Path, env: dict[str, str] | None = No
         yield f"http://127.0.0.1:{port}/v1"
 
 
-def _ray_serve(model: str, home: Path, work: Path, opts: argparse.Namespace,
-               control: dict[str, Any]) -> str:
+def _ray_serve(
+    model: str, home: Path, work: Path, opts: argparse.Namespace, control: dict[str, Any]
+) -> str:
     """Start a head without nbserve's settings and ``serve.run`` on it; the endpoint."""
     t0 = time.monotonic()
     head = local.up(base=home, env={})
     control["head_s"] = time.monotonic() - t0
-    out = run_to_end([PY, str(DRIVERS / "serve_defaults.py"), str(head.gcs_port),
-                      str(head.serve_port), model, NAME], work / "ray-serve-driver.log",
-                     DRIVER_TIMEOUT_S,
-                     {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": head.token_path})
+    out = run_to_end(
+        [
+            PY,
+            str(DRIVERS / "serve_defaults.py"),
+            str(head.gcs_port),
+            str(head.serve_port),
+            model,
+            NAME,
+        ],
+        work / "ray-serve-driver.log",
+        DRIVER_TIMEOUT_S,
+        {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": head.token_path},
+    )
     control.update(json.loads(out.strip().splitlines()[-1]))
     return f"{head.serve_url}/{NAME}/v1"
 
 
-def _nbserve(model: str, home: Path, work: Path, opts: argparse.Namespace,
-             control: dict[str, Any]) -> str:
+def _nbserve(
+    model: str, home: Path, work: Path, opts: argparse.Namespace, control: dict[str, Any]
+) -> str:
     """Start nbserve's head (here, so that connect is timed alone) and deploy; the endpoint."""
     env = None if opts.nbserve_head_env is None else json.loads(opts.nbserve_head_env)
     t0 = time.monotonic()
     local.up(base=home, env=env)
     control["head_s"] = time.monotonic() - t0
-    out = run_to_end([PY, str(DRIVERS / "nbserve_deploy.py"), model, NAME, opts.nbserve_llm],
-                     work / "nbserve-driver.log", DRIVER_TIMEOUT_S,
-                     {"NBSERVE_HOME": str(home), "PYTHONPATH": str(ROOT)})
+    out = run_to_end(
+        [PY, str(DRIVERS / "nbserve_deploy.py"), model, NAME, opts.nbserve_llm],
+        work / "nbserve-driver.log",
+        DRIVER_TIMEOUT_S,
+        {"NBSERVE_HOME": str(home), "PYTHONPATH": str(ROOT)},
+    )
     control.update(json.loads(out.strip().splitlines()[-1]))
     endpoint: str = control.pop("endpoint")
     return endpoint

@@ -46,8 +46,11 @@ def engine_sockets(env: dict[str, str]) -> Iterator[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def server(cmd: list[str], log_path: Path, env: dict[str, str] | None = None,
-           ) -> Iterator[subprocess.Popen[bytes]]:
+def server(
+    cmd: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``cmd`` in a process group of its own for the block; stop the whole group after.
 
     Args:
@@ -60,9 +63,14 @@ def server(cmd: list[str], log_path: Path, env: dict[str, str] | None = None,
     """
     log.info("  $ %s", shlex.join(cmd))
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     try:
         yield proc
     finally:
@@ -70,8 +78,9 @@ def server(cmd: list[str], log_path: Path, env: dict[str, str] | None = None,
         proc.poll()  # the group is gone: record the leader's exit
 
 
-def run_to_end(cmd: list[str], log_path: Path, timeout: float,
-               env: dict[str, str] | None = None) -> str:
+def run_to_end(
+    cmd: list[str], log_path: Path, timeout: float, env: dict[str, str] | None = None
+) -> str:
     """Run ``cmd`` to its end in a process group of its own.
 
     Returns:
@@ -87,13 +96,16 @@ def run_to_end(cmd: list[str], log_path: Path, timeout: float,
         except subprocess.TimeoutExpired as err:
             raise ServerFailed(f"{cmd[1:3]} ran past {timeout:.0f} s; see {log_path}") from err
     if code != 0:
-        raise ServerFailed(f"{shlex.join(cmd[:4])} ... exited {code}; its log ends:\n"
-                           + procs.tail(log_path, TAIL_LINES))
+        raise ServerFailed(
+            f"{shlex.join(cmd[:4])} ... exited {code}; its log ends:\n"
+            + procs.tail(log_path, TAIL_LINES)
+        )
     return log_path.read_text(errors="replace")
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, log_path: Path,
-               timeout: float = 600) -> None:
+def wait_ready(
+    url: str, proc: subprocess.Popen[bytes] | None, log_path: Path, timeout: float = 600
+) -> None:
     """Wait until ``url`` answers 200.
 
     Args:
@@ -105,6 +117,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, log_path: Path,
     Raises:
         ServerFailed: ``proc`` exited or the URL did not answer in time.
     """
+
     def answers() -> bool:
         if proc is not None and proc.poll() is not None:
             raise ServerFailed(f"exited {proc.returncode}")
@@ -115,5 +128,6 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, log_path: Path,
     try:
         poll_until(answers, bool, timeout=timeout, what=url, interval=1.0)
     except (ServerFailed, WaitTimeout) as err:
-        raise ServerFailed(f"{url} did not come up; {log_path} ends:\n"
-                           + procs.tail(log_path, TAIL_LINES)) from err
+        raise ServerFailed(
+            f"{url} did not come up; {log_path} ends:\n" + procs.tail(log_path, TAIL_LINES)
+        ) from err

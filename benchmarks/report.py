@@ -38,24 +38,41 @@ CPU_FLAGS = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
 
 def machine() -> dict[str, Any]:
     """This machine, its load and the versions measured: what the report's method section says."""
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())
+    mem_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     versions = {}
     for dist in DISTRIBUTIONS:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                            capture_output=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True, capture_output=True
+    ).stdout.strip()
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo
-                  if line.startswith("flags")), set())
-    return {"cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1), "cpu": cpu,
-            "cpu_flags": sorted(flags & CPU_FLAGS),
-            "os": platform.platform(), "python": platform.python_version(),
-            "versions": versions, "nbserve_commit": commit, "load_avg_start": os.getloadavg()}
+    flags = next(
+        (set(line.split(":", 1)[1].split()) for line in cpuinfo if line.startswith("flags")), set()
+    )
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "cpu": cpu,
+        "cpu_flags": sorted(flags & CPU_FLAGS),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "nbserve_commit": commit,
+        "load_avg_start": os.getloadavg(),
+    }
 
 
 def ratio(a: float | None, b: float | None) -> str:
@@ -68,8 +85,14 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, Any],
-           command: str, started: str, tracing: Path | None = None) -> str:
+def report(
+    results: dict[str, Any],
+    opts: argparse.Namespace,
+    info: dict[str, Any],
+    command: str,
+    started: str,
+    tracing: Path | None = None,
+) -> str:
     """The Markdown report of one run.
 
     Args:
@@ -84,6 +107,7 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
     Returns:
         The report, ending with a newline.
     """
+
     def tput(path: str) -> float | None:
         best = best_of(results, path)  # the ratios are conservative for nbserve
         return None if best is None else best["output_throughput"]
@@ -109,8 +133,7 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
     for path in opts.paths:
         entry = results.get(path, {})
         if "error" in entry:
-            lines.append(f"| {LABELS[path]} | failed: {entry['error'][:120]} "
-                         "| | | | | | | | | |")
+            lines.append(f"| {LABELS[path]} | failed: {entry['error'][:120]} | | | | | | | | | |")
             continue
         vb, nb = entry["vllm_bench"], entry["nbserve_bench"]
         each = " / ".join(num(r["output_throughput"]) for r in entry.get("vllm_bench_runs", [vb]))
@@ -123,30 +146,42 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
             f"| {each} |"
         )
     if opts.repeats > 1:
-        lines += ["", f"Each figure of this table is the median of {opts.repeats} runs of each "
-                  "tool, interleaved; the last column lists `vllm bench serve`'s runs."]
+        lines += [
+            "",
+            f"Each figure of this table is the median of {opts.repeats} runs of each "
+            "tool, interleaved; the last column lists `vllm bench serve`'s runs.",
+        ]
     for path in opts.paths:
         runs = runs_of(results, path)
         low = min((r["output_throughput"] for r in runs), default=0)
         high = max((r["output_throughput"] for r in runs), default=0)
         if low and high / low > 1.5:
             failed = sum(r.get("failed") or 0 for r in runs)
-            lines += ["", f"{LABELS[path]}: its runs spread from {num(low)} to {num(high)} "
-                      "output tok/s" + (f", and {failed} requests failed" if failed else "")
-                      + " (the raw JSON beside this file has each run)."]
+            lines += [
+                "",
+                f"{LABELS[path]}: its runs spread from {num(low)} to {num(high)} "
+                "output tok/s"
+                + (f", and {failed} requests failed" if failed else "")
+                + " (the raw JSON beside this file has each run).",
+            ]
     lines += targets(results, opts)
     if opts.sweep:
-        lines += ["", "## Concurrency sweep (output tokens/s, `vllm bench serve` / "
-                  "`nbserve bench`)", "",
-                  "| path | " + " | ".join(f"concurrency {c}" for c in opts.sweep) + " |",
-                  "| --- |" + " ---: |" * len(opts.sweep)]
+        lines += [
+            "",
+            "## Concurrency sweep (output tokens/s, `vllm bench serve` / `nbserve bench`)",
+            "",
+            "| path | " + " | ".join(f"concurrency {c}" for c in opts.sweep) + " |",
+            "| --- |" + " ---: |" * len(opts.sweep),
+        ]
         for path in opts.paths:
             entry = results.get(path, {})
             if "error" in entry:
                 continue
-            cells = [f"{num(s['vllm_bench']['output_throughput'])} / "
-                     f"{num(s['nbserve_bench']['output_tokens_per_s'])}"
-                     for s in entry["sweep"]]
+            cells = [
+                f"{num(s['vllm_bench']['output_throughput'])} / "
+                f"{num(s['nbserve_bench']['output_tokens_per_s'])}"
+                for s in entry["sweep"]
+            ]
             lines.append(f"| {LABELS[path]} | " + " | ".join(cells) + " |")
     lines += agreement(results, opts)
     lines += control_plane(results, info)
@@ -165,12 +200,21 @@ def report(results: dict[str, Any], opts: argparse.Namespace, info: dict[str, An
         "- Each path serves the model as `tiny` with `VLLM_CPU_KVCACHE_SPACE=1`; the Ray heads "
         f"advertise 8 logical CPUs. nbserve's head runs with its default Serve flags "
         f"({', '.join(sorted(defaults.SERVE_THROUGHPUT_ENV))}).",
-        *([f"- nbserve's head env for this run: `{opts.nbserve_head_env}`"]
-          if opts.nbserve_head_env is not None else []),
-        *([f"- Extra environment of raw `vllm serve` for this run: `{opts.vllm_env}`"]
-          if getattr(opts, "vllm_env", "{}") != "{}" else []),
-        *([f"- Extra `nbserve.LLM` arguments for this run: `{opts.nbserve_llm}`"]
-          if opts.nbserve_llm != "{}" else []),
+        *(
+            [f"- nbserve's head env for this run: `{opts.nbserve_head_env}`"]
+            if opts.nbserve_head_env is not None
+            else []
+        ),
+        *(
+            [f"- Extra environment of raw `vllm serve` for this run: `{opts.vllm_env}`"]
+            if getattr(opts, "vllm_env", "{}") != "{}"
+            else []
+        ),
+        *(
+            [f"- Extra `nbserve.LLM` arguments for this run: `{opts.nbserve_llm}`"]
+            if opts.nbserve_llm != "{}"
+            else []
+        ),
         "- nbserve's CPU default runs each vLLM engine core process on the cores vLLM bound "
         "its worker to (`NBSERVE_ENGINE_CORE_AFFINITY=worker`, nbserve's vLLM plugin); the "
         "other paths run vLLM as it comes.",
@@ -198,9 +242,14 @@ def tracing_section(path: Path) -> list[str]:
         return []
     text = path.read_text().strip().splitlines()
     body = [("#" + line) if line.startswith("#") else line for line in text]
-    return ["", *body[:1], "", "From `python -m benchmarks.tracing`, a run of its own "
-            "(`TRACING.md` and its JSON): compare its figures with each other only.",
-            *body[1:]]
+    return [
+        "",
+        *body[:1],
+        "",
+        "From `python -m benchmarks.tracing`, a run of its own "
+        "(`TRACING.md` and its JSON): compare its figures with each other only.",
+        *body[1:],
+    ]
 
 
 def control_plane(results: dict[str, Any], info: dict[str, Any]) -> list[str]:
@@ -215,7 +264,9 @@ def control_plane(results: dict[str, Any], info: dict[str, Any]) -> list[str]:
         return f"{entry[key]:.1f} s" if key in entry else "-"
 
     lines = [
-        "", "## Control plane and live view", "",
+        "",
+        "## Control plane and live view",
+        "",
         "| step | nbserve (Ray Client, declarative deploy) | bare `serve.run` (driver on the "
         "head) |",
         "| --- | ---: | ---: |",
@@ -229,14 +280,19 @@ def control_plane(results: dict[str, Any], info: dict[str, Any]) -> list[str]:
     if refresh:
         lines.append(
             f"| dashboard refresh, {refresh['replicas']} replicas, in the notebook "
-            f"(`scripts/bench_refresh.py`) | {refresh['refresh_ms']:.1f} ms | - |")
-    lines += ["", "Deploys start the engine from scratch on a head of their own, one after "
-              "the other; the deploy figure is dominated by the engine's start on two cores."]
+            f"(`scripts/bench_refresh.py`) | {refresh['refresh_ms']:.1f} ms | - |"
+        )
+    lines += [
+        "",
+        "Deploys start the engine from scratch on a head of their own, one after "
+        "the other; the deploy figure is dominated by the engine's start on two cores.",
+    ]
     return lines
 
 
 def targets(results: dict[str, Any], opts: argparse.Namespace) -> list[str]:
     """The targets of nbserve against raw vLLM and the Transformers baseline, met or not."""
+
     def main_run(path: str) -> dict[str, Any] | None:
         entry = results.get(path, {})
         return None if "error" in entry or "vllm_bench" not in entry else entry["vllm_bench"]
@@ -261,23 +317,34 @@ def targets(results: dict[str, Any], opts: argparse.Namespace) -> list[str]:
         row("nbserve output tok/s / Transformers'", tput, ">= 5x", tput >= 5)
         row("Transformers' E2E p50 / nbserve's (lower latency)", e2e, ">= 5x", e2e >= 5)
     runs = f"{opts.repeats} runs" if getattr(opts, "repeats", 1) > 1 else "one run"
-    lines = ["", f"## Targets at concurrency {opts.concurrency} (`vllm bench serve`)", "",
-             f"nbserve's median of {runs} against the best of raw vLLM's and of Transformers' "
-             f"{runs} (the highest throughput, the lowest TTFT and E2E of any of their runs).",
-             "", "| ratio | measured | target | |", "| --- | ---: | ---: | --- |", *rows]
+    lines = [
+        "",
+        f"## Targets at concurrency {opts.concurrency} (`vllm bench serve`)",
+        "",
+        f"nbserve's median of {runs} against the best of raw vLLM's and of Transformers' "
+        f"{runs} (the highest throughput, the lowest TTFT and E2E of any of their runs).",
+        "",
+        "| ratio | measured | target | |",
+        "| --- | ---: | ---: | --- |",
+        *rows,
+    ]
     pinned = best_of(results, "vllm-pinned")
     if pinned is not None:
-        lines += ["", "Against raw `vllm serve` with the engine core on its worker's cores too "
-                  "(nbserve's CPU default applied to vLLM alone), nbserve reaches "
-                  f"{nb['output_throughput'] / pinned['output_throughput']:.2f}x its output "
-                  f"throughput and {nb['median_ttft_ms'] / pinned['median_ttft_ms']:.2f}x its "
-                  "median TTFT: that is the cost of Serve's replica, proxy and Ray's own "
-                  "processes on the machine below."]
+        lines += [
+            "",
+            "Against raw `vllm serve` with the engine core on its worker's cores too "
+            "(nbserve's CPU default applied to vLLM alone), nbserve reaches "
+            f"{nb['output_throughput'] / pinned['output_throughput']:.2f}x its output "
+            f"throughput and {nb['median_ttft_ms'] / pinned['median_ttft_ms']:.2f}x its "
+            "median TTFT: that is the cost of Serve's replica, proxy and Ray's own "
+            "processes on the machine below.",
+        ]
     return lines
 
 
-def agreement(results: dict[str, Any], opts: argparse.Namespace,
-              tolerance: float = 0.15) -> list[str]:
+def agreement(
+    results: dict[str, Any], opts: argparse.Namespace, tolerance: float = 0.15
+) -> list[str]:
     """Name the measurements where the two load generators differ by more than ``tolerance``."""
     apart = []
     for path in opts.paths:
@@ -285,24 +352,39 @@ def agreement(results: dict[str, Any], opts: argparse.Namespace,
         if "error" in entry:
             continue
         pairs = [(f"concurrency {opts.concurrency}", entry["vllm_bench"], entry["nbserve_bench"])]
-        pairs += [(f"concurrency {s['concurrency']}", s["vllm_bench"], s["nbserve_bench"])
-                  for s in entry["sweep"]]
+        pairs += [
+            (f"concurrency {s['concurrency']}", s["vllm_bench"], s["nbserve_bench"])
+            for s in entry["sweep"]
+        ]
         for where, vb, nb in pairs:
             a, b = vb.get("output_throughput"), nb.get("output_tokens_per_s")
             if a and b and abs(b / a - 1) > tolerance:
                 apart.append(f"{LABELS[path]} at {where} ({num(a)} vs {num(b)} tok/s)")
     if not apart:
-        return ["", f"The two load generators agree within {tolerance:.0%} on every "
-                "output throughput above."]
-    return ["", f"The two load generators differ by more than {tolerance:.0%} on: "
-            + "; ".join(apart) + ". They run one after the other against the same server; "
-            "at high rates on a small shared machine consecutive runs of one tool vary as much "
-            "(the load generator itself uses well under a core), so read such a gap as "
-            "run-to-run variation and compare figures measured by the same tool."]
+        return [
+            "",
+            f"The two load generators agree within {tolerance:.0%} on every "
+            "output throughput above.",
+        ]
+    return [
+        "",
+        f"The two load generators differ by more than {tolerance:.0%} on: "
+        + "; ".join(apart)
+        + ". They run one after the other against the same server; "
+        "at high rates on a small shared machine consecutive runs of one tool vary as much "
+        "(the load generator itself uses well under a core), so read such a gap as "
+        "run-to-run variation and compare figures measured by the same tool.",
+    ]
 
 
-def save(out: Path, results: dict[str, Any], opts: argparse.Namespace, info: dict[str, Any],
-         command: str, started: str) -> tuple[str, Path]:
+def save(
+    out: Path,
+    results: dict[str, Any],
+    opts: argparse.Namespace,
+    info: dict[str, Any],
+    command: str,
+    started: str,
+) -> tuple[str, Path]:
     """Write the Markdown report to ``out`` and the raw results beside it (``.json``).
 
     Returns:
@@ -311,8 +393,19 @@ def save(out: Path, results: dict[str, Any], opts: argparse.Namespace, info: dic
     text = report(results, opts, info, command, started, _tracing_for(out))
     out.write_text(text)
     raw = out.with_suffix(".json")
-    raw.write_text(json.dumps({"machine": info, "command": command, "started": started,
-                               "options": vars(opts), "results": results}, indent=2) + "\n")
+    raw.write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "command": command,
+                "started": started,
+                "options": vars(opts),
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return text, raw
 
 
@@ -336,8 +429,14 @@ def rerender(raw: Path) -> str:
     command = saved["command"]
     if command.startswith(LEGACY_COMMAND):
         command = COMMAND + command.removeprefix(LEGACY_COMMAND)
-    return report(saved["results"], opts, saved["machine"], command, saved["started"],
-                  _tracing_for(raw.with_suffix(".md")))
+    return report(
+        saved["results"],
+        opts,
+        saved["machine"],
+        command,
+        saved["started"],
+        _tracing_for(raw.with_suffix(".md")),
+    )
 
 
 def _tracing_for(out: Path) -> Path | None:

@@ -49,8 +49,12 @@ from .report import machine, write_report
 COMMAND = ".venv/bin/python -m benchmarks.tracing"
 FIGURES = ("output_tokens_per_s", "ttft_p50_ms", "e2e_p50_ms", "itl_p50_ms")
 SERVERS = ("raw", "raw-traced", "plain", "traced")
-LABELS = {"raw": "raw `vllm serve`, best here", "raw-traced": "the same, traced",
-          "plain": "nbserve", "traced": "nbserve, `tracing=True`"}
+LABELS = {
+    "raw": "raw `vllm serve`, best here",
+    "raw-traced": "the same, traced",
+    "plain": "nbserve",
+    "traced": "nbserve, `tracing=True`",
+}
 
 
 @contextlib.contextmanager
@@ -69,8 +73,12 @@ def raw_vllm(model: str, work: Path, traced: bool) -> Iterator[tuple[str, Receiv
     port = procs.free_ports(1)[0]
     log = work / ("vllm-traced.log" if traced else "vllm.log")
     try:
-        with engine_sockets(env) as env, server(
-                [PY, str(VLLM_CLI), "serve", model, *args, "--port", str(port)], log, env) as proc:
+        with (
+            engine_sockets(env) as env,
+            server(
+                [PY, str(VLLM_CLI), "serve", model, *args, "--port", str(port)], log, env
+            ) as proc,
+        ):
             wait_ready(f"http://127.0.0.1:{port}/v1/models", proc, log)
             yield f"http://127.0.0.1:{port}/v1", receiver
     finally:
@@ -84,12 +92,15 @@ def phases_ms(found: list[traces.Trace]) -> dict[str, dict[str, float]]:
     for trace in found:
         for phase, value in trace.durations().items():
             seconds.setdefault(phase, []).append(value)
-    return {p: {"p50": 1000 * (percentile(v, 50) or 0), "p95": 1000 * (percentile(v, 95) or 0)}
-            for p, v in seconds.items()}
+    return {
+        p: {"p50": 1000 * (percentile(v, 50) or 0), "p95": 1000 * (percentile(v, 95) or 0)}
+        for p, v in seconds.items()
+    }
 
 
-def measure(cluster: nbserve.Cluster, raw: dict[str, tuple[str, Receiver | None]],
-            opts: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    cluster: nbserve.Cluster, raw: dict[str, tuple[str, Receiver | None]], opts: argparse.Namespace
+) -> dict[str, Any]:
     """Deploy the two nbserve apps, bench the four servers in turn, trace the last round."""
     endpoints = {name: url for name, (url, _) in raw.items()}
     for traced in (False, True):
@@ -100,12 +111,22 @@ def measure(cluster: nbserve.Cluster, raw: dict[str, tuple[str, Receiver | None]
     last: dict[str, BenchResult] = {}
     for i in range(opts.rounds + 1):  # the first round warms each server up, uncounted
         for name in SERVERS:
-            result = bench.run(endpoints[name], model=NAME, concurrency=opts.concurrency,
-                               num_prompts=opts.num_prompts, input_len=64, output_len=128,
-                               tokenizer=nbserve.demo_model(), progress=False)
+            result = bench.run(
+                endpoints[name],
+                model=NAME,
+                concurrency=opts.concurrency,
+                num_prompts=opts.num_prompts,
+                input_len=64,
+                output_len=128,
+                tokenizer=nbserve.demo_model(),
+                progress=False,
+            )
             row = result.runs[0].row()
-            print(f"   round {i} {name}: {json.dumps({k: row[k] for k in FIGURES})}"
-                  f" failed {row['failed']}", flush=True)
+            print(
+                f"   round {i} {name}: {json.dumps({k: row[k] for k in FIGURES})}"
+                f" failed {row['failed']}",
+                flush=True,
+            )
             if i:
                 rounds[name].append(row)
                 last[name] = result
@@ -117,23 +138,27 @@ def measure(cluster: nbserve.Cluster, raw: dict[str, tuple[str, Receiver | None]
     nb_traces = last["traced"].traces(slowest=opts.num_prompts, wait_s=30)
     for app in ("plain", "traced"):
         cluster.app(app).delete()
-    return {"rounds": rounds, "traced_requests": {"raw-traced": len(raw_traces),
-                                                  "traced": len(nb_traces)},
-            "missing": {"raw-traced": len(records) - len(raw_traces),
-                        "traced": len(nb_traces.missing)},
-            "phases_ms": {"raw-traced": phases_ms(raw_traces),
-                          "traced": phases_ms(list(nb_traces))}}
+    return {
+        "rounds": rounds,
+        "traced_requests": {"raw-traced": len(raw_traces), "traced": len(nb_traces)},
+        "missing": {"raw-traced": len(records) - len(raw_traces), "traced": len(nb_traces.missing)},
+        "phases_ms": {"raw-traced": phases_ms(raw_traces), "traced": phases_ms(list(nb_traces))},
+    }
 
 
-def render(result: dict[str, Any], info: dict[str, Any], command: str, started: str,
-           opts: dict[str, Any]) -> str:
+def render(
+    result: dict[str, Any], info: dict[str, Any], command: str, started: str, opts: dict[str, Any]
+) -> str:
     """The report: medians per server, the targets, tracing's cost, the phases side by side."""
     flags = " ".join(info["cpu_flags"]) or "none of avx2 avx512f avx512_bf16 amx"
-    med = {name: {f: statistics.median(r[f] for r in rows if r[f] is not None) for f in FIGURES}
-           for name, rows in result["rounds"].items()}
+    med = {
+        name: {f: statistics.median(r[f] for r in rows if r[f] is not None) for f in FIGURES}
+        for name, rows in result["rounds"].items()
+    }
     failed = {name: sum(r["failed"] for r in rows) for name, rows in result["rounds"].items()}
     lines = [
-        "# Where the time goes: nbserve beside raw vLLM, and what tracing costs", "",
+        "# Where the time goes: nbserve beside raw vLLM, and what tracing costs",
+        "",
         f"Measured {started} UTC by `{command}` at nbserve {info['nbserve_commit']}, on "
         f"{info['cpu']} ({info['cores']} cores, {info['memory_gib']} GiB; flags: {flags}). "
         "Four servers of the demo model side by side: raw `vllm serve` in its best "
@@ -144,67 +169,96 @@ def render(result: dict[str, Any], info: dict[str, Any], command: str, started: 
         f"random tokens in and 128 out, {opts['concurrency']} in flight); one uncounted warm-up "
         f"round, then the medians of {opts['rounds']} rounds. All four run at once, so each is "
         "measured beside the idle others, the Ray head's own processes included (they weigh on "
-        "raw vLLM's figures too; `python -m benchmarks` measures each path alone).", "",
+        "raw vLLM's figures too; `python -m benchmarks` measures each path alone).",
+        "",
         "| server | output tok/s | TTFT p50 ms | E2E p50 ms | ITL p50 ms | failed |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in SERVERS:
         m = med[name]
-        lines.append(f"| {LABELS[name]} | {m['output_tokens_per_s']:.0f} | "
-                     f"{m['ttft_p50_ms']:.1f} | {m['e2e_p50_ms']:.1f} | {m['itl_p50_ms']:.2f} | "
-                     f"{failed[name]} |")
+        lines.append(
+            f"| {LABELS[name]} | {m['output_tokens_per_s']:.0f} | "
+            f"{m['ttft_p50_ms']:.1f} | {m['e2e_p50_ms']:.1f} | {m['itl_p50_ms']:.2f} | "
+            f"{failed[name]} |"
+        )
     tput = med["plain"]["output_tokens_per_s"] / med["raw"]["output_tokens_per_s"]
     ttft = med["plain"]["ttft_p50_ms"] / med["raw"]["ttft_p50_ms"]
-    lines += ["", "## nbserve against the best raw vLLM (medians)", "",
-              "| ratio | measured | target | |", "| --- | ---: | ---: | --- |",
-              f"| output tok/s, nbserve / raw | {tput:.2f}x | >= 0.90x | "
-              f"{'met' if tput >= 0.9 else 'not met'} |",
-              f"| TTFT p50, nbserve / raw | {ttft:.2f}x | <= 1.50x | "
-              f"{'met' if ttft <= 1.5 else 'not met'} |",
-              "", "## What tracing costs (traced / plain, medians)", "",
-              "| figure | raw vLLM | nbserve |", "| --- | ---: | ---: |"]
+    lines += [
+        "",
+        "## nbserve against the best raw vLLM (medians)",
+        "",
+        "| ratio | measured | target | |",
+        "| --- | ---: | ---: | --- |",
+        f"| output tok/s, nbserve / raw | {tput:.2f}x | >= 0.90x | "
+        f"{'met' if tput >= 0.9 else 'not met'} |",
+        f"| TTFT p50, nbserve / raw | {ttft:.2f}x | <= 1.50x | "
+        f"{'met' if ttft <= 1.5 else 'not met'} |",
+        "",
+        "## What tracing costs (traced / plain, medians)",
+        "",
+        "| figure | raw vLLM | nbserve |",
+        "| --- | ---: | ---: |",
+    ]
     for f in FIGURES:
-        lines.append(f"| {f} | {med['raw-traced'][f] / med['raw'][f]:.3f}x | "
-                     f"{med['traced'][f] / med['plain'][f]:.3f}x |")
+        lines.append(
+            f"| {f} | {med['raw-traced'][f] / med['raw'][f]:.3f}x | "
+            f"{med['traced'][f] / med['plain'][f]:.3f}x |"
+        )
     ph = result["phases_ms"]
     n = result["traced_requests"]
-    lines += ["", "## Each request's phases, raw vLLM beside nbserve", "",
-              f"Every request of the traced servers' last round ({n['raw-traced']} raw, "
-              f"{n['traced']} nbserve; {result['missing']['raw-traced']} and "
-              f"{result['missing']['traced']} without a span), ms. `serve` is from the "
-              "client's send to the engine's arrival (for raw vLLM its HTTP server and OpenAI "
-              "layer; for nbserve also HAProxy, the replica's queue and Serve's handling), "
-              "`engine_input` the engine's own hand-off to its scheduler, `return` from the "
-              "last token to the client's last byte (`nbserve.observe.traces`).", "",
-              "| phase | raw p50 | raw p95 | nbserve p50 | nbserve p95 | nbserve - raw, p50 |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "## Each request's phases, raw vLLM beside nbserve",
+        "",
+        f"Every request of the traced servers' last round ({n['raw-traced']} raw, "
+        f"{n['traced']} nbserve; {result['missing']['raw-traced']} and "
+        f"{result['missing']['traced']} without a span), ms. `serve` is from the "
+        "client's send to the engine's arrival (for raw vLLM its HTTP server and OpenAI "
+        "layer; for nbserve also HAProxy, the replica's queue and Serve's handling), "
+        "`engine_input` the engine's own hand-off to its scheduler, `return` from the "
+        "last token to the client's last byte (`nbserve.observe.traces`).",
+        "",
+        "| phase | raw p50 | raw p95 | nbserve p50 | nbserve p95 | nbserve - raw, p50 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for phase in traces.PHASES[1:]:
         a, b = ph["raw-traced"].get(phase), ph["traced"].get(phase)
         if a is None or b is None:
             continue
-        lines.append(f"| {phase} | {a['p50']:.1f} | {a['p95']:.1f} | {b['p50']:.1f} | "
-                     f"{b['p95']:.1f} | {b['p50'] - a['p50']:+.1f} |")
+        lines.append(
+            f"| {phase} | {a['p50']:.1f} | {a['p95']:.1f} | {b['p50']:.1f} | "
+            f"{b['p95']:.1f} | {b['p50'] - a['p50']:+.1f} |"
+        )
     lines += ["", gap(ph["raw-traced"], ph["traced"], med)]
-    rounds = "; ".join(f"{name} " + ", ".join(f"{r['output_tokens_per_s']:.0f}" for r in rows)
-                       for name, rows in result["rounds"].items())
+    rounds = "; ".join(
+        f"{name} " + ", ".join(f"{r['output_tokens_per_s']:.0f}" for r in rows)
+        for name, rows in result["rounds"].items()
+    )
     lines += ["", f"Rounds (output tok/s): {rounds}."]
     return "\n".join(lines) + "\n"
 
 
-def gap(raw: dict[str, dict[str, float]], nb: dict[str, dict[str, float]],
-        med: dict[str, dict[str, float]]) -> str:
+def gap(
+    raw: dict[str, dict[str, float]],
+    nb: dict[str, dict[str, float]],
+    med: dict[str, dict[str, float]],
+) -> str:
     """The gap to raw vLLM in words, phase by phase (p50), from the figures above."""
-    diffs = sorted(((nb[p]["p50"] - raw[p]["p50"], p) for p in traces.PHASES[1:]
-                    if p in raw and p in nb), reverse=True)
+    diffs = sorted(
+        ((nb[p]["p50"] - raw[p]["p50"], p) for p in traces.PHASES[1:] if p in raw and p in nb),
+        reverse=True,
+    )
     more = ", ".join(f"{p} {d:+.1f} ms" for d, p in diffs if d >= 0.05)
     less = ", ".join(f"{p} {d:+.1f} ms" for d, p in diffs if d <= -0.05)
-    return (f"Per phase (p50), nbserve's requests spend more time than raw vLLM's in: {more}"
-            f"{'; less in: ' + less if less else ''}. `serve` is Serve's own path (HAProxy, "
-            "the replica's HTTP handling and the router's choice), on the same two cores as the "
-            "engine and Ray's processes; `decode` follows the inter-token latency (ITL p50 "
-            f"{med['plain']['itl_p50_ms']:.2f} ms for nbserve, {med['raw']['itl_p50_ms']:.2f} ms "
-            "raw), the engine's steps slowed by the CPU those processes take, which is also "
-            "where most of the throughput gap comes from.")
+    return (
+        f"Per phase (p50), nbserve's requests spend more time than raw vLLM's in: {more}"
+        f"{'; less in: ' + less if less else ''}. `serve` is Serve's own path (HAProxy, "
+        "the replica's HTTP handling and the router's choice), on the same two cores as the "
+        "engine and Ray's processes; `decode` follows the inter-token latency (ITL p50 "
+        f"{med['plain']['itl_p50_ms']:.2f} ms for nbserve, {med['raw']['itl_p50_ms']:.2f} ms "
+        "raw), the engine's steps slowed by the CPU those processes take, which is also "
+        "where most of the throughput gap comes from."
+    )
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -214,8 +268,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--num-prompts", type=int, default=128)
     parser.add_argument("--output", default="TRACING.md")
-    parser.add_argument("--render", metavar="JSON",
-                        help="only write the report again from a run's JSON")
+    parser.add_argument(
+        "--render", metavar="JSON", help="only write the report again from a run's JSON"
+    )
     return parser.parse_args(argv)
 
 
@@ -224,8 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
     if opts.render:
         raw = json.loads(Path(opts.render).read_text())
-        text = render(raw["result"], raw["machine"], raw["command"], raw["started"],
-                      raw["settings"])
+        text = render(
+            raw["result"], raw["machine"], raw["command"], raw["started"], raw["settings"]
+        )
         Path(opts.output).write_text(text)
         print(text)
         return 0
@@ -234,13 +290,17 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join([COMMAND, *map(shlex.quote, args)])
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
     info = machine()
-    with tempfile.TemporaryDirectory(prefix="nbserve-tracing-") as tmp, \
-            contextlib.ExitStack() as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="nbserve-tracing-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         home = Path(tmp)
         os.environ["NBSERVE_HOME"] = str(home)
         model = nbserve.demo_model()
-        raw = {"raw": stack.enter_context(raw_vllm(model, home, traced=False)),
-               "raw-traced": stack.enter_context(raw_vllm(model, home, traced=True))}
+        raw = {
+            "raw": stack.enter_context(raw_vllm(model, home, traced=False)),
+            "raw-traced": stack.enter_context(raw_vllm(model, home, traced=True)),
+        }
         local.up(base=home)
         try:
             cluster = nbserve.connect(timeout=240)
@@ -250,8 +310,17 @@ def main(argv: list[str] | None = None) -> int:
             local.down(home)
     settings = {k: getattr(opts, k) for k in ("rounds", "concurrency", "num_prompts")}
     text = render(result, info, command, started, settings)
-    write_report(opts.output, text, {"started": started, "command": command, "machine": info,
-                                     "settings": settings, "result": result})
+    write_report(
+        opts.output,
+        text,
+        {
+            "started": started,
+            "command": command,
+            "machine": info,
+            "settings": settings,
+            "result": result,
+        },
+    )
     print(text)
     return 0
 

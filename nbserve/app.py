@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 # engine start of minutes for a large model; a model that cannot run goes DEPLOY_FAILED.
 UNHEALTHY_GRACE_S = 300.0
 
+
 class App(Measuring):
     """A vLLM model server running as a Serve application on a ``Cluster``.
 
@@ -63,8 +64,9 @@ class App(Measuring):
         >>> app.delete()                                            # doctest: +SKIP
     """
 
-    def __init__(self, cluster: Cluster, name: str, spec: LLM | None, *,
-                 route_prefix: str | None = None) -> None:
+    def __init__(
+        self, cluster: Cluster, name: str, spec: LLM | None, *, route_prefix: str | None = None
+    ) -> None:
         self.cluster = cluster
         self.name = name
         self.spec = spec
@@ -128,8 +130,10 @@ class App(Measuring):
     def chat(self, message: str, *, max_tokens: int = 64, **kwargs: Any) -> str:
         """Send one user message to the chat endpoint and return the answer's text."""
         reply = self.openai().chat.completions.create(
-            model=self.model, messages=[{"role": "user", "content": message}],
-            max_tokens=max_tokens, **kwargs,
+            model=self.model,
+            messages=[{"role": "user", "content": message}],
+            max_tokens=max_tokens,
+            **kwargs,
         )
         return reply.choices[0].message.content or ""
 
@@ -146,10 +150,12 @@ class App(Measuring):
         from ray import serve
 
         return AppStatus.from_serve(
-            self.name, remote.client(lambda: serve.status().applications.get(self.name)))
+            self.name, remote.client(lambda: serve.status().applications.get(self.name))
+        )
 
-    def metrics(self, *, timeout: float = 5.0,
-                prometheus: str | Prometheus | None = None) -> Snapshot:
+    def metrics(
+        self, *, timeout: float = 5.0, prometheus: str | Prometheus | None = None
+    ) -> Snapshot:
         """The app's live metrics now: replicas, KV cache, tokens/s, queue, TTFT, errors.
 
         Scrapes every node's metrics port from the cluster side (a zero-CPU Ray task), so it
@@ -204,6 +210,7 @@ class App(Measuring):
         unhealthy: list[float] = []  # when this wait first saw it UNHEALTHY, if it is
 
         with Progress(self.name, enabled=progress, total=1) as bar:
+
             def show(status: AppStatus) -> None:
                 failed = status.failed
                 if failed is None and status.status not in FAILED:
@@ -218,19 +225,27 @@ class App(Measuring):
                 waiting = f"; {self._waiting}" if self._waiting and not status.ok else ""
                 bar.update(f"{status}{waiting}", n=healthy, total=max(len(status.deployments), 1))
 
-            poll_until(self.status, self._settled, timeout=timeout, interval=interval, on_poll=show,
-                       what=f"deploying {self.name!r}" + (self._waiting and f" ({self._waiting})"))
+            poll_until(
+                self.status,
+                self._settled,
+                timeout=timeout,
+                interval=interval,
+                on_poll=show,
+                what=f"deploying {self.name!r}" + (self._waiting and f" ({self._waiting})"),
+            )
         return self
 
     def _settled(self, status: AppStatus) -> bool:
         if self.spec is None:
             return status.ok
         scaling = self.spec.scaling
-        return status.settled(llm_deployment_name(self.spec), scaling.min_replicas,
-                              scaling.max_replicas)
+        return status.settled(
+            llm_deployment_name(self.spec), scaling.min_replicas, scaling.max_replicas
+        )
 
-    def update(self, *, wait: bool = True, timeout: float = 900, progress: bool = True,
-               **changes: Any) -> App:
+    def update(
+        self, *, wait: bool = True, timeout: float = 900, progress: bool = True, **changes: Any
+    ) -> App:
         """Change the app in place: scaling changes apply without restarting replicas.
 
         Scaling (``min_replicas``, ``max_replicas``, ``initial_replicas``,
@@ -271,8 +286,15 @@ class App(Measuring):
         remote.call(remote_serve.delete, self.name)
         log.info("deleted app %s", self.name)
 
-    def prewarm(self, replicas: int, for_s: float, *, wait: bool = True, timeout: float = 900,
-                progress: bool = True) -> App:
+    def prewarm(
+        self,
+        replicas: int,
+        for_s: float,
+        *,
+        wait: bool = True,
+        timeout: float = 900,
+        progress: bool = True,
+    ) -> App:
         """Keep at least ``replicas`` replicas for ``for_s`` seconds, then lower the floor again.
 
         Ahead of expected traffic (a scheduled batch, a demo): the replicas start now, not
@@ -295,27 +317,46 @@ class App(Measuring):
             raise SpecError(f"prewarm(for_s={for_s!r}) must be a positive number of seconds")
         spec = self._current_spec()
         if replicas > spec.scaling.max_replicas:
-            raise SpecError(f"prewarm(replicas={replicas}) is more than max_replicas="
-                            f"{spec.scaling.max_replicas}; raise it first, e.g. "
-                            f"app.update(max_replicas={replicas})")
+            raise SpecError(
+                f"prewarm(replicas={replicas}) is more than max_replicas="
+                f"{spec.scaling.max_replicas}; raise it first, e.g. "
+                f"app.update(max_replicas={replicas})"
+            )
         running = remote.call(remote_prewarm.running, self.name)
         floor = running["plan"]["min_replicas"] if running else spec.scaling.min_replicas
-        initial = running["plan"]["scaling"]["initial_replicas"] if running else \
-            spec.scaling.initial_replicas
+        initial = (
+            running["plan"]["scaling"]["initial_replicas"]
+            if running
+            else spec.scaling.initial_replicas
+        )
         warm_min = max(replicas, floor)
-        self.apply(spec.with_changes(
-            min_replicas=warm_min, initial_replicas=None if initial is None else
-            max(initial, warm_min)), replace=True)
-        cold = deployment_override(spec.with_changes(min_replicas=floor,
-                                                     initial_replicas=initial))
+        self.apply(
+            spec.with_changes(
+                min_replicas=warm_min,
+                initial_replicas=None if initial is None else max(initial, warm_min),
+            ),
+            replace=True,
+        )
+        cold = deployment_override(spec.with_changes(min_replicas=floor, initial_replicas=initial))
         remote.call(remote_prewarm.cancel, self.name)
-        remote.call(remote_prewarm.start, remote_prewarm.Plan(
-            name=self.name, for_s=float(for_s), warm_min=warm_min, min_replicas=floor,
-            scaling={"min_replicas": floor, "initial_replicas": initial},
-            autoscaling={k: v for k, v in cold["autoscaling_config"].items()
-                         if k in ("min_replicas", "initial_replicas")},
-            http=self.cluster.http_options, fixed_nodes=self._fixed_nodes,
-            router=router_override()))
+        remote.call(
+            remote_prewarm.start,
+            remote_prewarm.Plan(
+                name=self.name,
+                for_s=float(for_s),
+                warm_min=warm_min,
+                min_replicas=floor,
+                scaling={"min_replicas": floor, "initial_replicas": initial},
+                autoscaling={
+                    k: v
+                    for k, v in cold["autoscaling_config"].items()
+                    if k in ("min_replicas", "initial_replicas")
+                },
+                http=self.cluster.http_options,
+                fixed_nodes=self._fixed_nodes,
+                router=router_override(),
+            ),
+        )
         log.info("pre-warming %s: at least %d replicas for %.0f s", self.name, replicas, for_s)
         if wait:
             self.wait(timeout=timeout, progress=progress)
@@ -331,8 +372,11 @@ class App(Measuring):
         info = remote.call(remote_prewarm.running, self.name)
         if info is None:
             return None
-        return {"min_replicas": info["plan"]["min_replicas"], "until": info["until"],
-                "outcome": info["outcome"]}
+        return {
+            "min_replicas": info["plan"]["min_replicas"],
+            "until": info["until"],
+            "outcome": info["outcome"],
+        }
 
     def _current_spec(self) -> LLM:
         """The spec in the cluster's record (another notebook may have changed it)."""
@@ -350,7 +394,6 @@ class App(Measuring):
         self.spec = current
         return current
 
-
     def apply(self, spec: LLM, *, replace: bool = False) -> None:
         """Deploy ``spec`` as this app (what ``Cluster.deploy`` and ``update`` do), not waiting.
 
@@ -360,16 +403,28 @@ class App(Measuring):
             DeployFailed: Serve did not accept the config.
         """
         if spec.secret_looking_env:
-            log.warning("app %s: env %s looks like a secret, and env values are stored in the "
-                        "cluster's records and Serve's config; pass secrets=%s instead (the "
-                        "replicas then read it from their node's environment)", self.name,
-                        ", ".join(spec.secret_looking_env), spec.secret_looking_env)
+            log.warning(
+                "app %s: env %s looks like a secret, and env values are stored in the "
+                "cluster's records and Serve's config; pass secrets=%s instead (the "
+                "replicas then read it from their node's environment)",
+                self.name,
+                ", ".join(spec.secret_looking_env),
+                spec.secret_looking_env,
+            )
         record = app_record(spec, self.name, self.route_prefix, time.time())
         config = record["config"]
         try:
-            result = remote.call(remote_serve.deploy, config, self.cluster.http_options, record,
-                                 replace, list(spec.secrets), self._fixed_nodes,
-                                 router_override(), self.cluster.node_shapes())
+            result = remote.call(
+                remote_serve.deploy,
+                config,
+                self.cluster.http_options,
+                record,
+                replace,
+                list(spec.secrets),
+                self._fixed_nodes,
+                router_override(),
+                self.cluster.node_shapes(),
+            )
         except NbserveError:
             raise
         except Exception as err:
@@ -401,8 +456,13 @@ class App(Measuring):
         return DeployFailed(self.name, status.status, message, tail)
 
     # --- watching and exporting (and Measuring's load, bench, cost, cold_starts) ----------
-    def dashboard(self, *, interval: float = 2.0, history: int = 600,
-                  prometheus: str | Prometheus | None = None) -> Dashboard:
+    def dashboard(
+        self,
+        *,
+        interval: float = 2.0,
+        history: int = 600,
+        prometheus: str | Prometheus | None = None,
+    ) -> Dashboard:
         """A live widget of this app: replicas, KV cache, tokens/s, queue, latency.
 
         Args:
@@ -427,10 +487,15 @@ class App(Measuring):
             >>> print(nbserve.to_yaml(app.to_rayservice(spec)))  # doctest: +SKIP
         """
         if self.spec is None:
-            raise NbserveError(f"app {self.name!r} was not deployed by nbserve, so its spec "
-                               "is unknown")
-        return render_rayservice(cluster, [exported_app(self.spec, self.name, self.route_prefix)],
-                                 name=name, secrets=self.spec.secrets)
+            raise NbserveError(
+                f"app {self.name!r} was not deployed by nbserve, so its spec is unknown"
+            )
+        return render_rayservice(
+            cluster,
+            [exported_app(self.spec, self.name, self.route_prefix)],
+            name=name,
+            secrets=self.spec.secrets,
+        )
 
     # --- display ----------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -439,8 +504,10 @@ class App(Measuring):
 
     def _repr_html_(self) -> str:
         model = html.escape(self.spec.model) if self.spec else "(not deployed by nbserve)"
-        return (f"<b>nbserve.App</b> <code>{html.escape(self.name)}</code> · model {model}<br>"
-                f"endpoint <code>{html.escape(self.endpoint)}</code>")
+        return (
+            f"<b>nbserve.App</b> <code>{html.escape(self.name)}</code> · model {model}<br>"
+            f"endpoint <code>{html.escape(self.endpoint)}</code>"
+        )
 
 
 def _error_tail(err: BaseException) -> str:

@@ -56,21 +56,26 @@ def _ray(request: _Request) -> Target:
     if not parsed.hostname or not port:
         raise SpecError(f"address {address!r} needs a host and a port, e.g. ray://10.0.0.5:10001")
     serve_url = request.serve_url or f"http://{parsed.hostname}:{defaults.HEAD_PORTS['serve']}"
-    return Target(address, serve_url=serve_url, token=request.token,
-                  token_path=request.token_path)
+    return Target(address, serve_url=serve_url, token=request.token, token_path=request.token_path)
 
 
 def _raycluster(request: _Request) -> Target:
-    return resolve.target(request.address.removeprefix("raycluster/"), request.namespace,
-                          timeout=request.timeout, context=request.context)
+    return resolve.target(
+        request.address.removeprefix("raycluster/"),
+        request.namespace,
+        timeout=request.timeout,
+        context=request.context,
+    )
 
 
 # The backends by the address's prefix. The local head has no prefix: it is the address
 # nothing, "" or "local" (exactly: "localhost:10001" is no address of it).
 BACKENDS: dict[str, Callable[[_Request], Target]] = {"ray://": _ray, "raycluster/": _raycluster}
 LOCAL_ADDRESSES = ("", "local")
-_ACCEPTED = ("pass nothing (or 'local') for the local cluster, 'ray://HOST:PORT' (the head's Ray "
-             "Client port, usually 10001), or 'raycluster/NAME' for a KubeRay RayCluster")
+_ACCEPTED = (
+    "pass nothing (or 'local') for the local cluster, 'ray://HOST:PORT' (the head's Ray "
+    "Client port, usually 10001), or 'raycluster/NAME' for a KubeRay RayCluster"
+)
 
 
 def _backend(address: str) -> Callable[[_Request], Target]:
@@ -83,8 +88,13 @@ def _backend(address: str) -> Callable[[_Request], Target]:
 
 
 def connect(
-    address: str | None = None, *, serve_url: str | None = None, timeout: float = 180,
-    token: str | None = None, token_path: str | None = None, namespace: str = "default",
+    address: str | None = None,
+    *,
+    serve_url: str | None = None,
+    timeout: float = 180,
+    token: str | None = None,
+    token_path: str | None = None,
+    namespace: str = "default",
     context: str | None = None,
 ) -> _cluster.Cluster:
     """Connect this kernel to a Ray cluster through Ray Client.
@@ -123,16 +133,19 @@ def connect(
     address = address if address else os.environ.get("NBSERVE_ADDRESS") or ""
     backend = _backend(address)
     deadline = time.monotonic() + timeout
-    target = backend(_Request(address, serve_url, timeout, token, token_path, namespace,
-                              context))
+    target = backend(_Request(address, serve_url, timeout, token, token_path, namespace, context))
     if backend is _local:  # the head's own start has a deadline of its own
         deadline = time.monotonic() + timeout
     return _cluster.open(target, max(deadline - time.monotonic(), 1.0))
 
 
 def create_cluster(
-    spec: ClusterSpec, namespace: str | None = None, *, context: str | None = None,
-    timeout: float = 1200, progress: bool = True,
+    spec: ClusterSpec,
+    namespace: str | None = None,
+    *,
+    context: str | None = None,
+    timeout: float = 1200,
+    progress: bool = True,
 ) -> _cluster.Cluster:
     """Create (or update) a KubeRay RayCluster from ``spec``, wait until it is ready, connect.
 
@@ -184,7 +197,9 @@ def create_cluster(
         target = resolve.target(name, ns, timeout=remaining, context=context, created=True)
         return _cluster.open(target, max(started + remaining - time.monotonic(), 1.0))
     except NbserveError as err:
-        err.add_note(f"The RayCluster {ns}/{name} is ready and stays: connect later with "
-                     f"nbserve.connect('raycluster/{name}', namespace={ns!r}), or delete it "
-                     f"with `kubectl delete raycluster {name} -n {ns}`.")
+        err.add_note(
+            f"The RayCluster {ns}/{name} is ready and stays: connect later with "
+            f"nbserve.connect('raycluster/{name}', namespace={ns!r}), or delete it "
+            f"with `kubectl delete raycluster {name} -n {ns}`."
+        )
         raise

@@ -57,8 +57,8 @@ def _describe(err: Exception) -> str:
     if not isinstance(err, ValidationError):
         return str(err)
     problems = [
-        (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix(
-            "Value error, ")
+        (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
+        + e["msg"].removeprefix("Value error, ")
         for e in err.errors(include_url=False)
     ]
     return f"invalid {err.title}: " + "; ".join(problems)
@@ -70,8 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     up = sub.add_parser("up", help="start the local Ray head (or show the running one)")
-    up.add_argument("--num-cpus", type=int, default=local.DEFAULT_NUM_CPUS,
-                    help="logical CPUs the head advertises (default %(default)s)")
+    up.add_argument(
+        "--num-cpus",
+        type=int,
+        default=local.DEFAULT_NUM_CPUS,
+        help="logical CPUs the head advertises (default %(default)s)",
+    )
     up.set_defaults(func=_up)
 
     down = sub.add_parser("down", help="stop the local Ray head nbserve started")
@@ -86,44 +90,97 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="run the quickstart notebook on the local cluster, then stop it"
     )
-    demo.add_argument("--output", default="artifacts/01_quickstart.ipynb",
-                      help="where to write the executed notebook (default %(default)s)")
-    demo.add_argument("--keep", action="store_true",
-                      help="leave the local Ray head running afterwards")
+    demo.add_argument(
+        "--output",
+        default="artifacts/01_quickstart.ipynb",
+        help="where to write the executed notebook (default %(default)s)",
+    )
+    demo.add_argument(
+        "--keep", action="store_true", help="leave the local Ray head running afterwards"
+    )
     demo.set_defaults(func=_demo)
 
+    _add_bench(sub)
+
+    _add_render(sub)
+    return parser
+
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``nbserve bench``: the load generator's settings, as ``vllm bench serve`` names them."""
     bench = sub.add_parser(
-        "bench", help="measure throughput and latency of an OpenAI-compatible endpoint or app",
+        "bench",
+        help="measure throughput and latency of an OpenAI-compatible endpoint or app",
         description="Send streaming completions at a fixed concurrency (or a sweep) and report "
         "output tokens/s, requests/s, TTFT, inter-token and end-to-end latency percentiles.",
     )
-    bench.add_argument("target", metavar="ENDPOINT_OR_APP",
-                       help="an OpenAI base URL (http://HOST:PORT/PREFIX/v1) or the name of an "
-                       "app on the connected cluster (the local one, or --address)")
-    bench.add_argument("--address", default=None,
-                       help="Ray cluster of the app (default: the local head nbserve started)")
+    bench.add_argument(
+        "target",
+        metavar="ENDPOINT_OR_APP",
+        help="an OpenAI base URL (http://HOST:PORT/PREFIX/v1) or the name of an "
+        "app on the connected cluster (the local one, or --address)",
+    )
+    bench.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster of the app (default: the local head nbserve started)",
+    )
     bench.add_argument("--model", default=None, help="model name (default: the endpoint's first)")
-    bench.add_argument("-c", "--concurrency", type=int, nargs="+", default=[8],
-                       help="requests in flight; several values run a sweep (default 8)")
-    bench.add_argument("-n", "--num-prompts", type=int, default=64,
-                       help="requests per concurrency level (default %(default)s)")
-    bench.add_argument("--input-len", type=int, default=64,
-                       help="tokens per random prompt (default %(default)s)")
-    bench.add_argument("--output-len", type=int, default=128,
-                       help="tokens generated per request, exact (default %(default)s)")
-    bench.add_argument("--request-rate", type=float, default=None,
-                       help="requests/s with Poisson arrivals (default: as fast as possible)")
-    bench.add_argument("--prompt", action="append", default=None,
-                       help="a prompt to send instead of random ones (repeatable)")
-    bench.add_argument("--tokenizer", default=None,
-                       help="folder with tokenizer.json, for exact random prompt lengths")
+    bench.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[8],
+        help="requests in flight; several values run a sweep (default 8)",
+    )
+    bench.add_argument(
+        "-n",
+        "--num-prompts",
+        type=int,
+        default=64,
+        help="requests per concurrency level (default %(default)s)",
+    )
+    bench.add_argument(
+        "--input-len", type=int, default=64, help="tokens per random prompt (default %(default)s)"
+    )
+    bench.add_argument(
+        "--output-len",
+        type=int,
+        default=128,
+        help="tokens generated per request, exact (default %(default)s)",
+    )
+    bench.add_argument(
+        "--request-rate",
+        type=float,
+        default=None,
+        help="requests/s with Poisson arrivals (default: as fast as possible)",
+    )
+    bench.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="a prompt to send instead of random ones (repeatable)",
+    )
+    bench.add_argument(
+        "--tokenizer",
+        default=None,
+        help="folder with tokenizer.json, for exact random prompt lengths",
+    )
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--json", default=None, metavar="PATH", help="also write the results")
-    bench.add_argument("--price-per-hour", type=float, default=None,
-                       help="machine price in $/hour: also print $ per 1M output tokens")
+    bench.add_argument(
+        "--price-per-hour",
+        type=float,
+        default=None,
+        help="machine price in $/hour: also print $ per 1M output tokens",
+    )
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.set_defaults(func=_bench)
 
+
+def _add_render(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``nbserve render raycluster|rayservice``: a ClusterSpec (and an LLM) from flags."""
     render = sub.add_parser("render", help="print a KubeRay manifest (YAML) for GKE")
     kinds = render.add_subparsers(dest="kind", required=True)
     for kind in ("raycluster", "rayservice"):
@@ -142,7 +199,6 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--max-replicas", type=int, default=1)
             cmd.add_argument("--max-model-len", type=int, default=None)
         cmd.set_defaults(func=_render)
-    return parser
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -189,9 +245,12 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"local Ray head: {head.address} (dashboard {head.dashboard_url})")
             print(f"running notebooks/01_quickstart.ipynb -> {output}")
             papermill.execute_notebook(
-                str(NOTEBOOKS / "01_quickstart.ipynb"), str(output),
+                str(NOTEBOOKS / "01_quickstart.ipynb"),
+                str(output),
                 parameters={"summary_path": str(summary_path)},
-                cwd=str(NOTEBOOKS), progress_bar=False, log_output=False,
+                cwd=str(NOTEBOOKS),
+                progress_bar=False,
+                log_output=False,
             )
             summary: dict[str, Any] = json.loads(summary_path.read_text())
         finally:
@@ -205,17 +264,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     options: dict[str, Any] = dict(
-        model=args.model, concurrency=args.concurrency, num_prompts=args.num_prompts,
-        input_len=args.input_len, output_len=args.output_len, request_rate=args.request_rate,
-        prompts=args.prompt, seed=args.seed, progress=not args.no_progress,
+        model=args.model,
+        concurrency=args.concurrency,
+        num_prompts=args.num_prompts,
+        input_len=args.input_len,
+        output_len=args.output_len,
+        request_rate=args.request_rate,
+        prompts=args.prompt,
+        seed=args.seed,
+        progress=not args.no_progress,
     )
     if args.tokenizer:
         options["tokenizer"] = args.tokenizer
     if args.target.startswith(("http://", "https://")):
         result = bench.run(args.target, **options)
     elif "://" in args.target or "/" in args.target:
-        raise SpecError(f"{args.target!r} is neither an http(s) endpoint URL nor an app name; "
-                        "pass e.g. http://127.0.0.1:8000/tiny/v1 or tiny")
+        raise SpecError(
+            f"{args.target!r} is neither an http(s) endpoint URL nor an app name; "
+            "pass e.g. http://127.0.0.1:8000/tiny/v1 or tiny"
+        )
     else:
         if args.address is None and local.find() is None:
             raise LocalClusterError(
@@ -234,9 +301,11 @@ def _bench(args: argparse.Namespace) -> int:
     print(result)
     if args.price_per_hour is not None:
         best = result.best
-        print(f"cost: ${result.cost_per_million_tokens(args.price_per_hour):.4f} per 1M output "
-              f"tokens at ${args.price_per_hour}/h and {best.output_tokens_per_s:.0f} tok/s "
-              f"(concurrency {best.concurrency})")
+        print(
+            f"cost: ${result.cost_per_million_tokens(args.price_per_hour):.4f} per 1M output "
+            f"tokens at ${args.price_per_hour}/h and {best.output_tokens_per_s:.0f} tok/s "
+            f"(concurrency {best.concurrency})"
+        )
     if args.json:
         print(f"results: {result.to_json(args.json)}")
     return 1 if result.failed else 0
@@ -244,18 +313,29 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     cluster = ClusterSpec(
-        name=args.name, namespace=args.namespace, image=args.image,
-        worker_groups=[WorkerGroup(
-            accelerator=args.accelerator, gpus_per_worker=args.gpus_per_worker,
-            min_workers=args.min_workers, max_workers=max(args.max_workers, args.min_workers),
-        )],
+        name=args.name,
+        namespace=args.namespace,
+        image=args.image,
+        worker_groups=[
+            WorkerGroup(
+                accelerator=args.accelerator,
+                gpus_per_worker=args.gpus_per_worker,
+                min_workers=args.min_workers,
+                max_workers=max(args.max_workers, args.min_workers),
+            )
+        ],
     )
     if args.kind == "raycluster":
         manifest = cluster.to_raycluster()
     else:
-        spec = LLM(args.model, accelerator=args.accelerator, min_replicas=args.min_replicas,
-                   max_replicas=args.max_replicas, max_model_len=args.max_model_len,
-                   tensor_parallel_size=args.gpus_per_worker)
+        spec = LLM(
+            args.model,
+            accelerator=args.accelerator,
+            min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas,
+            max_model_len=args.max_model_len,
+            tensor_parallel_size=args.gpus_per_worker,
+        )
         app = check_app_name(args.app or args.name)
         manifest = render_rayservice(cluster, [exported_app(spec, app)], name=args.name)
     sys.stdout.write(to_yaml(manifest))

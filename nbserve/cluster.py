@@ -34,7 +34,6 @@ __all__ = ["Cluster", "current", "open"]
 log = logging.getLogger(__name__)
 
 
-
 class Stoppable(Protocol):
     """What a session stops when it closes: a dashboard, a load run."""
 
@@ -101,8 +100,15 @@ class Cluster:
 
     # --- apps -------------------------------------------------------------------------------
     def deploy(
-        self, spec: LLM, name: str, *, route_prefix: str | None = None, replace: bool = False,
-        wait: bool = True, timeout: float = 900, progress: bool = True,
+        self,
+        spec: LLM,
+        name: str,
+        *,
+        route_prefix: str | None = None,
+        replace: bool = False,
+        wait: bool = True,
+        timeout: float = 900,
+        progress: bool = True,
     ) -> App:
         """Deploy a model server as a Serve application of its own name and route prefix.
 
@@ -171,8 +177,13 @@ class Cluster:
             )
         return apps[name]
 
-    def dashboard(self, *, interval: float = 2.0, history: int = 600,
-                  prometheus: str | Prometheus | None = None) -> Dashboard:
+    def dashboard(
+        self,
+        *,
+        interval: float = 2.0,
+        history: int = 600,
+        prometheus: str | Prometheus | None = None,
+    ) -> Dashboard:
         """A live widget of every app on the cluster (arguments as ``App.dashboard``).
 
         Example:
@@ -181,7 +192,6 @@ class Cluster:
         dash = Dashboard(self.apps(), interval=interval, history=history, prometheus=prometheus)
         self.bind(dash)
         return dash
-
 
     # --- the cluster behind the session ---------------------------------------------------------
     def scale(self, group: str, replicas: int) -> None:
@@ -236,8 +246,9 @@ class Cluster:
             >>> cluster = nbserve.create_cluster(nbserve.ClusterSpec(name="llm"))  # doctest: +SKIP
             >>> cluster.down()                                                # doctest: +SKIP
         """
-        self._provider("down").down(force=force, timeout=timeout, progress=progress,
-                                    disconnect=self.disconnect)
+        self._provider("down").down(
+            force=force, timeout=timeout, progress=progress, disconnect=self.disconnect
+        )
 
     def _provider(self, what: str) -> Provider:
         if self.provider is None:
@@ -290,7 +301,9 @@ class Cluster:
         state = "connected" if self.connected else "disconnected"
         dash = (
             f" · dashboard <a href='{html.escape(self.dashboard_url)}' target='_blank'>"
-            f"{html.escape(self.dashboard_url)}</a>" if self.dashboard_url else ""
+            f"{html.escape(self.dashboard_url)}</a>"
+            if self.dashboard_url
+            else ""
         )
         return (
             f"<b>nbserve.Cluster</b> ({html.escape(self.kind)}, {state})<br>Ray Client "
@@ -326,8 +339,12 @@ def _reopen(lost: BaseException | None) -> None:
     if ray.is_initialized():
         ray.shutdown()
     try:
-        seconds = session.handshake(cluster.address, REOPEN_S, token=cluster.target.token,
-                                    token_path=cluster.target.token_path)
+        seconds = session.handshake(
+            cluster.address,
+            REOPEN_S,
+            token=cluster.target.token,
+            token_path=cluster.target.token_path,
+        )
     except ConnectionFailed as err:
         raise ConnectionFailed(
             f"the Ray Client session to {cluster.address} {why} and could not be reopened "
@@ -340,7 +357,6 @@ def _reopen(lost: BaseException | None) -> None:
 remote.on_lost(_reopen)
 
 
-
 def current() -> Cluster | None:
     """This kernel's live session: the ``Cluster`` opened last and not disconnected since.
 
@@ -351,8 +367,7 @@ def current() -> Cluster | None:
     return _active
 
 
-def open(target: Target, timeout: float, *,
-         sleep: Callable[[float], None] = time.sleep) -> Cluster:
+def open(target: Target, timeout: float, *, sleep: Callable[[float], None] = time.sleep) -> Cluster:
     """Open this kernel's Ray Client session on ``target`` and return it as a ``Cluster``.
 
     A kernel has one session: a live one to the same address is returned (it takes the new
@@ -387,8 +402,9 @@ def open(target: Target, timeout: float, *,
         ray.shutdown()
     cluster = Cluster(target)
     try:
-        seconds = session.handshake(target.address, timeout, token=target.token,
-                                    token_path=target.token_path, sleep=sleep)
+        seconds = session.handshake(
+            target.address, timeout, token=target.token, token_path=target.token_path, sleep=sleep
+        )
     except BaseException:
         target.close()
         raise

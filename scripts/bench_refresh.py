@@ -63,25 +63,40 @@ def synthetic(replicas: int) -> list[Payload]:
         texts = {n: (FIXTURES / f).read_text() for n, f in entry["nodes"].items()}
         worker = next(
             line.split('WorkerId="', 1)[1].split('"', 1)[0]
-            for t in texts.values() for line in t.splitlines()
+            for t in texts.values()
+            for line in t.splitlines()
             if f'ReplicaId="{replica}"' in line
         )
         deployments = json.loads(json.dumps(entry["deployments"]))
         deployments["LLMServer:tiny"]["replicas"] = dict.fromkeys(ids, "RUNNING")
         deployments["LLMServer:tiny"]["target"] = replicas
-        payloads.append(Payload(
-            app=entry["app"], time=entry["time"], found=entry["found"], deployments=deployments,
-            nodes={n: scale(t, replica, worker, ids) for n, t in texts.items()}, errors={}))
+        payloads.append(
+            Payload(
+                app=entry["app"],
+                time=entry["time"],
+                found=entry["found"],
+                deployments=deployments,
+                nodes={n: scale(t, replica, worker, ids) for n, t in texts.items()},
+                errors={},
+            )
+        )
     return payloads
 
 
 def compacted(payload: Payload) -> Payload:
     """What ``collect.collect`` returns for a raw payload: the app's rows, parsed."""
     ids = {r for d in payload["deployments"].values() for r in d["replicas"]}
-    rows = collect.compact(payload["nodes"].values(), APP, ids, metrics.SAMPLES,
-                           metrics.DROP_LABELS)
-    return Payload(app=payload["app"], time=payload["time"], found=payload["found"],
-                   deployments=payload["deployments"], samples=rows, errors=payload["errors"])
+    rows = collect.compact(
+        payload["nodes"].values(), APP, ids, metrics.SAMPLES, metrics.DROP_LABELS
+    )
+    return Payload(
+        app=payload["app"],
+        time=payload["time"],
+        found=payload["found"],
+        deployments=payload["deployments"],
+        samples=rows,
+        errors=payload["errors"],
+    )
 
 
 class Replay:
@@ -150,12 +165,19 @@ def measure(replicas: int = 64, runs: int = 50) -> dict[str, Any]:
     dash.stop()
     dash.widget.close()
     return {
-        "replicas": replicas, "runs": runs, "refresh_ms": ms, "refresh_cpu_ms": cpu,
-        "metrics_ms": m_ms, "metrics_cpu_ms": m_cpu, "text_parse_ms": t_ms,
-        "text_parse_cpu_ms": t_cpu, "cluster_side_ms": cluster_ms,
+        "replicas": replicas,
+        "runs": runs,
+        "refresh_ms": ms,
+        "refresh_cpu_ms": cpu,
+        "metrics_ms": m_ms,
+        "metrics_cpu_ms": m_cpu,
+        "text_parse_ms": t_ms,
+        "text_parse_cpu_ms": t_cpu,
+        "cluster_side_ms": cluster_ms,
         "rows_kib": len(blobs[-1]) / 1024,
         "text_kib": sum(len(t) for t in raw[-1]["nodes"].values()) / 1024,
-        "tokens_per_s": snap.tokens_per_s, "ttft_p50_s": snap.ttft_p50_s,
+        "tokens_per_s": snap.tokens_per_s,
+        "ttft_p50_s": snap.ttft_p50_s,
         "replica_counts": str(snap.replicas),
     }
 
@@ -167,17 +189,26 @@ def main() -> None:
     args = parser.parse_args()
     m = measure(args.replicas, args.runs)
     print(f"{args.replicas} replicas, median of {args.runs} refreshes, in the notebook process")
-    print(f"  refresh (unpickle {m['rows_kib']:.0f} KiB of rows + compute + render "
-          f"{args.replicas} bars and the chart): {m['refresh_ms']:.1f} ms "
-          f"({m['refresh_cpu_ms']:.1f} ms CPU)")
-    print(f"    of which unpickle + compute the Snapshot: {m['metrics_ms']:.1f} ms "
-          f"({m['metrics_cpu_ms']:.1f} ms CPU)")
-    print(f"  for comparison, parsing the nodes' text ({m['text_kib']:.0f} KiB) in the notebook "
-          f"instead: {m['text_parse_ms']:.0f} ms ({m['text_parse_cpu_ms']:.0f} ms CPU)")
-    print(f"  cluster side, per scrape (parse + keep the app's series): "
-          f"{m['cluster_side_ms']:.0f} ms")
-    print(f"  last snapshot: {m['tokens_per_s']:.0f} tokens/s, TTFT p50 "
-          f"{(m['ttft_p50_s'] or 0) * 1000:.0f} ms, {m['replica_counts']}")
+    print(
+        f"  refresh (unpickle {m['rows_kib']:.0f} KiB of rows + compute + render "
+        f"{args.replicas} bars and the chart): {m['refresh_ms']:.1f} ms "
+        f"({m['refresh_cpu_ms']:.1f} ms CPU)"
+    )
+    print(
+        f"    of which unpickle + compute the Snapshot: {m['metrics_ms']:.1f} ms "
+        f"({m['metrics_cpu_ms']:.1f} ms CPU)"
+    )
+    print(
+        f"  for comparison, parsing the nodes' text ({m['text_kib']:.0f} KiB) in the notebook "
+        f"instead: {m['text_parse_ms']:.0f} ms ({m['text_parse_cpu_ms']:.0f} ms CPU)"
+    )
+    print(
+        f"  cluster side, per scrape (parse + keep the app's series): {m['cluster_side_ms']:.0f} ms"
+    )
+    print(
+        f"  last snapshot: {m['tokens_per_s']:.0f} tokens/s, TTFT p50 "
+        f"{(m['ttft_p50_s'] or 0) * 1000:.0f} ms, {m['replica_counts']}"
+    )
 
 
 if __name__ == "__main__":

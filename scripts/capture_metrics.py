@@ -44,8 +44,9 @@ class Load:
         self.threads: list[threading.Thread] = []
 
     def __enter__(self) -> Load:
-        self.threads = [threading.Thread(target=self._good, daemon=True)
-                        for _ in range(self.concurrency)]
+        self.threads = [
+            threading.Thread(target=self._good, daemon=True) for _ in range(self.concurrency)
+        ]
         if self.bad_every_s:
             self.threads.append(threading.Thread(target=self._bad, daemon=True))
         for thread in self.threads:
@@ -62,8 +63,11 @@ class Load:
         while not self.stop.is_set():
             try:
                 reply = client.completions.create(
-                    model=self.app.model, prompt="def main(", max_tokens=self.max_tokens,
-                    temperature=1.0, extra_body={"ignore_eos": True},
+                    model=self.app.model,
+                    prompt="def main(",
+                    max_tokens=self.max_tokens,
+                    temperature=1.0,
+                    extra_body={"ignore_eos": True},
                 )
                 self.tokens += reply.usage.completion_tokens if reply.usage else 0
             except Exception:  # noqa: BLE001 - counted; a roll may refuse a request
@@ -74,8 +78,7 @@ class Load:
         client = self.app.openai(timeout=60)
         while not self.stop.wait(self.bad_every_s):
             try:
-                client.completions.create(model=self.app.model, prompt="word " * 2000,
-                                          max_tokens=8)
+                client.completions.create(model=self.app.model, prompt="word " * 2000, max_tokens=8)
             except Exception:  # noqa: BLE001 - the point: a 400 the proxy counts as error
                 pass
 
@@ -92,8 +95,9 @@ def capture(out: Path, base: Path, *, roll: bool = True) -> None:
     local.up(base=base, timeout=300)
     try:
         cluster = nbserve.connect(timeout=300)
-        app = cluster.deploy(nbserve.LLM(nbserve.demo_model(), name=APP, max_model_len=512),
-                             name=APP, progress=False)
+        app = cluster.deploy(
+            nbserve.LLM(nbserve.demo_model(), name=APP, max_model_len=512), name=APP, progress=False
+        )
         app.complete("warm up", max_tokens=4)
         # the first task starts a worker: keep that out of the timings
         remote.call(collect.collect, APP, metrics.SAMPLES, metrics.DROP_LABELS)
@@ -103,8 +107,9 @@ def capture(out: Path, base: Path, *, roll: bool = True) -> None:
         out.mkdir(parents=True)
 
         def scrape(phase: str) -> None:
-            payload = remote.call(collect.collect, APP, metrics.SAMPLES, metrics.DROP_LABELS,
-                                  5.0, True)
+            payload = remote.call(
+                collect.collect, APP, metrics.SAMPLES, metrics.DROP_LABELS, 5.0, True
+            )
             files = {}
             for i, (node, text) in enumerate(sorted(payload["nodes"].items())):
                 name = f"{len(index):02d}_{phase}_node{i}.prom"

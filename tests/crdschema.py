@@ -28,19 +28,53 @@ KUBERAY_MAX_NAME = {"RayCluster": 53, "RayService": 47}
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _CHECKED = {
-    "type", "properties", "required", "items", "additionalProperties", "default", "enum",
-    "pattern", "format", "maxLength", "minLength", "minimum", "maximum", "exclusiveMinimum",
-    "exclusiveMaximum", "multipleOf", "maxItems", "minItems", "maxProperties", "minProperties",
-    "nullable", "anyOf", "allOf", "oneOf", "not", "x-kubernetes-int-or-string",
-    "x-kubernetes-preserve-unknown-fields", "x-kubernetes-embedded-resource",
-    "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
+    "type",
+    "properties",
+    "required",
+    "items",
+    "additionalProperties",
+    "default",
+    "enum",
+    "pattern",
+    "format",
+    "maxLength",
+    "minLength",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "maxItems",
+    "minItems",
+    "maxProperties",
+    "minProperties",
+    "nullable",
+    "anyOf",
+    "allOf",
+    "oneOf",
+    "not",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-embedded-resource",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
 }
 # Keywords that do not constrain a created object: docs, merge strategy, CEL (see docstring).
-_IGNORED = {"description", "title", "example", "externalDocs", "x-kubernetes-map-type",
-            "x-kubernetes-validations"}
+_IGNORED = {
+    "description",
+    "title",
+    "example",
+    "externalDocs",
+    "x-kubernetes-map-type",
+    "x-kubernetes-validations",
+}
 _TYPES: dict[str, tuple[type, ...]] = {
-    "object": (dict,), "array": (list,), "string": (str,), "boolean": (bool,),
-    "integer": (int,), "number": (int, float),
+    "object": (dict,),
+    "array": (list,),
+    "string": (str,),
+    "boolean": (bool,),
+    "integer": (int,),
+    "number": (int, float),
 }
 _INT_RANGE = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -48,9 +82,21 @@ _DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _NAME_PART = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 _OBJECT_META = {
-    "name", "generateName", "namespace", "labels", "annotations", "finalizers", "ownerReferences",
-    "uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp",
-    "deletionGracePeriodSeconds", "managedFields", "selfLink",
+    "name",
+    "generateName",
+    "namespace",
+    "labels",
+    "annotations",
+    "finalizers",
+    "ownerReferences",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
 }
 
 
@@ -159,8 +205,9 @@ def _validate(value: Any, schema: dict[str, Any], path: str, errors: list[str]) 
             errors.append(f"{where}: must be an integer or a string, got {type(value).__name__}")
             return
     elif "type" in schema and not _type_ok(value, schema["type"]):
-        errors.append(f"{where}: must be of type {schema['type']}, got {type(value).__name__} "
-                      f"{value!r:.60}")
+        errors.append(
+            f"{where}: must be of type {schema['type']}, got {type(value).__name__} {value!r:.60}"
+        )
         return
     before = len(errors)
     _scalar_rules(value, schema, where, errors)
@@ -175,8 +222,10 @@ def _validate(value: Any, schema: dict[str, Any], path: str, errors: list[str]) 
 
 def _scalar_rules(value: Any, schema: dict[str, Any], where: str, errors: list[str]) -> None:
     if "enum" in schema and value not in schema["enum"]:
-        errors.append(f"{where}: unsupported value {value!r}: supported values are "
-                      + ", ".join(repr(v) for v in schema["enum"]))
+        errors.append(
+            f"{where}: unsupported value {value!r}: supported values are "
+            + ", ".join(repr(v) for v in schema["enum"])
+        )
     if isinstance(value, str):
         if "pattern" in schema and not re.search(schema["pattern"], value):
             errors.append(f"{where}: {value!r} does not match {schema['pattern']!r}")
@@ -308,11 +357,14 @@ def _metadata(meta: Any, path: str, errors: list[str], *, namespaced: bool) -> N
     elif name is not None and (
         not isinstance(name, str) or len(name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(name)
     ):
-        errors.append(f"{path}.name: Invalid value {name!r}: a lowercase RFC 1123 subdomain must "
-                      "consist of lower case alphanumeric characters, '-' or '.'")
+        errors.append(
+            f"{path}.name: Invalid value {name!r}: a lowercase RFC 1123 subdomain must "
+            "consist of lower case alphanumeric characters, '-' or '.'"
+        )
     namespace = meta.get("namespace")
     if namespace is not None and (
-        not isinstance(namespace, str) or len(namespace) > 63
+        not isinstance(namespace, str)
+        or len(namespace) > 63
         or not _DNS1123_LABEL.fullmatch(namespace)
     ):
         errors.append(f"{path}.namespace: Invalid value {namespace!r}: not a DNS-1123 label")
@@ -343,5 +395,7 @@ def _kuberay_name(kind: str, name: str, errors: list[str]) -> None:
     """KubeRay's admission rule (utils.ValidateRayClusterMetadata and friends)."""
     limit = KUBERAY_MAX_NAME[kind]
     if len(name) > limit or not _DNS1035_LABEL.fullmatch(name):
-        errors.append(f"kuberay: metadata.name {name!r}: a {kind} name must be a DNS-1035 label "
-                      f"(start with a letter) of at most {limit} characters")
+        errors.append(
+            f"kuberay: metadata.name {name!r}: a {kind} name must be a DNS-1035 label "
+            f"(start with a letter) of at most {limit} characters"
+        )

@@ -56,7 +56,8 @@ RAY = {"rayclusters": "RayCluster", "rayservices": "RayService"}
 CORE = {"services": "Service", "pods": "Pod", "secrets": "Secret"}
 VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
 _RAY_PATH = re.compile(
-    r"/apis/ray\.io/v1/namespaces/([^/]+)/(rayclusters|rayservices)(?:/([^/]+))?")
+    r"/apis/ray\.io/v1/namespaces/([^/]+)/(rayclusters|rayservices)(?:/([^/]+))?"
+)
 _CORE_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/(services|pods|secrets)(?:/([^/]+))?")
 _FORWARD_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/portforward")
 
@@ -65,11 +66,18 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
-    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                            "status": "Failure", "message": message, "reason": reason,
-                            "code": code}
+def status_body(
+    code: int, reason: str, message: str, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
     if details is not None:
         body["details"] = details
     return body
@@ -92,8 +100,9 @@ def json_patch(target: Any, ops: list[dict[str, Any]]) -> Any:
     """RFC 6902 JSON patch: add, replace, remove, test."""
     doc = copy.deepcopy(target)
     for op in ops:
-        *parents, last = [p.replace("~1", "/").replace("~0", "~")
-                          for p in op["path"].lstrip("/").split("/")]
+        *parents, last = [
+            p.replace("~1", "/").replace("~0", "~") for p in op["path"].lstrip("/").split("/")
+        ]
         node = doc
         for part in parents:
             node = node[int(part)] if isinstance(node, list) else node[part]
@@ -194,17 +203,21 @@ class FakeKube:
             daemon_threads = True
 
             def process_request(self, request: Any, client_address: Any) -> None:
-                thread = threading.Thread(target=self.process_request_thread,
-                                          args=(request, client_address), daemon=True,
-                                          name="fake-kube request")
+                thread = threading.Thread(
+                    target=self.process_request_thread,
+                    args=(request, client_address),
+                    daemon=True,
+                    name="fake-kube request",
+                )
                 with fake._lock:
                     fake._sockets.add(request)
                     fake._threads = {t for t in fake._threads if t.is_alive()} | {thread}
                 thread.start()
 
         self._server = Server(("127.0.0.1", 0), _handler(self))
-        self._serving = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                         daemon=True, name="fake-kube server")
+        self._serving = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True, name="fake-kube server"
+        )
         self._serving.start()
         return self
 
@@ -234,15 +247,28 @@ class FakeKube:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def write_kubeconfig(self, path: Path, namespace: str = "default", token: str = TOKEN
-                         ) -> Path:
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake-user", "user": {"token": token}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake-user",
-                                                      "namespace": namespace}}],
-        }))
+    def write_kubeconfig(self, path: Path, namespace: str = "default", token: str = TOKEN) -> Path:
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "fake",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "fake-user", "user": {"token": token}}],
+                    "contexts": [
+                        {
+                            "name": "fake",
+                            "context": {
+                                "cluster": "fake",
+                                "user": "fake-user",
+                                "namespace": namespace,
+                            },
+                        }
+                    ],
+                }
+            )
+        )
         return path
 
     # --- state --------------------------------------------------------------------------------
@@ -273,9 +299,12 @@ class FakeKube:
         with self._lock:
             for key, obj in list(self.objects.items()):
                 refs = obj["metadata"].get("ownerReferences") or []
-                if obj is owner or key == ("rayclusters", owner["metadata"]["namespace"],
-                                           owner["metadata"]["name"]) or any(
-                        ref.get("uid") == uid for ref in refs):
+                if (
+                    obj is owner
+                    or key
+                    == ("rayclusters", owner["metadata"]["namespace"], owner["metadata"]["name"])
+                    or any(ref.get("uid") == uid for ref in refs)
+                ):
                     del self.objects[key]
 
     def reconcile(self) -> None:
@@ -301,8 +330,10 @@ class FakeKube:
         with self._lock:
             self._materialize(self.objects[(resource, namespace, name)], ready=False)
             if op.ready_after is not None:
-                self._due[(resource, namespace, name)] = ("ready",
-                                                          time.monotonic() + op.ready_after)
+                self._due[(resource, namespace, name)] = (
+                    "ready",
+                    time.monotonic() + op.ready_after,
+                )
 
     def _materialize(self, rc: dict[str, Any], *, ready: bool) -> None:
         """Status, head pod, head service and token Secret of a stored RayCluster."""
@@ -310,29 +341,44 @@ class FakeKube:
         spec, meta = rc["spec"], rc["metadata"]
         head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
         ports = {p["name"]: p["containerPort"] for p in head.get("ports") or [] if "name" in p}
-        token = self.operator.token if (spec.get("authOptions") or {}).get(
-            "mode") == "token" else None
-        built = raycluster_objects(meta["name"], meta["namespace"],
-                                   ray_version=spec.get("rayVersion", "2.60.0"),
-                                   image=head["image"], token=token,
-                                   ports={**ports, **(self.operator.ports or {})}, ready=ready)
+        token = (
+            self.operator.token if (spec.get("authOptions") or {}).get("mode") == "token" else None
+        )
+        built = raycluster_objects(
+            meta["name"],
+            meta["namespace"],
+            ray_version=spec.get("rayVersion", "2.60.0"),
+            image=head["image"],
+            token=token,
+            ports={**ports, **(self.operator.ports or {})},
+            ready=ready,
+        )
         status = built[0]["status"]
         groups = spec.get("workerGroupSpecs") or []
         desired = sum(g.get("replicas", 0) for g in groups)
-        status.update(desiredWorkerReplicas=desired,
-                      minWorkerReplicas=sum(g.get("minReplicas", 0) for g in groups),
-                      maxWorkerReplicas=sum(g.get("maxReplicas", 0) for g in groups),
-                      availableWorkerReplicas=desired if ready else 0,
-                      readyWorkerReplicas=desired if ready else 0,
-                      observedGeneration=meta.get("generation", 1))
+        status.update(
+            desiredWorkerReplicas=desired,
+            minWorkerReplicas=sum(g.get("minReplicas", 0) for g in groups),
+            maxWorkerReplicas=sum(g.get("maxReplicas", 0) for g in groups),
+            availableWorkerReplicas=desired if ready else 0,
+            readyWorkerReplicas=desired if ready else 0,
+            observedGeneration=meta.get("generation", 1),
+        )
         rc["status"] = status
         for obj in built[1:]:
             for ref in obj["metadata"].get("ownerReferences") or []:
                 ref["uid"] = meta["uid"]
             self.add(obj)
 
-    def deny(self, verb: str, resource: str, namespace: str | None = None, *, code: int = 403,
-             skip: int = 0) -> None:
+    def deny(
+        self,
+        verb: str,
+        resource: str,
+        namespace: str | None = None,
+        *,
+        code: int = 403,
+        skip: int = 0,
+    ) -> None:
         """Refuse ``verb`` on ``resource`` (e.g. "pods/portforward") with 403, or another code."""
         self.denials.append(Denial(verb, resource, namespace, code, skip))
 
@@ -346,8 +392,11 @@ class FakeKube:
     def _denied(self, verb: str, resource: str, namespace: str) -> Denial | None:
         with self._lock:
             for denial in self.denials:
-                if denial.verb == verb and denial.resource == resource and (
-                        denial.namespace in (None, namespace)):
+                if (
+                    denial.verb == verb
+                    and denial.resource == resource
+                    and (denial.namespace in (None, namespace))
+                ):
                     if denial.skip > 0:
                         denial.skip -= 1
                         return None
@@ -407,71 +456,122 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                 return
             m = _RAY_PATH.fullmatch(url.path) or _CORE_PATH.fullmatch(url.path)
             if m is None or (m.group(2) in CORE and method != "GET"):
-                self._send(404, status_body(404, "NotFound",
-                                            "the server could not find the requested resource"))
+                self._send(
+                    404,
+                    status_body(
+                        404, "NotFound", "the server could not find the requested resource"
+                    ),
+                )
                 return
             namespace, resource, name = m.group(1), m.group(2), m.group(3)
             group = "ray.io" if resource in RAY else ""
             verb = VERBS[method] if name or method != "GET" else "list"
             if resource in RAY and not fake.kuberay_installed:
-                self._send(404, status_body(404, "NotFound",
-                                            "the server could not find the requested resource"))
+                self._send(
+                    404,
+                    status_body(
+                        404, "NotFound", "the server could not find the requested resource"
+                    ),
+                )
                 return
             if denial := fake._denied(verb, resource, namespace):
                 self._refuse(denial, verb, resource, group, namespace, name)
                 return
-            if verb == "create" and fake.namespaces is not None and (
-                    namespace not in fake.namespaces):
-                self._send(404, status_body(404, "NotFound",
-                                            f'namespaces "{namespace}" not found',
-                                            {"name": namespace, "kind": "namespaces"}))
+            if (
+                verb == "create"
+                and fake.namespaces is not None
+                and (namespace not in fake.namespaces)
+            ):
+                self._send(
+                    404,
+                    status_body(
+                        404,
+                        "NotFound",
+                        f'namespaces "{namespace}" not found',
+                        {"name": namespace, "kind": "namespaces"},
+                    ),
+                )
                 return
             handler = getattr(self, f"_{verb}")
             handler(namespace, resource, group, name, query)
 
-        def _refuse(self, denial: Denial, verb: str, resource: str, group: str, namespace: str,
-                    name: str | None) -> None:
+        def _refuse(
+            self,
+            denial: Denial,
+            verb: str,
+            resource: str,
+            group: str,
+            namespace: str,
+            name: str | None,
+        ) -> None:
             base = resource.split("/")[0]
             qualified = f"{base}.{group}" if group else base
             what = f'{qualified} "{name}"' if name else qualified
             if denial.code != 403:
-                self._send(denial.code, status_body(denial.code, "InternalError",
-                                                    f"injected failure: {verb} {what}"))
+                self._send(
+                    denial.code,
+                    status_body(denial.code, "InternalError", f"injected failure: {verb} {what}"),
+                )
                 return
-            self._send(403, status_body(
-                403, "Forbidden",
-                f'{what} is forbidden: User "{fake.user}" cannot {verb} resource "{resource}" '
-                f'in API group "{group}" in the namespace "{namespace}"',
-                {"name": name or "", "group": group, "kind": resource.split("/")[0]},
-            ))
+            self._send(
+                403,
+                status_body(
+                    403,
+                    "Forbidden",
+                    f'{what} is forbidden: User "{fake.user}" cannot {verb} resource "{resource}" '
+                    f'in API group "{group}" in the namespace "{namespace}"',
+                    {"name": name or "", "group": group, "kind": resource.split("/")[0]},
+                ),
+            )
 
         def _missing(self, resource: str, group: str, name: str) -> None:
             qualified = f"{resource}.{group}" if group else resource
-            self._send(404, status_body(404, "NotFound", f'{qualified} "{name}" not found',
-                                        {"name": name, "group": group, "kind": resource}))
+            self._send(
+                404,
+                status_body(
+                    404,
+                    "NotFound",
+                    f'{qualified} "{name}" not found',
+                    {"name": name, "group": group, "kind": resource},
+                ),
+            )
 
         # --- verbs --------------------------------------------------------------------------
-        def _get(self, namespace: str, resource: str, group: str, name: str,
-                 query: dict[str, str]) -> None:
+        def _get(
+            self, namespace: str, resource: str, group: str, name: str, query: dict[str, str]
+        ) -> None:
             obj = fake.get(resource, namespace, name)
             if obj is None:
                 self._missing(resource, group, name)
             else:
                 self._send(200, obj)
 
-        def _list(self, namespace: str, resource: str, group: str, name: None,
-                  query: dict[str, str]) -> None:
+        def _list(
+            self, namespace: str, resource: str, group: str, name: None, query: dict[str, str]
+        ) -> None:
             selector = query.get("labelSelector", "")
             with fake._lock:
-                items = [copy.deepcopy(o) for (r, ns, _), o in sorted(fake.objects.items())
-                         if r == resource and ns == namespace
-                         and matches(o["metadata"].get("labels") or {}, selector)]
+                items = [
+                    copy.deepcopy(o)
+                    for (r, ns, _), o in sorted(fake.objects.items())
+                    if r == resource
+                    and ns == namespace
+                    and matches(o["metadata"].get("labels") or {}, selector)
+                ]
             kind = (RAY.get(resource) or CORE[resource]) + "List"
-            self._send(200, {"kind": kind, "apiVersion": "ray.io/v1" if group else "v1",
-                             "metadata": {"resourceVersion": "100"}, "items": items})
+            self._send(
+                200,
+                {
+                    "kind": kind,
+                    "apiVersion": "ray.io/v1" if group else "v1",
+                    "metadata": {"resourceVersion": "100"},
+                    "items": items,
+                },
+            )
 
-        def _create(self, namespace: str, resource: str, group: str, name: None,
-                    query: dict[str, str]) -> None:
+        def _create(
+            self, namespace: str, resource: str, group: str, name: None, query: dict[str, str]
+        ) -> None:
             obj = self._body()
             obj.pop("status", None)  # the status subresource: ignored on create
             obj.setdefault("metadata", {})["namespace"] = namespace
@@ -480,17 +580,24 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                 return
             if fake.get(resource, namespace, name) is not None:
                 qualified = f"{resource}.{group}"
-                self._send(409, status_body(409, "AlreadyExists",
-                                            f'{qualified} "{name}" already exists',
-                                            {"name": name, "group": group, "kind": resource}))
+                self._send(
+                    409,
+                    status_body(
+                        409,
+                        "AlreadyExists",
+                        f'{qualified} "{name}" already exists',
+                        {"name": name, "group": group, "kind": resource},
+                    ),
+                )
                 return
             fake.add(obj)
             created = fake.get(resource, namespace, name) or {}
             fake._created(resource, namespace, name)
             self._send(201, created)
 
-        def _patch(self, namespace: str, resource: str, group: str, name: str,
-                   query: dict[str, str]) -> None:
+        def _patch(
+            self, namespace: str, resource: str, group: str, name: str, query: dict[str, str]
+        ) -> None:
             current = fake.get(resource, namespace, name)
             if current is None:
                 self._missing(resource, group, name)
@@ -506,34 +613,54 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                     self._send(422, status_body(422, "Invalid", f"json patch failed: {err}"))
                     return
             else:
-                self._send(415, status_body(
-                    415, "UnsupportedMediaType",
-                    f"the body of the request was in an unknown format - accepted media types "
-                    f"include: application/json-patch+json, application/merge-patch+json, "
-                    f"application/apply-patch+yaml (got {kind!r})"))
+                self._send(
+                    415,
+                    status_body(
+                        415,
+                        "UnsupportedMediaType",
+                        f"the body of the request was in an unknown format - accepted media types "
+                        f"include: application/json-patch+json, application/merge-patch+json, "
+                        f"application/apply-patch+yaml (got {kind!r})",
+                    ),
+                )
                 return
             patched["status"] = current.get("status")
-            patched["metadata"] = {**current["metadata"], **patched.get("metadata", {}),
-                                   "name": name, "namespace": namespace}
+            patched["metadata"] = {
+                **current["metadata"],
+                **patched.get("metadata", {}),
+                "name": name,
+                "namespace": namespace,
+            }
             if patched.get("status") is None:
                 patched.pop("status")
             self._replace(current, patched, resource, namespace, name)
 
-        def _update(self, namespace: str, resource: str, group: str, name: str,
-                    query: dict[str, str]) -> None:
+        def _update(
+            self, namespace: str, resource: str, group: str, name: str, query: dict[str, str]
+        ) -> None:
             current = fake.get(resource, namespace, name)
             if current is None:
                 self._missing(resource, group, name)
                 return
             obj = self._body()
-            obj["metadata"] = {**current["metadata"], **obj.get("metadata", {}),
-                               "name": name, "namespace": namespace}
+            obj["metadata"] = {
+                **current["metadata"],
+                **obj.get("metadata", {}),
+                "name": name,
+                "namespace": namespace,
+            }
             if "status" in current:
                 obj["status"] = current["status"]
             self._replace(current, obj, resource, namespace, name)
 
-        def _replace(self, current: dict[str, Any], new: dict[str, Any], resource: str,
-                     namespace: str, name: str) -> None:
+        def _replace(
+            self,
+            current: dict[str, Any],
+            new: dict[str, Any],
+            resource: str,
+            namespace: str,
+            name: str,
+        ) -> None:
             """Store an updated object as the API server does: validate, bump versions, 200."""
             if not self._valid(new, name):
                 return
@@ -544,8 +671,9 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             fake.add(new)
             self._send(200, fake.get(resource, namespace, name) or {})
 
-        def _delete(self, namespace: str, resource: str, group: str, name: str,
-                    query: dict[str, str]) -> None:
+        def _delete(
+            self, namespace: str, resource: str, group: str, name: str, query: dict[str, str]
+        ) -> None:
             obj = fake.get(resource, namespace, name)
             if obj is None:
                 self._missing(resource, group, name)
@@ -560,15 +688,28 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                         stored["metadata"]["deletionTimestamp"] = now()
                         stored["metadata"]["finalizers"] = ["foregroundDeletion"]
                         fake._due[(resource, namespace, name)] = (
-                            "gone", time.monotonic() + op.delete_after)
+                            "gone",
+                            time.monotonic() + op.delete_after,
+                        )
                 self._send(200, fake.get(resource, namespace, name) or {})
                 return
             with fake._lock:
                 fake.collect(fake.objects[(resource, namespace, name)])
-            self._send(200, {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                             "status": "Success",
-                             "details": {"name": name, "group": group, "kind": resource,
-                                         "uid": obj["metadata"]["uid"]}})
+            self._send(
+                200,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "details": {
+                        "name": name,
+                        "group": group,
+                        "kind": resource,
+                        "uid": obj["metadata"]["uid"],
+                    },
+                },
+            )
 
         def _valid(self, obj: dict[str, Any], name: str | None) -> bool:
             """Default and validate like the API server with KubeRay's CRD; 422 if invalid."""
@@ -580,12 +721,27 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             if not name:
                 errors.insert(0, "metadata.name: Required value: name or generateName is required")
             if errors:
-                self._send(422, status_body(
-                    422, "Invalid",
-                    f'{obj.get("kind")}.ray.io "{name}" is invalid: [{", ".join(errors)}]',
-                    {"name": name, "group": "ray.io", "kind": obj.get("kind"),
-                     "causes": [{"reason": "FieldValueInvalid", "message": e,
-                                 "field": e.split(":")[0]} for e in errors]}))
+                self._send(
+                    422,
+                    status_body(
+                        422,
+                        "Invalid",
+                        f'{obj.get("kind")}.ray.io "{name}" is invalid: [{", ".join(errors)}]',
+                        {
+                            "name": name,
+                            "group": "ray.io",
+                            "kind": obj.get("kind"),
+                            "causes": [
+                                {
+                                    "reason": "FieldValueInvalid",
+                                    "message": e,
+                                    "field": e.split(":")[0],
+                                }
+                                for e in errors
+                            ],
+                        },
+                    ),
+                )
                 return False
             obj["spec"] = defaulted.get("spec", obj.get("spec"))
             return True
@@ -600,17 +756,26 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                 return
             offered = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
             key = self.headers.get("Sec-WebSocket-Key")
-            if self.headers.get("Upgrade", "").lower() != "websocket" or not key or (
-                    "v4.channel.k8s.io" not in offered):
-                self._send(400, status_body(400, "BadRequest", "expected a v4.channel.k8s.io "
-                                            "WebSocket upgrade"))
+            if (
+                self.headers.get("Upgrade", "").lower() != "websocket"
+                or not key
+                or ("v4.channel.k8s.io" not in offered)
+            ):
+                self._send(
+                    400,
+                    status_body(
+                        400, "BadRequest", "expected a v4.channel.k8s.io WebSocket upgrade"
+                    ),
+                )
                 return
             ports = [int(p) for p in query.get("ports", "").split(",") if p]
             accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
             self.connection.sendall(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept.encode()
-                + b"\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n")
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                + accept.encode()
+                + b"\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n"
+            )
             self.close_connection = True
             session = Session(namespace, pod, ports)
             with fake._lock:
@@ -626,8 +791,7 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
 class _Relay:
     """The server side of one portforward WebSocket: channels <-> TCP connections."""
 
-    def __init__(self, conn: socket.socket, rfile: Any, session: Session, fake: FakeKube
-                 ) -> None:
+    def __init__(self, conn: socket.socket, rfile: Any, session: Session, fake: FakeKube) -> None:
         self.conn, self.rfile, self.session, self.fake = conn, rfile, session, fake
         self.write_lock = threading.Lock()
         self.closing = False
@@ -683,13 +847,22 @@ class _Relay:
                 upstream[index] = socket.create_connection(target, timeout=5)
                 upstream[index].settimeout(None)
             except OSError as err:
-                self.send(2, bytes([2 * index + 1]) + (
-                    f"error forwarding port {port} to pod {self.session.pod}, uid {uid}: "
-                    f"failed to connect to localhost:{port} inside namespace "
-                    f"{self.session.namespace}: {err}").encode())
+                self.send(
+                    2,
+                    bytes([2 * index + 1])
+                    + (
+                        f"error forwarding port {port} to pod {self.session.pod}, uid {uid}: "
+                        f"failed to connect to localhost:{port} inside namespace "
+                        f"{self.session.namespace}: {err}"
+                    ).encode(),
+                )
                 continue
-            pump = threading.Thread(target=self._upstream, args=(index, upstream[index]),
-                                    daemon=True, name="fake-kube portforward pump")
+            pump = threading.Thread(
+                target=self._upstream,
+                args=(index, upstream[index]),
+                daemon=True,
+                name="fake-kube portforward pump",
+            )
             pumps.append(pump)
             pump.start()
         try:
@@ -736,21 +909,42 @@ class _Relay:
 
 def _discovery(path: str) -> dict[str, Any]:
     if path == "/version":
-        return {"major": "1", "minor": "33", "gitVersion": "v1.33.5-gke.1000000",
-                "platform": "linux/amd64"}
+        return {
+            "major": "1",
+            "minor": "33",
+            "gitVersion": "v1.33.5-gke.1000000",
+            "platform": "linux/amd64",
+        }
     if path == "/api":
-        return {"kind": "APIVersions", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0",
-                                                "serverAddress": "10.0.0.1:443"}]}
-    group = {"name": "ray.io", "versions": [{"groupVersion": "ray.io/v1", "version": "v1"}],
-             "preferredVersion": {"groupVersion": "ray.io/v1", "version": "v1"}}
+        return {
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": "10.0.0.1:443"}
+            ],
+        }
+    group = {
+        "name": "ray.io",
+        "versions": [{"groupVersion": "ray.io/v1", "version": "v1"}],
+        "preferredVersion": {"groupVersion": "ray.io/v1", "version": "v1"},
+    }
     if path == "/apis":
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [group]}
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "ray.io/v1",
-            "resources": [{"name": plural, "singularName": kind.lower(), "namespaced": True,
-                           "kind": kind, "verbs": ["delete", "get", "list", "patch", "create",
-                                                   "update", "watch"]}
-                          for plural, kind in RAY.items()]}
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "ray.io/v1",
+        "resources": [
+            {
+                "name": plural,
+                "singularName": kind.lower(),
+                "namespaced": True,
+                "kind": kind,
+                "verbs": ["delete", "get", "list", "patch", "create", "update", "watch"],
+            }
+            for plural, kind in RAY.items()
+        ],
+    }
 
 
 # --- objects shaped like KubeRay's ----------------------------------------------------------
@@ -758,9 +952,14 @@ HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics":
 
 
 def raycluster_objects(
-    name: str, namespace: str, *, ray_version: str = "2.60.0",
-    image: str = "rayproject/ray-llm:2.60.0-py311-cu128", token: str | None = "t0ken",
-    ports: dict[str, int] | None = None, ready: bool = True,
+    name: str,
+    namespace: str,
+    *,
+    ray_version: str = "2.60.0",
+    image: str = "rayproject/ray-llm:2.60.0-py311-cu128",
+    token: str | None = "t0ken",
+    ports: dict[str, int] | None = None,
+    ready: bool = True,
 ) -> list[dict[str, Any]]:
     """A RayCluster with token auth as KubeRay reports it, its head pod, service and Secret.
 
@@ -781,67 +980,143 @@ def raycluster_objects(
     stamp = now()
     rc["status"] = {
         "state": "ready" if ready else "",
-        "desiredCPU": "8", "desiredMemory": "16Gi", "desiredGPU": "0", "desiredTPU": "0",
-        "desiredWorkerReplicas": 1, "minWorkerReplicas": 1, "maxWorkerReplicas": 5,
-        "availableWorkerReplicas": 1 if ready else 0, "readyWorkerReplicas": 1 if ready else 0,
+        "desiredCPU": "8",
+        "desiredMemory": "16Gi",
+        "desiredGPU": "0",
+        "desiredTPU": "0",
+        "desiredWorkerReplicas": 1,
+        "minWorkerReplicas": 1,
+        "maxWorkerReplicas": 5,
+        "availableWorkerReplicas": 1 if ready else 0,
+        "readyWorkerReplicas": 1 if ready else 0,
         "endpoints": {n: str(p) for n, p in head_ports.items()},
-        "head": {"podIP": pod_ip, "podName": pod_name, "serviceIP": "34.118.230.7",
-                 "serviceName": svc_name},
+        "head": {
+            "podIP": pod_ip,
+            "podName": pod_name,
+            "serviceIP": "34.118.230.7",
+            "serviceName": svc_name,
+        },
         "conditions": [
-            {"type": "HeadPodReady", "status": "True" if ready else "False",
-             "reason": "HeadPodRunningAndReady" if ready else "ContainersNotReady",
-             "message": "" if ready else "containers with unready status: [ray-head]",
-             "lastTransitionTime": stamp},
-            {"type": "RayClusterProvisioned", "status": "True" if ready else "False",
-             "reason": "AllPodRunningAndReadyFirstTime" if ready else "RayClusterPodsProvisioning",
-             "message": "", "lastTransitionTime": stamp},
+            {
+                "type": "HeadPodReady",
+                "status": "True" if ready else "False",
+                "reason": "HeadPodRunningAndReady" if ready else "ContainersNotReady",
+                "message": "" if ready else "containers with unready status: [ray-head]",
+                "lastTransitionTime": stamp,
+            },
+            {
+                "type": "RayClusterProvisioned",
+                "status": "True" if ready else "False",
+                "reason": "AllPodRunningAndReadyFirstTime"
+                if ready
+                else "RayClusterPodsProvisioning",
+                "message": "",
+                "lastTransitionTime": stamp,
+            },
         ],
-        "lastUpdateTime": stamp, "observedGeneration": 1,
+        "lastUpdateTime": stamp,
+        "observedGeneration": 1,
     }
     if ready:
         rc["status"]["stateTransitionTimes"] = {"ready": stamp}
-    labels = {"ray.io/cluster": name, "ray.io/node-type": "head", "ray.io/group": "headgroup",
-              "ray.io/identifier": f"{name}-head", "ray.io/is-ray-node": "yes",
-              "app.kubernetes.io/created-by": "kuberay-operator",
-              "app.kubernetes.io/name": "kuberay"}
-    owner = [{"apiVersion": "ray.io/v1", "kind": "RayCluster", "name": name,
-              "uid": rc["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
+    labels = {
+        "ray.io/cluster": name,
+        "ray.io/node-type": "head",
+        "ray.io/group": "headgroup",
+        "ray.io/identifier": f"{name}-head",
+        "ray.io/is-ray-node": "yes",
+        "app.kubernetes.io/created-by": "kuberay-operator",
+        "app.kubernetes.io/name": "kuberay",
+    }
+    owner = [
+        {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayCluster",
+            "name": name,
+            "uid": rc["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     container = copy.deepcopy(head)
-    container["env"] = [{"name": "RAY_AUTH_MODE", "value": "token"},
-                        {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {
-                            "name": name, "key": "auth_token"}}}]
+    container["env"] = [
+        {"name": "RAY_AUTH_MODE", "value": "token"},
+        {
+            "name": "RAY_AUTH_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": name, "key": "auth_token"}},
+        },
+    ]
     pod = {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": pod_name, "namespace": namespace, "labels": labels,
-                     "ownerReferences": owner},
-        "spec": {"containers": [container], "nodeName": "gke-pool-1-abc", "restartPolicy":
-                 "Always"},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": owner,
+        },
+        "spec": {
+            "containers": [container],
+            "nodeName": "gke-pool-1-abc",
+            "restartPolicy": "Always",
+        },
         "status": {
-            "phase": "Running" if ready else "Pending", "podIP": pod_ip, "hostIP": "10.128.0.9",
+            "phase": "Running" if ready else "Pending",
+            "podIP": pod_ip,
+            "hostIP": "10.128.0.9",
             "startTime": stamp,
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False",
-                            "lastTransitionTime": stamp}],
-            "containerStatuses": [{"name": "ray-head", "ready": ready, "restartCount": 0,
-                                   "image": head["image"], "imageID": "", "started": ready,
-                                   "state": {"running": {"startedAt": stamp}} if ready else
-                                   {"waiting": {"reason": "ContainerCreating"}}}],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if ready else "False",
+                    "lastTransitionTime": stamp,
+                }
+            ],
+            "containerStatuses": [
+                {
+                    "name": "ray-head",
+                    "ready": ready,
+                    "restartCount": 0,
+                    "image": head["image"],
+                    "imageID": "",
+                    "started": ready,
+                    "state": {"running": {"startedAt": stamp}}
+                    if ready
+                    else {"waiting": {"reason": "ContainerCreating"}},
+                }
+            ],
         },
     }
     service = {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": svc_name, "namespace": namespace, "ownerReferences": owner,
-                     "labels": {k: labels[k] for k in ("ray.io/cluster", "ray.io/node-type",
-                                                         "ray.io/identifier")}},
-        "spec": {"type": "ClusterIP", "clusterIP": "34.118.230.7",
-                 "selector": {"ray.io/cluster": name, "ray.io/node-type": "head"},
-                 "ports": [{"name": n, "port": p, "protocol": "TCP", "targetPort": p}
-                           for n, p in head_ports.items()]},
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": svc_name,
+            "namespace": namespace,
+            "ownerReferences": owner,
+            "labels": {
+                k: labels[k] for k in ("ray.io/cluster", "ray.io/node-type", "ray.io/identifier")
+            },
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": "34.118.230.7",
+            "selector": {"ray.io/cluster": name, "ray.io/node-type": "head"},
+            "ports": [
+                {"name": n, "port": p, "protocol": "TCP", "targetPort": p}
+                for n, p in head_ports.items()
+            ],
+        },
     }
     objects = [rc, pod, service]
     if token is not None:
-        objects.append({
-            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": name, "namespace": namespace, "ownerReferences": owner},
-            "data": {"auth_token": base64.b64encode(token.encode()).decode()},
-        })
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {"name": name, "namespace": namespace, "ownerReferences": owner},
+                "data": {"auth_token": base64.b64encode(token.encode()).decode()},
+            }
+        )
     return objects

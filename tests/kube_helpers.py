@@ -39,15 +39,19 @@ def ours(thread: threading.Thread) -> bool:
 
 
 @contextlib.contextmanager
-def leaves_nothing_behind(kube: FakeKube | None = None, *, only_ours: bool = False
-                          ) -> Iterator[None]:
+def leaves_nothing_behind(
+    kube: FakeKube | None = None, *, only_ours: bool = False
+) -> Iterator[None]:
     """Every thread (but the fake server's) and listening socket opened inside is gone after."""
     threads, ports = set(threading.enumerate()), listening_ports()
     yield
     deadline = time.monotonic() + 10
     while True:
-        new = [t for t in set(threading.enumerate()) - threads
-               if not t.name.startswith("fake-kube") and (ours(t) or not only_ours)]
+        new = [
+            t
+            for t in set(threading.enumerate()) - threads
+            if not t.name.startswith("fake-kube") and (ours(t) or not only_ours)
+        ]
         sessions = kube.open_sessions() if kube is not None else []
         if not (new or sessions) or time.monotonic() > deadline:
             break

@@ -155,8 +155,9 @@ def test_connect_to_a_closed_port_fails_with_a_hint() -> None:
 
 
 def test_deploy_failed_names_app_status_message_and_log_tail() -> None:
-    err = nbserve.DeployFailed("tiny", "DEPLOY_FAILED", "replica crashed\n",
-                               log_tail="line 1\nOSError: model not found\n")
+    err = nbserve.DeployFailed(
+        "tiny", "DEPLOY_FAILED", "replica crashed\n", log_tail="line 1\nOSError: model not found\n"
+    )
     text = str(err)
     for part in ["'tiny'", "DEPLOY_FAILED", "replica crashed", "OSError: model not found"]:
         assert part in text, f"{part!r} missing from: {text}"
@@ -178,26 +179,45 @@ def test_scale_and_down_on_a_plain_ray_address_say_why_not() -> None:
     plain = nbserve.Cluster(Target("ray://10.0.0.5:10001", serve_url="http://10.0.0.5:8000"))
     assert plain.kind == "remote" and plain.provider is None
     for what, call in (("scale", lambda: plain.scale("gpu", 1)), ("down", plain.down)):
-        with pytest.raises(nbserve.ClusterError, match=f"{what}\\(\\) needs the backend.*plain "
-                           "Ray Client connection to ray://10.0.0.5:10001.*where it runs"):
+        with pytest.raises(
+            nbserve.ClusterError,
+            match=f"{what}\\(\\) needs the backend.*plain "
+            "Ray Client connection to ray://10.0.0.5:10001.*where it runs",
+        ):
             call()
 
 
 def a_local_head() -> local.LocalHead:
-    return local.LocalHead(pid=2**22 + 1, client_port=1, dashboard_port=2, metrics_port=3,
-                              serve_port=4, gcs_port=5, token_path="/t", temp_dir="/r",
-                              num_cpus=8, started_at=0.0)
+    return local.LocalHead(
+        pid=2**22 + 1,
+        client_port=1,
+        dashboard_port=2,
+        metrics_port=3,
+        serve_port=4,
+        gcs_port=5,
+        token_path="/t",
+        temp_dir="/r",
+        num_cpus=8,
+        started_at=0.0,
+    )
 
 
 def test_the_local_provider_refuses_down_for_a_head_it_did_not_start(tmp_path: Any) -> None:
     disconnected: list[bool] = []
     provider = local.LocalProvider(a_local_head(), created=False, base=tmp_path)
-    target = Target("ray://127.0.0.1:1", serve_url="http://127.0.0.1:4", provider=provider,
-                    closers=[lambda: disconnected.append(True)])
+    target = Target(
+        "ray://127.0.0.1:1",
+        serve_url="http://127.0.0.1:4",
+        provider=provider,
+        closers=[lambda: disconnected.append(True)],
+    )
     cluster = nbserve.Cluster(target)
     assert cluster.kind == "local" and "head pid" in repr(cluster)
-    with pytest.raises(nbserve.ClusterError, match=r"did not start it.*down\(force=True\).*"
-                       "nbserve down"):
+    with pytest.raises(
+        nbserve.ClusterError,
+        match=r"did not start it.*down\(force=True\).*"
+        "nbserve down",
+    ):
         cluster.down()
     assert disconnected == []  # refused before anything
     with pytest.raises(nbserve.ClusterError, match="scale\\(\\) works on a KubeRay.*local head"):
@@ -211,16 +231,21 @@ def test_app_not_found_is_not_quoted_like_a_key_error() -> None:
 
 
 def test_every_error_is_an_nbserve_error() -> None:
-    classes = [v for v in vars(errors).values() if isinstance(v, type)
-               and issubclass(v, BaseException) and v.__module__ == errors.__name__]
+    classes = [
+        v
+        for v in vars(errors).values()
+        if isinstance(v, type) and issubclass(v, BaseException) and v.__module__ == errors.__name__
+    ]
     assert len(classes) >= 8
     exported = [getattr(nbserve, n) for n in nbserve.__all__]
     for cls in classes:
         assert issubclass(cls, nbserve.NbserveError), cls
         # KubernetesError is caught as what it also is (ClusterError, ConnectionFailed).
         assert cls.__name__ in nbserve.__all__ or any(
-            issubclass(cls, e) for e in exported if e not in (cls, nbserve.NbserveError)
-            and isinstance(e, type)), f"{cls.__name__} is not exported"
+            issubclass(cls, e)
+            for e in exported
+            if e not in (cls, nbserve.NbserveError) and isinstance(e, type)
+        ), f"{cls.__name__} is not exported"
     assert issubclass(nbserve.SpecError, ValueError)
     assert issubclass(nbserve.ConnectionFailed, ConnectionError)
     assert issubclass(nbserve.WaitTimeout, TimeoutError)
@@ -232,8 +257,10 @@ def test_wait_ends_only_when_the_model_server_has_its_replicas() -> None:
     from nbserve.observe.status import AppStatus, DeploymentStatus
 
     def settled(state: str, server: str, **replicas: int) -> bool:
-        deps = {"LLMServer:tiny": DeploymentStatus("LLMServer:tiny", server, "", replicas),  # type: ignore[arg-type]
-                "LLMRouter": DeploymentStatus("LLMRouter", "HEALTHY", "", {"RUNNING": 1})}
+        deps = {
+            "LLMServer:tiny": DeploymentStatus("LLMServer:tiny", server, "", replicas),  # type: ignore[arg-type]
+            "LLMRouter": DeploymentStatus("LLMRouter", "HEALTHY", "", {"RUNNING": 1}),
+        }
         return AppStatus("tiny", state, "", deps).settled("LLMServer:tiny", 2, 2)  # type: ignore[arg-type]
 
     assert not settled("RUNNING", "HEALTHY", RUNNING=1)  # update not applied yet
@@ -271,9 +298,17 @@ def test_the_apps_openai_client_waits_out_a_busy_replica() -> None:
         def do_POST(self) -> None:  # noqa: N802 - the handler's name is http.server's
             self.rfile.read(int(self.headers["Content-Length"]))
             status = answers.pop(0)
-            body = json.dumps({"error": "busy"} if status != 200 else {
-                "id": "c", "object": "text_completion", "created": 0, "model": "tiny",
-                "choices": [{"index": 0, "text": "hello", "finish_reason": "length"}]}).encode()
+            body = json.dumps(
+                {"error": "busy"}
+                if status != 200
+                else {
+                    "id": "c",
+                    "object": "text_completion",
+                    "created": 0,
+                    "model": "tiny",
+                    "choices": [{"index": 0, "text": "hello", "finish_reason": "length"}],
+                }
+            ).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Retry-After", "0")
@@ -299,13 +334,16 @@ def test_the_apps_openai_client_waits_out_a_busy_replica() -> None:
 
 @pytest.mark.parametrize(
     ("replicas", "for_s", "message"),
-    [(0, 60, r"replicas=0\) must be a whole number >= 1"),
-     (1.5, 60, r"replicas=1.5\)"),
-     (1, 0, r"for_s=0\) must be a positive number of seconds"),
-     (1, "60", r"for_s='60'\)")],
+    [
+        (0, 60, r"replicas=0\) must be a whole number >= 1"),
+        (1.5, 60, r"replicas=1.5\)"),
+        (1, 0, r"for_s=0\) must be a positive number of seconds"),
+        (1, "60", r"for_s='60'\)"),
+    ],
 )
 def test_prewarm_refuses_bad_arguments_before_calling_the_cluster(
-        replicas: Any, for_s: Any, message: str) -> None:
+    replicas: Any, for_s: Any, message: str
+) -> None:
     from nbserve.session.target import Target
 
     cluster = nbserve.Cluster(Target("ray://127.0.0.1:9", serve_url="http://127.0.0.1:9"))
@@ -317,7 +355,12 @@ def test_prewarm_refuses_bad_arguments_before_calling_the_cluster(
 def test_a_model_at_zero_replicas_gets_a_client_that_waits_for_a_cold_start() -> None:
     cluster = types.SimpleNamespace(serve_url="http://127.0.0.1:9")
     warm = nbserve.App(cluster, "a", nbserve.LLM("org/tiny"))  # type: ignore[arg-type]
-    cold = nbserve.App(cluster, "b", nbserve.LLM(  # type: ignore[arg-type]
-        "org/tiny", scaling=nbserve.Scaling(min_replicas=0, max_replicas=1)))
+    cold = nbserve.App(
+        cluster,
+        "b",
+        nbserve.LLM(  # type: ignore[arg-type]
+            "org/tiny", scaling=nbserve.Scaling(min_replicas=0, max_replicas=1)
+        ),
+    )
     assert warm.openai().timeout == 120.0 and cold.openai().timeout == 900.0
     assert cold.openai(timeout=5).timeout == 5

@@ -26,8 +26,11 @@ APPS_PATH = str(Path(__file__).parent / "cluster_apps")
 
 def echo_config(name: str) -> dict[str, Any]:
     return {
-        "name": name, "route_prefix": f"/{name}", "import_path": "nbserve_echo:build",
-        "args": {"name": name}, "runtime_env": {"env_vars": {"PYTHONPATH": APPS_PATH}},
+        "name": name,
+        "route_prefix": f"/{name}",
+        "import_path": "nbserve_echo:build",
+        "args": {"name": name},
+        "runtime_env": {"env_vars": {"PYTHONPATH": APPS_PATH}},
     }
 
 
@@ -37,8 +40,9 @@ def declared() -> set[str]:
     return set(serve.status().applications)
 
 
-def deploy(name: str, *, replace: bool = False, http: dict[str, Any] | None = None,
-           **changes: Any) -> remote_serve.DeployResult:
+def deploy(
+    name: str, *, replace: bool = False, http: dict[str, Any] | None = None, **changes: Any
+) -> remote_serve.DeployResult:
     """Deploy an echo app as ``App.apply`` does, with the session's HTTP options."""
     import nbserve
 
@@ -120,8 +124,12 @@ def test_serve_calls_reach_this_sessions_cluster_after_another(tmp_path: Path) -
         base = tmp_path / name
         head = local.up(base=base)
         try:
-            cluster = nbserve.connect(head.address, token_path=head.token_path, timeout=240,
-                                      serve_url=f"http://127.0.0.1:{head.serve_port}")
+            cluster = nbserve.connect(
+                head.address,
+                token_path=head.token_path,
+                timeout=240,
+                serve_url=f"http://127.0.0.1:{head.serve_port}",
+            )
             try:
                 config = echo_config(f"echo-{name}")
                 http = {"host": "127.0.0.1", "port": head.serve_port}

@@ -74,12 +74,14 @@ class Stub:
         self.requests.append(body)  # one event loop: no lock needed
         if body["model"] != "stub":
             return web.json_response(
-                {"error": {"message": f"model {body['model']} not found"}}, status=404)
+                {"error": {"message": f"model {body['model']} not found"}}, status=404
+            )
         if self.fail_every and len(self.requests) % self.fail_every == 0:
             return web.json_response({"error": {"message": "boom"}}, status=500)
         if body["prompt"] == "reject:429":  # a full queue that says when to come back
-            return web.json_response({"error": {"message": "full"}}, status=429,
-                                     headers={"Retry-After": "2"})
+            return web.json_response(
+                {"error": {"message": "full"}}, status=429, headers={"Retry-After": "2"}
+            )
         # The prompt says how to answer: "cut:..." prompts cut the stream (see CUTS).
         how = body["prompt"] if body["prompt"] in CUTS else "whole"
         n = 2 if how.startswith("cut:short") else body["max_tokens"]
@@ -143,8 +145,14 @@ def test_random_prompts_have_the_asked_length(tiny_path: str) -> None:
 
 
 def test_statistics_of_a_run(stub: Stub, tmp_path: Path) -> None:
-    result = bench.run(stub.endpoint, num_prompts=12, input_len=10, output_len=5,
-                       concurrency=[1, 3], progress=False)
+    result = bench.run(
+        stub.endpoint,
+        num_prompts=12,
+        input_len=10,
+        output_len=5,
+        concurrency=[1, 3],
+        progress=False,
+    )
     assert result.model == "stub" and [r.concurrency for r in result.runs] == [1, 3]
     sent = stub.requests[1:]  # the first is the warmup
     assert len(sent) == 24
@@ -164,14 +172,17 @@ def test_statistics_of_a_run(stub: Stub, tmp_path: Path) -> None:
     assert best.output_tokens_per_s == max(r.output_tokens_per_s for r in result.runs)
     price = 2.5
     assert result.cost_per_million_tokens(price) == pytest.approx(
-        price / 3600 / best.output_tokens_per_s * 1e6)
+        price / 3600 / best.output_tokens_per_s * 1e6
+    )
 
     frame = result.to_frame()
     assert list(frame["concurrency"]) == [1, 3] and list(frame["completed"]) == [12, 12]
     assert {"ttft_p99_ms", "itl_p50_ms", "e2e_p95_ms", "output_tokens_per_s"} <= set(frame)
     saved = json.loads(result.to_json(tmp_path / "out" / "bench.json").read_text())
-    assert saved["model"] == "stub" and saved["runs"][1]["output_tokens_per_s"] == \
-        frame["output_tokens_per_s"][1]
+    assert (
+        saved["model"] == "stub"
+        and saved["runs"][1]["output_tokens_per_s"] == frame["output_tokens_per_s"][1]
+    )
     fig = result.figure()
     assert [t.name for t in fig.data] == ["output tok/s", "TTFT ms", "end to end ms"]
     assert list(fig.data[0].x) == [1, 3]
@@ -180,8 +191,15 @@ def test_statistics_of_a_run(stub: Stub, tmp_path: Path) -> None:
 
 def test_failures_are_counted_not_raised(stub: Stub) -> None:
     stub.fail_every = 3
-    result = bench.run(stub.endpoint, model="stub", num_prompts=9, output_len=2,
-                       concurrency=1, progress=False, warmup=False)
+    result = bench.run(
+        stub.endpoint,
+        model="stub",
+        num_prompts=9,
+        output_len=2,
+        concurrency=1,
+        progress=False,
+        warmup=False,
+    )
     (run,) = result.runs
     assert (run.completed, run.failed) == (6, 3)
     assert run.output_tokens == 12 and result.failed == 3
@@ -189,16 +207,31 @@ def test_failures_are_counted_not_raised(stub: Stub) -> None:
 
 
 def test_a_rejection_keeps_when_it_said_to_come_back(stub: Stub) -> None:
-    result = bench.run(stub.endpoint, model="stub", prompts=["reject:429", "fine"],
-                       num_prompts=2, output_len=2, concurrency=1, progress=False, warmup=False)
+    result = bench.run(
+        stub.endpoint,
+        model="stub",
+        prompts=["reject:429", "fine"],
+        num_prompts=2,
+        output_len=2,
+        concurrency=1,
+        progress=False,
+        warmup=False,
+    )
     (run,) = result.runs
     assert (run.completed, run.failed) == (1, 1)
     assert run.errors[0].startswith("HTTP 429 (Retry-After 2): "), run.errors
 
 
 def test_given_prompts_and_request_rate(stub: Stub) -> None:
-    result = bench.run(stub.endpoint, prompts=["a b", "c"], num_prompts=4, output_len=3,
-                       concurrency=2, request_rate=200.0, progress=False)
+    result = bench.run(
+        stub.endpoint,
+        prompts=["a b", "c"],
+        num_prompts=4,
+        output_len=3,
+        concurrency=2,
+        request_rate=200.0,
+        progress=False,
+    )
     assert [r["prompt"] for r in stub.requests[1:]] == ["a b", "c", "a b", "c"]
     assert result.runs[0].completed == 4 and result.runs[0].request_rate == 200.0
 
@@ -235,8 +268,9 @@ def test_a_stream_becomes_a_record() -> None:
     assert tally.feed(first)  # a chunk may end mid-line
     assert tally.feed(b'xt": "b"}]}\n\n')
     assert tally.feed(_event({"choices": [{"text": "c"}]}) + b": a comment\n\n")
-    assert tally.feed(_event({"choices": [], "usage": {"prompt_tokens": 7,
-                                                       "completion_tokens": 3}}))
+    assert tally.feed(
+        _event({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
+    )
     assert tally.feed(b"data: [DONE]\n\n")
     record = tally.record()
     assert record.ok and record.error == ""
@@ -251,8 +285,12 @@ def test_a_stream_becomes_a_record() -> None:
     [
         ([{"text": "a b c"}, {"usage": 3}, "[DONE]"], True, 3, ""),  # usage over chunks
         ([{"text": "a"}, {"text": "b"}, {"text": "c"}, "[DONE]"], True, 3, ""),
-        ([{"text": "a"}, {"text": "b"}, {"text": "c"}, {"usage": 3}], False, 3,
-         "stream ended without [DONE] after 3 of 3 tokens"),
+        (
+            [{"text": "a"}, {"text": "b"}, {"text": "c"}, {"usage": 3}],
+            False,
+            3,
+            "stream ended without [DONE] after 3 of 3 tokens",
+        ),
         ([{"text": "a"}, {"text": "b"}, "[DONE]"], False, 2, "stream ended after 2 of 3 tokens"),
         ([{"text": "a b"}, {"usage": 2}, "[DONE]"], False, 2, "stream ended after 2 of 3 tokens"),
         (["[DONE]"], False, 0, "stream ended after 0 of 3 tokens"),
@@ -260,7 +298,8 @@ def test_a_stream_becomes_a_record() -> None:
     ],
 )
 def test_a_stream_is_good_only_with_done_and_every_token(
-        stream: list[Any], ok: bool, tokens: int, error: str) -> None:
+    stream: list[Any], ok: bool, tokens: int, error: str
+) -> None:
     tally = StreamTally(3)
     for part in stream:
         if part == "[DONE]":
@@ -287,8 +326,12 @@ def test_an_error_in_the_stream_fails_the_request() -> None:
 
 def test_load_stats_count_good_tokens_and_the_last_failure() -> None:
     good = RequestRecord(True, 0.1, 0.5, [], 4, 8, 100.0, 100.5)
-    records = [good, RequestRecord(False, None, 0.1, [], 0, 0, 100.0, 100.1, "HTTP 500: a"), good,
-               RequestRecord(False, None, 0.1, [], 0, 0, 100.2, 100.3, "HTTP 503: b")]
+    records = [
+        good,
+        RequestRecord(False, None, 0.1, [], 0, 0, 100.0, 100.1, "HTTP 500: a"),
+        good,
+        RequestRecord(False, None, 0.1, [], 0, 0, 100.2, 100.3, "HTTP 503: b"),
+    ]
     stats = LoadStats.from_records(records, elapsed_s=2.0, running=True)
     assert (stats.completed, stats.failed, stats.output_tokens) == (2, 2, 8)
     assert stats.last_error == "HTTP 503: b" and stats.tokens_per_s == 4.0
@@ -299,15 +342,22 @@ def test_load_stats_count_good_tokens_and_the_last_failure() -> None:
 
 
 def test_start_sends_in_the_background_until_its_budget(stub: Stub) -> None:
-    with bench.start(stub.endpoint, model="stub", concurrency=3, duration_s=600, max_tokens=4,
-                     max_requests=7) as load:
+    with bench.start(
+        stub.endpoint, model="stub", concurrency=3, duration_s=600, max_tokens=4, max_requests=7
+    ) as load:
         stats = load.wait(timeout=60)
     assert not stats.running and not load.running
     assert (stats.completed, stats.failed, stats.output_tokens) == (7, 0, 28)
     assert stats.last_error == "" and stats.tokens_per_s == pytest.approx(28 / stats.elapsed_s)
     assert len(stub.requests) == 7
-    assert all(r["stream"] and r["ignore_eos"] and r["max_tokens"] == 4 and r["model"] == "stub"
-               and r["prompt"] == "Tell me a long story." for r in stub.requests)
+    assert all(
+        r["stream"]
+        and r["ignore_eos"]
+        and r["max_tokens"] == 4
+        and r["model"] == "stub"
+        and r["prompt"] == "Tell me a long story."
+        for r in stub.requests
+    )
     result = load.result()
     (run,) = result.runs
     assert (result.endpoint, result.model) == (stub.endpoint, "stub")
@@ -317,8 +367,9 @@ def test_start_sends_in_the_background_until_its_budget(stub: Stub) -> None:
 
 
 def test_stop_ends_a_run_early(stub: Stub) -> None:
-    load = bench.start(stub.endpoint + "/", model="stub", concurrency=2, duration_s=600,
-                       max_tokens=2, prompt="Hi")
+    load = bench.start(
+        stub.endpoint + "/", model="stub", concurrency=2, duration_s=600, max_tokens=2, prompt="Hi"
+    )
     assert load.running  # start() returned while the run goes on
     stats = load.stop(timeout=60)
     assert not stats.running and stats.failed == 0
@@ -330,8 +381,9 @@ def test_stop_ends_a_run_early(stub: Stub) -> None:
 
 def test_start_counts_failures(stub: Stub) -> None:
     stub.fail_every = 2
-    with bench.start(stub.endpoint, model="stub", concurrency=1, max_tokens=2,
-                     max_requests=4) as load:
+    with bench.start(
+        stub.endpoint, model="stub", concurrency=1, max_tokens=2, max_requests=4
+    ) as load:
         stats = load.wait(timeout=60)
     assert (stats.completed, stats.failed, stats.output_tokens) == (2, 2, 4)
     assert "HTTP 500" in stats.last_error and "boom" in stats.last_error
@@ -339,8 +391,9 @@ def test_start_counts_failures(stub: Stub) -> None:
 
 
 def test_start_against_no_server_counts_failures() -> None:
-    with bench.start(f"http://127.0.0.1:{_closed_port()}/v1", model="m", concurrency=1,
-                     max_requests=1) as load:
+    with bench.start(
+        f"http://127.0.0.1:{_closed_port()}/v1", model="m", concurrency=1, max_requests=1
+    ) as load:
         stats = load.wait(timeout=60)
     assert (stats.completed, stats.failed) == (0, 1) and "Connect" in stats.last_error
 
@@ -377,8 +430,9 @@ def test_a_ramp_keeps_each_steps_concurrency_in_flight(stub: Stub) -> None:
         ({"endpoint": "127.0.0.1:8000/v1"}, "not an http"),
     ],
 )
-def test_bad_load_arguments_fail_before_any_request(stub: Stub, kwargs: dict[str, Any],
-                                                    message: str) -> None:
+def test_bad_load_arguments_fail_before_any_request(
+    stub: Stub, kwargs: dict[str, Any], message: str
+) -> None:
     args: dict[str, Any] = {"endpoint": stub.endpoint, "model": "stub", **kwargs}
     before = threading.active_count()
     with pytest.raises(nbserve.SpecError, match=message):
@@ -412,11 +466,28 @@ def test_bad_endpoints_are_clear_errors(stub: Stub) -> None:
         bench.run(stub.endpoint, model="nope", num_prompts=1, progress=False)
 
 
-def test_cli_bench_an_endpoint(stub: Stub, tmp_path: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bench_an_endpoint(
+    stub: Stub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "r.json"
-    rc = main(["bench", stub.endpoint, "-n", "4", "-c", "1", "2", "--output-len", "3",
-               "--no-progress", "--json", str(out), "--price-per-hour", "1.5"])
+    rc = main(
+        [
+            "bench",
+            stub.endpoint,
+            "-n",
+            "4",
+            "-c",
+            "1",
+            "2",
+            "--output-len",
+            "3",
+            "--no-progress",
+            "--json",
+            str(out),
+            "--price-per-hour",
+            "1.5",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "stub at" in text and "out tok/s" in text and "per 1M output tokens" in text
@@ -431,9 +502,13 @@ def test_cli_bench_an_endpoint(stub: Stub, tmp_path: Path,
         (["bench", "tiny"], "no local Ray head is running to find app 'tiny'"),
     ],
 )
-def test_cli_bench_bad_input(argv: list[str], message: str, tmp_path: Path,
-                             monkeypatch: pytest.MonkeyPatch,
-                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bench_bad_input(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.setenv("NBSERVE_HOME", str(tmp_path))  # no local head recorded here
     monkeypatch.delenv("NBSERVE_ADDRESS", raising=False)
     assert main([*argv, "--no-progress"]) == 1
@@ -452,13 +527,23 @@ def _closed_port() -> int:
 def test_cut_streams_count_as_failed_with_their_reason(stub: Stub) -> None:
     prompts = ["good", "cut:no-done", "cut:short", "cut:short-no-usage", "whole:one-chunk", "ok"]
     before = time.time()
-    result = bench.run(stub.endpoint, model="stub", prompts=prompts, num_prompts=6,
-                       output_len=5, concurrency=2, progress=False, warmup=False)
+    result = bench.run(
+        stub.endpoint,
+        model="stub",
+        prompts=prompts,
+        num_prompts=6,
+        output_len=5,
+        concurrency=2,
+        progress=False,
+        warmup=False,
+    )
     after = time.time()
     (run,) = result.runs
     assert (run.completed, run.failed, run.output_tokens) == (3, 3, 15)
-    assert run.errors == ["stream ended after 2 of 5 tokens",
-                          "stream ended without [DONE] after 5 of 5 tokens"]
+    assert run.errors == [
+        "stream ended after 2 of 5 tokens",
+        "stream ended without [DONE] after 5 of 5 tokens",
+    ]
     records = run.records  # in the order of the prompts
     assert [r.ok for r in records] == [True, False, False, False, True, True]
     assert [r.output_tokens for r in records] == [5, 5, 2, 2, 5, 5]  # what arrived
@@ -468,14 +553,21 @@ def test_cut_streams_count_as_failed_with_their_reason(stub: Stub) -> None:
 
 def test_start_counts_cut_streams_as_failed(stub: Stub) -> None:
     before = time.time()
-    with bench.start(stub.endpoint, model="stub", concurrency=1, max_tokens=4, max_requests=2,
-                     prompt="cut:no-done") as load:
+    with bench.start(
+        stub.endpoint,
+        model="stub",
+        concurrency=1,
+        max_tokens=4,
+        max_requests=2,
+        prompt="cut:no-done",
+    ) as load:
         stats = load.wait(timeout=60)
     assert (stats.completed, stats.failed, stats.output_tokens) == (0, 2, 0)
     assert stats.last_error == "stream ended without [DONE] after 4 of 4 tokens"
     records = load.result().runs[0].records
     assert len(records) == 2 and all(before <= r.started_at <= r.ended_at for r in records)
     assert records[0].ended_at <= records[1].started_at  # one at a time
-    with bench.start(stub.endpoint, model="stub", concurrency=1, max_tokens=4, max_requests=1,
-                     prompt="cut:short") as load:
+    with bench.start(
+        stub.endpoint, model="stub", concurrency=1, max_tokens=4, max_requests=1, prompt="cut:short"
+    ) as load:
         assert load.wait(timeout=60).last_error == "stream ended after 2 of 4 tokens"

@@ -29,11 +29,20 @@ from benchmarks.__main__ import parse  # noqa: E402
 
 
 def vb(tput: float, ttft: float, e2e: float, failed: int = 0) -> dict[str, Any]:
-    return {"completed": 256 - failed, "failed": failed, "duration": 10.0,
-            "request_throughput": tput / 128, "output_throughput": tput,
-            "total_input_tokens": 16384, "total_output_tokens": 32768,
-            "median_ttft_ms": ttft, "p99_ttft_ms": None, "median_itl_ms": 4.0,
-            "median_e2el_ms": e2e, "p99_e2el_ms": 2 * e2e}
+    return {
+        "completed": 256 - failed,
+        "failed": failed,
+        "duration": 10.0,
+        "request_throughput": tput / 128,
+        "output_throughput": tput,
+        "total_input_tokens": 16384,
+        "total_output_tokens": 32768,
+        "median_ttft_ms": ttft,
+        "p99_ttft_ms": None,
+        "median_itl_ms": 4.0,
+        "median_e2el_ms": e2e,
+        "p99_e2el_ms": 2 * e2e,
+    }
 
 
 def nb(tput: float, ttft: float) -> dict[str, Any]:
@@ -42,8 +51,14 @@ def nb(tput: float, ttft: float) -> dict[str, Any]:
 
 def entry(vbs: list[dict[str, Any]]) -> dict[str, Any]:
     nbs = [nb(r["output_throughput"], r["median_ttft_ms"]) for r in vbs]
-    return {"vllm_bench": runs.median_of(vbs), "nbserve_bench": runs.median_of(nbs),
-            "vllm_bench_runs": vbs, "nbserve_bench_runs": nbs, "sweep": [], "control": {}}
+    return {
+        "vllm_bench": runs.median_of(vbs),
+        "nbserve_bench": runs.median_of(nbs),
+        "vllm_bench_runs": vbs,
+        "nbserve_bench_runs": nbs,
+        "sweep": [],
+        "control": {},
+    }
 
 
 def test_median_of_repeats_sums_failures() -> None:
@@ -60,15 +75,34 @@ def test_report_states_each_target_met_or_not() -> None:
         "nbserve": entry([vb(3800, 120, 800), vb(3500, 110, 820), vb(3900, 100, 780)]),
         "transformers": entry([vb(500, 7000, 7200)]),
     }
-    opts = argparse.Namespace(paths=list(results), concurrency=32, input_len=64,
-                              output_len=128, num_prompts=256, sweep=[], repeats=3,
-                              nbserve_head_env=None, nbserve_llm="{}", vllm_env="{}")
-    info = {"versions": {"ray": "x"}, "load_avg_start": (0.1, 0.2, 0.3), "cores": 2,
-            "cpu": "cpu", "memory_gib": 1.0, "os": "os", "python": "3.11",
-            "nbserve_commit": "abc"}
+    opts = argparse.Namespace(
+        paths=list(results),
+        concurrency=32,
+        input_len=64,
+        output_len=128,
+        num_prompts=256,
+        sweep=[],
+        repeats=3,
+        nbserve_head_env=None,
+        nbserve_llm="{}",
+        vllm_env="{}",
+    )
+    info = {
+        "versions": {"ray": "x"},
+        "load_avg_start": (0.1, 0.2, 0.3),
+        "cores": 2,
+        "cpu": "cpu",
+        "memory_gib": 1.0,
+        "os": "os",
+        "python": "3.11",
+        "nbserve_commit": "abc",
+    }
     text = report.report(results, opts, info, "cmd", "today")
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines()
-            if line.startswith("| nbserve") or line.startswith("| Transformers'")}
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line
+        for line in text.splitlines()
+        if line.startswith("| nbserve") or line.startswith("| Transformers'")
+    }
     # nbserve's median against raw's best run: 3800 / 4000 tok/s = 0.95x (met), TTFT 110 / 70 =
     # 1.57x (not met); against raw's median (3000 tok/s, 185 ms) both would look better.
     assert "0.95x | >= 0.90x | met" in rows["nbserve output tok/s / raw vLLM's"]
@@ -80,21 +114,43 @@ def test_report_states_each_target_met_or_not() -> None:
 
 
 def test_report_names_a_failed_path() -> None:
-    results = {"vllm": {"error": "vllm serve exited with 1"},
-               "nbserve": entry([vb(3800, 120, 800)])}
-    opts = argparse.Namespace(paths=list(results), concurrency=32, input_len=64,
-                              output_len=128, num_prompts=256, sweep=[], repeats=1,
-                              nbserve_head_env=None, nbserve_llm="{}", vllm_env="{}")
-    info = {"versions": {}, "load_avg_start": (0.0, 0.0, 0.0), "cores": 2, "cpu": "c",
-            "memory_gib": 1.0, "os": "o", "python": "3.11", "nbserve_commit": "abc"}
+    results = {
+        "vllm": {"error": "vllm serve exited with 1"},
+        "nbserve": entry([vb(3800, 120, 800)]),
+    }
+    opts = argparse.Namespace(
+        paths=list(results),
+        concurrency=32,
+        input_len=64,
+        output_len=128,
+        num_prompts=256,
+        sweep=[],
+        repeats=1,
+        nbserve_head_env=None,
+        nbserve_llm="{}",
+        vllm_env="{}",
+    )
+    info = {
+        "versions": {},
+        "load_avg_start": (0.0, 0.0, 0.0),
+        "cores": 2,
+        "cpu": "c",
+        "memory_gib": 1.0,
+        "os": "o",
+        "python": "3.11",
+        "nbserve_commit": "abc",
+    }
     text = report.report(results, opts, info, "cmd", "today")
     assert "| raw `vllm serve` | failed: vllm serve exited with 1 |" in text
     assert "## Targets" not in text  # no raw figure and no baseline: no ratio to state
 
 
 def test_saved_reports_render_again_as_they_are() -> None:
-    for name in ("BENCHMARKS", "benchmarks/nbserve-engine-affinity-off",
-                 "benchmarks/vllm-engine-affinity-on"):
+    for name in (
+        "BENCHMARKS",
+        "benchmarks/nbserve-engine-affinity-off",
+        "benchmarks/vllm-engine-affinity-on",
+    ):
         assert report.rerender(ROOT / f"{name}.json") == (ROOT / f"{name}.md").read_text()
 
 
@@ -132,8 +188,11 @@ def test_a_program_that_fails_carries_its_log_tail(tmp_path: Path) -> None:
     ok = process.run_to_end([sys.executable, "-c", "print('figures')"], tmp_path / "ok.log", 30)
     assert ok.strip() == "figures"
     with pytest.raises(process.ServerFailed, match="exited 3; its log ends:\nboom"):
-        process.run_to_end([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
-                           tmp_path / "bad.log", 30)
+        process.run_to_end(
+            [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
+            tmp_path / "bad.log",
+            30,
+        )
     with pytest.raises(process.ServerFailed, match="did not come up"):
         with process.server([sys.executable, "-c", "pass"], tmp_path / "gone.log") as proc:
             process.wait_ready("http://127.0.0.1:9/", proc, tmp_path / "gone.log", timeout=30)
@@ -145,9 +204,26 @@ def test_quick_run_of_two_paths(tmp_path: Path, nbserve_home: Path) -> None:
     tmp = Path(tempfile.gettempdir())
     sockets_before = {p for p in tmp.iterdir() if p.is_socket()}
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--paths", "vllm", "transformers",
-         "--num-prompts", "8", "--concurrency", "4", "--output", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--paths",
+            "vllm",
+            "transformers",
+            "--num-prompts",
+            "8",
+            "--concurrency",
+            "4",
+            "--output",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = out.read_text()
     assert "failed:" not in text and "| raw `vllm serve` | " in text

@@ -41,16 +41,21 @@ NOTEBOOK = ROOT / "notebooks" / "02_dashboard.ipynb"
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 PARAMETERS = {"reuse": True, "load_seconds": 50, "interval": 1.0}  # and app_name: the shared app
 # Bounded waits (seconds); generous because the 2 cores may be shared with other test runs.
 LAB_START_TIMEOUT = 120
 KERNEL_IDLE_TIMEOUT = 120
-VALUES_TIMEOUT = 240     # from "Run All Cells" to a dashboard showing tokens/s > 0
-NOTEBOOK_TIMEOUT = 180   # from then to the last cell done
-SCREENSHOT_DELAY = 5     # after the values appear, so the chart has a few more points
+VALUES_TIMEOUT = 240  # from "Run All Cells" to a dashboard showing tokens/s > 0
+NOTEBOOK_TIMEOUT = 180  # from then to the last cell done
+SCREENSHOT_DELAY = 5  # after the values appear, so the chart has a few more points
 TOK_S = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*tok/s")
 
 # Evaluated in the page: what the dashboard's output shows right now. The dashboard is the
@@ -130,8 +135,12 @@ class Lab:
     stray_kernels: list[int] = field(default_factory=list)
 
     def api(self, method: str, path: str, timeout: float = 30) -> requests.Response:
-        return requests.request(method, f"{self.url}/api/{path}", timeout=timeout,
-                                headers={"Authorization": f"token {self.token}"})
+        return requests.request(
+            method,
+            f"{self.url}/api/{path}",
+            timeout=timeout,
+            headers={"Authorization": f"token {self.token}"},
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -151,8 +160,11 @@ def kernel_pids(runtime_dir: Path) -> list[int]:
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != "Z" and any(b"ipykernel_launcher" in a for a in argv) and any(
-                str(runtime_dir).encode() in a for a in argv):
+        if (
+            state != "Z"
+            and any(b"ipykernel_launcher" in a for a in argv)
+            and any(str(runtime_dir).encode() in a for a in argv)
+        ):
             pids.append(int(proc.name))
     return pids
 
@@ -165,28 +177,41 @@ def jupyterlab(root: Path, home: Path) -> Iterator[Lab]:
     for folder in (runtime_dir, settings, home / "config", home / "workspaces"):
         folder.mkdir(parents=True, exist_ok=True)
     # No news or update-check toasts over the dashboard.
-    notification = (settings / "@jupyterlab" / "apputils-extension"
-                    / "notification.jupyterlab-settings")
+    notification = (
+        settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    )
     notification.parent.mkdir(parents=True, exist_ok=True)
     notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
     env = dict(os.environ)  # NBSERVE_HOME included: the kernel attaches to the same local head
-    env.update(JUPYTER_RUNTIME_DIR=str(runtime_dir), JUPYTER_CONFIG_DIR=str(home / "config"),
-               JUPYTERLAB_SETTINGS_DIR=str(settings),
-               JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), PYTHONUNBUFFERED="1")
+    env.update(
+        JUPYTER_RUNTIME_DIR=str(runtime_dir),
+        JUPYTER_CONFIG_DIR=str(home / "config"),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
+        PYTHONUNBUFFERED="1",
+    )
     log = home / "jupyterlab.log"
-    cmd = [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser",
-           f"--IdentityProvider.token={token}", "--ServerApp.ip=127.0.0.1",
-           f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-           f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False",
-           # Nothing asks PyPI or jupyter.org anything.
-           "--LabApp.extension_manager=readonly", "--LabApp.news_url=None",
-           "--LabApp.check_for_updates_class="
-           "jupyterlab.handlers.announcements.NeverCheckForUpdate"]
+    cmd = [
+        str(Path(sys.executable).parent / "jupyter"),
+        "lab",
+        "--no-browser",
+        f"--IdentityProvider.token={token}",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={root}",
+        "--ServerApp.open_browser=False",
+        # Nothing asks PyPI or jupyter.org anything.
+        "--LabApp.extension_manager=readonly",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate",
+    ]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=root, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
+        )
     lab = Lab(proc, f"http://127.0.0.1:{port}", token, runtime_dir, log)
     try:
         deadline = time.monotonic() + LAB_START_TIMEOUT
@@ -197,8 +222,9 @@ def jupyterlab(root: Path, home: Path) -> Iterator[Lab]:
                 if lab.api("GET", "status", timeout=5).ok:
                     break
             if time.monotonic() > deadline:
-                raise AssertionError(f"JupyterLab not up in {LAB_START_TIMEOUT}s:\n"
-                                     f"{lab.log_tail()}")
+                raise AssertionError(
+                    f"JupyterLab not up in {LAB_START_TIMEOUT}s:\n{lab.log_tail()}"
+                )
             time.sleep(0.5)
         yield lab
     finally:
@@ -244,26 +270,33 @@ def open_notebook(page: Any, lab: Lab, name: str) -> None:
         if page.locator(".jp-Dialog", has_text="Select Kernel").count() and accept.count():
             accept.first.click()
         sessions = lab.api("GET", "sessions").json()
-        if any(s["path"].endswith(name) and s["kernel"]["execution_state"] == "idle"
-               for s in sessions) and page.locator(
-                ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']").count():
+        if (
+            any(
+                s["path"].endswith(name) and s["kernel"]["execution_state"] == "idle"
+                for s in sessions
+            )
+            and page.locator(
+                ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']"
+            ).count()
+        ):
             return
         time.sleep(0.5)
-    raise AssertionError(f"no idle kernel for {name} in {KERNEL_IDLE_TIMEOUT}s:\n"
-                         f"{lab.log_tail()}")
+    raise AssertionError(f"no idle kernel for {name} in {KERNEL_IDLE_TIMEOUT}s:\n{lab.log_tail()}")
 
 
 def menu(page: Any, top: str, item: str) -> None:
     """Click ``item`` in the menu bar's ``top`` menu, as a user does."""
     page.locator(".lm-MenuBar-item", has_text=re.compile(rf"^\s*{top}\s*$")).click()
-    page.locator(".lm-Menu-item:not(.lm-mod-disabled)",
-                 has_text=re.compile(rf"^\s*{item}")).first.click()
+    page.locator(
+        ".lm-Menu-item:not(.lm-mod-disabled)", has_text=re.compile(rf"^\s*{item}")
+    ).first.click()
 
 
 def shown_tracebacks(page: Any) -> list[str]:
     """Tracebacks the notebook shows in its outputs (IPython prints this line in each)."""
-    outputs = page.locator(".jp-Notebook .jp-OutputArea-output",
-                           has_text="Traceback (most recent call last)")
+    outputs = page.locator(
+        ".jp-Notebook .jp-OutputArea-output", has_text="Traceback (most recent call last)"
+    )
     return [text[-2000:] for text in outputs.all_inner_texts()]
 
 
@@ -272,8 +305,10 @@ def wait_until_done(page: Any, lab: Lab, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         busy = page.locator(".jp-Notebook .jp-InputPrompt", has_text="*").count()
-        idle = any(s["path"].endswith(name) and s["kernel"]["execution_state"] == "idle"
-                   for s in lab.api("GET", "sessions").json())
+        idle = any(
+            s["path"].endswith(name) and s["kernel"]["execution_state"] == "idle"
+            for s in lab.api("GET", "sessions").json()
+        )
         if not busy and idle:
             return
         if tracebacks := shown_tracebacks(page):
@@ -297,8 +332,12 @@ def saved_errors(page: Any, lab: Lab, name: str) -> list[str]:
         time.sleep(0.5)
     time.sleep(1)  # let the save's rename settle before the one full read
     model = lab.api("GET", f"contents/{name}").json()
-    return [f"{out['ename']}: {out['evalue']}" for cell in model["content"]["cells"]
-            for out in cell.get("outputs", ()) if out["output_type"] == "error"]
+    return [
+        f"{out['ename']}: {out['evalue']}"
+        for cell in model["content"]["cells"]
+        for out in cell.get("outputs", ())
+        if out["output_type"] == "error"
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -307,8 +346,9 @@ def playwright_api() -> Any:
     return require_browser()
 
 
-def test_dashboard_live_in_jupyterlab(playwright_api: Any, tiny_app: nbserve.App,
-                                      tmp_path: Path) -> None:
+def test_dashboard_live_in_jupyterlab(
+    playwright_api: Any, tiny_app: nbserve.App, tmp_path: Path
+) -> None:
     sync_playwright = playwright_api
     root = tmp_path / "notebooks"
     notebook = parameterized_notebook(root, {**PARAMETERS, "app_name": tiny_app.name})
@@ -321,8 +361,9 @@ def test_dashboard_live_in_jupyterlab(playwright_api: Any, tiny_app: nbserve.App
     start = time.monotonic()
     with jupyterlab(root, tmp_path / "jupyter") as lab:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                         headless=True)
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+            )
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1100})
                 page.on("console", lambda msg: msg.type == "error" and console.append(msg.text))
@@ -339,14 +380,18 @@ def test_dashboard_live_in_jupyterlab(playwright_api: Any, tiny_app: nbserve.App
                         if peak > 0 and state["bars"] and state["drawn"] and state["latency"]:
                             break
                     if tracebacks := shown_tracebacks(page):
-                        pytest.fail("a cell failed before the dashboard showed values:\n"
-                                    + "\n".join(tracebacks))
+                        pytest.fail(
+                            "a cell failed before the dashboard showed values:\n"
+                            + "\n".join(tracebacks)
+                        )
                     time.sleep(0.5)
                 seen = state or {}
                 prompts = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt")
-                assert state is not None, ("no dashboard (.widget-vbox with .js-plotly-plot) in "
-                                           f"{VALUES_TIMEOUT}s; code cell prompts: "
-                                           f"{prompts.all_inner_texts()}")
+                assert state is not None, (
+                    "no dashboard (.widget-vbox with .js-plotly-plot) in "
+                    f"{VALUES_TIMEOUT}s; code cell prompts: "
+                    f"{prompts.all_inner_texts()}"
+                )
                 assert state["bars"], f"no per-replica KV-cache bar: {state}"
                 assert all(b["label"] and 0 <= b["percent"] <= 100 for b in state["bars"]), state
                 assert state["traces"] >= 4 and state["drawn"] >= 1, f"no drawn chart: {state}"
@@ -355,8 +400,9 @@ def test_dashboard_live_in_jupyterlab(playwright_api: Any, tiny_app: nbserve.App
                 assert state["latency"] >= 2, f"no latency breakdown bar: {state}"
                 phases["values shown"] = time.monotonic() - start
                 time.sleep(SCREENSHOT_DELAY)  # a few more points on the chart
-                page.locator(".jp-OutputArea-output .widget-vbox", has=page.locator(
-                    ".js-plotly-plot")).first.screenshot(path=str(screenshot))
+                page.locator(
+                    ".jp-OutputArea-output .widget-vbox", has=page.locator(".js-plotly-plot")
+                ).first.screenshot(path=str(screenshot))
 
                 # The notebook runs to its end, its own checks of the recorded window included.
                 wait_until_done(page, lab, notebook.name, NOTEBOOK_TIMEOUT)

@@ -13,8 +13,18 @@ from nbserve.cli import main
 def test_render_raycluster_validates_against_the_crd(
     accelerator: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = main(["render", "raycluster", "--name", "llm", "--accelerator", accelerator,
-               "--max-workers", "4"])
+    rc = main(
+        [
+            "render",
+            "raycluster",
+            "--name",
+            "llm",
+            "--accelerator",
+            accelerator,
+            "--max-workers",
+            "4",
+        ]
+    )
     assert rc == 0
     manifest = yaml.safe_load(capsys.readouterr().out)
     assert manifest["kind"] == "RayCluster"
@@ -24,8 +34,22 @@ def test_render_raycluster_validates_against_the_crd(
 
 
 def test_render_rayservice_carries_the_serve_app(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["render", "rayservice", "--name", "qwen", "--model", "Qwen/Qwen2.5-7B-Instruct",
-               "--accelerator", "L4", "--max-replicas", "4", "--max-model-len", "8192"])
+    rc = main(
+        [
+            "render",
+            "rayservice",
+            "--name",
+            "qwen",
+            "--model",
+            "Qwen/Qwen2.5-7B-Instruct",
+            "--accelerator",
+            "L4",
+            "--max-replicas",
+            "4",
+            "--max-model-len",
+            "8192",
+        ]
+    )
     assert rc == 0
     manifest = yaml.safe_load(capsys.readouterr().out)
     assert crdschema.validate_manifest(manifest) == []
@@ -41,11 +65,26 @@ def test_render_rayservice_carries_the_serve_app(capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["render", "raycluster", "--name", "llm", "--accelerator", "L5"],
-         "unknown accelerator 'L5'"),
+        (
+            ["render", "raycluster", "--name", "llm", "--accelerator", "L5"],
+            "unknown accelerator 'L5'",
+        ),
         (["render", "raycluster", "--name", "Bad_Name"], "Bad_Name"),
-        (["render", "rayservice", "--name", "q", "--model", "m", "--min-replicas", "3",
-          "--max-replicas", "1"], "min_replicas=3 is greater than max_replicas=1"),
+        (
+            [
+                "render",
+                "rayservice",
+                "--name",
+                "q",
+                "--model",
+                "m",
+                "--min-replicas",
+                "3",
+                "--max-replicas",
+                "1",
+            ],
+            "min_replicas=3 is greater than max_replicas=1",
+        ),
     ],
 )
 def test_render_bad_input_is_a_clear_error(

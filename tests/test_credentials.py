@@ -67,7 +67,8 @@ def servers() -> Iterator[tuple[RecordingServer, RecordingServer]]:
 # Ray Client warns once that the connection timed out: these servers refuse on purpose.
 @pytest.mark.filterwarnings("ignore:Ray Client connection timed out")
 def test_a_second_cluster_sees_nothing_of_the_first_clusters_token(
-        servers: tuple[RecordingServer, RecordingServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    servers: tuple[RecordingServer, RecordingServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
     a, b = servers
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN"):
         monkeypatch.delenv(name, raising=False)

@@ -32,8 +32,10 @@ FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 def entries() -> list[Payload]:
     """The recorded raw payloads; each also carries the ``phase`` of the capture."""
     index = json.loads((FIXTURES / "index.json").read_text())
-    return [cast(Payload, dict(e, nodes={n: (FIXTURES / f).read_text()
-                                         for n, f in e["nodes"].items()})) for e in index]
+    return [
+        cast(Payload, dict(e, nodes={n: (FIXTURES / f).read_text() for n, f in e["nodes"].items()}))
+        for e in index
+    ]
 
 
 class Replay:
@@ -44,7 +46,8 @@ class Replay:
     def __init__(self, name: str = "tiny", min_replicas: int = 1, max_replicas: int = 2) -> None:
         self.name = name
         self.spec: nbserve.LLM | None = nbserve.LLM(
-            "org/tiny", min_replicas=min_replicas, max_replicas=max_replicas)
+            "org/tiny", min_replicas=min_replicas, max_replicas=max_replicas
+        )
         self.payloads = entries()
         self.window = MetricsWindow("tiny")
         self.calls = 0
@@ -93,7 +96,7 @@ def test_a_refresh_fills_header_bars_and_chart(dash: Dashboard) -> None:
     assert "replicas 1 running, 0 starting, target 1" in header
     assert f"{snap.tokens_per_s:.0f} tok/s" in header
     (bar,) = dash.bars.children
-    (replica, usage), = snap.kv_cache_usage.items()
+    ((replica, usage),) = snap.kv_cache_usage.items()
     assert bar.description == replica[-8:] and bar.value == pytest.approx(usage) and usage > 0
     traces = {t.name: t for t in dash.fig.data}
     assert traces["tiny tokens per s"].y[-1] == pytest.approx(snap.tokens_per_s)
@@ -116,9 +119,13 @@ def test_an_app_at_zero_replicas_reads_scaled_to_zero(dash: Dashboard) -> None:
     replay = replays(dash)["tiny"]
     dash.refresh()
     last = replay.metrics()
-    replay.metrics = lambda **_: Snapshot(**{  # type: ignore[method-assign]
-        **last.__dict__, "replicas": Replicas(running=0, starting=0, target=0),
-        "kv_cache_usage": {}})
+    replay.metrics = lambda **_: Snapshot(
+        **{  # type: ignore[method-assign]
+            **last.__dict__,
+            "replicas": Replicas(running=0, starting=0, target=0),
+            "kv_cache_usage": {},
+        }
+    )
     dash.refresh()
     assert "replicas scaled to zero" in dash.header.value
     assert "unhealthy" not in dash.header.value.lower()
@@ -129,10 +136,15 @@ def test_an_app_at_zero_replicas_reads_scaled_to_zero(dash: Dashboard) -> None:
 def test_the_autoscalers_view_is_shown_per_app(dash: Dashboard) -> None:
     replay = replays(dash)["tiny"]
     last = replay.metrics()
-    replay.metrics = lambda **_: Snapshot(**{  # type: ignore[method-assign]
-        **last.__dict__, "replicas": Replicas(running=0, starting=1, target=1),
-        "autoscaler": Autoscaler(ongoing=1, target_per_replica=2, desired=1, target=1,
-                                 running=0)})
+    replay.metrics = lambda **_: Snapshot(
+        **{  # type: ignore[method-assign]
+            **last.__dict__,
+            "replicas": Replicas(running=0, starting=1, target=1),
+            "autoscaler": Autoscaler(
+                ongoing=1, target_per_replica=2, desired=1, target=1, running=0
+            ),
+        }
+    )
     dash.refresh()
     assert "autoscaler: scaling up to 1: 1 ongoing &gt; 2 × 0 replicas" in dash.header.value
 
@@ -141,8 +153,12 @@ def test_replica_starts_are_marked_on_the_timeline(dash: Dashboard) -> None:
     replay = replays(dash)["tiny"]
     dash.refresh()  # one running, none starting
     last = replay.metrics()
-    replay.metrics = lambda **_: Snapshot(**{  # type: ignore[method-assign]
-        **last.__dict__, "replicas": Replicas(running=1, starting=1, target=2)})
+    replay.metrics = lambda **_: Snapshot(
+        **{  # type: ignore[method-assign]
+            **last.__dict__,
+            "replicas": Replicas(running=1, starting=1, target=2),
+        }
+    )
     dash.refresh()
     traces = {t.name: t for t in dash.fig.data}
     assert list(traces["tiny replicas"].y[-2:]) == [1, 1]
@@ -173,8 +189,10 @@ def test_each_app_has_its_own_controls() -> None:
     other = Replay("other", 1, 3)
     board = Dashboard([small, large, other], start=False)
     try:
-        values = {name: (c.min_replicas.value, c.max_replicas.value, c.apply.disabled)
-                  for name, c in board.controls.items()}
+        values = {
+            name: (c.min_replicas.value, c.max_replicas.value, c.apply.disabled)
+            for name, c in board.controls.items()
+        }
         assert values == {"small": (0, 1, False), "large": (1, 1, True), "other": (1, 3, False)}
         row = board.controls["other"].row
         assert row in board.widget.children and "other" in row.children[0].value
@@ -271,8 +289,10 @@ def test_each_replicas_kv_cache_has_its_line_through_a_rolling_restart() -> None
         assert new.y[1] is None and new.y[-1] is not None
         snap = board.state.latest("tiny")
         assert snap is not None
-        assert new.y[-1] == pytest.approx(100 * snap.kv_cache_usage[next(
-            r for r in snap.kv_cache_usage if r.endswith("dw5ulf8q"))])
+        assert new.y[-1] == pytest.approx(
+            100
+            * snap.kv_cache_usage[next(r for r in snap.kv_cache_usage if r.endswith("dw5ulf8q"))]
+        )
         # the static report draws the same lines
         assert {t.name for t in board.report().figure().data} == set(traces)
     finally:

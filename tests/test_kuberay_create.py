@@ -28,11 +28,13 @@ NS = "ray"
 
 
 def spec(**overrides: Any) -> nbserve.ClusterSpec:
-    groups = [nbserve.WorkerGroup(name="gpu", accelerator="L4", max_workers=4),
-              nbserve.WorkerGroup(name="big", accelerator="A100-80G", min_workers=1,
-                                  max_workers=2)]
-    return nbserve.ClusterSpec(**{"name": "llm", "namespace": NS, "worker_groups": groups,
-                                  **overrides})
+    groups = [
+        nbserve.WorkerGroup(name="gpu", accelerator="L4", max_workers=4),
+        nbserve.WorkerGroup(name="big", accelerator="A100-80G", min_workers=1, max_workers=2),
+    ]
+    return nbserve.ClusterSpec(
+        **{"name": "llm", "namespace": NS, "worker_groups": groups, **overrides}
+    )
 
 
 def stored(kube: FakeKube, name: str = "llm") -> dict[str, Any]:
@@ -48,8 +50,9 @@ def groups(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def attached(kube: FakeKube, *, created: bool, name: str = "llm") -> nbserve.Cluster:
     """A Cluster that knows its RayCluster, without a Ray session (scale/down need none)."""
     provider = RayClusterProvider(RayClusterRef(name, NS), created=created)
-    return nbserve.Cluster(Target("ray://127.0.0.1:1", serve_url="http://127.0.0.1:2",
-                                  provider=provider))
+    return nbserve.Cluster(
+        Target("ray://127.0.0.1:1", serve_url="http://127.0.0.1:2", provider=provider)
+    )
 
 
 # --- refusals, before and at the API server ------------------------------------------------------
@@ -61,8 +64,9 @@ def attached(kube: FakeKube, *, created: bool, name: str = "llm") -> nbserve.Clu
         ((spec(),), {"timeout": 0}, "timeout must be a positive number"),
     ],
 )
-def test_bad_inputs_fail_before_any_api_call(kube: FakeKube, args: tuple[Any, ...],
-                                             kwargs: dict[str, Any], match: str) -> None:
+def test_bad_inputs_fail_before_any_api_call(
+    kube: FakeKube, args: tuple[Any, ...], kwargs: dict[str, Any], match: str
+) -> None:
     with pytest.raises(nbserve.SpecError, match=match):
         nbserve.create_cluster(*args, **kwargs)
     assert kube.requests == []
@@ -94,8 +98,11 @@ def test_kuberay_not_installed_says_how_to_install_it(kube: FakeKube) -> None:
 
 def test_a_manifest_the_api_server_rejects_is_a_cluster_error(kube: FakeKube) -> None:
     kube.deny("create", "rayclusters", NS, code=422)
-    with pytest.raises(nbserve.ClusterError, match=r"refused RayCluster ray/llm \(422\): "
-                       "injected failure"):
+    with pytest.raises(
+        nbserve.ClusterError,
+        match=r"refused RayCluster ray/llm \(422\): "
+        "injected failure",
+    ):
         nbserve.create_cluster(spec(), timeout=20)
 
 
@@ -135,8 +142,13 @@ def test_existing_cluster_gets_its_spec_replaced(kube: FakeKube) -> None:
     """409 on create: one JSON patch replaces spec (groups as a whole), keeps other labels and
     the autoscaled replicas of groups that stay."""
     kube.operator = Operator(ready_after=0)
-    old = spec(labels={"team": "a"}, worker_groups=[
-        nbserve.WorkerGroup(name="gpu", max_workers=8), nbserve.WorkerGroup(name="old")])
+    old = spec(
+        labels={"team": "a"},
+        worker_groups=[
+            nbserve.WorkerGroup(name="gpu", max_workers=8),
+            nbserve.WorkerGroup(name="old"),
+        ],
+    )
     apply(old, timeout=30, progress=False)
     current = stored(kube)
     current["spec"]["workerGroupSpecs"][0]["replicas"] = 6  # the autoscaler's doing
@@ -179,11 +191,15 @@ def test_scale_with_the_autoscaler_raises_its_floor(kube: FakeKube) -> None:
     apply(spec(), timeout=30, progress=False)
     cluster = attached(kube, created=True)
     cluster.scale("gpu", 2)
-    assert (groups(stored(kube))["gpu"]["replicas"], groups(stored(kube))["gpu"]["minReplicas"]
-            ) == (2, 2)
+    assert (
+        groups(stored(kube))["gpu"]["replicas"],
+        groups(stored(kube))["gpu"]["minReplicas"],
+    ) == (2, 2)
     cluster.scale("big", 0)  # below the spec's min_workers: lowers the floor, allowed
-    assert (groups(stored(kube))["big"]["replicas"], groups(stored(kube))["big"]["minReplicas"]
-            ) == (0, 0)
+    assert (
+        groups(stored(kube))["big"]["replicas"],
+        groups(stored(kube))["big"]["minReplicas"],
+    ) == (0, 0)
 
 
 @pytest.mark.parametrize(
@@ -196,8 +212,9 @@ def test_scale_with_the_autoscaler_raises_its_floor(kube: FakeKube) -> None:
         ("gpu", 1.5, False, "replicas must be a whole number >= 0"),
     ],
 )
-def test_scale_refuses_bad_arguments(kube: FakeKube, group: str, replicas: Any,
-                                     autoscaling: bool, match: str) -> None:
+def test_scale_refuses_bad_arguments(
+    kube: FakeKube, group: str, replicas: Any, autoscaling: bool, match: str
+) -> None:
     kube.operator = Operator(ready_after=0)
     apply(spec(autoscaling=autoscaling), timeout=30, progress=False)
     before = stored(kube)
@@ -241,18 +258,27 @@ def test_down_waits_until_the_cluster_and_its_pods_are_gone(kube: FakeKube) -> N
 def test_down_timeout_says_it_is_still_going(kube: FakeKube) -> None:
     kube.operator = Operator(ready_after=0, delete_after=60)
     apply(spec(), timeout=30, progress=False)
-    with pytest.raises(nbserve.WaitTimeout, match="deleting RayCluster ray/llm.*pod.*left.*"
-                       "still being deleted"):
+    with pytest.raises(
+        nbserve.WaitTimeout, match="deleting RayCluster ray/llm.*pod.*left.*still being deleted"
+    ):
         attached(kube, created=True).down(timeout=1.5, progress=False)
 
 
 # --- end to end: the real local head behind a created RayCluster ---------------------------------
 def head_operator(local_head: Any) -> Operator:
     """The fake operator's head pod is the real local head: its ports and its token."""
-    ports = {"client": local_head.client_port, "serve": local_head.serve_port,
-             "dashboard": local_head.dashboard_port, "metrics": local_head.metrics_port}
-    return Operator(ready_after=1.0, ports=ports,
-                    token=Path(local_head.token_path).read_text().strip(), delete_after=1.0)
+    ports = {
+        "client": local_head.client_port,
+        "serve": local_head.serve_port,
+        "dashboard": local_head.dashboard_port,
+        "metrics": local_head.metrics_port,
+    }
+    return Operator(
+        ready_after=1.0,
+        ports=ports,
+        token=Path(local_head.token_path).read_text().strip(),
+        delete_after=1.0,
+    )
 
 
 @pytest.mark.integration

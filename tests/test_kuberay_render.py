@@ -43,8 +43,11 @@ def llm_app(name: str = "qwen", accelerator: str = "L4") -> dict[str, Any]:
                     "accelerator_type": accelerator,
                     "engine_kwargs": {"max_model_len": 8192},
                     "deployment_config": {
-                        "autoscaling_config": {"min_replicas": 0, "max_replicas": 4,
-                                               "initial_replicas": 1}
+                        "autoscaling_config": {
+                            "min_replicas": 0,
+                            "max_replicas": 4,
+                            "initial_replicas": 1,
+                        }
                     },
                     "log_engine_metrics": True,
                 }
@@ -64,9 +67,17 @@ def a100_multi_cluster() -> ClusterSpec:
         head=HeadSpec(cpu="4", memory="16Gi"),
         worker_groups=[
             WorkerGroup(name="a100-40", accelerator="a100-40gb", gpus_per_worker=1, max_workers=2),
-            WorkerGroup(name="a100-80", accelerator="nvidia-a100-80gb", gpus_per_worker=4,
-                        min_workers=1, max_workers=2, replicas=1, cpu="44", memory="300Gi",
-                        disk="200Gi"),
+            WorkerGroup(
+                name="a100-80",
+                accelerator="nvidia-a100-80gb",
+                gpus_per_worker=4,
+                min_workers=1,
+                max_workers=2,
+                replicas=1,
+                cpu="44",
+                memory="300Gi",
+                disk="200Gi",
+            ),
         ],
         idle_timeout_seconds=300,
         labels={"app.kubernetes.io/part-of": "nbserve", "team": "llm"},
@@ -76,9 +87,12 @@ def a100_multi_cluster() -> ClusterSpec:
 
 
 def l4_service() -> dict[str, Any]:
-    cluster = ClusterSpec(name="qwen-l4", env=dict(KUBERAY_THROUGHPUT_ENV),
-                          head_env={"RAY_LOGGER_LEVEL": "info"},
-                          hf_token=SecretRef(name="hf-secret", key="hf_api_token"))
+    cluster = ClusterSpec(
+        name="qwen-l4",
+        env=dict(KUBERAY_THROUGHPUT_ENV),
+        head_env={"RAY_LOGGER_LEVEL": "info"},
+        hf_token=SecretRef(name="hf-secret", key="hf_api_token"),
+    )
     return render_rayservice(cluster, [llm_app()], name="qwen")
 
 
@@ -182,8 +196,11 @@ def test_validator_reports_unknown_field() -> None:
 
 
 def test_validator_reports_unknown_field_deep_in_a_pod() -> None:
-    errors = _broken(lambda m: m["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-                     .update(gpus=1))
+    errors = _broken(
+        lambda m: m["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0].update(
+            gpus=1
+        )
+    )
     _one(errors, "spec.workerGroupSpecs[0].template.spec.containers[0].gpus", "unknown field")
 
 
@@ -199,11 +216,21 @@ def test_validator_reports_missing_required_field() -> None:
 
 def test_validator_reports_enum_quantity_and_list_map_errors() -> None:
     _one(_broken(lambda m: m["spec"]["authOptions"].update(mode="password")), "authOptions.mode")
-    _one(_broken(lambda m: m["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-                 ["resources"]["limits"].update(cpu="lots")), "limits.cpu", "does not match")
+    _one(
+        _broken(
+            lambda m: m["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"][
+                "limits"
+            ].update(cpu="lots")
+        ),
+        "limits.cpu",
+        "does not match",
+    )
     ports = lambda m: m["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]  # noqa: E731
-    _one(_broken(lambda m: ports(m).append({"containerPort": 6379, "name": "again"})),
-         "ports[5]", "Duplicate")
+    _one(
+        _broken(lambda m: ports(m).append({"containerPort": 6379, "name": "again"})),
+        "ports[5]",
+        "Duplicate",
+    )
     _one(_broken(lambda m: m["spec"]["headGroupSpec"].update(serviceType=None)), "null")
 
 
@@ -232,8 +259,10 @@ def test_validator_does_not_mutate_its_input() -> None:
     ("kwargs", "needles"),
     [
         ({"worker_groups": [{"accelerator": "A10G"}]}, ["accelerator", "A10G", "L4", "H100"]),
-        ({"worker_groups": [{"min_workers": 5, "max_workers": 2}]},
-         ["min_workers=5", "max_workers=2"]),
+        (
+            {"worker_groups": [{"min_workers": 5, "max_workers": 2}]},
+            ["min_workers=5", "max_workers=2"],
+        ),
         ({"worker_groups": [{"min_workers": -1}]}, ["min_workers", "-1"]),
         ({"worker_groups": [{"replicas": 9}]}, ["replicas=9"]),
         ({"worker_groups": [{"gpus_per_worker": 9}]}, ["gpus_per_worker=9", "8"]),
@@ -326,28 +355,42 @@ def test_secrets_fill_pod_variables_from_secrets_and_an_app_needs_its_own() -> N
     from nbserve import LLM
     from nbserve.specs.serveconfig import serve_app
 
-    cluster = ClusterSpec(name="llm", env={"A": "1"}, hf_token=SecretRef(name="hf"),
-                          secrets={"OPENAI_API_KEY": SecretRef(name="keys", key="openai")},
-                          worker_groups=[WorkerGroup()])
+    cluster = ClusterSpec(
+        name="llm",
+        env={"A": "1"},
+        hf_token=SecretRef(name="hf"),
+        secrets={"OPENAI_API_KEY": SecretRef(name="keys", key="openai")},
+        worker_groups=[WorkerGroup()],
+    )
     rendered = cluster.to_raycluster()["spec"]
-    pods = [rendered["headGroupSpec"]["template"]["spec"],
-            rendered["workerGroupSpecs"][0]["template"]["spec"]]
+    pods = [
+        rendered["headGroupSpec"]["template"]["spec"],
+        rendered["workerGroupSpecs"][0]["template"]["spec"],
+    ]
     for pod in pods:
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
         assert env["A"] == {"name": "A", "value": "1"}
         assert env["OPENAI_API_KEY"]["valueFrom"] == {
-            "secretKeyRef": {"name": "keys", "key": "openai"}}
+            "secretKeyRef": {"name": "keys", "key": "openai"}
+        }
         assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "hf_token"}}
     with pytest.raises(ValidationError, match="OPENAI_API_KEY is set both from a Secret"):
-        ClusterSpec(name="llm", env={"OPENAI_API_KEY": "x"},
-                    secrets={"OPENAI_API_KEY": SecretRef(name="keys")})
+        ClusterSpec(
+            name="llm",
+            env={"OPENAI_API_KEY": "x"},
+            secrets={"OPENAI_API_KEY": SecretRef(name="keys")},
+        )
     with pytest.raises(ValidationError, match="HF_TOKEN is given twice"):
-        ClusterSpec(name="llm", hf_token=SecretRef(name="hf"),
-                    secrets={"HF_TOKEN": SecretRef(name="hf")})
+        ClusterSpec(
+            name="llm", hf_token=SecretRef(name="hf"), secrets={"HF_TOKEN": SecretRef(name="hf")}
+        )
     # An app that reads a secret exports only with a cluster that fills it from a Secret.
     spec = LLM("org/m", secrets=["OPENAI_API_KEY", "HF_TOKEN"])
     manifest = render_rayservice(cluster, [serve_app(spec, "chat")], secrets=spec.secrets)
     assert "OPENAI_API_KEY" not in manifest["spec"]["serveConfigV2"]
     with pytest.raises(SpecError, match=r"reads secret OPENAI_API_KEY.*add secrets=\{'OPENAI"):
-        render_rayservice(ClusterSpec(name="llm", hf_token=SecretRef(name="hf")),
-                          [serve_app(spec, "chat")], secrets=spec.secrets)
+        render_rayservice(
+            ClusterSpec(name="llm", hf_token=SecretRef(name="hf")),
+            [serve_app(spec, "chat")],
+            secrets=spec.secrets,
+        )

@@ -68,8 +68,10 @@ def layer_of(name: str) -> int:
     for index, folder in enumerate(FOLDERS):
         if parts[0] in folder:
             return index
-    raise AssertionError(f"nbserve/{parts[0]}/ is in no layer: add it to FOLDERS in "
-                         "tests/test_layers.py, below every folder it imports")
+    raise AssertionError(
+        f"nbserve/{parts[0]}/ is in no layer: add it to FOLDERS in "
+        "tests/test_layers.py, below every folder it imports"
+    )
 
 
 def layer_name(index: int) -> str:
@@ -79,7 +81,8 @@ def layer_name(index: int) -> str:
 def _type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports(path: Path, name: str) -> list[tuple[str, int, bool]]:
@@ -89,8 +92,11 @@ def imports(path: Path, name: str) -> list[tuple[str, int, bool]]:
     ``:top-level-package`` (``:ray``).
     """
     tree = ast.parse(path.read_text(), str(path))
-    package = name.split(".") if path.name == "__init__.py" and name != "__init__" else (
-        name.split(".")[:-1])
+    package = (
+        name.split(".")
+        if path.name == "__init__.py" and name != "__init__"
+        else (name.split(".")[:-1])
+    )
     found: list[tuple[str, int, bool]] = []
 
     def visit(node: ast.AST, in_function: bool) -> None:
@@ -138,8 +144,9 @@ def _name(parts: list[str]) -> str:
 def graph() -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for name, path in modules().items():
-        out[name] = {dep for dep, _, _ in imports(path, name)
-                     if not dep.startswith(":") and dep != name}
+        out[name] = {
+            dep for dep, _, _ in imports(path, name) if not dep.startswith(":") and dep != name
+        }
     return out
 
 
@@ -156,8 +163,10 @@ def test_imports_point_down_the_layers() -> None:
             if dep.startswith(":") or dep == name:
                 continue
             if layer_of(dep) > mine:
-                wrong.append(f"nbserve/{name} line {line} imports {dep} "
-                             f"({layer_name(layer_of(dep))} is above {layer_name(mine)})")
+                wrong.append(
+                    f"nbserve/{name} line {line} imports {dep} "
+                    f"({layer_name(layer_of(dep))} is above {layer_name(mine)})"
+                )
             if name.split(".")[0] in LEAF_FOLDERS and dep not in LEAF_IMPORTS:
                 wrong.append(f"leaf {name} line {line} imports {dep} (leaves import only errors)")
     assert not wrong, "\n".join(wrong)
@@ -167,8 +176,9 @@ def test_every_folder_is_a_layer_and_errors_is_the_bottom() -> None:
     folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     assert folders == {f for layer in FOLDERS for f in layer}
     assert all(layer_of(dep) == -1 for dep in BOTTOM)
-    assert not {dep for dep, _, _ in imports(PACKAGE / "errors.py", "errors")
-                if not dep.startswith(":")}, "errors imports nothing of nbserve"
+    assert not {
+        dep for dep, _, _ in imports(PACKAGE / "errors.py", "errors") if not dep.startswith(":")
+    }, "errors imports nothing of nbserve"
 
 
 def test_no_import_cycles() -> None:
@@ -182,7 +192,7 @@ def test_no_import_cycles() -> None:
         stack.append(node)
         for dep in sorted(edges.get(node, ())):
             if state.get(dep) == 1:
-                cycles.append([*stack[stack.index(dep):], dep])
+                cycles.append([*stack[stack.index(dep) :], dep])
             elif dep not in state:
                 visit(dep)
         stack.pop()
@@ -229,13 +239,15 @@ def test_functions_stay_short(name: str) -> None:
     long = long_functions(modules()[name].read_text(), MAX_FUNCTION_LINES)
     assert not long, "\n".join(
         f"nbserve/{name}: {fn} (line {line}) is {length} lines; split it by what it does"
-        for fn, line, length in long)
+        for fn, line, length in long
+    )
 
 
 def test_the_length_check_counts_a_function_with_its_body() -> None:
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
     assert long_functions(f"def f():\n{body}\n", MAX_FUNCTION_LINES) == [
-        ("f", 1, MAX_FUNCTION_LINES + 1)]
+        ("f", 1, MAX_FUNCTION_LINES + 1)
+    ]
     assert long_functions("def g():\n    return 1\n", MAX_FUNCTION_LINES) == []
 
 
@@ -252,10 +264,12 @@ def test_the_checker_sees_function_level_and_skips_type_checking_imports() -> No
 
 def test_nbserve_modules_are_imported_at_module_level() -> None:
     """Function-level imports are for deferring heavy third-party packages, not nbserve's own."""
-    late = [f"nbserve/{name} line {line} imports {dep} inside a function"
-            for name, path in modules().items()
-            for dep, line, in_function in imports(path, name)
-            if in_function and not dep.startswith(":")]
+    late = [
+        f"nbserve/{name} line {line} imports {dep} inside a function"
+        for name, path in modules().items()
+        for dep, line, in_function in imports(path, name)
+        if in_function and not dep.startswith(":")
+    ]
     assert not late, "\n".join(late)
 
 

@@ -44,21 +44,31 @@ def test_haproxy_runs_on_loopback_through_the_wrapper(tmp_path: Path) -> None:
 
     short = tempfile.mkdtemp(prefix="nbray-", dir="/tmp")  # as the head's: HAProxy's sockets
     try:
-        env = haproxy.loopback_env({"RAY_SERVE_ENABLE_HA_PROXY": "1",
-                                  "RAY_SERVE_HAPROXY_BINARY_PATH": "/bin/echo"}, tmp_path, short)
+        env = haproxy.loopback_env(
+            {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": "/bin/echo"},
+            tmp_path,
+            short,
+        )
     finally:
         shutil.rmtree(short)
     assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(tmp_path / "haproxy-loopback")
     assert all(v.startswith(short) for k, v in env.items() if k != "RAY_SERVE_HAPROXY_BINARY_PATH")
     config = tmp_path / "haproxy.cfg"
-    config.write_text("frontend prometheus\n    bind :9101\nfrontend http_frontend\n"
-                      "    bind 127.0.0.1:8000\nlisten stats\n  bind *:8404\n"
-                      "    server r1 10.0.0.7:30001 check\n")
-    out = subprocess.run([env["RAY_SERVE_HAPROXY_BINARY_PATH"], "-db", "-f", str(config),
-                          "-sf", "12"], capture_output=True, text=True, check=True).stdout
+    config.write_text(
+        "frontend prometheus\n    bind :9101\nfrontend http_frontend\n"
+        "    bind 127.0.0.1:8000\nlisten stats\n  bind *:8404\n"
+        "    server r1 10.0.0.7:30001 check\n"
+    )
+    out = subprocess.run(
+        [env["RAY_SERVE_HAPROXY_BINARY_PATH"], "-db", "-f", str(config), "-sf", "12"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.split() == ["-db", "-f", f"{config}.loopback", "-sf", "12"]
     assert Path(f"{config}.loopback").read_text() == config.read_text().replace(
-        "bind :9101", "bind 127.0.0.1:9101").replace("bind *:8404", "bind 127.0.0.1:8404")
+        "bind :9101", "bind 127.0.0.1:9101"
+    ).replace("bind *:8404", "bind 127.0.0.1:8404")
     assert haproxy.loopback_env({}, tmp_path, str(tmp_path)) == {}  # no HAProxy, no wrapper
 
 
@@ -67,11 +77,22 @@ def test_stale_state_is_forgotten(tmp_path: Path) -> None:
     dead.wait()
     state = tmp_path / "local" / "cluster.json"
     state.parent.mkdir(parents=True)
-    state.write_text(json.dumps({
-        "pid": dead.pid, "client_port": 1, "dashboard_port": 2, "metrics_port": 3,
-        "serve_port": 4, "gcs_port": 5, "token_path": "/x", "temp_dir": "/y", "num_cpus": 8,
-        "started_at": 0.0,
-    }))
+    state.write_text(
+        json.dumps(
+            {
+                "pid": dead.pid,
+                "client_port": 1,
+                "dashboard_port": 2,
+                "metrics_port": 3,
+                "serve_port": 4,
+                "gcs_port": 5,
+                "token_path": "/x",
+                "temp_dir": "/y",
+                "num_cpus": 8,
+                "started_at": 0.0,
+            }
+        )
+    )
     assert local.find(tmp_path) is None
     assert not state.exists()
     assert local.down(tmp_path) is False
@@ -83,11 +104,22 @@ def test_target_of_a_head_this_call_did_not_start_does_not_own_it(tmp_path: Path
     try:
         state = tmp_path / "local" / "cluster.json"
         state.parent.mkdir(parents=True)
-        state.write_text(json.dumps({
-            "pid": stand_in.pid, "client_port": 1, "dashboard_port": 2, "metrics_port": 3,
-            "serve_port": 4, "gcs_port": 5, "token_path": "/x", "temp_dir": "/y",
-            "num_cpus": 8, "started_at": 0.0,
-        }))
+        state.write_text(
+            json.dumps(
+                {
+                    "pid": stand_in.pid,
+                    "client_port": 1,
+                    "dashboard_port": 2,
+                    "metrics_port": 3,
+                    "serve_port": 4,
+                    "gcs_port": 5,
+                    "token_path": "/x",
+                    "temp_dir": "/y",
+                    "num_cpus": 8,
+                    "started_at": 0.0,
+                }
+            )
+        )
         assert local.find(tmp_path) is not None  # else target() would start a real head
         target = local.target(base=tmp_path)
         assert target.kind == "local" and target.address == "ray://127.0.0.1:1"
@@ -96,8 +128,12 @@ def test_target_of_a_head_this_call_did_not_start_does_not_own_it(tmp_path: Path
         assert isinstance(target.provider, local.LocalProvider)
         assert not target.provider.created
         with pytest.raises(ClusterError, match="did not start it"):
-            target.provider.down(force=False, timeout=1, progress=False,
-                                 disconnect=lambda: pytest.fail("disconnected before refusing"))
+            target.provider.down(
+                force=False,
+                timeout=1,
+                progress=False,
+                disconnect=lambda: pytest.fail("disconnected before refusing"),
+            )
         assert stand_in.poll() is None and state.exists()
     finally:
         stand_in.kill()
@@ -106,23 +142,37 @@ def test_target_of_a_head_this_call_did_not_start_does_not_own_it(tmp_path: Path
 
 def head_stand_in(temp_dir: str) -> subprocess.Popen[bytes]:
     """A process group leader whose command line reads like the head's ``ray start``."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "start",
-                             f"--temp-dir={temp_dir}"], start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "start", f"--temp-dir={temp_dir}"],
+        start_new_session=True,
+    )
 
 
 def write_state(base: Path, pid: int, temp_dir: str) -> Path:
     state = base / "local" / "cluster.json"
     state.parent.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({
-        "pid": pid, "client_port": 1, "dashboard_port": 2, "metrics_port": 3, "serve_port": 4,
-        "gcs_port": 5, "token_path": "/x", "temp_dir": temp_dir, "num_cpus": 8,
-        "started_at": 0.0,
-    }))
+    state.write_text(
+        json.dumps(
+            {
+                "pid": pid,
+                "client_port": 1,
+                "dashboard_port": 2,
+                "metrics_port": 3,
+                "serve_port": 4,
+                "gcs_port": 5,
+                "token_path": "/x",
+                "temp_dir": temp_dir,
+                "num_cpus": 8,
+                "started_at": 0.0,
+            }
+        )
+    )
     return state
 
 
 def test_down_stops_only_the_head_it_started_not_a_process_that_took_its_pid(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """A recorded pid now belongs to another program (pids are reused): it is left alone."""
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
@@ -153,8 +203,11 @@ def test_unreadable_state_is_forgotten(tmp_path: Path) -> None:
 
 def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nbserve.cli", *args], capture_output=True, text=True,
-        timeout=400, env={**os.environ, "NBSERVE_HOME": str(home)},
+        [sys.executable, "-m", "nbserve.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, "NBSERVE_HOME": str(home)},
     )
 
 
@@ -200,7 +253,10 @@ def test_cli_up_attach_status_down_stops_only_its_own_processes(tmp_path: Path) 
         # Listing, deleting and reading metrics never start Serve (it would listen where
         # Serve's defaults say, 0.0.0.0:8000, not where nbserve's endpoints point).
         probe = subprocess.run(
-            [sys.executable, "-c", NO_SERVE_PROBE], capture_output=True, text=True, timeout=400,
+            [sys.executable, "-c", NO_SERVE_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=400,
             env={**os.environ, "NBSERVE_HOME": str(tmp_path)},
         )
         assert probe.stdout.split() == ["True", "True", "0"], probe.stderr[-3000:]
@@ -222,8 +278,12 @@ def test_cli_up_attach_status_down_stops_only_its_own_processes(tmp_path: Path) 
 def test_descendants_include_those_that_left_the_process_group() -> None:
     """Serve's HAProxy starts in a session of its own; down() must still find it."""
     parent = subprocess.Popen(
-        [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, "
-         "'-c', 'import time; time.sleep(60)'], start_new_session=True); time.sleep(60)"],
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time; subprocess.Popen([sys.executable, "
+            "'-c', 'import time; time.sleep(60)'], start_new_session=True); time.sleep(60)",
+        ],
         start_new_session=True,
     )
     try:
@@ -256,14 +316,20 @@ def processes_of(base: Path) -> list[int]:
 
 # Python ignores SIGINT when it starts with SIGINT ignored (a background job of a shell): the
 # interrupt test puts the default handler back, as a notebook kernel has it.
-UP = ("import signal, sys, pathlib; signal.signal(signal.SIGINT, signal.default_int_handler); "
-      "from nbserve import local; print(local.up(base=pathlib.Path(sys.argv[1])).pid)")
+UP = (
+    "import signal, sys, pathlib; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from nbserve import local; print(local.up(base=pathlib.Path(sys.argv[1])).pid)"
+)
 
 
 @pytest.mark.integration
 def test_two_up_at_once_start_one_head(tmp_path: Path) -> None:
-    runs = [subprocess.Popen([sys.executable, "-c", UP, str(tmp_path)], stdout=subprocess.PIPE,
-                             text=True) for _ in range(2)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", UP, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     try:
         pids = {run.communicate(timeout=300)[0].strip() for run in runs}
         assert all(run.returncode == 0 for run in runs)
@@ -275,8 +341,12 @@ def test_two_up_at_once_start_one_head(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_an_interrupted_up_leaves_no_head_running(tmp_path: Path) -> None:
-    run = subprocess.Popen([sys.executable, "-c", UP, str(tmp_path)], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-c", UP, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not processes_of(tmp_path) and time.monotonic() < deadline:

@@ -46,9 +46,18 @@ class Recorded(Payload):
 
 def payloads() -> list[Recorded]:
     index = json.loads((FIXTURES / "index.json").read_text())
-    return [cast(Recorded, dict(entry, nodes={node: (FIXTURES / name).read_text()
-                                              for node, name in entry["nodes"].items()}))
-            for entry in index]
+    return [
+        cast(
+            Recorded,
+            dict(
+                entry,
+                nodes={
+                    node: (FIXTURES / name).read_text() for node, name in entry["nodes"].items()
+                },
+            ),
+        )
+        for entry in index
+    ]
 
 
 def run(entries: Sequence[Payload], window: MetricsWindow | None = None) -> list[Snapshot]:
@@ -88,8 +97,11 @@ def test_real_labels_identify_app_and_replica(entries: list[Recorded]) -> None:
     assert {s.labels["model_name"] for s in engine} == {"tiny"}
     # ... and Serve's carry the application; its replica label is the engines' ReplicaId.
     assert all(s.labels.get("application") == APP for s in serve)
-    healthy = {s.labels["replica"]: s.labels["deployment"] for s in serve
-               if s.name == "ray_serve_deployment_replica_healthy"}
+    healthy = {
+        s.labels["replica"]: s.labels["deployment"]
+        for s in serve
+        if s.name == "ray_serve_deployment_replica_healthy"
+    }
     assert healthy[OLD] == "LLMServer:tiny"
     assert {s.labels["ReplicaId"] for s in engine} == {OLD}
 
@@ -112,8 +124,7 @@ def test_first_snapshot_has_no_rates(snaps: list[Snapshot]) -> None:
     assert first.ttft_p50_s is None and first.error_rate is None
 
 
-def test_rates_and_gauges_under_load(entries: list[Recorded],
-                                     snaps: list[Snapshot]) -> None:
+def test_rates_and_gauges_under_load(entries: list[Recorded], snaps: list[Snapshot]) -> None:
     last = snaps[phase(entries, "load")[-1]]
     assert last.tokens_per_s is not None and last.tokens_per_s > 100
     assert last.prompt_tokens_per_s is not None and last.prompt_tokens_per_s > 0
@@ -141,8 +152,9 @@ def test_rate_is_the_counter_increase_between_changes(entries: list[Recorded]) -
     got = run(entries[: load[-1] + 1], window)[-1].tokens_per_s
     seen: list[tuple[float, float]] = []
     for entry in entries[: load[-1] + 1]:
-        values = [s.value for s in parse(text(entry))
-                  if s.name == "ray_vllm_generation_tokens_total"]
+        values = [
+            s.value for s in parse(text(entry)) if s.name == "ray_vllm_generation_tokens_total"
+        ]
         if values and (not seen or values[0] != seen[-1][1]):
             seen.append((entry["time"], values[0]))
     (t0, v0), (t1, v1) = seen[1], seen[-1]  # the first change only marks the export's phase
@@ -155,8 +167,11 @@ def test_ttft_percentiles_come_from_bucket_deltas(entries: list[Recorded]) -> No
     snap = run(entries[: load[-1] + 1], window)[-1]
 
     def buckets(entry: Recorded) -> list[tuple[float, float]]:
-        return sorted((float(s.labels["le"]), s.value) for s in parse(text(entry))
-                      if s.name == "ray_vllm_time_to_first_token_seconds_bucket")
+        return sorted(
+            (float(s.labels["le"]), s.value)
+            for s in parse(text(entry))
+            if s.name == "ray_vllm_time_to_first_token_seconds_bucket"
+        )
 
     changes: list[list[tuple[float, float]]] = []
     for entry in entries[: load[-1] + 1]:
@@ -171,8 +186,9 @@ def test_ttft_percentiles_come_from_bucket_deltas(entries: list[Recorded]) -> No
     assert snap.ttft_p95_s != pytest.approx(histogram_quantile(0.95, last))
 
 
-def test_rolling_restart_forgets_the_old_replica(entries: list[Recorded],
-                                                 snaps: list[Snapshot]) -> None:
+def test_rolling_restart_forgets_the_old_replica(
+    entries: list[Recorded], snaps: list[Snapshot]
+) -> None:
     rolling = [snaps[i] for i in phase(entries, "rolling")]
     assert any(s.replicas.starting == 1 and s.replicas.running == 0 for s in rolling)
     rolled = [snaps[i] for i in phase(entries, "rolled")]
@@ -194,8 +210,10 @@ def counter(values: dict[str, float], name: str = "ray_vllm_generation_tokens_to
 
 def rates(steps: list[tuple[float, dict[str, float]]], **kw: float) -> list[float | None]:
     window = MetricsWindow("m", **kw)
-    return [window.update(Scrape.from_texts([counter(v)], t, replica_ids=v)).tokens_per_s
-            for t, v in steps]
+    return [
+        window.update(Scrape.from_texts([counter(v)], t, replica_ids=v)).tokens_per_s
+        for t, v in steps
+    ]
 
 
 def test_a_counter_that_drops_was_reset_and_counts_its_new_value() -> None:
@@ -204,16 +222,32 @@ def test_a_counter_that_drops_was_reset_and_counts_its_new_value() -> None:
 
 
 def test_unchanged_scrapes_keep_the_rate_until_the_series_goes_idle() -> None:
-    got = rates([(0, {"a": 0}), (10, {"a": 100}), (12, {"a": 100}), (20, {"a": 300}),
-                 (25, {"a": 300}), (41, {"a": 300})], hold_s=20)
+    got = rates(
+        [
+            (0, {"a": 0}),
+            (10, {"a": 100}),
+            (12, {"a": 100}),
+            (20, {"a": 300}),
+            (25, {"a": 300}),
+            (41, {"a": 300}),
+        ],
+        hold_s=20,
+    )
     assert got == [None, None, None, 20.0, 20.0, 0.0]
 
 
 def test_a_replica_that_disappears_or_appears_gives_no_jump() -> None:
-    got = rates([(0, {"a": 0, "b": 0}), (10, {"a": 100, "b": 1000}), (20, {"a": 200, "b": 2000}),
-                 (30, {"a": 300}),                        # b stopped: forgotten, no negative
-                 (40, {"a": 400, "c": 5000}),             # c new: a baseline, not 5000 tokens
-                 (50, {"a": 500, "c": 5100}), (60, {"a": 600, "c": 5200})])
+    got = rates(
+        [
+            (0, {"a": 0, "b": 0}),
+            (10, {"a": 100, "b": 1000}),
+            (20, {"a": 200, "b": 2000}),
+            (30, {"a": 300}),  # b stopped: forgotten, no negative
+            (40, {"a": 400, "c": 5000}),  # c new: a baseline, not 5000 tokens
+            (50, {"a": 500, "c": 5100}),
+            (60, {"a": 600, "c": 5200}),
+        ]
+    )
     assert got == [None, None, 110.0, 10.0, 10.0, 10.0, 20.0]
 
 
@@ -222,11 +256,19 @@ def test_a_series_missing_from_one_scrape_keeps_its_rate() -> None:
     # so its counter is not a new baseline when it comes back (that hid tokens/s for 20 s).
     window = MetricsWindow("m", hold_s=20)
     got = []
-    for t, values, ids in [(0, {"a": 0}, {"a"}), (10, {"a": 100}, {"a"}), (20, {"a": 300}, {"a"}),
-                           (22, {}, {"a"}), (30, {"a": 500}, {"a"}),
-                           (40, {}, set()), (62, {}, set()), (63, {"a": 900}, {"a"})]:
-        got.append(window.update(Scrape.from_texts([counter(values)], t,
-                                                   replica_ids=ids)).tokens_per_s)
+    for t, values, ids in [
+        (0, {"a": 0}, {"a"}),
+        (10, {"a": 100}, {"a"}),
+        (20, {"a": 300}, {"a"}),
+        (22, {}, {"a"}),
+        (30, {"a": 500}, {"a"}),
+        (40, {}, set()),
+        (62, {}, set()),
+        (63, {"a": 900}, {"a"}),
+    ]:
+        got.append(
+            window.update(Scrape.from_texts([counter(values)], t, replica_ids=ids)).tokens_per_s
+        )
     # t=22: the rate holds; t=30: measured from the changes before the gap; t=62: missing for
     # longer than hold_s, forgotten; t=63: a baseline again.
     assert got == [None, None, 20.0, 20.0, 20.0, 20.0, 0.0, None]
@@ -236,9 +278,18 @@ def test_series_of_other_apps_are_left_out(entries: list[Recorded]) -> None:
     load = phase(entries, "load")
     own = run(entries[: load[-1] + 1])[-1]
     other: list[Recorded] = [
-        {**e, "nodes": {n: t + t.replace('application="tiny"', 'application="other"')
-                        .replace(OLD, "zzzzzzzz").replace('WorkerId="', 'WorkerId="x')
-                        for n, t in e["nodes"].items()}} for e in entries[: load[-1] + 1]]
+        {
+            **e,
+            "nodes": {
+                n: t
+                + t.replace('application="tiny"', 'application="other"')
+                .replace(OLD, "zzzzzzzz")
+                .replace('WorkerId="', 'WorkerId="x')
+                for n, t in e["nodes"].items()
+            },
+        }
+        for e in entries[: load[-1] + 1]
+    ]
     mixed = run(other)[-1]
     assert mixed.tokens_per_s == pytest.approx(own.tokens_per_s)
     assert mixed.request_rate == pytest.approx(own.request_rate)
@@ -272,13 +323,19 @@ def test_ttft_window_by_hand() -> None:
     def ttft(counts: Sequence[float]) -> str:
         bounds = ["0.1", "0.5", "1.0", "+Inf"]
         lines = ["# TYPE ray_vllm_time_to_first_token_seconds histogram"]
-        lines += [f'ray_vllm_time_to_first_token_seconds_bucket{{ReplicaId="a",le="{le}"}} {c}'
-                  for le, c in zip(bounds, counts, strict=True)]
+        lines += [
+            f'ray_vllm_time_to_first_token_seconds_bucket{{ReplicaId="a",le="{le}"}} {c}'
+            for le, c in zip(bounds, counts, strict=True)
+        ]
         return "\n".join(lines) + "\n"
 
     window = MetricsWindow("m")
-    for t, counts in [(0, [0, 0, 0, 0]), (10, [5, 5, 5, 5]), (20, [7, 11, 12, 12]),
-                      (25, [7, 11, 12, 12])]:
+    for t, counts in [
+        (0, [0, 0, 0, 0]),
+        (10, [5, 5, 5, 5]),
+        (20, [7, 11, 12, 12]),
+        (25, [7, 11, 12, 12]),
+    ]:
         snap = window.update(Scrape.from_texts([ttft(counts)], t, replica_ids={"a"}))
     # Between the changes at 10 s and 20 s: 2 under 0.1 s, 4 in (0.1, 0.5], 1 in (0.5, 1].
     assert snap.ttft_p50_s == pytest.approx(0.1 + 0.4 * 1.5 / 4)
@@ -286,7 +343,8 @@ def test_ttft_window_by_hand() -> None:
 
 
 def test_the_autoscaler_view_reads_serves_gauges_for_the_model_servers(
-        entries: list[Recorded]) -> None:
+    entries: list[Recorded],
+) -> None:
     """A real scrape of the local head, 8 requests in flight against an app with
     ``target_ongoing_requests=2`` and ``max_replicas=2`` while its second replica started
     (tests/fixtures/autoscaling). The router's series (``LLMRouter``) are not the servers'."""
@@ -299,23 +357,33 @@ def test_the_autoscaler_view_reads_serves_gauges_for_the_model_servers(
     assert str(auto) == "scaling up to 2: 8 ongoing > 2 × 1 replica"
     assert ("autoscaler", str(auto)) in snap.rows()
     steady = MetricsWindow("nb-autoscaling").update(
-        Scrape.from_texts([text], 0.0, replicas=Replicas(running=2, starting=0, target=2)))
+        Scrape.from_texts([text], 0.0, replicas=Replicas(running=2, starting=0, target=2))
+    )
     assert str(steady.autoscaler) == "steady: 8 ongoing, 2 replicas"
     # An app with a fixed replica count exports none of them.
     fixed = MetricsWindow(APP).update(Scrape.from_payload(entries[-1]))
     assert fixed.autoscaler is None and ("autoscaler", "-") in fixed.rows()
 
 
-def test_a_stopping_replica_has_no_kv_cache_bar(entries: list[Recorded],
-                                                snaps: list[Snapshot]) -> None:
+def test_a_stopping_replica_has_no_kv_cache_bar(
+    entries: list[Recorded], snaps: list[Snapshot]
+) -> None:
     """In the recorded roll, Serve lists the old replica as STOPPING while Ray still exports
     its series: it gets no bar (at zero replicas no stale bar stays), its counters still count."""
-    (i,) = [i for i, e in enumerate(entries)
-            if "STOPPING" in [s for d in e["deployments"].values() for s in d["replicas"].values()]]
-    stopping = {r for d in entries[i]["deployments"].values()
-                for r, s in d["replicas"].items() if s == "STOPPING"}
-    assert any(s.labels.get("ReplicaId") in stopping
-               for s in Scrape.from_payload(entries[i]).samples)  # still exported
+    (i,) = [
+        i
+        for i, e in enumerate(entries)
+        if "STOPPING" in [s for d in e["deployments"].values() for s in d["replicas"].values()]
+    ]
+    stopping = {
+        r
+        for d in entries[i]["deployments"].values()
+        for r, s in d["replicas"].items()
+        if s == "STOPPING"
+    }
+    assert any(
+        s.labels.get("ReplicaId") in stopping for s in Scrape.from_payload(entries[i]).samples
+    )  # still exported
     assert not stopping & set(snaps[i].kv_cache_usage)
     assert stopping & set(snaps[i - 1].kv_cache_usage)  # it had one while running
 
@@ -323,7 +391,9 @@ def test_a_stopping_replica_has_no_kv_cache_bar(entries: list[Recorded],
 def test_the_autoscaler_says_which_way_it_goes() -> None:
     down = Autoscaler(ongoing=1, target_per_replica=2, desired=1, target=1, running=2)
     assert (down.decision, str(down)) == (
-        "scaling down", "scaling down to 1: 1 ongoing < 2 × 2 replicas")
+        "scaling down",
+        "scaling down to 1: 1 ongoing < 2 × 2 replicas",
+    )
     # At zero replicas Serve's policy gauge may still say 1; its target (0) decides.
     idle = Autoscaler(ongoing=0, target_per_replica=2, desired=1, target=0, running=0)
     assert (idle.decision, str(idle)) == ("steady", "steady: 0 ongoing, 0 replicas, wants 1")
@@ -335,14 +405,37 @@ def test_the_autoscaler_says_which_way_it_goes() -> None:
 
 
 def test_snapshot_html_shows_the_numbers() -> None:
-    snap = Snapshot(app="tiny", time=0.0, replicas=Replicas(2, 1, 3),
-                    kv_cache_usage={"r1": 0.25, "r2": 0.5}, requests_running=7,
-                    requests_waiting=3, tokens_per_s=412.5, prompt_tokens_per_s=12.25,
-                    request_rate=2.5, error_rate=0.25, ttft_p50_s=0.093, ttft_p95_s=0.445,
-                    itl_p50_s=0.012)
+    snap = Snapshot(
+        app="tiny",
+        time=0.0,
+        replicas=Replicas(2, 1, 3),
+        kv_cache_usage={"r1": 0.25, "r2": 0.5},
+        requests_running=7,
+        requests_waiting=3,
+        tokens_per_s=412.5,
+        prompt_tokens_per_s=12.25,
+        request_rate=2.5,
+        error_rate=0.25,
+        ttft_p50_s=0.093,
+        ttft_p95_s=0.445,
+        itl_p50_s=0.012,
+    )
     page = snap._repr_html_()
-    for part in ["tiny", "2 running, 1 starting, target 3", "r1 25.0%", "r2 50.0%", "7 / 3",
-                 "412.5", "12.2", "2.50", "0.25", "93 ms", "445 ms", "12 ms", "<table>"]:
+    for part in [
+        "tiny",
+        "2 running, 1 starting, target 3",
+        "r1 25.0%",
+        "r2 50.0%",
+        "7 / 3",
+        "412.5",
+        "12.2",
+        "2.50",
+        "0.25",
+        "93 ms",
+        "445 ms",
+        "12 ms",
+        "<table>",
+    ]:
         assert part in page, part
     assert "-" in Snapshot(app="x", time=0, replicas=Replicas(0, 0, None))._repr_html_()
 
@@ -353,10 +446,17 @@ def test_snapshot_html_shows_the_numbers() -> None:
 def compacted(entry: Payload) -> Payload:
     """What ``collect`` returns (rows) for a recorded raw payload, given the metrics table."""
     ids = {r for d in entry["deployments"].values() for r in d["replicas"]}
-    rows = collector.compact(entry["nodes"].values(), APP, ids, metrics.SAMPLES,
-                             metrics.DROP_LABELS)
-    return Payload(app=entry["app"], time=entry["time"], found=entry["found"],
-                   deployments=entry["deployments"], samples=rows, errors=entry["errors"])
+    rows = collector.compact(
+        entry["nodes"].values(), APP, ids, metrics.SAMPLES, metrics.DROP_LABELS
+    )
+    return Payload(
+        app=entry["app"],
+        time=entry["time"],
+        found=entry["found"],
+        deployments=entry["deployments"],
+        samples=rows,
+        errors=entry["errors"],
+    )
 
 
 def test_collector_rows_keep_the_snapshots(entries: list[Recorded]) -> None:
@@ -398,7 +498,9 @@ def test_select_families_keeps_headers_and_samples() -> None:
     kept = collector.select_families(full, metrics.family_names())
     assert "ray_other" not in kept
     assert [s.name for s in parse(kept)] == [
-        "ray_vllm_generation_tokens_total", "ray_vllm_num_requests_running"]
+        "ray_vllm_generation_tokens_total",
+        "ray_vllm_num_requests_running",
+    ]
 
 
 class _TokenServer(http.server.BaseHTTPRequestHandler):
@@ -437,8 +539,9 @@ def test_replicas_are_the_model_servers_whichever_deployment_is_the_ingress(
     """With Serve LLM's direct streaming the LLMServer is the ingress and LLMRouter is not."""
     entry = entries[phase(entries, "load")[-1]]
     direct = {
-        "LLMServer:tiny": DeploymentInfo(ingress=True, target=2,
-                                         replicas={"a": "RUNNING", "b": "STARTING"}),
+        "LLMServer:tiny": DeploymentInfo(
+            ingress=True, target=2, replicas={"a": "RUNNING", "b": "STARTING"}
+        ),
         "LLMRouter": DeploymentInfo(ingress=False, target=1, replicas={"r": "RUNNING"}),
     }
     routed: Recorded = {**entry, "deployments": direct}
@@ -488,12 +591,15 @@ def test_the_cluster_scrape_refuses_without_a_session() -> None:
     import subprocess
     import sys
 
-    code = ("from nbserve.errors import ConnectionFailed\n"
-            "from nbserve.observe.sources import ClusterScrape\n"
-            "try:\n    ClusterScrape().scrape('tiny')\n"
-            "except ConnectionFailed as err:\n    print('refused:', err)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    code = (
+        "from nbserve.errors import ConnectionFailed\n"
+        "from nbserve.observe.sources import ClusterScrape\n"
+        "try:\n    ClusterScrape().scrape('tiny')\n"
+        "except ConnectionFailed as err:\n    print('refused:', err)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     assert "refused:" in out and "no open Ray session" in out, out
 
 
@@ -523,23 +629,41 @@ def test_the_nodes_of_the_apps_replicas_and_their_gpus() -> None:
     """Ray's node gauges of a GPU node (no GPU here, so a text in Ray's format): only the
     nodes the app's replicas run on are kept, a node's GPUs are averaged and summed, and a
     node without GPUs has none (absent, not zero)."""
-    rows = collector.compact([GPU_NODE], APP, {"r1"}, metrics.SAMPLES, metrics.DROP_LABELS,
-                             node_ips={"10.0.0.7"})
+    rows = collector.compact(
+        [GPU_NODE], APP, {"r1"}, metrics.SAMPLES, metrics.DROP_LABELS, node_ips={"10.0.0.7"}
+    )
     assert {r[1]["ip"] for r in rows} == {"10.0.0.7"}  # the other node runs none of the app's
     assert all("GpuUuid" not in r[1] and "SessionName" not in r[1] for r in rows)
-    payload = Payload(app=APP, time=1.0, found=True, errors={}, samples=rows, deployments={
-        "LLMServer:tiny": DeploymentInfo(ingress=False, target=1, replicas={"r1": "RUNNING"},
-                                         nodes=["10.0.0.7"])})
+    payload = Payload(
+        app=APP,
+        time=1.0,
+        found=True,
+        errors={},
+        samples=rows,
+        deployments={
+            "LLMServer:tiny": DeploymentInfo(
+                ingress=False, target=1, replicas={"r1": "RUNNING"}, nodes=["10.0.0.7"]
+            )
+        },
+    )
     node = MetricsWindow(APP).update(Scrape.from_payload(payload)).health.nodes["10.0.0.7"]
     assert (node.cpu_pct, node.cpus, node.gpu_pct) == (40.0, 8.0, 80.0)
     assert (node.mem_used, node.mem_total) == (2**34, 2**35)
     assert (node.gpu_mem_used, node.gpu_mem_total) == (2**34, 3 * 2**34)
-    cpu_only = "\n".join(line for line in GPU_NODE.splitlines()
-                         if "gpus_" not in line and "gram_" not in line) + "\n"
-    rows = collector.compact([cpu_only], APP, {"r1"}, metrics.SAMPLES, metrics.DROP_LABELS,
-                             node_ips={"10.0.0.7"})
-    node = MetricsWindow(APP).update(Scrape.from_payload({**payload, "samples": rows})) \
+    cpu_only = (
+        "\n".join(
+            line for line in GPU_NODE.splitlines() if "gpus_" not in line and "gram_" not in line
+        )
+        + "\n"
+    )
+    rows = collector.compact(
+        [cpu_only], APP, {"r1"}, metrics.SAMPLES, metrics.DROP_LABELS, node_ips={"10.0.0.7"}
+    )
+    node = (
+        MetricsWindow(APP)
+        .update(Scrape.from_payload({**payload, "samples": rows}))
         .health.nodes["10.0.0.7"]
+    )
     assert node.cpu_pct == 40.0 and (node.gpu_pct, node.gpu_mem_used) == (None, None)
     assert "GPU" not in str(node)
 
@@ -551,12 +675,17 @@ def test_where_the_time_went_and_the_engines_health_under_a_real_load() -> None:
     """tests/fixtures/latency (``scripts/capture_metrics.py --load-only``): the local head
     under 16 concurrent 200-token completions, every family of the table in its raw text."""
     index = json.loads((LATENCY / "index.json").read_text())
-    entries = [cast(Recorded, dict(e, nodes={n: (LATENCY / f).read_text()
-                                             for n, f in e["nodes"].items()})) for e in index]
+    entries = [
+        cast(Recorded, dict(e, nodes={n: (LATENCY / f).read_text() for n, f in e["nodes"].items()}))
+        for e in index
+    ]
     samples = parse(text(entries[-1]))
     # The engine took nbserve's finer bounds for its request phases, not vLLM's (0.3 s up).
-    bounds = {float(s.labels["le"]) for s in samples
-              if s.name == "ray_vllm_request_queue_time_seconds_bucket"}
+    bounds = {
+        float(s.labels["le"])
+        for s in samples
+        if s.name == "ray_vllm_request_queue_time_seconds_bucket"
+    }
     assert min(bounds) == 0.001 and 0.3 not in bounds
     assert any(s.name == "ray_serve_http_request_latency_ms_bucket" for s in samples)
     snaps = run(entries)

@@ -31,8 +31,12 @@ def test_metrics_under_load(local_head: LocalHead, tiny_app: nbserve.App) -> Non
         client = app.openai(timeout=300)
         while not stop.is_set():
             try:
-                client.completions.create(model=app.model, prompt="def main(", max_tokens=200,
-                                          extra_body={"ignore_eos": True})
+                client.completions.create(
+                    model=app.model,
+                    prompt="def main(",
+                    max_tokens=200,
+                    extra_body={"ignore_eos": True},
+                )
             except Exception as err:  # noqa: BLE001 - reported by the test below
                 failures.append(err)
                 return
@@ -41,7 +45,8 @@ def test_metrics_under_load(local_head: LocalHead, tiny_app: nbserve.App) -> Non
     resources = contextlib.ExitStack()
     try:
         prom_url = resources.enter_context(
-            running_prometheus([f"127.0.0.1:{local_head.metrics_port}"]))
+            running_prometheus([f"127.0.0.1:{local_head.metrics_port}"])
+        )
         first = app.metrics()
         assert first.app == app.name
         assert first.replicas.running == 1 and first.replicas.target == 1
@@ -52,16 +57,19 @@ def test_metrics_under_load(local_head: LocalHead, tiny_app: nbserve.App) -> Non
         prom: list[Snapshot] = []
 
         def moved(points: list[Snapshot]) -> bool:
-            return any(s.tokens_per_s for s in points) and any(
-                s.kv_cache_usage and max(s.kv_cache_usage.values()) > 0 for s in points) \
+            return (
+                any(s.tokens_per_s for s in points)
+                and any(s.kv_cache_usage and max(s.kv_cache_usage.values()) > 0 for s in points)
                 and any(timed(s) for s in points)
+            )
 
         def checked(snap: Snapshot) -> bool:  # the engine's health, and its node's
             return snap.health.prefix_cache_hit_rate is not None and bool(snap.health.nodes)
 
         def timed(snap: Snapshot) -> bool:  # every phase of the breakdown has a value
-            return all(snap.latency[p].p50 is not None and snap.latency[p].p95 is not None
-                       for p in PHASES)
+            return all(
+                snap.latency[p].p50 is not None and snap.latency[p].p95 is not None for p in PHASES
+            )
 
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and not failures:
@@ -80,8 +88,11 @@ def test_metrics_under_load(local_head: LocalHead, tiny_app: nbserve.App) -> Non
         assert app.name in snaps[-1]._repr_html_()
         # Where the requests' time went: Serve, the engine's queue, prefill, decode, the whole.
         latency = next(s.latency for s in reversed(snaps) if timed(s))
-        assert all(0 <= p.p50 <= p.p95 for phase, p in latency.items()  # type: ignore[operator]
-                   if phase != "serve"), latency  # serve's is a difference of percentiles
+        assert all(
+            0 <= p.p50 <= p.p95
+            for phase, p in latency.items()  # type: ignore[operator]
+            if phase != "serve"
+        ), latency  # serve's is a difference of percentiles
         assert latency["serve"].p50 >= 0 and latency["serve"].p95 >= 0  # type: ignore[operator]
         assert latency["prefill"].p50 <= latency["e2e"].p95  # type: ignore[operator]
         assert "decode p50 / p95" in snaps[-1]._repr_html_()
@@ -100,8 +111,9 @@ def test_metrics_under_load(local_head: LocalHead, tiny_app: nbserve.App) -> Non
         # The same load through Prometheus: the same replica, rates from its scrapes.
         assert any(s.tokens_per_s is not None and s.tokens_per_s > 0 for s in prom), prom
         assert any(max(s.kv_cache_usage.values(), default=0) > 0 for s in prom), prom
-        assert {r for s in prom for r in s.kv_cache_usage} <= {r for s in snaps
-                                                               for r in s.kv_cache_usage}
+        assert {r for s in prom for r in s.kv_cache_usage} <= {
+            r for s in snaps for r in s.kv_cache_usage
+        }
         assert prom[-1].replicas.running == 1
     finally:
         resources.close()

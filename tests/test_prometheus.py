@@ -79,7 +79,7 @@ def test_the_query_selects_every_family_nbserve_reads() -> None:
     query = Prometheus("http://p:9090/").query
     assert query.startswith('{__name__=~"(') and query.endswith(')(_total|_bucket)?"}')
     assert "ray_vllm_kv_cache_usage_perc" in query and "ray_serve_num_http_requests" in query
-    assert query[len('{__name__=~"('):].split(")")[0].split("|") == family_names()  # the table
+    assert query[len('{__name__=~"(') :].split(")")[0].split("|") == family_names()  # the table
     assert Prometheus("http://p:9090/").url == "http://p:9090"
 
 
@@ -126,8 +126,10 @@ def test_a_real_prometheus_gives_the_snapshot_of_the_text(
         payload = Prometheus(url).collect(APP)
         through_reader = MetricsReader(APP).read(prom)
     assert payload["deployments"] == {} and payload["found"] is None and payload["samples"]
-    assert all(set(labels).isdisjoint({"job", "instance"} | DROP_LABELS)
-               for _, labels, _ in payload["samples"])
+    assert all(
+        set(labels).isdisjoint({"job", "instance"} | DROP_LABELS)
+        for _, labels, _ in payload["samples"]
+    )
     assert through_reader.replicas.running == 1 and through_reader.kv_cache_usage
     via_prometheus = MetricsWindow(APP).update(Scrape.from_payload(payload))
     direct = MetricsWindow(APP).update(Scrape.from_texts([text], payload["time"]))
@@ -136,5 +138,7 @@ def test_a_real_prometheus_gives_the_snapshot_of_the_text(
     assert via_prometheus.kv_cache_usage == direct.kv_cache_usage
     assert max(via_prometheus.kv_cache_usage.values()) > 0
     assert (via_prometheus.requests_running, via_prometheus.requests_waiting) == (
-        direct.requests_running, direct.requests_waiting)
+        direct.requests_running,
+        direct.requests_waiting,
+    )
     assert via_prometheus.requests_running > 0

@@ -33,6 +33,7 @@ def flaky(failures: list[BaseException]) -> Callable[[], str]:
         if failures:
             raise failures.pop(0)
         return "ok"
+
     return call
 
 
@@ -112,8 +113,9 @@ def test_threads_that_find_it_lost_together_reopen_it_once(monkeypatch: pytest.M
         return "ok"
 
     results: list[str] = []
-    threads = [threading.Thread(target=lambda: results.append(remote.client(call)))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(remote.client(call))) for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -129,7 +131,8 @@ def test_without_a_session_hook_a_loss_names_the_fix(monkeypatch: pytest.MonkeyP
 
 
 def test_with_no_session_open_the_hook_is_asked_and_refuses(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import nbserve.cluster as session_of  # registers its hook on import
 
     def closed() -> None:

@@ -33,8 +33,11 @@ def app_of(**spec: Any) -> dict[str, Any]:
 
 
 def sample(name: str) -> dict[str, Any]:
-    doc = next(d for d in yaml.safe_load_all((SAMPLES / name).read_text())
-               if d and d.get("kind") in ("RayCluster", "RayService"))
+    doc = next(
+        d
+        for d in yaml.safe_load_all((SAMPLES / name).read_text())
+        if d and d.get("kind") in ("RayCluster", "RayService")
+    )
     return doc if doc["kind"] == "RayCluster" else {"spec": doc["spec"]["rayClusterConfig"]}
 
 
@@ -58,9 +61,13 @@ def test_kuberays_samples_hold_what_their_pods_would_have() -> None:
 
 
 def test_a_raycluster_nbserve_renders_holds_the_replicas_it_was_made_for() -> None:
-    spec = ClusterSpec(name="llm", worker_groups=[
-        WorkerGroup(name="l4", accelerator="l4", gpus_per_worker=2, max_workers=4),
-        WorkerGroup(name="a100", accelerator="a100-80gb", gpus_per_worker=1, max_workers=1)])
+    spec = ClusterSpec(
+        name="llm",
+        worker_groups=[
+            WorkerGroup(name="l4", accelerator="l4", gpus_per_worker=2, max_workers=4),
+            WorkerGroup(name="a100", accelerator="a100-80gb", gpus_per_worker=1, max_workers=1),
+        ],
+    )
     rendered = render_raycluster(spec)
     assert "accelerator_type:A100-80G" in node_shapes(rendered)["a100"]
     rendered["spec"]["workerGroupSpecs"][1]["maxReplicas"] = 0  # a group that has no pod ...
@@ -91,11 +98,13 @@ def test_the_provider_reads_the_groups_from_the_api_server(kube: FakeKube) -> No
     assert shapes is not None and "head" in shapes and len(shapes) >= 2
     assert RayClusterProvider(RayClusterRef("gone", "ray")).node_shapes() is None
     # What a deploy passes on: the KubeRay provider's groups; nothing for a plain address.
-    kuberay = Cluster(Target("ray://127.0.0.1:1", serve_url="http://127.0.0.1:2",
-                             provider=provider))
+    kuberay = Cluster(
+        Target("ray://127.0.0.1:1", serve_url="http://127.0.0.1:2", provider=provider)
+    )
     assert kuberay.node_shapes() == shapes
-    assert Cluster(Target("ray://127.0.0.1:1", serve_url="http://127.0.0.1:2")).node_shapes() \
-        is None
+    assert (
+        Cluster(Target("ray://127.0.0.1:1", serve_url="http://127.0.0.1:2")).node_shapes() is None
+    )
 
 
 MULTI_NODE = """
@@ -118,8 +127,7 @@ finally:
 
 
 @pytest.mark.integration
-def test_a_model_path_is_looked_for_on_a_node_where_the_replica_could_run(
-        tmp_path: Path) -> None:
+def test_a_model_path_is_looked_for_on_a_node_where_the_replica_could_run(tmp_path: Path) -> None:
     """A head without GPUs and an L4 node: two raylets of Ray's own test cluster on this
     machine (it listens on the machine's address while the test runs). The deploy's check is
     sent to the L4 node by node affinity (both raylets share this machine's files, so this
@@ -128,8 +136,12 @@ def test_a_model_path_is_looked_for_on_a_node_where_the_replica_could_run(
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", MULTI_NODE, str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", MULTI_NODE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     found, missing, no_node = proc.stdout.strip().splitlines()[-3:]
     assert found == "''"

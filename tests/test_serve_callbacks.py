@@ -31,8 +31,9 @@ def test_local_paths_skip_the_download_task() -> None:
     applied = local_models(app)
     assert callbacks(applied) == [{"callback_class": LOCAL_MODEL_CALLBACK}] * 2
     assert callbacks(app) == [None, None]  # the declared config (and the record) unchanged
-    assert {k: v for k, v in applied.items() if k != "args"} == \
-        {k: v for k, v in app.items() if k != "args"}
+    assert {k: v for k, v in applied.items() if k != "args"} == {
+        k: v for k, v in app.items() if k != "args"
+    }
 
 
 @pytest.mark.parametrize("models", [("org/tiny",), ("/models/tiny", "org/tiny")])
@@ -52,8 +53,10 @@ def test_the_callback_turns_node_initialization_off() -> None:
 
     from nbserve.hooks.serve_callbacks import LocalModel
 
-    config = LLMConfig(model_loading_config={"model_id": "m", "model_source": "/models/tiny"},
-                       callback_config={"callback_class": LOCAL_MODEL_CALLBACK})
+    config = LLMConfig(
+        model_loading_config={"model_id": "m", "model_source": "/models/tiny"},
+        callback_config={"callback_class": LOCAL_MODEL_CALLBACK},
+    )
     callback = LocalModel(llm_config=config)
     assert callback.ctx.run_init_node is False
     assert config.callback_config.callback_class == LOCAL_MODEL_CALLBACK

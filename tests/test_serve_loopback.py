@@ -18,8 +18,7 @@ from nbserve.local import procs
 from nbserve.remote import thisnode
 
 
-def test_the_hook_moves_the_any_interface_bind_to_loopback(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_hook_moves_the_any_interface_bind_to_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     from ray.serve._private import replica
 
     monkeypatch.setattr(replica, "add_port_to_grpc_server", replica.add_port_to_grpc_server)
@@ -39,5 +38,7 @@ def test_the_hook_moves_the_any_interface_bind_to_loopback(
 def test_the_deploy_names_the_hook_for_the_local_heads_replicas() -> None:
     assert thisnode.LOOPBACK_HOOK == serve_loopback.HOOK
     app = thisnode.grpc_on_loopback({"name": "m", "runtime_env": {"env_vars": {"A": "1"}}})
-    assert app["runtime_env"]["env_vars"] == {"A": "1", thisnode.SETUP_HOOK_VAR:
-                                              serve_loopback.HOOK}
+    assert app["runtime_env"]["env_vars"] == {
+        "A": "1",
+        thisnode.SETUP_HOOK_VAR: serve_loopback.HOOK,
+    }

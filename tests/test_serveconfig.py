@@ -35,8 +35,14 @@ def cpu_demo() -> LLM:
 
 
 def gpu_l4() -> LLM:
-    return LLM("Qwen/Qwen2.5-7B-Instruct", accelerator="L4", min_replicas=0, max_replicas=4,
-               max_model_len=8192, engine=Engine(args={"enable_prefix_caching": True}))
+    return LLM(
+        "Qwen/Qwen2.5-7B-Instruct",
+        accelerator="L4",
+        min_replicas=0,
+        max_replicas=4,
+        max_model_len=8192,
+        engine=Engine(args={"enable_prefix_caching": True}),
+    )
 
 
 CASES: dict[str, tuple[Callable[[], LLM], str]] = {
@@ -89,13 +95,22 @@ def test_scaling_lives_in_deployments_not_in_args(case: str) -> None:
     build, name = CASES[case]
     spec = build()
     app = serve_app(spec, name)
-    scaling_keys = {"deployment_config", "autoscaling_config", "num_replicas", "min_replicas",
-                    "max_replicas", "initial_replicas", "max_ongoing_requests"}
+    scaling_keys = {
+        "deployment_config",
+        "autoscaling_config",
+        "num_replicas",
+        "min_replicas",
+        "max_replicas",
+        "initial_replicas",
+        "max_ongoing_requests",
+    }
     assert not scaling_keys & set(keys(app["args"]))
     assert app["deployments"] == [deployment_override(spec)]
     auto = app["deployments"][0]["autoscaling_config"]
     assert (auto["min_replicas"], auto["max_replicas"]) == (
-        spec.scaling.min_replicas, spec.scaling.max_replicas)
+        spec.scaling.min_replicas,
+        spec.scaling.max_replicas,
+    )
 
 
 def test_scale_to_zero_starts_warm_unless_told() -> None:
@@ -103,8 +118,10 @@ def test_scale_to_zero_starts_warm_unless_told() -> None:
     cold = gpu_l4().with_changes(initial_replicas=0)
     assert deployment_override(cold)["autoscaling_config"]["initial_replicas"] == 0
     assert "initial_replicas" not in deployment_override(cpu_demo())["autoscaling_config"]
-    assert deployment_override(cpu_demo().with_changes(max_ongoing_requests=8))[
-        "max_ongoing_requests"] == 8
+    assert (
+        deployment_override(cpu_demo().with_changes(max_ongoing_requests=8))["max_ongoing_requests"]
+        == 8
+    )
 
 
 def test_replacements_start_first_and_stopping_replicas_finish_long_streams() -> None:
@@ -113,10 +130,15 @@ def test_replacements_start_first_and_stopping_replicas_finish_long_streams() ->
     assert over["graceful_shutdown_timeout_s"] > 20  # Serve's 20 s cuts long streams
     assert "health_check_period_s" not in over and "max_queued_requests" not in over
     tuned = cpu_demo().with_changes(
-        max_queued_requests=32, rollout={"health_check_timeout_s": 30, "max_surge_percent": 50})
+        max_queued_requests=32, rollout={"health_check_timeout_s": 30, "max_surge_percent": 50}
+    )
     over = deployment_override(tuned)
-    assert (over["max_queued_requests"], over["health_check_timeout_s"],
-            over["max_surge_percent"], over["graceful_shutdown_timeout_s"]) == (32, 30, 50, 300)
+    assert (
+        over["max_queued_requests"],
+        over["health_check_timeout_s"],
+        over["max_surge_percent"],
+        over["graceful_shutdown_timeout_s"],
+    ) == (32, 30, 50, 300)
     ServeApplicationSchema.model_validate(serve_app(tuned, "tiny"))  # Serve's own schema
 
 
@@ -137,16 +159,24 @@ def test_a_queue_cap_reaches_the_replicas_and_says_how_to_turn_requests_away() -
     assert "deployment_config" not in serve_app(cpu_demo(), "tiny")["args"]["llm_configs"][0]
     answer = serve_app(capped.with_changes(reject_status=503, retry_after_s=None), "tiny")
     assert engine_version(answer) == engine_version(app)
-    assert engine_version(serve_app(capped.with_changes(max_queued_requests=9), "tiny")) != \
-        engine_version(app)
+    assert engine_version(
+        serve_app(capped.with_changes(max_queued_requests=9), "tiny")
+    ) != engine_version(app)
 
 
 def test_every_autoscaler_setting_reaches_serve_under_its_own_name() -> None:
     from ray.serve.config import AutoscalingConfig
 
-    knobs = {"upscale_delay_s": 5, "downscale_delay_s": 60, "downscale_to_zero_delay_s": 30,
-             "look_back_period_s": 10, "metrics_interval_s": 2, "upscaling_factor": 2,
-             "downscaling_factor": 0.5, "aggregation_function": "max"}
+    knobs = {
+        "upscale_delay_s": 5,
+        "downscale_delay_s": 60,
+        "downscale_to_zero_delay_s": 30,
+        "look_back_period_s": 10,
+        "metrics_interval_s": 2,
+        "upscaling_factor": 2,
+        "downscaling_factor": 0.5,
+        "aggregation_function": "max",
+    }
     assert set(knobs) == set(AUTOSCALER_KNOBS)
     spec = cpu_demo().with_changes(min_replicas=0, max_replicas=2, **knobs)
     autoscaling = deployment_override(spec)["autoscaling_config"]
@@ -164,27 +194,35 @@ def test_every_autoscaler_setting_reaches_serve_under_its_own_name() -> None:
     assert "metrics_interval_s" not in unset["autoscaling_config"]
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"rollout": {"max_surge_percent": 101}}, "max_surge_percent"),
-    ({"rollout": {"graceful_shutdown_timeout_s": -1}}, "graceful_shutdown_timeout_s"),
-    ({"rollout": {"health_check_period_s": 0}}, "health_check_period_s"),
-    ({"rollout": {"surge": 1}}, "surge"),
-    ({"max_queued_requests": 0}, "max_queued_requests"),
-    ({"reject_status": 500, "max_queued_requests": 4}, "reject_status"),
-    ({"retry_after_s": -1, "max_queued_requests": 4}, "retry_after_s"),
-    ({"reject_status": 429}, "set max_queued_requests too"),
-    ({"retry_after_s": 5}, "set max_queued_requests too"),
-    ({"upscale_delay_s": -1}, "upscale_delay_s"),
-    ({"downscale_to_zero_delay_s": -5}, "downscale_to_zero_delay_s"),
-    ({"look_back_period_s": 0}, "look_back_period_s"),
-    ({"look_back_period_s": 1}, "look_back_period_s=1 must be longer than metrics_interval_s=1"),
-    ({"look_back_period_s": 10, "metrics_interval_s": None},
-     "look_back_period_s=10 must be longer than metrics_interval_s=10"),
-    ({"look_back_period_s": 5, "metrics_interval_s": 5}, "metrics_interval_s=5"),
-    ({"upscaling_factor": 0}, "upscaling_factor"),
-    ({"aggregation_function": "median"}, "aggregation_function"),
-    ({"scaling": {"upscale_delay": 5}}, "upscale_delay"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"rollout": {"max_surge_percent": 101}}, "max_surge_percent"),
+        ({"rollout": {"graceful_shutdown_timeout_s": -1}}, "graceful_shutdown_timeout_s"),
+        ({"rollout": {"health_check_period_s": 0}}, "health_check_period_s"),
+        ({"rollout": {"surge": 1}}, "surge"),
+        ({"max_queued_requests": 0}, "max_queued_requests"),
+        ({"reject_status": 500, "max_queued_requests": 4}, "reject_status"),
+        ({"retry_after_s": -1, "max_queued_requests": 4}, "retry_after_s"),
+        ({"reject_status": 429}, "set max_queued_requests too"),
+        ({"retry_after_s": 5}, "set max_queued_requests too"),
+        ({"upscale_delay_s": -1}, "upscale_delay_s"),
+        ({"downscale_to_zero_delay_s": -5}, "downscale_to_zero_delay_s"),
+        ({"look_back_period_s": 0}, "look_back_period_s"),
+        (
+            {"look_back_period_s": 1},
+            "look_back_period_s=1 must be longer than metrics_interval_s=1",
+        ),
+        (
+            {"look_back_period_s": 10, "metrics_interval_s": None},
+            "look_back_period_s=10 must be longer than metrics_interval_s=10",
+        ),
+        ({"look_back_period_s": 5, "metrics_interval_s": 5}, "metrics_interval_s=5"),
+        ({"upscaling_factor": 0}, "upscaling_factor"),
+        ({"aggregation_function": "median"}, "aggregation_function"),
+        ({"scaling": {"upscale_delay": 5}}, "upscale_delay"),
+    ],
+)
 def test_bad_rollout_settings_name_the_field(bad: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         cpu_demo().with_changes(**bad)
@@ -268,11 +306,16 @@ def test_cpu_spec_gets_engine_env_and_a_cpu_bundle() -> None:
 def test_users_env_wins_over_the_cpu_default() -> None:
     spec = cpu_demo().with_changes(env={"VLLM_CPU_KVCACHE_SPACE": "4", "HF_HUB_OFFLINE": "1"})
     env = llm_cfg(serve_app(spec, "tiny"))["runtime_env"]["env_vars"]
-    assert env == {"VLLM_CPU_KVCACHE_SPACE": "4", "HF_HUB_OFFLINE": "1",
-                   "NBSERVE_ENGINE_CORE_AFFINITY": "worker"}
+    assert env == {
+        "VLLM_CPU_KVCACHE_SPACE": "4",
+        "HF_HUB_OFFLINE": "1",
+        "NBSERVE_ENGINE_CORE_AFFINITY": "worker",
+    }
     off = cpu_demo().with_changes(env={"NBSERVE_ENGINE_CORE_AFFINITY": "off"})
-    assert llm_cfg(serve_app(off, "tiny"))["runtime_env"]["env_vars"][
-        "NBSERVE_ENGINE_CORE_AFFINITY"] == "off"
+    assert (
+        llm_cfg(serve_app(off, "tiny"))["runtime_env"]["env_vars"]["NBSERVE_ENGINE_CORE_AFFINITY"]
+        == "off"
+    )
 
 
 def test_gpu_spec_gets_accelerator_type_and_no_placement_group() -> None:
@@ -289,16 +332,20 @@ def test_engine_kwargs_carry_the_named_engine_fields() -> None:
     buckets = {"request_latency": list(PHASE_BUCKETS_S)}
     assert llm_cfg(serve_app(spec, "qwen"))["engine_kwargs"] == {
         "custom_histogram_buckets": buckets,
-        "enable_prefix_caching": True, "max_model_len": 8192, "dtype": "bfloat16",
+        "enable_prefix_caching": True,
+        "max_model_len": 8192,
+        "dtype": "bfloat16",
         "tensor_parallel_size": 2,
     }
     assert llm_cfg(serve_app(LLM("org/m"), "m"))["engine_kwargs"] == {
-        "custom_histogram_buckets": buckets}
+        "custom_histogram_buckets": buckets
+    }
     # Without engine metrics, no buckets; the user's own engine setting wins over nbserve's.
     assert llm_cfg(serve_app(LLM("org/m", log_engine_metrics=False), "m"))["engine_kwargs"] == {}
     mine = {"request_latency": [0.1, 1.0]}
-    assert llm_cfg(serve_app(LLM("org/m", engine=Engine(args={"custom_histogram_buckets": mine})),
-                             "m"))["engine_kwargs"] == {"custom_histogram_buckets": mine}
+    assert llm_cfg(
+        serve_app(LLM("org/m", engine=Engine(args={"custom_histogram_buckets": mine})), "m")
+    )["engine_kwargs"] == {"custom_histogram_buckets": mine}
 
 
 def test_route_prefix() -> None:
@@ -307,8 +354,9 @@ def test_route_prefix() -> None:
 
 
 @pytest.mark.parametrize("factor, first", [(None, 1), (8, 8)])
-def test_from_zero_serve_asks_for_upscaling_factor_replicas(factor: float | None,
-                                                            first: int) -> None:
+def test_from_zero_serve_asks_for_upscaling_factor_replicas(
+    factor: float | None, first: int
+) -> None:
     """The README's GKE chain: Serve 2.60's policy, given the autoscaling config nbserve sends,
     answers a burst at zero replicas with ``ceil(upscaling_factor)`` replicas, not with what the
     load needs; the rest follow after ``upscale_delay_s`` once a replica runs."""
@@ -322,17 +370,28 @@ def test_from_zero_serve_asks_for_upscaling_factor_replicas(factor: float | None
     def decide(running: int, requests: float) -> int:
         ctx = AutoscalingContext(
             deployment_id=DeploymentID(name="LLMServer:tiny", app_name="tiny"),
-            deployment_name="LLMServer:tiny", app_name="tiny", current_num_replicas=running,
-            target_num_replicas=running, running_replicas=[], total_num_requests=requests,
-            total_queued_requests=None, aggregated_metrics=None, raw_metrics=None,
-            capacity_adjusted_min_replicas=0, capacity_adjusted_max_replicas=8,
-            policy_state={}, last_scale_up_time=None, last_scale_down_time=None,
-            current_time=None, config=config)
+            deployment_name="LLMServer:tiny",
+            app_name="tiny",
+            current_num_replicas=running,
+            target_num_replicas=running,
+            running_replicas=[],
+            total_num_requests=requests,
+            total_queued_requests=None,
+            aggregated_metrics=None,
+            raw_metrics=None,
+            capacity_adjusted_min_replicas=0,
+            capacity_adjusted_max_replicas=8,
+            policy_state={},
+            last_scale_up_time=None,
+            last_scale_down_time=None,
+            current_time=None,
+            config=config,
+        )
         replicas, _ = replica_queue_length_autoscaling_policy(ctx)
         return math.ceil(replicas)
 
-    assert decide(0, 128) == first       # 128 ongoing at zero: 8 would hold them at 16 each
-    assert decide(1, 128) == 8           # once one runs, the load asks for 8
+    assert decide(0, 128) == first  # 128 ongoing at zero: 8 would hold them at 16 each
+    assert decide(1, 128) == 8  # once one runs, the load asks for 8
 
 
 def test_cpu_engines_at_auto_run_float32_where_the_cpu_lacks_bfloat16() -> None:

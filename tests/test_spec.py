@@ -28,100 +28,128 @@ def assert_mentions(text: str, *parts: str) -> None:
 
 BAD: dict[str, tuple[Callable[[], Any], type[Exception], tuple[str, ...]]] = {
     "misspelt shortcut": (
-        lambda: LLM("m", max_replica=2), ValidationError,
+        lambda: LLM("m", max_replica=2),
+        ValidationError,
         ("max_replica", "Extra inputs are not permitted", "input_value=2"),
     ),
     "misspelt Scaling field": (
-        lambda: Scaling(minreplicas=1), ValidationError,
+        lambda: Scaling(minreplicas=1),
+        ValidationError,
         ("minreplicas", "Extra inputs are not permitted", "input_value=1"),
     ),
     "unknown nested scaling field": (
-        lambda: LLM("m", scaling={"max_replica": 2}), ValidationError,
+        lambda: LLM("m", scaling={"max_replica": 2}),
+        ValidationError,
         ("scaling.max_replica", "Extra inputs are not permitted", "input_value=2"),
     ),
     "unknown nested engine field": (
-        lambda: LLM("m", engine={"max_len": 512}), ValidationError,
+        lambda: LLM("m", engine={"max_len": 512}),
+        ValidationError,
         ("engine.max_len", "Extra inputs are not permitted", "input_value=512"),
     ),
     "min above max (shortcuts)": (
-        lambda: LLM("m", min_replicas=3, max_replicas=2), ValidationError,
+        lambda: LLM("m", min_replicas=3, max_replicas=2),
+        ValidationError,
         ("min_replicas=3", "max_replicas=2", "raise max_replicas or lower min_replicas"),
     ),
     "min above max (Scaling)": (
-        lambda: Scaling(min_replicas=5, max_replicas=4), ValidationError,
+        lambda: Scaling(min_replicas=5, max_replicas=4),
+        ValidationError,
         ("min_replicas=5", "max_replicas=4", "raise max_replicas or lower min_replicas"),
     ),
     "negative min_replicas": (
-        lambda: LLM("m", min_replicas=-1), ValidationError,
+        lambda: LLM("m", min_replicas=-1),
+        ValidationError,
         ("scaling.min_replicas", "input_value=-1", "greater than or equal to 0"),
     ),
     "zero max_replicas": (
-        lambda: LLM("m", min_replicas=0, max_replicas=0), ValidationError,
+        lambda: LLM("m", min_replicas=0, max_replicas=0),
+        ValidationError,
         ("scaling.max_replicas", "input_value=0", "greater than or equal to 1"),
     ),
     "negative max_model_len": (
-        lambda: LLM("m", max_model_len=-5), ValidationError,
+        lambda: LLM("m", max_model_len=-5),
+        ValidationError,
         ("engine.max_model_len", "input_value=-5", "greater than 0"),
     ),
     "zero cpus": (
-        lambda: LLM("m", cpus=0), ValidationError,
+        lambda: LLM("m", cpus=0),
+        ValidationError,
         ("cpus", "input_value=0", "greater than 0"),
     ),
     "zero target_ongoing_requests": (
-        lambda: Scaling(target_ongoing_requests=0), ValidationError,
+        lambda: Scaling(target_ongoing_requests=0),
+        ValidationError,
         ("target_ongoing_requests", "input_value=0", "greater than 0"),
     ),
     "initial_replicas above max": (
-        lambda: LLM("m", max_replicas=2, initial_replicas=5), ValidationError,
+        lambda: LLM("m", max_replicas=2, initial_replicas=5),
+        ValidationError,
         ("initial_replicas=5", "[1, 2]", "pick a value inside that range"),
     ),
     "initial_replicas below min": (
-        lambda: LLM("m", min_replicas=2, max_replicas=4, initial_replicas=1), ValidationError,
+        lambda: LLM("m", min_replicas=2, max_replicas=4, initial_replicas=1),
+        ValidationError,
         ("initial_replicas=1", "[2, 4]", "pick a value inside that range"),
     ),
     "no model": (
-        lambda: LLM(), ValidationError, ("model", "Field required"),
+        lambda: LLM(),
+        ValidationError,
+        ("model", "Field required"),
     ),
     "empty model": (
-        lambda: LLM(""), ValidationError,
+        lambda: LLM(""),
+        ValidationError,
         ("model", "model is empty", "Hugging Face id or a checkpoint path"),
     ),
     "blank model": (
-        lambda: LLM("   "), ValidationError, ("model", "model is empty"),
+        lambda: LLM("   "),
+        ValidationError,
+        ("model", "model is empty"),
     ),
     "model with spaces around it": (
-        lambda: LLM(" Qwen/Qwen2.5-7B-Instruct "), ValidationError,
+        lambda: LLM(" Qwen/Qwen2.5-7B-Instruct "),
+        ValidationError,
         ("model", "' Qwen/Qwen2.5-7B-Instruct '", "leading or trailing spaces"),
     ),
     "empty served name": (
-        lambda: LLM("m", name=""), ValidationError, ("name", "input_value=''"),
+        lambda: LLM("m", name=""),
+        ValidationError,
+        ("name", "input_value=''"),
     ),
     "unknown accelerator": (
-        lambda: LLM("m", accelerator="L5"), ValidationError,
+        lambda: LLM("m", accelerator="L5"),
+        ValidationError,
         ("accelerator", "unknown accelerator 'L5'", *accelerator_names()),
     ),
     "ambiguous accelerator": (
-        lambda: LLM("m", accelerator="A100"), ValidationError,
+        lambda: LLM("m", accelerator="A100"),
+        ValidationError,
         ("accelerator", "'A100' is ambiguous", "'A100-40G' or 'A100-80G'"),
     ),
     "tensor parallel on CPU": (
-        lambda: LLM("m", tensor_parallel_size=2), ValidationError,
+        lambda: LLM("m", tensor_parallel_size=2),
+        ValidationError,
         ("tensor_parallel_size=2", "needs GPUs", "set accelerator="),
     ),
     "unknown dtype": (
-        lambda: LLM("m", dtype="fp16"), ValidationError,
+        lambda: LLM("m", dtype="fp16"),
+        ValidationError,
         ("engine.dtype", "input_value='fp16'", "'bfloat16'"),
     ),
     "engine args shadow max_model_len": (
-        lambda: Engine(args={"max_model_len": 1}), ValidationError,
+        lambda: Engine(args={"max_model_len": 1}),
+        ValidationError,
         ("args", "['max_model_len']", "Engine(max_model_len=...)", "not inside args"),
     ),
     "engine args shadow model (via LLM)": (
-        lambda: LLM("m", engine={"args": {"model": "other"}}), ValidationError,
+        lambda: LLM("m", engine={"args": {"model": "other"}}),
+        ValidationError,
         ("engine.args", "['model']", "not inside args"),
     ),
     "env value not a string": (
-        lambda: LLM("m", env={"VLLM_CPU_KVCACHE_SPACE": 4}), ValidationError,
+        lambda: LLM("m", env={"VLLM_CPU_KVCACHE_SPACE": 4}),
+        ValidationError,
         ("env.VLLM_CPU_KVCACHE_SPACE", "input_value=4", "valid string"),
     ),
 }
@@ -156,8 +184,9 @@ def test_model_given_twice_is_a_spec_error() -> None:
 def test_bad_app_names(name: str) -> None:
     with pytest.raises(SpecError) as info:
         check_app_name(name)
-    assert_mentions(str(info.value), repr(name), "1-63 lowercase letters, digits and '-'",
-                    "URL prefix")
+    assert_mentions(
+        str(info.value), repr(name), "1-63 lowercase letters, digits and '-'", "URL prefix"
+    )
 
 
 def test_app_name_must_be_a_string() -> None:
@@ -179,22 +208,48 @@ def test_app_name_with_trailing_newline_is_refused() -> None:
 
 
 def test_shortcuts_land_in_the_nested_models() -> None:
-    spec = LLM("m", min_replicas=0, max_replicas=4, initial_replicas=2, target_ongoing_requests=8,
-               max_ongoing_requests=32, max_model_len=512, dtype="bfloat16")
-    assert spec.scaling == Scaling(min_replicas=0, max_replicas=4, initial_replicas=2,
-                                   target_ongoing_requests=8, max_ongoing_requests=32)
+    spec = LLM(
+        "m",
+        min_replicas=0,
+        max_replicas=4,
+        initial_replicas=2,
+        target_ongoing_requests=8,
+        max_ongoing_requests=32,
+        max_model_len=512,
+        dtype="bfloat16",
+    )
+    assert spec.scaling == Scaling(
+        min_replicas=0,
+        max_replicas=4,
+        initial_replicas=2,
+        target_ongoing_requests=8,
+        max_ongoing_requests=32,
+    )
     assert spec.engine == Engine(max_model_len=512, dtype="bfloat16")
     assert "max_replicas" not in LLM.model_fields
 
 
 def test_nested_and_shortcut_forms_give_equal_specs() -> None:
-    shortcut = LLM("org/m", accelerator="L4", min_replicas=0, max_replicas=4, max_model_len=512,
-                   tensor_parallel_size=2)
-    nested = LLM("org/m", accelerator="L4", scaling=Scaling(min_replicas=0, max_replicas=4),
-                 engine=Engine(max_model_len=512, tensor_parallel_size=2))
-    as_dicts = LLM(model="org/m", accelerator="L4",
-                   scaling={"min_replicas": 0, "max_replicas": 4},
-                   engine={"max_model_len": 512, "tensor_parallel_size": 2})
+    shortcut = LLM(
+        "org/m",
+        accelerator="L4",
+        min_replicas=0,
+        max_replicas=4,
+        max_model_len=512,
+        tensor_parallel_size=2,
+    )
+    nested = LLM(
+        "org/m",
+        accelerator="L4",
+        scaling=Scaling(min_replicas=0, max_replicas=4),
+        engine=Engine(max_model_len=512, tensor_parallel_size=2),
+    )
+    as_dicts = LLM(
+        model="org/m",
+        accelerator="L4",
+        scaling={"min_replicas": 0, "max_replicas": 4},
+        engine={"max_model_len": 512, "tensor_parallel_size": 2},
+    )
     assert shortcut == nested == as_dicts
     assert shortcut.model_dump() == nested.model_dump()
 
@@ -293,14 +348,22 @@ def test_specs_are_frozen() -> None:
 
 
 SPEC_MODELS: list[type[BaseModel]] = [
-    LLM, Scaling, Engine, ClusterSpec, WorkerGroup, HeadSpec, SecretRef, AcceleratorInfo,
+    LLM,
+    Scaling,
+    Engine,
+    ClusterSpec,
+    WorkerGroup,
+    HeadSpec,
+    SecretRef,
+    AcceleratorInfo,
 ]
 
 
 @pytest.mark.parametrize("model", SPEC_MODELS, ids=lambda m: m.__name__)
 def test_every_field_is_described(model: type[BaseModel]) -> None:
-    missing = [name for name, field in model.model_fields.items()
-               if not (field.description or "").strip()]
+    missing = [
+        name for name, field in model.model_fields.items() if not (field.description or "").strip()
+    ]
     assert not missing, f"{model.__name__} fields without a description: {missing}"
     assert model.model_config.get("extra") == "forbid", f"{model.__name__} accepts unknown fields"
 
@@ -311,10 +374,13 @@ def test_secret_looking_env_values_are_masked_wherever_a_spec_is_shown() -> None
     from nbserve import ClusterSpec
 
     sentinel = "hf_sentinel_8c1f"
-    spec = LLM("org/m", env={"HF_TOKEN": sentinel, "OPENAI_API_KEY": sentinel,
-                             "TOKENIZERS_PARALLELISM": "false"})
-    cluster = ClusterSpec(name="llm", env={"DB_PASSWORD": sentinel},
-                          head_env={"MY_SECRET": sentinel})
+    spec = LLM(
+        "org/m",
+        env={"HF_TOKEN": sentinel, "OPENAI_API_KEY": sentinel, "TOKENIZERS_PARALLELISM": "false"},
+    )
+    cluster = ClusterSpec(
+        name="llm", env={"DB_PASSWORD": sentinel}, head_env={"MY_SECRET": sentinel}
+    )
     for obj in (spec, cluster):
         for shown in (repr(obj), str(obj), pretty(obj)):
             assert sentinel not in shown and "****" in shown, shown
@@ -334,4 +400,5 @@ def test_secrets_are_names_the_replicas_read_from_their_node() -> None:
         LLM("org/m", secrets=["HF TOKEN"])
     # Adding a secret to a running app changes nothing the replicas are built from.
     assert engine_version(serve_app(spec, "a")) == engine_version(
-        serve_app(spec.with_changes(secrets=[]), "a"))
+        serve_app(spec.with_changes(secrets=[]), "a")
+    )

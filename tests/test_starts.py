@@ -18,8 +18,10 @@ import pytest
 from nbserve.observe.starts import PHASES, ColdStart, ColdStarts
 from nbserve.remote.starts import StartLines
 
-LINES = cast(list[StartLines], json.loads(
-    (Path(__file__).parent / "fixtures" / "starts" / "lines.json").read_text()))
+LINES = cast(
+    list[StartLines],
+    json.loads((Path(__file__).parent / "fixtures" / "starts" / "lines.json").read_text()),
+)
 
 
 def test_each_phase_is_dated_from_its_line() -> None:
@@ -49,7 +51,8 @@ def test_a_start_with_lines_missing_keeps_what_it_has() -> None:
     assert durations["scheduled"] is None and durations["engine_ready"] is None
     assert durations["running"] == start.total_s  # measured from the last phase known
     pending = ColdStart.from_lines(
-        cast(StartLines, dict(partial, controller=partial["controller"][:1])))
+        cast(StartLines, dict(partial, controller=partial["controller"][:1]))
+    )
     assert pending.running is None and pending.total_s is None
 
 

@@ -31,15 +31,23 @@ def _vllm_like_span(socket: Path, request_id: str, start_ns: int) -> None:
     from opentelemetry.trace import SpanKind
 
     provider = TracerProvider(resource=Resource.create({"vllm.process_id": str(os.getpid())}))
-    provider.add_span_processor(SimpleSpanProcessor(
-        OTLPSpanExporter(endpoint=f"unix://{socket}", insecure=True)))
+    provider.add_span_processor(
+        SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"unix://{socket}", insecure=True))
+    )
     span = provider.get_tracer("vllm.llm_engine").start_span(
-        "llm_request", start_time=start_ns, kind=SpanKind.SERVER)
-    span.set_attributes({
-        "gen_ai.request.id": f"cmpl-{request_id}-0", "gen_ai.latency.e2e": 0.5,
-        "gen_ai.latency.time_in_queue": 0.1, "gen_ai.latency.time_in_model_prefill": 0.05,
-        "gen_ai.latency.time_in_model_decode": 0.3, "gen_ai.latency.time_to_first_token": 0.2,
-        "gen_ai.usage.completion_tokens": 16})
+        "llm_request", start_time=start_ns, kind=SpanKind.SERVER
+    )
+    span.set_attributes(
+        {
+            "gen_ai.request.id": f"cmpl-{request_id}-0",
+            "gen_ai.latency.e2e": 0.5,
+            "gen_ai.latency.time_in_queue": 0.1,
+            "gen_ai.latency.time_in_model_prefill": 0.05,
+            "gen_ai.latency.time_in_model_decode": 0.3,
+            "gen_ai.latency.time_to_first_token": 0.2,
+            "gen_ai.usage.completion_tokens": 16,
+        }
+    )
     span.end(end_time=start_ns + 500_000_000)
     provider.shutdown()
 
@@ -55,7 +63,8 @@ def receiver(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_the_receiver_keeps_the_sdk_exporters_spans_and_finds_them_by_request_id(
-        receiver: tuple[Receiver, Path]) -> None:
+    receiver: tuple[Receiver, Path],
+) -> None:
     rec, socket = receiver
     assert stat.S_IMODE(socket.stat().st_mode) == 0o600  # only the head's user may send
     _vllm_like_span(socket, "r1", 100_000_000_000)
@@ -74,21 +83,30 @@ def test_the_receiver_keeps_only_the_newest_spans(receiver: tuple[Receiver, Path
         _vllm_like_span(socket, f"r{i}", (100 + i) * 1_000_000_000)
     assert rec.count() == 3
     assert [s["attributes"]["gen_ai.request.id"] for s in rec.spans([], ["r"])] == [
-        "cmpl-r2-0", "cmpl-r3-0", "cmpl-r4-0"]
+        "cmpl-r2-0",
+        "cmpl-r3-0",
+        "cmpl-r4-0",
+    ]
 
 
-def test_a_span_joins_the_clients_record_on_one_clock(
-        receiver: tuple[Receiver, Path]) -> None:
+def test_a_span_joins_the_clients_record_on_one_clock(receiver: tuple[Receiver, Path]) -> None:
     rec, socket = receiver
     _vllm_like_span(socket, "r1", 100_000_000_000)
-    record = RequestRecord(True, 0.25, 0.55, [], 16, 8, started_at=99.98, ended_at=100.52,
-                           request_id="r1")
+    record = RequestRecord(
+        True, 0.25, 0.55, [], 16, 8, started_at=99.98, ended_at=100.52, request_id="r1"
+    )
     trace = traces.from_spans("r1", rec.spans([], ["r1"]), record)
     assert trace is not None
     assert list(trace.phases) == list(traces.PHASES)
     got = {k: round(v, 3) for k, v in trace.durations().items()}
-    assert got == {"serve": 0.02, "engine_input": 0.05, "queue": 0.1, "prefill": 0.05,
-                   "decode": 0.3, "return": 0.02}
+    assert got == {
+        "serve": 0.02,
+        "engine_input": 0.05,
+        "queue": 0.1,
+        "prefill": 0.05,
+        "decode": 0.3,
+        "return": 0.02,
+    }
     assert trace.total_s == pytest.approx(0.54)
     assert trace.client_first_token == pytest.approx(100.23)
     assert trace.engine_first_token == pytest.approx(100.2)
@@ -116,8 +134,11 @@ def test_a_traced_spec_renders_the_receivers_endpoint_and_a_quick_exporter() -> 
     with pytest.raises(ValidationError, match="log_engine_metrics=True"):
         LLM("org/m", tracing=True, log_engine_metrics=False)
     # An endpoint the user set in the engine args is theirs: the deploy leaves it alone.
-    theirs = {"args": {"llm_configs": [{"engine_kwargs": {
-        "otlp_traces_endpoint": "http://collector:4317"}}]}}
+    theirs = {
+        "args": {
+            "llm_configs": [{"engine_kwargs": {"otlp_traces_endpoint": "http://collector:4317"}}]
+        }
+    }
     assert for_this_cluster(theirs) is theirs
 
 
@@ -128,12 +149,14 @@ def test_the_tracing_report_renders_targets_cost_and_phases_from_its_json() -> N
 
     root = Path(__file__).resolve().parent.parent
     raw = json.loads((root / "TRACING.json").read_text())
-    text = tracing.render(raw["result"], raw["machine"], raw["command"], raw["started"],
-                          raw["settings"])
+    text = tracing.render(
+        raw["result"], raw["machine"], raw["command"], raw["started"], raw["settings"]
+    )
     assert text == (root / "TRACING.md").read_text()  # the committed report is this JSON's
     rounds = raw["result"]["rounds"]
-    ratio = (tracing.statistics.median(r["output_tokens_per_s"] for r in rounds["plain"])
-             / tracing.statistics.median(r["output_tokens_per_s"] for r in rounds["raw"]))
+    ratio = tracing.statistics.median(
+        r["output_tokens_per_s"] for r in rounds["plain"]
+    ) / tracing.statistics.median(r["output_tokens_per_s"] for r in rounds["raw"])
     verdict = "met" if ratio >= 0.9 else "not met"
     assert f"| output tok/s, nbserve / raw | {ratio:.2f}x | >= 0.90x | {verdict} |" in text
     for phase in ("serve", "engine_input", "prefill", "decode", "return"):

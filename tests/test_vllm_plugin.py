@@ -22,8 +22,9 @@ from nbserve.hooks import vllm_plugin
 from nbserve.local import head as local
 from nbserve.local import procs
 
-needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
-                                    reason="binding needs at least two CPUs")
+needs_two_cpus = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="binding needs at least two CPUs"
+)
 
 FOLLOWER = textwrap.dedent(
     """
@@ -47,8 +48,13 @@ FOLLOWER = textwrap.dedent(
 
 
 def run_follower(timeout: float = 20) -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-c", FOLLOWER, str(timeout)], capture_output=True,
-                         text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", FOLLOWER, str(timeout)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     result: dict[str, object] = json.loads(out.stdout)
     return result
 
@@ -66,7 +72,8 @@ def test_engine_core_moves_onto_its_bound_workers_cores() -> None:
 
 
 def test_register_does_nothing_outside_an_engine_core_or_without_the_env(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def no_thread(*args: object, **kwargs: object) -> None:
         pytest.fail("register() started its thread")
 
@@ -91,9 +98,9 @@ def test_children_lists_direct_children_only() -> None:
 
 @pytest.mark.integration
 @needs_two_cpus
-def test_the_demo_apps_engine_core_runs_on_its_workers_cores(tiny_app: nbserve.App,
-                                                            local_head: local.LocalHead
-                                                            ) -> None:
+def test_the_demo_apps_engine_core_runs_on_its_workers_cores(
+    tiny_app: nbserve.App, local_head: local.LocalHead
+) -> None:
     names = {}
     for pid, _ in procs.descendants(local_head.pid):
         try:

@@ -35,8 +35,10 @@ class FakeClock:
 
 
 def attempt_times(clock: FakeClock, deadline_in: float, **kwargs: float) -> list[float]:
-    return [clock.elapsed for _ in backoff(clock.now() + deadline_in, sleep=clock.sleep,
-                                           clock=clock.now, **kwargs)]
+    return [
+        clock.elapsed
+        for _ in backoff(clock.now() + deadline_in, sleep=clock.sleep, clock=clock.now, **kwargs)
+    ]
 
 
 # --- backoff ------------------------------------------------------------------------------------
@@ -44,8 +46,9 @@ def attempt_times(clock: FakeClock, deadline_in: float, **kwargs: float) -> list
 
 def test_backoff_spaces_attempts_0_1_2_4_and_caps() -> None:
     clock = FakeClock()
-    steps = list(backoff(clock.now() + 40, first=1, factor=2, cap=8, sleep=clock.sleep,
-                         clock=clock.now))
+    steps = list(
+        backoff(clock.now() + 40, first=1, factor=2, cap=8, sleep=clock.sleep, clock=clock.now)
+    )
     assert steps == [0.0, 1, 2, 4, 8, 8, 8, 8, 1]
     assert clock.sleeps == steps[1:]
 
@@ -79,8 +82,9 @@ def test_backoff_past_deadline_gives_one_attempt() -> None:
 
 def test_backoff_stops_sleeping_when_the_caller_stops() -> None:
     clock = FakeClock()
-    for attempt, _ in enumerate(backoff(clock.now() + 100, first=1, sleep=clock.sleep,
-                                        clock=clock.now)):
+    for attempt, _ in enumerate(
+        backoff(clock.now() + 100, first=1, sleep=clock.sleep, clock=clock.now)
+    ):
         if attempt == 2:
             break
     assert clock.sleeps == [1, 2]
@@ -105,8 +109,15 @@ def test_poll_until_returns_the_first_done_value() -> None:
         polled_at.append(clock.elapsed)
         return next(statuses)
 
-    result = poll_until(poll, lambda s: s.startswith("RUNNING"), timeout=60, what="app",
-                        interval=2, sleep=clock.sleep, clock=clock.now)
+    result = poll_until(
+        poll,
+        lambda s: s.startswith("RUNNING"),
+        timeout=60,
+        what="app",
+        interval=2,
+        sleep=clock.sleep,
+        clock=clock.now,
+    )
     assert result == "RUNNING"
     assert polled_at == [0, 2, 4]
     assert clock.sleeps == [2, 2]
@@ -114,8 +125,12 @@ def test_poll_until_returns_the_first_done_value() -> None:
 
 def test_poll_until_done_at_once_does_not_sleep() -> None:
     clock = FakeClock()
-    assert poll_until(lambda: "ok", lambda s: True, timeout=5, what="x", sleep=clock.sleep,
-                      clock=clock.now) == "ok"
+    assert (
+        poll_until(
+            lambda: "ok", lambda s: True, timeout=5, what="x", sleep=clock.sleep, clock=clock.now
+        )
+        == "ok"
+    )
     assert clock.sleeps == []
 
 
@@ -123,8 +138,15 @@ def test_poll_until_times_out_with_the_last_status() -> None:
     clock = FakeClock()
     polls = counter()
     with pytest.raises(WaitTimeout) as info:
-        poll_until(lambda: next(polls), lambda n: False, timeout=10, what="app 'tiny'",
-                   interval=3, sleep=clock.sleep, clock=clock.now)
+        poll_until(
+            lambda: next(polls),
+            lambda n: False,
+            timeout=10,
+            what="app 'tiny'",
+            interval=3,
+            sleep=clock.sleep,
+            clock=clock.now,
+        )
     err = info.value
     assert clock.sleeps == [3, 3, 3, 1]  # never past the deadline
     assert clock.elapsed == 10
@@ -139,8 +161,14 @@ def test_poll_until_times_out_with_the_last_status() -> None:
 def test_poll_until_zero_timeout_polls_once() -> None:
     clock = FakeClock()
     with pytest.raises(WaitTimeout) as info:
-        poll_until(lambda: "PENDING", lambda s: False, timeout=0, what="x", sleep=clock.sleep,
-                   clock=clock.now)
+        poll_until(
+            lambda: "PENDING",
+            lambda s: False,
+            timeout=0,
+            what="x",
+            sleep=clock.sleep,
+            clock=clock.now,
+        )
     assert info.value.last == "PENDING"
     assert clock.sleeps == []
 
@@ -148,8 +176,15 @@ def test_poll_until_zero_timeout_polls_once() -> None:
 def test_on_poll_sees_every_result() -> None:
     clock = FakeClock()
     polls, seen = counter(), []
-    poll_until(lambda: next(polls), lambda n: n == 3, timeout=60, what="x", on_poll=seen.append,
-               sleep=clock.sleep, clock=clock.now)
+    poll_until(
+        lambda: next(polls),
+        lambda n: n == 3,
+        timeout=60,
+        what="x",
+        on_poll=seen.append,
+        sleep=clock.sleep,
+        clock=clock.now,
+    )
     assert seen == [1, 2, 3]
 
 
@@ -162,8 +197,15 @@ def test_error_from_on_poll_propagates_at_once() -> None:
             raise DeployFailed("tiny", "DEPLOY_FAILED", "replica died")
 
     with pytest.raises(DeployFailed, match="replica died"):
-        poll_until(lambda: next(polls), lambda n: False, timeout=60, what="x", on_poll=on_poll,
-                   sleep=clock.sleep, clock=clock.now)
+        poll_until(
+            lambda: next(polls),
+            lambda n: False,
+            timeout=60,
+            what="x",
+            on_poll=on_poll,
+            sleep=clock.sleep,
+            clock=clock.now,
+        )
     assert next(polls) == 3  # no poll after the failing one
     assert clock.sleeps == [1.0]
 
@@ -185,19 +227,25 @@ def test_sub_second_timeout_is_not_printed_as_zero() -> None:
 
 def _status(app: str, *states: str) -> AppStatus:
     """An app whose one deployment is in state states[1] (the app in states[0])."""
-    dep = DeploymentStatus("LLMServer:m", states[1],  # type: ignore[arg-type]
-                           "A replica's health check failed.", {"RUNNING": 1})
+    dep = DeploymentStatus(
+        "LLMServer:m",
+        states[1],  # type: ignore[arg-type]
+        "A replica's health check failed.",
+        {"RUNNING": 1},
+    )
     return AppStatus(app, states[0], "", {dep.name: dep})  # type: ignore[arg-type]
 
 
 def test_a_replica_being_replaced_after_its_health_checks_failed_is_waited_for(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Serve says UNHEALTHY until the replacement of a dead replica runs: not a failure."""
     import nbserve.app as app_module
 
     app = nbserve.App(None, "m", None)  # type: ignore[arg-type]
-    script = iter([_status("m", "DEPLOYING", "UNHEALTHY")] * 3 + [_status("m", "RUNNING",
-                                                                         "HEALTHY")])
+    script = iter(
+        [_status("m", "DEPLOYING", "UNHEALTHY")] * 3 + [_status("m", "RUNNING", "HEALTHY")]
+    )
     monkeypatch.setattr(app, "status", lambda: next(script))
     assert app.wait(timeout=30, progress=False, interval=0.01) is app
     # One that stays UNHEALTHY is a failure, after the grace ...

@@ -28,6 +28,15 @@ t0 = time.monotonic()
 app.update(target_ongoing_requests=before + 1, progress=False)
 update_s, update_kind = time.monotonic() - t0, app.last_update
 app.update(target_ongoing_requests=before, progress=False)
-print(json.dumps({"endpoint": app.endpoint, "connect_s": connect_s, "deploy_s": deploy_s,
-                  "update_s": update_s, "update": update_kind}))
+print(
+    json.dumps(
+        {
+            "endpoint": app.endpoint,
+            "connect_s": connect_s,
+            "deploy_s": deploy_s,
+            "update_s": update_s,
+            "update": update_kind,
+        }
+    )
+)
 cluster.disconnect()

@@ -14,43 +14,80 @@ from types import MappingProxyType
 from typing import Final
 
 __all__ = [
-    "CPU_ENGINE_ENV", "HEAD_PORTS", "KUBERAY_THROUGHPUT_ENV", "LOCAL_NUM_CPUS",
-    "SERVE_THROUGHPUT_ENV", "home",
+    "CPU_ENGINE_ENV",
+    "HEAD_PORTS",
+    "KUBERAY_THROUGHPUT_ENV",
+    "LOCAL_NUM_CPUS",
+    "SERVE_THROUGHPUT_ENV",
+    "home",
 ]
 
 # The head container's ports by the names KubeRay gives them (and the Ray defaults they carry).
-HEAD_PORTS: Final = MappingProxyType({
-    "gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": 8000, "metrics": 8080,
-})
+HEAD_PORTS: Final = MappingProxyType(
+    {
+        "gcs-server": 6379,
+        "dashboard": 8265,
+        "client": 10001,
+        "serve": 8000,
+        "metrics": 8080,
+    }
+)
 
 # Serve's throughput flags (those of KubeRay's high-throughput LLM sample that concern Serve, in
 # the sample's order, which is the order a rendered manifest lists them in): HAProxy as the
 # ingress, gRPC between proxy and replicas, token streaming straight from the engine replica.
 # The local head sets them unless told otherwise (``local.up(env={})``).
-SERVE_THROUGHPUT_ENV: Final = MappingProxyType({
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
-})
+SERVE_THROUGHPUT_ENV: Final = MappingProxyType(
+    {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
+    }
+)
 
 # KubeRay's high-throughput LLM sample sets Serve's flags plus Ray's v2 executor for vLLM on
 # head and workers: pass ``ClusterSpec(env=dict(KUBERAY_THROUGHPUT_ENV))``.
-KUBERAY_THROUGHPUT_ENV: Final = MappingProxyType({
-    **SERVE_THROUGHPUT_ENV, "VLLM_USE_RAY_V2_EXECUTOR_BACKEND": "1",
-})
+KUBERAY_THROUGHPUT_ENV: Final = MappingProxyType(
+    {
+        **SERVE_THROUGHPUT_ENV,
+        "VLLM_USE_RAY_V2_EXECUTOR_BACKEND": "1",
+    }
+)
 
 # Every engine replica without an accelerator: a small KV cache (GiB) and the engine core on
 # its worker's cores (nbserve's vLLM plugin, ``nbserve.hooks.vllm_plugin``).
-CPU_ENGINE_ENV: Final = MappingProxyType({
-    "VLLM_CPU_KVCACHE_SPACE": "1", "NBSERVE_ENGINE_CORE_AFFINITY": "worker",
-})
+CPU_ENGINE_ENV: Final = MappingProxyType(
+    {
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "NBSERVE_ENGINE_CORE_AFFINITY": "worker",
+    }
+)
 
 # Bounds (seconds) of vLLM's request-phase histograms (queue, prefill, decode, end to end),
 # its ``request_latency`` bucket family: 1 ms to 2 h, about 2.5x apart. vLLM's own start at
 # 0.3 s, too coarse for a queue or a prefill of milliseconds; as many bounds, so as many series.
 PHASE_BUCKETS_S: Final = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0,
-    100.0, 250.0, 500.0, 1000.0, 2500.0, 7680.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1000.0,
+    2500.0,
+    7680.0,
 )
 
 # Where a traced app's engines send their spans, as rendered: the OTLP receiver's Unix socket

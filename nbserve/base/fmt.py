@@ -58,8 +58,9 @@ def duration(seconds: float) -> str:
     return f"{minutes} min {rest:02d} s"
 
 
-def html_table(header: Sequence[str], rows: Iterable[Sequence[object]], *,
-               caption: str = "") -> str:
+def html_table(
+    header: Sequence[str], rows: Iterable[Sequence[object]], *, caption: str = ""
+) -> str:
     """An HTML table of escaped cells; ``caption`` is HTML already (escape what it holds).
 
     Example:

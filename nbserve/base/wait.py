@@ -17,8 +17,13 @@ T = TypeVar("T")
 
 
 def backoff(
-    deadline: float, *, first: float = 0.5, factor: float = 2.0, cap: float = 8.0,
-    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+    deadline: float,
+    *,
+    first: float = 0.5,
+    factor: float = 2.0,
+    cap: float = 8.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[float]:
     """Yield once per attempt until ``deadline`` (a ``clock()`` value), sleeping in between.
 
@@ -44,9 +49,15 @@ def backoff(
 
 
 def poll_until(
-    poll: Callable[[], T], done: Callable[[T], bool], *, timeout: float, what: str,
-    interval: float = 1.0, on_poll: Callable[[T], None] | None = None,
-    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+    poll: Callable[[], T],
+    done: Callable[[T], bool],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 1.0,
+    on_poll: Callable[[T], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> T:
     """Call ``poll()`` every ``interval`` seconds until ``done(result)``; return that result.
 
@@ -88,14 +99,22 @@ class Progress:
         ...     bar.update("RUNNING", n=2)
     """
 
-    def __init__(self, desc: str, *, enabled: bool = True, total: float | None = None,
-                 unit: str = "", counts: bool = False) -> None:
+    def __init__(
+        self,
+        desc: str,
+        *,
+        enabled: bool = True,
+        total: float | None = None,
+        unit: str = "",
+        counts: bool = False,
+    ) -> None:
         import os
         import sys
 
         self.desc = desc
         self.mode = os.environ.get("NBSERVE_PROGRESS", "") or (
-            "bar" if "ipykernel" in sys.modules or sys.stderr.isatty() else "lines")
+            "bar" if "ipykernel" in sys.modules or sys.stderr.isatty() else "lines"
+        )
         if not enabled:
             self.mode = "off"
         self._status = ""
@@ -104,14 +123,23 @@ class Progress:
         if self.mode == "bar":
             from tqdm.auto import tqdm
 
-            fmt = (None if counts else
-                   "{desc}: {n_fmt}/{total_fmt} {postfix} [{elapsed}]" if total
-                   else "{desc}: {postfix} [{elapsed}]")
-            self._bar = tqdm(total=total, desc=desc, unit=unit or "it", leave=True,
-                             bar_format=fmt)
+            fmt = (
+                None
+                if counts
+                else "{desc}: {n_fmt}/{total_fmt} {postfix} [{elapsed}]"
+                if total
+                else "{desc}: {postfix} [{elapsed}]"
+            )
+            self._bar = tqdm(total=total, desc=desc, unit=unit or "it", leave=True, bar_format=fmt)
 
-    def update(self, status: str | None = None, *, n: float | None = None,
-               total: float | None = None, advance: float = 0) -> None:
+    def update(
+        self,
+        status: str | None = None,
+        *,
+        n: float | None = None,
+        total: float | None = None,
+        advance: float = 0,
+    ) -> None:
         """Show a new state: a status text, the count done (``n``, or ``advance``), the total."""
         bar = self._bar
         if bar is not None:

@@ -36,15 +36,17 @@ def setup() -> None:
 
     bind = getattr(replica, "add_port_to_grpc_server", None)
     if bind is None:
-        log.warning("Serve's replica module has no add_port_to_grpc_server; its gRPC server "
-                    "binds as Serve chooses")
+        log.warning(
+            "Serve's replica module has no add_port_to_grpc_server; its gRPC server "
+            "binds as Serve chooses"
+        )
         return
     if getattr(bind, "nbserve_loopback", False):
         return
 
     def on_loopback(server: Any, address: str) -> int:
         if address.startswith(ANY_INTERFACE):
-            address = "127.0.0.1:" + address[len(ANY_INTERFACE):]
+            address = "127.0.0.1:" + address[len(ANY_INTERFACE) :]
         port: int = bind(server, address)
         return port
 

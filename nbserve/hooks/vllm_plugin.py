@@ -37,8 +37,7 @@ def register() -> None:
         return
     if os.environ.get("VLLM_CPU_OMP_THREADS_BIND") == "nobind":
         return  # vLLM binds no worker: there is no placement to follow
-    thread = threading.Thread(target=follow_workers, name="nbserve-engine-affinity",
-                              daemon=True)
+    thread = threading.Thread(target=follow_workers, name="nbserve-engine-affinity", daemon=True)
     thread.start()
 
 
@@ -59,8 +58,7 @@ def follow_workers(timeout: float = 900, poll: float = 0.5) -> None:
         bound = _worker_cpus(os.getpid(), everything)
         if bound:
             pin(bound)
-            log.info("engine core %d now runs on its workers' cores %s", os.getpid(),
-                     sorted(bound))
+            log.info("engine core %d now runs on its workers' cores %s", os.getpid(), sorted(bound))
             return
         time.sleep(poll)
     log.info("engine core %d: no bound worker appeared; affinity left as is", os.getpid())

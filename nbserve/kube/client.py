@@ -35,8 +35,14 @@ _INSTALL_KUBERAY = (
     "https://docs.ray.io/en/latest/cluster/kubernetes/)"
 )
 # What a message calls an object of a resource (RBAC's name of it).
-_KINDS = {"rayclusters.ray.io": "RayCluster", "rayservices.ray.io": "RayService",
-          "pods": "pod", "pods/portforward": "pod", "secrets": "Secret", "services": "Service"}
+_KINDS = {
+    "rayclusters.ray.io": "RayCluster",
+    "rayservices.ray.io": "RayService",
+    "pods": "pod",
+    "pods/portforward": "pod",
+    "secrets": "Secret",
+    "services": "Service",
+}
 # RBAC verbs that differ between Kubernetes versions.
 _VERBS = {("create", "pods/portforward"): "'create' (older clusters: 'get')"}
 
@@ -59,8 +65,11 @@ class What:
     def where(self) -> str:
         """The object (or the resource in the namespace) in a few words."""
         kind = _KINDS.get(self.resource, self.resource)
-        return f"{kind} {self.namespace}/{self.name}" if self.name else (
-            f"{self.resource} in namespace {self.namespace!r}")
+        return (
+            f"{kind} {self.namespace}/{self.name}"
+            if self.name
+            else (f"{self.resource} in namespace {self.namespace!r}")
+        )
 
 
 class Conflict(KubernetesError):
@@ -93,9 +102,12 @@ class Kube:
             if self.in_cluster:
                 config.load_incluster_config(client_configuration=configuration)
             else:
-                config.load_kube_config(config_file=path, context=context,
-                                        client_configuration=configuration,
-                                        persist_config=False)
+                config.load_kube_config(
+                    config_file=path,
+                    context=context,
+                    client_configuration=configuration,
+                    persist_config=False,
+                )
         except config.ConfigException as err:
             where = "the pod's service account" if self.in_cluster else f"kubeconfig {path}"
             raise KubernetesError(
@@ -116,8 +128,15 @@ class Kube:
 
         return client.ApiClient(self.api.configuration)
 
-    def call(self, deadline: float, what: What, fn: Any, *args: Any, missing_ok: bool = False,
-             **kwargs: Any) -> Any:
+    def call(
+        self,
+        deadline: float,
+        what: What,
+        fn: Any,
+        *args: Any,
+        missing_ok: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         """Call ``fn(*args, **kwargs)`` of ``crs`` or ``core``; the JSON answer as plain data.
 
         Args:
@@ -138,10 +157,12 @@ class Kube:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise KubernetesError(
-                f"timed out talking to the Kubernetes API ({what.verb} {what.resource})")
+                f"timed out talking to the Kubernetes API ({what.verb} {what.resource})"
+            )
         try:
-            response = fn(*args, _preload_content=False, _request_timeout=min(remaining, 30),
-                          **kwargs)
+            response = fn(
+                *args, _preload_content=False, _request_timeout=min(remaining, 30), **kwargs
+            )
             return json.loads(response.data)
         except ApiException as err:
             if err.status == 404 and missing_ok and _object_missing(err):
@@ -180,7 +201,8 @@ def refusal(err: BaseException, what: What, *, host: str = "") -> KubernetesErro
     if status is None:  # urllib3 or the socket: the request never got an answer
         return KubernetesError(
             f"cannot reach the Kubernetes API server at {host or 'the kubeconfig address'}: "
-            f"{err}. Check the kubeconfig context, your network or VPN. {GET_CREDENTIALS}")
+            f"{err}. Check the kubeconfig context, your network or VPN. {GET_CREDENTIALS}"
+        )
     text = f"{getattr(err, 'reason', '') or ''} {getattr(err, 'body', '') or ''}".strip()
     body = _status_body(err)
     message = body.get("message") or getattr(err, "reason", None) or ""
@@ -196,33 +218,46 @@ def refusal(err: BaseException, what: What, *, host: str = "") -> KubernetesErro
             f"Kubernetes RBAC refuses this (403 Forbidden): you need permission to {verbs} "
             f"{what.resource!r} in namespace {what.namespace!r} (the API server said: "
             f"{message}). Ask an admin for a Role granting it, or use another kubeconfig "
-            "context.", status)
+            "context.",
+            status,
+        )
     if status == 401:
         return KubernetesError(
             f"the Kubernetes API server refused the credentials (401: {message}). Refresh "
-            f"them (e.g. `gcloud auth login`). {GET_CREDENTIALS}", status)
+            f"them (e.g. `gcloud auth login`). {GET_CREDENTIALS}",
+            status,
+        )
     if status == 404 and details.get("kind") == "namespaces":
         return KubernetesError(
             f"namespace {what.namespace!r} does not exist: create it (`kubectl create "
-            f"namespace {what.namespace}`) or pass another namespace=", status)
+            f"namespace {what.namespace}`) or pass another namespace=",
+            status,
+        )
     if status == 404 and what.resource.endswith(".ray.io") and not details.get("name"):
         return KubernetesError(
             f"this Kubernetes cluster has no {_KINDS.get(what.resource, what.resource)} API "
-            f"(ray.io/v1): {_INSTALL_KUBERAY}", status)
+            f"(ray.io/v1): {_INSTALL_KUBERAY}",
+            status,
+        )
     if status == 404:
         return KubernetesError(f"{what.where} does not exist (404 Not Found: {message})", status)
     if status == 409 or (status == 422 and "test failed" in text):
-        return Conflict(f"{what.where} already exists or changed meanwhile ({status}: "
-                        f"{message})", status)
+        return Conflict(
+            f"{what.where} already exists or changed meanwhile ({status}: {message})", status
+        )
     if status == 422:
         verb = "" if what.verb == "create" else f"to {what.verb} "
         return KubernetesError(
             f"the Kubernetes API refused {verb}{what.where} ({status}): {message}. Fix the "
-            "ClusterSpec field it names.", status)
+            "ClusterSpec field it names.",
+            status,
+        )
     code = f"{status} " if status else ""
     return KubernetesError(
         f"the Kubernetes API failed to {what.verb} {what.resource} in {what.namespace!r}: "
-        f"{code}{message}", status or None)
+        f"{code}{message}",
+        status or None,
+    )
 
 
 def _unquote(quoted: str) -> str:

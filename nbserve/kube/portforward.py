@@ -52,8 +52,9 @@ class PodPortForward:
         >>> fwd.close()                                                     # doctest: +SKIP
     """
 
-    def __init__(self, api_client: Any, namespace: str, pod: str, port: int, *,
-                 selector: str | None = None) -> None:
+    def __init__(
+        self, api_client: Any, namespace: str, pod: str, port: int, *, selector: str | None = None
+    ) -> None:
         self.api_client = api_client
         self.namespace = namespace
         self.pod = pod
@@ -79,8 +80,9 @@ class PodPortForward:
         except BaseException:
             self.close()
             raise
-        log.info("forwarding 127.0.0.1:%d to pod %s/%s port %d",
-                 self.local_port, namespace, pod, port)
+        log.info(
+            "forwarding 127.0.0.1:%d to pod %s/%s port %d", self.local_port, namespace, pod, port
+        )
 
     def close(self) -> None:
         """Stop listening, end every relay and join all threads. Safe to call twice."""
@@ -106,8 +108,10 @@ class PodPortForward:
     def __repr__(self) -> str:
         state = "closed" if self._stop.is_set() else "open"
         port = getattr(self, "local_port", None)
-        return (f"<PodPortForward 127.0.0.1:{port} -> {self.namespace}/{self.pod}:{self.port} "
-                f"({state})>")
+        return (
+            f"<PodPortForward 127.0.0.1:{port} -> {self.namespace}/{self.pod}:{self.port} "
+            f"({state})>"
+        )
 
     # --- threads ----------------------------------------------------------------------------
     def _accept(self) -> None:
@@ -121,7 +125,9 @@ class PodPortForward:
             except OSError:
                 continue
             relay = threading.Thread(
-                target=self._relay, args=(conn,), daemon=True,
+                target=self._relay,
+                args=(conn,),
+                daemon=True,
                 name=f"nbserve-portforward {self.pod}:{self.port} #{next(self._count)}",
             )
             with self._lock:
@@ -133,8 +139,9 @@ class PodPortForward:
         try:
             session = self._open_session_following()
         except ConnectionFailed as err:
-            log.warning("port-forward to %s/%s:%d failed: %s", self.namespace, self.pod,
-                        self.port, err)
+            log.warning(
+                "port-forward to %s/%s:%d failed: %s", self.namespace, self.pod, self.port, err
+            )
             conn.close()
             return
         try:
@@ -159,8 +166,13 @@ class PodPortForward:
             successor = self._successor()
             if successor is None:
                 raise
-            log.warning("pod %s/%s is gone; forwarding 127.0.0.1:%d to its successor %s",
-                        self.namespace, self.pod, self.local_port, successor)
+            log.warning(
+                "pod %s/%s is gone; forwarding 127.0.0.1:%d to its successor %s",
+                self.namespace,
+                self.pod,
+                self.local_port,
+                successor,
+            )
             self.pod = successor
             return self._open_session()
 
@@ -169,10 +181,18 @@ class PodPortForward:
         from kubernetes.client import CoreV1Api
 
         with _SESSION_LOCK:  # not while a session's opening has swapped the client's call_api
-            pods = CoreV1Api(self.api_client).list_namespaced_pod(
-                self.namespace, label_selector=self.selector).items
-        running = [p for p in pods if p.status is not None and p.status.phase == "Running"
-                   and p.metadata.deletion_timestamp is None]
+            pods = (
+                CoreV1Api(self.api_client)
+                .list_namespaced_pod(self.namespace, label_selector=self.selector)
+                .items
+            )
+        running = [
+            p
+            for p in pods
+            if p.status is not None
+            and p.status.phase == "Running"
+            and p.metadata.deletion_timestamp is None
+        ]
         if not running:
             return None
         newest = max(running, key=lambda p: p.metadata.creation_timestamp or 0)
@@ -188,12 +208,19 @@ class PodPortForward:
         with _SESSION_LOCK:
             before = set(threading.enumerate())
             try:
-                forward = portforward(core.connect_get_namespaced_pod_portforward, self.pod,
-                                      self.namespace, ports=str(self.port))
+                forward = portforward(
+                    core.connect_get_namespaced_pod_portforward,
+                    self.pod,
+                    self.namespace,
+                    ports=str(self.port),
+                )
             except ApiException as err:
                 raise self._refusal(err) from err
-            threads = [t for t in threading.enumerate()
-                       if t not in before and t.name.startswith(_PROXY_THREAD)]
+            threads = [
+                t
+                for t in threading.enumerate()
+                if t not in before and t.name.startswith(_PROXY_THREAD)
+            ]
         return _Session(forward.socket(self.port), forward, threads)
 
     @staticmethod
@@ -217,8 +244,7 @@ class PodPortForward:
         what = What("create", "pods/portforward", self.namespace, self.pod)
         mapped = refusal(err, what, host=str(self.api_client.configuration.host))
         where = f"pod {self.namespace}/{self.pod} port {self.port}"
-        return KubernetesError(f"could not open a port-forward to {where}: {mapped}",
-                               mapped.status)
+        return KubernetesError(f"could not open a port-forward to {where}: {mapped}", mapped.status)
 
 
 def _pump(a: Any, b: Any, wake: socket.socket) -> None:
@@ -229,9 +255,11 @@ def _pump(a: Any, b: Any, wake: socket.socket) -> None:
     pending: dict[Any, bytearray] = {a: bytearray(), b: bytearray()}  # bytes to write to key
     ended: Any = None
     while True:
-        readers = [wake] if ended is not None else [wake] + [
-            s for s in (a, b) if len(pending[peer[s]]) < _BUFFER
-        ]
+        readers = (
+            [wake]
+            if ended is not None
+            else [wake] + [s for s in (a, b) if len(pending[peer[s]]) < _BUFFER]
+        )
         writers = [s for s in (a, b) if pending[s]]
         if ended is not None and not pending[peer[ended]]:
             return

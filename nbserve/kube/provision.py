@@ -74,8 +74,9 @@ class RayClusterProvider:
             rc = _get(kube, self.ref.namespace, self.ref.name, time.monotonic() + timeout)
         return None if rc is None else node_shapes(rc)
 
-    def down(self, *, force: bool, timeout: float, progress: bool,
-             disconnect: Callable[[], None]) -> None:
+    def down(
+        self, *, force: bool, timeout: float, progress: bool, disconnect: Callable[[], None]
+    ) -> None:
         """Refuse unless created here or ``force``; then ``disconnect()``, delete and wait."""
         if not self.created and not force:
             raise ClusterError(
@@ -91,8 +92,12 @@ class RayClusterProvider:
 
 
 def apply(
-    spec: ClusterSpec, namespace: str | None = None, *, context: str | None = None,
-    timeout: float = 1200, progress: bool = True,
+    spec: ClusterSpec,
+    namespace: str | None = None,
+    *,
+    context: str | None = None,
+    timeout: float = 1200,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Create (or update) a RayCluster from ``spec`` and wait until its head is ready.
 
@@ -139,8 +144,10 @@ def apply(
 def _checked(spec: object, namespace: str | None, timeout: object) -> ClusterSpec:
     """The spec to apply (in ``namespace``, if given), after checking the arguments."""
     if not isinstance(spec, ClusterSpec):
-        raise SpecError(f"create_cluster() takes an nbserve.ClusterSpec, not "
-                        f"{type(spec).__name__}; e.g. nbserve.ClusterSpec(name='llm')")
+        raise SpecError(
+            f"create_cluster() takes an nbserve.ClusterSpec, not "
+            f"{type(spec).__name__}; e.g. nbserve.ClusterSpec(name='llm')"
+        )
     if namespace is not None:
         names.require("namespace", namespace, names.NAMESPACE)
         spec = spec.model_copy(update={"namespace": namespace})
@@ -160,16 +167,20 @@ def scale(ref: RayClusterRef, group: str, replicas: int, *, timeout: float = 60)
         for attempt in range(3):
             rc = _get(kube, ref.namespace, ref.name, deadline)
             if rc is None:
-                raise ClusterError(f"RayCluster {ref} no longer exists (`kubectl get "
-                                   f"rayclusters -n {ref.namespace}`)")
+                raise ClusterError(
+                    f"RayCluster {ref} no longer exists (`kubectl get "
+                    f"rayclusters -n {ref.namespace}`)"
+                )
             try:
-                _patch(kube, ref.namespace, ref.name, _scale_ops(rc, ref, group, replicas),
-                       deadline)
+                _patch(
+                    kube, ref.namespace, ref.name, _scale_ops(rc, ref, group, replicas), deadline
+                )
                 break
             except Conflict as err:
                 if attempt == 2:
-                    raise ClusterError(f"RayCluster {ref} kept changing while scaling "
-                                       f"{group!r}; try again") from err
+                    raise ClusterError(
+                        f"RayCluster {ref} kept changing while scaling {group!r}; try again"
+                    ) from err
     log.info("scaled worker group %s of RayCluster %s to %d", group, ref, replicas)
 
 
@@ -179,10 +190,21 @@ def delete(ref: RayClusterRef, *, timeout: float = 600, progress: bool = True) -
     with Kube(ref.context) as kube:
         # Foreground: the RayCluster stays (with a deletionTimestamp) until its pods are gone,
         # so "gone" means the GPUs are released too.
-        gone = kube.call(
-            deadline, What("delete", RESOURCE, ref.namespace, ref.name),
-            kube.crs.delete_namespaced_custom_object, GROUP, VERSION, ref.namespace, PLURAL,
-            ref.name, propagation_policy="Foreground", missing_ok=True) is None
+        gone = (
+            kube.call(
+                deadline,
+                What("delete", RESOURCE, ref.namespace, ref.name),
+                kube.crs.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                ref.namespace,
+                PLURAL,
+                ref.name,
+                propagation_policy="Foreground",
+                missing_ok=True,
+            )
+            is None
+        )
         if gone:
             log.info("RayCluster %s was already gone", ref)
             return
@@ -190,16 +212,26 @@ def delete(ref: RayClusterRef, *, timeout: float = 600, progress: bool = True) -
         def pods_left() -> int | None:
             if _get(kube, ref.namespace, ref.name, deadline + _GRACE) is None:
                 return None
-            return len(kube.call(
-                deadline + _GRACE, What("list", "pods", ref.namespace),
-                kube.core.list_namespaced_pod, ref.namespace,
-                label_selector=f"ray.io/cluster={ref.name}")["items"])
+            return len(
+                kube.call(
+                    deadline + _GRACE,
+                    What("list", "pods", ref.namespace),
+                    kube.core.list_namespaced_pod,
+                    ref.namespace,
+                    label_selector=f"ray.io/cluster={ref.name}",
+                )["items"]
+            )
 
-        _wait(f"deleting RayCluster {ref}", pods_left, lambda left: left is None,
-              lambda left: "gone" if left is None else f"{left} pod(s) left",
-              timeout=max(deadline - time.monotonic(), 0.1), progress=progress,
-              hint=f"It is still being deleted; `kubectl get raycluster,pods -n "
-                   f"{ref.namespace} -l ray.io/cluster={ref.name}` shows what is left.")
+        _wait(
+            f"deleting RayCluster {ref}",
+            pods_left,
+            lambda left: left is None,
+            lambda left: "gone" if left is None else f"{left} pod(s) left",
+            timeout=max(deadline - time.monotonic(), 0.1),
+            progress=progress,
+            hint=f"It is still being deleted; `kubectl get raycluster,pods -n "
+            f"{ref.namespace} -l ray.io/cluster={ref.name}` shows what is left.",
+        )
     log.info("deleted RayCluster %s", ref)
 
 
@@ -208,8 +240,16 @@ def _apply(kube: Kube, manifest: dict[str, Any], deadline: float) -> str:
     """Create the RayCluster, or replace the spec of the existing one; 'created' or 'updated'."""
     ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     try:
-        kube.call(deadline, What("create", RESOURCE, ns, name),
-                  kube.crs.create_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, manifest)
+        kube.call(
+            deadline,
+            What("create", RESOURCE, ns, name),
+            kube.crs.create_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            ns,
+            PLURAL,
+            manifest,
+        )
         return "created"
     except Conflict:  # it exists: replace its spec
         pass
@@ -222,15 +262,15 @@ def _apply(kube: Kube, manifest: dict[str, Any], deadline: float) -> str:
             return "updated"
         except Conflict:
             continue
-    raise ClusterError(f"RayCluster {ns}/{name} kept changing while nbserve updated it; "
-                       "try again")
+    raise ClusterError(f"RayCluster {ns}/{name} kept changing while nbserve updated it; try again")
 
 
 def _update_ops(current: dict[str, Any], manifest: dict[str, Any]) -> list[dict[str, Any]]:
     spec = copy.deepcopy(manifest["spec"])
     if spec.get("enableInTreeAutoscaling"):
-        existing = {g.get("groupName"): g for g in
-                    (current.get("spec") or {}).get("workerGroupSpecs") or []}
+        existing = {
+            g.get("groupName"): g for g in (current.get("spec") or {}).get("workerGroupSpecs") or []
+        }
         for group in spec["workerGroupSpecs"]:
             old = existing.get(group["groupName"], {}).get("replicas")
             if old is not None:
@@ -244,31 +284,40 @@ def _update_ops(current: dict[str, Any], manifest: dict[str, Any]) -> list[dict[
     if labels and not meta.get("labels"):
         ops.append({"op": "add", "path": "/metadata/labels", "value": labels})
     else:
-        ops += [{"op": "add", "path": f"/metadata/labels/{_pointer(k)}", "value": v}
-                for k, v in labels.items()]
+        ops += [
+            {"op": "add", "path": f"/metadata/labels/{_pointer(k)}", "value": v}
+            for k, v in labels.items()
+        ]
     return ops
 
 
-def _scale_ops(rc: dict[str, Any], ref: RayClusterRef, group: str, replicas: int
-               ) -> list[dict[str, Any]]:
+def _scale_ops(
+    rc: dict[str, Any], ref: RayClusterRef, group: str, replicas: int
+) -> list[dict[str, Any]]:
     spec = rc.get("spec") or {}
     groups = spec.get("workerGroupSpecs") or []
     group_names = [g.get("groupName") for g in groups]
     if group not in group_names:
-        raise SpecError(f"RayCluster {ref} has no worker group {group!r}; its worker groups: "
-                        f"{', '.join(map(repr, group_names)) or 'none'}")
+        raise SpecError(
+            f"RayCluster {ref} has no worker group {group!r}; its worker groups: "
+            f"{', '.join(map(repr, group_names)) or 'none'}"
+        )
     index = group_names.index(group)
     low = int(groups[index].get("minReplicas", 0))
     high = int(groups[index].get("maxReplicas", 2**31 - 1))
     where = f"worker group {group!r} of RayCluster {ref}"
     if replicas > high:
-        raise SpecError(f"replicas={replicas} is above maxReplicas={high} of {where}; scale to "
-                        f"at most {high}, or raise the bound (WorkerGroup(max_workers=...) in "
-                        "the ClusterSpec, then nbserve.create_cluster(spec) again)")
+        raise SpecError(
+            f"replicas={replicas} is above maxReplicas={high} of {where}; scale to "
+            f"at most {high}, or raise the bound (WorkerGroup(max_workers=...) in "
+            "the ClusterSpec, then nbserve.create_cluster(spec) again)"
+        )
     autoscaling = bool(spec.get("enableInTreeAutoscaling"))
     if replicas < low and not autoscaling:
-        raise SpecError(f"replicas={replicas} is below minReplicas={low} of {where}; scale to "
-                        f"at least {low}, or lower WorkerGroup(min_workers=...) in the spec")
+        raise SpecError(
+            f"replicas={replicas} is below minReplicas={low} of {where}; scale to "
+            f"at least {low}, or lower WorkerGroup(min_workers=...) in the spec"
+        )
     path = f"/spec/workerGroupSpecs/{index}"
     ops: list[dict[str, Any]] = [
         {"op": "test", "path": f"{path}/groupName", "value": group},
@@ -286,48 +335,81 @@ def _pointer(key: str) -> str:
 
 
 def _patch(kube: Kube, ns: str, name: str, ops: list[dict[str, Any]], deadline: float) -> None:
-    kube.call(deadline, What("patch", RESOURCE, ns, name),
-              kube.crs.patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name, ops,
-              _content_type="application/json-patch+json")
+    kube.call(
+        deadline,
+        What("patch", RESOURCE, ns, name),
+        kube.crs.patch_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        ns,
+        PLURAL,
+        name,
+        ops,
+        _content_type="application/json-patch+json",
+    )
 
 
 def _get(kube: Kube, ns: str, name: str, deadline: float) -> dict[str, Any] | None:
-    rc = kube.call(deadline, What("get", RESOURCE, ns, name),
-                   kube.crs.get_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
-                   missing_ok=True)
+    rc = kube.call(
+        deadline,
+        What("get", RESOURCE, ns, name),
+        kube.crs.get_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        ns,
+        PLURAL,
+        name,
+        missing_ok=True,
+    )
     return None if rc is None else dict(rc)
 
 
 # --- waiting -------------------------------------------------------------------------------
-def _wait_ready(kube: Kube, ns: str, name: str, deadline: float, timeout: float,
-                progress: bool) -> dict[str, Any]:
+def _wait_ready(
+    kube: Kube, ns: str, name: str, deadline: float, timeout: float, progress: bool
+) -> dict[str, Any]:
     def poll() -> dict[str, Any]:
         rc = _get(kube, ns, name, deadline + _GRACE)
         if rc is None:
             raise ClusterError(f"RayCluster {ns}/{name} was deleted while nbserve waited for it")
         return rc
 
-    return dict(_wait(
-        f"RayCluster {ns}/{name}", poll, lambda rc: readiness(rc)[0],
-        lambda rc: readiness(rc)[1], timeout=max(deadline - time.monotonic(), 0.1),
-        progress=progress, total_timeout=timeout,
-        hint=f"The RayCluster was left in place. See why with `kubectl describe raycluster "
-             f"{name} -n {ns}` and `kubectl get pods -n {ns} -l ray.io/cluster={name}`; then "
-             f"call nbserve.create_cluster(spec) again to keep waiting (it updates the existing "
-             f"one), or delete it with `kubectl delete raycluster {name} -n {ns}`."))
+    return dict(
+        _wait(
+            f"RayCluster {ns}/{name}",
+            poll,
+            lambda rc: readiness(rc)[0],
+            lambda rc: readiness(rc)[1],
+            timeout=max(deadline - time.monotonic(), 0.1),
+            progress=progress,
+            total_timeout=timeout,
+            hint=f"The RayCluster was left in place. See why with `kubectl describe raycluster "
+            f"{name} -n {ns}` and `kubectl get pods -n {ns} -l ray.io/cluster={name}`; then "
+            f"call nbserve.create_cluster(spec) again to keep waiting (it updates the existing "
+            f"one), or delete it with `kubectl delete raycluster {name} -n {ns}`.",
+        )
+    )
 
 
-def _wait(what: str, poll: Callable[[], Any], done: Callable[[Any], bool],
-          describe: Callable[[Any], str], *, timeout: float, progress: bool, hint: str,
-          total_timeout: float | None = None) -> Any:
+def _wait(
+    what: str,
+    poll: Callable[[], Any],
+    done: Callable[[Any], bool],
+    describe: Callable[[Any], str],
+    *,
+    timeout: float,
+    progress: bool,
+    hint: str,
+    total_timeout: float | None = None,
+) -> Any:
     last: list[Any] = [None]
     with Progress(what, enabled=progress) as bar:
+
         def show(value: Any) -> None:
             last[0] = value
             bar.update(describe(value))
 
         try:
-            return poll_until(poll, done, timeout=timeout, interval=1.0, on_poll=show,
-                              what=what)
+            return poll_until(poll, done, timeout=timeout, interval=1.0, on_poll=show, what=what)
         except WaitTimeout as err:
             raise WaitTimeout(what, total_timeout or timeout, describe(last[0]), hint) from err

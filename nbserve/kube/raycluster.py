@@ -19,9 +19,20 @@ from nbserve.errors import ConnectionFailed
 from nbserve.specs.accelerators import ACCELERATORS
 
 __all__ = [
-    "GROUP", "HEAD_SELECTOR", "PLURAL", "RESOURCE", "ROLES", "TOKEN_KEY", "VERSION",
+    "GROUP",
+    "HEAD_SELECTOR",
+    "PLURAL",
+    "RESOURCE",
+    "ROLES",
+    "TOKEN_KEY",
+    "VERSION",
     "RayClusterRef",
-    "check_ready", "check_versions", "head_ports", "node_shapes", "readiness", "token_ref",
+    "check_ready",
+    "check_versions",
+    "head_ports",
+    "node_shapes",
+    "readiness",
+    "token_ref",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,15 +75,22 @@ def readiness(rc: dict[str, Any]) -> tuple[bool, str]:
     ready = head.get("status") == "True" if head else status.get("state") == "ready"
     why = [f"state {status.get('state') or 'not reported'!r}"]
     if head:
-        why.append(f"{head.get('type')}={head.get('status')} ({head.get('reason') or '-'}"
-                   + (f": {head['message']}" if head.get("message") else "") + ")")
+        why.append(
+            f"{head.get('type')}={head.get('status')} ({head.get('reason') or '-'}"
+            + (f": {head['message']}" if head.get("message") else "")
+            + ")"
+        )
     failure = conditions.get("RayClusterReplicaFailure")
     if failure and failure.get("status") == "True":
-        why.append(f"RayClusterReplicaFailure ({failure.get('reason') or '-'}: "
-                   f"{failure.get('message') or ''})")
+        why.append(
+            f"RayClusterReplicaFailure ({failure.get('reason') or '-'}: "
+            f"{failure.get('message') or ''})"
+        )
     if "desiredWorkerReplicas" in status:
-        why.append(f"workers ready {status.get('readyWorkerReplicas', 0)}/"
-                   f"{status['desiredWorkerReplicas']}")
+        why.append(
+            f"workers ready {status.get('readyWorkerReplicas', 0)}/"
+            f"{status['desiredWorkerReplicas']}"
+        )
     if status.get("reason"):
         why.append(f"reason: {status['reason']}")
     if (rc.get("spec") or {}).get("suspend"):
@@ -98,7 +116,8 @@ def check_ready(rc: dict[str, Any], namespace: str, name: str) -> None:
 def _head_container(rc: dict[str, Any]) -> dict[str, Any]:
     spec = rc.get("spec") or {}
     containers = spec.get("headGroupSpec", {}).get("template", {}).get("spec", {}).get(
-        "containers") or [{}]
+        "containers"
+    ) or [{}]
     return dict(containers[0])
 
 
@@ -118,8 +137,9 @@ def check_versions(rc: dict[str, Any], where: str) -> None:
     if ray_version is None:
         log.info("%s names no Ray version; Ray Client's handshake will check it", where)
         ray_version = versions.ray_version()
-    versions.check_versions(ray_version, tag_py or versions.PYTHON_MINOR,
-                            where=f"{where} ({image})")
+    versions.check_versions(
+        ray_version, tag_py or versions.PYTHON_MINOR, where=f"{where} ({image})"
+    )
 
 
 def head_ports(pod: dict[str, Any]) -> dict[str, int]:
@@ -168,8 +188,10 @@ def token_ref(rc: dict[str, Any], namespace: str) -> dict[str, str] | str | None
         return str(token_env["value"])
     ref = (token_env.get("valueFrom") or {}).get("secretKeyRef")
     if not ref:
-        raise ConnectionFailed(f"RayCluster {namespace}/{name} sets "
-                               "RAY_AUTH_MODE=token but its head has no RAY_AUTH_TOKEN to read")
+        raise ConnectionFailed(
+            f"RayCluster {namespace}/{name} sets "
+            "RAY_AUTH_MODE=token but its head has no RAY_AUTH_TOKEN to read"
+        )
     return {"name": str(ref["name"]), "key": str(ref["key"])}
 
 
@@ -199,14 +221,16 @@ def node_shapes(rc: dict[str, Any]) -> dict[str, dict[str, float]]:
     """
     spec = rc.get("spec") or {}
     groups = [("head", spec.get("headGroupSpec") or {})] + [
-        (str(g.get("groupName", "?")), g) for g in spec.get("workerGroupSpecs") or []
-        if int(g.get("maxReplicas", g.get("replicas", 1)) or 0) > 0]
+        (str(g.get("groupName", "?")), g)
+        for g in spec.get("workerGroupSpecs") or []
+        if int(g.get("maxReplicas", g.get("replicas", 1)) or 0) > 0
+    ]
     by_label = {a.gke_label: a.serve_type for a in ACCELERATORS}
     shapes: dict[str, dict[str, float]] = {}
     for name, group in groups:
         params = group.get("rayStartParams") or {}
         pod = (group.get("template") or {}).get("spec") or {}
-        amounts = ((pod.get("containers") or [{}])[0].get("resources") or {})
+        amounts = (pod.get("containers") or [{}])[0].get("resources") or {}
         given = {**(amounts.get("requests") or {}), **(amounts.get("limits") or {})}
         shape: dict[str, float] = {}
         cpus = params.get("num-cpus", given.get("cpu"))

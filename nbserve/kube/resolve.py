@@ -31,8 +31,13 @@ log = logging.getLogger(__name__)
 
 
 def target(
-    name: str, namespace: str = "default", *, timeout: float = 60, context: str | None = None,
-    direct: bool | None = None, created: bool = False,
+    name: str,
+    namespace: str = "default",
+    *,
+    timeout: float = 60,
+    context: str | None = None,
+    direct: bool | None = None,
+    created: bool = False,
 ) -> Target:
     """Find a KubeRay RayCluster by name, check it and return where its head answers.
 
@@ -85,15 +90,23 @@ def target(
             host = f"{service}.{namespace}.svc.cluster.local"
             hosts = {role: f"{host}:{ports[role]}" for role in ("client", "serve", "dashboard")}
         else:
-            hosts, closers = _forward(kube, namespace, pod["metadata"]["name"], ports,
-                                      raycluster.HEAD_SELECTOR.format(name=name))
+            hosts, closers = _forward(
+                kube,
+                namespace,
+                pod["metadata"]["name"],
+                ports,
+                raycluster.HEAD_SELECTOR.format(name=name),
+            )
     provider = RayClusterProvider(RayClusterRef(name, namespace, context), created=created)
     log.info("%s answers at %s", where, hosts["client"])
     return Target(
-        f"ray://{hosts['client']}", serve_url=f"http://{hosts['serve']}",
-        dashboard_url=f"http://{hosts['dashboard']}", token=token,
+        f"ray://{hosts['client']}",
+        serve_url=f"http://{hosts['serve']}",
+        dashboard_url=f"http://{hosts['dashboard']}",
+        token=token,
         http_options={"host": "0.0.0.0", "port": ports["serve"]},  # reached through the service
-        closers=closers, provider=provider,
+        closers=closers,
+        provider=provider,
     )
 
 
@@ -107,8 +120,14 @@ def read_token(kube: Kube, namespace: str, rc: dict[str, Any], deadline: float) 
     ref = raycluster.token_ref(rc, namespace)
     if ref is None or isinstance(ref, str):
         return ref
-    secret = kube.call(deadline, What("get", "secrets", namespace, ref["name"]),
-                       kube.core.read_namespaced_secret, ref["name"], namespace, missing_ok=True)
+    secret = kube.call(
+        deadline,
+        What("get", "secrets", namespace, ref["name"]),
+        kube.core.read_namespaced_secret,
+        ref["name"],
+        namespace,
+        missing_ok=True,
+    )
     where = f"Secret {namespace}/{ref['name']}"
     if secret is None:
         raise KubernetesError(
@@ -116,7 +135,9 @@ def read_token(kube: Kube, namespace: str, rc: dict[str, Any], deadline: float) 
             f"its token {where} does not exist. KubeRay >= 1.5.1 creates it (key "
             f"'{raycluster.TOKEN_KEY}'); with an older operator, or authOptions.secretName, "
             f"create it: `kubectl create secret generic {ref['name']} -n {namespace} "
-            "--from-literal=auth_token=...`", 404)
+            "--from-literal=auth_token=...`",
+            404,
+        )
     value = (secret.get("data") or {}).get(ref["key"])
     if not value:
         raise ConnectionFailed(f"{where} has no key {ref['key']!r} holding the Ray auth token")
@@ -124,58 +145,97 @@ def read_token(kube: Kube, namespace: str, rc: dict[str, Any], deadline: float) 
 
 
 def _read_raycluster(kube: Kube, namespace: str, name: str, deadline: float) -> dict[str, Any]:
-    rc = kube.call(deadline, What("get", RESOURCE, namespace, name),
-                   kube.crs.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
-                   missing_ok=True)
+    rc = kube.call(
+        deadline,
+        What("get", RESOURCE, namespace, name),
+        kube.crs.get_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        name,
+        missing_ok=True,
+    )
     if rc is not None:
         return dict(rc)
     try:
-        found = kube.call(deadline, What("list", RESOURCE, namespace),
-                          kube.crs.list_namespaced_custom_object, GROUP, VERSION, namespace,
-                          PLURAL)
+        found = kube.call(
+            deadline,
+            What("list", RESOURCE, namespace),
+            kube.crs.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+        )
     except KubernetesError as err:  # e.g. allowed to get but not to list
-        raise KubernetesError(f"no RayCluster {name!r} in namespace {namespace!r} (the others "
-                              f"cannot be listed: {err})", 404) from err
+        raise KubernetesError(
+            f"no RayCluster {name!r} in namespace {namespace!r} (the others "
+            f"cannot be listed: {err})",
+            404,
+        ) from err
     existing = sorted(item["metadata"]["name"] for item in found.get("items", []))
     raise KubernetesError(
         f"no RayCluster {name!r} in namespace {namespace!r}; RayClusters there: "
         f"{', '.join(existing) or 'none'}. Pass namespace= for another namespace "
-        "(`kubectl get rayclusters -A` lists them all).", 404)
+        "(`kubectl get rayclusters -A` lists them all).",
+        404,
+    )
 
 
 def _head_pod(kube: Kube, namespace: str, name: str, deadline: float) -> dict[str, Any]:
-    pods = kube.call(deadline, What("list", "pods", namespace), kube.core.list_namespaced_pod,
-                     namespace, label_selector=raycluster.HEAD_SELECTOR.format(name=name))["items"]
+    pods = kube.call(
+        deadline,
+        What("list", "pods", namespace),
+        kube.core.list_namespaced_pod,
+        namespace,
+        label_selector=raycluster.HEAD_SELECTOR.format(name=name),
+    )["items"]
 
     def ready(pod: dict[str, Any]) -> bool:
-        return any(c.get("type") == "Ready" and c.get("status") == "True"
-                   for c in pod.get("status", {}).get("conditions") or [])
+        return any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in pod.get("status", {}).get("conditions") or []
+        )
 
-    running = [p for p in pods if p.get("status", {}).get("phase") == "Running"
-               and not p["metadata"].get("deletionTimestamp")]
+    running = [
+        p
+        for p in pods
+        if p.get("status", {}).get("phase") == "Running"
+        and not p["metadata"].get("deletionTimestamp")
+    ]
     if not running:
-        seen = ", ".join(f"{p['metadata']['name']} ({p.get('status', {}).get('phase')})"
-                         for p in pods) or "none"
-        raise ConnectionFailed(f"RayCluster {namespace}/{name} has no running head pod "
-                               f"(head pods: {seen})")
+        seen = (
+            ", ".join(f"{p['metadata']['name']} ({p.get('status', {}).get('phase')})" for p in pods)
+            or "none"
+        )
+        raise ConnectionFailed(
+            f"RayCluster {namespace}/{name} has no running head pod (head pods: {seen})"
+        )
     return max(running, key=lambda p: (ready(p), p["metadata"].get("creationTimestamp", "")))
 
 
-def _head_service(kube: Kube, namespace: str, name: str, rc: dict[str, Any], deadline: float
-                  ) -> str:
+def _head_service(
+    kube: Kube, namespace: str, name: str, rc: dict[str, Any], deadline: float
+) -> str:
     service = ((rc.get("status") or {}).get("head") or {}).get("serviceName")
     if service:
         return str(service)
-    items = kube.call(deadline, What("list", "services", namespace),
-                      kube.core.list_namespaced_service, namespace,
-                      label_selector=raycluster.HEAD_SELECTOR.format(name=name))["items"]
+    items = kube.call(
+        deadline,
+        What("list", "services", namespace),
+        kube.core.list_namespaced_service,
+        namespace,
+        label_selector=raycluster.HEAD_SELECTOR.format(name=name),
+    )["items"]
     if not items:
         raise ConnectionFailed(f"RayCluster {namespace}/{name} has no head service yet")
     return str(items[0]["metadata"]["name"])
 
 
-def _forward(kube: Kube, namespace: str, pod: str, ports: dict[str, int], selector: str
-             ) -> tuple[dict[str, str], list[Any]]:
+def _forward(
+    kube: Kube, namespace: str, pod: str, ports: dict[str, int], selector: str
+) -> tuple[dict[str, str], list[Any]]:
     """Port-forwards to the head pod's client, serve and dashboard ports, and their closers.
 
     Each follows the head to a new pod (``selector``) on the same local port, so a session
@@ -187,8 +247,7 @@ def _forward(kube: Kube, namespace: str, pod: str, ports: dict[str, int], select
             # An ApiClient of its own: it lives as long as the forward, past this function.
             own = kube.new_api_client()
             try:
-                forwards[role] = PodPortForward(own, namespace, pod, ports[role],
-                                                selector=selector)
+                forwards[role] = PodPortForward(own, namespace, pod, ports[role], selector=selector)
             except BaseException:
                 own.close()
                 raise

@@ -34,17 +34,38 @@ from nbserve.load.results import (
     percentile,
 )
 
-__all__ = ["BenchResult", "BenchRun", "LoadRun", "LoadStats", "RequestRecord", "check_price",
-           "percentile", "random_prompts", "run", "start"]
+__all__ = [
+    "BenchResult",
+    "BenchRun",
+    "LoadRun",
+    "LoadStats",
+    "RequestRecord",
+    "check_price",
+    "percentile",
+    "random_prompts",
+    "run",
+    "start",
+]
 
 log = logging.getLogger(__name__)
 
+
 def run(
-    endpoint: str, *, model: str | None = None, prompts: Sequence[str] | None = None,
-    num_prompts: int = 64, input_len: int = 64, output_len: int = 128,
-    concurrency: int | Sequence[int] = 8, request_rate: float | None = None,
-    tokenizer: str | None = None, seed: int = 0, timeout: float = 600, progress: bool = True,
-    warmup: bool = True, api_key: str = "nbserve",
+    endpoint: str,
+    *,
+    model: str | None = None,
+    prompts: Sequence[str] | None = None,
+    num_prompts: int = 64,
+    input_len: int = 64,
+    output_len: int = 128,
+    concurrency: int | Sequence[int] = 8,
+    request_rate: float | None = None,
+    tokenizer: str | None = None,
+    seed: int = 0,
+    timeout: float = 600,
+    progress: bool = True,
+    warmup: bool = True,
+    api_key: str = "nbserve",
 ) -> BenchResult:
     """Benchmark an OpenAI-compatible endpoint with streaming completions.
 
@@ -84,20 +105,41 @@ def run(
     levels = [concurrency] if isinstance(concurrency, int) else list(concurrency)
     _check_args(endpoint, levels, num_prompts, input_len, output_len, request_rate, prompts)
     base = endpoint.rstrip("/")
-    texts = list(prompts) if prompts else random_prompts(num_prompts, input_len, seed=seed,
-                                                        tokenizer=tokenizer)
+    texts = (
+        list(prompts)
+        if prompts
+        else random_prompts(num_prompts, input_len, seed=seed, tokenizer=tokenizer)
+    )
     texts = [texts[i % len(texts)] for i in range(num_prompts)]
-    coro = _main(base, model, texts, output_len, levels, request_rate, seed, timeout, progress,
-                 warmup, api_key)
+    coro = _main(
+        base,
+        model,
+        texts,
+        output_len,
+        levels,
+        request_rate,
+        seed,
+        timeout,
+        progress,
+        warmup,
+        api_key,
+    )
     result = _run_coroutine(coro)
     log.info("bench of %s done: %s", base, [r.row() for r in result.runs])
     return result
 
 
 def start(
-    endpoint: str, *, model: str, concurrency: int | None = None, duration_s: float | None = None,
-    ramp: Sequence[tuple[float, int]] | None = None, max_tokens: int = 128,
-    prompt: str = "Tell me a long story.", max_requests: int = 100_000, timeout: float = 120,
+    endpoint: str,
+    *,
+    model: str,
+    concurrency: int | None = None,
+    duration_s: float | None = None,
+    ramp: Sequence[tuple[float, int]] | None = None,
+    max_tokens: int = 128,
+    prompt: str = "Tell me a long story.",
+    max_requests: int = 100_000,
+    timeout: float = 120,
     api_key: str = "nbserve",
 ) -> LoadRun:
     """Send streaming completions from a background thread; returns a ``LoadRun`` at once.
@@ -135,8 +177,12 @@ def start(
     steps = _ramp_steps(ramp, concurrency, duration_s)
     for seconds, level in steps:
         counts = (level, max_tokens, max_requests)
-        if not all(type(v) is int and v >= 1 for v in counts) or isinstance(seconds, bool) \
-                or not isinstance(seconds, (int, float)) or not seconds > 0:
+        if (
+            not all(type(v) is int and v >= 1 for v in counts)
+            or isinstance(seconds, bool)
+            or not isinstance(seconds, (int, float))
+            or not seconds > 0
+        ):
             raise SpecError(
                 f"load needs concurrency >= 1, duration_s > 0, max_tokens >= 1 and "
                 f"max_requests >= 1; got concurrency={level!r}, duration_s={seconds!r}, "
@@ -144,14 +190,23 @@ def start(
             )
     if not all(isinstance(text, str) and text for text in (model, prompt)):
         raise SpecError(f"model={model!r} and prompt={prompt!r} must be non-empty strings")
-    load = LoadRun(endpoint.rstrip("/"), model, steps=steps, max_tokens=max_tokens,
-                   prompt=prompt, max_requests=max_requests, timeout=timeout, api_key=api_key)
+    load = LoadRun(
+        endpoint.rstrip("/"),
+        model,
+        steps=steps,
+        max_tokens=max_tokens,
+        prompt=prompt,
+        max_requests=max_requests,
+        timeout=timeout,
+        api_key=api_key,
+    )
     load._thread.start()
     return load
 
 
-def _ramp_steps(ramp: Sequence[tuple[float, int]] | None, concurrency: int | None,
-                duration_s: float | None) -> list[tuple[float, int]]:
+def _ramp_steps(
+    ramp: Sequence[tuple[float, int]] | None, concurrency: int | None, duration_s: float | None
+) -> list[tuple[float, int]]:
     """The load's steps of (seconds, concurrency): ``ramp``'s, or one from the two numbers.
 
     Example:
@@ -161,20 +216,30 @@ def _ramp_steps(ramp: Sequence[tuple[float, int]] | None, concurrency: int | Non
         [(60, 4)]
     """
     if ramp is None:
-        return [(60 if duration_s is None else duration_s,
-                 8 if concurrency is None else concurrency)]
+        return [
+            (60 if duration_s is None else duration_s, 8 if concurrency is None else concurrency)
+        ]
     if concurrency is not None or duration_s is not None:
-        raise SpecError("pass either ramp= or concurrency= and duration_s=, not both: the ramp's "
-                        "steps give both, e.g. ramp=[(30, 2), (60, 12)]")
+        raise SpecError(
+            "pass either ramp= or concurrency= and duration_s=, not both: the ramp's "
+            "steps give both, e.g. ramp=[(30, 2), (60, 12)]"
+        )
     try:
         steps = [(seconds, level) for seconds, level in ramp]
     except (TypeError, ValueError):
         steps = []
     if not steps or not all(
-            isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0
-            and type(c) is int and c >= 1 for t, c in steps):
-        raise SpecError(f"ramp={ramp!r} must be a non-empty list of (seconds > 0, concurrency "
-                        ">= 1) steps, e.g. ramp=[(30, 2), (60, 12)]")
+        isinstance(t, (int, float))
+        and not isinstance(t, bool)
+        and t > 0
+        and type(c) is int
+        and c >= 1
+        for t, c in steps
+    ):
+        raise SpecError(
+            f"ramp={ramp!r} must be a non-empty list of (seconds > 0, concurrency "
+            ">= 1) steps, e.g. ramp=[(30, 2), (60, 12)]"
+        )
     return [(float(t), c) for t, c in steps]
 
 
@@ -190,9 +255,18 @@ class LoadRun:
         >>> run.stop()                                                     # doctest: +SKIP
     """
 
-    def __init__(self, endpoint: str, model: str, *, steps: Sequence[tuple[float, int]],
-                 max_tokens: int, prompt: str, max_requests: int, timeout: float,
-                 api_key: str) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        model: str,
+        *,
+        steps: Sequence[tuple[float, int]],
+        max_tokens: int,
+        prompt: str,
+        max_requests: int,
+        timeout: float,
+        api_key: str,
+    ) -> None:
         self.steps = list(steps)
         self.concurrency = max(c for _, c in self.steps)  # the most in flight at once
         self.endpoint, self.model = endpoint, model
@@ -232,14 +306,16 @@ class LoadRun:
     async def _send(self) -> None:
         async def worker(session: Any, index: int) -> None:
             # The workers share one event loop, so the budget needs no lock.
-            while not self._stop.is_set() and time.monotonic() < self._deadline \
-                    and self._budget > 0:
+            while (
+                not self._stop.is_set() and time.monotonic() < self._deadline and self._budget > 0
+            ):
                 if index >= self.level():  # this worker rests during the ramp's lower steps
                     await asyncio.sleep(0.1)
                     continue
                 self._budget -= 1
-                record = await _request(session, self.endpoint, self.model, self._prompt,
-                                        self.max_tokens)
+                record = await _request(
+                    session, self.endpoint, self.model, self._prompt, self.max_tokens
+                )
                 with self._lock:
                     self._records.append(record)
                 if not record.ok:
@@ -259,16 +335,24 @@ class LoadRun:
         ended = self._ended
         with self._lock:
             records = list(self._records)
-        return LoadStats.from_records(records, elapsed_s=(ended or time.monotonic())
-                                      - self._started, running=ended is None, error=self._crash)
+        return LoadStats.from_records(
+            records,
+            elapsed_s=(ended or time.monotonic()) - self._started,
+            running=ended is None,
+            error=self._crash,
+        )
 
     def result(self) -> BenchResult:
         """The requests finished so far as a ``BenchResult`` of one run (latencies included)."""
         elapsed = (self._ended or time.monotonic()) - self._started
         with self._lock:
-            run = BenchRun.from_records(self._records, concurrency=self.concurrency,
-                                        request_rate=None, output_len=self.max_tokens,
-                                        duration_s=elapsed)
+            run = BenchRun.from_records(
+                self._records,
+                concurrency=self.concurrency,
+                request_rate=None,
+                output_len=self.max_tokens,
+                duration_s=elapsed,
+            )
         return BenchResult(self.endpoint, self.model, [run])
 
     def stop(self, timeout: float | None = None) -> LoadStats:
@@ -296,26 +380,41 @@ class LoadRun:
 
 def _check_endpoint(endpoint: str) -> None:
     if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
-        raise SpecError(f"endpoint {endpoint!r} is not an http(s) URL; pass the OpenAI base URL, "
-                        "e.g. http://127.0.0.1:8000/tiny/v1 (app.endpoint gives it)")
+        raise SpecError(
+            f"endpoint {endpoint!r} is not an http(s) URL; pass the OpenAI base URL, "
+            "e.g. http://127.0.0.1:8000/tiny/v1 (app.endpoint gives it)"
+        )
 
 
-def _check_args(endpoint: str, levels: list[int], num_prompts: int, input_len: int,
-                output_len: int, request_rate: float | None,
-                prompts: Sequence[str] | None) -> None:
+def _check_args(
+    endpoint: str,
+    levels: list[int],
+    num_prompts: int,
+    input_len: int,
+    output_len: int,
+    request_rate: float | None,
+    prompts: Sequence[str] | None,
+) -> None:
     _check_endpoint(endpoint)
     if not levels or any(not isinstance(c, int) or c < 1 for c in levels):
-        raise SpecError(f"concurrency={levels} must be one or more integers >= 1, e.g. 8 or "
-                        "[1, 8, 32]")
-    for name, value in (("num_prompts", num_prompts), ("input_len", input_len),
-                        ("output_len", output_len)):
+        raise SpecError(
+            f"concurrency={levels} must be one or more integers >= 1, e.g. 8 or [1, 8, 32]"
+        )
+    for name, value in (
+        ("num_prompts", num_prompts),
+        ("input_len", input_len),
+        ("output_len", output_len),
+    ):
         if value < 1:
             raise SpecError(f"{name}={value} must be at least 1")
     if request_rate is not None and not request_rate > 0:
-        raise SpecError(f"request_rate={request_rate} must be > 0 requests/s, or None for "
-                        "as fast as the concurrency allows")
-    if prompts is not None and (isinstance(prompts, str) or not all(
-            isinstance(p, str) and p for p in prompts)):
+        raise SpecError(
+            f"request_rate={request_rate} must be > 0 requests/s, or None for "
+            "as fast as the concurrency allows"
+        )
+    if prompts is not None and (
+        isinstance(prompts, str) or not all(isinstance(p, str) and p for p in prompts)
+    ):
         raise SpecError("prompts must be a list of non-empty strings, e.g. ['Hello', 'Hi']")
 
 
@@ -338,25 +437,51 @@ def _session(concurrency: int, timeout: float, api_key: str) -> Any:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=concurrency + 1, force_close=False),
         timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=10),
-        headers={"Authorization": f"Bearer {api_key}"}, trust_env=True,
+        headers={"Authorization": f"Bearer {api_key}"},
+        trust_env=True,
     )
 
 
-async def _main(base: str, model: str | None, texts: list[str], output_len: int,
-                levels: list[int], request_rate: float | None, seed: int, timeout: float,
-                progress: bool, warmup: bool, api_key: str) -> BenchResult:
+async def _main(
+    base: str,
+    model: str | None,
+    texts: list[str],
+    output_len: int,
+    levels: list[int],
+    request_rate: float | None,
+    seed: int,
+    timeout: float,
+    progress: bool,
+    warmup: bool,
+    api_key: str,
+) -> BenchResult:
     async with _session(max(levels), timeout, api_key) as session:
         name = model or await _first_model(session, base)
         if warmup:
             record = await _request(session, base, name, texts[0], min(output_len, 4))
             if not record.ok:
-                raise EndpointError(f"the first request to {base} with model {name!r} failed: "
-                                    f"{record.error}; check the URL and the model name")
-        bar = Progress("bench", enabled=progress, total=len(texts) * len(levels), unit="req",
-                       counts=True)
+                raise EndpointError(
+                    f"the first request to {base} with model {name!r} failed: "
+                    f"{record.error}; check the URL and the model name"
+                )
+        bar = Progress(
+            "bench", enabled=progress, total=len(texts) * len(levels), unit="req", counts=True
+        )
         try:
-            runs = [await _level(session, base, name, texts, output_len, c, request_rate, seed,
-                                 lambda n: bar.update(advance=n)) for c in levels]
+            runs = [
+                await _level(
+                    session,
+                    base,
+                    name,
+                    texts,
+                    output_len,
+                    c,
+                    request_rate,
+                    seed,
+                    lambda n: bar.update(advance=n),
+                )
+                for c in levels
+            ]
         finally:
             bar.close()
     return BenchResult(base, name, runs)
@@ -369,16 +494,20 @@ async def _first_model(session: Any, base: str) -> str:
         async with session.get(f"{base}/models") as reply:
             status, body = reply.status, await reply.text()
     except (TimeoutError, aiohttp.ClientError) as err:
-        raise EndpointError(f"cannot reach {base}/models ({_describe(err)}); check "
-                            "the URL (it ends in /v1) and that the server runs") from err
+        raise EndpointError(
+            f"cannot reach {base}/models ({_describe(err)}); check "
+            "the URL (it ends in /v1) and that the server runs"
+        ) from err
     if status != 200:
-        raise EndpointError(f"{base}/models answered HTTP {status}: "
-                            f"{body[:200]!r}; check the URL (it ends in /v1)")
+        raise EndpointError(
+            f"{base}/models answered HTTP {status}: {body[:200]!r}; check the URL (it ends in /v1)"
+        )
     try:
         models = [m["id"] for m in json.loads(body)["data"]]
     except (ValueError, KeyError, TypeError) as err:
-        raise EndpointError(f"{base}/models is not an OpenAI model list; is {base} an "
-                            "OpenAI-compatible base URL?") from err
+        raise EndpointError(
+            f"{base}/models is not an OpenAI model list; is {base} an OpenAI-compatible base URL?"
+        ) from err
     if not models:
         raise EndpointError(f"{base} serves no model; pass model= explicitly")
     return str(models[0])
@@ -388,9 +517,17 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
-async def _level(session: Any, base: str, model: str, texts: list[str], output_len: int,
-                 concurrency: int, request_rate: float | None, seed: int,
-                 tick: Callable[[int], Any]) -> BenchRun:
+async def _level(
+    session: Any,
+    base: str,
+    model: str,
+    texts: list[str],
+    output_len: int,
+    concurrency: int,
+    request_rate: float | None,
+    seed: int,
+    tick: Callable[[int], Any],
+) -> BenchRun:
     gate = asyncio.Semaphore(concurrency)
     rng = random.Random(seed)
 
@@ -407,31 +544,47 @@ async def _level(session: Any, base: str, model: str, texts: list[str], output_l
         if request_rate is not None:
             await asyncio.sleep(rng.expovariate(request_rate))
     records = await asyncio.gather(*tasks)
-    return BenchRun.from_records(records, concurrency=concurrency, request_rate=request_rate,
-                                 output_len=output_len, duration_s=time.perf_counter() - start)
+    return BenchRun.from_records(
+        records,
+        concurrency=concurrency,
+        request_rate=request_rate,
+        output_len=output_len,
+        duration_s=time.perf_counter() - start,
+    )
 
 
-async def _request(session: Any, base: str, model: str, prompt: str,
-                   output_len: int) -> RequestRecord:
+async def _request(
+    session: Any, base: str, model: str, prompt: str, output_len: int
+) -> RequestRecord:
     """One streaming completion; failures are returned as records, never raised."""
     import aiohttp
 
     # No sampling settings: the server's defaults apply, as with ``vllm bench serve``. (Greedy
     # decoding is cheaper per token than sampling, which shows with a small model on CPU.)
-    payload = {"model": model, "prompt": prompt, "max_tokens": output_len, "stream": True,
-               "ignore_eos": True, "stream_options": {"include_usage": True}}
+    payload = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": output_len,
+        "stream": True,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
     # Serve takes the client's x-request-id as the request's id, and vLLM keeps it in its
     # trace span: the record and the span meet by it (``nbserve.observe.traces``).
     request_id = uuid.uuid4().hex
     tally = StreamTally(output_len, request_id=request_id)
     try:
-        async with session.post(f"{base}/completions", json=payload,
-                                headers={"x-request-id": request_id}) as reply:
+        async with session.post(
+            f"{base}/completions", json=payload, headers={"x-request-id": request_id}
+        ) as reply:
             if reply.status != 200:
                 body = (await reply.read()).decode(errors="replace")[:300]
                 after = reply.headers.get("Retry-After")  # a 429/503 may say when to come back
-                return tally.failed(f"HTTP {reply.status}"
-                                    + (f" (Retry-After {after})" if after else "") + f": {body}")
+                return tally.failed(
+                    f"HTTP {reply.status}"
+                    + (f" (Retry-After {after})" if after else "")
+                    + f": {body}"
+                )
             async for data in reply.content.iter_any():
                 if not tally.feed(data):
                     break

@@ -47,8 +47,15 @@ class _App(Protocol):
 
     def _local_tokenizer(self) -> str | None: ...
 
-    def bench(self, *, concurrency: int | Sequence[int] = 8, num_prompts: int = 64,
-              input_len: int = 64, output_len: int = 128, **kwargs: Any) -> BenchResult: ...
+    def bench(
+        self,
+        *,
+        concurrency: int | Sequence[int] = 8,
+        num_prompts: int = 64,
+        input_len: int = 64,
+        output_len: int = 128,
+        **kwargs: Any,
+    ) -> BenchResult: ...
 
 
 class Measuring:
@@ -85,21 +92,34 @@ class Measuring:
             >>> app.trace("my-request-1").figure()                  # doctest: +SKIP
         """
         if self.spec is not None and not self.spec.tracing:
-            raise NbserveError(f"app {self.name!r} runs without tracing; app.update("
-                               "tracing=True) turns it on (a rolling restart of its replicas)")
-        spans = [s for s in traces.fetch([request_id], wait_s=wait_s)
-                 if not s.get("replica") or s["replica"].startswith(f"{self.name}#")]
+            raise NbserveError(
+                f"app {self.name!r} runs without tracing; app.update("
+                "tracing=True) turns it on (a rolling restart of its replicas)"
+            )
+        spans = [
+            s
+            for s in traces.fetch([request_id], wait_s=wait_s)
+            if not s.get("replica") or s["replica"].startswith(f"{self.name}#")
+        ]
         found = traces.from_spans(request_id, spans)
         if found is None:
             raise NbserveError(
                 f"no engine span of request {request_id!r} on app {self.name!r} arrived within "
                 f"{wait_s:.0f} s: send it with the header x-request-id: {request_id} (vLLM keeps "
-                "the spans of requests that finished; a receiver keeps the newest 20,000)")
+                "the spans of requests that finished; a receiver keeps the newest 20,000)"
+            )
         return found
 
-    def load(self: _App, *, concurrency: int | None = None, duration_s: float | None = None,
-             ramp: Sequence[tuple[float, int]] | None = None, max_tokens: int = 128,
-             prompt: str = "Tell me a long story.", max_requests: int = 100_000) -> LoadRun:
+    def load(
+        self: _App,
+        *,
+        concurrency: int | None = None,
+        duration_s: float | None = None,
+        ramp: Sequence[tuple[float, int]] | None = None,
+        max_tokens: int = 128,
+        prompt: str = "Tell me a long story.",
+        max_requests: int = 100_000,
+    ) -> LoadRun:
         """Send streaming completions in the background, e.g. to watch the dashboard move.
 
         ``nbserve.load.bench.start`` on this app's endpoint and model: it returns at once, keeps
@@ -110,15 +130,29 @@ class Measuring:
             >>> run = app.load(ramp=[(30, 2), (90, 16), (30, 2)])  # doctest: +SKIP
             >>> run.wait()                                          # doctest: +SKIP
         """
-        run = bench.start(self.endpoint, model=self.model, concurrency=concurrency,
-                          duration_s=duration_s, ramp=ramp, max_tokens=max_tokens,
-                          prompt=prompt, max_requests=max_requests,
-                          timeout=self._request_timeout())
+        run = bench.start(
+            self.endpoint,
+            model=self.model,
+            concurrency=concurrency,
+            duration_s=duration_s,
+            ramp=ramp,
+            max_tokens=max_tokens,
+            prompt=prompt,
+            max_requests=max_requests,
+            timeout=self._request_timeout(),
+        )
         self.cluster.bind(run)  # disconnect() stops it
         return run
 
-    def bench(self: _App, *, concurrency: int | Sequence[int] = 8, num_prompts: int = 64,
-              input_len: int = 64, output_len: int = 128, **kwargs: Any) -> BenchResult:
+    def bench(
+        self: _App,
+        *,
+        concurrency: int | Sequence[int] = 8,
+        num_prompts: int = 64,
+        input_len: int = 64,
+        output_len: int = 128,
+        **kwargs: Any,
+    ) -> BenchResult:
         """Measure this app's throughput and latency with streaming completions.
 
         ``nbserve.load.bench.run`` on this app's endpoint and model; for a local checkpoint with a
@@ -138,12 +172,24 @@ class Measuring:
         """
         kwargs.setdefault("tokenizer", self._local_tokenizer())
         model = kwargs.pop("model", None) or self.model
-        return bench.run(self.endpoint, model=model, concurrency=concurrency,
-                         num_prompts=num_prompts, input_len=input_len, output_len=output_len,
-                         **kwargs)
+        return bench.run(
+            self.endpoint,
+            model=model,
+            concurrency=concurrency,
+            num_prompts=num_prompts,
+            input_len=input_len,
+            output_len=output_len,
+            **kwargs,
+        )
 
-    def cost(self: _App, price_per_hour: float, *, result: BenchResult | None = None,
-             concurrency: int | Sequence[int] = 32, **bench_kwargs: Any) -> float:
+    def cost(
+        self: _App,
+        price_per_hour: float,
+        *,
+        result: BenchResult | None = None,
+        concurrency: int | Sequence[int] = 32,
+        **bench_kwargs: Any,
+    ) -> float:
         """Dollars per million output tokens at this app's measured throughput.
 
         ``price_per_hour``: what the machines serving this app cost, in dollars an hour. The
@@ -163,8 +209,13 @@ class Measuring:
         if result is None:
             result = self.bench(concurrency=concurrency, **bench_kwargs)
         cost = result.cost_per_million_tokens(price)
-        log.info("app %s: $%.4f per 1M output tokens at %.0f tok/s and $%.2f/h", self.name,
-                 cost, result.best.output_tokens_per_s, price)
+        log.info(
+            "app %s: $%.4f per 1M output tokens at %.0f tok/s and $%.2f/h",
+            self.name,
+            cost,
+            result.best.output_tokens_per_s,
+            price,
+        )
         return cost
 
     def _local_tokenizer(self: _App) -> str | None:

@@ -26,8 +26,9 @@ _WORDS = (
 ).split()
 
 
-def random_prompts(count: int, input_len: int, *, seed: int = 0,
-                   tokenizer: str | None = None) -> list[str]:
+def random_prompts(
+    count: int, input_len: int, *, seed: int = 0, tokenizer: str | None = None
+) -> list[str]:
     """``count`` random prompts of about ``input_len`` tokens each.
 
     Without a tokenizer a prompt is ``input_len`` random common English words (``input_len`` to
@@ -60,7 +61,10 @@ def random_prompts(count: int, input_len: int, *, seed: int = 0,
             ids = tok.encode(text, add_special_tokens=False).ids
             if len(ids) == input_len:
                 break
-            ids = (ids[:input_len] if len(ids) > input_len else
-                   ids + [rng.choice(allowed) for _ in range(input_len - len(ids))])
+            ids = (
+                ids[:input_len]
+                if len(ids) > input_len
+                else ids + [rng.choice(allowed) for _ in range(input_len - len(ids))]
+            )
         prompts.append(text)
     return prompts

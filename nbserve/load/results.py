@@ -22,8 +22,16 @@ from nbserve.base.fmt import html_table, num
 from nbserve.errors import SpecError
 from nbserve.observe.traces import Traces, of_records
 
-__all__ = ["PERCENTILES", "BenchResult", "BenchRun", "LoadStats", "RequestRecord", "StreamTally",
-           "check_price", "percentile"]
+__all__ = [
+    "PERCENTILES",
+    "BenchResult",
+    "BenchRun",
+    "LoadStats",
+    "RequestRecord",
+    "StreamTally",
+    "check_price",
+    "percentile",
+]
 
 PERCENTILES = (50, 95, 99)
 
@@ -55,10 +63,15 @@ def check_price(price_per_hour: float) -> float:
         >>> check_price(0.7)
         0.7
     """
-    if isinstance(price_per_hour, bool) or not isinstance(price_per_hour, (int, float)) \
-            or not 0 <= price_per_hour < math.inf:
-        raise SpecError(f"price_per_hour={price_per_hour!r} must be a number of dollars an hour "
-                        ">= 0, e.g. price_per_hour=0.70")
+    if (
+        isinstance(price_per_hour, bool)
+        or not isinstance(price_per_hour, (int, float))
+        or not 0 <= price_per_hour < math.inf
+    ):
+        raise SpecError(
+            f"price_per_hour={price_per_hour!r} must be a number of dollars an hour "
+            ">= 0, e.g. price_per_hour=0.70"
+        )
     return float(price_per_hour)
 
 
@@ -92,9 +105,14 @@ class StreamTally:
     final usage reports, else the chunks streamed. ``clock`` and ``wall`` are injectable.
     """
 
-    def __init__(self, output_len: int, *, request_id: str = "",
-                 clock: Callable[[], float] = time.perf_counter,
-                 wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        output_len: int,
+        *,
+        request_id: str = "",
+        clock: Callable[[], float] = time.perf_counter,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.output_len, self.request_id = output_len, request_id
         self._clock, self._wall = clock, wall
         self._start, self._started_at = clock(), wall()
@@ -139,10 +157,18 @@ class StreamTally:
 
     def failed(self, error: str, output_tokens: int = 0) -> RequestRecord:
         """The record of a request that failed with ``error`` (an HTTP status, a timeout)."""
-        return RequestRecord(ok=False, ttft_s=None, e2e_s=self._clock() - self._start, itl_s=[],
-                             output_tokens=output_tokens, input_tokens=0,
-                             started_at=self._started_at, ended_at=self._wall(),
-                             error=error[:300], request_id=self.request_id)
+        return RequestRecord(
+            ok=False,
+            ttft_s=None,
+            e2e_s=self._clock() - self._start,
+            itl_s=[],
+            output_tokens=output_tokens,
+            input_tokens=0,
+            started_at=self._started_at,
+            ended_at=self._wall(),
+            error=error[:300],
+            request_id=self.request_id,
+        )
 
     def record(self) -> RequestRecord:
         """The record of the whole stream, once it ended: good, or failed with the reason."""
@@ -158,9 +184,15 @@ class StreamTally:
         if self._ttft is None:
             return self.failed("the stream ended without any token")
         return RequestRecord(
-            ok=True, ttft_s=self._ttft, e2e_s=self._last - self._start, itl_s=self._itl,
-            output_tokens=tokens, input_tokens=int(self._usage.get("prompt_tokens") or 0),
-            started_at=self._started_at, ended_at=self._wall(), request_id=self.request_id,
+            ok=True,
+            ttft_s=self._ttft,
+            e2e_s=self._last - self._start,
+            itl_s=self._itl,
+            output_tokens=tokens,
+            input_tokens=int(self._usage.get("prompt_tokens") or 0),
+            started_at=self._started_at,
+            ended_at=self._wall(),
+            request_id=self.request_id,
         )
 
 
@@ -189,9 +221,15 @@ class BenchRun:
     records: list[RequestRecord] = field(default_factory=list, repr=False)
 
     @classmethod
-    def from_records(cls, records: Sequence[RequestRecord], *, concurrency: int,
-                     request_rate: float | None, output_len: int,
-                     duration_s: float) -> BenchRun:
+    def from_records(
+        cls,
+        records: Sequence[RequestRecord],
+        *,
+        concurrency: int,
+        request_rate: float | None,
+        output_len: int,
+        duration_s: float,
+    ) -> BenchRun:
         """The statistics of ``records``: counts and token sums of the good ones, percentiles.
 
         Example:
@@ -205,18 +243,25 @@ class BenchRun:
         good = [r for r in records if r.ok]
 
         def pcts(values: list[float]) -> dict[int, float | None]:
-            return {q: None if (v := percentile(values, q)) is None else v * 1000
-                    for q in PERCENTILES}
+            return {
+                q: None if (v := percentile(values, q)) is None else v * 1000 for q in PERCENTILES
+            }
 
         return cls(
-            concurrency=concurrency, request_rate=request_rate, num_prompts=len(records),
-            output_len=output_len, duration_s=duration_s, completed=len(good),
-            failed=len(records) - len(good), input_tokens=sum(r.input_tokens for r in good),
+            concurrency=concurrency,
+            request_rate=request_rate,
+            num_prompts=len(records),
+            output_len=output_len,
+            duration_s=duration_s,
+            completed=len(good),
+            failed=len(records) - len(good),
+            input_tokens=sum(r.input_tokens for r in good),
             output_tokens=sum(r.output_tokens for r in good),
             ttft_ms=pcts([r.ttft_s for r in good if r.ttft_s is not None]),
             itl_ms=pcts([x for r in good for x in r.itl_s]),
             e2e_ms=pcts([r.e2e_s for r in good]),
-            errors=sorted({r.error for r in records if not r.ok})[:10], records=list(records),
+            errors=sorted({r.error for r in records if not r.ok})[:10],
+            records=list(records),
         )
 
     @property
@@ -245,20 +290,26 @@ class BenchRun:
         """
         price = check_price(price_per_hour)
         if self.output_tokens_per_s <= 0:
-            raise SpecError("no output tokens were measured, so there is no cost per token; "
-                            "look at the run's errors")
+            raise SpecError(
+                "no output tokens were measured, so there is no cost per token; "
+                "look at the run's errors"
+            )
         return price / (self.output_tokens_per_s * 3600) * 1e6
 
     def row(self) -> dict[str, Any]:
         """One flat row: the figures a table or JSON shows."""
         row: dict[str, Any] = {
-            "concurrency": self.concurrency, "request_rate": self.request_rate,
-            "num_prompts": self.num_prompts, "completed": self.completed,
-            "failed": self.failed, "duration_s": round(self.duration_s, 3),
+            "concurrency": self.concurrency,
+            "request_rate": self.request_rate,
+            "num_prompts": self.num_prompts,
+            "completed": self.completed,
+            "failed": self.failed,
+            "duration_s": round(self.duration_s, 3),
             "output_tokens_per_s": round(self.output_tokens_per_s, 1),
             "requests_per_s": round(self.requests_per_s, 3),
             "mean_input_tokens": round(self.input_tokens / self.completed, 1)
-            if self.completed else None,
+            if self.completed
+            else None,
         }
         for name, stats in (("ttft", self.ttft_ms), ("itl", self.itl_ms), ("e2e", self.e2e_ms)):
             for q in PERCENTILES:
@@ -310,8 +361,11 @@ class BenchResult:
             >>> result = app.bench(concurrency=8, num_prompts=32)  # doctest: +SKIP
             >>> result.traces(slowest=3)[0].figure()               # doctest: +SKIP
         """
-        good = sorted((r for run in self.runs for r in run.records if r.ok),
-                      key=lambda r: r.e2e_s, reverse=True)
+        good = sorted(
+            (r for run in self.runs for r in run.records if r.ok),
+            key=lambda r: r.e2e_s,
+            reverse=True,
+        )
         return of_records(good[:slowest], wait_s=wait_s)
 
     def rows(self) -> list[dict[str, Any]]:
@@ -326,8 +380,11 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready: endpoint, model, each run's figures and errors."""
-        return {"endpoint": self.endpoint, "model": self.model,
-                "runs": [{**run.row(), "errors": run.errors} for run in self.runs]}
+        return {
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "runs": [{**run.row(), "errors": run.errors} for run in self.runs],
+        }
 
     def to_json(self, path: str | Path) -> Path:
         """Write ``to_dict()`` as JSON to ``path``; returns the path."""
@@ -342,11 +399,23 @@ class BenchResult:
 
         xs = [r.concurrency for r in self.runs]
         fig = make_subplots(rows=1, cols=2, subplot_titles=("throughput", "latency (p50)"))
-        fig.add_scatter(x=xs, y=[r.output_tokens_per_s for r in self.runs], name="output tok/s",
-                        mode="lines+markers", row=1, col=1)
+        fig.add_scatter(
+            x=xs,
+            y=[r.output_tokens_per_s for r in self.runs],
+            name="output tok/s",
+            mode="lines+markers",
+            row=1,
+            col=1,
+        )
         for name, key in (("TTFT", "ttft_ms"), ("end to end", "e2e_ms")):
-            fig.add_scatter(x=xs, y=[getattr(r, key).get(50) for r in self.runs],
-                            name=f"{name} ms", mode="lines+markers", row=1, col=2)
+            fig.add_scatter(
+                x=xs,
+                y=[getattr(r, key).get(50) for r in self.runs],
+                name=f"{name} ms",
+                mode="lines+markers",
+                row=1,
+                col=2,
+            )
         fig.update_xaxes(title_text="concurrent requests")
         fig.update_yaxes(title_text="tokens/s", row=1, col=1)
         fig.update_yaxes(title_text="ms", row=1, col=2)
@@ -354,25 +423,44 @@ class BenchResult:
         return fig
 
     def __str__(self) -> str:
-        head = (f"{'conc':>5} {'ok':>5} {'fail':>5} {'out tok/s':>10} {'req/s':>7} "
-                f"{'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'E2E p50':>9} {'p99':>8}")
+        head = (
+            f"{'conc':>5} {'ok':>5} {'fail':>5} {'out tok/s':>10} {'req/s':>7} "
+            f"{'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'E2E p50':>9} {'p99':>8}"
+        )
         lines = [f"{self.model} at {self.endpoint} (latencies in ms)", head]
         for r in self.runs:
-            t50, t99, i50, e50, e99 = (num(v, "{:.1f}") for v in (
-                r.ttft_ms[50], r.ttft_ms[99], r.itl_ms[50], r.e2e_ms[50], r.e2e_ms[99]))
-            lines.append(f"{r.concurrency:>5} {r.completed:>5} {r.failed:>5} "
-                         f"{r.output_tokens_per_s:>10.1f} {r.requests_per_s:>7.2f} "
-                         f"{t50:>9} {t99:>8} {i50:>8} {e50:>9} {e99:>8}")
+            t50, t99, i50, e50, e99 = (
+                num(v, "{:.1f}")
+                for v in (r.ttft_ms[50], r.ttft_ms[99], r.itl_ms[50], r.e2e_ms[50], r.e2e_ms[99])
+            )
+            lines.append(
+                f"{r.concurrency:>5} {r.completed:>5} {r.failed:>5} "
+                f"{r.output_tokens_per_s:>10.1f} {r.requests_per_s:>7.2f} "
+                f"{t50:>9} {t99:>8} {i50:>8} {e50:>9} {e99:>8}"
+            )
         for r in self.runs:
             lines += [f"error at concurrency {r.concurrency}: {e}" for e in r.errors[:3]]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        cols = ["concurrency", "completed", "failed", "output_tokens_per_s", "requests_per_s",
-                "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "itl_p50_ms", "e2e_p50_ms",
-                "e2e_p95_ms", "e2e_p99_ms"]
-        caption = (f"<b>nbserve bench</b> <code>{html.escape(self.model)}</code> at "
-                   f"<code>{html.escape(self.endpoint)}</code> (latencies in ms)")
+        cols = [
+            "concurrency",
+            "completed",
+            "failed",
+            "output_tokens_per_s",
+            "requests_per_s",
+            "ttft_p50_ms",
+            "ttft_p95_ms",
+            "ttft_p99_ms",
+            "itl_p50_ms",
+            "e2e_p50_ms",
+            "e2e_p95_ms",
+            "e2e_p99_ms",
+        ]
+        caption = (
+            f"<b>nbserve bench</b> <code>{html.escape(self.model)}</code> at "
+            f"<code>{html.escape(self.endpoint)}</code> (latencies in ms)"
+        )
         rows = [["-" if row[c] is None else row[c] for c in cols] for row in self.rows()]
         errors = "".join(f"<br>error: {html.escape(e)}" for r in self.runs for e in r.errors[:3])
         return html_table(cols, rows, caption=caption) + errors
@@ -390,13 +478,20 @@ class LoadStats:
     last_error: str = ""
 
     @classmethod
-    def from_records(cls, records: Sequence[RequestRecord], *, elapsed_s: float, running: bool,
-                     error: str = "") -> LoadStats:
+    def from_records(
+        cls, records: Sequence[RequestRecord], *, elapsed_s: float, running: bool, error: str = ""
+    ) -> LoadStats:
         """The counts of ``records``; ``last_error`` is ``error`` or the last failure's reason."""
         good = [r for r in records if r.ok]
         failures = [r.error for r in records if not r.ok]
-        return cls(len(good), len(records) - len(good), sum(r.output_tokens for r in good),
-                   elapsed_s, running, error or (failures[-1] if failures else ""))
+        return cls(
+            len(good),
+            len(records) - len(good),
+            sum(r.output_tokens for r in good),
+            elapsed_s,
+            running,
+            error or (failures[-1] if failures else ""),
+        )
 
     @property
     def tokens_per_s(self) -> float:

@@ -129,7 +129,10 @@ def _is_head(head: LocalHead) -> bool:
 
 
 def up(
-    *, num_cpus: int = DEFAULT_NUM_CPUS, base: Path | None = None, timeout: float = 90,
+    *,
+    num_cpus: int = DEFAULT_NUM_CPUS,
+    base: Path | None = None,
+    timeout: float = 90,
     env: dict[str, str] | None = None,
 ) -> LocalHead:
     """Start a local Ray head, or return the one already running under ``base``.
@@ -176,8 +179,9 @@ def _folder_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _up(state: Path, num_cpus: int, base: Path | None, timeout: float,
-        env: dict[str, str] | None) -> LocalHead:
+def _up(
+    state: Path, num_cpus: int, base: Path | None, timeout: float, env: dict[str, str] | None
+) -> LocalHead:
     existing = find(base)
     if existing is not None:
         log.info("attaching to the local Ray head already running (pid %d)", existing.pid)
@@ -188,24 +192,42 @@ def _up(state: Path, num_cpus: int, base: Path | None, timeout: float,
     ray_bin = Path(sys.executable).with_name("ray")
     cmd = [
         str(ray_bin if ray_bin.exists() else shutil.which("ray") or "ray"),
-        "start", "--head", "--block", "--disable-usage-stats",
-        f"--port={gcs}", f"--ray-client-server-port={client}",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-        f"--metrics-export-port={metrics}", f"--dashboard-agent-listen-port={agent}",
-        f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
+        "start",
+        "--head",
+        "--block",
+        "--disable-usage-stats",
+        f"--port={gcs}",
+        f"--ray-client-server-port={client}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--metrics-export-port={metrics}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--num-cpus={num_cpus}",
+        f"--temp-dir={temp_dir}",
     ]
     head_env = _head_env(state.parent, temp_dir, token_path, (ha_stats, ha_metrics), env)
     log_path = state.parent / "head.log"
     log.info("starting a local Ray head: %s", " ".join(cmd))
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=head_env,
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=head_env,
             start_new_session=True,
         )
     cluster = LocalHead(
-        pid=proc.pid, client_port=client, dashboard_port=dashboard, metrics_port=metrics,
-        serve_port=serve, gcs_port=gcs, token_path=str(token_path), temp_dir=temp_dir,
-        num_cpus=num_cpus, started_at=time.time(),
+        pid=proc.pid,
+        client_port=client,
+        dashboard_port=dashboard,
+        metrics_port=metrics,
+        serve_port=serve,
+        gcs_port=gcs,
+        token_path=str(token_path),
+        temp_dir=temp_dir,
+        num_cpus=num_cpus,
+        started_at=time.time(),
     )
     deadline = time.monotonic() + timeout
     try:
@@ -213,10 +235,14 @@ def _up(state: Path, num_cpus: int, base: Path | None, timeout: float,
         # in that gap fail, so wait for the agent's ports too.
         while not all(procs.port_open(p) for p in (client, dashboard, metrics, agent)):
             if proc.poll() is not None or time.monotonic() > deadline:
-                why = ("exited" if proc.returncode is not None
-                       else f"did not answer in {timeout:.0f} s")
+                why = (
+                    "exited"
+                    if proc.returncode is not None
+                    else f"did not answer in {timeout:.0f} s"
+                )
                 raise LocalClusterError(
-                    f"the local Ray head {why}; its log ends:\n{procs.tail(log_path)}")
+                    f"the local Ray head {why}; its log ends:\n{procs.tail(log_path)}"
+                )
             time.sleep(0.25)
     except BaseException:  # also Ctrl-C / a kernel interrupt: leave no head behind
         _stop(proc.pid, grace=5)
@@ -237,8 +263,13 @@ def _token_file(folder: Path) -> Path:
     return token_path
 
 
-def _head_env(folder: Path, temp_dir: str, token_path: Path, haproxy_ports: tuple[int, int],
-              env: dict[str, str] | None) -> dict[str, str]:
+def _head_env(
+    folder: Path,
+    temp_dir: str,
+    token_path: Path,
+    haproxy_ports: tuple[int, int],
+    env: dict[str, str] | None,
+) -> dict[str, str]:
     """The environment of the head's ``ray start``: loopback, token auth, private sockets."""
     ha_stats, ha_metrics = haproxy_ports
     head_env = {
@@ -344,8 +375,9 @@ class LocalProvider:
             "the head with more logical CPUs (`nbserve down`, then `nbserve up --num-cpus N`)"
         )
 
-    def down(self, *, force: bool, timeout: float, progress: bool,
-             disconnect: Callable[[], None]) -> None:
+    def down(
+        self, *, force: bool, timeout: float, progress: bool, disconnect: Callable[[], None]
+    ) -> None:
         """Stop the head (as ``nbserve down``) if this kernel started it or ``force``.
 
         Raises:
@@ -387,8 +419,11 @@ def target(*, base: Path | None = None, timeout: float = 90) -> Target:
     created = find(base) is None
     head = up(base=base, timeout=timeout)
     return Target(
-        head.address, serve_url=head.serve_url, dashboard_url=head.dashboard_url,
-        token_path=head.token_path, http_options={"host": "127.0.0.1", "port": head.serve_port},
+        head.address,
+        serve_url=head.serve_url,
+        dashboard_url=head.dashboard_url,
+        token_path=head.token_path,
+        http_options={"host": "127.0.0.1", "port": head.serve_port},
         provider=LocalProvider(head, created=created, base=base),
     )
 

@@ -18,8 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "Listener", "descendants", "free_ports", "group_alive", "kill", "listeners", "pgid",
-    "pid_alive", "port_open", "processes", "stop_group", "tail",
+    "Listener",
+    "descendants",
+    "free_ports",
+    "group_alive",
+    "kill",
+    "listeners",
+    "pgid",
+    "pid_alive",
+    "port_open",
+    "processes",
+    "stop_group",
+    "tail",
 ]
 
 
@@ -192,7 +202,7 @@ def listeners(pids: Iterable[int]) -> list[Listener]:
 def _address(hexaddr: str, family: int) -> str:
     """An address as /proc/net/tcp{,6} writes it (32-bit words in host order) -> text."""
     raw = bytes.fromhex(hexaddr)
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
     return socket.inet_ntop(family, words)
 
 

@@ -31,8 +31,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["AppControls", "Dashboard", "DashboardReport", "DashboardState", "WatchedApp"]
 
-SERIES = (("tokens_per_s", "tokens/s"), ("kv_cache_pct", "KV cache %"), ("queue", "queue"),
-          ("replicas", "replicas (▲ starting)"))
+SERIES = (
+    ("tokens_per_s", "tokens/s"),
+    ("kv_cache_pct", "KV cache %"),
+    ("queue", "queue"),
+    ("replicas", "replicas (▲ starting)"),
+)
 INTERVALS = (1.0, 2.0, 5.0, 10.0)  # the refresh intervals offered, seconds
 KV_REPLICA = "kv:"  # series of one replica's KV cache: "kv:<replica id>"
 KV_LINES = 16  # replicas in a window beyond which their KV lines would only clutter
@@ -101,10 +105,13 @@ class DashboardState:
         times = [p.time for p in points]
         return {
             "tokens_per_s": (times, [p.tokens_per_s for p in points]),
-            "kv_cache_pct": (times, [
-                100 * max(p.kv_cache_usage.values()) if p.kv_cache_usage else None
-                for p in points
-            ]),
+            "kv_cache_pct": (
+                times,
+                [
+                    100 * max(p.kv_cache_usage.values()) if p.kv_cache_usage else None
+                    for p in points
+                ],
+            ),
             "queue": (times, [p.requests_waiting for p in points]),
             "running": (times, [p.requests_running for p in points]),
             "replicas": (times, [p.replicas.running for p in points]),
@@ -112,9 +119,13 @@ class DashboardState:
             "starting": (times, [p.replicas.starting or None for p in points]),
             # Each replica's KV cache over the window (gaps where it did not run), for up to
             # KV_LINES replicas; the max above is the app's line.
-            **{f"{KV_REPLICA}{r}": (times, [
-                None if (u := p.kv_cache_usage.get(r)) is None else 100 * u for p in points])
-               for r in self.replicas_seen(app)},
+            **{
+                f"{KV_REPLICA}{r}": (
+                    times,
+                    [None if (u := p.kv_cache_usage.get(r)) is None else 100 * u for p in points],
+                )
+                for r in self.replicas_seen(app)
+            },
         }
 
     def replicas_seen(self, app: str) -> list[str]:
@@ -178,8 +189,15 @@ class Dashboard:
         >>> dash.stop()              # doctest: +SKIP
     """
 
-    def __init__(self, apps: Sequence[WatchedApp], *, interval: float = 2.0, history: int = 600,
-                 start: bool = True, prometheus: str | Prometheus | None = None) -> None:
+    def __init__(
+        self,
+        apps: Sequence[WatchedApp],
+        *,
+        interval: float = 2.0,
+        history: int = 600,
+        start: bool = True,
+        prometheus: str | Prometheus | None = None,
+    ) -> None:
         if not apps:
             raise NbserveError("nothing to show: no apps run on this cluster")
         self.prometheus = Prometheus(prometheus) if isinstance(prometheus, str) else prometheus
@@ -284,23 +302,43 @@ class Dashboard:
         self.pause = w.ToggleButton(value=False, description="pause", icon="pause")
         self.pause.observe(lambda ch: setattr(self.state, "paused", ch["new"]), "value")
         self.interval_menu = w.Dropdown(
-            options=list(INTERVALS), description="every (s)", layout=w.Layout(width="170px"),
-            value=self.state.interval if self.state.interval in INTERVALS else 2.0)
-        self.interval_menu.observe(lambda ch: setattr(self.state, "interval", ch["new"]),
-                                   "value")
+            options=list(INTERVALS),
+            description="every (s)",
+            layout=w.Layout(width="170px"),
+            value=self.state.interval if self.state.interval in INTERVALS else 2.0,
+        )
+        self.interval_menu.observe(lambda ch: setattr(self.state, "interval", ch["new"]), "value")
         self.message = w.HTML()
         rows = [c.row for c in self.controls.values()]
-        return w.VBox([self.header, self.bars, self.chart, *rows,
-                       w.HBox([self.pause, self.interval_menu]), self.message])
+        return w.VBox(
+            [
+                self.header,
+                self.bars,
+                self.chart,
+                *rows,
+                w.HBox([self.pause, self.interval_menu]),
+                self.message,
+            ]
+        )
 
     def _controls(self, app: WatchedApp) -> AppControls:
         import ipywidgets as w
 
         scaling = app.spec.scaling if app.spec is not None else None
-        low = w.BoundedIntText(value=scaling.min_replicas if scaling else 1, min=0, max=1000,
-                               description="min", layout=w.Layout(width="130px"))
-        high = w.BoundedIntText(value=scaling.max_replicas if scaling else 1, min=1, max=1000,
-                                description="max", layout=w.Layout(width="130px"))
+        low = w.BoundedIntText(
+            value=scaling.min_replicas if scaling else 1,
+            min=0,
+            max=1000,
+            description="min",
+            layout=w.Layout(width="130px"),
+        )
+        high = w.BoundedIntText(
+            value=scaling.max_replicas if scaling else 1,
+            min=1,
+            max=1000,
+            description="max",
+            layout=w.Layout(width="130px"),
+        )
         apply = w.Button(description="apply replicas", icon="check", disabled=scaling is None)
         apply.on_click(lambda _: self._on_apply(app.name))
         label = w.HTML(f"<b>{html.escape(app.name)}</b>", layout=w.Layout(min_width="80px"))
@@ -329,8 +367,10 @@ class Dashboard:
             line = f"<b>{html.escape(name)}</b> · <code>{html.escape(app.endpoint)}</code>"
             if snap is not None:
                 r = snap.replicas
-                line += (f" · replicas {html.escape(str(r))} · {num(snap.tokens_per_s)} tok/s · "
-                         f"TTFT p50 {num(snap.ttft_p50_s, '{:.3f}')} s")
+                line += (
+                    f" · replicas {html.escape(str(r))} · {num(snap.tokens_per_s)} tok/s · "
+                    f"TTFT p50 {num(snap.ttft_p50_s, '{:.3f}')} s"
+                )
                 if snap.autoscaler is not None:
                     line += f"<br>autoscaler: {html.escape(str(snap.autoscaler))}"
                 line += snap.latency.bar_html()  # where the requests' time went
@@ -338,12 +378,18 @@ class Dashboard:
                 if health.prefix_cache_hit_rate is not None or health.nodes:
                     line += f"<br>engine: {html.escape(str(health))}" + "".join(
                         f" · {html.escape(ip)}: {html.escape(str(use))}"
-                        for ip, use in sorted(health.nodes.items()))
+                        for ip, use in sorted(health.nodes.items())
+                    )
                 for replica, usage in sorted(snap.kv_cache_usage.items()):
                     bar = self._bar_of.get((name, replica))
                     if bar is None:
-                        bar = w.FloatProgress(min=0.0, max=1.0, description=replica[-8:],
-                                              bar_style="info", layout=w.Layout(width="260px"))
+                        bar = w.FloatProgress(
+                            min=0.0,
+                            max=1.0,
+                            description=replica[-8:],
+                            bar_style="info",
+                            layout=w.Layout(width="260px"),
+                        )
                     bar.value = usage
                     bars[name, replica] = bar
             if err:
@@ -368,8 +414,7 @@ class Dashboard:
         with self.fig.batch_update():
             for i, ((app_name, metric), _) in enumerate(traces):
                 times, values = series[app_name][metric]
-                self.fig.data[i].x = [time.strftime("%H:%M:%S", time.localtime(t))
-                                      for t in times]
+                self.fig.data[i].x = [time.strftime("%H:%M:%S", time.localtime(t)) for t in times]
                 self.fig.data[i].y = values
         self.chart.outputs = (_display_data(self.fig),)
 
@@ -381,6 +426,7 @@ class Dashboard:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<nbserve.Dashboard {sorted(self.apps)} ({state})>"
+
 
 def _traces(state: DashboardState) -> list[tuple[tuple[str, str], int]]:
     out = []
@@ -395,7 +441,7 @@ def _traces(state: DashboardState) -> list[tuple[tuple[str, str], int]]:
 
 def _label(app: str, metric: str) -> str:
     if metric.startswith(KV_REPLICA):
-        return f"{app} KV {metric[len(KV_REPLICA):][-8:]}"
+        return f"{app} KV {metric[len(KV_REPLICA) :][-8:]}"
     return f"{app} {metric.replace('_', ' ')}"
 
 
@@ -410,28 +456,41 @@ def _figure(state: DashboardState) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=len(SERIES), cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                        subplot_titles=[title for _, title in SERIES])
+    fig = make_subplots(
+        rows=len(SERIES),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.06,
+        subplot_titles=[title for _, title in SERIES],
+    )
     series = {app: state.series(app) for app in state.apps}
     for (app, metric), row in _traces(state):
         times, values = series[app][metric]
         replica = metric.startswith(KV_REPLICA)
         label = _label(app, metric)
         marks = metric == "starting"
-        fig.add_trace(go.Scatter(
-            x=[time.strftime("%H:%M:%S", time.localtime(t)) for t in times], y=values,
-            mode="markers" if marks else "lines", name=label,
-            marker={"symbol": "triangle-up", "size": 9} if marks else None,
-            line={"dash": "dot", "width": 1} if replica else None),
-            row=row, col=1)
-    fig.update_layout(height=600, margin={"l": 40, "r": 10, "t": 30, "b": 30},
-                      legend={"orientation": "h"})
+        fig.add_trace(
+            go.Scatter(
+                x=[time.strftime("%H:%M:%S", time.localtime(t)) for t in times],
+                y=values,
+                mode="markers" if marks else "lines",
+                name=label,
+                marker={"symbol": "triangle-up", "size": 9} if marks else None,
+                line={"dash": "dot", "width": 1} if replica else None,
+            ),
+            row=row,
+            col=1,
+        )
+    fig.update_layout(
+        height=600, margin={"l": 40, "r": 10, "t": 30, "b": 30}, legend={"orientation": "h"}
+    )
     return fig
 
 
 def _display_data(fig: Any) -> dict[str, Any]:
     """A plotly Figure as a display_data output, which JupyterLab's plotly renderer draws."""
-    bundle = {"application/vnd.plotly.v1+json": {**json.loads(fig.to_json()), "config": {}},
-              "text/plain": f"<plotly Figure: {len(fig.data)} traces>"}
+    bundle = {
+        "application/vnd.plotly.v1+json": {**json.loads(fig.to_json()), "config": {}},
+        "text/plain": f"<plotly Figure: {len(fig.data)} traces>",
+    }
     return {"output_type": "display_data", "data": bundle, "metadata": {}}
-

@@ -12,20 +12,53 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
-    "DROP_LABELS", "ENGINE_PREFIX", "FAMILIES", "GAUGES", "NODE_PREFIX", "SAMPLES", "TRACKED",
+    "DROP_LABELS",
+    "ENGINE_PREFIX",
+    "FAMILIES",
+    "GAUGES",
+    "NODE_PREFIX",
+    "SAMPLES",
+    "TRACKED",
     "UNITS",
-    "Family", "Feeds", "Kind", "family_names",
+    "Family",
+    "Feeds",
+    "Kind",
+    "family_names",
 ]
 
 Kind = Literal["gauge", "counter", "histogram"]
 Feeds = Literal[
-    "kv_cache", "requests_running", "requests_waiting", "tokens", "prompt_tokens", "finished",
-    "ttft", "itl", "requests", "errors", "replica_healthy", "target_replicas",
-    "autoscaler_requests", "autoscaler_target_ongoing", "autoscaler_desired",
-    "queue", "prefill", "decode", "engine_e2e", "serve_e2e",
-    "prefix_queries", "prefix_hits", "preemptions", "waiting_by_reason",
-    "node_cpu_pct", "node_cpus", "node_mem_used", "node_mem_total", "node_gpu_pct",
-    "node_gpu_mem_used", "node_gpu_mem_free",
+    "kv_cache",
+    "requests_running",
+    "requests_waiting",
+    "tokens",
+    "prompt_tokens",
+    "finished",
+    "ttft",
+    "itl",
+    "requests",
+    "errors",
+    "replica_healthy",
+    "target_replicas",
+    "autoscaler_requests",
+    "autoscaler_target_ongoing",
+    "autoscaler_desired",
+    "queue",
+    "prefill",
+    "decode",
+    "engine_e2e",
+    "serve_e2e",
+    "prefix_queries",
+    "prefix_hits",
+    "preemptions",
+    "waiting_by_reason",
+    "node_cpu_pct",
+    "node_cpus",
+    "node_mem_used",
+    "node_mem_total",
+    "node_gpu_pct",
+    "node_gpu_mem_used",
+    "node_gpu_mem_free",
 ]
 _SUFFIX: dict[Kind, str] = {"gauge": "", "counter": "_total", "histogram": "_bucket"}
 
@@ -97,18 +130,30 @@ FAMILIES: tuple[Family, ...] = (
 )
 # Labels nothing reads nor needs to tell series apart (WorkerId, unique in the cluster, does
 # that for the engines; ReplicaId ties them to the app).
-DROP_LABELS = frozenset({
-    "Component", "Version", "SessionName", "NodeAddress", "model_name", "otel_scope_name",
-    "otel_scope_schema_url", "otel_scope_version", "RayNodeType", "IsHeadNode", "GpuUuid",
-})
+DROP_LABELS = frozenset(
+    {
+        "Component",
+        "Version",
+        "SessionName",
+        "NodeAddress",
+        "model_name",
+        "otel_scope_name",
+        "otel_scope_schema_url",
+        "otel_scope_version",
+        "RayNodeType",
+        "IsHeadNode",
+        "GpuUuid",
+    }
+)
 SAMPLES = frozenset(f.sample for f in FAMILIES)  # every sample name read
 ENGINE_PREFIX = "ray_vllm_"  # the engines' series
 NODE_PREFIX = "ray_node_"  # the nodes' series, by ip; the rest are Serve's
 # Sample name -> the quantity it feeds. Counters are single-bucket histograms (le=+Inf) here.
 TRACKED: dict[str, Feeds] = {f.sample: f.feeds for f in FAMILIES if f.kind != "gauge"}
 GAUGES: dict[str, Feeds] = {f.sample: f.feeds for f in FAMILIES if f.kind == "gauge"}
-UNITS: dict[str, float] = {f.sample: f.seconds_per_unit for f in FAMILIES
-                           if f.seconds_per_unit != 1.0}
+UNITS: dict[str, float] = {
+    f.sample: f.seconds_per_unit for f in FAMILIES if f.seconds_per_unit != 1.0
+}
 
 
 def family_names() -> list[str]:

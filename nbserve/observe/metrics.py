@@ -40,8 +40,18 @@ from nbserve.observe.snapshot import (
 from nbserve.remote.collect import Payload
 
 __all__ = [
-    "DROP_LABELS", "ENGINE_PREFIX", "FAMILIES", "SAMPLES", "Family", "MetricsWindow", "Replicas",
-    "Scrape", "Snapshot", "family_names", "histogram_quantile", "parse",
+    "DROP_LABELS",
+    "ENGINE_PREFIX",
+    "FAMILIES",
+    "SAMPLES",
+    "Family",
+    "MetricsWindow",
+    "Replicas",
+    "Scrape",
+    "Snapshot",
+    "family_names",
+    "histogram_quantile",
+    "parse",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,8 +87,14 @@ class Scrape:
     node_ips: frozenset[str] = frozenset()  # the nodes the app's replicas run on
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str], time: float, *, replicas: Replicas | None = None,
-                   replica_ids: Iterable[str] = ()) -> Scrape:
+    def from_texts(
+        cls,
+        texts: Iterable[str],
+        time: float,
+        *,
+        replicas: Replicas | None = None,
+        replica_ids: Iterable[str] = (),
+    ) -> Scrape:
         """Parse the metrics texts of one or more nodes, read at ``time``."""
         samples = tuple(s for text in texts for s in parse(text))
         return cls(time, samples, replicas, frozenset(replica_ids))
@@ -88,8 +104,9 @@ class Scrape:
         """Build a scrape from a collector's (or Prometheus') ``Payload``: rows, or raw texts."""
         for node, why in payload["errors"].items():
             log.warning("could not scrape metrics of node %s: %s", node, why)
-        samples = tuple(Sample(name, labels, value)
-                        for name, labels, value in payload.get("samples", ()))
+        samples = tuple(
+            Sample(name, labels, value) for name, labels, value in payload.get("samples", ())
+        )
         samples += tuple(s for text in payload.get("nodes", {}).values() for s in parse(text))
         deployments = payload["deployments"]
         if not deployments:  # none (yet): a redeploy, or no such app; the series may know
@@ -108,8 +125,12 @@ class Scrape:
             target=sum(targets) if targets else None,
         )
         ids = frozenset(rid for d in deployments.values() for rid in d["replicas"])
-        stopping = frozenset(rid for d in deployments.values()
-                             for rid, state in d["replicas"].items() if state == "STOPPING")
+        stopping = frozenset(
+            rid
+            for d in deployments.values()
+            for rid, state in d["replicas"].items()
+            if state == "STOPPING"
+        )
         node_ips = frozenset(ip for d in deployments.values() for ip in d.get("nodes", ()))
         return cls(payload["time"], samples, replicas, ids, stopping, node_ips)
 
@@ -177,8 +198,13 @@ class MetricsWindow:
         >>> snap = window.update(Scrape.from_texts([text], time.time()))  # doctest: +SKIP
     """
 
-    def __init__(self, app: str, *, window_s: float = 3 * REPORT_INTERVAL_S,
-                 hold_s: float = 2 * REPORT_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        app: str,
+        *,
+        window_s: float = 3 * REPORT_INTERVAL_S,
+        hold_s: float = 2 * REPORT_INTERVAL_S,
+    ) -> None:
         self.app = app
         self.window_s = window_s
         self.hold_s = hold_s
@@ -211,16 +237,22 @@ class MetricsWindow:
         ttft = self._buckets("ttft", now)
         replicas = scrape.replicas or _replicas_from_series(mine)
         return Snapshot(
-            app=self.app, time=now, replicas=replicas,
+            app=self.app,
+            time=now,
+            replicas=replicas,
             autoscaler=_autoscaler(mine, replicas),
-            kv_cache_usage=kv, requests_running=int(running), requests_waiting=int(waiting),
+            kv_cache_usage=kv,
+            requests_running=int(running),
+            requests_waiting=int(waiting),
             tokens_per_s=self._rate("tokens", now),
             prompt_tokens_per_s=self._rate("prompt_tokens", now),
             request_rate=self._rate("requests" if proxy else "finished", now),
             error_rate=self._rate("errors", now) if proxy else None,
-            ttft_p50_s=histogram_quantile(0.5, ttft), ttft_p95_s=histogram_quantile(0.95, ttft),
+            ttft_p50_s=histogram_quantile(0.5, ttft),
+            ttft_p95_s=histogram_quantile(0.95, ttft),
             itl_p50_s=histogram_quantile(0.5, self._buckets("itl", now)),
-            latency=self._latency(now), health=self._health(mine, now),
+            latency=self._latency(now),
+            health=self._health(mine, now),
         )
 
     def _health(self, mine: list[Sample], now: float) -> Health:
@@ -236,33 +268,40 @@ class MetricsWindow:
                 nodes.setdefault(s.labels["ip"], {}).setdefault(feeds, []).append(s.value)
         return Health(
             prefix_cache_hit_rate=hits / queries if queries and hits is not None else None,
-            preemptions_per_s=self._rate("preemptions", now), waiting_by_reason=waiting,
-            nodes={ip: _node_use(values) for ip, values in nodes.items()})
+            preemptions_per_s=self._rate("preemptions", now),
+            waiting_by_reason=waiting,
+            nodes={ip: _node_use(values) for ip, values in nodes.items()},
+        )
 
     def _latency(self, now: float) -> Latency:
         """The phases' percentiles; Serve's own part is its latency less the engine's."""
+
         def percentiles(group: Feeds) -> Percentiles:
             buckets = self._buckets(group, now)
-            return Percentiles(histogram_quantile(0.5, buckets),
-                               histogram_quantile(0.95, buckets))
+            return Percentiles(histogram_quantile(0.5, buckets), histogram_quantile(0.95, buckets))
 
         phases = {phase: percentiles(phase) for phase in ("queue", "prefill", "decode")}
         engine, serve = percentiles("engine_e2e"), percentiles("serve_e2e")
         phases["e2e"] = serve if serve.p50 is not None else engine
         if serve.p50 is not None and engine.p50 is not None:
-            phases["serve"] = Percentiles(*(
-                None if whole is None or part is None else max(whole - part, 0.0)
-                for whole, part in ((serve.p50, engine.p50), (serve.p95, engine.p95))))
+            phases["serve"] = Percentiles(
+                *(
+                    None if whole is None or part is None else max(whole - part, 0.0)
+                    for whole, part in ((serve.p50, engine.p50), (serve.p95, engine.p95))
+                )
+            )
         return Latency({k: v for k, v in phases.items() if v.p50 is not None})
 
-    def _advance(self, values: dict[_Key, Buckets], now: float,
-                 replica_ids: frozenset[str]) -> None:
+    def _advance(
+        self, values: dict[_Key, Buckets], now: float, replica_ids: frozenset[str]
+    ) -> None:
         for key, old in list(self._series.items()):
             if key in values:
                 continue
             replica = _replica_of(key)
-            if (replica is not None and replica_ids and replica not in replica_ids) \
-                    or now - old.last_seen > self.hold_s:
+            if (
+                replica is not None and replica_ids and replica not in replica_ids
+            ) or now - old.last_seen > self.hold_s:
                 del self._series[key]  # its replica stopped, or it stayed away: forgotten
             # else: missing from this scrape only (a node's export was late or its scrape
             # failed); forgetting it would make it a new baseline and hide its rate for two
@@ -311,31 +350,45 @@ class MetricsWindow:
         return _merge([step for st in fresh for step in st.increase()[0]])
 
 
-def _app_samples(samples: Iterable[Sample], app: str, replica_ids: frozenset[str],
-                 node_ips: frozenset[str] = frozenset()) -> list[Sample]:
+def _app_samples(
+    samples: Iterable[Sample],
+    app: str,
+    replica_ids: frozenset[str],
+    node_ips: frozenset[str] = frozenset(),
+) -> list[Sample]:
     """The app's samples: Serve's by application, the engines' by ReplicaId, nodes' by ip."""
     samples = list(samples)
     ids = set(replica_ids) or {
-        s.labels["replica"] for s in samples
+        s.labels["replica"]
+        for s in samples
         if s.labels.get("application") == app and "replica" in s.labels
     }
-    return [s for s in samples
-            if s.labels.get("application") == app or s.labels.get("ReplicaId") in ids
-            or (s.name.startswith(NODE_PREFIX) and s.labels.get("ip") in node_ips)]
+    return [
+        s
+        for s in samples
+        if s.labels.get("application") == app
+        or s.labels.get("ReplicaId") in ids
+        or (s.name.startswith(NODE_PREFIX) and s.labels.get("ip") in node_ips)
+    ]
 
 
 def _node_use(values: dict[str, list[float]]) -> NodeUse:
     """One node's gauges (several per GPU) as a ``NodeUse``; a gauge not exported is None."""
+
     def one(feeds: str) -> float | None:
         return values[feeds][0] if feeds in values else None
 
     gpus = values.get("node_gpu_pct")
     used, free = values.get("node_gpu_mem_used"), values.get("node_gpu_mem_free")
     return NodeUse(
-        cpu_pct=one("node_cpu_pct"), cpus=one("node_cpus"), mem_used=one("node_mem_used"),
-        mem_total=one("node_mem_total"), gpu_pct=sum(gpus) / len(gpus) if gpus else None,
+        cpu_pct=one("node_cpu_pct"),
+        cpus=one("node_cpus"),
+        mem_used=one("node_mem_used"),
+        mem_total=one("node_mem_total"),
+        gpu_pct=sum(gpus) / len(gpus) if gpus else None,
         gpu_mem_used=sum(used) if used else None,
-        gpu_mem_total=sum(used) + sum(free) if used and free else None)
+        gpu_mem_total=sum(used) + sum(free) if used and free else None,
+    )
 
 
 def _replica_of(key: _Key) -> str | None:
@@ -373,13 +426,22 @@ def _merge(histograms: Sequence[Buckets]) -> Buckets:
         return ()
     first = [le for le, _ in histograms[0]]
     if all(len(h) == len(first) and [le for le, _ in h] == first for h in histograms):
-        return tuple(zip(first, (sum(c) for c in zip(*(
-            [count for _, count in h] for h in histograms), strict=True)), strict=True))
+        return tuple(
+            zip(
+                first,
+                (
+                    sum(c)
+                    for c in zip(*([count for _, count in h] for h in histograms), strict=True)
+                ),
+                strict=True,
+            )
+        )
     bounds = sorted({le for h in histograms for le, _ in h})
     total = []
     for bound in bounds:
-        total.append((bound, sum(max((c for le, c in h if le <= bound), default=0.0)
-                                 for h in histograms)))
+        total.append(
+            (bound, sum(max((c for le, c in h if le <= bound), default=0.0) for h in histograms))
+        )
     return tuple(total)
 
 
@@ -402,7 +464,8 @@ def _autoscaler(samples: Iterable[Sample], replicas: Replicas) -> Autoscaler | N
         ongoing=sum(v["autoscaler_requests"] for v in values),
         target_per_replica=values[0]["autoscaler_target_ongoing"],
         desired=int(sum(v["autoscaler_desired"] for v in values)),
-        target=replicas.target, running=replicas.running,
+        target=replicas.target,
+        running=replicas.running,
     )
 
 
@@ -413,10 +476,14 @@ def _replicas_from_series(samples: Iterable[Sample]) -> Replicas:
     health = [s for s in samples if GAUGES.get(s.name) == "replica_healthy"]
     engines = {s.labels.get("deployment") for s in health if s.labels.get("replica") in engine_ids}
     health = [s for s in health if not engines or s.labels.get("deployment") in engines]
-    targets = [s.value for s in samples if GAUGES.get(s.name) == "target_replicas"
-               and (not engines or s.labels.get("deployment") in engines)]
+    targets = [
+        s.value
+        for s in samples
+        if GAUGES.get(s.name) == "target_replicas"
+        and (not engines or s.labels.get("deployment") in engines)
+    ]
     return Replicas(
-        running=sum(s.value >= 1 for s in health), starting=sum(s.value < 1 for s in health),
+        running=sum(s.value >= 1 for s in health),
+        starting=sum(s.value < 1 for s in health),
         target=int(sum(targets)) if targets else None,
     )
-

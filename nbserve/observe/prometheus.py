@@ -52,8 +52,9 @@ class Prometheus:
         nbserve.errors.SpecError: Prometheus URL 'prometheus:9090' needs a scheme and a host: ...
     """
 
-    def __init__(self, url: str, *, headers: Mapping[str, str] | None = None,
-                 timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, headers: Mapping[str, str] | None = None, timeout: float = 5.0
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise SpecError(
@@ -96,8 +97,9 @@ class Prometheus:
 
         endpoint = f"{self.url}/api/v1/query"
         try:
-            response = requests.get(endpoint, params={"query": self.query},
-                                    headers=self._headers, timeout=self.timeout)
+            response = requests.get(
+                endpoint, params={"query": self.query}, headers=self._headers, timeout=self.timeout
+            )
         except requests.RequestException as err:
             raise ConnectionFailed(
                 f"could not reach Prometheus at {self.url} ({type(err).__name__}); check the "
@@ -120,8 +122,14 @@ class Prometheus:
                 f"Prometheus at {self.url} answered HTTP {response.status_code} to {endpoint}: "
                 f"{why}; is this the server's base URL (the part before /api/v1)?"
             )
-        return Payload(app=app, time=time.time(), found=None, deployments={},
-                       samples=rows(body["data"]["result"]), errors={})
+        return Payload(
+            app=app,
+            time=time.time(),
+            found=None,
+            deployments={},
+            samples=rows(body["data"]["result"]),
+            errors={},
+        )
 
 
 def rows(result: list[dict[str, Any]]) -> list[Row]:
@@ -136,7 +144,8 @@ def rows(result: list[dict[str, Any]]) -> list[Row]:
     out: list[Row] = []
     for series in result:
         metric = series["metric"]
-        labels = {k: v for k, v in metric.items()
-                  if k not in SERVER_LABELS and k not in DROP_LABELS}
+        labels = {
+            k: v for k, v in metric.items() if k not in SERVER_LABELS and k not in DROP_LABELS
+        }
         out.append((metric["__name__"], labels, float(series["value"][1])))
     return out

@@ -13,14 +13,21 @@ from dataclasses import dataclass, field
 
 from nbserve.base.fmt import duration, html_table, ms, num, pct
 
-__all__ = ["PHASES", "Autoscaler", "Health", "Latency", "NodeUse", "Percentiles", "Replicas",
-           "Snapshot"]
+__all__ = [
+    "PHASES",
+    "Autoscaler",
+    "Health",
+    "Latency",
+    "NodeUse",
+    "Percentiles",
+    "Replicas",
+    "Snapshot",
+]
 
 # Where a request's time goes, in order: Serve before the engine (HTTP ingress, routing, the
 # replica's queue), the engine's queue, prefill, decode; and the whole request.
 PHASES = ("serve", "queue", "prefill", "decode", "e2e")
-PHASE_COLORS = {"serve": "#8c564b", "queue": "#d62728", "prefill": "#ff7f0e",
-                "decode": "#1f77b4"}
+PHASE_COLORS = {"serve": "#8c564b", "queue": "#d62728", "prefill": "#ff7f0e", "decode": "#1f77b4"}
 
 
 @dataclass(frozen=True)
@@ -98,11 +105,15 @@ class Autoscaler:
         goal = self.desired if self.target is None else self.target
         decision = self.decision
         if decision == "scaling up":
-            return f"scaling up to {goal}: {ongoing} ongoing > {self.target_per_replica:g} × " \
+            return (
+                f"scaling up to {goal}: {ongoing} ongoing > {self.target_per_replica:g} × "
                 f"{replicas}"
+            )
         if decision == "scaling down":
-            return f"scaling down to {goal}: {ongoing} ongoing < " \
+            return (
+                f"scaling down to {goal}: {ongoing} ongoing < "
                 f"{self.target_per_replica:g} × {replicas}"
+            )
         wants = f", wants {self.desired}" if self.desired != self.running else ""
         return f"steady: {ongoing} ongoing, {replicas}{wants}"
 
@@ -179,11 +190,17 @@ class Latency(Mapping[str, Percentiles]):
             return ""
         segments = "".join(
             f"<div title='{phase} p50 {duration(v)}' style='width:{100 * v / total:.1f}%;"
-            f"background:{PHASE_COLORS[phase]}'></div>" for phase, v in parts)
-        legend = " ".join(f"<span style='color:{PHASE_COLORS[phase]}'>&#9632;</span> {phase} "
-                          f"{duration(v)}" for phase, v in parts)
-        return (f"<div class='nbserve-latency' style='display:flex;width:{width_px}px;"
-                f"height:10px;margin:2px 0'>{segments}</div><small>p50: {legend}</small>")
+            f"background:{PHASE_COLORS[phase]}'></div>"
+            for phase, v in parts
+        )
+        legend = " ".join(
+            f"<span style='color:{PHASE_COLORS[phase]}'>&#9632;</span> {phase} {duration(v)}"
+            for phase, v in parts
+        )
+        return (
+            f"<div class='nbserve-latency' style='display:flex;width:{width_px}px;"
+            f"height:10px;margin:2px 0'>{segments}</div><small>p50: {legend}</small>"
+        )
 
 
 def _gib(value: float | None) -> str:
@@ -213,8 +230,10 @@ class NodeUse:
     gpu_mem_total: float | None = None
 
     def __str__(self) -> str:
-        parts = [f"CPU {num(self.cpu_pct)}% of {num(self.cpus)}",
-                 f"memory {_gib(self.mem_used)} / {_gib(self.mem_total)} GiB"]
+        parts = [
+            f"CPU {num(self.cpu_pct)}% of {num(self.cpus)}",
+            f"memory {_gib(self.mem_used)} / {_gib(self.mem_total)} GiB",
+        ]
         if self.gpu_pct is not None:
             parts.append(f"GPU {num(self.gpu_pct)}%")
         if self.gpu_mem_used is not None:
@@ -245,8 +264,10 @@ class Health:
     nodes: dict[str, NodeUse] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return f"prefix cache {pct(self.prefix_cache_hit_rate)} hits, " \
+        return (
+            f"prefix cache {pct(self.prefix_cache_hit_rate)} hits, "
             f"{num(self.preemptions_per_s, '{:.2f}')} preemptions/s"
+        )
 
 
 @dataclass(frozen=True)
@@ -315,12 +336,18 @@ class Snapshot:
             *((f"{phase} p50 / p95", str(self.latency[phase])) for phase in PHASES),
             ("prefix-cache hits", pct(self.health.prefix_cache_hit_rate)),
             ("preemptions/s", num(self.health.preemptions_per_s, "{:.2f}")),
-            ("waiting by reason", ", ".join(
-                f"{reason} {n}" for reason, n in sorted(self.health.waiting_by_reason.items()))
-             or "-"),
+            (
+                "waiting by reason",
+                ", ".join(
+                    f"{reason} {n}" for reason, n in sorted(self.health.waiting_by_reason.items())
+                )
+                or "-",
+            ),
             *((f"node {ip}", str(use)) for ip, use in sorted(self.health.nodes.items())),
         ]
 
     def _repr_html_(self) -> str:
-        return html_table(["metric", "value"], self.rows(),
-                          caption=f"<b>{html.escape(self.app)}</b>") + self.latency.bar_html()
+        return (
+            html_table(["metric", "value"], self.rows(), caption=f"<b>{html.escape(self.app)}</b>")
+            + self.latency.bar_html()
+        )

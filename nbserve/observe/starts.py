@@ -104,8 +104,9 @@ class ColdStart:
         for i, phase in enumerate(PHASES[1:], start=1):
             before = next((t for t in reversed(times[:i]) if t is not None), None)
             now = times[i]
-            out[phase] = None if before is None or now is None else \
-                max((now - before).total_seconds(), 0.0)
+            out[phase] = (
+                None if before is None or now is None else max((now - before).total_seconds(), 0.0)
+            )
         return out
 
     @property
@@ -170,8 +171,17 @@ class ColdStarts:
         body = []
         for s in self.starts:
             durations = s.durations()
-            body.append([s.replica_id, s.state,
-                         "-" if s.requested is None else s.requested.strftime("%H:%M:%S"),
-                         *(cell(durations[p]) for p in PHASES[1:]), cell(s.total_s)])
-        return html_table(header, body, caption=f"<b>{html.escape(self.app)}</b>: replica "
-                          "starts, seconds in each phase")
+            body.append(
+                [
+                    s.replica_id,
+                    s.state,
+                    "-" if s.requested is None else s.requested.strftime("%H:%M:%S"),
+                    *(cell(durations[p]) for p in PHASES[1:]),
+                    cell(s.total_s),
+                ]
+            )
+        return html_table(
+            header,
+            body,
+            caption=f"<b>{html.escape(self.app)}</b>: replica starts, seconds in each phase",
+        )

@@ -17,11 +17,13 @@ from nbserve.base.fmt import html_table
 __all__ = ["AppState", "AppStatus", "DeploymentState", "DeploymentStatus", "ReplicaInfo"]
 
 # Serve's ApplicationStatus values, and NOT_FOUND for an app Serve does not have.
-AppState = Literal["NOT_STARTED", "DEPLOYING", "RUNNING", "DEPLOY_FAILED", "DELETING",
-                   "UNHEALTHY", "NOT_FOUND"]
+AppState = Literal[
+    "NOT_STARTED", "DEPLOYING", "RUNNING", "DEPLOY_FAILED", "DELETING", "UNHEALTHY", "NOT_FOUND"
+]
 # Serve's DeploymentStatus values.
-DeploymentState = Literal["UPDATING", "HEALTHY", "UNHEALTHY", "DEPLOY_FAILED", "UPSCALING",
-                          "DOWNSCALING"]
+DeploymentState = Literal[
+    "UPDATING", "HEALTHY", "UNHEALTHY", "DEPLOY_FAILED", "UPSCALING", "DOWNSCALING"
+]
 FAILED: frozenset[str] = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
 # Serve's ReplicaState values of a replica on its way out: it serves nothing new.
 LEAVING: frozenset[str] = frozenset({"STOPPING"})
@@ -92,8 +94,11 @@ class AppStatus:
             return cls(name, "NOT_FOUND", "", {})
         deployments = {
             dname: DeploymentStatus(
-                dname, cast(DeploymentState, _value(d.status)), d.message or "",
-                {_value(k): v for k, v in (d.replica_states or {}).items()})
+                dname,
+                cast(DeploymentState, _value(d.status)),
+                d.message or "",
+                {_value(k): v for k, v in (d.replica_states or {}).items()},
+            )
             for dname, d in info.deployments.items()
         }
         return cls(name, cast(AppState, _value(info.status)), info.message or "", deployments)
@@ -155,12 +160,18 @@ class AppStatus:
     def _repr_html_(self) -> str:
         import html
 
-        rows = [(d.name, "scaled to zero" if d.scaled_to_zero else d.status,
-                 ", ".join(f"{k}: {v}" for k, v in d.replica_states.items()))
-                for d in self.deployments.values()]
+        rows = [
+            (
+                d.name,
+                "scaled to zero" if d.scaled_to_zero else d.status,
+                ", ".join(f"{k}: {v}" for k, v in d.replica_states.items()),
+            )
+            for d in self.deployments.values()
+        ]
         state = f"{self.status}, scaled to zero" if self.scaled_to_zero else self.status
-        return (f"<b>{html.escape(self.name)}</b>: {html.escape(state)}"
-                + html_table(["deployment", "status", "replicas"], rows))
+        return f"<b>{html.escape(self.name)}</b>: {html.escape(state)}" + html_table(
+            ["deployment", "status", "replicas"], rows
+        )
 
 
 @dataclass(frozen=True)
@@ -187,9 +198,15 @@ class ReplicaInfo:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ReplicaInfo:
         """From a row of ``remote.serve.replicas``."""
-        return cls(str(row["replica_id"]), str(row["deployment"]), str(row["state"]),
-                   str(row["actor_id"]), str(row["node_id"]), row.get("pid"),
-                   str(row.get("death_cause") or ""))
+        return cls(
+            str(row["replica_id"]),
+            str(row["deployment"]),
+            str(row["state"]),
+            str(row["actor_id"]),
+            str(row["node_id"]),
+            row.get("pid"),
+            str(row.get("death_cause") or ""),
+        )
 
     @property
     def alive(self) -> bool:

@@ -52,6 +52,7 @@ class _Record(Protocol):
     @property
     def ttft_s(self) -> float | None: ...
 
+
 PHASES = ("client", "serve", "engine_input", "queue", "prefill", "decode", "return")
 ENGINE_SPAN = "llm_request"
 
@@ -106,33 +107,59 @@ class Trace:
 
         t0 = self.start
         names = [p for p in PHASES if p in self.phases][::-1]  # the client on top
-        fig = go.Figure(go.Bar(
-            y=names, x=[(self.phases[p][1] - self.phases[p][0]) * 1000 for p in names],
-            base=[(self.phases[p][0] - t0) * 1000 for p in names], orientation="h",
-            text=[ms(self.phases[p][1] - self.phases[p][0]) for p in names],
-            textposition="auto", marker_color=[_COLOURS[p] for p in names],
-            hovertemplate="%{y}: from %{base:.1f} ms, %{x:.1f} ms long<extra></extra>"))
-        for label, when in (("first token (engine)", self.engine_first_token),
-                            ("first token (client)", self.client_first_token)):
+        fig = go.Figure(
+            go.Bar(
+                y=names,
+                x=[(self.phases[p][1] - self.phases[p][0]) * 1000 for p in names],
+                base=[(self.phases[p][0] - t0) * 1000 for p in names],
+                orientation="h",
+                text=[ms(self.phases[p][1] - self.phases[p][0]) for p in names],
+                textposition="auto",
+                marker_color=[_COLOURS[p] for p in names],
+                hovertemplate="%{y}: from %{base:.1f} ms, %{x:.1f} ms long<extra></extra>",
+            )
+        )
+        for label, when in (
+            ("first token (engine)", self.engine_first_token),
+            ("first token (client)", self.client_first_token),
+        ):
             if when is not None:
                 fig.add_vline(x=(when - t0) * 1000, line_dash="dot", annotation_text=label)
         where = " · ".join(x for x in (self.replica, self.node) if x)
-        fig.update_layout(title=f"request {self.request_id} ({ms(self.total_s)}) {where}",
-                          xaxis_title="ms since the request started", height=330,
-                          showlegend=False, margin={"l": 110})
+        fig.update_layout(
+            title=f"request {self.request_id} ({ms(self.total_s)}) {where}",
+            xaxis_title="ms since the request started",
+            height=330,
+            showlegend=False,
+            margin={"l": 110},
+        )
         return fig
 
     def _repr_html_(self) -> str:
-        rows = [[p, f"{(a - self.start) * 1000:.1f}", f"{(b - a) * 1000:.1f}"]
-                for p, (a, b) in self.phases.items()]
+        rows = [
+            [p, f"{(a - self.start) * 1000:.1f}", f"{(b - a) * 1000:.1f}"]
+            for p, (a, b) in self.phases.items()
+        ]
         where = html.escape(" on ".join(x for x in (self.replica, self.node) if x) or "?")
-        return html_table(["phase", "starts at (ms)", "lasts (ms)"], rows, caption=(
-            f"<b>request</b> <code>{html.escape(self.request_id)}</code>, {ms(self.total_s)} "
-            f"on {where}"))
+        return html_table(
+            ["phase", "starts at (ms)", "lasts (ms)"],
+            rows,
+            caption=(
+                f"<b>request</b> <code>{html.escape(self.request_id)}</code>, {ms(self.total_s)} "
+                f"on {where}"
+            ),
+        )
 
 
-_COLOURS = {"client": "#9aa5b1", "serve": "#f2a541", "engine_input": "#c3a6d8",
-            "queue": "#e4572e", "prefill": "#17becf", "decode": "#2e86ab", "return": "#f2a541"}
+_COLOURS = {
+    "client": "#9aa5b1",
+    "serve": "#f2a541",
+    "engine_input": "#c3a6d8",
+    "queue": "#e4572e",
+    "prefill": "#17becf",
+    "decode": "#2e86ab",
+    "return": "#f2a541",
+}
 
 
 @dataclass(frozen=True)
@@ -162,16 +189,28 @@ class Traces:
         rows = []
         for t in self.traces:
             d = t.durations()
-            rows.append([t.request_id, f"{t.total_s * 1000:.1f}",
-                         *("-" if p not in d else f"{d[p] * 1000:.1f}" for p in PHASES[1:]),
-                         t.replica])
-        note = (f"<br>{len(self.missing)} request(s) without an engine span (not traced, or "
-                "not exported yet)") if self.missing else ""
+            rows.append(
+                [
+                    t.request_id,
+                    f"{t.total_s * 1000:.1f}",
+                    *("-" if p not in d else f"{d[p] * 1000:.1f}" for p in PHASES[1:]),
+                    t.replica,
+                ]
+            )
+        note = (
+            (
+                f"<br>{len(self.missing)} request(s) without an engine span (not traced, or "
+                "not exported yet)"
+            )
+            if self.missing
+            else ""
+        )
         return html_table(cols, rows, caption="<b>traces</b>, slowest first") + note
 
 
-def fetch(request_ids: Sequence[str], *, wait_s: float = 10.0,
-          poll_s: float = 1.0) -> list[remote_traces.Span]:
+def fetch(
+    request_ids: Sequence[str], *, wait_s: float = 10.0, poll_s: float = 1.0
+) -> list[remote_traces.Span]:
     """The cluster's spans of these requests, waiting up to ``wait_s`` for all to arrive.
 
     Engines export their spans in batches (every second, as nbserve deploys them), so a
@@ -201,14 +240,14 @@ def of_records(records: Sequence[_Record], *, wait_s: float = 10.0) -> Traces:
     return Traces(tuple(found), tuple(missing))
 
 
-def from_spans(request_id: str, spans: Sequence[Mapping[str, Any]],
-               record: _Record | None = None) -> Trace | None:
+def from_spans(
+    request_id: str, spans: Sequence[Mapping[str, Any]], record: _Record | None = None
+) -> Trace | None:
     """The trace of ``request_id`` from the receivers' spans (None: no engine span of it).
 
     ``record``, the client's record of the same request, adds the client's phases.
     """
-    mine = [s for s in spans if s.get("name") == ENGINE_SPAN
-            and remote_traces.is_of(s, request_id)]
+    mine = [s for s in spans if s.get("name") == ENGINE_SPAN and remote_traces.is_of(s, request_id)]
     if not mine:
         return None
     span = mine[-1]
@@ -218,19 +257,31 @@ def from_spans(request_id: str, spans: Sequence[Mapping[str, Any]],
     decode_at = last - float(a.get("gen_ai.latency.time_in_model_decode", 0.0))
     scheduled = decode_at - float(a.get("gen_ai.latency.time_in_model_prefill", 0.0))
     queued = max(arrival, scheduled - float(a.get("gen_ai.latency.time_in_queue", 0.0)))
-    phases = {"engine_input": (arrival, queued), "queue": (queued, scheduled),
-              "prefill": (scheduled, decode_at), "decode": (decode_at, last)}
+    phases = {
+        "engine_input": (arrival, queued),
+        "queue": (queued, scheduled),
+        "prefill": (scheduled, decode_at),
+        "decode": (decode_at, last),
+    }
     ttft = a.get("gen_ai.latency.time_to_first_token")
     client_first = None
     if record is not None:
         sent, done = record.started_at, record.ended_at
-        phases = {"client": (sent, done), "serve": (sent, max(sent, arrival)), **phases,
-                  "return": (min(last, done), done)}
+        phases = {
+            "client": (sent, done),
+            "serve": (sent, max(sent, arrival)),
+            **phases,
+            "return": (min(last, done), done),
+        }
         client_first = None if record.ttft_s is None else sent + record.ttft_s
     return Trace(
-        request_id=request_id, phases=phases, replica=span.get("replica", ""),
-        node=span.get("node", ""), trace_id=span.get("trace_id", ""),
+        request_id=request_id,
+        phases=phases,
+        replica=span.get("replica", ""),
+        node=span.get("node", ""),
+        trace_id=span.get("trace_id", ""),
         engine_first_token=None if ttft is None else arrival + float(ttft),
         client_first_token=client_first,
-        tokens=a.get("gen_ai.usage.completion_tokens"), attributes=dict(a),
+        tokens=a.get("gen_ai.usage.completion_tokens"),
+        attributes=dict(a),
     )

@@ -20,8 +20,7 @@ from typing import Any, TypeVar
 
 from ..errors import ConnectionFailed
 
-__all__ = ["NO_SESSION", "call", "client", "lost_connection", "on_lost", "require_session",
-           "watch"]
+__all__ = ["NO_SESSION", "call", "client", "lost_connection", "on_lost", "require_session", "watch"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -99,7 +98,8 @@ def lost_connection(err: BaseException) -> bool:
     if isinstance(err, ConnectionError):
         return True
     return isinstance(err, grpc.RpcError) and err.code() in (
-        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
         grpc.StatusCode.NOT_FOUND,  # the server no longer holds this session
     )
 
@@ -149,8 +149,10 @@ def _tell(state: str) -> None:
             log.debug("connection watcher %r failed: %s", watcher, err)
 
 
-NO_SESSION = ("this kernel has no open Ray session (it was closed, or another connect() "
-              "failed); call nbserve.connect() again")
+NO_SESSION = (
+    "this kernel has no open Ray session (it was closed, or another connect() "
+    "failed); call nbserve.connect() again"
+)
 
 
 def require_session() -> None:

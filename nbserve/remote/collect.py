@@ -22,8 +22,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from .ray_private import auth_headers, serve_client
 
 __all__ = [
-    "DeploymentInfo", "Payload", "Row", "collect", "compact", "family_of", "fetch",
-    "select_families", "serve_replicas",
+    "DeploymentInfo",
+    "Payload",
+    "Row",
+    "collect",
+    "compact",
+    "family_of",
+    "fetch",
+    "select_families",
+    "serve_replicas",
 ]
 
 Row = tuple[str, dict[str, str], float]  # one sample: name, labels, value
@@ -57,8 +64,13 @@ class Payload(TypedDict):
     errors: dict[str, str]
 
 
-def collect(app: str, samples: Collection[str], drop_labels: Collection[str],
-            timeout: float = 5.0, raw: bool = False) -> Payload:
+def collect(
+    app: str,
+    samples: Collection[str],
+    drop_labels: Collection[str],
+    timeout: float = 5.0,
+    raw: bool = False,
+) -> Payload:
     """Scrape every alive node for one app's metrics; runs on the cluster.
 
     Args:
@@ -82,7 +94,8 @@ def collect(app: str, samples: Collection[str], drop_labels: Collection[str],
     families = frozenset(samples) | frozenset(family_of(name) for name in samples)
     targets = [
         f"{node['NodeManagerAddress']}:{node['MetricsExportPort']}"
-        for node in ray.nodes() if node.get("Alive") and node.get("MetricsExportPort")
+        for node in ray.nodes()
+        if node.get("Alive") and node.get("MetricsExportPort")
     ]
     nodes: dict[str, str] = {}
     errors: dict[str, str] = {}
@@ -94,13 +107,19 @@ def collect(app: str, samples: Collection[str], drop_labels: Collection[str],
                 nodes[target] = select_families(future.result(), families)
             except Exception as err:  # noqa: BLE001 - one node down must not hide the others
                 errors[target] = f"{type(err).__name__}: {err}"
-    payload = Payload(app=app, time=time.time(), found=deployments is not None,
-                      deployments=deployments or {}, errors=errors)
+    payload = Payload(
+        app=app,
+        time=time.time(),
+        found=deployments is not None,
+        deployments=deployments or {},
+        errors=errors,
+    )
     if raw:
         payload["nodes"] = nodes
     else:
-        payload["samples"] = compact(nodes.values(), app, replica_ids, samples, drop_labels,
-                                     node_ips)
+        payload["samples"] = compact(
+            nodes.values(), app, replica_ids, samples, drop_labels, node_ips
+        )
     return payload
 
 
@@ -188,9 +207,14 @@ def select_families(text: str, families: Iterable[str]) -> str:
     return "\n".join(keep) + "\n" if keep else ""
 
 
-def compact(texts: Iterable[str], app: str, replica_ids: Iterable[str],
-            samples: Collection[str], drop_labels: Collection[str],
-            node_ips: Iterable[str] = ()) -> list[Row]:
+def compact(
+    texts: Iterable[str],
+    app: str,
+    replica_ids: Iterable[str],
+    samples: Collection[str],
+    drop_labels: Collection[str],
+    node_ips: Iterable[str] = (),
+) -> list[Row]:
     r"""Parse metrics texts into one app's rows of ``samples``, without ``drop_labels``.
 
     A series belongs to the app when its ``application`` label is the app (Serve's metrics),
@@ -206,15 +230,18 @@ def compact(texts: Iterable[str], app: str, replica_ids: Iterable[str],
     """
     parsed = [s for text in texts for f in text_string_to_metric_families(text) for s in f.samples]
     ids = frozenset(replica_ids) or frozenset(
-        s.labels["replica"] for s in parsed
+        s.labels["replica"]
+        for s in parsed
         if s.labels.get("application") == app and "replica" in s.labels
     )
     wanted, dropped, nodes = frozenset(samples), frozenset(drop_labels), frozenset(node_ips)
     return [
         (s.name, {k: v for k, v in s.labels.items() if k not in dropped}, s.value)
         for s in parsed
-        if s.name in wanted and (s.labels.get("application") == app
-                                 or s.labels.get("ReplicaId") in ids
-                                 or (s.name.startswith("ray_node_")
-                                     and s.labels.get("ip") in nodes))
+        if s.name in wanted
+        and (
+            s.labels.get("application") == app
+            or s.labels.get("ReplicaId") in ids
+            or (s.name.startswith("ray_node_") and s.labels.get("ip") in nodes)
+        )
     ]

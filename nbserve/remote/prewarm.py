@@ -81,22 +81,39 @@ def restore(plan: Plan) -> str:
     spec = record["spec"]
     scaling = spec.get("scaling") or {}
     if scaling.get("min_replicas") != plan["warm_min"]:
-        return (f"min_replicas was changed to {scaling.get('min_replicas')} meanwhile: left "
-                "alone")
+        return f"min_replicas was changed to {scaling.get('min_replicas')} meanwhile: left alone"
     config = copy.deepcopy(record["config"])
     for override in config.get("deployments") or []:
-        if str(override.get("name", "")).startswith("LLMServer:") \
-                and "autoscaling_config" in override:
-            kept = {k: v for k, v in override["autoscaling_config"].items()
-                    if k not in plan["autoscaling"] and k != "initial_replicas"}
+        if (
+            str(override.get("name", "")).startswith("LLMServer:")
+            and "autoscaling_config" in override
+        ):
+            kept = {
+                k: v
+                for k, v in override["autoscaling_config"].items()
+                if k not in plan["autoscaling"] and k != "initial_replicas"
+            }
             override["autoscaling_config"] = {**kept, **plan["autoscaling"]}
-    new = {**record, "spec": {**spec, "scaling": {**scaling, **plan["scaling"]}},
-           "config": config, "deployed_at": time.time()}
-    result = deploy(config, plan["http"], new, replace=True,
-                    secrets=list(spec.get("secrets") or []), fixed_nodes=plan["fixed_nodes"],
-                    router=plan["router"])
-    return f"min_replicas back to {plan['min_replicas']}" if result["ok"] else \
-        f"not restored: {result['message']}"
+    new = {
+        **record,
+        "spec": {**spec, "scaling": {**scaling, **plan["scaling"]}},
+        "config": config,
+        "deployed_at": time.time(),
+    }
+    result = deploy(
+        config,
+        plan["http"],
+        new,
+        replace=True,
+        secrets=list(spec.get("secrets") or []),
+        fixed_nodes=plan["fixed_nodes"],
+        router=plan["router"],
+    )
+    return (
+        f"min_replicas back to {plan['min_replicas']}"
+        if result["ok"]
+        else f"not restored: {result['message']}"
+    )
 
 
 def start(plan: Plan) -> None:
@@ -104,8 +121,12 @@ def start(plan: Plan) -> None:
     import ray
 
     actor = ray.remote(Timer).options(
-        name=PREFIX + plan["name"], namespace=NAMESPACE, lifetime="detached", num_cpus=0,
-        max_restarts=0)
+        name=PREFIX + plan["name"],
+        namespace=NAMESPACE,
+        lifetime="detached",
+        num_cpus=0,
+        max_restarts=0,
+    )
     timer = actor.remote(plan)
     ray.get(timer.info.remote())  # it runs before this returns
 

@@ -11,9 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "auth_headers", "direct_streaming", "forget_serve_client", "gcs_address", "kv_delete",
-    "kv_get", "kv_keys", "kv_put", "kv_put_new", "reset_auth_token_cache", "serve_client",
-    "session_dir", "start_serve",
+    "auth_headers",
+    "direct_streaming",
+    "forget_serve_client",
+    "gcs_address",
+    "kv_delete",
+    "kv_get",
+    "kv_keys",
+    "kv_put",
+    "kv_put_new",
+    "reset_auth_token_cache",
+    "serve_client",
+    "session_dir",
+    "start_serve",
 ]
 
 

@@ -33,8 +33,14 @@ KV_PREFIX = "app/"
 
 # Why ``deploy`` refused ("" when it did not).
 Refusal = Literal[
-    "", "model_path_missing", "secret_missing", "unschedulable", "serve_elsewhere", "exists",
-    "route_prefix_taken", "lost_apps",
+    "",
+    "model_path_missing",
+    "secret_missing",
+    "unschedulable",
+    "serve_elsewhere",
+    "exists",
+    "route_prefix_taken",
+    "lost_apps",
 ]
 
 
@@ -62,10 +68,16 @@ class ReplicaRow(TypedDict):
     death_cause: str
 
 
-def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, Any],
-           replace: bool = False, secrets: list[str] | None = None,
-           fixed_nodes: bool = False, router: dict[str, Any] | None = None,
-           shapes: dict[str, dict[str, float]] | None = None) -> DeployResult:
+def deploy(
+    app: dict[str, Any],
+    http: dict[str, Any] | None,
+    record: dict[str, Any],
+    replace: bool = False,
+    secrets: list[str] | None = None,
+    fixed_nodes: bool = False,
+    router: dict[str, Any] | None = None,
+    shapes: dict[str, dict[str, float]] | None = None,
+) -> DeployResult:
     """Apply one Serve app config declaratively, keeping every other declared app as it is.
 
     Serve's declarative API takes the whole set of apps at once, so under the cluster's
@@ -86,16 +98,9 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
     from ray.serve.schema import ServeDeploySchema
 
     nodes = _alive_nodes()
-    absent = _paths_absent_where_replicas_run(app, nodes)
-    if absent:
-        return _refused("model_path_missing", absent)
-    missing = [n for n in secrets or () if not os.environ.get(n)]
-    if missing:
-        return _refused("secret_missing", _secret_missing(missing))
-    lacking = unschedulable(app, nodes=nodes) if fixed_nodes else \
-        unschedulable(app, shapes) if shapes is not None else ""
-    if lacking:
-        return _refused("unschedulable", lacking)
+    refused = _refused_before_any_change(app, nodes, secrets, fixed_nodes, shapes)
+    if refused is not None:
+        return refused
     # A cluster nbserve knows nothing of may add nodes (its autoscaler): not a refusal, but
     # wait() says at once what the replica waits for, not after Serve's 30 s.
     waiting = "" if fixed_nodes or shapes is not None else waits_for_node(app, nodes)
@@ -112,16 +117,14 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
             if (record_of(name) or {}).get("config") == app:
                 return DeployResult(ok=True, reason="", message="unchanged")
             return _refused("exists", _exists(name, running[name]))
-        prefix = app.get("route_prefix")
-        for other, info in running.items():
-            theirs = info.get("route_prefix") or (info.get("deployed_app_config") or {}).get(
-                "route_prefix")  # the declared one, while Serve has not set it up yet
-            if other != name and prefix and theirs == prefix:
-                return _refused("route_prefix_taken",
-                                f"route prefix {prefix!r} is served by app {other!r}; pass "
-                                "another route_prefix= (or another name, the default prefix)")
-        keep = {other: a["deployed_app_config"] for other, a in running.items()
-                if a.get("deployed_app_config") and other != name}
+        taken = _route_prefix_taken(name, app.get("route_prefix"), running)
+        if taken:
+            return _refused("route_prefix_taken", taken)
+        keep = {
+            other: a["deployed_app_config"]
+            for other, a in running.items()
+            if a.get("deployed_app_config") and other != name
+        }
         applied = on_this_node(traced) if fixed_nodes else traced
         if router and direct_streaming():
             applied = {**applied, "deployments": [*app.get("deployments", []), router]}
@@ -131,11 +134,52 @@ def deploy(app: dict[str, Any], http: dict[str, Any] | None, record: dict[str, A
         client.deploy_apps(ServeDeploySchema.model_validate(config))
         lost = _lost(client, {*keep, name})
         if lost:
-            return _refused("lost_apps", f"after deploying {name!r}, Serve no longer declares "
-                                         f"{', '.join(sorted(lost))}; something outside nbserve "
-                                         "changed the cluster's applications at the same time")
+            return _refused(
+                "lost_apps",
+                f"after deploying {name!r}, Serve no longer declares "
+                f"{', '.join(sorted(lost))}; something outside nbserve "
+                "changed the cluster's applications at the same time",
+            )
         kv_put(KV_PREFIX + name, json.dumps(record), KV_NAMESPACE)
     return DeployResult(ok=True, reason="", message="", waiting=waiting)
+
+
+def _refused_before_any_change(
+    app: dict[str, Any],
+    nodes: dict[str, dict[str, float]],
+    secrets: list[str] | None,
+    fixed_nodes: bool,
+    shapes: dict[str, dict[str, float]] | None,
+) -> DeployResult | None:
+    """The refusals ``deploy`` checks before it takes the lock: paths, secrets, resources."""
+    absent = _paths_absent_where_replicas_run(app, nodes)
+    if absent:
+        return _refused("model_path_missing", absent)
+    missing = [n for n in secrets or () if not os.environ.get(n)]
+    if missing:
+        return _refused("secret_missing", _secret_missing(missing))
+    if fixed_nodes:
+        lacking = unschedulable(app, nodes=nodes)
+    elif shapes is not None:
+        lacking = unschedulable(app, shapes)
+    else:
+        lacking = ""
+    return _refused("unschedulable", lacking) if lacking else None
+
+
+def _route_prefix_taken(name: str, prefix: str | None, running: dict[str, Any]) -> str:
+    """Why ``prefix`` cannot be app ``name``'s: another running app serves it ("" if none)."""
+    for other, info in running.items():
+        # the declared prefix, while Serve has not set it up yet
+        theirs = info.get("route_prefix") or (info.get("deployed_app_config") or {}).get(
+            "route_prefix"
+        )
+        if other != name and prefix and theirs == prefix:
+            return (
+                f"route prefix {prefix!r} is served by app {other!r}; pass "
+                "another route_prefix= (or another name, the default prefix)"
+            )
+    return ""
 
 
 def delete(name: str) -> None:
@@ -147,8 +191,11 @@ def delete(name: str) -> None:
     with app_set_lock():
         apps = client.get_serve_details().get("applications", {}) if client else {}
         if name in apps and apps[name].get("deployed_app_config"):
-            rest = [a["deployed_app_config"] for n, a in apps.items()
-                    if n != name and a.get("deployed_app_config")]
+            rest = [
+                a["deployed_app_config"]
+                for n, a in apps.items()
+                if n != name and a.get("deployed_app_config")
+            ]
             client.deploy_apps(ServeDeploySchema.model_validate({"applications": rest}))
         kv_delete(KV_PREFIX + name, KV_NAMESPACE)
     if client is not None:
@@ -163,7 +210,7 @@ def records() -> dict[str, dict[str, Any]]:
     """
     out = {}
     for key in kv_keys(KV_PREFIX, KV_NAMESPACE):
-        name = key.decode()[len(KV_PREFIX):]
+        name = key.decode()[len(KV_PREFIX) :]
         record = record_of(name)
         if record is not None:
             out[name] = record
@@ -183,8 +230,11 @@ def record_of(name: str) -> dict[str, Any] | None:
 
 
 def _lost(client: Any, names: set[str]) -> set[str]:
-    declared = {n for n, a in client.get_serve_details().get("applications", {}).items()
-                if a.get("deployed_app_config")}
+    declared = {
+        n
+        for n, a in client.get_serve_details().get("applications", {}).items()
+        if a.get("deployed_app_config")
+    }
     return names - declared
 
 
@@ -197,11 +247,13 @@ def _listens_elsewhere(running: dict[str, Any], wanted: dict[str, Any]) -> str:
     have, want = running.get("port"), wanted.get("port")
     if want is None or have == want:
         return ""
-    return (f"Serve already runs on this cluster and listens on port {have} instead of {want}, "
-            "so nbserve's endpoints would not reach it (something else started it, e.g. "
-            "serve.run or serve.start without nbserve's options); shut it down with "
-            "serve.shutdown() (it stops every app), or restart the local head (`nbserve down`, "
-            "then `nbserve up`)")
+    return (
+        f"Serve already runs on this cluster and listens on port {have} instead of {want}, "
+        "so nbserve's endpoints would not reach it (something else started it, e.g. "
+        "serve.run or serve.start without nbserve's options); shut it down with "
+        "serve.shutdown() (it stops every app), or restart the local head (`nbserve down`, "
+        "then `nbserve up`)"
+    )
 
 
 def replica_bundles(app: dict[str, Any]) -> list[dict[str, float]]:
@@ -234,8 +286,12 @@ def replica_bundles(app: dict[str, Any]) -> list[dict[str, float]]:
     return bundles
 
 
-def unschedulable(app: dict[str, Any], shapes: dict[str, dict[str, float]] | None = None, *,
-                  nodes: dict[str, dict[str, float]] | None = None) -> str:
+def unschedulable(
+    app: dict[str, Any],
+    shapes: dict[str, dict[str, float]] | None = None,
+    *,
+    nodes: dict[str, dict[str, float]] | None = None,
+) -> str:
     """Why no node the cluster has, or may add, can hold one replica of ``app``, or "".
 
     Without ``shapes``: compared with each alive node's total resources (a cluster that cannot
@@ -254,21 +310,27 @@ def unschedulable(app: dict[str, Any], shapes: dict[str, dict[str, float]] | Non
         return ""
     if shapes is not None:
         offered = "; ".join(f"{group}: {_listed(node)}" for group, node in nodes.items())
-        return (f"one replica needs {_listed(bundle)} on one node, and no group of this "
-                f"RayCluster has such nodes ({offered}), so the replica would never start: "
-                "deploy for what a group has (cpus=, accelerator=), or give the cluster a worker "
-                "group with it (ClusterSpec(worker_groups=[WorkerGroup(accelerator=...)]), "
-                "then nbserve.create_cluster)")
-    fix = ("lower cpus= (or start the local head with more logical CPUs: `nbserve down`, "
-           "then `nbserve up --num-cpus N`)" if set(_lacks(bundle, nodes)) == {"CPU"} else
-           "deploy on CPUs (accelerator=None) or connect to a cluster that has that GPU")
-    return (f"one replica needs {_listed(bundle)} on one node, and the largest node of this "
-            f"cluster has {_have(bundle, nodes)}; this cluster cannot add nodes, so the "
-            f"replica would never start: {fix}")
+        return (
+            f"one replica needs {_listed(bundle)} on one node, and no group of this "
+            f"RayCluster has such nodes ({offered}), so the replica would never start: "
+            "deploy for what a group has (cpus=, accelerator=), or give the cluster a worker "
+            "group with it (ClusterSpec(worker_groups=[WorkerGroup(accelerator=...)]), "
+            "then nbserve.create_cluster)"
+        )
+    fix = (
+        "lower cpus= (or start the local head with more logical CPUs: `nbserve down`, "
+        "then `nbserve up --num-cpus N`)"
+        if set(_lacks(bundle, nodes)) == {"CPU"}
+        else "deploy on CPUs (accelerator=None) or connect to a cluster that has that GPU"
+    )
+    return (
+        f"one replica needs {_listed(bundle)} on one node, and the largest node of this "
+        f"cluster has {_have(bundle, nodes)}; this cluster cannot add nodes, so the "
+        f"replica would never start: {fix}"
+    )
 
 
-def waits_for_node(app: dict[str, Any], nodes: dict[str, dict[str, float]] | None = None
-                   ) -> str:
+def waits_for_node(app: dict[str, Any], nodes: dict[str, dict[str, float]] | None = None) -> str:
     """What one replica of ``app`` needs that no node has now, in a sentence, or "".
 
     For a cluster that may add nodes nbserve cannot see (a plain ``ray://`` address): the
@@ -284,16 +346,24 @@ def waits_for_node(app: dict[str, Any], nodes: dict[str, dict[str, float]] | Non
     bundle = _unfit(app, nodes)
     if bundle is None:
         return ""
-    return (f"a replica needs {_listed(bundle)} on one node, and no node of the cluster has it "
-            f"now (the largest has {_have(bundle, nodes)}): it starts when the cluster's "
-            "autoscaler adds such a node; if it adds none, app.delete() and deploy for what "
-            "the nodes have (cpus=, accelerator=)")
+    return (
+        f"a replica needs {_listed(bundle)} on one node, and no node of the cluster has it "
+        f"now (the largest has {_have(bundle, nodes)}): it starts when the cluster's "
+        "autoscaler adds such a node; if it adds none, app.delete() and deploy for what "
+        "the nodes have (cpus=, accelerator=)"
+    )
 
 
 def _unfit(app: dict[str, Any], nodes: dict[str, dict[str, float]]) -> dict[str, float] | None:
     """The first bundle of one replica of ``app`` that none of ``nodes`` holds, if any."""
-    return next((bundle for bundle in replica_bundles(app)
-                 if not any(_fits(bundle, node) for node in nodes.values())), None)
+    return next(
+        (
+            bundle
+            for bundle in replica_bundles(app)
+            if not any(_fits(bundle, node) for node in nodes.values())
+        ),
+        None,
+    )
 
 
 def _listed(resources: dict[str, float]) -> str:
@@ -325,13 +395,16 @@ def _have(bundle: dict[str, float], nodes: dict[str, dict[str, float]]) -> str:
 
 def _fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
     """Whether ``node``'s resources hold ``bundle`` (a GPU of unknown type holds any type)."""
-    return all(node.get(k, 0.0) >= v or (k.startswith("accelerator_type:")
-                                         and node.get("accelerator_type:*", 0.0) >= v)
-               for k, v in bundle.items())
+    return all(
+        node.get(k, 0.0) >= v
+        or (k.startswith("accelerator_type:") and node.get("accelerator_type:*", 0.0) >= v)
+        for k, v in bundle.items()
+    )
 
 
-def _paths_absent_where_replicas_run(app: dict[str, Any],
-                                     nodes: dict[str, dict[str, float]] | None = None) -> str:
+def _paths_absent_where_replicas_run(
+    app: dict[str, Any], nodes: dict[str, dict[str, float]] | None = None
+) -> str:
     """Why a model path of ``app`` is missing on a node a replica could run on, or "".
 
     Checked on such a node (this one if it is one, else the first, by node affinity), not on
@@ -342,8 +415,10 @@ def _paths_absent_where_replicas_run(app: dict[str, Any],
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    paths = [cfg["model_loading_config"]["model_source"]
-             for cfg in (app.get("args") or {}).get("llm_configs") or []]
+    paths = [
+        cfg["model_loading_config"]["model_source"]
+        for cfg in (app.get("args") or {}).get("llm_configs") or []
+    ]
     paths = [p for p in paths if looks_like_path(p)]
     if not paths:
         return ""
@@ -356,29 +431,33 @@ def _paths_absent_where_replicas_run(app: dict[str, Any],
         absent, where = paths_absent(paths)
     else:
         check = ray.remote(num_cpus=0, max_retries=0)(paths_absent).options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(fit[0], soft=False))
+            scheduling_strategy=NodeAffinitySchedulingStrategy(fit[0], soft=False)
+        )
         absent, where = ray.get(check.remote(paths))
     if not absent:
         return ""
-    return (f"model path {absent[0]!r} does not exist on the cluster node {where}, where its "
-            "replicas would run; pass a path that exists on the cluster's nodes (for KubeRay, "
-            "a volume mounted in the worker pods) or a Hugging Face model id")
+    return (
+        f"model path {absent[0]!r} does not exist on the cluster node {where}, where its "
+        "replicas would run; pass a path that exists on the cluster's nodes (for KubeRay, "
+        "a volume mounted in the worker pods) or a Hugging Face model id"
+    )
 
 
 def paths_absent(paths: list[str]) -> tuple[list[str], str]:
     """The ``paths`` missing on this node, and the node's name."""
-    return ([p for p in paths if not os.path.exists(os.path.expanduser(p))],
-            os.uname().nodename)
+    return ([p for p in paths if not os.path.exists(os.path.expanduser(p))], os.uname().nodename)
 
 
 def _secret_missing(missing: list[str]) -> str:
     listed = ", ".join(missing)
-    return (f"secret {listed} is not set in the environment of cluster node "
-            f"{os.uname().nodename}, where the replicas read it; set it where the Ray nodes "
-            "start: for nbserve's local head, in the kernel's environment before the head "
-            "starts (a running head keeps the environment it started with: `nbserve down`, "
-            "then connect again); on KubeRay, from a Kubernetes Secret with "
-            f"ClusterSpec(secrets={{{missing[0]!r}: SecretRef(name=..., key=...)}})")
+    return (
+        f"secret {listed} is not set in the environment of cluster node "
+        f"{os.uname().nodename}, where the replicas read it; set it where the Ray nodes "
+        "start: for nbserve's local head, in the kernel's environment before the head "
+        "starts (a running head keeps the environment it started with: `nbserve down`, "
+        "then connect again); on KubeRay, from a Kubernetes Secret with "
+        f"ClusterSpec(secrets={{{missing[0]!r}: SecretRef(name=..., key=...)}})"
+    )
 
 
 def _refused(reason: Refusal, message: str) -> DeployResult:
@@ -388,13 +467,17 @@ def _refused(reason: Refusal, message: str) -> DeployResult:
 def _exists(name: str, info: dict[str, Any]) -> str:
     config = info.get("deployed_app_config") or {}
     what = config.get("import_path") or "an application"
-    models = [c.get("model_loading_config", {}).get("model_source")
-              for c in (config.get("args") or {}).get("llm_configs") or []]
+    models = [
+        c.get("model_loading_config", {}).get("model_source")
+        for c in (config.get("args") or {}).get("llm_configs") or []
+    ]
     if any(models):
         what += f" serving {', '.join(m for m in models if m)}"
-    return (f"an application named {name!r} runs already ({what}, status "
-            f"{info.get('status', '?')}): pass replace=True to replace it, use "
-            f"cluster.app({name!r}).update(...) to change it, or pick another name")
+    return (
+        f"an application named {name!r} runs already ({what}, status "
+        f"{info.get('status', '?')}): pass replace=True to replace it, use "
+        f"cluster.app({name!r}).update(...) to change it, or pick another name"
+    )
 
 
 def replicas(app_name: str) -> list[ReplicaRow]:
@@ -403,17 +486,28 @@ def replicas(app_name: str) -> list[ReplicaRow]:
 
     prefix = f"SERVE_REPLICA::{app_name}#"
     out = []
-    for actor in list_actors(address=gcs_address(), filters=[("ray_namespace", "=", "serve")],
-                             limit=10_000, detail=True, raise_on_missing_output=False):
+    for actor in list_actors(
+        address=gcs_address(),
+        filters=[("ray_namespace", "=", "serve")],
+        limit=10_000,
+        detail=True,
+        raise_on_missing_output=False,
+    ):
         name = actor.name or ""
         if not name.startswith(prefix):
             continue
-        _, deployment, replica_id = name[len("SERVE_REPLICA::"):].split("#", 2)
-        out.append(ReplicaRow(
-            replica_id=replica_id, deployment=deployment, state=actor.state,
-            actor_id=actor.actor_id, node_id=actor.node_id, pid=actor.pid,
-            death_cause=_short(actor.death_cause),
-        ))
+        _, deployment, replica_id = name[len("SERVE_REPLICA::") :].split("#", 2)
+        out.append(
+            ReplicaRow(
+                replica_id=replica_id,
+                deployment=deployment,
+                state=actor.state,
+                actor_id=actor.actor_id,
+                node_id=actor.node_id,
+                pid=actor.pid,
+                death_cause=_short(actor.death_cause),
+            )
+        )
     return out
 
 
@@ -425,10 +519,12 @@ def log_tail(app_name: str, deployment: str, lines: int) -> str:
     candidates.sort(key=lambda r: r["state"] != "DEAD")
     for rep in candidates:
         try:
-            text = "".join(get_log(address=gcs_address(), actor_id=rep["actor_id"],
-                                   tail=lines, suffix="err"))
-            text += "".join(get_log(address=gcs_address(), actor_id=rep["actor_id"],
-                                    tail=lines, suffix="out"))
+            text = "".join(
+                get_log(address=gcs_address(), actor_id=rep["actor_id"], tail=lines, suffix="err")
+            )
+            text += "".join(
+                get_log(address=gcs_address(), actor_id=rep["actor_id"], tail=lines, suffix="out")
+            )
         except Exception:  # noqa: BLE001 - logs are best effort; the status message remains
             continue
         if text.strip():

@@ -48,17 +48,29 @@ def start_lines(app_name: str, prefix: str = "LLMServer:") -> list[StartLines]:
         return []
     controller: list[str] = []
     # Every Serve controller there was (it may have restarted), each logging to its own file.
-    for actor in list_actors(address=address, filters=[("ray_namespace", "=", "serve")],
-                             limit=10_000, detail=True, raise_on_missing_output=False):
+    for actor in list_actors(
+        address=address,
+        filters=[("ray_namespace", "=", "serve")],
+        limit=10_000,
+        detail=True,
+        raise_on_missing_output=False,
+    ):
         if actor.class_name != "ServeController" or actor.pid is None:
             continue
         try:
-            text = "".join(get_log(address=address, node_id=actor.node_id,
-                                   filename=f"serve/controller_{actor.pid}.log", tail=-1))
+            text = "".join(
+                get_log(
+                    address=address,
+                    node_id=actor.node_id,
+                    filename=f"serve/controller_{actor.pid}.log",
+                    tail=-1,
+                )
+            )
         except Exception:  # noqa: BLE001 - a controller whose log is gone dates nothing
             continue
-        controller += [ln for ln in text.splitlines()
-                       if "Replica(id='" in ln and f"app='{app_name}'" in ln]
+        controller += [
+            ln for ln in text.splitlines() if "Replica(id='" in ln and f"app='{app_name}'" in ln
+        ]
     out = []
     for rep in mine:
         rid = rep["replica_id"]
@@ -66,19 +78,34 @@ def start_lines(app_name: str, prefix: str = "LLMServer:") -> list[StartLines]:
         replica_log: list[str] = []
         engine: list[str] = []
         try:
-            text = "".join(get_log(
-                address=address, node_id=rep["node_id"],
-                filename=f"serve/replica_{app_name}_{deployment}_{rid}.log", tail=-1))
+            text = "".join(
+                get_log(
+                    address=address,
+                    node_id=rep["node_id"],
+                    filename=f"serve/replica_{app_name}_{deployment}_{rid}.log",
+                    tail=-1,
+                )
+            )
             replica_log = [ln for ln in text.splitlines() if SERVE_MARKER in ln][:1]
-            text = "".join(get_log(address=address, actor_id=rep["actor_id"], suffix="out",
-                                   tail=-1))
-            engine = [ln for ln in text.splitlines()
-                      if any(m in ln for marks in ENGINE_MARKERS.values() for m in marks)]
+            text = "".join(
+                get_log(address=address, actor_id=rep["actor_id"], suffix="out", tail=-1)
+            )
+            engine = [
+                ln
+                for ln in text.splitlines()
+                if any(m in ln for marks in ENGINE_MARKERS.values() for m in marks)
+            ]
         except Exception:  # noqa: BLE001 - a replica whose logs are gone has fewer phases
             pass
-        out.append(StartLines(
-            replica_id=rid, deployment=rep["deployment"], node_id=rep["node_id"],
-            state=rep["state"], replica=replica_log, engine=engine,
-            controller=[ln for ln in controller if f"Replica(id='{rid}'" in ln],
-        ))
+        out.append(
+            StartLines(
+                replica_id=rid,
+                deployment=rep["deployment"],
+                node_id=rep["node_id"],
+                state=rep["state"],
+                replica=replica_log,
+                engine=engine,
+                controller=[ln for ln in controller if f"Replica(id='{rid}'" in ln],
+            )
+        )
     return out

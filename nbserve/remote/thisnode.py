@@ -13,8 +13,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["LOCAL_MODEL_CALLBACK", "LOOPBACK_HOOK", "SETUP_HOOK_VAR", "cpu_dtype",
-           "grpc_on_loopback", "local_models", "looks_like_path", "native_bf16", "on_this_node"]
+__all__ = [
+    "LOCAL_MODEL_CALLBACK",
+    "LOOPBACK_HOOK",
+    "SETUP_HOOK_VAR",
+    "cpu_dtype",
+    "grpc_on_loopback",
+    "local_models",
+    "looks_like_path",
+    "native_bf16",
+    "on_this_node",
+]
 
 LOCAL_MODEL_CALLBACK = "nbserve.hooks.serve_callbacks.LocalModel"
 LOOPBACK_HOOK = "nbserve.hooks.serve_loopback.setup"  # serve_loopback.HOOK
@@ -46,8 +55,7 @@ def grpc_on_loopback(app: dict[str, Any]) -> dict[str, Any]:
     if importlib.util.find_spec("nbserve") is None:
         return app
     runtime_env = dict(app.get("runtime_env") or {})
-    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}),
-                               SETUP_HOOK_VAR: LOOPBACK_HOOK}
+    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), SETUP_HOOK_VAR: LOOPBACK_HOOK}
     return {**app, "runtime_env": runtime_env}
 
 
@@ -91,9 +99,12 @@ def cpu_dtype(app: dict[str, Any], native: bool | None) -> dict[str, Any]:
     configs = (app.get("args") or {}).get("llm_configs") or []
     if native is not False or not configs:
         return app
-    configs = [c if c.get("accelerator_type") or "dtype" in (c.get("engine_kwargs") or {})
-               else {**c, "engine_kwargs": {**(c.get("engine_kwargs") or {}), "dtype": "float32"}}
-               for c in configs]
+    configs = [
+        c
+        if c.get("accelerator_type") or "dtype" in (c.get("engine_kwargs") or {})
+        else {**c, "engine_kwargs": {**(c.get("engine_kwargs") or {}), "dtype": "float32"}}
+        for c in configs
+    ]
     return {**app, "args": {**app["args"], "llm_configs": configs}}
 
 
@@ -111,11 +122,13 @@ def local_models(app: dict[str, Any]) -> dict[str, Any]:
     configs = (app.get("args") or {}).get("llm_configs") or []
     if os.environ.get("NBSERVE_SERVE_LLM_NODE_INIT") == "always":
         return app
-    if not configs or importlib.util.find_spec("nbserve") is None or not all(
-            looks_like_path(c["model_loading_config"]["model_source"]) for c in configs):
+    if (
+        not configs
+        or importlib.util.find_spec("nbserve") is None
+        or not all(looks_like_path(c["model_loading_config"]["model_source"]) for c in configs)
+    ):
         return app
-    configs = [{**c, "callback_config": {"callback_class": LOCAL_MODEL_CALLBACK}}
-               for c in configs]
+    configs = [{**c, "callback_config": {"callback_class": LOCAL_MODEL_CALLBACK}} for c in configs]
     return {**app, "args": {**app["args"], "llm_configs": configs}}
 
 

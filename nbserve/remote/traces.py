@@ -87,13 +87,21 @@ class Receiver:
             pid = int(resource.get("vllm.process_id") or resource.get("process.pid") or 0)
             for scope in resource_spans.scope_spans:
                 for span in scope.spans:
-                    spans.append(Span(
-                        trace_id=span.trace_id.hex(), span_id=span.span_id.hex(),
-                        parent_id=span.parent_span_id.hex(), name=span.name,
-                        start=span.start_time_unix_nano / 1e9,
-                        end=span.end_time_unix_nano / 1e9,
-                        attributes=_attributes(span.attributes), pid=pid,
-                        node_id=self.node_id, node=self.node, replica=""))
+                    spans.append(
+                        Span(
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_id=span.parent_span_id.hex(),
+                            name=span.name,
+                            start=span.start_time_unix_nano / 1e9,
+                            end=span.end_time_unix_nano / 1e9,
+                            attributes=_attributes(span.attributes),
+                            pid=pid,
+                            node_id=self.node_id,
+                            node=self.node,
+                            replica="",
+                        )
+                    )
         with self._lock:
             self._spans.extend(spans)
 
@@ -106,8 +114,9 @@ class Receiver:
         traces = set(trace_ids)
         with self._lock:
             kept = list(self._spans)
-        return [s for s in kept if s["trace_id"] in traces or any(
-            is_of(s, rid) for rid in request_ids)]
+        return [
+            s for s in kept if s["trace_id"] in traces or any(is_of(s, rid) for rid in request_ids)
+        ]
 
     def stop(self) -> None:
         """Stop listening (the spans kept stay readable)."""
@@ -153,14 +162,18 @@ def for_this_cluster(app: dict[str, Any]) -> dict[str, Any]:
         {'llm_configs': [{'engine_kwargs': {}}]}
     """
     configs = (app.get("args") or {}).get("llm_configs") or []
-    traced = [(c.get("engine_kwargs") or {}).get("otlp_traces_endpoint") == RENDERED_ENDPOINT
-              for c in configs]
+    traced = [
+        (c.get("engine_kwargs") or {}).get("otlp_traces_endpoint") == RENDERED_ENDPOINT
+        for c in configs
+    ]
     if not any(traced):
         return app
     ensure_receivers()
     here = endpoint()
-    configs = [{**c, "engine_kwargs": {**c["engine_kwargs"], "otlp_traces_endpoint": here}}
-               if t else c for c, t in zip(configs, traced, strict=True)]
+    configs = [
+        {**c, "engine_kwargs": {**c["engine_kwargs"], "otlp_traces_endpoint": here}} if t else c
+        for c, t in zip(configs, traced, strict=True)
+    ]
     return {**app, "args": {**app["args"], "llm_configs": configs}}
 
 
@@ -174,11 +187,19 @@ def ensure_receivers(timeout: float = 60.0) -> list[Any]:
     for node in ray.nodes():
         if not node.get("Alive"):
             continue
-        actor = ray.remote(Receiver).options(
-            name=ACTOR_PREFIX + node["NodeID"], namespace=NAMESPACE, lifetime="detached",
-            get_if_exists=True, num_cpus=0, max_concurrency=4,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-        ).remote(path, node["NodeID"], node["NodeManagerAddress"])
+        actor = (
+            ray.remote(Receiver)
+            .options(
+                name=ACTOR_PREFIX + node["NodeID"],
+                namespace=NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                num_cpus=0,
+                max_concurrency=4,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+            )
+            .remote(path, node["NodeID"], node["NodeManagerAddress"])
+        )
         handles.append(actor)
     ray.get([h.ready.remote() for h in handles], timeout=timeout)
     return handles
@@ -194,14 +215,19 @@ def find(trace_ids: list[str], request_ids: list[str]) -> list[Span]:
     from ray.util.state import list_actors
 
     found: list[Span] = []
-    for spans in ray.get([h.spans.remote(trace_ids, request_ids)
-                          for h in ensure_receivers()]):
+    for spans in ray.get([h.spans.remote(trace_ids, request_ids) for h in ensure_receivers()]):
         found.extend(spans)
     if found:
-        names = {(a.node_id, a.pid): (a.name or "").removeprefix("SERVE_REPLICA::")
-                 for a in list_actors(address=gcs_address(), detail=True, limit=10_000,
-                                      filters=[("ray_namespace", "=", "serve")],
-                                      raise_on_missing_output=False)}
+        names = {
+            (a.node_id, a.pid): (a.name or "").removeprefix("SERVE_REPLICA::")
+            for a in list_actors(
+                address=gcs_address(),
+                detail=True,
+                limit=10_000,
+                filters=[("ray_namespace", "=", "serve")],
+                raise_on_missing_output=False,
+            )
+        }
         for span in found:
             span["replica"] = names.get((span["node_id"], span["pid"]), "")
     return found

@@ -37,8 +37,14 @@ class _DropSigtermNotice(logging.Filter):
         return "SIGTERM handler is not set" not in record.getMessage()
 
 
-def handshake(address: str, timeout: float, *, token: str | None, token_path: str | None,
-              sleep: Callable[[float], None] = time.sleep) -> float:
+def handshake(
+    address: str,
+    timeout: float,
+    *,
+    token: str | None,
+    token_path: str | None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
     """Open this process's Ray Client session to ``address``; the seconds it took.
 
     Args:
@@ -91,12 +97,11 @@ def _init(address: str, deadline: float, timeout: float, sleep: Callable[[float]
     text = str(last)
     hint = (
         " The cluster asks for a token: pass token= or token_path=, or set RAY_AUTH_TOKEN_PATH."
-        if "auth" in text.lower() else
-        " Check that the head is up and that this is its Ray Client port (usually 10001)."
+        if "auth" in text.lower()
+        else " Check that the head is up and that this is its Ray Client port (usually 10001)."
     )
     raise ConnectionFailed(
-        f"could not open a Ray Client session to {address} within {timeout:.0f} s: "
-        f"{text}.{hint}"
+        f"could not open a Ray Client session to {address} within {timeout:.0f} s: {text}.{hint}"
     ) from last
 
 

@@ -38,8 +38,9 @@ class Provider(Protocol):
         """A node of each group the cluster may add, as Ray sees it; None: all are there."""
         ...
 
-    def down(self, *, force: bool, timeout: float, progress: bool,
-             disconnect: Callable[[], None]) -> None:
+    def down(
+        self, *, force: bool, timeout: float, progress: bool, disconnect: Callable[[], None]
+    ) -> None:
         """Delete (or stop) the cluster and wait until it is gone.
 
         A cluster this kernel did not create is refused (``ClusterError``, nothing done)

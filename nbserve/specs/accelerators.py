@@ -44,7 +44,11 @@ def _row(
     name: str, gke: str, serve: str, mem: int, per_node: int, *aliases: str
 ) -> AcceleratorInfo:
     return AcceleratorInfo(
-        name=name, gke_label=gke, serve_type=serve, memory_gb=mem, max_per_node=per_node,
+        name=name,
+        gke_label=gke,
+        serve_type=serve,
+        memory_gb=mem,
+        max_per_node=per_node,
         aliases=aliases,
     )
 

@@ -139,11 +139,13 @@ class ClusterSpec(BaseModel):
     name: ClusterName = Field(description="RayCluster name: a DNS-1035 label, at most 53 chars.")
     namespace: Dns1123 = Field(default="default", description="Kubernetes namespace.")
     ray_version: str = Field(
-        default_factory=versions.ray_version, pattern=r"^\d+\.\d+\.\d+$",
+        default_factory=versions.ray_version,
+        pattern=r"^\d+\.\d+\.\d+$",
         description="Ray version in the image; must equal the notebook's Ray (its default).",
     )
     python_version: str = Field(
-        default=versions.PYTHON_MINOR, pattern=r"^3\.\d+$",
+        default=versions.PYTHON_MINOR,
+        pattern=r"^3\.\d+$",
         description="Python minor version in the image; must equal the notebook's (its default).",
     )
     image: str | None = Field(
@@ -151,7 +153,8 @@ class ClusterSpec(BaseModel):
     )
     head: HeadSpec = Field(default_factory=lambda: HeadSpec(), description="The head pod.")
     worker_groups: list[WorkerGroup] = Field(
-        default_factory=lambda: [WorkerGroup()], min_length=1,
+        default_factory=lambda: [WorkerGroup()],
+        min_length=1,
         description="GPU worker groups; names must be unique.",
     )
     autoscaling: bool = Field(

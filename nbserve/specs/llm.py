@@ -36,8 +36,14 @@ EnvName = Annotated[str, AfterValidator(partial(names.check, rule=names.ENV_NAME
 # Serve's autoscaler settings that nbserve passes through under Serve's own names; None keeps
 # Serve's value.
 AUTOSCALER_KNOBS = (
-    "upscale_delay_s", "downscale_delay_s", "downscale_to_zero_delay_s", "look_back_period_s",
-    "metrics_interval_s", "upscaling_factor", "downscaling_factor", "aggregation_function",
+    "upscale_delay_s",
+    "downscale_delay_s",
+    "downscale_to_zero_delay_s",
+    "look_back_period_s",
+    "metrics_interval_s",
+    "upscaling_factor",
+    "downscaling_factor",
+    "aggregation_function",
 )
 SERVE_METRICS_INTERVAL_S = 10.0  # Serve's metrics_interval_s when it is not set
 # nbserve's: a request sent to an app at zero replicas reaches the autoscaler within a second
@@ -46,9 +52,17 @@ SERVE_METRICS_INTERVAL_S = 10.0  # Serve's metrics_interval_s when it is not set
 METRICS_INTERVAL_S = 1.0
 # Fields of the nested models that LLM(...) and App.update(...) accept at the top level.
 SCALING_SHORTCUTS = frozenset(
-    {"min_replicas", "max_replicas", "initial_replicas", "target_ongoing_requests",
-     "max_ongoing_requests", "max_queued_requests", "reject_status", "retry_after_s",
-     *AUTOSCALER_KNOBS}
+    {
+        "min_replicas",
+        "max_replicas",
+        "initial_replicas",
+        "target_ongoing_requests",
+        "max_ongoing_requests",
+        "max_queued_requests",
+        "reject_status",
+        "retry_after_s",
+        *AUTOSCALER_KNOBS,
+    }
 )
 ENGINE_SHORTCUTS = frozenset({"max_model_len", "dtype", "tensor_parallel_size"})
 
@@ -77,55 +91,68 @@ class Scaling(BaseModel):
         16, gt=0, description="Ongoing requests per replica the autoscaler aims for."
     )
     max_ongoing_requests: int | None = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="Requests a replica takes at once before Serve queues; None keeps Serve "
         "LLM's default.",
     )
 
     max_queued_requests: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="Requests waiting at a replica before Serve turns the next away at once "
         "(reject_status); None queues without limit (Serve's default). A running replica reads "
         "it only when it starts, so a change restarts the replicas one by one (Rollout).",
     )
     reject_status: Literal[503, 429] = Field(
-        503, description="HTTP status of a request turned away by max_queued_requests.")
+        503, description="HTTP status of a request turned away by max_queued_requests."
+    )
     retry_after_s: float | None = Field(
-        None, ge=0, description="Retry-After (seconds) sent with a request turned away; "
-        "None sends none. Applies in place.")
+        None,
+        ge=0,
+        description="Retry-After (seconds) sent with a request turned away; "
+        "None sends none. Applies in place.",
+    )
     upscale_delay_s: float | None = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="Seconds the autoscaler must see more load than the replicas' target "
         "before it adds replicas; None: Serve's 30.",
     )
     downscale_delay_s: float | None = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="Seconds the autoscaler must see less load before it removes replicas "
         "(down to 1); None: Serve's 600.",
     )
     downscale_to_zero_delay_s: float | None = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="Seconds without requests before the last replica stops (with "
         "min_replicas=0); None: downscale_delay_s.",
     )
     look_back_period_s: float | None = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="Window over which ongoing requests are aggregated for each decision; "
         "None: Serve's 30.",
     )
     metrics_interval_s: float | None = Field(
-        METRICS_INTERVAL_S, gt=0,
+        METRICS_INTERVAL_S,
+        gt=0,
         description="How often replicas and the handles routing to them report their load; "
         "nbserve's 1 lets the autoscaler see a request within a second (it wakes an app at "
         "zero replicas that much sooner); None: Serve's 10 (Serve 2.60 deprecates the field, "
         "yet its handles still report at this interval).",
     )
     upscaling_factor: float | None = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="Multiplies each scale-up step (below 1: more cautious); None: Serve's 1.",
     )
     downscaling_factor: float | None = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="Multiplies each scale-down step (below 1: more cautious); None: Serve's 1.",
     )
     aggregation_function: Literal["mean", "max", "min"] | None = Field(
@@ -155,10 +182,13 @@ class Scaling(BaseModel):
                 f"initial_replicas={self.initial_replicas} is outside [min_replicas, max_replicas]"
                 f" = [{self.min_replicas}, {self.max_replicas}]; pick a value inside that range"
             )
-        if self.max_queued_requests is None and (self.reject_status != 503
-                                                 or self.retry_after_s is not None):
-            raise ValueError("reject_status and retry_after_s answer requests turned away by a "
-                             "queue cap; set max_queued_requests too")
+        if self.max_queued_requests is None and (
+            self.reject_status != 503 or self.retry_after_s is not None
+        ):
+            raise ValueError(
+                "reject_status and retry_after_s answer requests turned away by a "
+                "queue cap; set max_queued_requests too"
+            )
         return self
 
 
@@ -177,7 +207,9 @@ class Rollout(BaseModel):
     model_config = _STRICT
 
     max_surge_percent: int = Field(
-        100, ge=0, le=100,
+        100,
+        ge=0,
+        le=100,
         description="Replicas an engine update may start beyond the target before stopping old "
         "ones, as a percentage of the target (rounded up). 100 starts every replacement first; "
         "0 stops old replicas first (Serve's default: a one-replica app then has none for the "
@@ -185,16 +217,21 @@ class Rollout(BaseModel):
         "replacements wait.",
     )
     graceful_shutdown_timeout_s: float = Field(
-        300, ge=0,
+        300,
+        ge=0,
         description="Seconds a stopping replica (engine update, scale-down) has to finish the "
         "requests it holds before Serve kills it (Serve's default, 20 s, cuts long streams).",
     )
     health_check_period_s: float | None = Field(
-        None, gt=0, description="Seconds between Serve's health checks of a replica; None "
+        None,
+        gt=0,
+        description="Seconds between Serve's health checks of a replica; None "
         "keeps Serve LLM's default (10 s).",
     )
     health_check_timeout_s: float | None = Field(
-        None, gt=0, description="Seconds a health check may take before the replica counts as "
+        None,
+        gt=0,
+        description="Seconds a health check may take before the replica counts as "
         "unhealthy and is replaced; None keeps Serve LLM's default (10 s).",
     )
 
@@ -258,16 +295,19 @@ class LLM(BaseModel):
         description="Hugging Face model id (org/name) or a checkpoint path on the cluster."
     )
     name: str | None = Field(
-        None, min_length=1,
+        None,
+        min_length=1,
         description="Model name clients send in requests; defaults to the last part of model.",
     )
     accelerator: str | None = Field(
-        None, description="GPU type per replica on a GPU cluster (e.g. 'L4', 'A100-80G', "
-        "'H100'); None runs on CPUs."
+        None,
+        description="GPU type per replica on a GPU cluster (e.g. 'L4', 'A100-80G', "
+        "'H100'); None runs on CPUs.",
     )
     cpus: float = Field(
-        1, gt=0, description="CPUs the engine of one replica reserves (used when accelerator "
-        "is None)."
+        1,
+        gt=0,
+        description="CPUs the engine of one replica reserves (used when accelerator is None).",
     )
     scaling: Scaling = Field(
         default_factory=lambda: Scaling(), description="Replica counts and autoscaling."
@@ -295,9 +335,10 @@ class LLM(BaseModel):
         True, description="Export vLLM's metrics (KV cache, tokens, latency) to Ray's metrics."
     )
     tracing: bool = Field(
-        False, description="Have vLLM send an OpenTelemetry span per request to receivers "
+        False,
+        description="Have vLLM send an OpenTelemetry span per request to receivers "
         "nbserve runs on the cluster, for app.trace() and result.traces() (BENCHMARKS.md "
-        "gives what it costs)."
+        "gives what it costs).",
     )
 
     def __init__(self, model: str | None = None, /, **data: Any) -> None:
@@ -336,8 +377,10 @@ class LLM(BaseModel):
     @model_validator(mode="after")
     def _tracing_needs_stats(self) -> LLM:
         if self.tracing and not self.log_engine_metrics:
-            raise ValueError("tracing=True needs log_engine_metrics=True (vLLM times a "
-                             "request's phases only when it keeps statistics)")
+            raise ValueError(
+                "tracing=True needs log_engine_metrics=True (vLLM times a "
+                "request's phases only when it keeps statistics)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -431,6 +474,9 @@ def spec_of_record(name: str, record: dict[str, Any] | None) -> LLM | None:
     try:
         return LLM(**record["spec"])
     except ValueError as err:  # pydantic's ValidationError is a ValueError
-        log.warning("app %s: nbserve's record of it cannot be read here (%s)", name,
-                    str(err).splitlines()[0])
+        log.warning(
+            "app %s: nbserve's record of it cannot be read here (%s)",
+            name,
+            str(err).splitlines()[0],
+        )
         return None

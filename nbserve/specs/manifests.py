@@ -42,15 +42,20 @@ def render_raycluster(cluster: ClusterSpec) -> dict[str, Any]:
     if cluster.autoscaling:
         spec["enableInTreeAutoscaling"] = True
         spec["autoscalerOptions"] = {
-            "version": "v2", "upscalingMode": "Default",
+            "version": "v2",
+            "upscalingMode": "Default",
             "idleTimeoutSeconds": cluster.idle_timeout_seconds,
         }
     if cluster.auth_token:
         spec["authOptions"] = {"mode": "token"}
     spec["headGroupSpec"] = _head_group(cluster)
     spec["workerGroupSpecs"] = [_worker_group(cluster, group) for group in cluster.worker_groups]
-    return {"apiVersion": API_VERSION, "kind": "RayCluster",
-            "metadata": _metadata(cluster, cluster.name), "spec": spec}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "RayCluster",
+        "metadata": _metadata(cluster, cluster.name),
+        "spec": spec,
+    }
 
 
 def _metadata(cluster: ClusterSpec, name: str) -> dict[str, Any]:
@@ -65,8 +70,9 @@ def _pod_spec(
 ) -> dict[str, Any]:
     env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
     for var, ref in cluster.secret_env.items():
-        env_list.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name,
-                                                                      "key": ref.key}}})
+        env_list.append(
+            {"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        )
     if env_list:
         container["env"] = env_list
     pod: dict[str, Any] = {}
@@ -85,8 +91,9 @@ def _head_group(cluster: ClusterSpec) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "ray-head",
         "image": cluster.resolved_image,
-        "ports": [{"containerPort": port, "name": name}
-                  for name, port in defaults.HEAD_PORTS.items()],
+        "ports": [
+            {"containerPort": port, "name": name} for name, port in defaults.HEAD_PORTS.items()
+        ],
         "resources": _resources({"cpu": cluster.head.cpu, "memory": cluster.head.memory}),
     }
     return {
@@ -100,8 +107,11 @@ def _worker_group(cluster: ClusterSpec, group: WorkerGroup) -> dict[str, Any]:
     amounts = {"cpu": group.cpu, "memory": group.memory, GPU_RESOURCE: str(group.gpus_per_worker)}
     if group.disk is not None:
         amounts["ephemeral-storage"] = group.disk
-    container = {"name": "ray-worker", "image": cluster.resolved_image,
-                 "resources": _resources(amounts)}
+    container = {
+        "name": "ray-worker",
+        "image": cluster.resolved_image,
+        "resources": _resources(amounts),
+    }
     pod = _pod_spec(cluster, container, dict(cluster.env))
     # GKE taints GPU nodes and adds the matching toleration to pods that request GPUs, so the
     # node selector is all a pod needs (as in KubeRay's GKE sample).
@@ -121,7 +131,10 @@ def _worker_group(cluster: ClusterSpec, group: WorkerGroup) -> dict[str, Any]:
 
 
 def render_rayservice(
-    cluster: ClusterSpec, applications: list[dict[str, Any]], *, name: str | None = None,
+    cluster: ClusterSpec,
+    applications: list[dict[str, Any]],
+    *,
+    name: str | None = None,
     secrets: Collection[str] = (),
 ) -> dict[str, Any]:
     """Render a ``ray.io/v1`` RayService that runs Serve applications on a cluster like ``cluster``.
@@ -216,5 +229,11 @@ def to_yaml(manifest: dict[str, Any]) -> str:
           serveConfigV2: |
             a: 1
     """
-    return yaml.dump(manifest, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False,
-                     allow_unicode=True, width=100)
+    return yaml.dump(
+        manifest,
+        Dumper=_BlockDumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=100,
+    )

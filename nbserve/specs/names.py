@@ -15,8 +15,19 @@ from dataclasses import dataclass
 from nbserve.errors import SpecError
 
 __all__ = [
-    "APP_NAME", "CLUSTER_NAME", "ENV_NAME", "LABEL_KEY", "LABEL_VALUE", "NAMESPACE",
-    "OBJECT_NAME", "SERVICE_NAME", "Rule", "check", "masked_env", "require", "says_secret",
+    "APP_NAME",
+    "CLUSTER_NAME",
+    "ENV_NAME",
+    "LABEL_KEY",
+    "LABEL_VALUE",
+    "NAMESPACE",
+    "OBJECT_NAME",
+    "SERVICE_NAME",
+    "Rule",
+    "check",
+    "masked_env",
+    "require",
+    "says_secret",
 ]
 
 # KubeRay's limits (utils.MaxRayClusterNameLength): it appends up to 10 characters to a
@@ -45,13 +56,18 @@ class Rule:
             >>> NAMESPACE.ok("ray"), NAMESPACE.ok("Ray")
             (True, False)
         """
-        return (isinstance(value, str) and len(value) <= self.max_len
-                and re.fullmatch(self.pattern, value) is not None)
+        return (
+            isinstance(value, str)
+            and len(value) <= self.max_len
+            and re.fullmatch(self.pattern, value) is not None
+        )
 
 
 def _dns_hint(max_len: int, first: str) -> str:
-    return (f"is not a valid name here: use at most {max_len} lowercase letters, digits and "
-            f"'-', starting with {first} and ending with a letter or digit (e.g. 'llm-l4')")
+    return (
+        f"is not a valid name here: use at most {max_len} lowercase letters, digits and "
+        f"'-', starting with {first} and ending with a letter or digit (e.g. 'llm-l4')"
+    )
 
 
 _LABEL_HINT = "is not a Kubernetes label {}: letters, digits, '-', '_', '.' (at most 63)"
@@ -65,7 +81,9 @@ LABEL_KEY = Rule(f"({_SUBDOMAIN}/)?{_NAME_PART}", 316, _LABEL_HINT.format("key")
 LABEL_VALUE = Rule(f"({_NAME_PART})?", 63, _LABEL_HINT.format("value"))
 ENV_NAME = Rule(r"[-._a-zA-Z][-._a-zA-Z0-9]*", 4096, "is not a valid variable name")
 APP_NAME = Rule(
-    _LABEL, 63, "is not allowed: use 1-63 lowercase letters, digits and '-', starting and "
+    _LABEL,
+    63,
+    "is not allowed: use 1-63 lowercase letters, digits and '-', starting and "
     "ending with a letter or digit (it becomes the URL prefix /NAME)",
 )
 
@@ -104,8 +122,9 @@ def require(label: str, value: object, rule: Rule, *, example: str = "") -> str:
 
 
 # Parts of a variable's name (split at "_", "-" and ".") that say its value is a secret.
-_SECRET_PARTS = frozenset({"TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "APIKEY",
-                           "CREDENTIALS", "AUTH"})
+_SECRET_PARTS = frozenset(
+    {"TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "APIKEY", "CREDENTIALS", "AUTH"}
+)
 MASK = "****"
 
 

@@ -99,22 +99,28 @@ def deployment_override(spec: LLM) -> dict[str, Any]:
         "max_replicas": scaling.max_replicas,
         "target_ongoing_requests": scaling.target_ongoing_requests,
     }
-    autoscaling |= {knob: getattr(scaling, knob) for knob in AUTOSCALER_KNOBS
-                    if getattr(scaling, knob) is not None}
+    autoscaling |= {
+        knob: getattr(scaling, knob)
+        for knob in AUTOSCALER_KNOBS
+        if getattr(scaling, knob) is not None
+    }
     initial = scaling.initial_replicas
     if initial is None and scaling.min_replicas == 0:
         initial = 1  # start warm; the autoscaler may still scale to zero when idle
     if initial is not None:
         autoscaling["initial_replicas"] = initial
     override: dict[str, Any] = {
-        "name": llm_deployment_name(spec), "autoscaling_config": autoscaling,
+        "name": llm_deployment_name(spec),
+        "autoscaling_config": autoscaling,
     }
     if scaling.max_ongoing_requests is not None:
         override["max_ongoing_requests"] = scaling.max_ongoing_requests
     if scaling.max_queued_requests is not None:
         override["max_queued_requests"] = scaling.max_queued_requests
-        override["backpressure_config"] = {"status_code": scaling.reject_status,
-                                           "retry_after_s": scaling.retry_after_s}
+        override["backpressure_config"] = {
+            "status_code": scaling.reject_status,
+            "retry_after_s": scaling.retry_after_s,
+        }
     rollout = spec.rollout.model_dump(exclude_none=True)
     return override | rollout
 
@@ -138,8 +144,11 @@ def router_override() -> dict[str, Any]:
         >>> router_override()["max_surge_percent"]
         100
     """
-    return {"name": ROUTER_DEPLOYMENT, "max_surge_percent": 100,
-            "graceful_shutdown_wait_loop_s": ROUTER_DRAIN_S}
+    return {
+        "name": ROUTER_DEPLOYMENT,
+        "max_surge_percent": 100,
+        "graceful_shutdown_wait_loop_s": ROUTER_DRAIN_S,
+    }
 
 
 def serve_app(spec: LLM, name: str, route_prefix: str | None = None) -> dict[str, Any]:
@@ -166,8 +175,12 @@ def app_record(spec: LLM, name: str, route_prefix: str, at: float) -> dict[str, 
         >>> sorted(app_record(LLM("org/m"), "m", "/m", 0.0))
         ['config', 'deployed_at', 'route_prefix', 'spec']
     """
-    return {"spec": spec.model_dump(mode="json"), "config": serve_app(spec, name, route_prefix),
-            "route_prefix": route_prefix, "deployed_at": at}
+    return {
+        "spec": spec.model_dump(mode="json"),
+        "config": serve_app(spec, name, route_prefix),
+        "route_prefix": route_prefix,
+        "deployed_at": at,
+    }
 
 
 def exported_app(spec: LLM, name: str, route_prefix: str | None = None) -> dict[str, Any]:
