@@ -47,6 +47,7 @@ from nbserve.specs.manifests import to_yaml
 if TYPE_CHECKING:
     from pathlib import Path
 
+# The one place of the version: pyproject.toml reads this line (as text, without importing).
 __version__ = "0.1.0"
 
 __all__ = [

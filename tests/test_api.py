@@ -7,6 +7,7 @@ attempt goes to a closed loopback port.
 
 from __future__ import annotations
 
+import importlib.metadata
 import socket
 import sys
 import types
@@ -57,6 +58,11 @@ def test_public_names_have_docstrings(name: str) -> None:
 
 
 # --- versions -----------------------------------------------------------------------------------
+
+
+def test_the_package_version_is_the_installed_distributions() -> None:
+    # pyproject.toml reads the version from nbserve/__init__.py: one source, both answers.
+    assert nbserve.__version__ == importlib.metadata.version("nbserve")
 
 
 def test_check_versions_accepts_this_kernel() -> None:
