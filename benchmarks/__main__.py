@@ -130,7 +130,7 @@ def run_paths(opts: argparse.Namespace, model: str) -> dict[str, Any]:
                     print(f"  up at {endpoint} after {time.monotonic() - t0:.0f} s", flush=True)
                     results[path] = runs.measure(path, endpoint, model, opts, work)
                     results[path]["control"] = control
-            except Exception as err:  # noqa: BLE001 - one failed path is reported, not fatal
+            except Exception as err:  # one failed path is reported, not fatal
                 print(f"  FAILED: {err}", flush=True)
                 results[path] = {
                     "error": str(err).splitlines()[0] if str(err) else repr(err),

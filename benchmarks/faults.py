@@ -583,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"== {name}", flush=True)
                 try:
                     row = SCENARIOS[name](app, opts, head, home)
-                except Exception as err:  # noqa: BLE001 - one scenario's failure is reported
+                except Exception as err:  # one scenario's failure is reported
                     failed = True
                     row = Row(name, notes=[f"could not run: {err}"])
                 rows.append(row)

@@ -451,7 +451,7 @@ class App(Measuring):
             message = dep.message or message
             try:
                 tail = remote.call(remote_serve.log_tail, self.name, dep.name, 40)
-            except Exception as err:  # noqa: BLE001 - the status message still says why
+            except Exception as err:  # the status message still says why
                 log.warning("could not read the replica log of %s: %s", dep.name, err)
         return DeployFailed(self.name, status.status, message, tail)
 

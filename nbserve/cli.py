@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except Exception as err:  # noqa: BLE001 - the command line reports, it does not trace
+    except Exception as err:  # the command line reports, it does not trace
         if not isinstance(err, NbserveError | ValidationError) or args.verbose:
             raise
         print(f"nbserve: error: {_describe(err)}", file=sys.stderr)

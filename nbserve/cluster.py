@@ -84,7 +84,7 @@ class Cluster:
             return None
         try:
             return self.provider.node_shapes()
-        except Exception as err:  # noqa: BLE001 - the deploy goes on unchecked, as before
+        except Exception as err:  # the deploy goes on unchecked, as before
             log.warning("could not read the groups of %s: %s", self.provider.describe(), err)
             return None
 

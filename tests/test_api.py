@@ -301,7 +301,7 @@ def test_the_apps_openai_client_waits_out_a_busy_replica() -> None:
     answers = [503, 200]
 
     class Busy(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the handler's name is http.server's
+        def do_POST(self) -> None:  # the handler's name is http.server's
             self.rfile.read(int(self.headers["Content-Length"]))
             status = answers.pop(0)
             body = json.dumps(

@@ -504,7 +504,7 @@ def test_select_families_keeps_headers_and_samples() -> None:
 
 
 class _TokenServer(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:  # http.server's name
         ok = self.headers.get("Authorization") == "Bearer s3cret"
         self.send_response(200 if ok else 401)
         self.end_headers()

@@ -37,7 +37,7 @@ def test_metrics_under_load(local_head: LocalHead, tiny_app: nbserve.App) -> Non
                     max_tokens=200,
                     extra_body={"ignore_eos": True},
                 )
-            except Exception as err:  # noqa: BLE001 - reported by the test below
+            except Exception as err:  # reported by the test below
                 failures.append(err)
                 return
 

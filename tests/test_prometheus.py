@@ -40,7 +40,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     body = b""
     seen_headers: list[dict[str, str]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:  # http.server's name
         type(self).seen_headers.append(dict(self.headers))
         self.send_response(self.status)
         self.send_header("Content-Type", "text/plain; version=0.0.4")

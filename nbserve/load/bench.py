@@ -285,7 +285,7 @@ class LoadRun:
     def _main(self) -> None:
         try:
             asyncio.run(self._send())
-        except Exception as err:  # noqa: BLE001 - a thread has no caller: shown in stats()
+        except Exception as err:  # a thread has no caller: shown in stats()
             self._crash = _describe(err)[:300]
             log.warning("load against %s stopped: %s", self.endpoint, self._crash)
         finally:

@@ -260,7 +260,7 @@ class Dashboard:
                 except AppNotFound as err:
                     self._gone.add(name)
                     self.state.errors[name] = str(err)
-                except Exception as err:  # noqa: BLE001 - shown in the widget, refresh goes on
+                except Exception as err:  # shown in the widget, refresh goes on
                     self.state.errors[name] = f"{type(err).__name__}: {err}"[:300]
                     log.debug("refresh of %s failed: %s", name, err)
             self._render()
@@ -352,7 +352,7 @@ class Dashboard:
             try:
                 app.update(min_replicas=lo, max_replicas=hi, wait=False)
                 self.message.value = f"applied min={lo}, max={hi} to {html.escape(name)}"
-            except Exception as err:  # noqa: BLE001 - shown to the user in the widget
+            except Exception as err:  # shown to the user in the widget
                 self.message.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
 
         threading.Thread(target=apply, name="nbserve-dashboard-apply", daemon=True).start()

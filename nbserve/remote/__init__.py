@@ -145,7 +145,7 @@ def _tell(state: str) -> None:
     for watcher in list(_watchers):
         try:
             watcher(state)
-        except Exception as err:  # noqa: BLE001 - a watcher's failure must not break the call
+        except Exception as err:  # a watcher's failure must not break the call
             log.debug("connection watcher %r failed: %s", watcher, err)
 
 

@@ -105,7 +105,7 @@ def collect(
             target = futures[future]
             try:
                 nodes[target] = select_families(future.result(), families)
-            except Exception as err:  # noqa: BLE001 - one node down must not hide the others
+            except Exception as err:  # one node down must not hide the others
                 errors[target] = f"{type(err).__name__}: {err}"
     payload = Payload(
         app=app,
@@ -170,7 +170,7 @@ def fetch(url: str, timeout: float, auth: Callable[[], dict[str, str]] | None = 
 
 def _get(url: str, headers: dict[str, str], timeout: float) -> str:
     request = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         body: bytes = response.read()
     return body.decode("utf-8", errors="replace")
 

@@ -62,7 +62,7 @@ class Timer:
         time.sleep(max(0.0, self.until - time.time()))
         try:
             self.outcome = restore(self.plan)
-        except Exception as err:  # noqa: BLE001 - logged in the actor's log; the actor ends
+        except Exception as err:  # logged in the actor's log; the actor ends
             self.outcome = f"not restored: {err}"
         log.info("pre-warm of %s over: %s", self.plan["name"], self.outcome)
         ray.kill(ray.get_runtime_context().current_actor)
@@ -141,7 +141,7 @@ def cancel(name: str) -> dict[str, Any] | None:
         return None
     try:
         info: dict[str, Any] = ray.get(timer.info.remote(), timeout=30)
-    except Exception:  # noqa: BLE001 - a timer that cannot answer is stopped all the same
+    except Exception:  # a timer that cannot answer is stopped all the same
         info = {}
     ray.kill(timer)
     return info or None
@@ -154,6 +154,6 @@ def running(name: str) -> dict[str, Any] | None:
     try:
         timer = ray.get_actor(PREFIX + name, namespace=NAMESPACE)
         info: dict[str, Any] = ray.get(timer.info.remote(), timeout=30)
-    except Exception:  # noqa: BLE001 - gone (or going): no pre-warm runs
+    except Exception:  # gone (or going): no pre-warm runs
         return None
     return info

@@ -525,7 +525,7 @@ def log_tail(app_name: str, deployment: str, lines: int) -> str:
             text += "".join(
                 get_log(address=gcs_address(), actor_id=rep["actor_id"], tail=lines, suffix="out")
             )
-        except Exception:  # noqa: BLE001 - logs are best effort; the status message remains
+        except Exception:  # logs are best effort; the status message remains
             continue
         if text.strip():
             return "\n".join(text.splitlines()[-lines:])

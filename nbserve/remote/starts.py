@@ -66,7 +66,7 @@ def start_lines(app_name: str, prefix: str = "LLMServer:") -> list[StartLines]:
                     tail=-1,
                 )
             )
-        except Exception:  # noqa: BLE001 - a controller whose log is gone dates nothing
+        except Exception:  # a controller whose log is gone dates nothing
             continue
         controller += [
             ln for ln in text.splitlines() if "Replica(id='" in ln and f"app='{app_name}'" in ln
@@ -95,7 +95,7 @@ def start_lines(app_name: str, prefix: str = "LLMServer:") -> list[StartLines]:
                 for ln in text.splitlines()
                 if any(m in ln for marks in ENGINE_MARKERS.values() for m in marks)
             ]
-        except Exception:  # noqa: BLE001 - a replica whose logs are gone has fewer phases
+        except Exception:  # a replica whose logs are gone has fewer phases
             pass
         out.append(
             StartLines(

@@ -67,7 +67,7 @@ class Receiver:
         keep = self._keep
 
         class Service(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
+            def Export(self, request: Any, context: Any) -> Any:  # gRPC's name
                 keep(request)
                 return trace_service_pb2.ExportTraceServiceResponse()
 
