@@ -3,7 +3,7 @@
 The composition root of a session. ``connect()`` picks the backend from the address's prefix,
 from one table (nothing or ``local``: the local head; ``ray://``: a plain target;
 ``raycluster/``: a KubeRay RayCluster found through the Kubernetes API), asks it for a
-``Target`` and opens the Ray Client session on it (``cluster.open``). ``create_cluster()``
+``Target`` and opens the Ray Client session on it (``cluster.open_session``). ``create_cluster()``
 applies a ``ClusterSpec`` (``kube.provision``), then does the same. Backends return data;
 only this module joins them to the session.
 """
@@ -136,7 +136,7 @@ def connect(
     target = backend(_Request(address, serve_url, timeout, token, token_path, namespace, context))
     if backend is _local:  # the head's own start has a deadline of its own
         deadline = time.monotonic() + timeout
-    return _cluster.open(target, max(deadline - time.monotonic(), 1.0))
+    return _cluster.open_session(target, max(deadline - time.monotonic(), 1.0))
 
 
 def create_cluster(
@@ -195,7 +195,7 @@ def create_cluster(
     started = time.monotonic()
     try:
         target = resolve.target(name, ns, timeout=remaining, context=context, created=True)
-        return _cluster.open(target, max(started + remaining - time.monotonic(), 1.0))
+        return _cluster.open_session(target, max(started + remaining - time.monotonic(), 1.0))
     except NbserveError as err:
         err.add_note(
             f"The RayCluster {ns}/{name} is ready and stays: connect later with "

@@ -1,8 +1,8 @@
 """``Cluster``: this kernel's one Ray Client session, opened on a ``Target`` a backend found.
 
 The notebook always talks to Ray through Ray Client (``ray://host:port``), for the embedded
-local head exactly as for a remote cluster. ``open(target)`` opens the session (probe, version
-hint, token, retries: ``session``'s handshake); ``current()`` is the kernel's live session.
+local head exactly as for a remote cluster. ``open_session(target)`` opens the session (probe,
+version hint, token, retries: ``session``'s handshake); ``current()`` is the kernel's live session.
 A ``Cluster`` deploys and finds apps, and hands ``scale``/``down`` to the target's provider.
 It imports no backend: which cluster the target is, and how it was found, is the caller's.
 Deploying and watching apps is ``app``'s job.
@@ -29,7 +29,7 @@ from nbserve.specs.llm import LLM, check_app_name
 if TYPE_CHECKING:
     from nbserve.observe.prometheus import Prometheus
 
-__all__ = ["Cluster", "current", "open"]
+__all__ = ["Cluster", "current", "open_session"]
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +367,9 @@ def current() -> Cluster | None:
     return _active
 
 
-def open(target: Target, timeout: float, *, sleep: Callable[[float], None] = time.sleep) -> Cluster:
+def open_session(
+    target: Target, timeout: float, *, sleep: Callable[[float], None] = time.sleep
+) -> Cluster:
     """Open this kernel's Ray Client session on ``target`` and return it as a ``Cluster``.
 
     A kernel has one session: a live one to the same address is returned (it takes the new
@@ -384,8 +386,8 @@ def open(target: Target, timeout: float, *, sleep: Callable[[float], None] = tim
         VersionMismatch: the cluster runs another Ray version or Python minor.
 
     Example:
-        >>> cluster = open(Target("ray://10.0.0.5:10001", serve_url="http://10.0.0.5:8000"),
-        ...                timeout=60)  # doctest: +SKIP
+        >>> target = Target("ray://10.0.0.5:10001", serve_url="http://10.0.0.5:8000")
+        >>> cluster = open_session(target, timeout=60)  # doctest: +SKIP
     """
     global _active
     import ray

@@ -1,5 +1,5 @@
-"""The public surface: ``nbserve.__all__``, docstrings, version checks, ``connect()``'s early
-refusals and the error classes.
+"""The public surface: ``nbserve.__all__``, names that shadow nothing, docstrings, version checks,
+``connect()``'s early refusals and the error classes.
 
 No Ray cluster is started: bad addresses must fail before any network, and the one connection
 attempt goes to a closed loopback port.
@@ -7,10 +7,14 @@ attempt goes to a closed loopback port.
 
 from __future__ import annotations
 
+import ast
+import builtins
 import importlib.metadata
+import pkgutil
 import socket
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,6 +59,62 @@ def test_public_names_have_docstrings(name: str) -> None:
     value = getattr(nbserve, name)
     own = vars(value).get("__doc__") if isinstance(value, type) else value.__doc__
     assert own and own.strip(), f"nbserve.{name} has no docstring of its own"
+
+
+# --- names --------------------------------------------------------------------------------------
+
+PACKAGE_DIR = Path(nbserve.__file__).parent
+BUILTINS = frozenset(dir(builtins))
+
+
+def parsed_modules() -> dict[str, ast.Module]:
+    """Every module of nbserve by dotted name, parsed (not imported: some need the engine)."""
+    found = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = ast.parse(path.read_text(), filename=str(path))
+    return found
+
+
+def declared_all(tree: ast.Module) -> list[str]:
+    """The module's ``__all__`` as written (empty when it has none)."""
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        if any(isinstance(target, ast.Name) and target.id == "__all__" for target in targets):
+            assert node.value is not None
+            return list(ast.literal_eval(node.value))
+    return []
+
+
+def submodules(package: str) -> set[str]:
+    """The names of a package's own modules and subpackages (``nbserve.cluster`` -> cluster)."""
+    folder = PACKAGE_DIR.parent.joinpath(*package.split("."))
+    return {info.name for info in pkgutil.iter_modules([str(folder)])} if folder.is_dir() else set()
+
+
+def test_no_exported_name_shadows_a_builtin_or_a_submodule() -> None:
+    clashes = [
+        f"nbserve.{name}" for name in nbserve.__all__ if name in BUILTINS | submodules("nbserve")
+    ]
+    for module, tree in parsed_modules().items():
+        shadowed = BUILTINS | submodules(module)
+        clashes += [f"{module}.{name}" for name in declared_all(tree) if name in shadowed]
+    assert not clashes, f"exported names that shadow a builtin or a submodule: {clashes}"
+
+
+def test_no_public_module_level_function_or_class_is_named_like_a_builtin() -> None:
+    clashes = [
+        f"{module}.{node.name}"
+        for module, tree in parsed_modules().items()
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        and not node.name.startswith("_")
+        and node.name in BUILTINS
+    ]
+    assert not clashes, f"public names that shadow a builtin: {clashes}"
 
 
 # --- versions -----------------------------------------------------------------------------------

@@ -228,7 +228,7 @@ def test_direct_mode_uses_the_head_service_dns_name(kube: FakeKube) -> None:
             nbserve.ConnectionFailed,
             match="nothing answers at llm-head-svc.ray.svc.cluster.local:10101",
         ):
-            cluster_mod.open(target, 5)
+            cluster_mod.open_session(target, 5)
     assert not any("portforward" in path for _, path in kube.requests)
 
 
