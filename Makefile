@@ -21,7 +21,7 @@ test-unit: setup
 	.venv/bin/python -m pytest -m "not integration"
 
 ## Raw vLLM, Ray Serve LLM defaults, nbserve and a Transformers baseline, one after another,
-## loaded by `vllm bench serve` and `nbserve bench`; writes BENCHMARKS.md (about 15 min).
+## loaded by `vllm bench serve` and `nbserve bench`; writes docs/results/BENCHMARKS.md (15 min).
 bench: setup
 	.venv/bin/python -m benchmarks
 
@@ -30,7 +30,7 @@ bench-quick: setup
 	.venv/bin/python -m benchmarks --quick
 
 ## Faults under load on the local cluster (engine updates, scale-down, a killed replica,
-## overload, listeners and a secret): writes RELIABILITY.md (about 20 min on 2 cores).
+## overload, listeners and a secret): writes docs/results/RELIABILITY.md (20 min on 2 cores).
 faults: setup
 	.venv/bin/python -m benchmarks.faults
 
@@ -39,12 +39,12 @@ faults-quick: setup
 	.venv/bin/python -m benchmarks.faults --quick
 
 ## Cold starts from zero replicas to the first token, phase by phase, with and without the
-## model-download task nbserve skips for local paths: writes COLDSTART.md (about 15 min).
+## model-download task nbserve skips for local paths: writes docs/results/COLDSTART.md (15 min).
 coldstart: setup
 	.venv/bin/python -m benchmarks.coldstart
 
 ## Raw vLLM at its best here beside nbserve, each plain and traced: the targets, what tracing
-## costs and each request's phases side by side; writes TRACING.md (about 10 min).
+## costs and each request's phases side by side; writes docs/results/TRACING.md (10 min).
 tracing: setup
 	.venv/bin/python -m benchmarks.tracing
 

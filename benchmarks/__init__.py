@@ -1,6 +1,6 @@
-"""The side-by-side benchmark harness behind BENCHMARKS.md, and the reports it wrote.
+"""The benchmark harness behind the reports in docs/results/ (each names the command it ran).
 
-    .venv/bin/python -m benchmarks            # five serving paths, writes BENCHMARKS.md
+    .venv/bin/python -m benchmarks            # five serving paths, docs/results/BENCHMARKS.md
     .venv/bin/python -m benchmarks --quick    # a few prompts, writes artifacts/
 
 ``paths`` starts and stops each serving path, ``runs`` loads one with both load generators

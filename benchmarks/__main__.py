@@ -1,6 +1,6 @@
 """Serving paths side by side on this machine, measured by vLLM's load generator and nbserve's.
 
-    .venv/bin/python -m benchmarks            # full run, writes BENCHMARKS.md
+    .venv/bin/python -m benchmarks            # full run, writes docs/results/BENCHMARKS.md
     .venv/bin/python -m benchmarks --quick    # a few prompts, writes artifacts/
 
 One after another, each path (``paths``) is started, loaded by ``vllm bench serve`` and by
@@ -96,7 +96,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="only rewrite the Markdown report from a saved raw JSON",
     )
     parser.add_argument(
-        "--output", default=None, help="Markdown report (default BENCHMARKS.md; quick: artifacts/)"
+        "--output",
+        default=None,
+        help="Markdown report (default docs/results/BENCHMARKS.md; quick: artifacts/)",
     )
     opts = parser.parse_args(argv)
     if opts.num_prompts is None:
@@ -111,7 +113,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         opts.sweep_prompts_per_slot = 2 if opts.quick else 8
     if opts.output is None:
         opts.output = str(
-            ROOT / ("artifacts/BENCHMARKS-quick.md" if opts.quick else "BENCHMARKS.md")
+            ROOT / "artifacts/BENCHMARKS-quick.md"
+            if opts.quick
+            else report.RESULTS / "BENCHMARKS.md"
         )
     return opts
 

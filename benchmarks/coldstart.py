@@ -1,8 +1,8 @@
 """Cold starts from zero replicas to the first token on the real local cluster, phase by phase.
 
-    .venv/bin/python -m benchmarks.coldstart                 # 3 wakes per variant, COLDSTART.md
+    .venv/bin/python -m benchmarks.coldstart     # 3 wakes per variant, docs/results/COLDSTART.md
     .venv/bin/python -m benchmarks.coldstart --rounds 1 --output artifacts/COLDSTART-quick.md
-    .venv/bin/python -m benchmarks.coldstart --render COLDSTART.json    # the report again
+    .venv/bin/python -m benchmarks.coldstart --render docs/results/COLDSTART.json   # again
 
 A local head in a temporary ``NBSERVE_HOME`` serves the demo model as an app that scales to
 zero (``min_replicas=0``). Each round waits until the app is at zero replicas with none still
@@ -34,7 +34,7 @@ from nbserve.local import head as local
 from nbserve.observe import starts
 from nbserve.observe.starts import PHASES
 
-from .report import machine, write_report
+from .report import RESULTS, machine, write_report
 
 COMMAND = ".venv/bin/python -m benchmarks.coldstart"
 # Each variant: the Scaling() settings and the head's environment that differ from what the
@@ -151,8 +151,18 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def render(results: list[dict[str, Any]], info: dict[str, Any], command: str, started: str) -> str:
-    """The report: each step's median and share of the total, per variant."""
+def render(
+    results: list[dict[str, Any]],
+    info: dict[str, Any],
+    command: str,
+    started: str,
+    note: str | None = None,
+) -> str:
+    """The report: each step's median and share of the total, per variant.
+
+    ``note`` (the ``note`` of a saved run's JSON) closes the report: what the run's figures
+    need said that the measurement could not record.
+    """
     flags = " ".join(info["cpu_flags"]) or "none of avx2 avx512f avx512_bf16 amx"
     lines = [
         "# Cold starts: from zero replicas to the first token",
@@ -207,6 +217,8 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], command: str, st
                     + [f"head environment `{env}`"] * bool(env)
                 )
             )
+    if note:
+        lines += ["", note]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -221,7 +233,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=300,
         help="seconds to wait for the app to reach zero replicas",
     )
-    parser.add_argument("--output", default="COLDSTART.md")
+    parser.add_argument("--output", default=str(RESULTS / "COLDSTART.md"))
     parser.add_argument(
         "--render", metavar="JSON", help="only write the report again from a run's JSON"
     )
@@ -233,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
     if opts.render:
         raw = json.loads(Path(opts.render).read_text())
-        text = render(raw["results"], raw["machine"], raw["command"], raw["started"])
+        text = render(
+            raw["results"], raw["machine"], raw["command"], raw["started"], raw.get("note")
+        )
         Path(opts.output).write_text(text)
         print(text)
         return 0

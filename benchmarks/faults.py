@@ -1,8 +1,8 @@
 """Faults under load on the real local cluster: what the clients of a model saw, per scenario.
 
-    .venv/bin/python -m benchmarks.faults            # every scenario, writes RELIABILITY.md
+    .venv/bin/python -m benchmarks.faults            # every scenario, docs/results/RELIABILITY.md
     .venv/bin/python -m benchmarks.faults --quick    # three short ones, writes artifacts/
-    .venv/bin/python -m benchmarks.faults --render RELIABILITY.json   # the report again
+    .venv/bin/python -m benchmarks.faults --render docs/results/RELIABILITY.json   # again
 
 A local head in a temporary ``NBSERVE_HOME`` serves the demo model. For each scenario the app
 is brought to its starting shape, then a steady mix runs against it (streams of several hundred
@@ -44,7 +44,7 @@ from nbserve.specs.serveconfig import llm_deployment_name
 from .exposure import SECRET_VAR, SENTINEL, exposure
 from .faultload import Row, llm_replicas, median, shape, tally, under_load
 from .paths import ROOT
-from .report import machine, write_report
+from .report import RESULTS, machine, write_report
 
 COMMAND = ".venv/bin/python -m benchmarks.faults"
 HOLD = 4  # requests one replica takes at once in the overload scenario
@@ -506,7 +506,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         opts.settle = 3.0 if opts.quick else 10.0
     if opts.output is None:
         opts.output = str(
-            ROOT / ("artifacts/RELIABILITY-quick.md" if opts.quick else "RELIABILITY.md")
+            ROOT / "artifacts/RELIABILITY-quick.md" if opts.quick else RESULTS / "RELIABILITY.md"
         )
     return opts
 
@@ -541,9 +541,7 @@ def render(rows: list[Row], info: dict[str, Any], command: str, started: str) ->
         "the places the sentinel secret was found. Serve 2.60 binds each replica's "
         "inter-deployment gRPC server to `[::]:0` in its code "
         "(`ray/serve/_private/replica.py`, whatever Serve's host is); on the local head "
-        "nbserve's worker setup hook (`nbserve.hooks.serve_loopback`, from commit eeb4450 "
-        "on) "
-        "binds it to 127.0.0.1.",
+        "nbserve's worker setup hook (`nbserve.hooks.serve_loopback`) binds it to 127.0.0.1.",
         "",
     ]
     for r in rows:

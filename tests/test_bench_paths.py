@@ -1,4 +1,4 @@
-"""The side-by-side benchmark behind BENCHMARKS.md (``python -m benchmarks``).
+"""The side-by-side benchmark behind docs/results/BENCHMARKS.md (``python -m benchmarks``).
 
 The report's arithmetic (medians over repeats, ratios, targets met or not) is checked on given
 figures, and a saved run renders again as it was; the smoke test runs the real command on two
@@ -26,6 +26,8 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import process, report, runs  # noqa: E402
 from benchmarks.__main__ import parse  # noqa: E402
+
+RESULTS = report.RESULTS  # docs/results/: every report and its JSON
 
 
 def vb(tput: float, ttft: float, e2e: float, failed: int = 0) -> dict[str, Any]:
@@ -146,16 +148,33 @@ def test_report_names_a_failed_path() -> None:
 
 
 def test_saved_reports_render_again_as_they_are() -> None:
-    for name in (
-        "BENCHMARKS",
-        "benchmarks/nbserve-engine-affinity-off",
-        "benchmarks/vllm-engine-affinity-on",
-    ):
-        assert report.rerender(ROOT / f"{name}.json") == (ROOT / f"{name}.md").read_text()
+    for name in ("BENCHMARKS", "nbserve-engine-affinity-off", "vllm-engine-affinity-on"):
+        saved = RESULTS / f"{name}.json"
+        assert report.rerender(saved) == (RESULTS / f"{name}.md").read_text()
+
+
+def test_the_cold_start_report_is_its_json_rendered(tmp_path: Path) -> None:
+    from benchmarks import coldstart
+
+    out = tmp_path / "coldstart.md"
+    assert coldstart.main(["--render", str(RESULTS / "COLDSTART.json"), "--output", str(out)]) == 0
+    assert out.read_text() == (RESULTS / "COLDSTART.md").read_text()
+
+
+def test_every_report_names_its_command_and_machine() -> None:
+    reports = sorted(RESULTS.glob("*.md"))
+    assert {p.stem for p in reports} >= {"BENCHMARKS", "COLDSTART", "RELIABILITY", "TRACING"}
+    for md in reports:
+        text = md.read_text()
+        assert ".venv/bin/python -m benchmarks" in text, md.name
+        assert "flags" in text, md.name  # the CPU's, or that the run did not record them
+        if md.with_suffix(".json").is_file():
+            cpu = json.loads(md.with_suffix(".json").read_text())["machine"]["cpu"]
+            assert cpu in text, md.name
 
 
 def test_rerender_shows_an_older_command_as_todays(tmp_path: Path) -> None:
-    saved = json.loads((ROOT / "BENCHMARKS.json").read_text())
+    saved = json.loads((RESULTS / "BENCHMARKS.json").read_text())
     saved["command"] = ".venv/bin/python scripts/bench_paths.py --quick --paths vllm"
     raw = tmp_path / "old.json"
     raw.write_text(json.dumps(saved))
@@ -169,7 +188,7 @@ def test_quick_and_full_defaults() -> None:
     assert (quick.num_prompts, quick.repeats, quick.sweep) == (32, 1, [])
     assert (full.num_prompts, full.repeats, full.sweep) == (256, 3, [1, 8])
     assert quick.output.endswith("artifacts/BENCHMARKS-quick.md")
-    assert full.output.endswith("BENCHMARKS.md") and "artifacts" not in full.output
+    assert full.output == str(RESULTS / "BENCHMARKS.md")
     with pytest.raises(SystemExit):
         parse(["--repeats", "0"])
 

@@ -1,11 +1,11 @@
-"""The fault benchmark behind RELIABILITY.md (``python -m benchmarks.faults``).
+"""The fault benchmark behind docs/results/RELIABILITY.md (``python -m benchmarks.faults``).
 
 The row's arithmetic (failed, cut short, the longest gap with no successful reply) is checked
 on given records; the CI-sized run starts its own head, deploys the demo model and runs the
 mix with no fault, with the session's Ray Client server killed under a dashboard, and the
 listener and secret search for real, so the command keeps working
 (the engine update under load is tests/test_integration.py's). The figures of a full run go
-to RELIABILITY.md.
+to docs/results/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -94,8 +94,9 @@ def test_the_report_states_each_target_met_or_not() -> None:
 
 def test_the_committed_report_is_its_json_rendered(tmp_path: Path) -> None:
     out = tmp_path / "reliability.md"
-    assert faults.main(["--render", str(ROOT / "RELIABILITY.json"), "--output", str(out)]) == 0
-    assert out.read_text() == (ROOT / "RELIABILITY.md").read_text()
+    results = ROOT / "docs" / "results"
+    assert faults.main(["--render", str(results / "RELIABILITY.json"), "--output", str(out)]) == 0
+    assert out.read_text() == (results / "RELIABILITY.md").read_text()
 
 
 @pytest.mark.integration
