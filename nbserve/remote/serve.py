@@ -93,7 +93,8 @@ def deploy(
     no node of the groups ``shapes`` says it can add (``unschedulable``, checked when
     ``fixed_nodes`` or ``shapes``), Serve started by something else and listening elsewhere
     than ``http`` says (``serve_elsewhere``), a name that runs something else unless
-    ``replace`` (``exists``), a route prefix another app serves (``route_prefix_taken``).
+    ``replace`` (``exists``), a route prefix equal to, under or containing another running
+    app's (``route_prefix_taken``).
     """
     from ray.serve.schema import ServeDeploySchema
 
@@ -168,18 +169,51 @@ def _refused_before_any_change(
 
 
 def _route_prefix_taken(name: str, prefix: str | None, running: dict[str, Any]) -> str:
-    """Why ``prefix`` cannot be app ``name``'s: another running app serves it ("" if none)."""
+    """Why ``prefix`` cannot be app ``name``'s: it overlaps a running app's prefix ("" if not).
+
+    Serve's proxy sends a request to the app with the longest prefix that matches it on a path
+    segment boundary ("/" matches every path), so a prefix equal to, under, or containing
+    another app's shares part of that app's API. ``/ab`` and ``/a`` do not overlap.
+    """
+    if not prefix:
+        return ""
     for other, info in running.items():
         # the declared prefix, while Serve has not set it up yet
         theirs = info.get("route_prefix") or (info.get("deployed_app_config") or {}).get(
             "route_prefix"
         )
-        if other != name and prefix and theirs == prefix:
+        if other == name or not theirs:
+            continue
+        if _normal(theirs) == _normal(prefix):
             return (
                 f"route prefix {prefix!r} is served by app {other!r}; pass "
                 "another route_prefix= (or another name, the default prefix)"
             )
+        if _under(prefix, theirs):
+            return (
+                f"route prefix {prefix!r} lies under app {other!r}'s prefix {theirs!r}: "
+                f"Serve would send that part of {other!r}'s API here; pass a route_prefix= "
+                f"outside {theirs!r} (or another name, the default prefix)"
+            )
+        if _under(theirs, prefix):
+            return (
+                f"route prefix {prefix!r} contains app {other!r}'s prefix {theirs!r}: "
+                f"Serve sends requests under {theirs!r} to {other!r}, not here; pass a "
+                f"route_prefix= that neither contains nor lies under {theirs!r} "
+                "(or another name, the default prefix)"
+            )
     return ""
+
+
+def _normal(prefix: str) -> str:
+    """A route prefix without its trailing slashes ("/" stays "/")."""
+    return prefix.rstrip("/") or "/"
+
+
+def _under(inner: str, outer: str) -> bool:
+    """Whether every path under ``inner`` lies strictly under ``outer``, segment by segment."""
+    inner, outer = _normal(inner), _normal(outer)
+    return inner != outer and (outer == "/" or inner.startswith(outer + "/"))
 
 
 def delete(name: str) -> None:
