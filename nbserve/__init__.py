@@ -28,6 +28,7 @@ from nbserve.errors import (
     KubernetesError,
     LocalClusterError,
     NbserveError,
+    NotConnected,
     SpecError,
     VersionMismatch,
     WaitTimeout,
@@ -74,6 +75,7 @@ __all__ = [
     "LoadStats",
     "LocalClusterError",
     "NbserveError",
+    "NotConnected",
     "Percentiles",
     "Prometheus",
     "ReplicaInfo",
@@ -101,13 +103,16 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 def apps(cluster: Cluster | None = None) -> list[App]:
     """Every Serve application on ``cluster`` (default: the connected one).
 
+    Raises:
+        NotConnected: no cluster was given and this kernel has no open session.
+
     Example:
         >>> nbserve.apps()  # doctest: +SKIP
         [<nbserve.App 'tiny' ...>]
     """
     target = cluster or _cluster.current()
     if target is None:
-        raise NbserveError("not connected: call nbserve.connect() first")
+        raise NotConnected()
     return target.apps()
 
 

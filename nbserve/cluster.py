@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from nbserve import remote
 from nbserve.app import App
-from nbserve.errors import AppNotFound, ClusterError, ConnectionFailed, SpecError
+from nbserve.errors import AppNotFound, ClusterError, ConnectionFailed, NotConnected, SpecError
 from nbserve.observe.dashboard import Dashboard
 from nbserve.remote import serve as remote_serve
 from nbserve.session import ray_client as session
@@ -326,14 +326,15 @@ def _reopen(lost: BaseException | None) -> None:
     runs bound to the session keep running.
 
     Raises:
-        ConnectionFailed: no session to reopen (never opened, or disconnected), or the cluster
-            did not take a new one within ``REOPEN_S``; the message says what to do.
+        NotConnected: no session to reopen (never opened, or disconnected).
+        ConnectionFailed: the cluster did not take a new session within ``REOPEN_S``; the
+            message says what to do.
     """
     import ray
 
     cluster = _active
     if cluster is None:
-        raise ConnectionFailed(remote.NO_SESSION) from lost
+        raise NotConnected() from lost
     why = f"was lost ({lost})" if lost is not None else "had closed"
     log.warning("the Ray Client session to %s %s; reopening it", cluster.address, why)
     if ray.is_initialized():

@@ -23,6 +23,25 @@ class ConnectionFailed(NbserveError, ConnectionError):
     """A Ray cluster (or a service of it, such as its Prometheus) could not be reached."""
 
 
+class NotConnected(ConnectionFailed):
+    """This kernel has no open Ray session: none was opened, it was closed, or a connect() failed.
+
+    Raised, always with the same message, by whatever needs the session (``nbserve.apps()``,
+    every call to the cluster) before it sends anything.
+    """
+
+    MESSAGE = (
+        "not connected: this kernel has no open Ray session (none was opened, it was closed, "
+        "or a connect() failed); call nbserve.connect()"
+    )
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)
+
+    def __reduce__(self) -> tuple[type[NotConnected], tuple[()]]:
+        return (type(self), ())
+
+
 class ClusterError(NbserveError):
     """A RayCluster could not be created, changed or deleted, or the cluster is not one to change.
 

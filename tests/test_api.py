@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import builtins
 import importlib.metadata
+import pickle
 import pkgutil
 import socket
 import sys
@@ -316,6 +317,30 @@ def test_every_error_is_an_nbserve_error() -> None:
     assert issubclass(nbserve.ConnectionFailed, ConnectionError)
     assert issubclass(nbserve.WaitTimeout, TimeoutError)
     assert "ClusterError" in nbserve.__all__ and "create_cluster" in nbserve.__all__
+
+
+def test_without_a_session_each_entry_says_not_connected_the_same_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nbserve import cluster, remote
+
+    monkeypatch.setattr(cluster, "_active", None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(remote, "_watchers", [])
+    refusals = []
+    for attempt in (
+        nbserve.apps,  # the package's entry
+        remote.require_session,  # every call to the cluster checks this first
+        lambda: remote.client(lambda: "never sent"),  # ... then asks the session to reopen
+    ):
+        with pytest.raises(nbserve.NotConnected) as info:
+            attempt()
+        refusals.append(info.value)
+    assert {str(err) for err in refusals} == {nbserve.NotConnected.MESSAGE}
+    assert "not connected" in str(refusals[0]) and "call nbserve.connect()" in str(refusals[0])
+    assert isinstance(refusals[0], nbserve.ConnectionFailed)  # caught as any failed connection
+    copy = pickle.loads(pickle.dumps(refusals[0]))
+    assert type(copy) is nbserve.NotConnected and str(copy) == nbserve.NotConnected.MESSAGE
 
 
 def test_wait_ends_only_when_the_model_server_has_its_replicas() -> None:

@@ -65,7 +65,7 @@ class ClusterScrape:
 
         Raises:
             AppNotFound: Serve has no application of this name.
-            ConnectionFailed: this kernel has no open Ray session.
+            NotConnected: this kernel has no open Ray session.
         """
         payload = remote.call(remote_collect.collect, app, SAMPLES, DROP_LABELS, self.timeout)
         if not payload["found"]:

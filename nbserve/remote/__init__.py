@@ -18,9 +18,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..errors import ConnectionFailed
+from ..errors import ConnectionFailed, NotConnected
 
-__all__ = ["NO_SESSION", "call", "client", "lost_connection", "on_lost", "require_session", "watch"]
+__all__ = ["call", "client", "lost_connection", "on_lost", "require_session", "watch"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ def call(fn: Callable[..., T], *args: Any) -> T:
     A lost connection is reopened once, and the call sent again (``client``).
 
     Raises:
-        ConnectionFailed: this kernel has no open Ray session, or it was lost and could not be
-            reopened.
+        NotConnected: this kernel has no open Ray session.
+        ConnectionFailed: the connection was lost and could not be reopened.
     """
     import ray
     import ray.cloudpickle
@@ -64,7 +64,8 @@ def client(fn: Callable[[], T]) -> T:
     way is safe to send twice: reads, and declarative changes (the whole app set, a delete).
 
     Raises:
-        ConnectionFailed: no session, and none to reopen; or reopening failed.
+        NotConnected: no session, and none to reopen.
+        ConnectionFailed: reopening a lost session failed.
     """
     generation = _generation
     try:
@@ -149,15 +150,13 @@ def _tell(state: str) -> None:
             log.debug("connection watcher %r failed: %s", watcher, err)
 
 
-NO_SESSION = (
-    "this kernel has no open Ray session (it was closed, or another connect() "
-    "failed); call nbserve.connect() again"
-)
-
-
 def require_session() -> None:
-    """Refuse to go on without a Ray Client session (Ray would start a local instance)."""
+    """Refuse to go on without a Ray Client session (Ray would start a local instance).
+
+    Raises:
+        NotConnected: this kernel has no open Ray session.
+    """
     import ray
 
     if not ray.is_initialized():
-        raise ConnectionFailed(NO_SESSION)
+        raise NotConnected()
