@@ -3,6 +3,7 @@ what ``App.wait`` takes for a failure."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -258,3 +259,32 @@ def test_a_replica_being_replaced_after_its_health_checks_failed_is_waited_for(
     monkeypatch.setattr(app, "status", lambda: _status("m", "DEPLOY_FAILED", "DEPLOY_FAILED"))
     with pytest.raises(DeployFailed):
         app.wait(timeout=30, progress=False, interval=0.01)
+
+
+# --- Progress in an executed notebook -----------------------------------------------------------
+
+PROGRESS_CELL = """\
+from nbserve.base.wait import Progress
+bar = Progress("deploying tiny", total=1)
+bar.update("DEPLOYING", n=0)
+bar.update("RUNNING", n=1)
+bar.close("RUNNING")
+"""
+
+
+def test_an_executed_notebook_keeps_the_bar_where_the_wait_ended() -> None:
+    """papermill and nbclient save no widget state: only the bar's text/plain stays, and it
+    must read as the wait's end (``1/1``, the last status), not as its start (``0/1``)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(PROGRESS_CELL)])
+    env = {k: v for k, v in os.environ.items() if k != "NBSERVE_PROGRESS"}
+    NotebookClient(nb, timeout=60, kernel_name="python3", env=env).execute()
+    outputs = nb.cells[0].outputs
+    assert all(o.output_type != "error" for o in outputs), outputs
+    texts = [o.data["text/plain"] for o in outputs if "text/plain" in o.get("data", {})]
+    assert len(texts) == 1, outputs  # one bar, widget and text
+    assert "application/vnd.jupyter.widget-view+json" in outputs[0].data  # live: a widget
+    (text,) = texts
+    assert "deploying tiny: 1/1" in text and "RUNNING" in text and "0/1" not in text, text

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from nbserve.errors import WaitTimeout
 
@@ -91,7 +91,11 @@ class Progress:
     In a notebook kernel or a terminal it is a ``tqdm.auto`` bar; where nobody watches (output
     to a log file, CI) it writes one line to stderr per change of state instead of redrawing a
     bar every second; disabled, it makes no tqdm object at all (a disabled tqdm still starts a
-    monitor thread). ``NBSERVE_PROGRESS=bar|lines|off`` overrides the choice.
+    monitor thread). ``NBSERVE_PROGRESS=bar|lines|off`` overrides the choice. In a notebook the
+    bar's widget is displayed with a display id and that display is updated at ``close``: an
+    executed notebook (papermill, nbclient) saves no widget state, only the text beside the
+    widget, which then reads as the wait ended (``1/1``, the last status, the time taken)
+    rather than as it began.
 
     Example:
         >>> with Progress("deploying tiny", enabled=False) as bar:
@@ -120,8 +124,10 @@ class Progress:
         self._status = ""
         self._started = time.monotonic()
         self._bar = None
+        self._shown: Any = None  # the notebook display of the bar's widget, to update at close
         if self.mode == "bar":
             from tqdm.auto import tqdm
+            from tqdm.notebook import tqdm_notebook
 
             fmt = (
                 None
@@ -130,7 +136,14 @@ class Progress:
                 if total
                 else "{desc}: {postfix} [{elapsed}]"
             )
-            self._bar = tqdm(total=total, desc=desc, unit=unit or "it", leave=True, bar_format=fmt)
+            args = {"total": total, "desc": desc, "unit": unit or "it", "leave": True}
+            if issubclass(tqdm, tqdm_notebook):
+                from IPython.display import display
+
+                self._bar = tqdm(**args, bar_format=fmt, display=False)
+                self._shown = display(self._bar.container, display_id=True)
+            else:
+                self._bar = tqdm(**args, bar_format=fmt)
 
     def update(
         self,
@@ -163,6 +176,8 @@ class Progress:
             self.update(status)
         if self._bar is not None:
             self._bar.close()
+            if self._shown is not None:  # the text an executed notebook keeps: the end state
+                self._shown.update(self._bar.container)
             self._bar = None
         elif self.mode == "lines":
             self._write(f"done in {time.monotonic() - self._started:.0f} s")
