@@ -1,5 +1,5 @@
 # The two commands of the README's quickstart, and a few more.
-.PHONY: demo test test-unit lint setup clean bench bench-quick faults faults-quick coldstart tracing
+.PHONY: demo test test-unit lint docs setup clean bench bench-quick faults faults-quick coldstart tracing
 
 setup:
 	@bash scripts/setup.sh
@@ -14,6 +14,7 @@ test: setup
 	.venv/bin/ruff check nbserve tests scripts benchmarks
 	.venv/bin/ruff format --check nbserve tests scripts benchmarks
 	.venv/bin/mypy nbserve
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -d artifacts/site
 	.venv/bin/python -m pytest
 
 ## The fast tests only: no Ray cluster, no engine.
@@ -47,6 +48,10 @@ coldstart: setup
 ## costs and each request's phases side by side; writes docs/results/TRACING.md (10 min).
 tracing: setup
 	.venv/bin/python -m benchmarks.tracing
+
+## The documentation site (docs/, mkdocs.yml) in strict mode: any warning fails; artifacts/site.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -d artifacts/site
 
 lint: setup
 	.venv/bin/ruff check nbserve tests scripts benchmarks
