@@ -146,13 +146,16 @@ def create_cluster(
     context: str | None = None,
     timeout: float = 1200,
     progress: bool = True,
+    adopt: bool = False,
 ) -> _cluster.Cluster:
     """Create (or update) a KubeRay RayCluster from ``spec``, wait until it is ready, connect.
 
     Applying is ``nbserve.kube.provision.apply``'s: declarative (a RayCluster of that name gets
     the spec's ``spec`` in one guarded JSON patch; labels nbserve does not set, and the
     autoscaler's ``replicas`` clamped into the new bounds, are kept), and running pods keep
-    their template while new pods get the changed one.
+    their template while new pods get the changed one. The RayCluster is labelled
+    ``app.kubernetes.io/managed-by: nbserve``. One of that name that this kernel did not create
+    (a colleague's, or one from before a kernel restart) is refused unless ``adopt=True``.
 
     If the cluster is not ready in time it is left in place (GPU nodes may still be coming up;
     deleting would throw that away): the error says how far it got and how to go on. To apply
@@ -168,16 +171,20 @@ def create_cluster(
             includes bringing up a node and pulling the image, often several minutes) and
             connecting (Ray Client through port-forwards, or directly inside the cluster).
         progress: show a progress bar while waiting.
+        adopt: take over an existing RayCluster of that name that this kernel did not create:
+            its spec is replaced by ``spec``, and ``cluster.down()`` deletes it.
 
     Returns:
-        The connected ``Cluster``, which remembers that nbserve created it: ``cluster.down()``
-        deletes it.
+        The connected ``Cluster``, which remembers that this kernel created (or adopted) it:
+        ``cluster.down()`` deletes it.
 
     Raises:
         SpecError: ``spec`` is not a ClusterSpec, or a bad namespace or timeout (nothing was
             sent to the API server).
         ClusterError: the API server refused: RBAC (names the permission), a missing
-            namespace, no KubeRay operator, or a manifest its CRD rejects.
+            namespace, no KubeRay operator, or a manifest its CRD rejects; or a RayCluster of
+            that name exists that this kernel did not create and ``adopt`` is not set
+            (nothing was changed).
         WaitTimeout: the head was not ready in time; the RayCluster was left in place.
         ConnectionFailed, VersionMismatch: connecting failed; the RayCluster stays.
 
@@ -189,7 +196,9 @@ def create_cluster(
         >>> cluster.down()                                                   # doctest: +SKIP
     """
     deadline = time.monotonic() + timeout
-    rc = provision.apply(spec, namespace, context=context, timeout=timeout, progress=progress)
+    rc = provision.apply(
+        spec, namespace, context=context, timeout=timeout, progress=progress, adopt=adopt
+    )
     name, ns = rc["metadata"]["name"], rc["metadata"]["namespace"]
     remaining = max(deadline - time.monotonic(), 10.0)
     started = time.monotonic()

@@ -224,9 +224,9 @@ class Cluster:
         The same for both backends: a cluster this kernel created is removed without asking,
         one it only attached to needs ``force=True``, since others may be using it.
 
-        - A KubeRay RayCluster that ``nbserve.create_cluster`` created (or updated) in this
-          kernel is deleted, and ``down`` waits until its pods are gone; one attached with
-          ``connect("raycluster/NAME")`` needs ``force``. One already gone is fine.
+        - A KubeRay RayCluster that ``nbserve.create_cluster`` created in this kernel (or took
+          over with ``adopt=True``) is deleted, and ``down`` waits until its pods are gone; one
+          attached with ``connect("raycluster/NAME")`` needs ``force``. One already gone is fine.
         - The local head is stopped (its process group, as ``nbserve down`` does) when this
           kernel's ``connect()`` started it; one that was running already needs ``force``.
 

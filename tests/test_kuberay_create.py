@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_kube import FakeKube, Operator
+from fake_kube import FakeKube, Operator, raycluster_objects
 from kube_helpers import leaves_nothing_behind
 
 import nbserve
@@ -25,6 +25,7 @@ from nbserve.kube.raycluster import RayClusterRef
 from nbserve.session.target import Target
 
 NS = "ray"
+MANAGED_BY = "app.kubernetes.io/managed-by"
 
 
 def spec(**overrides: Any) -> nbserve.ClusterSpec:
@@ -160,7 +161,7 @@ def test_existing_cluster_gets_its_spec_replaced(kube: FakeKube) -> None:
     assert list(groups(obj)) == ["gpu", "big"]  # "old" is gone, "big" is new
     assert groups(obj)["gpu"]["replicas"] == 4  # kept, clamped into the new maxReplicas
     assert groups(obj)["gpu"]["maxReplicas"] == 4 and groups(obj)["big"]["replicas"] == 1
-    assert obj["metadata"]["labels"] == {"team": "b", "owner": "bob"}
+    assert obj["metadata"]["labels"] == {"team": "b", MANAGED_BY: "nbserve", "owner": "bob"}
     assert obj["metadata"]["generation"] == 2 and rc["status"]["state"] == "ready"
     assert [m for m, p in kube.requests if p.endswith("/rayclusters/llm")].count("PATCH") == 1
 
@@ -172,6 +173,45 @@ def test_replacing_turns_autoscaling_off_for_real(kube: FakeKube) -> None:
     obj = stored(kube)
     assert "enableInTreeAutoscaling" not in obj["spec"]
     assert "autoscalerOptions" not in obj["spec"]
+
+
+def colleagues_cluster(kube: FakeKube, *, by_nbserve: bool) -> dict[str, Any]:
+    """A RayCluster named like ours that this kernel did not create (by nbserve or not)."""
+    objects = raycluster_objects("llm", NS)
+    if by_nbserve:
+        objects[0]["metadata"]["labels"] = {MANAGED_BY: "nbserve", "owner": "bob"}
+    kube.add(*objects)
+    return stored(kube)
+
+
+def test_a_created_cluster_says_nbserve_manages_it(kube: FakeKube) -> None:
+    kube.operator = Operator(ready_after=0)
+    apply(spec(labels={"team": "a"}), timeout=30, progress=False)
+    assert stored(kube)["metadata"]["labels"] == {"team": "a", MANAGED_BY: "nbserve"}
+
+
+@pytest.mark.parametrize("by_nbserve", [False, True])
+def test_a_cluster_this_kernel_did_not_create_is_refused(kube: FakeKube, by_nbserve: bool) -> None:
+    """The defect: a 409 replaced a colleague's spec, and down() then deleted it unasked."""
+    before = colleagues_cluster(kube, by_nbserve=by_nbserve)
+    with leaves_nothing_behind(kube), pytest.raises(nbserve.ClusterError) as info:
+        nbserve.create_cluster(spec(), timeout=20, progress=False)
+    text = str(info.value)
+    assert "RayCluster ray/llm already exists" in text, text
+    assert "ClusterSpec(name=" in text and "adopt=True" in text, text
+    assert stored(kube) == before
+    assert [m for m, _ in kube.requests if m in ("PATCH", "PUT", "DELETE")] == []
+
+
+def test_adopt_takes_a_cluster_over(kube: FakeKube) -> None:
+    colleagues_cluster(kube, by_nbserve=False)
+    kube.operator = Operator(ready_after=0)
+    apply(spec(), timeout=30, progress=False, adopt=True)
+    obj = stored(kube)
+    assert list(groups(obj)) == ["gpu", "big"]
+    assert obj["metadata"]["labels"] == {MANAGED_BY: "nbserve"}
+    apply(spec(autoscaling=False), timeout=30, progress=False)  # now this kernel's
+    assert "enableInTreeAutoscaling" not in stored(kube)["spec"]
 
 
 # --- scale ---------------------------------------------------------------------------------------

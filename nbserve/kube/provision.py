@@ -1,11 +1,12 @@
 """Create, scale and delete KubeRay RayClusters; the provider a session uses for them.
 
 Owns the write side of nbserve's Kubernetes use: ``apply`` creates a RayCluster from a
-``ClusterSpec`` (or replaces the spec of the one of that name) and waits with ``wait.Progress``
-until its head is ready; ``scale`` patches one worker group; ``delete`` removes a RayCluster
-and waits until it and its pods are gone. ``RayClusterProvider`` is what ``Cluster.scale`` and
-``Cluster.down`` call. Rendering the manifest is ``manifests``'; finding a RayCluster and
-reaching its head is ``resolve``'s; the Ray Client session is ``cluster``'s.
+``ClusterSpec`` (or replaces the spec of one of that name this kernel created, or was told to
+adopt) and waits with ``wait.Progress`` until its head is ready; ``scale`` patches one worker
+group; ``delete`` removes a RayCluster and waits until it and its pods are gone.
+``RayClusterProvider`` is what ``Cluster.scale`` and ``Cluster.down`` call. Rendering the
+manifest is ``manifests``'; finding a RayCluster and reaching its head is ``resolve``'s; the
+Ray Client session is ``cluster``'s.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from nbserve.kube.raycluster import (
 )
 from nbserve.specs import names
 from nbserve.specs.clusterspec import ClusterSpec
+from nbserve.specs.manifests import MANAGED_BY
 
 __all__ = ["RayClusterProvider", "apply", "delete", "scale"]
 
@@ -37,13 +39,17 @@ log = logging.getLogger(__name__)
 
 _GRACE = 30.0  # seconds a last status read may take past a wait's deadline
 
+# The uids of the RayClusters this kernel created or adopted: the ones ``apply`` may change
+# again without ``adopt`` (a uid, not a name: one deleted and made again by someone else is not).
+_OURS: set[str] = set()
+
 
 class RayClusterProvider:
     """The KubeRay backend of a session: scales and deletes the RayCluster ``ref``.
 
-    ``created`` is True when this kernel created (or updated) the RayCluster with
-    ``create_cluster``, so ``down()`` deletes it without ``force``; False when it only attached
-    to it (``connect("raycluster/NAME")``).
+    ``created`` is True when this kernel created the RayCluster with ``create_cluster`` (or
+    took it over with ``adopt=True``), so ``down()`` deletes it without ``force``; False when
+    it only attached to it (``connect("raycluster/NAME")``).
 
     Example:
         >>> RayClusterProvider(RayClusterRef("llm", "ray"), created=True).describe()
@@ -98,11 +104,14 @@ def apply(
     context: str | None = None,
     timeout: float = 1200,
     progress: bool = True,
+    adopt: bool = False,
 ) -> dict[str, Any]:
     """Create (or update) a RayCluster from ``spec`` and wait until its head is ready.
 
-    Applying is declarative: a new RayCluster is created; if one of that name exists, its
-    ``spec`` is replaced by the spec's (one JSON patch, guarded by the object's
+    Applying is declarative: a new RayCluster is created (labelled
+    ``app.kubernetes.io/managed-by: nbserve``). One of that name that exists is someone's
+    cluster: it is refused, unless this kernel created it or ``adopt`` says to take it over.
+    Then its ``spec`` is replaced by the spec's (one JSON patch, guarded by the object's
     resourceVersion), so a worker group left out of ``spec`` is removed and every field nbserve
     renders takes the spec's value. Two things are kept: labels nbserve does not set, and, when
     the spec turns the in-tree autoscaler on, the ``replicas`` of worker groups that already
@@ -117,6 +126,8 @@ def apply(
             account inside a cluster).
         timeout: seconds for applying and the wait for the head pod.
         progress: show a progress bar while waiting.
+        adopt: take over a RayCluster of that name that this kernel did not create: replace
+            its spec, and let ``down()`` delete it.
 
     Returns:
         The ready RayCluster object as the API server returned it.
@@ -124,6 +135,8 @@ def apply(
     Raises:
         SpecError: ``spec`` is not a ClusterSpec, or a bad namespace or timeout (nothing was
             sent to the API server).
+        ClusterError: a RayCluster of that name exists that this kernel did not create, and
+            ``adopt`` is not set (nothing was changed).
         KubernetesError: the API server refused (a ``ClusterError``): RBAC (names the
             permission), a missing namespace, no KubeRay operator, a manifest the CRD rejects.
         WaitTimeout: the head was not ready in time; the RayCluster was left in place.
@@ -136,7 +149,7 @@ def apply(
     manifest = spec.to_raycluster()
     deadline = time.monotonic() + timeout
     with Kube(context) as kube:
-        verb = _apply(kube, manifest, deadline)
+        verb = _apply(kube, manifest, deadline, adopt)
         log.info("%s RayCluster %s/%s", verb, ns, name)
         return _wait_ready(kube, ns, name, deadline, timeout, progress)
 
@@ -236,11 +249,11 @@ def delete(ref: RayClusterRef, *, timeout: float = 600, progress: bool = True) -
 
 
 # --- applying ------------------------------------------------------------------------------
-def _apply(kube: Kube, manifest: dict[str, Any], deadline: float) -> str:
+def _apply(kube: Kube, manifest: dict[str, Any], deadline: float, adopt: bool) -> str:
     """Create the RayCluster, or replace the spec of the existing one; 'created' or 'updated'."""
     ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     try:
-        kube.call(
+        created = kube.call(
             deadline,
             What("create", RESOURCE, ns, name),
             kube.crs.create_namespaced_custom_object,
@@ -250,19 +263,40 @@ def _apply(kube: Kube, manifest: dict[str, Any], deadline: float) -> str:
             PLURAL,
             manifest,
         )
+        _OURS.add(created["metadata"]["uid"])
         return "created"
-    except Conflict:  # it exists: replace its spec
+    except Conflict:  # it exists: replace its spec, if it is ours or we were told to adopt it
         pass
     for _ in range(3):
         current = _get(kube, ns, name, deadline)
         if current is None:  # deleted in between: create it after all
-            return _apply(kube, manifest, deadline)
+            return _apply(kube, manifest, deadline, adopt)
+        uid = current["metadata"].get("uid", "")
+        if uid not in _OURS and not adopt:
+            raise ClusterError(_not_ours(current))
         try:
             _patch(kube, ns, name, _update_ops(current, manifest), deadline)
+            _OURS.add(uid)
             return "updated"
         except Conflict:
             continue
     raise ClusterError(f"RayCluster {ns}/{name} kept changing while nbserve updated it; try again")
+
+
+def _not_ours(current: dict[str, Any]) -> str:
+    """Why ``apply`` leaves the existing RayCluster ``current`` alone, and the two ways on."""
+    meta = current["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    if (meta.get("labels") or {}).get(MANAGED_BY) == "nbserve":
+        whose = "nbserve created it, but in another kernel (or before a restart)"
+    else:
+        whose = "nbserve did not create it"
+    return (
+        f"RayCluster {ns}/{name} already exists and this kernel did not create it ({whose}); "
+        "it may be someone else's, so nbserve leaves it alone. Pass another name "
+        "(ClusterSpec(name=...)), or create_cluster(spec, adopt=True) to take it over: its "
+        "spec is replaced by this one and cluster.down() will delete it"
+    )
 
 
 def _update_ops(current: dict[str, Any], manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -386,7 +420,8 @@ def _wait_ready(
             hint=f"The RayCluster was left in place. See why with `kubectl describe raycluster "
             f"{name} -n {ns}` and `kubectl get pods -n {ns} -l ray.io/cluster={name}`; then "
             f"call nbserve.create_cluster(spec) again to keep waiting (it updates the existing "
-            f"one), or delete it with `kubectl delete raycluster {name} -n {ns}`.",
+            f"one; after a kernel restart pass adopt=True), or delete it with `kubectl delete "
+            f"raycluster {name} -n {ns}`.",
         )
     )
 

@@ -23,9 +23,10 @@ from nbserve.specs import names
 if TYPE_CHECKING:
     from nbserve.specs.clusterspec import ClusterSpec, WorkerGroup
 
-__all__ = ["API_VERSION", "render_raycluster", "render_rayservice", "to_yaml"]
+__all__ = ["API_VERSION", "MANAGED_BY", "render_raycluster", "render_rayservice", "to_yaml"]
 
 API_VERSION = "ray.io/v1"
+MANAGED_BY = "app.kubernetes.io/managed-by"  # "nbserve" on the RayClusters nbserve renders
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -35,8 +36,9 @@ def render_raycluster(cluster: ClusterSpec) -> dict[str, Any]:
 
     Example:
         >>> from nbserve.specs.clusterspec import ClusterSpec
-        >>> render_raycluster(ClusterSpec(name="llm"))["metadata"]
-        {'name': 'llm', 'namespace': 'default'}
+        >>> meta = render_raycluster(ClusterSpec(name="llm"))["metadata"]
+        >>> meta["name"], meta["namespace"], meta["labels"]
+        ('llm', 'default', {'app.kubernetes.io/managed-by': 'nbserve'})
     """
     spec: dict[str, Any] = {"rayVersion": cluster.ray_version}
     if cluster.autoscaling:
@@ -50,12 +52,12 @@ def render_raycluster(cluster: ClusterSpec) -> dict[str, Any]:
         spec["authOptions"] = {"mode": "token"}
     spec["headGroupSpec"] = _head_group(cluster)
     spec["workerGroupSpecs"] = [_worker_group(cluster, group) for group in cluster.worker_groups]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "RayCluster",
-        "metadata": _metadata(cluster, cluster.name),
-        "spec": spec,
-    }
+    meta = _metadata(cluster, cluster.name)
+    # Says nbserve made it (kubectl get rayclusters -l app.kubernetes.io/managed-by=nbserve), and
+    # tells a colleague's nbserve that it is someone's. Not on a RayService: whoever applies that
+    # manages it.
+    meta["labels"] = {**meta.get("labels", {}), MANAGED_BY: "nbserve"}
+    return {"apiVersion": API_VERSION, "kind": "RayCluster", "metadata": meta, "spec": spec}
 
 
 def _metadata(cluster: ClusterSpec, name: str) -> dict[str, Any]:
