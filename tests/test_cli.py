@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import crdschema
 import pytest
 import yaml
 
 from nbserve.cli import main
+from nbserve.local import head as local
 
 
 @pytest.mark.parametrize("accelerator", ["L4", "A100-80G", "H100"])
@@ -94,3 +97,18 @@ def test_render_bad_input_is_a_clear_error(
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
     assert "pydantic" not in captured.err  # nbserve's message, not pydantic's links
+
+
+def test_demo_without_papermill_names_the_extra_before_starting_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the demo touched the local head")
+
+    monkeypatch.setitem(sys.modules, "papermill", None)  # `import papermill` fails
+    monkeypatch.setattr(local, "find", refuse)
+    monkeypatch.setattr(local, "up", refuse)
+    assert main(["demo"]) == 1
+    captured = capsys.readouterr()
+    assert "papermill" in captured.err and "pip install 'nbserve[demo]'" in captured.err
+    assert captured.out == ""
