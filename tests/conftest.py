@@ -73,8 +73,8 @@ def tiny_path(nbserve_home: Path) -> str:
 # The demo app that tests which only need a running model server share (an engine deploy costs
 # minutes on two cores). Tests may scale it but must leave it as they found it: one replica.
 # Deploying it again with the same spec and name changes nothing (a declarative no-op). It
-# traces its requests (which costs nothing measurable, TRACING.md), so the trace tests and the
-# observability notebook run on it without an engine start of their own.
+# traces its requests (which costs nothing measurable, docs/results/TRACING.md), so the trace
+# tests and the observability notebook run on it without an engine start of their own.
 @pytest.fixture(scope="session")
 def tiny_app(cluster: object, tiny_path: str) -> Iterator[object]:
     import nbserve

@@ -2,7 +2,7 @@
 
 The callback itself is Serve LLM's own machinery (``LLMConfig.callback_config``) run by the
 real replicas of every deploy on the local head in the integration tests; its effect on a cold
-start is measured by ``python -m benchmarks.coldstart`` (COLDSTART.md).
+start is measured by ``python -m benchmarks.coldstart`` (docs/results/COLDSTART.md).
 """
 
 from __future__ import annotations

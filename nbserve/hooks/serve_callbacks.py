@@ -5,9 +5,10 @@ placement group that downloads the model's files before the engine starts. For a
 files are already on the node (a local path, which nbserve checks exists before deploying)
 the task downloads nothing, yet each replica start pays for it: a new worker process that
 imports vLLM only to return the path it was given (about 9 of a wake's 46 s on two cores,
-COLDSTART.md). nbserve names this class in the replicas' ``LLMConfig.callback_config`` only
-where it deploys to a cluster that cannot add nodes, from a node where nbserve is importable,
-and for local paths (``remote.serve.deploy``); elsewhere Serve LLM does as it always does.
+docs/results/COLDSTART.md). nbserve names this class in the replicas'
+``LLMConfig.callback_config`` only where it deploys to a cluster that cannot add nodes, from a
+node where nbserve is importable, and for local paths (``remote.serve.deploy``); elsewhere
+Serve LLM does as it always does.
 
 It runs in the replica's process, where Ray Serve LLM is installed.
 """

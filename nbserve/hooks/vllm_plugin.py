@@ -7,7 +7,7 @@ framework is the replica's HTTP and OpenAI layers, HAProxy and Ray's own process
 spinning engine core takes their CPU: on two cores the replica then streams late, in bursts,
 and the engine waits for work. Moved onto its workers' cores, where its spin yields to the
 worker it waits for, the engine core leaves the framework its core (figures with and without:
-BENCHMARKS.md and benchmarks/, from ``python -m benchmarks``).
+docs/results/, from ``python -m benchmarks``).
 
 vLLM loads general plugins in each of its processes; this one acts only in an engine core
 process, and only when the replica's environment sets ``NBSERVE_ENGINE_CORE_AFFINITY=worker``

@@ -47,7 +47,7 @@ AUTOSCALER_KNOBS = (
 )
 SERVE_METRICS_INTERVAL_S = 10.0  # Serve's metrics_interval_s when it is not set
 # nbserve's: a request sent to an app at zero replicas reaches the autoscaler within a second
-# instead of up to Serve's 10 s (COLDSTART.md); a few model-server replicas and routers
+# instead of up to Serve's 10 s (docs/results/COLDSTART.md); a few model-server replicas and routers
 # reporting every second cost Serve's controller next to nothing.
 METRICS_INTERVAL_S = 1.0
 # Fields of the nested models that LLM(...) and App.update(...) accept at the top level.
@@ -337,8 +337,8 @@ class LLM(BaseModel):
     tracing: bool = Field(
         False,
         description="Have vLLM send an OpenTelemetry span per request to receivers "
-        "nbserve runs on the cluster, for app.trace() and result.traces() (BENCHMARKS.md "
-        "gives what it costs).",
+        "nbserve runs on the cluster, for app.trace() and result.traces() "
+        "(docs/results/BENCHMARKS.md gives what it costs).",
     )
 
     def __init__(self, model: str | None = None, /, **data: Any) -> None:
