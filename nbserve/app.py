@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbserve import remote
+from nbserve.base import retries
 from nbserve.base.wait import Progress, poll_until
 from nbserve.errors import DeployFailed, NbserveError, SpecError
 from nbserve.load import bench
@@ -113,9 +114,15 @@ class App:
     def openai(self, **kwargs: Any) -> openai.OpenAI:
         """An ``openai.OpenAI`` client for this app's endpoint.
 
-        It retries twice what the SDK deems safe (a refused connection, 429 and 5xx answers,
-        after their ``Retry-After``): a replica being replaced or a full queue is a pause, not
-        an error. Pass ``max_retries=0`` to see every failure.
+        It retries only what cannot have reached the engine, so no request is done twice: a
+        connection refused (or timed out) before the request was sent, up to ``max_retries``
+        times (default 2) after 0, 0.5, 1 ... s; and a 429 or 503 answer that carries a
+        ``Retry-After`` of at most 60 s, sent again after that long, up to ``max_retries``
+        times. Nothing else is retried: not a timeout waiting for the answer, a connection
+        lost after sending, a 503 without ``Retry-After`` or any other 5xx, 408 or 409 (the
+        SDK's own retries, which cover those, are off). Pass ``max_retries=0`` to see every
+        failure; passing your own ``http_client=`` leaves retrying to it and the SDK
+        (``max_retries`` then goes to the SDK, default 0).
 
         It waits 120 s for an answer, 900 s if the app may be at zero replicas: Serve then
         holds the request until a replica has started, which takes as long as a deploy.
@@ -127,9 +134,14 @@ class App:
         import openai
 
         kwargs.setdefault("api_key", "nbserve")
-        kwargs.setdefault("max_retries", 2)
         kwargs.setdefault("timeout", self._request_timeout())
-        return openai.OpenAI(base_url=self.endpoint, **kwargs)
+        if "http_client" in kwargs:  # the caller's own transport: the SDK's retries, if asked
+            kwargs.setdefault("max_retries", 0)
+            return openai.OpenAI(base_url=self.endpoint, **kwargs)
+        http_client = retries.retrying_client(kwargs.pop("max_retries", 2))
+        return openai.OpenAI(
+            base_url=self.endpoint, max_retries=0, http_client=http_client, **kwargs
+        )
 
     def _request_timeout(self) -> float:
         """Seconds a request may wait for its answer: 900 if it may wake the app from zero."""
