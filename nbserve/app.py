@@ -174,21 +174,39 @@ class App:
         )
 
     def metrics(
-        self, *, timeout: float = 5.0, prometheus: str | Prometheus | None = None
+        self,
+        *,
+        timeout: float = 5.0,
+        prometheus: str | Prometheus | None = None,
+        wait: bool = True,
     ) -> Snapshot:
         """The app's live metrics now: replicas, KV cache, tokens/s, queue, TTFT, errors.
 
         Scrapes every node's metrics port from the cluster side (a zero-CPU Ray task), so it
         works wherever the Ray Client connection works; or, given ``prometheus``, reads the
-        same series from that Prometheus server with no Ray call. Rates and latency
-        percentiles come from the change between calls: the first call has them as None, and
-        they appear after two of Ray's metric exports (every 10 s on a Ray cluster by default,
-        every 2 s on the local head nbserve starts) of calls made, say, every 2 s.
+        same series from that Prometheus server with no Ray call. ``snapshot.windows`` says
+        which window each figure covers.
+
+        Rates (tokens/s, requests/s, preemptions/s) come from the change of Ray's counters,
+        which each process exports every 2 s on the local head nbserve starts and every 10 s
+        by default on a Ray cluster. So the first call of an ``App`` handle reads the nodes
+        again every quarter of that interval until each series has changed once or stayed
+        idle: about one interval under load, at most one and a half when a series stays
+        unchanged (3 s on the local head, 15 s on a Ray cluster at 10 s), with the rates of
+        the last interval; later calls never wait and measure over the last 30 s. With
+        ``wait=False`` (what a dashboard's refresh passes) or from a Prometheus, the first
+        call returns at once and its rates are None until the next calls.
+
+        Latency percentiles (``ttft_p50_s``, ``latency``) come from the histograms' increase
+        over the same recent window; until the window has measured a recent request of each
+        phase (a first call), from the histograms as they stand, i.e. every request since the
+        replicas started: ``snapshot.windows["latency"] == "since start"``.
 
         Args:
             timeout: seconds to wait for each node's metrics endpoint (or for Prometheus).
             prometheus: a Prometheus server's URL or ``nbserve.Prometheus`` (with headers)
                 to read from instead of the nodes.
+            wait: on the handle's first call, read again until the rates are measured.
 
         Raises:
             AppNotFound: Serve has no application of this name (read from the nodes only).
@@ -197,9 +215,11 @@ class App:
             >>> app.metrics()                       # doctest: +SKIP
             >>> app.metrics().tokens_per_s          # doctest: +SKIP
             412.5
+            >>> app.metrics().windows["tokens_per_s"]  # doctest: +SKIP
+            'last 2 s'
             >>> app.metrics(prometheus="http://prometheus:9090")  # doctest: +SKIP
         """
-        return self._metrics.read(source_for(prometheus, timeout=timeout))
+        return self._metrics.read(source_for(prometheus, timeout=timeout), wait=wait)
 
     def replicas(self) -> list[ReplicaInfo]:
         """The app's replica actors (id, deployment, state, node, pid), alive ones first.

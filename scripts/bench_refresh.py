@@ -110,7 +110,7 @@ class Replay:
         self.blobs, self.t0, self.i = blobs, t0, 0
         self.window = MetricsWindow(APP)
 
-    def metrics(self, *, prometheus: Prometheus | None = None) -> Snapshot:
+    def metrics(self, *, prometheus: Prometheus | None = None, wait: bool = True) -> Snapshot:
         """Unpickle the next payload (as Ray Client would), parse and compute, 5 s later."""
         payload = cast(Payload, pickle.loads(self.blobs[self.i % len(self.blobs)]))
         payload["time"] = self.t0 + 5.0 * self.i

@@ -51,10 +51,12 @@ class Replay:
         self.payloads = entries()
         self.window = MetricsWindow("tiny")
         self.calls = 0
+        self.waits: list[bool] = []
         self.updates: list[dict[str, Any]] = []
         self.deleted = False
 
-    def metrics(self, *, prometheus: Prometheus | None = None) -> Snapshot:
+    def metrics(self, *, prometheus: Prometheus | None = None, wait: bool = True) -> Snapshot:
+        self.waits.append(wait)
         if self.deleted:
             raise AppNotFound(f"no application {self.name!r} on the cluster (deleted?)")
         payload = self.payloads[min(self.calls, len(self.payloads) - 1)]
@@ -102,6 +104,8 @@ def test_a_refresh_fills_header_bars_and_chart(dash: Dashboard) -> None:
     assert traces["tiny tokens per s"].y[-1] == pytest.approx(snap.tokens_per_s)
     assert traces["tiny kv cache pct"].y[-1] == pytest.approx(100 * usage)
     assert len(traces["tiny queue"].x) == len(dash.state.snapshots["tiny"]) == 5  # history
+    # A refresh never waits for rates as an app's first metrics() call does.
+    assert replays(dash)["tiny"].waits == [False] * (load + 1)
 
 
 def test_bars_follow_the_replicas_through_a_rolling_restart(dash: Dashboard) -> None:

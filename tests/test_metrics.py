@@ -704,3 +704,87 @@ def test_where_the_time_went_and_the_engines_health_under_a_real_load() -> None:
     assert health.preemptions_per_s is not None
     (node,) = health.nodes.values()
     assert node.cpus and node.mem_total and node.gpu_pct is None
+
+
+# --- a first read: percentiles since start, rates from the reads the first call makes ----------
+
+
+def latency_entries(export_s: float | None = None) -> list[Recorded]:
+    """tests/fixtures/latency's payloads; ``export_s`` as the collector now reports it (they
+    were captured with Ray's default 10 s exports, before the local head exported every 2 s)."""
+    index = json.loads((LATENCY / "index.json").read_text())
+    extra = {} if export_s is None else {"export_s": export_s}
+    return [
+        cast(
+            Recorded,
+            dict(e, **extra, nodes={n: (LATENCY / f).read_text() for n, f in e["nodes"].items()}),
+        )
+        for e in index
+    ]
+
+
+def lifetime(entry: Recorded, name: str) -> list[tuple[float, float]]:
+    """A histogram's cumulative buckets as one scrape shows them (a single series)."""
+    return sorted(
+        (float(s.labels["le"]), s.value) for s in parse(text(entry)) if s.name == name + "_bucket"
+    )
+
+
+def test_one_scrape_under_load_gives_every_phase_since_start() -> None:
+    """A window's first scrape has no change to measure: its percentiles are the histograms'
+    as they stand, every observation since the replicas started, and the Snapshot says so."""
+    last = latency_entries()[-1]
+    snap = MetricsWindow(APP).update(Scrape.from_payload(last))
+    for phase in PHASES:
+        p = snap.latency[phase]
+        assert p.p50 is not None and p.p95 is not None, (phase, snap.latency)
+    assert snap.windows["latency"] == snap.windows["ttft"] == snap.windows["itl"] == "since start"
+    ttft = lifetime(last, "ray_vllm_time_to_first_token_seconds")
+    assert snap.ttft_p50_s == pytest.approx(histogram_quantile(0.5, ttft))
+    assert snap.ttft_p95_s == pytest.approx(histogram_quantile(0.95, ttft))
+    decode = lifetime(last, "ray_vllm_request_decode_time_seconds")
+    assert snap.latency["decode"].p50 == pytest.approx(histogram_quantile(0.5, decode))
+    assert snap.tokens_per_s is None and "tokens_per_s" not in snap.windows  # no rate yet
+    assert ("measured over", "since start: TTFT, inter-token latency, latency") in snap.rows()
+
+
+def test_a_first_read_measures_the_rates_by_reading_again() -> None:
+    """A reader's first read of a source that knows the export interval reads again until
+    every series changed once (or stayed idle): its Snapshot has tokens/s, requests/s and
+    every phase. A series' first change is one export's increase: 10 s of tokens here."""
+    entries = latency_entries(export_s=10.0)[2:]  # under load, counters exported at 8.7 s
+    naps: list[float] = []
+    reader = MetricsReader(APP, sleep=naps.append)
+    source = Recording("ray", entries)
+    snap = reader.read(source)
+    assert naps == [2.5, 2.5, 2.5]  # every quarter interval, until entry 5 settled it
+    assert snap.time == entries[3]["time"]
+    tokens = [
+        s.value for s in parse(text(entries[3])) if s.name == "ray_vllm_generation_tokens_total"
+    ]
+    assert snap.tokens_per_s == pytest.approx((tokens[0] - 33358.0) / 10.0)
+    assert snap.windows["tokens_per_s"] == "last 10 s"
+    assert snap.request_rate is not None and snap.request_rate > 0
+    assert snap.health.preemptions_per_s == 0.0  # no preemption counted since start
+    assert snap.ttft_p50_s is not None
+    assert all(snap.latency[p].p50 is not None for p in PHASES), snap.latency
+    # A later read never waits.
+    again = reader.read(source)
+    assert again.time == entries[4]["time"] and naps == [2.5, 2.5, 2.5]
+    # Without the wait (a dashboard's refresh), a first read is one scrape, no rate.
+    quick = MetricsReader(APP, sleep=naps.append).read(Recording("ray", entries), wait=False)
+    assert quick.tokens_per_s is None and quick.latency["e2e"].p50 is not None
+    assert naps == [2.5, 2.5, 2.5]
+
+
+def test_a_first_change_counts_one_export_when_the_interval_is_known() -> None:
+    # Reads every 0.5 s, exports every 2 s: the change at 1.0 s holds one export's tokens.
+    got = rates([(0, {"a": 0}), (0.5, {"a": 0}), (1.0, {"a": 100}), (1.5, {"a": 100})], export_s=2)
+    assert got == [None, None, 50.0, 50.0]
+    # Reads 5 s apart: the change holds about 5 s of exports.
+    assert rates([(0, {"a": 0}), (5, {"a": 500})], export_s=2) == [None, 100.0]
+    # Unchanged from the first read for 1.5 exports: idle, 0; unknown before.
+    idle = rates([(0, {"a": 7}), (1, {"a": 7}), (3, {"a": 7}), (3.5, {"a": 7})], export_s=2)
+    assert idle == [None, None, None, 0.0]
+    # Without the interval, as before: the first change only marks the time.
+    assert rates([(0, {"a": 0}), (0.5, {"a": 0}), (1.0, {"a": 100})]) == [None, None, None]

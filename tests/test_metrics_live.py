@@ -7,6 +7,7 @@ from a real Prometheus server scraping the head's metrics port.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 
@@ -19,6 +20,7 @@ from nbserve.observe.metrics import Snapshot
 from nbserve.observe.snapshot import PHASES
 
 pytestmark = pytest.mark.integration
+log = logging.getLogger(__name__)
 
 
 def test_metrics_under_load(local_head: LocalHead, tiny_app: nbserve.App) -> None:
@@ -50,7 +52,8 @@ def test_metrics_under_load(local_head: LocalHead, tiny_app: nbserve.App) -> Non
         first = app.metrics()
         assert first.app == app.name
         assert first.replicas.running == 1 and first.replicas.target == 1
-        assert first.tokens_per_s is None and first.ttft_p50_s is None
+        # Idle: a first call reads until its rates are measured (nothing generated).
+        assert first.tokens_per_s is not None and "tokens_per_s" in first.windows, first
         for thread in threads:
             thread.start()
         snaps: list[Snapshot] = []
@@ -115,6 +118,21 @@ def test_metrics_under_load(local_head: LocalHead, tiny_app: nbserve.App) -> Non
             r for s in snaps for r in s.kv_cache_usage
         }
         assert prom[-1].replicas.running == 1
+        # The FIRST call of a new handle under load (its window new): tokens/s and every
+        # phase at once, each figure saying its window.
+        fresh = app.cluster.app(app.name)
+        started = time.monotonic()
+        snap = fresh.metrics()
+        took = time.monotonic() - started
+        log.info("first call under load: %.1f s, %s, %s", took, snap.windows, snap.rows())
+        assert snap.tokens_per_s is not None and snap.tokens_per_s > 0, snap
+        assert snap.windows["tokens_per_s"].startswith("last "), snap.windows
+        assert snap.ttft_p50_s is not None and snap.ttft_p95_s is not None, snap
+        assert timed(snap), snap.latency
+        assert snap.windows["latency"] == "since start" or snap.windows["latency"].startswith(
+            "last "
+        ), snap.windows
+        assert took < 15, took  # the local head exports every 2 s: 3 s and a few scrapes
     finally:
         resources.close()
         stop.set()

@@ -60,8 +60,11 @@ class WatchedApp(Protocol):
         """The app's spec, for the replica controls' first values; None: not updatable."""
         ...
 
-    def metrics(self, *, prometheus: Prometheus | None = None) -> Snapshot:
-        """The app's Snapshot now (raises ``AppNotFound`` once it is gone)."""
+    def metrics(self, *, prometheus: Prometheus | None = None, wait: bool = True) -> Snapshot:
+        """The app's Snapshot now (raises ``AppNotFound`` once it is gone).
+
+        The dashboard passes ``wait=False``: a refresh never waits for a first call's rates.
+        """
         ...
 
     def update(self, *, min_replicas: int, max_replicas: int, wait: bool = True) -> object:
@@ -253,9 +256,9 @@ class Dashboard:
             for name, app in self.apps.items():
                 try:
                     if self.prometheus is None:
-                        self.state.add(app.metrics())
+                        self.state.add(app.metrics(wait=False))
                     else:
-                        self.state.add(app.metrics(prometheus=self.prometheus))
+                        self.state.add(app.metrics(prometheus=self.prometheus, wait=False))
                     self._gone.discard(name)
                 except AppNotFound as err:
                     self._gone.add(name)

@@ -29,6 +29,7 @@ from nbserve.observe.families import (
     family_names,
 )
 from nbserve.observe.snapshot import (
+    SINCE_START,
     Autoscaler,
     Health,
     Latency,
@@ -57,6 +58,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S = 10.0  # Ray's default metrics_report_interval_ms, in seconds
+# A series seen unchanged from its first scrape for this many export intervals is idle: an
+# export (on time, or up to half an interval late) carried no increase.
+IDLE_EXPORTS = 1.5
+PHASE_GROUPS: tuple[Feeds, ...] = ("queue", "prefill", "decode", "engine_e2e", "serve_e2e")
 
 _STARTING = frozenset({"STARTING", "UPDATING", "RECOVERING", "PENDING_MIGRATION"})
 
@@ -85,6 +90,7 @@ class Scrape:
     replica_ids: frozenset[str] = frozenset()
     stopping: frozenset[str] = frozenset()
     node_ips: frozenset[str] = frozenset()  # the nodes the app's replicas run on
+    export_s: float | None = None  # the cluster's metrics export interval, when the source knows
 
     @classmethod
     def from_texts(
@@ -108,9 +114,10 @@ class Scrape:
             Sample(name, labels, value) for name, labels, value in payload.get("samples", ())
         )
         samples += tuple(s for text in payload.get("nodes", {}).values() for s in parse(text))
+        export_s = payload.get("export_s")
         deployments = payload["deployments"]
         if not deployments:  # none (yet): a redeploy, or no such app; the series may know
-            return cls(payload["time"], samples)
+            return cls(payload["time"], samples, export_s=export_s)
         # The model servers: Serve LLM names them LLMServer:<model>. Which deployment is the
         # ingress depends on Serve's settings (with direct streaming the router is not), so
         # the ingress flag only decides for apps that are not Serve LLM apps.
@@ -132,7 +139,7 @@ class Scrape:
             if state == "STOPPING"
         )
         node_ips = frozenset(ip for d in deployments.values() for ip in d.get("nodes", ()))
-        return cls(payload["time"], samples, replicas, ids, stopping, node_ips)
+        return cls(payload["time"], samples, replicas, ids, stopping, node_ips, export_s)
 
 
 def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
@@ -168,8 +175,13 @@ class _Series:
     first_seen: float
     last_seen: float
     # The changes seen: (time, increase since the previous change); the first one only marks
-    # the time (the export before it happened at an unknown time), so it has no increase.
+    # the time (the export before it happened at an unknown time), so it has no increase;
+    # with the export interval known, the first change's increase counts (see _advance).
     marks: list[tuple[float, Buckets | None]] = field(default_factory=list)
+
+    def last_change(self) -> float:
+        """When the series last changed (when it was first seen, if it never did)."""
+        return self.marks[-1][0] if self.marks else self.first_seen
 
     def increase(self) -> tuple[list[Buckets], float]:
         """The increases between the first and the last change kept, and the time between."""
@@ -193,6 +205,15 @@ class MetricsWindow:
     scrape failed, or an engine idle long enough for Ray to stop exporting it) after ``hold_s``.
     A series unchanged for ``hold_s`` counts as idle (rate 0).
 
+    With the cluster's export interval known (``export_s``, which the cluster-side collector
+    reports), a series' first change counts too: it holds the exports since the scrape before
+    (one, when that scrape is less than an interval old), so a series has a rate from its
+    first change, and one seen unchanged from its first scrape for ``IDLE_EXPORTS`` intervals
+    is idle. Percentiles come from the histograms' increases over the window; while the window
+    has measured no recent request of a phase yet (its first scrapes), from the histograms as
+    they stand, i.e. since the replicas started (``SINCE_START``). ``Snapshot.windows`` names
+    each figure's window.
+
     Example:
         >>> window = MetricsWindow("tiny")
         >>> snap = window.update(Scrape.from_texts([text], time.time()))  # doctest: +SKIP
@@ -204,19 +225,31 @@ class MetricsWindow:
         *,
         window_s: float = 3 * REPORT_INTERVAL_S,
         hold_s: float = 2 * REPORT_INTERVAL_S,
+        export_s: float | None = None,
     ) -> None:
         self.app = app
         self.window_s = window_s
         self.hold_s = hold_s
+        self.export_s = export_s  # the cluster's export interval (None: unknown)
+        self.updates = 0  # scrapes taken
         self._series: dict[_Key, _Series] = {}
-        self._updates = 0
+        self._measured: set[str] = set()  # groups whose recent requests were measured
+        self._now = 0.0
+
+    def settled(self) -> bool:
+        """Whether every series read so far changed, or stayed idle, since its first scrape.
+
+        Then each rate is the whole app's, not that of the series that happened to change.
+        """
+        return all(len(st.marks) >= 2 or self._idle(st, self._now) for st in self._series.values())
 
     def update(self, scrape: Scrape) -> Snapshot:
         """Take the next scrape and return the app's snapshot at its time."""
-        now = scrape.time
+        now = self._now = scrape.time
+        self.export_s = scrape.export_s or self.export_s
         mine = _app_samples(scrape.samples, self.app, scrape.replica_ids, scrape.node_ips)
         self._advance(_tracked_values(mine), now, scrape.replica_ids)
-        self._updates += 1
+        self.updates += 1
         kv: dict[str, float] = {}
         running = waiting = 0.0
         for s in mine:
@@ -234,7 +267,17 @@ class MetricsWindow:
         for rid in scrape.stopping:
             kv.pop(rid, None)
         proxy = any(TRACKED[key[0]] == "requests" for key in self._series)
-        ttft = self._buckets("ttft", now)
+        windows: dict[str, str] = {}
+        rates = {
+            name: self._rate(group, now, windows, name)
+            for name, group in (
+                ("tokens_per_s", "tokens"),
+                ("prompt_tokens_per_s", "prompt_tokens"),
+                ("request_rate", "requests" if proxy else "finished"),
+                ("error_rate", "errors" if proxy else None),
+            )
+        }
+        ttft = self._histogram("ttft", now, windows)
         replicas = scrape.replicas or _replicas_from_series(mine)
         return Snapshot(
             app=self.app,
@@ -244,19 +287,18 @@ class MetricsWindow:
             kv_cache_usage=kv,
             requests_running=int(running),
             requests_waiting=int(waiting),
-            tokens_per_s=self._rate("tokens", now),
-            prompt_tokens_per_s=self._rate("prompt_tokens", now),
-            request_rate=self._rate("requests" if proxy else "finished", now),
-            error_rate=self._rate("errors", now) if proxy else None,
+            **rates,
             ttft_p50_s=histogram_quantile(0.5, ttft),
             ttft_p95_s=histogram_quantile(0.95, ttft),
-            itl_p50_s=histogram_quantile(0.5, self._buckets("itl", now)),
-            latency=self._latency(now),
-            health=self._health(mine, now),
+            itl_p50_s=histogram_quantile(0.5, self._histogram("itl", now, windows)),
+            latency=self._latency(now, windows),
+            health=self._health(mine, now, windows),
+            windows=windows,
         )
 
-    def _health(self, mine: list[Sample], now: float) -> Health:
-        queries, hits = self._rate("prefix_queries", now), self._rate("prefix_hits", now)
+    def _health(self, mine: list[Sample], now: float, windows: dict[str, str]) -> Health:
+        queries = self._rate("prefix_queries", now, windows, "prefix_cache_hit_rate")
+        hits = self._rate("prefix_hits", now, {}, "")
         waiting: dict[str, int] = {}
         nodes: dict[str, dict[str, list[float]]] = {}
         for s in mine:
@@ -266,18 +308,33 @@ class MetricsWindow:
                 waiting[reason] = waiting.get(reason, 0) + int(s.value)
             elif feeds is not None and feeds.startswith("node_") and "ip" in s.labels:
                 nodes.setdefault(s.labels["ip"], {}).setdefault(feeds, []).append(s.value)
+        if not queries or hits is None:
+            windows.pop("prefix_cache_hit_rate", None)
         return Health(
             prefix_cache_hit_rate=hits / queries if queries and hits is not None else None,
-            preemptions_per_s=self._rate("preemptions", now),
+            preemptions_per_s=self._rate("preemptions", now, windows, "preemptions_per_s"),
             waiting_by_reason=waiting,
             nodes={ip: _node_use(values) for ip, values in nodes.items()},
         )
 
-    def _latency(self, now: float) -> Latency:
-        """The phases' percentiles; Serve's own part is its latency less the engine's."""
+    def _latency(self, now: float, windows: dict[str, str]) -> Latency:
+        """The phases' percentiles; Serve's own part is its latency less the engine's.
+
+        All phases share one window: the recent one once each phase read was measured in it,
+        else since start (a breakdown of one window, never parts of two).
+        """
+        recent = {group: self._fresh(group, now)[0] for group in PHASE_GROUPS}
+        self._measured.update(g for g, fresh in recent.items() if _count(_increases(fresh)))
+        present = {TRACKED[key[0]] for key in self._series} & set(PHASE_GROUPS)
+        if present <= self._measured:
+            histograms = {g: _increases(fresh) for g, fresh in recent.items()}
+            span = _span([st for fresh in recent.values() for st in fresh])
+        else:
+            histograms = {g: self._since_start(g) for g in PHASE_GROUPS}
+            span = None
 
         def percentiles(group: Feeds) -> Percentiles:
-            buckets = self._buckets(group, now)
+            buckets = histograms[group]
             return Percentiles(histogram_quantile(0.5, buckets), histogram_quantile(0.95, buckets))
 
         phases = {phase: percentiles(phase) for phase in ("queue", "prefill", "decode")}
@@ -290,7 +347,10 @@ class MetricsWindow:
                     for whole, part in ((serve.p50, engine.p50), (serve.p95, engine.p95))
                 )
             )
-        return Latency({k: v for k, v in phases.items() if v.p50 is not None})
+        latency = Latency({k: v for k, v in phases.items() if v.p50 is not None})
+        if latency.measured:
+            windows["latency"] = SINCE_START if span is None else _last(span)
+        return latency
 
     def _advance(
         self, values: dict[_Key, Buckets], now: float, replica_ids: frozenset[str]
@@ -311,30 +371,51 @@ class MetricsWindow:
             if st is None:
                 self._series[key] = _Series(value, first_seen=now, last_seen=now)
                 continue
-            st.last_seen = now
+            before, st.last_seen = st.last_seen, now
             if value == st.value or (st.marks and now <= st.marks[-1][0]):
                 continue
-            st.marks.append((now, _increase(st.value, value) if st.marks else None))
+            if st.marks:
+                st.marks.append((now, _increase(st.value, value)))
+            elif self.export_s:
+                # The exports since the scrape before: one if that scrape is less than an
+                # interval old (its increase is the interval's), else about that time's worth.
+                start = min(before, now - self.export_s)
+                st.marks += [(start, None), (now, _increase(st.value, value))]
+            else:
+                st.marks.append((now, None))  # the export before it: at an unknown time
             st.value = value
             while len(st.marks) > 2 and st.marks[0][0] < now - self.window_s:
                 del st.marks[0]
                 st.marks[0] = (st.marks[0][0], None)
 
+    def _group(self, group: str) -> list[_Series]:
+        return [st for key, st in self._series.items() if TRACKED[key[0]] == group]
+
+    def _idle(self, st: _Series, now: float) -> bool:
+        """Unchanged for ``hold_s``, or from its first scrape for ``IDLE_EXPORTS`` exports."""
+        return now - st.last_change() > self.hold_s or (
+            not st.marks
+            and self.export_s is not None
+            and st.last_seen - st.first_seen > IDLE_EXPORTS * self.export_s
+        )
+
     def _fresh(self, group: str, now: float) -> tuple[list[_Series], bool]:
         """The group's series with a recent increase, and whether the group's rate is known."""
-        series = [st for key, st in self._series.items() if TRACKED[key[0]] == group]
+        series = self._group(group)
         fresh, known = [], not series
         for st in series:
-            last = st.marks[-1][0] if st.marks else st.first_seen
-            if now - last > self.hold_s:
+            if self._idle(st, now):
                 known = True  # idle: unchanged for longer than an export interval or two
             elif len(st.marks) >= 2:
                 fresh.append(st)
                 known = True
         return fresh, known
 
-    def _rate(self, group: str, now: float) -> float | None:
-        if self._updates < 2:
+    def _rate(
+        self, group: str | None, now: float, windows: dict[str, str], name: str
+    ) -> float | None:
+        """The group's rate (None: not known yet); its window goes into ``windows[name]``."""
+        if group is None or self.updates < 2:
             return None
         fresh, known = self._fresh(group, now)
         if not known:
@@ -343,11 +424,51 @@ class MetricsWindow:
         for st in fresh:
             steps, dt = st.increase()
             total += sum(step[-1][1] for step in steps) / dt if dt > 0 else 0.0
+        series = self._group(group)
+        if fresh:
+            windows[name] = _last(_span(fresh) or 0.0)
+        else:  # nothing counted since the last change, or since start when none was seen
+            last = max((st.last_change() for st in series), default=None)
+            windows[name] = SINCE_START if last is None else _last(now - last)
         return total
 
-    def _buckets(self, group: str, now: float) -> Buckets:
+    def _histogram(self, group: Feeds, now: float, windows: dict[str, str]) -> Buckets:
+        """The group's recent observations; since start while none was measured yet."""
         fresh, _ = self._fresh(group, now)
-        return _merge([step for st in fresh for step in st.increase()[0]])
+        recent = _increases(fresh)
+        if _count(recent):
+            self._measured.add(group)
+            windows[group] = _last(_span(fresh) or 0.0)
+            return recent
+        start = () if group in self._measured else self._since_start(group)
+        if _count(start):
+            windows[group] = SINCE_START
+            return start
+        return ()
+
+    def _since_start(self, group: Feeds) -> Buckets:
+        """The group's histograms as they stand: every observation since the replicas started."""
+        return _merge([st.value for st in self._group(group)])
+
+
+def _increases(fresh: Sequence[_Series]) -> Buckets:
+    """The recent increases of some series, merged into one histogram."""
+    return _merge([step for st in fresh for step in st.increase()[0]])
+
+
+def _count(buckets: Buckets) -> float:
+    """The observations in a cumulative histogram."""
+    return buckets[-1][1] if buckets else 0.0
+
+
+def _span(series: Sequence[_Series]) -> float | None:
+    """The longest time the series' recent increases cover (None: none has any)."""
+    return max((st.increase()[1] for st in series if len(st.marks) >= 2), default=None)
+
+
+def _last(seconds: float) -> str:
+    """A recent window's name: ``"last 12 s"``."""
+    return f"last {seconds:.0f} s"
 
 
 def _app_samples(

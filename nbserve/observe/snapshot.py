@@ -15,6 +15,7 @@ from nbserve.base.fmt import duration, html_table, ms, num, pct
 
 __all__ = [
     "PHASES",
+    "SINCE_START",
     "Autoscaler",
     "Health",
     "Latency",
@@ -28,6 +29,21 @@ __all__ = [
 # replica's queue), the engine's queue, prefill, decode; and the whole request.
 PHASES = ("serve", "queue", "prefill", "decode", "e2e")
 PHASE_COLORS = {"serve": "#8c564b", "queue": "#d62728", "prefill": "#ff7f0e", "decode": "#1f77b4"}
+# The window of a figure read from counters as they stand: everything since the processes that
+# export them (the replicas, Serve's proxies) started. Recent figures say "last N s".
+SINCE_START = "since start"
+# The names of Snapshot.windows: each figure that has a value, and the window it covers.
+WINDOW_LABELS = {
+    "tokens_per_s": "tokens/s",
+    "prompt_tokens_per_s": "prompt tokens/s",
+    "request_rate": "requests/s",
+    "error_rate": "errors/s",
+    "ttft": "TTFT",
+    "itl": "inter-token latency",
+    "latency": "latency",
+    "prefix_cache_hit_rate": "prefix-cache hits",
+    "preemptions_per_s": "preemptions/s",
+}
 
 
 @dataclass(frozen=True)
@@ -274,6 +290,10 @@ class Health:
 class Snapshot:
     """One app's live metrics at one time; rates and percentiles are None until measured.
 
+    Rates and percentiles cover a window each, named in ``windows``: the last seconds (from
+    the change of the counters between reads), or everything since the replicas started
+    (``SINCE_START``: percentiles read before the window has measured a recent request).
+
     Attributes:
         app: the app's name.
         time: when the metrics were read (unix seconds).
@@ -289,12 +309,23 @@ class Snapshot:
         request_rate: requests per second answered by Serve's proxies (engine completions
             when no proxy series exist).
         error_rate: error responses per second from Serve's proxies.
-        ttft_p50_s: median time to first token over the last interval, seconds.
-        ttft_p95_s: 95th percentile time to first token over the last interval, seconds.
-        itl_p50_s: median inter-token latency over the last interval, seconds.
-        latency: where the recent requests' time went, phase by phase (``Latency``).
+        ttft_p50_s: median time to first token over ``windows["ttft"]``, seconds.
+        ttft_p95_s: 95th percentile time to first token over ``windows["ttft"]``, seconds.
+        itl_p50_s: median inter-token latency over ``windows["itl"]``, seconds.
+        latency: where the requests' time went, phase by phase (``Latency``), over
+            ``windows["latency"]``.
         health: the engines' prefix-cache hits, preemptions and waiting reasons, and the use
             of the nodes the replicas run on (``Health``).
+        windows: the window each figure that has a value covers, by figure (``tokens_per_s``,
+            ``prompt_tokens_per_s``, ``request_rate``, ``error_rate``, ``ttft``, ``itl``,
+            ``latency``, ``prefix_cache_hit_rate``, ``preemptions_per_s``): ``"last 10 s"``,
+            or ``"since start"`` (``SINCE_START``).
+
+    Example:
+        >>> snap = Snapshot("tiny", 0.0, Replicas(1, 0, 1), ttft_p50_s=0.25,
+        ...                 windows={"ttft": "since start"})
+        >>> snap.rows()[8], snap.rows()[-1]
+        (('TTFT p50 / p95', '250 ms / -'), ('measured over', 'since start: TTFT'))
     """
 
     app: str
@@ -313,6 +344,7 @@ class Snapshot:
     itl_p50_s: float | None = None
     latency: Latency = field(default_factory=Latency)
     health: Health = field(default_factory=Health)
+    windows: dict[str, str] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, str]]:
         """The snapshot as (label, formatted value) rows, as ``_repr_html_`` shows them.
@@ -344,7 +376,23 @@ class Snapshot:
                 or "-",
             ),
             *((f"node {ip}", str(use)) for ip, use in sorted(self.health.nodes.items())),
+            ("measured over", self.windows_text()),
         ]
+
+    def windows_text(self) -> str:
+        """The windows of the figures, grouped: ``"last 10 s: tokens/s, ...; since start: TTFT"``.
+
+        Example:
+            >>> Snapshot("tiny", 0.0, Replicas(1, 0, 1),
+            ...          windows={"tokens_per_s": "last 2 s", "latency": "since start"}
+            ...          ).windows_text()
+            'last 2 s: tokens/s; since start: latency'
+        """
+        spans: dict[str, list[str]] = {}
+        for name, label in WINDOW_LABELS.items():
+            if name in self.windows:
+                spans.setdefault(self.windows[name], []).append(label)
+        return "; ".join(f"{span}: {', '.join(names)}" for span, names in spans.items()) or "-"
 
     def _repr_html_(self) -> str:
         return (

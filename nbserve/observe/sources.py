@@ -4,16 +4,20 @@ A ``Source`` reads one ``Scrape`` of an app: ``ClusterScrape`` from the cluster 
 Ray task scraping every node, ``remote.collect``), ``prometheus.Prometheus`` from a Prometheus
 server; ``source_for`` picks one the way ``App.metrics`` is called. ``MetricsReader`` is what an
 ``App`` holds: one ``MetricsWindow`` per source, since series read from the nodes and from
-Prometheus differ in labels and mixing them would count each as new. Rates are ``metrics``'.
+Prometheus differ in labels and mixing them would count each as new; its first read of a source
+that knows the cluster's export interval reads again until the rates are measured. Rates are
+``metrics``'.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 from nbserve import remote
 from nbserve.errors import AppNotFound
-from nbserve.observe.metrics import DROP_LABELS, SAMPLES, MetricsWindow, Scrape
+from nbserve.observe.metrics import DROP_LABELS, IDLE_EXPORTS, SAMPLES, MetricsWindow, Scrape
 from nbserve.observe.prometheus import Prometheus
 from nbserve.observe.snapshot import Snapshot
 from nbserve.remote import collect as remote_collect
@@ -94,21 +98,46 @@ def source_for(prometheus: str | Prometheus | None = None, *, timeout: float = 5
 class MetricsReader:
     """Turns successive reads of an app's metrics into Snapshots: one window per source.
 
+    Rates come from the change between reads. A window's first read, when its source says how
+    often the cluster exports (``ClusterScrape``: every 2 s on the local head, 10 s by default
+    on a Ray cluster), reads again every quarter interval until every series has changed once
+    or stayed idle (``MetricsWindow.settled``), for at most about ``IDLE_EXPORTS`` intervals:
+    2 to 3 s on the local head, 10 to 15 s on a Ray cluster at 10 s; with ``wait=False``
+    (a dashboard's refresh) or from a Prometheus, it returns at once and the rates come with
+    the next reads. Later reads never wait.
+
     Example:
         >>> reader = MetricsReader("tiny")
         >>> reader.read(source_for())  # doctest: +SKIP
     """
 
-    def __init__(self, app: str) -> None:
+    def __init__(self, app: str, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.app = app
         self.windows: dict[str, MetricsWindow] = {}
+        self._sleep = sleep
 
     def __repr__(self) -> str:
         return f"MetricsReader({self.app!r}, sources={sorted(self.windows)})"
 
-    def read(self, source: Source) -> Snapshot:
-        """Read ``source`` now and return the app's Snapshot (rates from its earlier reads)."""
+    def read(self, source: Source, *, wait: bool = True) -> Snapshot:
+        """Read ``source`` now and return the app's Snapshot (rates from its earlier reads).
+
+        Args:
+            source: where to read from.
+            wait: on the window's first read, read again until the rates are measured.
+        """
         window = self.windows.get(source.key)
         if window is None:
             window = self.windows[source.key] = MetricsWindow(self.app)
-        return window.update(source.scrape(self.app))
+        first = window.updates == 0
+        snap = window.update(source.scrape(self.app))
+        if not (wait and first and window.export_s):
+            return snap
+        step = window.export_s / 4
+        end = snap.time + IDLE_EXPORTS * window.export_s  # by then every series has settled
+        reads = int(4 * IDLE_EXPORTS) + 2  # and a bound that holds whatever the clocks say
+        while reads and (window.updates < 2 or not window.settled()) and snap.time <= end:
+            reads -= 1
+            self._sleep(step)
+            snap = window.update(source.scrape(self.app))
+        return snap

@@ -52,7 +52,8 @@ class Payload(TypedDict):
     ``found`` says whether Serve has the app (None: the source cannot tell); ``deployments``
     is empty when the source knows none (Prometheus, or an app being redeployed). The series
     come as ``samples`` (rows) or, from ``collect(raw=True)``, as ``nodes`` (``host:port`` ->
-    Prometheus text). ``errors`` maps the nodes that could not be scraped to why.
+    Prometheus text). ``errors`` maps the nodes that could not be scraped to why. ``export_s``
+    is how often the cluster's processes export their metrics, where the source knows it.
     """
 
     app: str
@@ -62,6 +63,7 @@ class Payload(TypedDict):
     samples: NotRequired[list[Row]]
     nodes: NotRequired[dict[str, str]]
     errors: dict[str, str]
+    export_s: NotRequired[float]  # seconds between two exports of a process's metrics
 
 
 def collect(
@@ -113,6 +115,8 @@ def collect(
         found=deployments is not None,
         deployments=deployments or {},
         errors=errors,
+        # Ray exports every metrics_report_interval_ms, at least every second (stats.h).
+        export_s=max(ray._config.metrics_report_interval_ms(), 1000) / 1000,
     )
     if raw:
         payload["nodes"] = nodes
