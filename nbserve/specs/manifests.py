@@ -3,8 +3,9 @@
 Owns the RayCluster body (``render_raycluster``, what ``ClusterSpec.to_raycluster()`` returns),
 the RayService around Serve applications (``render_rayservice``) and the YAML printer
 (``to_yaml``). The shapes follow KubeRay's own samples (GKE GPU node selectors, token auth,
-autoscaler v2). Renderers never mutate their inputs and talk to nothing: the specs are
-``clusterspec``'s, applying a manifest is ``kube.provision``'s.
+autoscaler v2); every pod passes the "restricted" Pod Security Standard. Renderers never
+mutate their inputs and talk to nothing: the specs are ``clusterspec``'s, applying a manifest
+is ``kube.provision``'s.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ API_VERSION = "ray.io/v1"
 MANAGED_BY = "app.kubernetes.io/managed-by"  # "nbserve" on the RayClusters nbserve renders
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 GPU_RESOURCE = "nvidia.com/gpu"
+# The Ray images run as their user "ray", uid 1000. Giving it as a number lets the kubelet check
+# runAsNonRoot, which it cannot do for an image whose user has a name only.
+RAY_UID = 1000
 
 
 def render_raycluster(cluster: ClusterSpec) -> dict[str, Any]:
@@ -47,6 +51,8 @@ def render_raycluster(cluster: ClusterSpec) -> dict[str, Any]:
             "version": "v2",
             "upscalingMode": "Default",
             "idleTimeoutSeconds": cluster.idle_timeout_seconds,
+            # KubeRay adds the autoscaler as a container of the head pod, with this context.
+            "securityContext": _container_security(),
         }
     if cluster.auth_token:
         spec["authOptions"] = {"mode": "token"}
@@ -68,8 +74,9 @@ def _metadata(cluster: ClusterSpec, name: str) -> dict[str, Any]:
 
 
 def _pod_spec(
-    cluster: ClusterSpec, container: dict[str, Any], env: dict[str, str]
+    cluster: ClusterSpec, container: dict[str, Any], env: dict[str, str], *, head: bool
 ) -> dict[str, Any]:
+    """A pod that passes the "restricted" Pod Security Standard, running ``container``."""
     env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
     for var, ref in cluster.secret_env.items():
         env_list.append(
@@ -77,11 +84,39 @@ def _pod_spec(
         )
     if env_list:
         container["env"] = env_list
+    container["securityContext"] = _container_security()
     pod: dict[str, Any] = {}
     if cluster.service_account:
         pod["serviceAccountName"] = cluster.service_account
+    token = _service_account_token(cluster, head=head)
+    if token is not None:
+        pod["automountServiceAccountToken"] = token
+    pod["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": RAY_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     pod["containers"] = [container]
     return pod
+
+
+def _container_security() -> dict[str, Any]:
+    """A container's part of the "restricted" standard: no privilege escalation, no capability."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _service_account_token(cluster: ClusterSpec, *, head: bool) -> bool | None:
+    """Whether a pod mounts its service account's token (None: as the service account says).
+
+    Ray itself never calls the Kubernetes API. The in-tree autoscaler does: KubeRay runs it as a
+    container of the head pod, and it reads and patches the RayCluster and its pods with the
+    pod's token (KubeRay gives the head a service account and role for that), so that head keeps
+    it. A service account the spec names is an identity the user gave the pods for their own
+    use: its own automountServiceAccountToken decides. Every other pod goes without.
+    """
+    if head and cluster.autoscaling:
+        return True
+    return None if cluster.service_account else False
 
 
 def _resources(amounts: dict[str, str]) -> dict[str, Any]:
@@ -101,7 +136,9 @@ def _head_group(cluster: ClusterSpec) -> dict[str, Any]:
     return {
         # num-cpus 0: no Serve replica or task lands on the head, as in KubeRay's LLM samples.
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-        "template": {"spec": _pod_spec(cluster, container, {**cluster.env, **cluster.head_env})},
+        "template": {
+            "spec": _pod_spec(cluster, container, {**cluster.env, **cluster.head_env}, head=True)
+        },
     }
 
 
@@ -114,7 +151,7 @@ def _worker_group(cluster: ClusterSpec, group: WorkerGroup) -> dict[str, Any]:
         "image": cluster.resolved_image,
         "resources": _resources(amounts),
     }
-    pod = _pod_spec(cluster, container, dict(cluster.env))
+    pod = _pod_spec(cluster, container, dict(cluster.env), head=False)
     # GKE taints GPU nodes and adds the matching toleration to pods that request GPUs, so the
     # node selector is all a pod needs (as in KubeRay's GKE sample).
     pod["nodeSelector"] = {GKE_ACCELERATOR_LABEL: group.info.gke_label}
