@@ -52,7 +52,7 @@ class Engine(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     server: Engine
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
         self.server.posts += 1
         step = self.server.script.pop(0) if self.server.script else (200, {})
