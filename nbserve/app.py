@@ -442,15 +442,6 @@ class App:
                 ``replace``, a route prefix that is taken, a model path missing on the cluster).
             DeployFailed: Serve did not accept the config.
         """
-        if spec.secret_looking_env:
-            log.warning(
-                "app %s: env %s looks like a secret, and env values are stored in the "
-                "cluster's records and Serve's config; pass secrets=%s instead (the "
-                "replicas then read it from their node's environment)",
-                self.name,
-                ", ".join(spec.secret_looking_env),
-                spec.secret_looking_env,
-            )
         record = app_record(spec, self.name, self.route_prefix, time.time())
         config = record["config"]
         try:

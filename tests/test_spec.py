@@ -6,6 +6,7 @@ the fix, since that message is all a notebook user sees.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -368,32 +369,34 @@ def test_every_field_is_described(model: type[BaseModel]) -> None:
     assert model.model_config.get("extra") == "forbid", f"{model.__name__} accepts unknown fields"
 
 
-def test_secret_looking_env_values_are_masked_wherever_a_spec_is_shown() -> None:
+def test_secret_looking_env_values_are_masked_wherever_a_cluster_spec_is_shown() -> None:
     from IPython.lib.pretty import pretty
 
     from nbserve import ClusterSpec
 
     sentinel = "hf_sentinel_8c1f"
-    spec = LLM(
-        "org/m",
-        env={"HF_TOKEN": sentinel, "OPENAI_API_KEY": sentinel, "TOKENIZERS_PARALLELISM": "false"},
-    )
     cluster = ClusterSpec(
-        name="llm", env={"DB_PASSWORD": sentinel}, head_env={"MY_SECRET": sentinel}
+        name="llm",
+        env={
+            "DB_PASSWORD": sentinel,
+            "DB_PWD": sentinel,
+            "GITHUB_PAT": sentinel,
+            "DATABASE_URL": f"postgresql://app:{sentinel}@db/app",
+            "TOKENIZERS_PARALLELISM": "false",
+        },
+        head_env={"MY_SECRET": sentinel},
     )
-    for obj in (spec, cluster):
-        for shown in (repr(obj), str(obj), pretty(obj)):
-            assert sentinel not in shown and "****" in shown, shown
-    assert "'TOKENIZERS_PARALLELISM': 'false'" in repr(spec)  # not a secret: shown
-    assert spec.env["HF_TOKEN"] == sentinel  # the value itself is kept for the replicas
+    for shown in (repr(cluster), str(cluster), pretty(cluster)):
+        assert sentinel not in shown and "****" in shown, shown
+    assert "'TOKENIZERS_PARALLELISM': 'false'" in repr(cluster)  # not a secret: shown
+    assert cluster.env["DB_PASSWORD"] == sentinel  # the value itself is kept for the pods
 
 
 def test_secrets_are_names_the_replicas_read_from_their_node() -> None:
     spec = LLM("org/m", secrets=["HF_TOKEN"], env={"VLLM_CPU_KVCACHE_SPACE": "1"})
-    assert spec.secrets == ["HF_TOKEN"] and spec.secret_looking_env == []
-    assert LLM("org/m", env={"HF_TOKEN": "x"}).secret_looking_env == ["HF_TOKEN"]
-    with pytest.raises(ValidationError, match="HF_TOKEN is both in env=.*remove it from env="):
-        LLM("org/m", secrets=["HF_TOKEN"], env={"HF_TOKEN": "x"})
+    assert spec.secrets == ["HF_TOKEN"]
+    with pytest.raises(ValidationError, match="MODEL_DIR is both in env=.*remove it from env="):
+        LLM("org/m", secrets=["MODEL_DIR"], env={"MODEL_DIR": "/models"})
     with pytest.raises(ValidationError, match="secrets lists HF_TOKEN more than once"):
         LLM("org/m", secrets=["HF_TOKEN", "HF_TOKEN"])
     with pytest.raises(ValidationError, match="(?s)secrets.*.HF TOKEN'.*not a valid variable name"):
@@ -402,3 +405,133 @@ def test_secrets_are_names_the_replicas_read_from_their_node() -> None:
     assert engine_version(serve_app(spec, "a")) == engine_version(
         serve_app(spec.with_changes(secrets=[]), "a")
     )
+
+
+# --- secrets outside secrets= ---------------------------------------------------------------
+
+SENTINEL = "nbs-sentinel-5e2d"
+# Environment variables whose value is a secret: the name's last word says so, or the value is
+# a URL with a password in it.
+SECRET_ENV = {
+    "HF_TOKEN": SENTINEL,
+    "hf_token": SENTINEL,
+    "HUGGING_FACE_HUB_TOKEN": SENTINEL,
+    "OPENAI_API_KEY": SENTINEL,
+    "OPENAI_API_KEY_2": SENTINEL,
+    "OAUTH_CLIENT_SECRET": SENTINEL,
+    "DB_PASSWORD": SENTINEL,
+    "DB_PASSWD": SENTINEL,
+    "DB_PWD": SENTINEL,
+    "GITHUB_PAT": SENTINEL,
+    "GOOGLE_APPLICATION_CREDENTIALS": SENTINEL,
+    "MY-SECRET": SENTINEL,
+    "DATABASE_URL": f"postgresql://app:{SENTINEL}@db:5432/app",
+    "CACHE_URI": f"redis://:{SENTINEL}@cache:6379/0",
+    "SENTRY_DSN": f"https://public:{SENTINEL}@sentry.example/1",
+    "UPSTREAM": f"https://user:{SENTINEL}@models.example/v1",
+}
+# Settings whose names or values only look close to a secret.
+PLAIN_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MAX_TOKENS": "128",
+    "TOKENIZER": "org/tokenizer",
+    "VLLM_MULTI_STREAM_GEMM_TOKEN_THRESHOLD": "1024",
+    "HF_TOKEN_PATH": "/var/run/hf/token",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "RAY_AUTH_MODE": "token",
+    "PWD": "/app",
+    "HF_ENDPOINT": "https://hf.example/",
+    "DATABASE_URL": "postgresql://db:5432/app",
+    "PROXY_URL": "http://user@proxy:3128",
+}
+
+
+@pytest.mark.parametrize("key", sorted(SECRET_ENV))
+def test_a_secret_in_env_is_refused_naming_secrets(key: str) -> None:
+    with pytest.raises(SpecError) as info:
+        LLM("org/m", env={key: SECRET_ENV[key], "VLLM_CPU_KVCACHE_SPACE": "1"})
+    text = str(info.value)
+    assert_mentions(text, "env", repr(key), f"secrets=[{key!r}]", "node")
+    # Not in the message, nor in an error chained to it (a traceback shows both).
+    assert SENTINEL not in "".join(traceback.format_exception(info.value))
+    # The same refusal where a spec is changed.
+    with pytest.raises(SpecError, match="secrets="):
+        LLM("org/m").with_changes(env={key: SECRET_ENV[key]})
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        ({"hf_token": SENTINEL}, "hf_token"),
+        ({"enable_prefix_caching": True, "HF_TOKEN": SENTINEL}, "HF_TOKEN"),
+        (
+            {"kv_transfer_config": {"kv_connector_extra_config": {"password": SENTINEL}}},
+            "kv_transfer_config.kv_connector_extra_config.password",
+        ),
+        (
+            {"model_loader_extra_config": {"endpoint": f"s3://k:{SENTINEL}@b/w"}},
+            "model_loader_extra_config.endpoint",
+        ),
+        ({"allowed_urls": [f"https://u:{SENTINEL}@h/"]}, "allowed_urls"),
+    ],
+)
+def test_a_secret_in_engine_args_is_refused_naming_the_environment(
+    args: dict[str, Any], key: str
+) -> None:
+    for build in (
+        lambda: Engine(args=args),
+        lambda: LLM("org/m", engine={"args": args}),
+        lambda: LLM("org/m").with_changes(engine={"args": args}),
+    ):
+        with pytest.raises(SpecError) as info:
+            build()
+        text = str(info.value)
+        assert_mentions(text, "args", repr(key), "secrets=['HF_TOKEN']", "environment")
+        assert SENTINEL not in "".join(traceback.format_exception(info.value))
+
+
+def test_settings_that_only_look_like_secrets_are_accepted() -> None:
+    spec = LLM("org/m", env=PLAIN_ENV)
+    assert spec.env == PLAIN_ENV
+    assert "'HF_TOKEN_PATH': '/var/run/hf/token'" in repr(spec)  # shown, not masked
+    args = {
+        "hf_token": True,  # vLLM: use the token `hf auth login` stored on the node
+        "max_num_batched_tokens": 4096,
+        "long_prefill_token_threshold": 64,
+        "tokenizer": "org/tokenizer",
+        "tokenizer_mode": "auto",
+    }
+    assert Engine(args=args).args == args
+
+
+@pytest.mark.parametrize("key", sorted(SECRET_ENV))
+def test_masking_covers_every_refused_pattern(key: str) -> None:
+    from nbserve.specs import names
+
+    assert names.masked_env({key: SECRET_ENV[key]}) == {key: names.MASK}
+    assert names.masked_env(PLAIN_ENV) == PLAIN_ENV
+
+
+def test_an_old_record_with_secrets_outside_secrets_stays_readable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from nbserve.specs.llm import spec_of_record
+
+    old = {
+        "model": "org/m",
+        "env": {"HF_TOKEN": SENTINEL, "VLLM_CPU_KVCACHE_SPACE": "1"},
+        "secrets": ["OPENAI_API_KEY"],
+        "engine": {"args": {"hf_token": SENTINEL, "enable_prefix_caching": True}},
+    }
+    record = {"spec": old}
+    caplog.set_level("WARNING", logger="nbserve.specs.llm")
+    spec = spec_of_record("old", record)
+    assert spec is not None
+    assert spec.env == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    assert spec.engine.args == {"enable_prefix_caching": True}
+    # Names the replicas now read from their node: a deploy refuses while the node lacks one.
+    assert spec.secrets == ["OPENAI_API_KEY", "HF_TOKEN"]
+    assert record == {"spec": old} and old["env"]["HF_TOKEN"] == SENTINEL  # not mutated
+    assert_mentions(caplog.text, "app old", "env HF_TOKEN", "engine args hf_token", "secrets=")
+    assert SENTINEL not in caplog.text and SENTINEL not in repr(spec)

@@ -18,9 +18,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from nbserve.errors import SpecError
 from nbserve.specs import names
@@ -65,6 +67,57 @@ SCALING_SHORTCUTS = frozenset(
     }
 )
 ENGINE_SHORTCUTS = frozenset({"max_model_len", "dtype", "tensor_parallel_size"})
+# The type of a validation error that found a secret outside secrets=; the spec turns it into a
+# SpecError that does not show the input (pydantic's message would).
+_SECRET_ERROR = "secret_outside_secrets"
+_STORED = "stored in clear in the cluster's records, Serve's config and an exported RayService"
+
+
+def _secret_error(message: str) -> PydanticCustomError:
+    return PydanticCustomError(_SECRET_ERROR, "{message}", {"message": message})
+
+
+class SecretRefused(SpecError):
+    """A spec holds a secret outside ``secrets=``; ``found`` is [(where, what to do)]."""
+
+    def __init__(self, found: list[tuple[str, str]]) -> None:
+        super().__init__("\n".join(f"{where}: {message}" for where, message in found))
+        self.found = found
+
+    def __reduce__(self) -> tuple[type[SecretRefused], tuple[list[tuple[str, str]]]]:
+        return (type(self), (self.found,))
+
+
+def _secret_refusal(err: ValidationError) -> SecretRefused | None:
+    """A refusal of the secrets ``err`` found, without their values; None if it found none.
+
+    A nested spec (``Engine`` inside ``LLM``) refuses on its own; its refusal arrives here as
+    the cause of a value error, and its places are put under the field that holds it.
+    """
+    found: list[tuple[str, str]] = []
+    for error in err.errors(include_input=False):
+        where = ".".join(map(str, error["loc"]))
+        cause = error.get("ctx", {}).get("error")
+        if error["type"] == _SECRET_ERROR:
+            found.append((where, error["msg"]))
+        elif isinstance(cause, SecretRefused):
+            found += [(".".join(filter(None, (where, w))), m) for w, m in cause.found]
+    return SecretRefused(found) if found else None
+
+
+class _Spec(BaseModel):
+    """A spec that may hold a secret by mistake: refusing one never shows its value."""
+
+    def __init__(self, /, **data: Any) -> None:
+        """Validate ``data``; a secret outside ``secrets=`` raises ``SpecError``."""
+        try:
+            super().__init__(**data)
+            return
+        except ValidationError as err:
+            refusal = _secret_refusal(err)
+            if refusal is None:
+                raise
+        raise refusal  # outside the except block: the error holding the input is not chained
 
 
 class Scaling(BaseModel):
@@ -236,7 +289,7 @@ class Rollout(BaseModel):
     )
 
 
-class Engine(BaseModel):
+class Engine(_Spec):
     """Settings of the vLLM engine inside each replica.
 
     Changing any of them restarts the replicas one by one (a rolling update).
@@ -260,7 +313,9 @@ class Engine(BaseModel):
     args: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other vLLM engine argument, passed through as is "
-        "(e.g. {'enable_prefix_caching': True, 'max_num_seqs': 64}).",
+        "(e.g. {'enable_prefix_caching': True, 'max_num_seqs': 64}). They are stored in clear, "
+        "so a secret (hf_token='...') is refused: vLLM reads HF_TOKEN from the environment "
+        "(secrets=).",
     )
 
     @field_validator("args")
@@ -274,8 +329,22 @@ class Engine(BaseModel):
             )
         return value
 
+    @field_validator("args")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        found = names.secret_paths(value)
+        if found:
+            raise _secret_error(
+                f"engine argument {', '.join(map(repr, found))} holds a secret, and engine "
+                f"arguments are {_STORED}; remove it and pass the secret by name. vLLM reads "
+                "HF_TOKEN from the environment too, so LLM(..., secrets=['HF_TOKEN']) with "
+                "HF_TOKEN set in the environment of the cluster's nodes (another secret: an "
+                "environment variable the engine reads, listed in secrets=)"
+            )
+        return value
 
-class LLM(BaseModel):
+
+class LLM(_Spec):
     """A vLLM model server on Ray Serve, with an OpenAI-compatible endpoint.
 
     ``model`` is a Hugging Face id or a path that exists on the cluster's nodes. The scaling and
@@ -320,8 +389,9 @@ class LLM(BaseModel):
     env: dict[EnvName, str] = Field(
         default_factory=dict,
         description="Environment variables for the replicas (e.g. VLLM_CPU_KVCACHE_SPACE). "
-        "Their values are stored in the cluster's records and Serve's config: put secrets in "
-        "secrets= instead.",
+        "Their values are stored in clear in the cluster's records and Serve's config, so a "
+        "secret (a name ending in TOKEN, KEY, SECRET, PASSWORD ..., a URL with a password) is "
+        "refused: list its name in secrets= instead.",
     )
     secrets: list[EnvName] = Field(
         default_factory=list,
@@ -356,6 +426,20 @@ class LLM(BaseModel):
             raise ValueError("model is empty; pass a Hugging Face id or a checkpoint path")
         if value != value.strip():
             raise ValueError(f"model {value!r} has leading or trailing spaces")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _no_secrets_in_env(cls, value: dict[str, str]) -> dict[str, str]:
+        found = sorted(key for key, text in value.items() if names.is_secret(key, text))
+        if found:
+            holds = "holds a secret" if len(found) == 1 else "hold secrets"
+            raise _secret_error(
+                f"{', '.join(map(repr, found))} {holds} (a name ending in a word such as TOKEN, "
+                "KEY, SECRET, PASSWORD, PWD or PAT, or a URL with a password), and env= values "
+                f"are {_STORED}; pass secrets={found!r} instead and set {' and '.join(found)} "
+                "in the environment of the cluster's nodes (the replicas read it there)"
+            )
         return value
 
     @field_validator("accelerator")
@@ -400,16 +484,6 @@ class LLM(BaseModel):
         """The fields as ``repr`` shows them: values of secret-looking env names masked."""
         for key, value in super().__repr_args__():
             yield key, names.masked_env(value) if key == "env" else value
-
-    @property
-    def secret_looking_env(self) -> list[str]:
-        """Names in ``env`` that say they hold a secret (their values are stored in clear).
-
-        Example:
-            >>> LLM("m", env={"HF_TOKEN": "x", "VLLM_CPU_KVCACHE_SPACE": "1"}).secret_looking_env
-            ['HF_TOKEN']
-        """
-        return sorted(n for n, v in self.env.items() if v and names.says_secret(n))
 
     @property
     def served_name(self) -> str:
@@ -461,7 +535,8 @@ def spec_of_record(name: str, record: dict[str, Any] | None) -> LLM | None:
     """The spec in nbserve's record of app ``name``; None without a readable one.
 
     A record this nbserve cannot read (e.g. a field of another version) is logged, not raised,
-    so one bad record never hides the other apps.
+    so one bad record never hides the other apps. Secrets that older versions stored in ``env``
+    or engine arguments are left out with a warning (``_without_secrets``).
 
     Example:
         >>> spec_of_record("tiny", {"spec": {"model": "org/tiny"}}).model
@@ -472,7 +547,7 @@ def spec_of_record(name: str, record: dict[str, Any] | None) -> LLM | None:
     if not record or not isinstance(record.get("spec"), dict):
         return None
     try:
-        return LLM(**record["spec"])
+        return LLM(**_without_secrets(name, record["spec"]))
     except ValueError as err:  # pydantic's ValidationError is a ValueError
         log.warning(
             "app %s: nbserve's record of it cannot be read here (%s)",
@@ -480,3 +555,42 @@ def spec_of_record(name: str, record: dict[str, Any] | None) -> LLM | None:
             str(err).splitlines()[0],
         )
         return None
+
+
+def _without_secrets(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A record's ``spec`` without the secret values older versions stored (a new dict).
+
+    Their names move to ``secrets`` (an engine argument ``hf_token`` as ``HF_TOKEN``, which
+    vLLM reads), so a deploy of the spec read back is refused while a node lacks one, rather
+    than starting replicas without it. A warning names them, never their values.
+    """
+    env = _dict_at(spec, "env")
+    engine = _dict_at(spec, "engine")
+    args = _dict_at(engine, "args")
+    in_env = sorted(key for key, value in env.items() if names.is_secret(key, value))
+    in_args = [key for key in args if names.secret_paths({key: args[key]})]
+    if not in_env and not in_args:
+        return spec
+    listed = list(spec.get("secrets") or [])
+    needed = in_env + ["HF_TOKEN" for key in in_args if key.upper() == "HF_TOKEN"]
+    added = [n for n in dict.fromkeys(needed) if n not in listed]
+    out = {**spec, "env": {k: v for k, v in env.items() if k not in in_env}}
+    out["secrets"] = listed + added
+    if in_args:
+        out["engine"] = {**engine, "args": {k: v for k, v in args.items() if k not in in_args}}
+    log.warning(
+        "app %s: nbserve's record of it, written by an older version, holds secrets outside "
+        "secrets= (env %s; engine args %s); read without their values, with secrets=%s (the "
+        "replicas read them from their node's environment). Deploy it again so that the "
+        "cluster's record and Serve's config no longer hold them.",
+        name,
+        ", ".join(in_env) or "none",
+        ", ".join(in_args) or "none",
+        out["secrets"],
+    )
+    return out
+
+
+def _dict_at(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
