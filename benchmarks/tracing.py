@@ -133,7 +133,7 @@ def measure(
     records = sorted(last["raw-traced"].runs[0].records, key=lambda r: r.e2e_s)
     receiver = raw["raw-traced"][1]
     assert receiver is not None
-    spans = receiver.spans([], [r.request_id for r in records])
+    spans = receiver.spans([], [r.request_id for r in records if r.request_id])
     raw_traces = [t for r in records if (t := traces.from_spans(r.request_id, spans, r))]
     nb_traces = last["traced"].traces(slowest=opts.num_prompts, wait_s=30)
     for app in ("plain", "traced"):

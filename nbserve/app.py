@@ -549,9 +549,14 @@ class App:
         side too (sent, first token, last byte), trace bench or load requests:
         ``result.traces()``.
 
+        Only spans of this app's replicas count (``traces.of_app``): the request id is the
+        client's, and another app may have served one with the same id.
+
         Raises:
-            NbserveError: the app does not trace, or no engine span of the request arrived
-                within ``wait_s`` seconds.
+            SpecError: ``request_id`` is empty.
+            NbserveError: the app does not trace, no engine span of the request arrived from
+                its replicas within ``wait_s`` seconds, or the only one came from a replica
+                that no longer runs (it may be another app's).
 
         Example:
             >>> reply = app.openai().completions.with_raw_response.create(
@@ -564,12 +569,7 @@ class App:
                 f"app {self.name!r} runs without tracing; app.update("
                 "tracing=True) turns it on (a rolling restart of its replicas)"
             )
-        spans = [
-            s
-            for s in traces.fetch([request_id], wait_s=wait_s)
-            if not s.get("replica") or s["replica"].startswith(f"{self.name}#")
-        ]
-        found = traces.from_spans(request_id, spans)
+        found = traces.of_app(self.name, request_id, traces.fetch([request_id], wait_s=wait_s))
         if found is None:
             raise NbserveError(
                 f"no engine span of request {request_id!r} on app {self.name!r} arrived within "

@@ -67,6 +67,7 @@ def test_the_receiver_keeps_the_sdk_exporters_spans_and_finds_them_by_request_id
 ) -> None:
     rec, socket = receiver
     assert stat.S_IMODE(socket.stat().st_mode) == 0o600  # only the head's user may send
+    assert stat.S_IMODE(socket.parent.stat().st_mode) == 0o700  # ... or replace the socket
     _vllm_like_span(socket, "r1", 100_000_000_000)
     (span,) = rec.spans([], ["r1"])
     assert span["name"] == "llm_request" and span["start"] == pytest.approx(100.0)
@@ -82,11 +83,123 @@ def test_the_receiver_keeps_only_the_newest_spans(receiver: tuple[Receiver, Path
     for i in range(5):
         _vllm_like_span(socket, f"r{i}", (100 + i) * 1_000_000_000)
     assert rec.count() == 3
-    assert [s["attributes"]["gen_ai.request.id"] for s in rec.spans([], ["r"])] == [
+    wanted = [f"r{i}" for i in range(5)]
+    assert [s["attributes"]["gen_ai.request.id"] for s in rec.spans([], wanted)] == [
         "cmpl-r2-0",
         "cmpl-r3-0",
         "cmpl-r4-0",
     ]
+
+
+def _span_of(engine_id: str, replica: str = "") -> dict[str, Any]:
+    return {
+        "name": "llm_request",
+        "start": 100.0,
+        "end": 100.5,
+        "replica": replica,
+        "attributes": {"gen_ai.request.id": engine_id, "gen_ai.latency.e2e": 0.5},
+    }
+
+
+# vLLM's request id is the client's x-request-id with the endpoint's prefix and suffix:
+# completions f"cmpl-{id}-{prompt index}", chat f"chatcmpl-{id}" (or f"chatcmpl-{id}_{index}"
+# when one chat request becomes several engine requests).
+REQUEST_IDS = {
+    "cmpl-21-0": {"21"},
+    "cmpl-21-12": {"21"},
+    "cmpl-a-b-0": {"a-b"},
+    "cmpl-my-request-1-0": {"my-request-1"},
+    "chatcmpl-abc": {"abc"},
+    "chatcmpl-abc_1": {"abc", "abc_1"},
+    "chatcmpl-r1-0": {"r1-0"},
+    "cmpl-21": set(),  # completions always add the prompt's index
+    "cmpl-21-0x": set(),
+    "xcmpl-21-0": set(),
+    "21": set(),
+    "": set(),
+}
+ASKED = ["21", "1", "2", "21-0", "cmpl-21-0", "a", "a-b", "b", "my-request-1", "abc", "ab"]
+ASKED += ["bc", "abc_1", "chatcmpl-abc", "r1", "r1-0", "0"]
+
+
+@pytest.mark.parametrize("engine_id", sorted(REQUEST_IDS))
+def test_a_span_is_of_a_request_by_vllms_rule_never_by_a_substring(engine_id: str) -> None:
+    from nbserve.remote.traces import is_of
+
+    span = _span_of(engine_id)
+    assert {rid for rid in ASKED if is_of(span, rid)} == REQUEST_IDS[engine_id]
+
+
+def test_an_empty_request_id_is_refused_everywhere_a_span_is_looked_up(
+    receiver: tuple[Receiver, Path],
+) -> None:
+    from nbserve import LLM, SpecError
+    from nbserve.app import App
+    from nbserve.remote.traces import is_of
+
+    rec, socket = receiver
+    _vllm_like_span(socket, "21", 100_000_000_000)
+    _vllm_like_span(socket, "1", 101_000_000_000)
+    (span,) = rec.spans([], ["1"])  # not the span of cmpl-21-0
+    assert span["attributes"]["gen_ai.request.id"] == "cmpl-1-0"
+    for look_up in (
+        lambda: is_of(span, ""),
+        lambda: rec.spans([], [""]),
+        lambda: rec.spans([], ["1", ""]),
+    ):
+        with pytest.raises(ValueError, match="empty request id"):
+            look_up()
+    # Refused in the kernel, before any call to the cluster.
+    app = App(cast(Any, None), "qwen", LLM("org/m", tracing=True))
+    for look_up in (lambda: traces.fetch([""]), lambda: app.trace("")):
+        with pytest.raises(SpecError, match="empty request id.*x-request-id"):
+            look_up()
+
+
+def test_an_app_takes_only_the_spans_of_its_own_replicas() -> None:
+    from nbserve import NbserveError
+
+    spans = [
+        _span_of("cmpl-r1-0", "other#LLMServer:m#a1"),
+        _span_of("cmpl-r2-0", "qwen#LLMServer:m#b2"),
+        _span_of("cmpl-r3-0", ""),  # its replica no longer runs: it may be any app's
+    ]
+    other = traces.of_app("other", "r1", spans)
+    assert other is not None and other.replica == "other#LLMServer:m#a1"
+    assert traces.of_app("qwen", "r1", spans) is None
+    mine = traces.of_app("qwen", "r2", spans)
+    assert mine is not None and mine.replica == "qwen#LLMServer:m#b2"
+    with pytest.raises(NbserveError, match="no longer runs.*cannot tell"):
+        traces.of_app("qwen", "r3", spans)
+    # A span of this app's replica is taken over one of a replica that cannot be named.
+    both = [*spans, _span_of("cmpl-r3-0", "qwen#LLMServer:m#b2")]
+    found = traces.of_app("qwen", "r3", both)
+    assert found is not None and found.replica == "qwen#LLMServer:m#b2"
+
+
+def test_the_socket_folder_is_one_only_this_user_can_enter(tmp_path: Path) -> None:
+    from nbserve.remote.traces import private_folder
+
+    made = tmp_path / "sockets" / "nbserve"
+    (tmp_path / "sockets").mkdir(mode=0o777)
+    assert private_folder(str(made)) == str(made)
+    st = os.lstat(made)
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
+    assert private_folder(str(made)) == str(made)  # this user's own, again: used
+    with pytest.raises(PermissionError, match="owned by another user"):
+        private_folder(str(made), uid=os.geteuid() + 1)  # as if another user made it first
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o770)
+    with pytest.raises(PermissionError, match="group or others"):
+        private_folder(str(shared))
+    link = tmp_path / "link"
+    link.symlink_to(made)
+    with pytest.raises(PermissionError, match="not a folder"):
+        private_folder(str(link))
+    with pytest.raises(PermissionError, match="group or others"):
+        Receiver(str(shared / "otlp"), "node-1", "10.0.0.7")  # refused before it listens
+    assert not (shared / "otlp").exists()
 
 
 def test_a_span_joins_the_clients_record_on_one_clock(receiver: tuple[Receiver, Path]) -> None:

@@ -90,10 +90,10 @@ PHASE_BUCKETS_S: Final = (
     7680.0,
 )
 
-# Where a traced app's engines send their spans, as rendered: the OTLP receiver's Unix socket
-# in Ray's default session folder. Deploying rewrites it to the cluster's own session folder
-# (``remote.traces.RENDERED_ENDPOINT`` is the same string).
-TRACES_ENDPOINT: Final = "unix:///tmp/ray/session_latest/sockets/nbserve-otlp"
+# Where a traced app's engines send their spans, as rendered: the OTLP receiver's Unix socket,
+# in a folder of its own under Ray's default session folder. Deploying rewrites it to the
+# cluster's own session folder (``remote.traces.RENDERED_ENDPOINT`` is the same string).
+TRACES_ENDPOINT: Final = "unix:///tmp/ray/session_latest/sockets/nbserve/otlp"
 
 # Logical CPUs the local head advertises: more than the cores, so Serve's ingress and the
 # engine replicas all schedule on a small machine.

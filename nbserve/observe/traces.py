@@ -32,9 +32,10 @@ from typing import Any, Protocol
 
 from nbserve import remote
 from nbserve.base.fmt import html_table, ms
+from nbserve.errors import NbserveError, SpecError
 from nbserve.remote import traces as remote_traces
 
-__all__ = ["PHASES", "Trace", "Traces", "fetch", "from_spans"]
+__all__ = ["PHASES", "Trace", "Traces", "fetch", "from_spans", "of_app"]
 
 
 class _Record(Protocol):
@@ -215,8 +216,16 @@ def fetch(
 
     Engines export their spans in batches (every second, as nbserve deploys them), so a
     request that just finished may need a moment.
+
+    Raises:
+        SpecError: an id is empty (refused before anything is sent to the cluster).
     """
     ids = list(request_ids)
+    if not all(ids):
+        raise SpecError(
+            "empty request id: pass the x-request-id a request was sent with (or that Serve "
+            "answered in that header)"
+        )
     deadline = time.monotonic() + wait_s
     while True:
         spans = remote.call(remote_traces.find, [], ids)
@@ -238,6 +247,28 @@ def of_records(records: Sequence[_Record], *, wait_s: float = 10.0) -> Traces:
         else:
             found.append(trace)
     return Traces(tuple(found), tuple(missing))
+
+
+def of_app(app: str, request_id: str, spans: Sequence[Mapping[str, Any]]) -> Trace | None:
+    """The trace of ``request_id`` from the spans of app ``app``'s replicas (None: none).
+
+    Request ids are the clients', so two apps may both have served one; a span counts as this
+    app's only when its replica is one of the app's (``<app>#...``).
+
+    Raises:
+        NbserveError: the only spans of the request come from a replica that no longer runs,
+            so they cannot be told to be this app's rather than another's.
+    """
+    mine = [s for s in spans if str(s.get("replica") or "").startswith(f"{app}#")]
+    found = from_spans(request_id, mine)
+    if found is None and from_spans(request_id, [s for s in spans if not s.get("replica")]):
+        raise NbserveError(
+            f"the engine span of request {request_id!r} comes from a replica that no longer "
+            f"runs, so nbserve cannot tell whether it was app {app!r}'s or another app's; "
+            "send the request again with an id of its own (x-request-id) and trace it while "
+            "its replica runs"
+        )
+    return found
 
 
 def from_spans(

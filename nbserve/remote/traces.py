@@ -3,10 +3,13 @@
 An app deployed with ``LLM(tracing=True)`` has vLLM export one OpenTelemetry span per request
 (``llm_request``: arrival to finish, with the time in queue, prefill and decode, the request id
 and the trace context the client sent) to ``otlp_traces_endpoint``. nbserve points that at a
-Unix socket in the Ray session's ``sockets`` folder of the replica's own node, where a
+Unix socket in a folder of the Ray session's ``sockets`` on the replica's own node, where a
 detached ``Receiver`` actor (one per node, no CPU) keeps the newest spans in memory. Nothing
 listens on a network port and nothing on the cluster connects to the notebook: the notebook
-asks the receivers over the Ray connection it has (``find``).
+asks the receivers over the Ray connection it has (``find``). Ray makes ``sockets`` writable
+by every local user, so the socket lives in a folder only the receiver's user can enter
+(``private_folder``). A span is a request's when vLLM's id for it is the request's
+``x-request-id`` in vLLM's form (``is_of``), never by a part of it.
 
 The receivers need ``grpcio`` (a Ray dependency) and ``opentelemetry-proto`` (a dependency
 of vLLM's tracing): both are on every node that can trace, so they are imported there only.
@@ -17,6 +20,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import re
+import stat
 import threading
 from collections.abc import Mapping
 from typing import Any, TypedDict
@@ -25,10 +30,11 @@ from .ray_private import gcs_address, session_dir
 
 # What ``serveconfig`` renders for a traced app: Ray's default session path (KubeRay's). The
 # deploy rewrites it to this cluster's session (``for_this_cluster``).
-RENDERED_ENDPOINT = "unix:///tmp/ray/session_latest/sockets/nbserve-otlp"
-SOCKET = os.path.join("sockets", "nbserve-otlp")
-# Versioned by what the receivers keep and answer: change it with the Receiver's methods.
-ACTOR_PREFIX = "nbserve-traces-v1-"
+RENDERED_ENDPOINT = "unix:///tmp/ray/session_latest/sockets/nbserve/otlp"
+SOCKET = os.path.join("sockets", "nbserve", "otlp")
+# Versioned by what the receivers keep and answer, and where they listen: change it with the
+# Receiver's methods or SOCKET.
+ACTOR_PREFIX = "nbserve-traces-v2-"
 NAMESPACE = "nbserve"
 CAPACITY = 20_000  # spans kept per node, the newest
 
@@ -71,7 +77,7 @@ class Receiver:
                 keep(request)
                 return trace_service_pb2.ExportTraceServiceResponse()
 
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        private_folder(os.path.dirname(path))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # left by a receiver of this session that died
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
@@ -110,13 +116,11 @@ class Receiver:
         return self.path
 
     def spans(self, trace_ids: list[str], request_ids: list[str]) -> list[Span]:
-        """The kept spans of these traces, or whose request id contains one of these."""
-        traces = set(trace_ids)
+        """The kept spans of these traces, or of these requests (``is_of``)."""
+        traces, wanted = set(trace_ids), {_checked(rid) for rid in request_ids}
         with self._lock:
             kept = list(self._spans)
-        return [
-            s for s in kept if s["trace_id"] in traces or any(is_of(s, rid) for rid in request_ids)
-        ]
+        return [s for s in kept if s["trace_id"] in traces or wanted & _request_ids_of(s)]
 
     def stop(self) -> None:
         """Stop listening (the spans kept stay readable)."""
@@ -131,13 +135,72 @@ class Receiver:
 def is_of(span: Mapping[str, Any], request_id: str) -> bool:
     """Whether ``span`` is of the request sent with ``x-request-id: request_id``.
 
-    vLLM's request id is the client's with a prefix and a suffix (``cmpl-<id>-0``).
+    vLLM's id of a request is the client's in the form of its endpoint: completions
+    ``cmpl-<id>-<prompt index>``, chat ``chatcmpl-<id>``, or ``chatcmpl-<id>_<index>`` when one
+    chat request became several engine requests. Nothing else matches: not a part of an id.
+
+    Raises:
+        ValueError: ``request_id`` is empty.
 
     Example:
-        >>> is_of({"attributes": {"gen_ai.request.id": "cmpl-r1-0"}}, "r1")
-        True
+        >>> span = {"attributes": {"gen_ai.request.id": "cmpl-21-0"}}
+        >>> is_of(span, "21"), is_of(span, "1"), is_of(span, "21-0")
+        (True, False, False)
     """
-    return request_id in str(span["attributes"].get("gen_ai.request.id", ""))
+    return _checked(request_id) in _request_ids_of(span)
+
+
+_VLLM_REQUEST_ID = re.compile(r"cmpl-(?P<cmpl>.+)-[0-9]+|chatcmpl-(?P<chat>.+)")
+
+
+def _request_ids_of(span: Mapping[str, Any]) -> set[str]:
+    """The client request ids vLLM's id in ``span`` can come from (two for ``chatcmpl-a_1``)."""
+    found = _VLLM_REQUEST_ID.fullmatch(str(span["attributes"].get("gen_ai.request.id", "")))
+    if found is None:
+        return set()
+    if found["cmpl"] is not None:
+        return {found["cmpl"]}
+    chat = found["chat"]
+    base, sep, index = chat.rpartition("_")
+    return {chat, base} if sep and base and index.isascii() and index.isdigit() else {chat}
+
+
+def _checked(request_id: str) -> str:
+    if not request_id:
+        raise ValueError(
+            "empty request id: pass the x-request-id the request was sent with "
+            "(an empty one would match no request, or every one)"
+        )
+    return request_id
+
+
+def private_folder(path: str, uid: int | None = None) -> str:
+    """``path``, a folder only user ``uid`` (this process's) can enter: made so, or refused.
+
+    ``mkdir`` with 0o700 makes it atomically; a folder that already exists is used only when
+    ``lstat`` shows a folder (not a link) owned by ``uid`` with no group or other bits, so
+    another local user cannot have made it first or point it elsewhere.
+
+    Raises:
+        PermissionError: ``path`` is something else; remove it, or let its owner do so.
+    """
+    uid = os.geteuid() if uid is None else uid
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        problem = "is not a folder (a link or a file)"
+    elif st.st_uid != uid:
+        problem = f"is owned by another user (uid {st.st_uid}, not {uid})"
+    elif st.st_mode & 0o077:
+        problem = f"lets group or others in (mode {stat.S_IMODE(st.st_mode):o})"
+    else:
+        return path
+    raise PermissionError(
+        f"{path} {problem}: the trace receiver listens only in a folder that no other user "
+        "can enter or replace; remove it (its owner can) and deploy again"
+    )
 
 
 def _attributes(pairs: Any) -> dict[str, Any]:
