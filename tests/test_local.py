@@ -318,22 +318,34 @@ def processes_of(base: Path) -> list[int]:
 # interrupt test puts the default handler back, as a notebook kernel has it.
 UP = (
     "import signal, sys, pathlib; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "from nbserve import local; print(local.up(base=pathlib.Path(sys.argv[1])).pid)"
+    "from nbserve.local import head; print(head.up(base=pathlib.Path(sys.argv[1])).pid)"
+)
+# Which head a session's target() got, and whether that call says it started it.
+TARGET = (
+    "import json, sys, pathlib; from nbserve.local import head; "
+    "t = head.target(base=pathlib.Path(sys.argv[1])); "
+    "print(json.dumps([t.provider.head.pid, t.provider.created]))"
 )
 
 
 @pytest.mark.integration
 def test_two_up_at_once_start_one_head(tmp_path: Path) -> None:
+    """Two kernels connecting at once: one head, and only the one that started it may stop it."""
     runs = [
         subprocess.Popen(
-            [sys.executable, "-c", UP, str(tmp_path)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
         )
-        for _ in range(2)
+        for script in (UP, TARGET, TARGET)
     ]
     try:
-        pids = {run.communicate(timeout=300)[0].strip() for run in runs}
-        assert all(run.returncode == 0 for run in runs)
+        out = [run.communicate(timeout=300)[0].strip() for run in runs]
+        assert all(run.returncode == 0 for run in runs), out
+        targets = [json.loads(line) for line in out[1:]]
+        pids = {int(out[0])} | {pid for pid, _ in targets}
         assert len(pids) == 1, f"two heads started: {pids}"
+        # up() or one target() started it; a target() that attached did not create it
+        created = [was_created for _, was_created in targets]
+        assert created.count(True) <= 1, f"both sessions believe they started the head: {out}"
     finally:
         local.down(tmp_path)
     assert not processes_of(tmp_path)

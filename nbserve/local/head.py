@@ -160,12 +160,27 @@ def up(
         >>> cluster.address         # doctest: +SKIP
         'ray://127.0.0.1:41234'
     """
+    return _start_or_attach(num_cpus=num_cpus, base=base, timeout=timeout, env=env)[0]
+
+
+def _start_or_attach(
+    *, num_cpus: int, base: Path | None, timeout: float, env: dict[str, str] | None
+) -> tuple[LocalHead, bool]:
+    """The running head under ``base``, and whether this call started it.
+
+    Both are decided under the folder's lock, so of two kernels connecting at once only the
+    one that started the head says so (and may stop it without ``force``).
+    """
     if num_cpus < 1:
         raise LocalClusterError(f"num_cpus={num_cpus} must be at least 1")
     state = _state_file(base)
     state.parent.mkdir(parents=True, exist_ok=True)
     with _folder_lock(state.parent):  # one up() at a time per folder: one head
-        return _up(state, num_cpus, base, timeout, env)
+        existing = find(base)
+        if existing is not None:
+            log.info("attaching to the local Ray head already running (pid %d)", existing.pid)
+            return existing, False
+        return _up(state, num_cpus, timeout, env), True
 
 
 @contextlib.contextmanager
@@ -179,13 +194,8 @@ def _folder_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _up(
-    state: Path, num_cpus: int, base: Path | None, timeout: float, env: dict[str, str] | None
-) -> LocalHead:
-    existing = find(base)
-    if existing is not None:
-        log.info("attaching to the local Ray head already running (pid %d)", existing.pid)
-        return existing
+def _up(state: Path, num_cpus: int, timeout: float, env: dict[str, str] | None) -> LocalHead:
+    """Start a head recorded in ``state`` (none runs: the caller holds the folder's lock)."""
     token_path = _token_file(state.parent)
     temp_dir = tempfile.mkdtemp(prefix="nbray-")  # short: Ray and HAProxy put sockets under it
     gcs, client, dashboard, metrics, agent, serve, ha_stats, ha_metrics = procs.free_ports(8)
@@ -416,8 +426,9 @@ def target(*, base: Path | None = None, timeout: float = 90) -> Target:
         >>> target().kind  # doctest: +SKIP
         'local'
     """
-    created = find(base) is None
-    head = up(base=base, timeout=timeout)
+    head, created = _start_or_attach(
+        num_cpus=DEFAULT_NUM_CPUS, base=base, timeout=timeout, env=None
+    )
     return Target(
         head.address,
         serve_url=head.serve_url,
