@@ -122,18 +122,12 @@ def test_everything_the_local_head_runs_listens_on_loopback_only(
     assert engine_sockets, "vLLM's IPC sockets are not under the head's folder"
 
 
-def test_scaling_update_is_in_place(tiny_app: nbserve.App) -> None:
-    before = llm_replicas(tiny_app)
-    assert len(before) == 1
-    tiny_app.update(min_replicas=2, max_replicas=2, progress=False)
-    assert tiny_app.last_update == "in place"
-    after = llm_replicas(tiny_app)
-    assert len(after) == 2 and before < after, (before, after)
-    tiny_app.update(min_replicas=1, max_replicas=1, progress=False)
-    assert tiny_app.status().ok
-    assert tiny_app.chat("still there?", max_tokens=4).strip()
-    # Serve's autoscaler settings apply in place too, and Serve runs with them.
+def test_autoscaler_settings_update_in_place(tiny_app: nbserve.App) -> None:
+    # Scaling 1 -> 2 -> 1 in place (the running replica kept) is notebook 01's to assert
+    # (test_quickstart_notebook_runs_under_papermill): here Serve's autoscaler settings, which
+    # apply in place too, and Serve runs with them.
     kept = llm_replicas(tiny_app)
+    assert len(kept) == 1
     tiny_app.update(upscale_delay_s=5, downscale_delay_s=60, look_back_period_s=20, progress=False)
     try:
         assert tiny_app.last_update == "in place" and llm_replicas(tiny_app) == kept
@@ -189,6 +183,12 @@ def test_the_engine_dtype_suits_this_cpu(tiny_app: nbserve.App) -> None:
 
 
 def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
+    """An engine update under load: a rolling restart with no failed request.
+
+    The shared app keeps its new, larger context afterwards (rolling it back would cost another
+    engine start): every later test's requests fit in either, and the KubeRay tests attach to
+    it, and deploy its spec as it is then.
+    """
     nbserve.base.wait.poll_until(
         lambda: len(llm_replicas(tiny_app)),
         lambda n: n == 1,
@@ -197,38 +197,36 @@ def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
     )
     before = llm_replicas(tiny_app)
     assert tiny_app.spec is not None
-    original = tiny_app.spec.engine.max_model_len
-    try:
-        # Clients keep calling the one replica while its engine is replaced: the replacement
-        # starts first (max_surge_percent) and the old one finishes its streams before it
-        # stops.
-        with tiny_app.load(concurrency=2, duration_s=900, max_tokens=200) as run:
-            nbserve.base.wait.poll_until(
-                lambda: run.stats().completed, lambda n: n >= 2, timeout=120, what="load on the app"
-            )
-            tiny_app.update(max_model_len=256, progress=False)
-            assert tiny_app.last_update == "rolling restart"
-            served = run.stats().completed
-            nbserve.base.wait.poll_until(
-                lambda: run.stats().completed,
-                lambda n: n >= served + 2,
-                timeout=120,
-                what="requests served by the new replica",
-            )
-            stats = run.stop()
-        assert stats.failed == 0 and stats.completed >= 4, stats
-        after = llm_replicas(tiny_app)
-        assert after and not (before & after), (before, after)
-        assert tiny_app.spec is not None and tiny_app.spec.engine.max_model_len == 256
-        # The new engine enforces the new limit: a prompt + completion over 256 tokens is
-        # refused.
-        with pytest.raises(Exception, match="(?i)max|length|context|token"):
-            tiny_app.complete("word " * 300, max_tokens=8)
-        _requests_are_traced_through_the_cluster(tiny_app)
-    finally:
-        # The shared app goes back to its spec: later tests (the KubeRay runbook) deploy
-        # exactly that spec again, and deploy() refuses a name that runs something else.
-        tiny_app.update(max_model_len=original, progress=False)
+    longer = 2 * tiny_app.spec.engine.max_model_len
+    # Clients keep calling the one replica while its engine is replaced: the replacement
+    # starts first (max_surge_percent) and the old one finishes its streams before it stops.
+    with tiny_app.load(concurrency=2, duration_s=900, max_tokens=200) as run:
+        nbserve.base.wait.poll_until(
+            lambda: run.stats().completed, lambda n: n >= 2, timeout=120, what="load on the app"
+        )
+        tiny_app.update(max_model_len=longer, progress=False)
+        assert tiny_app.last_update == "rolling restart"
+        served = run.stats().completed
+        nbserve.base.wait.poll_until(
+            lambda: run.stats().completed,
+            lambda n: n >= served + 2,
+            timeout=120,
+            what="requests served by the new replica",
+        )
+        stats = run.stop()
+    assert stats.failed == 0 and stats.completed >= 4, stats
+    after = llm_replicas(tiny_app)
+    assert after and not (before & after), (before, after)
+    assert tiny_app.spec is not None and tiny_app.spec.engine.max_model_len == longer
+    # The new engine runs with the new limit: a prompt longer than the old one is served, and
+    # one over the new one is refused ("word " is two tokens of the demo model's tokenizer).
+    served_long = tiny_app.openai().completions.create(
+        model=tiny_app.model, prompt="word " * (longer // 4 + 50), max_tokens=4
+    )
+    assert served_long.usage.prompt_tokens > longer // 2, served_long.usage
+    with pytest.raises(Exception, match="(?i)max|length|context|token"):
+        tiny_app.complete("word " * (longer // 2 + 50), max_tokens=8)
+    _requests_are_traced_through_the_cluster(tiny_app)
 
 
 def _requests_are_traced_through_the_cluster(app: nbserve.App) -> None:
@@ -400,6 +398,9 @@ def test_quickstart_notebook_runs_under_papermill(cluster: nbserve.Cluster, tmp_
     result = json.loads(summary.read_text())
     assert result["endpoint"].endswith("/nb-quickstart/v1")
     assert result["answer"].strip()
+    # app.update(min_replicas=2, max_replicas=2) was in place: the first replica kept serving
+    before, after = set(result["replicas_before"]), set(result["replicas_after"])
+    assert len(before) == 1 and len(after) == 2 and before < after, result
     token = Path(cluster.target.token_path).read_text().strip()  # type: ignore[arg-type]
     assert token not in json.dumps(nb), "the Ray auth token leaked into the notebook"
 

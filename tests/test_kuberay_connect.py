@@ -518,7 +518,7 @@ KR_APP = "tiny"
 
 
 def kr_spec(tiny_path: str) -> nbserve.LLM:
-    """The app both tests below serve: the GKE runbook deploys exactly this, a no-op."""
+    """The app both tests below serve, unless the session's shared app runs already."""
     return nbserve.LLM(
         tiny_path, name="tiny", max_model_len=512, min_replicas=1, max_replicas=1, tracing=True
     )
@@ -547,7 +547,13 @@ def kr_app(
             cluster = nbserve.connect("raycluster/llm", namespace=NS, timeout=240)
             try:
                 existed = KR_APP in [a.name for a in cluster.apps()]
-                app = cluster.deploy(kr_spec(tiny_path), name=KR_APP, progress=False)
+                # The session's shared app, if it runs (its context may have been changed by
+                # the engine-update test): attached; else deployed here.
+                app = (
+                    cluster.app(KR_APP)
+                    if existed
+                    else cluster.deploy(kr_spec(tiny_path), name=KR_APP, progress=False)
+                )
                 try:
                     yield kube, app, token
                 finally:
@@ -593,7 +599,7 @@ def test_gke_runbook_runs_under_papermill(
 ) -> None:
     """notebooks/03_gke.ipynb creates a RayCluster on another fake API server (its kernel gets
     KUBECONFIG from this process's environment), whose head is the same local head; it deploys
-    the app ``kr_app`` already serves, with the same spec, so the deploy changes nothing."""
+    the app ``kr_app`` already serves, with the spec it runs, so the deploy changes nothing."""
     from fake_kube import Operator
     from test_integration import run_notebook
 
@@ -610,7 +616,7 @@ def test_gke_runbook_runs_under_papermill(
         model=tiny_path,
         served_name="tiny",
         accelerator="",
-        max_model_len=512,
+        max_model_len=app.spec.engine.max_model_len if app.spec else 512,
         app_name=KR_APP,
         min_replicas=1,
         max_replicas=1,
