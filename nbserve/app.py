@@ -13,14 +13,21 @@ from __future__ import annotations
 import html
 import logging
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nbserve import remote
 from nbserve.base import retries
 from nbserve.base.wait import Progress, poll_until
-from nbserve.errors import DeployFailed, NbserveError, SpecError
+from nbserve.errors import (
+    ConcurrentChange,
+    DeployFailed,
+    LockTimeout,
+    NbserveError,
+    SpecError,
+)
 from nbserve.load import bench
 from nbserve.observe import traces
 from nbserve.observe.dashboard import Dashboard
@@ -28,6 +35,7 @@ from nbserve.observe.sources import MetricsReader, source_for
 from nbserve.observe.starts import ColdStarts
 from nbserve.observe.status import FAILED, AppStatus, ReplicaInfo
 from nbserve.observe.traces import Trace
+from nbserve.remote import lock as remote_lock
 from nbserve.remote import prewarm as remote_prewarm
 from nbserve.remote import serve as remote_serve
 from nbserve.remote import starts as remote_starts
@@ -55,16 +63,25 @@ if TYPE_CHECKING:
 __all__ = ["App"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # Seconds a deployment may stay UNHEALTHY in wait() before it is a failure: Serve replaces a
 # replica whose health checks failed (three, Serve LLM's period 10 s) and starts another, an
 # engine start of minutes for a large model; a model that cannot run goes DEPLOY_FAILED.
 UNHEALTHY_GRACE_S = 300.0
+# Times update() and prewarm() apply their change again when another caller changed the app
+# between reading and writing it.
+CHANGE_ATTEMPTS = 10
+# Seconds a change of the app set may take: waiting for the cluster's app-set lock, then
+# writing the change.
+CHANGE_S = remote_lock.WAIT_S + remote.CALL_S
 
 
 class App:
     """A vLLM model server running as a Serve application on a ``Cluster``.
 
-    Get one from ``cluster.deploy(...)``, ``cluster.app(name)`` or ``cluster.apps()``.
+    Get one from ``cluster.deploy(...)``, ``cluster.app(name)`` or ``cluster.apps()``. A handle
+    belongs to the cluster it came from: its calls raise ``WrongCluster`` while this kernel's
+    session is on another.
 
     Example:
         >>> app = cluster.deploy(nbserve.LLM(model), name="tiny")  # doctest: +SKIP
@@ -83,6 +100,8 @@ class App:
         self.last_update: str | None = None
         self._waiting = ""  # what its replica waits for, from the last deploy (see apply)
         self._metrics = MetricsReader(name)  # one MetricsWindow per source read
+        # The cluster this handle belongs to: calls through it are refused on another.
+        self.binding: remote.Binding | None = getattr(cluster, "binding", None)
 
     @classmethod
     def from_record(cls, cluster: Cluster, name: str, record: dict[str, Any] | None) -> App:
@@ -94,6 +113,10 @@ class App:
         if spec is None:
             return cls(cluster, name, None)
         return cls(cluster, name, spec, route_prefix=(record or {}).get("route_prefix"))
+
+    def _call(self, fn: Callable[..., T], *args: Any, timeout: float = remote.CALL_S) -> T:
+        """``remote.call`` on this handle's cluster only (``WrongCluster`` on another)."""
+        return remote.call(fn, *args, on=self.binding, timeout=timeout)
 
     # --- endpoint ---------------------------------------------------------------------------
     @property
@@ -169,9 +192,8 @@ class App:
         """The app's current status from Serve (``NOT_FOUND`` once deleted)."""
         from ray import serve
 
-        return AppStatus.from_serve(
-            self.name, remote.client(lambda: serve.status().applications.get(self.name))
-        )
+        found = remote.client(lambda: serve.status().applications.get(self.name), on=self.binding)
+        return AppStatus.from_serve(self.name, found)
 
     def metrics(
         self,
@@ -219,6 +241,7 @@ class App:
             'last 2 s'
             >>> app.metrics(prometheus="http://prometheus:9090")  # doctest: +SKIP
         """
+        remote.check_binding(self.binding)
         return self._metrics.read(source_for(prometheus, timeout=timeout), wait=wait)
 
     def replicas(self) -> list[ReplicaInfo]:
@@ -228,7 +251,7 @@ class App:
             >>> {r.replica_id for r in app.replicas() if r.alive}  # doctest: +SKIP
             {'a1b2c3'}
         """
-        reps = [ReplicaInfo.from_row(r) for r in remote.call(remote_serve.replicas, self.name)]
+        reps = [ReplicaInfo.from_row(r) for r in self._call(remote_serve.replicas, self.name)]
         return sorted(reps, key=lambda r: (not r.alive, r.deployment, r.replica_id))
 
     def wait(self, timeout: float = 900, *, progress: bool = True, interval: float = 1.0) -> App:
@@ -296,6 +319,15 @@ class App:
         replicas one by one, each replacement starting before the replica it replaces stops
         (``Rollout``). ``self.last_update`` says which it was.
 
+        The change is applied to the app as the cluster's record has it when it is written:
+        another notebook's update of other fields meanwhile stays (see ``_change``).
+
+        Raises:
+            SpecError: no change, a change of model or name, or a value the spec refuses.
+            ConcurrentChange: other callers kept changing the app; nothing was written.
+            LockTimeout: another caller held the cluster's app-set lock throughout.
+            WrongCluster: this handle belongs to another cluster than the session's.
+
         Example:
             >>> app.update(max_replicas=4)      # doctest: +SKIP
             >>> app.update(max_model_len=1024)  # doctest: +SKIP
@@ -308,22 +340,76 @@ class App:
             raise SpecError(
                 "update() cannot change model or name; deploy a new app with cluster.deploy()"
             )
-        current = self._current_spec()  # another notebook may have changed it since
-        new = current.with_changes(**changes)
-        old_version = engine_version(serve_app(current, self.name, self.route_prefix))
-        new_version = engine_version(serve_app(new, self.name, self.route_prefix))
-        kind = "in place" if old_version == new_version else "rolling restart"
-        log.info("updating %s (%s): %s", self.name, kind, sorted(changes))
-        self.apply(new, replace=True)
+        kind = self._change(lambda spec: spec.with_changes(**changes))
+        log.info("updated %s (%s): %s", self.name, kind, sorted(changes))
         self.last_update = kind
         if wait:
             self.wait(timeout=timeout, progress=progress)
         return self
 
-    def delete(self) -> None:
-        """Delete the app from the cluster (and its pre-warm); other apps keep running."""
-        remote.call(remote_prewarm.cancel, self.name)
-        remote.call(remote_serve.delete, self.name)
+    def _change(self, change: Callable[[LLM], LLM]) -> str:
+        """Apply ``change`` to the app's spec as the cluster's record has it when it is written.
+
+        The spec is read with its record's revision and written only if the record still has
+        it; when another caller changed the app in between, the change is applied again to the
+        new record (up to ``CHANGE_ATTEMPTS`` times), so neither change is lost. Returns what
+        kind of update it was: "in place" or "rolling restart".
+
+        Raises:
+            ConcurrentChange: the app kept changing under this change (nothing written).
+        """
+        for _ in range(CHANGE_ATTEMPTS):
+            current, revision = self._current()
+            new = change(current)
+            old_version = engine_version(serve_app(current, self.name, self.route_prefix))
+            new_version = engine_version(serve_app(new, self.name, self.route_prefix))
+            try:
+                self.apply(new, replace=True, revision=revision)
+            except _Changed:
+                continue
+            return "in place" if old_version == new_version else "rolling restart"
+        raise ConcurrentChange(
+            f"app {self.name!r} was changed by another caller {CHANGE_ATTEMPTS} times while "
+            "this change was applied to it; nothing of this change was written: run it again"
+        )
+
+    def delete(self, *, timeout: float = 600, progress: bool = True) -> None:
+        """Delete the app from the cluster (and its pre-warm) and wait until it is gone.
+
+        Other apps keep running. Serve lets the app's replicas finish the requests they
+        serve (up to their graceful shutdown, 300 s for a model server) before they stop; the
+        progress bar shows it. If another caller deploys an app of the same name meanwhile,
+        the wait ends: that app is theirs, and stays.
+
+        Raises:
+            LockTimeout: another caller held the cluster's app-set lock throughout; nothing
+                was deleted.
+            ConcurrentChange: the lock was lost before the write; nothing was deleted.
+            WaitTimeout: the app still drained after ``timeout`` seconds (it goes on
+                draining; ``app.status()`` shows it).
+        """
+        self._call(remote_prewarm.cancel, self.name)
+        result = self._call(remote_serve.delete, self.name, timeout=CHANGE_S)
+        if not result["ok"]:
+            raise _refusal(result)
+        log.info("deleting app %s: its replicas drain", self.name)
+
+        def gone(status: AppStatus) -> bool:
+            if status.status == "NOT_FOUND":
+                return True
+            # a new deploy of this name by someone else: theirs, not ours to wait for
+            return self._call(remote_serve.record_of, self.name) is not None
+
+        with Progress(f"deleting {self.name}", enabled=progress, total=1) as bar:
+            poll_until(
+                self.status,
+                gone,
+                timeout=timeout,
+                interval=1.0,
+                on_poll=lambda status: bar.update(str(status), n=0),
+                what=f"deleting {self.name!r}",
+            )
+            bar.update("deleted", n=1)
         log.info("deleted app %s", self.name)
 
     def prewarm(
@@ -362,45 +448,66 @@ class App:
                 f"{spec.scaling.max_replicas}; raise it first, e.g. "
                 f"app.update(max_replicas={replicas})"
             )
-        running = remote.call(remote_prewarm.running, self.name)
+        plan = self._prewarm_plan(spec, replicas, float(for_s))
+        warm_min, initial = plan["warm_min"], plan["scaling"]["initial_replicas"]
+        # The timer first: a failure or an interrupt before the floor is raised leaves a timer
+        # that finds nothing to restore, never a raised floor without a timer.
+        self._call(remote_prewarm.cancel, self.name)
+        self._call(remote_prewarm.start, plan)
+        try:
+            self._change(
+                lambda current: current.with_changes(
+                    min_replicas=warm_min,
+                    initial_replicas=None if initial is None else max(initial, warm_min),
+                )
+            )
+        except BaseException:
+            self._call(remote_prewarm.cancel, self.name)
+            raise
+        log.info("pre-warming %s: at least %d replicas for %.0f s", self.name, replicas, for_s)
+        if wait:
+            self.wait(timeout=timeout, progress=progress)
+        return self
+
+    def _prewarm_plan(self, spec: LLM, replicas: int, for_s: float) -> remote_prewarm.Plan:
+        """What a pre-warm's timer restores: the floor from before the first pre-warm.
+
+        Raises:
+            NbserveError: a pre-warm timer of the app runs and does not answer.
+        """
+        try:
+            running = self._call(remote_prewarm.running, self.name)
+        except NbserveError:
+            raise
+        except Exception as err:
+            raise NbserveError(
+                f"{_error_tail(err)}; so the floor to restore is unknown. Stop it with "
+                f"ray.kill(ray.get_actor('prewarm:{self.name}', namespace='nbserve')) and set "
+                "the floor you want with app.update(min_replicas=...)"
+            ) from err
         floor = running["plan"]["min_replicas"] if running else spec.scaling.min_replicas
         initial = (
             running["plan"]["scaling"]["initial_replicas"]
             if running
             else spec.scaling.initial_replicas
         )
-        warm_min = max(replicas, floor)
-        self.apply(
-            spec.with_changes(
-                min_replicas=warm_min,
-                initial_replicas=None if initial is None else max(initial, warm_min),
-            ),
-            replace=True,
-        )
         cold = deployment_override(spec.with_changes(min_replicas=floor, initial_replicas=initial))
-        remote.call(remote_prewarm.cancel, self.name)
-        remote.call(
-            remote_prewarm.start,
-            remote_prewarm.Plan(
-                name=self.name,
-                for_s=float(for_s),
-                warm_min=warm_min,
-                min_replicas=floor,
-                scaling={"min_replicas": floor, "initial_replicas": initial},
-                autoscaling={
-                    k: v
-                    for k, v in cold["autoscaling_config"].items()
-                    if k in ("min_replicas", "initial_replicas")
-                },
-                http=self.cluster.http_options,
-                fixed_nodes=self._fixed_nodes,
-                router=router_override(),
-            ),
+        return remote_prewarm.Plan(
+            name=self.name,
+            id=uuid.uuid4().hex,
+            for_s=for_s,
+            warm_min=max(replicas, floor),
+            min_replicas=floor,
+            scaling={"min_replicas": floor, "initial_replicas": initial},
+            autoscaling={
+                k: v
+                for k, v in cold["autoscaling_config"].items()
+                if k in ("min_replicas", "initial_replicas")
+            },
+            http=self.cluster.http_options,
+            fixed_nodes=self._fixed_nodes,
+            router=router_override(),
         )
-        log.info("pre-warming %s: at least %d replicas for %.0f s", self.name, replicas, for_s)
-        if wait:
-            self.wait(timeout=timeout, progress=progress)
-        return self
 
     def prewarming(self) -> dict[str, Any] | None:
         """The running pre-warm: the floor it restores and when (None: none runs).
@@ -409,7 +516,7 @@ class App:
             >>> app.prewarming()   # doctest: +SKIP
             {'min_replicas': 0, 'until': 1796430000.0, 'outcome': ''}
         """
-        info = remote.call(remote_prewarm.running, self.name)
+        info = self._call(remote_prewarm.running, self.name)
         if info is None:
             return None
         return {
@@ -420,32 +527,43 @@ class App:
 
     def _current_spec(self) -> LLM:
         """The spec in the cluster's record (another notebook may have changed it)."""
+        return self._current()[0]
+
+    def _current(self) -> tuple[LLM, int]:
+        """The spec in the cluster's record and the record's revision."""
         if self.spec is None:
             raise NbserveError(
                 f"app {self.name!r} was not deployed by nbserve, so its spec is unknown; "
                 "deploy it with cluster.deploy(...) to manage it from here"
             )
-        current = spec_of_record(self.name, remote.call(remote_serve.record_of, self.name))
+        record = self._call(remote_serve.record_of, self.name)
+        current = spec_of_record(self.name, record)
         if current is None:
             raise NbserveError(
                 f"app {self.name!r} has no nbserve record on the cluster any more (deleted, or "
                 "replaced by something else); cluster.apps() shows what runs now"
             )
         self.spec = current
-        return current
+        return current, remote_serve.revision_of(record)
 
-    def apply(self, spec: LLM, *, replace: bool = False) -> None:
+    def apply(self, spec: LLM, *, replace: bool = False, revision: int | None = None) -> None:
         """Deploy ``spec`` as this app (what ``Cluster.deploy`` and ``update`` do), not waiting.
+
+        ``revision``: write only if the app's record still has this revision (what
+        ``update`` read); otherwise nothing is written (``_change`` applies its change again).
 
         Raises:
             SpecError: refused before anything changed (a name that runs another app without
-                ``replace``, a route prefix that is taken, a model path missing on the cluster).
+                ``replace``, a route prefix that is taken, a model path missing on the cluster,
+                a config Serve's schema refuses).
+            LockTimeout: another caller held the cluster's app-set lock throughout.
+            ConcurrentChange: the lock was lost before the write (nothing written).
             DeployFailed: Serve did not accept the config.
         """
         record = app_record(spec, self.name, self.route_prefix, time.time())
         config = record["config"]
         try:
-            result = remote.call(
+            result = self._call(
                 remote_serve.deploy,
                 config,
                 self.cluster.http_options,
@@ -455,15 +573,15 @@ class App:
                 self._fixed_nodes,
                 router_override(),
                 self.cluster.node_shapes(),
+                revision,
+                timeout=CHANGE_S,
             )
         except NbserveError:
             raise
         except Exception as err:
             raise DeployFailed(self.name, "DEPLOY_FAILED", _error_tail(err)) from err
         if not result["ok"]:
-            if result["reason"] == "lost_apps":
-                raise NbserveError(result["message"])
-            raise SpecError(result["message"])
+            raise _refusal(result)
         self.spec = spec
         self._waiting = result.get("waiting", "")
         if self._waiting:
@@ -481,7 +599,7 @@ class App:
         if dep is not None:
             message = dep.message or message
             try:
-                tail = remote.call(remote_serve.log_tail, self.name, dep.name, 40)
+                tail = self._call(remote_serve.log_tail, self.name, dep.name, 40)
             except Exception as err:  # the status message still says why
                 log.warning("could not read the replica log of %s: %s", dep.name, err)
         return DeployFailed(self.name, status.status, message, tail)
@@ -539,7 +657,7 @@ class App:
             >>> app.cold_starts().latest.durations()  # doctest: +SKIP
             {'scheduled': 10.0, 'engine_started': 17.3, 'weights_loaded': 8.0, ...}
         """
-        return ColdStarts.from_lines(self.name, remote.call(remote_starts.start_lines, self.name))
+        return ColdStarts.from_lines(self.name, self._call(remote_starts.start_lines, self.name))
 
     def trace(self, request_id: str, *, wait_s: float = 10.0) -> Trace:
         """Where one request's time went: its engine span on the cluster, phase by phase.
@@ -569,6 +687,7 @@ class App:
                 f"app {self.name!r} runs without tracing; app.update("
                 "tracing=True) turns it on (a rolling restart of its replicas)"
             )
+        remote.check_binding(self.binding)
         found = traces.of_app(self.name, request_id, traces.fetch([request_id], wait_s=wait_s))
         if found is None:
             raise NbserveError(
@@ -703,6 +822,24 @@ class App:
             f"<b>nbserve.App</b> <code>{html.escape(self.name)}</code> · model {model}<br>"
             f"endpoint <code>{html.escape(self.endpoint)}</code>"
         )
+
+
+class _Changed(NbserveError):
+    """The app's record changed since it was read: nothing written (``App._change`` retries)."""
+
+
+def _refusal(result: remote_serve.DeployResult) -> NbserveError:
+    """The error that says why the cluster side wrote nothing."""
+    reason, message = result["reason"], result["message"]
+    if reason == "changed":
+        return _Changed(message)
+    if reason == "lock_timeout":
+        return LockTimeout(message)
+    if reason == "lock_lost":
+        return ConcurrentChange(message)
+    if reason == "lost_apps":
+        return NbserveError(message)
+    return SpecError(message)
 
 
 def _error_tail(err: BaseException) -> str:

@@ -63,6 +63,9 @@ class Cluster:
         # Dashboards and load runs of this session, stopped with it (weakly held: one that
         # was dropped and collected needs no stopping).
         self._bound: weakref.WeakSet[Stoppable] = weakref.WeakSet()
+        # Which cluster the session opened on (None until it is open): its apps' handles
+        # belong to it, and calls through them are refused on another (``remote.Binding``).
+        self.binding: remote.Binding | None = None
 
     def bind(self, thing: Stoppable) -> None:
         """Stop ``thing`` (a dashboard, a load run) when this session is disconnected."""
@@ -160,8 +163,8 @@ class Cluster:
         """
         from ray import serve
 
-        records = remote.call(remote_serve.records)  # checks the session first
-        names = sorted(remote.client(lambda: serve.status().applications))
+        records = remote.call(remote_serve.records, on=self.binding)  # checks the session
+        names = sorted(remote.client(lambda: serve.status().applications, on=self.binding))
         return [App.from_record(self, name, records.get(name)) for name in names]
 
     def app(self, name: str) -> App:
@@ -282,6 +285,7 @@ class Cluster:
         if _active is self:
             ray.shutdown()
             _active = None
+            remote.bind_session(None)
             session.clear_token()
             log.info("disconnected from %s", self.address)
         self.target.close()
@@ -353,6 +357,7 @@ def _reopen(lost: BaseException | None) -> None:
             "runs), the next call reopens it, or call nbserve.connect()"
         ) from lost
     log.info("reopened the session to %s in %.1f s", cluster.address, seconds)
+    _bind(cluster)
 
 
 remote.on_lost(_reopen)
@@ -412,5 +417,28 @@ def open_session(
         target.close()
         raise
     _active = cluster
+    try:
+        _bind(cluster)
+    except BaseException:
+        cluster.disconnect()
+        raise
     log.info("connected to %s in %.1f s", cluster.address, seconds)
     return cluster
+
+
+def _bind(cluster: Cluster) -> None:
+    """Read which cluster the session is on; the session's calls are meant for it from now.
+
+    A session reopened behind the same address onto another cluster (a local head started
+    anew) gets the new cluster's id: handles from before are then refused (``WrongCluster``),
+    their apps are not on it.
+    """
+    binding = remote.Binding(remote.read_cluster_id(), cluster.address)
+    if cluster.binding is not None and cluster.binding != binding:
+        log.warning(
+            "the cluster at %s is not the one this session first opened on (its id changed: "
+            "started anew); app handles from before are refused, take new ones from it",
+            cluster.address,
+        )
+    cluster.binding = binding
+    remote.bind_session(binding)

@@ -42,6 +42,29 @@ class NotConnected(ConnectionFailed):
         return (type(self), ())
 
 
+class WrongCluster(NbserveError):
+    """A handle of one cluster was used while this kernel's session is on another.
+
+    Every ``App`` (and ``Cluster``) belongs to the cluster it came from; a call through it when
+    the session is on another cluster would act on that cluster's app of the same name, so it
+    is refused before anything is sent.
+    """
+
+    def __init__(self, theirs: str, now: str) -> None:
+        self.theirs = theirs
+        self.now = now
+        same = " (the same address, a cluster started anew behind it)" if theirs == now else ""
+        super().__init__(
+            f"this handle belongs to the cluster at {theirs}, and this kernel's Ray session is "
+            f"now on another cluster, at {now}{same}: a call through it would act on that "
+            "cluster's app of the same name, so nothing was sent. Take the handle from the "
+            "session open now (nbserve.connect().app(name)), or connect to its cluster again"
+        )
+
+    def __reduce__(self) -> tuple[type[WrongCluster], tuple[str, str]]:
+        return (type(self), (self.theirs, self.now))
+
+
 class ClusterError(NbserveError):
     """A RayCluster could not be created, changed or deleted, or the cluster is not one to change.
 
@@ -102,6 +125,46 @@ class DeployFailed(NbserveError):
         if log_tail:
             text += "\n--- last lines of the replica's log ---\n" + log_tail.rstrip()
         super().__init__(text)
+
+
+class CallTimeout(NbserveError, TimeoutError):
+    """A call to the cluster did not answer within its deadline; the message names the call.
+
+    Every call nbserve sends to a cluster has a deadline (``nbserve.remote.CALL_S`` unless
+    the call says otherwise), so a hung head, GCS or Serve controller is an error that says
+    which call hung, not a cell that never returns.
+    """
+
+    def __init__(self, call: str, timeout: float, address: str = "") -> None:
+        self.call = call
+        self.timeout = timeout
+        where = f" at {address}" if address else ""
+        super().__init__(
+            f"the cluster{where} did not answer {call} within {timeout:g} s: its head, its "
+            "GCS or Serve's controller may be overloaded or hung (the Ray dashboard shows "
+            "which); nothing waits for it any more, try again once it answers"
+        )
+
+    def __reduce__(self) -> tuple[type[CallTimeout], tuple[str, float]]:
+        return (type(self), (self.call, self.timeout))
+
+
+class LockTimeout(NbserveError, TimeoutError):
+    """Another caller held the cluster's app-set lock for the whole wait; nothing was changed.
+
+    Every change to a cluster's set of Serve applications (a deploy, an update, a delete)
+    holds the lock for the second or so it takes; the message says who held it.
+    """
+
+
+class ConcurrentChange(NbserveError):
+    """Nothing was written: another caller kept changing the app, or this change lost the lock.
+
+    A change is made from the app's record as it was read and written only if the record is
+    still that one; ``update`` and ``prewarm`` then apply their change again to the new record,
+    a few times. Raised when that did not go through, or when the change held the lock past its
+    lease (a stalled worker) and another caller took it. Run the change again.
+    """
 
 
 class WaitTimeout(NbserveError, TimeoutError):

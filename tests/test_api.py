@@ -413,7 +413,9 @@ def test_the_apps_openai_client_waits_out_a_busy_replica() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        cluster = types.SimpleNamespace(serve_url=f"http://127.0.0.1:{server.server_port}")
+        cluster = types.SimpleNamespace(
+            serve_url=f"http://127.0.0.1:{server.server_port}", binding=None
+        )
         spec = nbserve.LLM("/models/tiny", name="tiny")
         app = nbserve.App(cluster, "tiny", spec)  # type: ignore[arg-type]
         assert app.complete("hi", max_tokens=4) == "hello"
@@ -444,7 +446,7 @@ def test_prewarm_refuses_bad_arguments_before_calling_the_cluster(
 
 
 def test_a_model_at_zero_replicas_gets_a_client_that_waits_for_a_cold_start() -> None:
-    cluster = types.SimpleNamespace(serve_url="http://127.0.0.1:9")
+    cluster = types.SimpleNamespace(serve_url="http://127.0.0.1:9", binding=None)
     warm = nbserve.App(cluster, "a", nbserve.LLM("org/tiny"))  # type: ignore[arg-type]
     cold = nbserve.App(
         cluster,

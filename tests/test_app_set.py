@@ -10,6 +10,7 @@ app is lost and that a name is only replaced when asked.
 from __future__ import annotations
 
 import concurrent.futures
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,14 @@ def deploy(
     return remote.call(remote_serve.deploy, config, options, {"config": config}, replace)
 
 
+def gone(names: set[str], timeout: float = 60) -> set[str]:
+    """Wait until Serve no longer lists ``names`` (a deleted app drains first); what is left."""
+    deadline = time.monotonic() + timeout
+    while declared() & names and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return declared() & names
+
+
 def test_concurrent_deploys_and_deletes_lose_no_app(cluster: Any) -> None:
     names = [f"echo-{i}" for i in range(4)]  # four deploys at once, twice: 8 changes in turn
     keep = {"echo-keep"}
@@ -63,7 +72,7 @@ def test_concurrent_deploys_and_deletes_lose_no_app(cluster: Any) -> None:
             assert declared() >= {*names, *keep}, sorted(declared())
             with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
                 list(pool.map(lambda n: remote.call(remote_serve.delete, n), names))
-            assert declared() & set(names) == set(), sorted(declared())
+            assert gone(set(names)) == set(), sorted(declared())
             assert declared() >= keep, sorted(declared())
     finally:
         for name in [*names, *keep]:
@@ -90,6 +99,45 @@ def test_a_name_that_runs_is_replaced_only_when_asked(cluster: Any) -> None:
     deadline = time.monotonic() + 60
     while declared() & {"echo-once"} and time.monotonic() < deadline:
         time.sleep(0.5)
+
+
+def set_target_capacity(percent: float | None) -> None:
+    """On the cluster, as an operator would: the declared app set with ``target_capacity``."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from nbserve.remote.ray_private import serve_client
+
+    client = serve_client()
+    apps = [
+        a["deployed_app_config"]
+        for a in client.get_serve_details().get("applications", {}).values()
+        if a.get("deployed_app_config")
+    ]
+    config: dict[str, Any] = {"applications": apps}
+    if percent is not None:
+        config["target_capacity"] = percent
+    client.deploy_apps(ServeDeploySchema.model_validate(config))
+
+
+def target_capacity() -> float | None:
+    from nbserve.remote.ray_private import serve_client
+
+    return serve_client().get_serve_details().get("target_capacity")
+
+
+def test_a_delete_keeps_the_clusters_target_capacity(cluster: Any) -> None:
+    """Deploy kept ``target_capacity``; delete dropped it (back to 100 % at once)."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        assert deploy("echo-capacity")["ok"]
+        remote.call(set_target_capacity, 100.0)
+        assert remote.call(remote_serve.delete, "echo-capacity")["ok"]
+        assert remote.call(target_capacity) == 100.0
+    finally:
+        remote.call(remote_serve.delete, "echo-capacity")
+        remote.call(set_target_capacity, None)
 
 
 def test_serve_listening_elsewhere_is_refused_and_reads_never_start_serve(cluster: Any) -> None:
@@ -136,12 +184,30 @@ def test_serve_calls_reach_this_sessions_cluster_after_another(tmp_path: Path) -
                 result = remote.call(remote_serve.deploy, config, http, {"config": config})
                 assert result["ok"], result
                 assert declared() == {f"echo-{name}"}  # this head's Serve, through the kernel
-                if name == "second":
+                if name == "first":
+                    first = cluster.app("echo-first")
+                else:
+                    a_handle_of_the_first_is_refused(first, head.address)
                     waits_for_a_node_it_lacks(cluster)
             finally:
                 cluster.disconnect()
         finally:
             local.down(base)
+
+
+def a_handle_of_the_first_is_refused(first: Any, address: str) -> None:
+    """A handle of the first cluster, used while the session is on the second, which runs an
+    app of the same name: each call is refused before anything is sent, naming both
+    clusters, and the second cluster's app stays. (Before handles were bound to their
+    cluster, ``first.delete()`` deleted the second cluster's app.)"""
+    import nbserve
+
+    config = echo_config("echo-first")
+    assert remote.call(remote_serve.deploy, config, None, {"config": config})["ok"]
+    for call in (first.delete, first.status, first.replicas, first.metrics):
+        with pytest.raises(nbserve.WrongCluster, match=f"now on another cluster, at {address}"):
+            call()
+    assert "echo-first" in declared()
 
 
 def waits_for_a_node_it_lacks(cluster: Any) -> None:

@@ -204,6 +204,9 @@ def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
         nbserve.base.wait.poll_until(
             lambda: run.stats().completed, lambda n: n >= 2, timeout=120, what="load on the app"
         )
+        # A pre-warm whose time is up during the rolling restart: its timer writes the floor
+        # back into the app as it is then, and must keep the new engine.
+        tiny_app.prewarm(replicas=1, for_s=5, wait=False, progress=False)
         tiny_app.update(max_model_len=longer, progress=False)
         assert tiny_app.last_update == "rolling restart"
         served = run.stats().completed
@@ -217,7 +220,8 @@ def test_engine_update_rolls_replicas(tiny_app: nbserve.App) -> None:
     assert stats.failed == 0 and stats.completed >= 4, stats
     after = llm_replicas(tiny_app)
     assert after and not (before & after), (before, after)
-    assert tiny_app.spec is not None and tiny_app.spec.engine.max_model_len == longer
+    assert tiny_app.prewarming() is None  # its timer ran, during the restart
+    assert tiny_app._current_spec().engine.max_model_len == longer  # the record, as it is now
     # The new engine runs with the new limit: a prompt longer than the old one is served, and
     # one over the new one is refused ("word " is two tokens of the demo model's tokenizer).
     served_long = tiny_app.openai().completions.create(

@@ -87,7 +87,7 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
 
 
 def app_at(url: str) -> nbserve.App:
-    cluster = types.SimpleNamespace(serve_url=url)
+    cluster = types.SimpleNamespace(serve_url=url, binding=None)
     return nbserve.App(cluster, "tiny", nbserve.LLM("org/tiny"))  # type: ignore[arg-type]
 
 

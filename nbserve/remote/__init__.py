@@ -12,15 +12,30 @@ APIs are used here and nowhere else (``ray_private``).
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import logging
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from ..errors import ConnectionFailed, NotConnected
+from ..errors import CallTimeout, ConnectionFailed, NotConnected, WrongCluster
+from .identity import cluster_id, run_on
 
-__all__ = ["call", "client", "lost_connection", "on_lost", "require_session", "watch"]
+__all__ = [
+    "CALL_S",
+    "Binding",
+    "bind_session",
+    "call",
+    "check_binding",
+    "client",
+    "lost_connection",
+    "on_lost",
+    "read_cluster_id",
+    "require_session",
+    "watch",
+]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -32,30 +47,96 @@ _reopen: Callable[[BaseException | None], None] | None = None
 _lock = threading.Lock()
 _generation = 0  # sessions opened by _reopen so far
 _watchers: list[Callable[[str], None]] = []
+# Seconds a call to the cluster may take unless it says otherwise (a deploy may wait for the
+# app-set lock: it says so).
+CALL_S = 120.0
 
 
-def call(fn: Callable[..., T], *args: Any) -> T:
+class Binding(NamedTuple):
+    """The cluster a handle belongs to: its id (``identity.cluster_id``) and address."""
+
+    cluster_id: str
+    address: str
+
+
+_session: Binding | None = None  # the cluster this process's session is on now
+
+
+def bind_session(binding: Binding | None) -> None:
+    """Say which cluster this process's session is on now (the session's job; None: none)."""
+    global _session
+    _session = binding
+
+
+def check_binding(binding: Binding | None) -> None:
+    """Refuse a call meant for another cluster than the one the session is on now.
+
+    Raises:
+        WrongCluster: ``binding`` is another cluster's than the session's.
+    """
+    if binding is not None and _session is not None and binding.cluster_id != _session.cluster_id:
+        raise WrongCluster(binding.address, _session.address)
+
+
+def call(fn: Callable[..., T], *args: Any, on: Binding | None = None, timeout: float = CALL_S) -> T:
     """Run ``fn(*args)`` as a zero-CPU Ray task on the connected cluster and return its result.
 
-    A lost connection is reopened once, and the call sent again (``client``).
+    A lost connection is reopened once, and the call sent again (``client``). With ``on``
+    (the cluster a handle belongs to), it runs only on that cluster: checked here against the
+    session, and on the cluster against its id (``identity.run_on``), so a session reopened
+    onto another cluster behind the same address is caught too. After ``timeout`` seconds
+    without an answer the task is cancelled and ``CallTimeout`` names it.
 
     Raises:
         NotConnected: this kernel has no open Ray session.
         ConnectionFailed: the connection was lost and could not be reopened.
+        WrongCluster: ``on`` is another cluster than the one the session is on.
+        CallTimeout: no answer within ``timeout`` seconds.
     """
     import ray
     import ray.cloudpickle
 
     def run() -> T:
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the whole package
-        task = ray.remote(num_cpus=0, max_retries=0)(fn)
-        result: T = ray.get(task.remote(*args))
+        task = ray.remote(num_cpus=0, max_retries=0)(fn if on is None else run_on)
+        ref = task.remote(*args) if on is None else task.remote(on.cluster_id, fn, *args)
+        try:
+            answer = ray.get(ref, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)
+            raise CallTimeout(_name(fn), timeout, _session.address if _session else "") from None
+        if on is None:
+            return answer
+        here, result = answer
+        if here != on.cluster_id:
+            raise WrongCluster(on.address, _session.address if _session else on.address)
         return result
 
-    return client(run)
+    check_binding(on)
+    return client(run, timeout=None)
 
 
-def client(fn: Callable[[], T]) -> T:
+def _name(fn: Callable[..., Any]) -> str:
+    """``nbserve.remote.serve.deploy``: how a timeout names the call (a lambda: its function)."""
+    name = getattr(fn, "__qualname__", repr(fn)).split(".<locals>")[0]
+    return f"{getattr(fn, '__module__', '')}.{name}".lstrip(".")
+
+
+def read_cluster_id() -> str:
+    """The id of the cluster the session is on (``identity.cluster_id``), with no retry.
+
+    For the session itself, also while it reopens a lost connection.
+    """
+    import ray
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    found: str = ray.get(ray.remote(num_cpus=0, max_retries=0)(cluster_id).remote(), timeout=60)
+    return found
+
+
+def client(fn: Callable[[], T], on: Binding | None = None, timeout: float | None = CALL_S) -> T:
     """Run ``fn``, which talks to the cluster through this process's Ray Client session.
 
     Without a session (a lost one that Ray closed), or when ``fn`` finds the connection
@@ -63,10 +144,18 @@ def client(fn: Callable[[], T]) -> T:
     is reopened through ``on_lost``'s hook and ``fn`` runs once more. What nbserve sends this
     way is safe to send twice: reads, and declarative changes (the whole app set, a delete).
 
+    ``on``: the cluster a handle belongs to; refused when the session is on another.
+    ``timeout``: seconds ``fn`` may take (None: no deadline, ``fn`` keeps its own); past
+    it, ``CallTimeout`` (``fn`` runs on a thread of its own, left to end by itself).
+
     Raises:
         NotConnected: no session, and none to reopen.
         ConnectionFailed: reopening a lost session failed.
+        WrongCluster: ``on`` is another cluster than the one the session is on.
     """
+    check_binding(on)
+    if timeout is not None:
+        fn = _with_deadline(fn, timeout)
     generation = _generation
     try:
         require_session()
@@ -81,6 +170,27 @@ def client(fn: Callable[[], T]) -> T:
         lost = err
     _reopen_once(generation, lost)
     return fn()
+
+
+def _with_deadline(fn: Callable[[], T], timeout: float) -> Callable[[], T]:
+    """``fn`` run on a thread of its own, raising ``CallTimeout`` after ``timeout`` seconds."""
+
+    def run() -> T:
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def target() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as err:
+                done.set_exception(err)
+
+        threading.Thread(target=target, name="nbserve-call", daemon=True).start()
+        try:
+            return done.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise CallTimeout(_name(fn), timeout, _session.address if _session else "") from None
+
+    return run
 
 
 def lost_connection(err: BaseException) -> bool:

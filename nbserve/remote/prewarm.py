@@ -7,6 +7,11 @@ the notebook's kernel, so it runs on the cluster: a detached Ray actor per app (
 such as a new ``max_replicas``, stay; the plan carries the fields to restore, rendered by the
 notebook side). If ``min_replicas`` itself was changed meanwhile, or the
 app is gone, it leaves the app alone. A new pre-warm of the same app replaces the running one.
+
+The timer cannot leak a raised floor: it is started before the floor is raised (so a failure
+or an interrupt in between leaves a timer that finds nothing to restore), it runs on the head
+node and Ray restarts it if its process dies (the plan and its end time are its arguments, so
+it goes on where it was), and a timer that exists but does not answer is an error, not "none".
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import threading
 import time
 from typing import Any, TypedDict
 
-from .serve import deploy, record_of
+from .ray_private import head_actor
+from .serve import deploy, record_of, revision_of
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,7 @@ class Plan(TypedDict):
     """What a pre-warm timer restores, and when; made by the notebook side (``App.prewarm``)."""
 
     name: str
+    id: str  # this pre-warm's: a start sent twice (after a reconnect) finds its own timer
     for_s: float
     warm_min: int  # the min_replicas the pre-warm set: restore only while it is still that
     min_replicas: int  # the floor restored (a later pre-warm restores the same)
@@ -46,9 +53,9 @@ class Timer:
     the actor staying alive (a task, a kernel that ends).
     """
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, until: float) -> None:
         self.plan = plan
-        self.until = time.time() + plan["for_s"]
+        self.until = until  # fixed at the start: a restarted timer keeps it
         self.outcome = ""
         threading.Thread(target=self._run, name="nbserve-prewarm", daemon=True).start()
 
@@ -68,20 +75,45 @@ class Timer:
         ray.kill(ray.get_runtime_context().current_actor)
 
 
-def restore(plan: Plan) -> str:
+def restore(plan: Plan, attempts: int = 10) -> str:
     """Set ``min_replicas`` back in the app as it is now, if the pre-warm's value is still set.
 
     Only the model server's floor changes, in nbserve's record of the app (its spec) and in the
-    Serve config alike; whatever else changed meanwhile stays.
+    Serve config alike; whatever else changed meanwhile stays. The record is read, changed and
+    written only if it is still the one read (its revision); when another caller changed the
+    app in between (an engine update), the floor is set back in the new record instead.
     """
-    name = plan["name"]
-    record = record_of(name)
-    if record is None or not isinstance(record.get("spec"), dict):
-        return "the app is gone: nothing to restore"
+    for _ in range(attempts):
+        name = plan["name"]
+        record = record_of(name)
+        if record is None or not isinstance(record.get("spec"), dict):
+            return "the app is gone: nothing to restore"
+        floor = (record["spec"].get("scaling") or {}).get("min_replicas")
+        if floor != plan["warm_min"]:
+            return f"min_replicas was changed to {floor} meanwhile: left alone"
+        new = restored(record, plan)
+        result = deploy(
+            new["config"],
+            plan["http"],
+            new,
+            replace=True,
+            secrets=list(record["spec"].get("secrets") or []),
+            fixed_nodes=plan["fixed_nodes"],
+            router=plan["router"],
+            revision=revision_of(record),
+        )
+        if result["reason"] != "changed":
+            return (
+                f"min_replicas back to {plan['min_replicas']}"
+                if result["ok"]
+                else f"not restored: {result['message']}"
+            )
+    return f"not restored: the app kept changing ({attempts} attempts)"
+
+
+def restored(record: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """``record`` with the floor of ``plan`` set back in its spec and its Serve config."""
     spec = record["spec"]
-    scaling = spec.get("scaling") or {}
-    if scaling.get("min_replicas") != plan["warm_min"]:
-        return f"min_replicas was changed to {scaling.get('min_replicas')} meanwhile: left alone"
     config = copy.deepcopy(record["config"])
     for override in config.get("deployments") or []:
         if (
@@ -94,41 +126,34 @@ def restore(plan: Plan) -> str:
                 if k not in plan["autoscaling"] and k != "initial_replicas"
             }
             override["autoscaling_config"] = {**kept, **plan["autoscaling"]}
-    new = {
+    scaling = spec.get("scaling") or {}
+    return {
         **record,
         "spec": {**spec, "scaling": {**scaling, **plan["scaling"]}},
         "config": config,
         "deployed_at": time.time(),
     }
-    result = deploy(
-        config,
-        plan["http"],
-        new,
-        replace=True,
-        secrets=list(spec.get("secrets") or []),
-        fixed_nodes=plan["fixed_nodes"],
-        router=plan["router"],
-    )
-    return (
-        f"min_replicas back to {plan['min_replicas']}"
-        if result["ok"]
-        else f"not restored: {result['message']}"
-    )
 
 
 def start(plan: Plan) -> None:
-    """Start the app's timer (a running one was cancelled first: see ``cancel``)."""
+    """Start the app's timer (a running one was cancelled first: see ``cancel``).
+
+    On the head node, restarted by Ray if its process dies. Sent twice (a reconnect), the
+    second finds the timer of the same plan and leaves it.
+
+    Raises:
+        ValueError: another pre-warm's timer of the app runs.
+    """
     import ray
 
-    actor = ray.remote(Timer).options(
-        name=PREFIX + plan["name"],
-        namespace=NAMESPACE,
-        lifetime="detached",
-        num_cpus=0,
-        max_restarts=0,
-    )
-    timer = actor.remote(plan)
-    ray.get(timer.info.remote())  # it runs before this returns
+    # max_task_retries: info() while it restarts waits for it
+    actor = head_actor(Timer, PREFIX + plan["name"], NAMESPACE, max_task_retries=3)
+    timer = actor.remote(plan, time.time() + plan["for_s"])
+    info = ray.get(timer.info.remote(), timeout=60)  # it runs before this returns
+    if info["plan"].get("id") != plan["id"]:
+        raise ValueError(
+            f"another pre-warm's timer of app {plan['name']!r} runs (started meanwhile)"
+        )
 
 
 def cancel(name: str) -> dict[str, Any] | None:
@@ -147,13 +172,34 @@ def cancel(name: str) -> dict[str, Any] | None:
     return info or None
 
 
-def running(name: str) -> dict[str, Any] | None:
-    """The app's running timer's ``info()``, None without one."""
+def running(name: str, timeout: float = 30.0) -> dict[str, Any] | None:
+    """The app's running timer's ``info()``, None without one.
+
+    ``timeout``: seconds the timer may take to answer.
+
+    Raises:
+        RuntimeError: a timer exists and does not answer (its info cannot be read).
+    """
     import ray
 
     try:
         timer = ray.get_actor(PREFIX + name, namespace=NAMESPACE)
-        info: dict[str, Any] = ray.get(timer.info.remote(), timeout=30)
-    except Exception:  # gone (or going): no pre-warm runs
-        return None
+    except ValueError:
+        return None  # no timer
+    try:
+        info: dict[str, Any] = ray.get(timer.info.remote(), timeout=timeout)
+    except ray.exceptions.RayActorError as err:
+        try:
+            ray.get_actor(PREFIX + name, namespace=NAMESPACE)
+        except ValueError:
+            return None  # it ended meanwhile (its time was up)
+        raise RuntimeError(
+            f"the pre-warm timer of app {name!r} (actor {PREFIX + name!r} in namespace "
+            f"{NAMESPACE!r}) exists and does not answer: {err}"
+        ) from err
+    except Exception as err:
+        raise RuntimeError(
+            f"the pre-warm timer of app {name!r} (actor {PREFIX + name!r} in namespace "
+            f"{NAMESPACE!r}) runs and does not answer: {err}"
+        ) from err
     return info

@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "HEAD_NODE_RESOURCE",
     "auth_headers",
     "direct_streaming",
     "forget_serve_client",
     "gcs_address",
+    "head_actor",
     "kv_delete",
     "kv_get",
     "kv_keys",
@@ -25,6 +27,31 @@ __all__ = [
     "session_dir",
     "start_serve",
 ]
+
+# The resource only the head node has (``ray._common.constants.HEAD_NODE_RESOURCE_NAME``): a
+# tiny amount pins an actor there, as Ray Train pins its state actor, so a worker node that
+# scales down never takes it along.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
+
+def head_actor(cls: type, name: str, namespace: str, **options: Any) -> Any:
+    """``cls`` as a detached, zero-CPU, named actor class on the head node.
+
+    Ray restarts it if its process dies; ``.remote(...)`` returns the running one of that
+    name if there is one.
+    """
+    import ray
+
+    return ray.remote(cls).options(
+        name=name,
+        namespace=namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        num_cpus=0,
+        resources={HEAD_NODE_RESOURCE: 0.001},
+        max_restarts=-1,
+        **options,
+    )
 
 
 def serve_client() -> Any:

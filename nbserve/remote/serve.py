@@ -13,14 +13,12 @@ import json
 import os
 from typing import Any, Literal, NotRequired, TypedDict
 
-from .lock import app_set_lock
+from .lock import Held, LockLost, LockTimeout, app_set_lock
 from .ray_private import (
     direct_streaming,
     gcs_address,
-    kv_delete,
     kv_get,
     kv_keys,
-    kv_put,
     serve_client,
     start_serve,
 )
@@ -41,6 +39,10 @@ Refusal = Literal[
     "exists",
     "route_prefix_taken",
     "lost_apps",
+    "changed",
+    "lock_timeout",
+    "lock_lost",
+    "invalid_config",
 ]
 
 
@@ -77,16 +79,24 @@ def deploy(
     fixed_nodes: bool = False,
     router: dict[str, Any] | None = None,
     shapes: dict[str, dict[str, float]] | None = None,
+    revision: int | None = None,
 ) -> DeployResult:
     """Apply one Serve app config declaratively, keeping every other declared app as it is.
 
     Serve's declarative API takes the whole set of apps at once, so under the cluster's
-    app-set lock the current set is read, this app added or replaced in it, the set written
-    back and checked (every other app still declared), and then nbserve's record of the app
-    written. Serve builds the app on the cluster and applies ``deployments:`` overrides in
-    place; ``router`` is the override of Serve LLM's router, added where this cluster builds
-    apps with one (``direct_streaming``). Deploying exactly what runs under that name changes
-    nothing. Refused before anything changes: a local model path that does not exist where a
+    app-set lock the current set is read, this app added or replaced in it, and the set and
+    nbserve's record of the app written together, fenced by the lock's token
+    (``lock.Held.commit``), then checked (every other app still declared). Serve builds the
+    app on the cluster and applies ``deployments:`` overrides in place; ``router`` is the
+    override of Serve LLM's router, added where this cluster builds apps with one
+    (``direct_streaming``). Deploying exactly what runs under that name changes nothing.
+
+    ``revision``: the record's revision the change was made from (``revision_of``); when the
+    record has another one by the time the lock is held (another caller changed or deleted
+    the app), nothing is written (``changed``) and the caller applies its change again to the
+    record as it is then. Each write adds one to the record's revision.
+
+    Refused before anything changes: a local model path that does not exist where a
     replica could run (``model_path_missing``), a secret the replicas read from their node's
     environment that is not set there (``secret_missing``; only the names of ``secrets``
     travel, never a value), a replica that fits no node of a cluster that cannot add nodes, or
@@ -94,10 +104,9 @@ def deploy(
     ``fixed_nodes`` or ``shapes``), Serve started by something else and listening elsewhere
     than ``http`` says (``serve_elsewhere``), a name that runs something else unless
     ``replace`` (``exists``), a route prefix equal to, under or containing another running
-    app's (``route_prefix_taken``).
+    app's (``route_prefix_taken``), the lock held by another caller throughout
+    (``lock_timeout``) or lost before the write (``lock_lost``).
     """
-    from ray.serve.schema import ServeDeploySchema
-
     nodes = _alive_nodes()
     refused = _refused_before_any_change(app, nodes, secrets, fixed_nodes, shapes)
     if refused is not None:
@@ -105,44 +114,111 @@ def deploy(
     # A cluster nbserve knows nothing of may add nodes (its autoscaler): not a refusal, but
     # wait() says at once what the replica waits for, not after Serve's 30 s.
     waiting = "" if fixed_nodes or shapes is not None else waits_for_node(app, nodes)
-    name = app["name"]
     traced = for_this_cluster(app)  # receivers up before any replica exports to them
+    applied = on_this_node(traced) if fixed_nodes else traced
+    if router and direct_streaming():
+        applied = {**applied, "deployments": [*app.get("deployments", []), router]}
     client = start_serve(http)
-    with app_set_lock():
-        details = client.get_serve_details()
-        elsewhere = _listens_elsewhere(details.get("http_options") or {}, http or {})
-        if elsewhere:
-            return _refused("serve_elsewhere", elsewhere)
-        running = details.get("applications", {})
-        if name in running and not replace:
-            if (record_of(name) or {}).get("config") == app:
-                return DeployResult(ok=True, reason="", message="unchanged")
-            return _refused("exists", _exists(name, running[name]))
-        taken = _route_prefix_taken(name, app.get("route_prefix"), running)
-        if taken:
-            return _refused("route_prefix_taken", taken)
-        keep = {
-            other: a["deployed_app_config"]
-            for other, a in running.items()
-            if a.get("deployed_app_config") and other != name
-        }
-        applied = on_this_node(traced) if fixed_nodes else traced
-        if router and direct_streaming():
-            applied = {**applied, "deployments": [*app.get("deployments", []), router]}
-        config: dict[str, Any] = {"applications": [*keep.values(), applied]}
-        if details.get("target_capacity") is not None:
-            config["target_capacity"] = details["target_capacity"]
-        client.deploy_apps(ServeDeploySchema.model_validate(config))
-        lost = _lost(client, {*keep, name})
-        if lost:
-            return _refused(
-                "lost_apps",
-                f"after deploying {name!r}, Serve no longer declares "
-                f"{', '.join(sorted(lost))}; something outside nbserve "
-                "changed the cluster's applications at the same time",
-            )
-        kv_put(KV_PREFIX + name, json.dumps(record), KV_NAMESPACE)
-    return DeployResult(ok=True, reason="", message="", waiting=waiting)
+    try:
+        with app_set_lock() as held:
+            result = _write(held, client, app, applied, http, record, replace, revision)
+    except LockTimeout as err:
+        return _refused("lock_timeout", str(err))
+    except LockLost as err:
+        return _refused("lock_lost", str(err))
+    if result["ok"] and not result["message"]:
+        result["waiting"] = waiting
+    return result
+
+
+def _write(
+    held: Held,
+    client: Any,
+    app: dict[str, Any],
+    applied: dict[str, Any],
+    http: dict[str, Any] | None,
+    record: dict[str, Any],
+    replace: bool,
+    revision: int | None,
+) -> DeployResult:
+    """``deploy``'s part under the lock: read the set, check, write it with the record."""
+    name = app["name"]
+    details = client.get_serve_details()
+    elsewhere = _listens_elsewhere(details.get("http_options") or {}, http or {})
+    if elsewhere:
+        return _refused("serve_elsewhere", elsewhere)
+    current = record_of(name)
+    if revision is not None and revision_of(current) != revision:
+        return _refused(
+            "changed",
+            f"app {name!r} was changed by another caller after this change read it "
+            f"(revision {revision}, now {revision_of(current)}); nothing was written",
+        )
+    running = details.get("applications", {})
+    if name in running and not replace:
+        if (current or {}).get("config") == app:
+            return DeployResult(ok=True, reason="", message="unchanged")
+        return _refused("exists", _exists(name, running[name]))
+    taken = _route_prefix_taken(name, app.get("route_prefix"), running)
+    if taken:
+        return _refused("route_prefix_taken", taken)
+    keep = _declared_except(running, name)
+    config = _app_set([*keep.values(), applied], details)
+    invalid = _invalid(config)
+    if invalid:
+        return _refused("invalid_config", invalid)
+    written = {**record, "revision": max(revision_of(current), 0) + 1}
+    held.commit(config, {KV_PREFIX + name: json.dumps(written)})
+    lost = _lost(client, {*keep, name})
+    if lost:
+        return _refused(
+            "lost_apps",
+            f"after deploying {name!r}, Serve no longer declares "
+            f"{', '.join(sorted(lost))}; something outside nbserve "
+            "changed the cluster's applications at the same time",
+        )
+    return DeployResult(ok=True, reason="", message="")
+
+
+def _invalid(config: dict[str, Any]) -> str:
+    """Why Serve's deploy schema refuses ``config``, or ""."""
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        ServeDeploySchema.model_validate(config)
+    except ValueError as err:  # pydantic's ValidationError is one
+        return f"Serve refuses this app config: {err}"
+    return ""
+
+
+def _declared_except(running: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    """The declared config of every running app but ``name``, by app name."""
+    return {
+        other: a["deployed_app_config"]
+        for other, a in running.items()
+        if a.get("deployed_app_config") and other != name
+    }
+
+
+def _app_set(apps: list[dict[str, Any]], details: dict[str, Any]) -> dict[str, Any]:
+    """Serve's deploy schema for ``apps``, keeping the cluster's ``target_capacity``."""
+    config: dict[str, Any] = {"applications": apps}
+    if details.get("target_capacity") is not None:
+        config["target_capacity"] = details["target_capacity"]
+    return config
+
+
+def revision_of(record: dict[str, Any] | None) -> int:
+    """The revision of an app's record: -1 without a record, 0 for one written before them.
+
+    Example:
+        >>> revision_of(None), revision_of({"config": {}}), revision_of({"revision": 3})
+        (-1, 0, 3)
+    """
+    if record is None:
+        return -1
+    revision = record.get("revision", 0)
+    return revision if isinstance(revision, int) else 0
 
 
 def _refused_before_any_change(
@@ -216,24 +292,30 @@ def _under(inner: str, outer: str) -> bool:
     return inner != outer and (outer == "/" or inner.startswith(outer + "/"))
 
 
-def delete(name: str) -> None:
-    """Delete one Serve application and forget nbserve's record of it; other apps stay."""
-    from ray import serve
-    from ray.serve.schema import ServeDeploySchema
+def delete(name: str) -> DeployResult:
+    """Stop declaring one Serve application and forget nbserve's record of it; others stay.
 
+    Written under the app-set lock with the cluster's ``target_capacity`` kept. Serve then
+    drains the app's replicas (up to their graceful shutdown) by itself: the caller waits for
+    the app to be gone (``App.delete``). Not ``ok`` when the lock could not be had
+    (``lock_timeout``) or was lost (``lock_lost``): nothing was deleted.
+    """
     client = serve_client()  # never starts Serve: with none running there is no app
-    with app_set_lock():
-        apps = client.get_serve_details().get("applications", {}) if client else {}
-        if name in apps and apps[name].get("deployed_app_config"):
-            rest = [
-                a["deployed_app_config"]
-                for n, a in apps.items()
-                if n != name and a.get("deployed_app_config")
-            ]
-            client.deploy_apps(ServeDeploySchema.model_validate({"applications": rest}))
-        kv_delete(KV_PREFIX + name, KV_NAMESPACE)
-    if client is not None:
-        serve.delete(name, _blocking=True)  # an app of serve.run; else waits until it is gone
+    try:
+        with app_set_lock() as held:
+            details = client.get_serve_details() if client else {}
+            apps = details.get("applications", {})
+            config = None
+            if name in apps and apps[name].get("deployed_app_config"):
+                config = _app_set(list(_declared_except(apps, name).values()), details)
+            held.commit(config, {KV_PREFIX + name: None})
+            if name in apps and config is None:  # an app of serve.run, not declared
+                client.delete_apps([name], blocking=False)
+    except LockTimeout as err:
+        return _refused("lock_timeout", str(err))
+    except LockLost as err:
+        return _refused("lock_lost", str(err))
+    return DeployResult(ok=True, reason="", message="")
 
 
 def records() -> dict[str, dict[str, Any]]:
