@@ -302,3 +302,18 @@ def test_each_replicas_kv_cache_has_its_line_through_a_rolling_restart() -> None
     finally:
         board.stop()
         board.widget.close()
+
+
+def test_a_new_dashboard_of_the_same_apps_replaces_the_poller_before() -> None:
+    """Re-running a dashboard cell stacked pollers, each scraping every node; outside a
+    notebook the place of a dashboard is the set of apps it shows."""
+    first = Dashboard([Replay()], interval=0.05, history=5)
+    other = Dashboard([Replay("other")], interval=0.05, history=5)
+    second = Dashboard([Replay()], interval=0.05, history=5)
+    try:
+        wait_until(lambda: not first.running)
+        assert second.running and other.running
+    finally:
+        for board in (first, other, second):
+            board.stop()
+            board.widget.close()

@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -218,9 +219,20 @@ class Dashboard:
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> Dashboard:
-        """Start refreshing in the background (a no-op if it already runs)."""
+        """Start refreshing in the background (a no-op if it already runs).
+
+        One dashboard refreshes per notebook cell (per set of apps outside a notebook): one
+        started from a cell that runs again, or for the same apps, stops the one before, so
+        re-running a cell does not stack pollers that each scrape every node.
+        """
         if self._thread is not None and self._thread.is_alive():
             return self
+        key = _place(self.apps)
+        before = _refreshing.get(key)
+        if before is not None and before is not self:
+            log.info("a new dashboard of the same cell replaces the one before")
+            before.stop()
+        _refreshing[key] = self
         self._stop.clear()
         remote.watch(self._on_connection)
         self._thread = threading.Thread(target=self._run, name="nbserve-dashboard", daemon=True)
@@ -429,6 +441,23 @@ class Dashboard:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<nbserve.Dashboard {sorted(self.apps)} ({state})>"
+
+
+# The dashboard that refreshes, per cell (or set of apps): see Dashboard.start.
+_refreshing: weakref.WeakValueDictionary[object, Dashboard] = weakref.WeakValueDictionary()
+
+
+def _place(apps: dict[str, WatchedApp]) -> object:
+    """Where a dashboard is shown: the notebook cell that runs now, else the apps it shows."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        kernel = getattr(shell, "kernel", None)
+        cell = kernel.get_parent().get("metadata", {}).get("cellId") if kernel else None
+    except Exception:  # not in a kernel, or one that says nothing of cells
+        cell = None
+    return ("cell", cell) if cell else ("apps", frozenset(apps))
 
 
 def _traces(state: DashboardState) -> list[tuple[tuple[str, str], int]]:
