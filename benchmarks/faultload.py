@@ -12,12 +12,17 @@ import argparse
 import concurrent.futures
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import nbserve
 from nbserve.load.results import RequestRecord, percentile
@@ -161,3 +166,32 @@ def under_load(
 def median(values: list[float]) -> float:
     """The median, 0 for no values."""
     return percentile(values, 50) or 0.0
+
+
+def workers(argvs: list[list[str]], home: Path, timeout: float) -> list[dict[str, Any]]:
+    """Run ``python -m benchmarks.faultworker ARGV`` for each ``argvs`` at once, as notebooks.
+
+    Each connects to the local head of ``home``; returns each one's last line of output (JSON).
+
+    Raises:
+        RuntimeError: a worker exited with an error (its stderr's end says why).
+    """
+    env = {**os.environ, "NBSERVE_HOME": str(home)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.faultworker", *argv],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for argv in argvs
+    ]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    results = []
+    for proc, (out, err) in zip(procs, outs, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"worker exited {proc.returncode}: {err[-2000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results

@@ -23,7 +23,6 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,9 +41,10 @@ from nbserve.local import procs
 from nbserve.specs.serveconfig import llm_deployment_name
 
 from .exposure import SECRET_VAR, SENTINEL, exposure
-from .faultload import Row, llm_replicas, median, shape, tally, under_load
+from .faultload import Row, llm_replicas, median, shape, tally, under_load, workers
 from .paths import ROOT
 from .report import RESULTS, machine, write_report
+from .sharing import concurrent_updates, lock_holder_killed
 
 COMMAND = ".venv/bin/python -m benchmarks.faults"
 HOLD = 4  # requests one replica takes at once in the overload scenario
@@ -354,26 +354,12 @@ def two_processes(app: nbserve.App, opts: argparse.Namespace, home: Path) -> Row
     """
     row = Row(f"two processes deploying, {opts.rounds} rounds", target="0 apps lost, 0 failed")
     shape(app, 1)
-    env = {**os.environ, "NBSERVE_HOME": str(home)}
     with under_load(app, row, opts) as fault:
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.faultworker", tag, app.name, str(opts.rounds)],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for tag in ("a", "b")
-        ]
-        outs = [w.communicate(timeout=1800) for w in workers]
+        argvs = [[tag, app.name, str(opts.rounds)] for tag in ("a", "b")]
+        results = workers(argvs, home, timeout=1800)
         row.recovered_s = round(time.time() - fault, 1)
     lost, checks = 0, 0
-    for worker, (out, err) in zip(workers, outs, strict=True):
-        if worker.returncode != 0:
-            raise RuntimeError(f"worker exited {worker.returncode}: {err[-2000:]}")
-        result = json.loads(out.strip().splitlines()[-1])
+    for result in results:
         lost += result["lost"]
         checks += result["checks"]
         row.notes += [
@@ -458,6 +444,8 @@ SCENARIOS: dict[str, Callable[..., Row]] = {
     "abandon": lambda app, opts, head, home: abandon(app, opts),
     "connection": lambda app, opts, head, home: dropped_connection(app, opts, head),
     "two-processes": lambda app, opts, head, home: two_processes(app, opts, home),
+    "concurrent-updates": lambda app, opts, head, home: concurrent_updates(app, opts, home),
+    "lock-holder-killed": lambda app, opts, head, home: lock_holder_killed(app, opts),
     "exposure": lambda app, opts, head, home: exposure(app, head, home),
 }
 
@@ -483,6 +471,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="rounds of each process in the two-processes scenario",
     )
     parser.add_argument(
+        "--update-rounds",
+        type=int,
+        default=None,
+        help="rounds of the concurrent-updates scenario (default 10; quick 3)",
+    )
+    parser.add_argument(
         "--overload-s", type=float, default=20.0, help="seconds each overload phase runs"
     )
     parser.add_argument(
@@ -499,9 +493,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     opts = parser.parse_args(argv)
     if opts.scenarios is None:
-        # The quick run is for CI: the mix end to end, a dropped session, and the search; the
-        # update under load is tests/test_integration.py's too.
-        opts.scenarios = ["baseline", "connection", "exposure"] if opts.quick else list(SCENARIOS)
+        # The quick run is for CI: the mix end to end, a dropped session, the search, and two
+        # notebooks updating one app; the update under load is tests/test_integration.py's.
+        quick = ["baseline", "connection", "exposure", "concurrent-updates"]
+        opts.scenarios = quick if opts.quick else list(SCENARIOS)
+    if opts.update_rounds is None:
+        opts.update_rounds = 3 if opts.quick else 10
     if opts.settle is None:
         opts.settle = 3.0 if opts.quick else 10.0
     if opts.output is None:
