@@ -538,7 +538,7 @@ def render(rows: list[Row], info: dict[str, Any], command: str, started: str) ->
         "the places the sentinel secret was found. Serve 2.60 binds each replica's "
         "inter-deployment gRPC server to `[::]:0` in its code "
         "(`ray/serve/_private/replica.py`, whatever Serve's host is); on the local head "
-        "nbserve's worker setup hook (`nbserve.hooks.serve_loopback`) binds it to 127.0.0.1.",
+        "nbserve's worker setup hook (`nbserve.hooks.local_replica`) binds it to 127.0.0.1.",
         "",
     ]
     for r in rows:
@@ -572,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
         head = local.up(base=home)
         try:
             cluster = nbserve.connect(timeout=240)
-            spec = nbserve.LLM(nbserve.demo_model(), name="tiny", max_model_len=512)
+            spec = nbserve.LLM(
+                nbserve.demo_model(), name="tiny", max_model_len=512, secrets=[SECRET_VAR]
+            )
             app = cluster.deploy(spec, name="faults", progress=False)
             for name in opts.scenarios:
                 print(f"== {name}", flush=True)

@@ -361,13 +361,11 @@ class App:
         for _ in range(CHANGE_ATTEMPTS):
             current, revision = self._current()
             new = change(current)
-            old_version = engine_version(serve_app(current, self.name, self.route_prefix))
-            new_version = engine_version(serve_app(new, self.name, self.route_prefix))
             try:
                 self.apply(new, replace=True, revision=revision)
             except _Changed:
                 continue
-            return "in place" if old_version == new_version else "rolling restart"
+            return "rolling restart" if self._restarts(current, new) else "in place"
         raise ConcurrentChange(
             f"app {self.name!r} was changed by another caller {CHANGE_ATTEMPTS} times while "
             "this change was applied to it; nothing of this change was written: run it again"
@@ -586,6 +584,18 @@ class App:
         self._waiting = result.get("waiting", "")
         if self._waiting:
             log.warning("app %s: %s", self.name, self._waiting)
+
+    def _restarts(self, old: LLM, new: LLM) -> bool:
+        """Whether going from ``old`` to ``new`` rolls the replicas (else: in place).
+
+        The engine's config (``engine_version``), and on nbserve's local head the secrets'
+        names too: its replicas get their secrets as they start (``hooks.local_replica``).
+        """
+        if engine_version(serve_app(old, self.name, self.route_prefix)) != engine_version(
+            serve_app(new, self.name, self.route_prefix)
+        ):
+            return True
+        return self._fixed_nodes and set(old.secrets) != set(new.secrets)
 
     @property
     def _fixed_nodes(self) -> bool:

@@ -41,11 +41,21 @@ def nbserve_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ["NBSERVE_HOME"] = old
 
 
+# A secret in the kernel's environment that no test app names in secrets=: the head inherits
+# it, and no replica may have it (nbserve.hooks.local_replica).
+STRAY_SECRET = ("NBSERVE_TEST_STRAY_TOKEN", "stray-sentinel-8e1f")
+
+
 @pytest.fixture(scope="session")
 def local_head(nbserve_home: Path) -> Iterator[object]:
     from nbserve.local import head as local
 
-    head = local.up()
+    name, value = STRAY_SECRET
+    os.environ[name] = value
+    try:
+        head = local.up()
+    finally:
+        del os.environ[name]
     try:
         yield head
     finally:

@@ -17,6 +17,7 @@ import pytest
 import nbserve
 from nbserve import remote
 from nbserve.local import head as local
+from nbserve.local import procs
 from nbserve.specs.serveconfig import ROUTER_DEPLOYMENT, ROUTER_DRAIN_S, llm_deployment_name
 
 pytestmark = pytest.mark.integration
@@ -120,6 +121,28 @@ def test_everything_the_local_head_runs_listens_on_loopback_only(
     # vLLM's engine sockets live in the head's folder too, not in /tmp, where they outlived it.
     engine_sockets = [p for p in (Path(local_head.temp_dir) / "v").iterdir() if p.is_socket()]
     assert engine_sockets, "vLLM's IPC sockets are not under the head's folder"
+
+
+def test_no_process_has_a_secret_its_app_does_not_name(tiny_app: nbserve.App) -> None:
+    """The kernel's secrets stay out of the local head: a stray token the tests put in the
+    kernel's environment before the head started is in no process's environment (the replica
+    and the engine it started included), and the replica still has the rest. Before, the head
+    and every replica inherited the kernel's whole environment."""
+    from conftest import STRAY_SECRET
+
+    name, value = STRAY_SECRET
+    found = []
+    for pid in procs.processes():
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if value.encode() in env or f"{name}=".encode() in env:
+            found.append(pid)
+    assert not found, found
+    replica = next(r.pid for r in tiny_app.replicas() if r.alive and r.pid)
+    env = Path(f"/proc/{replica}/environ").read_bytes().split(b"\0")
+    assert any(e.startswith(b"PATH=") for e in env)
 
 
 def test_autoscaler_settings_update_in_place(tiny_app: nbserve.App) -> None:

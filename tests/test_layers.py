@@ -22,7 +22,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nbserve"
 
 # The folders of nbserve/, lowest layer first; folders on one line share a layer.
 FOLDERS: list[tuple[str, ...]] = [
-    ("base", "hooks"),  # leaves: import nothing of nbserve but errors
+    ("base",),  # the leaf: imports nothing of nbserve but errors
+    ("hooks",),  # loaded by Serve and vLLM in their processes: base at most
     ("specs", "models"),  # what to run, pure
     ("remote",),  # what runs on the cluster
     ("observe", "load"),  # watching and measuring apps

@@ -377,3 +377,24 @@ def test_an_interrupted_up_leaves_no_head_running(tmp_path: Path) -> None:
         local.down(tmp_path)
         for pid in processes_of(tmp_path):
             procs.kill(pid)
+
+
+def test_the_heads_environment_keeps_the_kernels_secrets_apart(tmp_path: Path) -> None:
+    """The head's processes start without the kernel's secrets; they wait in a file of the
+    head's private folder, readable by its user only, for the replicas whose app names them."""
+    import stat
+
+    from nbserve.hooks.local_replica import SECRETS_FILE_VAR
+    from nbserve.local.head import _secrets_apart
+
+    env = _secrets_apart(
+        {"HF_TOKEN": "hf_abc", "DATABASE_URL": "postgresql://a:pw@db/a", "PATH": "/usr/bin"},
+        str(tmp_path),
+    )
+    assert set(env) == {"PATH", SECRETS_FILE_VAR}
+    kept = Path(env[SECRETS_FILE_VAR])
+    assert json.loads(kept.read_text()) == {
+        "HF_TOKEN": "hf_abc",
+        "DATABASE_URL": "postgresql://a:pw@db/a",
+    }
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600

@@ -507,10 +507,10 @@ def test_settings_that_only_look_like_secrets_are_accepted() -> None:
 
 @pytest.mark.parametrize("key", sorted(SECRET_ENV))
 def test_masking_covers_every_refused_pattern(key: str) -> None:
-    from nbserve.specs import names
+    from nbserve.base import secrets
 
-    assert names.masked_env({key: SECRET_ENV[key]}) == {key: names.MASK}
-    assert names.masked_env(PLAIN_ENV) == PLAIN_ENV
+    assert secrets.masked_env({key: SECRET_ENV[key]}) == {key: secrets.MASK}
+    assert secrets.masked_env(PLAIN_ENV) == PLAIN_ENV
 
 
 def test_an_old_record_with_secrets_outside_secrets_stays_readable(

@@ -4,9 +4,9 @@ Serve 2.60 starts a gRPC server in every replica for calls between deployments a
 ``[::]:0`` in its code (``Replica._on_initialized``), whatever Serve's host is: on a machine
 others can reach, each replica of the local head listened on every interface. The local head
 runs in Ray's single-node mode, where every Ray address is 127.0.0.1, so the replicas' callers
-reach them there. ``setup`` is a Ray worker setup hook: where nbserve deploys to its local head
-(``remote.serve``), an app's replica processes are started with it, and it makes that one
-bind a loopback one. Elsewhere nothing changes.
+reach them there. ``setup`` is part of the local head's replica hook (``local_replica``): where
+nbserve deploys to its local head (``remote.serve``), an app's replica processes are started
+with it, and it makes that one bind a loopback one. Elsewhere nothing changes.
 
 It runs in the replica's process, where Ray Serve is installed.
 """
@@ -16,11 +16,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__all__ = ["ANY_INTERFACE", "HOOK", "setup"]
+__all__ = ["ANY_INTERFACE", "setup"]
 
 log = logging.getLogger(__name__)
 
-HOOK = "nbserve.hooks.serve_loopback.setup"  # as Ray's worker setup hook names it
 ANY_INTERFACE = "[::]:"
 
 

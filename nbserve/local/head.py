@@ -28,7 +28,9 @@ from pathlib import Path
 
 from nbserve.base import defaults
 from nbserve.base.defaults import home
+from nbserve.base.secrets import is_secret
 from nbserve.errors import ClusterError, LocalClusterError
+from nbserve.hooks.local_replica import SECRETS_FILE_VAR
 from nbserve.local import haproxy, procs
 from nbserve.session.target import Target
 
@@ -313,7 +315,25 @@ def _head_env(
     os.mkdir(head_env["VLLM_RPC_BASE_PATH"], 0o700)
     head_env.pop("RAY_AUTH_TOKEN", None)  # the file is the one source of the token
     head_env.pop("RAY_ADDRESS", None)
-    return head_env
+    return _secrets_apart(head_env, temp_dir)
+
+
+def _secrets_apart(head_env: dict[str, str], temp_dir: str) -> dict[str, str]:
+    """``head_env`` without its secrets, which go to a file only the head's user can read.
+
+    The kernel's environment may hold secrets (``HF_TOKEN``, a ``GITHUB_PAT``, a database
+    URL with a password: ``nbserve.base.secrets``). No process of the head gets them in its
+    environment; each app's replicas get the ones its ``secrets=`` names, from this file
+    (``SECRETS_FILE_VAR``), when they start (``nbserve.hooks.local_replica``). The file lies
+    in the head's private temp folder, removed with the head.
+    """
+    found = {k: v for k, v in head_env.items() if is_secret(k, v)}
+    path = os.path.join(temp_dir, "secrets.json")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(found, out)
+    kept = {k: v for k, v in head_env.items() if k not in found}
+    return {**kept, SECRETS_FILE_VAR: path}
 
 
 def down(base: Path | None = None, timeout: float = 30) -> bool:

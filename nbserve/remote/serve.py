@@ -22,7 +22,7 @@ from .ray_private import (
     serve_client,
     start_serve,
 )
-from .thisnode import looks_like_path, on_this_node
+from .thisnode import kept_apart, looks_like_path, on_this_node
 from .traces import for_this_cluster
 
 KV_NAMESPACE = b"nbserve"
@@ -115,7 +115,7 @@ def deploy(
     # wait() says at once what the replica waits for, not after Serve's 30 s.
     waiting = "" if fixed_nodes or shapes is not None else waits_for_node(app, nodes)
     traced = for_this_cluster(app)  # receivers up before any replica exports to them
-    applied = on_this_node(traced) if fixed_nodes else traced
+    applied = on_this_node(traced, secrets) if fixed_nodes else traced
     if router and direct_streaming():
         applied = {**applied, "deployments": [*app.get("deployments", []), router]}
     client = start_serve(http)
@@ -232,7 +232,7 @@ def _refused_before_any_change(
     absent = _paths_absent_where_replicas_run(app, nodes)
     if absent:
         return _refused("model_path_missing", absent)
-    missing = [n for n in secrets or () if not os.environ.get(n)]
+    missing = [n for n in secrets or () if not os.environ.get(n) and n not in kept_apart()]
     if missing:
         return _refused("secret_missing", _secret_missing(missing))
     if fixed_nodes:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nbserve.base import versions
+from nbserve.base import secrets, versions
 from nbserve.specs import manifests, names
 from nbserve.specs.accelerators import AcceleratorInfo, resolve_accelerator
 from nbserve.specs.llm import EnvName
@@ -225,7 +225,7 @@ class ClusterSpec(BaseModel):
     def __repr_args__(self) -> Any:
         """The fields as ``repr`` shows them: values of secret-looking env names masked."""
         for key, value in super().__repr_args__():
-            yield key, names.masked_env(value) if key in ("env", "head_env") else value
+            yield key, secrets.masked_env(value) if key in ("env", "head_env") else value
 
     @property
     def secret_env(self) -> dict[str, SecretRef]:

@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from nbserve.base import secrets
 from nbserve.errors import SpecError
 from nbserve.specs import names
 from nbserve.specs.accelerators import resolve_accelerator
@@ -332,7 +333,7 @@ class Engine(_Spec):
     @field_validator("args")
     @classmethod
     def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
-        found = names.secret_paths(value)
+        found = secrets.secret_paths(value)
         if found:
             raise _secret_error(
                 f"engine argument {', '.join(map(repr, found))} holds a secret, and engine "
@@ -431,7 +432,7 @@ class LLM(_Spec):
     @field_validator("env")
     @classmethod
     def _no_secrets_in_env(cls, value: dict[str, str]) -> dict[str, str]:
-        found = sorted(key for key, text in value.items() if names.is_secret(key, text))
+        found = sorted(key for key, text in value.items() if secrets.is_secret(key, text))
         if found:
             holds = "holds a secret" if len(found) == 1 else "hold secrets"
             raise _secret_error(
@@ -483,7 +484,7 @@ class LLM(_Spec):
     def __repr_args__(self) -> Any:
         """The fields as ``repr`` shows them: values of secret-looking env names masked."""
         for key, value in super().__repr_args__():
-            yield key, names.masked_env(value) if key == "env" else value
+            yield key, secrets.masked_env(value) if key == "env" else value
 
     @property
     def served_name(self) -> str:
@@ -567,8 +568,8 @@ def _without_secrets(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     env = _dict_at(spec, "env")
     engine = _dict_at(spec, "engine")
     args = _dict_at(engine, "args")
-    in_env = sorted(key for key, value in env.items() if names.is_secret(key, value))
-    in_args = [key for key in args if names.secret_paths({key: args[key]})]
+    in_env = sorted(key for key, value in env.items() if secrets.is_secret(key, value))
+    in_args = [key for key in args if secrets.secret_paths({key: args[key]})]
     if not in_env and not in_args:
         return spec
     listed = list(spec.get("secrets") or [])
