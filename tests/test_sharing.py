@@ -71,6 +71,8 @@ def take(owner: str, timeout: float) -> int:
 
 
 def test_a_killed_holder_frees_the_lock_within_its_lease(cluster: Any) -> None:
+    import ray
+
     ref, pid = start_holder(commit=False)
     os.kill(pid, signal.SIGKILL)  # its kernel's worker dies mid-change
     killed = time.monotonic()
@@ -78,6 +80,8 @@ def test_a_killed_holder_frees_the_lock_within_its_lease(cluster: Any) -> None:
     waited = time.monotonic() - killed
     free(token)
     assert waited < lock.LEASE_S + 5, f"the next change waited {waited:.1f} s"
+    with pytest.raises(Exception, match="(?i)died|crash"):  # the holder's task: it was killed
+        ray.get(ref, timeout=60)
 
 
 def test_two_waiters_on_a_stale_lock_one_enters(cluster: Any) -> None:
@@ -176,3 +180,40 @@ def test_a_call_that_hangs_is_an_error_naming_it(cluster: Any) -> None:
         remote.call(nap, 30, timeout=1.0)
     with pytest.raises(nbserve.CallTimeout, match="test_sharing.test_a_call_that_hangs"):
         remote.client(lambda: time.sleep(30), timeout=1.0)
+
+
+def test_a_node_without_a_trace_receiver_gets_one(tiny_app: Any) -> None:
+    """While a traced app runs, the receivers' keeper starts a receiver on every alive node
+    that has none, as on a node KubeRay adds after the deploy (before, only the nodes alive at
+    the deploy had one). Here the one node's receiver is removed, as a new node has none."""
+    import ray.cloudpickle
+
+    from nbserve.remote import traces
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    assert tiny_app.spec.tracing  # the shared app traces: its deploy started the keeper
+    assert remote.call(traces.any_app_traced)
+    assert remote.call(traces.remove_receivers) == 1
+    deadline = time.monotonic() + 4 * traces.WATCH_S
+    back = 0
+    while time.monotonic() < deadline and not back:
+        time.sleep(0.5)
+        back = remote.call(receivers_alive)
+    assert back == 1, "no receiver came back on the node"
+
+
+def receivers_alive() -> int:
+    """On the cluster: the nodes whose receiver answers."""
+    import ray
+
+    from nbserve.remote import traces
+
+    alive = 0
+    for node in ray.nodes():
+        try:
+            receiver = ray.get_actor(traces.ACTOR_PREFIX + node["NodeID"], namespace="nbserve")
+            ray.get(receiver.ready.remote(), timeout=5)
+        except Exception:
+            continue
+        alive += 1
+    return alive

@@ -23,10 +23,11 @@ import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
-from .ray_private import gcs_address, session_dir
+from .ray_private import gcs_address, head_actor, serve_client, session_dir
 
 # What ``serveconfig`` renders for a traced app: Ray's default session path (KubeRay's). The
 # deploy rewrites it to this cluster's session (``for_this_cluster``).
@@ -35,8 +36,11 @@ SOCKET = os.path.join("sockets", "nbserve", "otlp")
 # Versioned by what the receivers keep and answer, and where they listen: change it with the
 # Receiver's methods or SOCKET.
 ACTOR_PREFIX = "nbserve-traces-v2-"
+KEEPER = "nbserve-traces-v2-keeper"
 NAMESPACE = "nbserve"
 CAPACITY = 20_000  # spans kept per node, the newest
+WATCH_S = 5.0  # how often the keeper looks for new nodes and for traced apps
+GRACE_S = 60.0  # how long no traced app runs before the receivers are removed
 
 
 class Span(TypedDict):
@@ -130,6 +134,78 @@ class Receiver:
         """Spans kept."""
         with self._lock:
             return len(self._spans)
+
+
+class Keeper:
+    """Keeps a receiver on every node while a traced app runs; removes them after the last.
+
+    One detached actor on the head node (``KEEPER``), started by the deploy of a traced app.
+    Every ``WATCH_S`` it starts a receiver on each alive node that has none (a node KubeRay
+    added after the deploy, scaling from zero, gets one within seconds, long before a replica's
+    engine has started there); once no app Serve runs has traced engines for ``GRACE_S``, it
+    stops every receiver and itself.
+    """
+
+    def __init__(self) -> None:
+        self.last_traced = time.monotonic()
+        threading.Thread(target=self._run, name="nbserve-traces-keeper", daemon=True).start()
+
+    def ready(self) -> bool:
+        """True once it runs."""
+        return True
+
+    def _run(self) -> None:
+        import ray
+
+        while True:
+            try:
+                if any_app_traced():
+                    self.last_traced = time.monotonic()
+                    ensure_receivers()
+                elif time.monotonic() - self.last_traced > GRACE_S:
+                    remove_receivers()
+                    ray.kill(ray.get_runtime_context().current_actor)
+                    return
+            except Exception:  # a slow GCS or Serve: the next round tries again
+                pass
+            time.sleep(WATCH_S)
+
+
+def any_app_traced() -> bool:
+    """Whether an app Serve runs on this cluster has engines that export to the receivers."""
+    client = serve_client()
+    if client is None:
+        return False
+    for info in client.get_serve_details().get("applications", {}).values():
+        config = info.get("deployed_app_config") or {}
+        for llm in (config.get("args") or {}).get("llm_configs") or []:
+            sink = str((llm.get("engine_kwargs") or {}).get("otlp_traces_endpoint") or "")
+            if sink.endswith(SOCKET):
+                return True
+    return False
+
+
+def keep_receivers() -> None:
+    """Start the receivers' keeper on the head node if it does not run."""
+    import ray
+
+    keeper = head_actor(Keeper, KEEPER, NAMESPACE).remote()
+    ray.get(keeper.ready.remote(), timeout=60)
+
+
+def remove_receivers() -> int:
+    """Stop and remove every node's receiver; how many there were."""
+    import ray
+
+    removed = 0
+    for node in ray.nodes():
+        try:
+            receiver = ray.get_actor(ACTOR_PREFIX + node["NodeID"], namespace=NAMESPACE)
+        except ValueError:
+            continue
+        ray.kill(receiver)
+        removed += 1
+    return removed
 
 
 def is_of(span: Mapping[str, Any], request_id: str) -> bool:
@@ -232,6 +308,7 @@ def for_this_cluster(app: dict[str, Any]) -> dict[str, Any]:
     if not any(traced):
         return app
     ensure_receivers()
+    keep_receivers()
     here = endpoint()
     configs = [
         {**c, "engine_kwargs": {**c["engine_kwargs"], "otlp_traces_endpoint": here}} if t else c
