@@ -10,6 +10,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,6 @@ from .faultload import Row, shape, under_load, workers
 PID_KEY = "bench/lock-holder-pid"
 # What each worker of the concurrent-updates scenario changes, and its value in round k.
 FIELDS = {"a": "upscale_delay_s", "b": "downscale_delay_s"}
-PERIOD_S = 6.0  # seconds per round: both update at its start, both check before its end
 
 
 def value(tag: str, k: int) -> float:
@@ -35,10 +35,10 @@ def value(tag: str, k: int) -> float:
 def concurrent_updates(app: nbserve.App, opts: argparse.Namespace, home: Path) -> Row:
     """Two processes update different fields of the mix's app at the same moment, each round.
 
-    Each connects as a notebook would; at the start of every round (a shared wall-clock
-    time) both call ``app.update()`` at once, each on its own field; before the round ends
-    each reads the app's record and checks that both fields have this round's values. A
-    field without it is a lost change.
+    Each connects as a notebook would; every round, released together by a barrier of files,
+    both call ``app.update()`` at once, each on its own field; once both returned, each reads
+    the app's record and checks that both fields have this round's values. A field without it
+    is a lost change.
     """
     rounds = opts.update_rounds
     row = Row(
@@ -46,13 +46,9 @@ def concurrent_updates(app: nbserve.App, opts: argparse.Namespace, home: Path) -
         target="0 changes lost, 0 failed",
     )
     shape(app, 1)
-    start = time.time() + 20  # both connected by then
     try:
-        with under_load(app, row, opts) as fault:
-            argvs = [
-                ["update", tag, app.name, str(rounds), f"{start:.3f}", str(PERIOD_S)]
-                for tag in FIELDS
-            ]
+        with under_load(app, row, opts) as fault, tempfile.TemporaryDirectory() as folder:
+            argvs = [["update", tag, app.name, str(rounds), folder] for tag in FIELDS]
             results = workers(argvs, home, timeout=600)
             row.recovered_s = round(time.time() - fault, 1)
     finally:
