@@ -19,6 +19,7 @@ step below is one actor call and no two of them interleave:
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import uuid
@@ -141,7 +142,6 @@ class Held:
     def __init__(self, actor: Any, token: int) -> None:
         self.actor = actor
         self.token = token
-        self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="nbserve-lock", daemon=True)
         self._thread.start()
@@ -155,7 +155,6 @@ class Held:
         import ray
 
         if not ray.get(self.actor.commit.remote(self.token, apps, records), timeout=None):
-            self.lost = True
             raise LockLost(
                 f"this change held the app-set lock (token {self.token}) past its {LEASE_S:g} s "
                 "lease without renewing it (its worker stalled), and another caller took "
@@ -168,8 +167,7 @@ class Held:
         while not self._stop.wait(RENEW_S):
             try:
                 if not ray.get(self.actor.renew.remote(self.token), timeout=CALL_S):
-                    self.lost = True
-                    return
+                    return  # another caller holds it now: commit() will be refused
             except Exception:  # the keeper restarting: the next renewal tries again
                 continue
 
@@ -200,6 +198,4 @@ def app_set_lock(timeout: float = WAIT_S) -> Iterator[Held]:
 
 def _where() -> str:
     """This worker's host and pid, to name the holder in a timeout's message."""
-    import os
-
     return f"{os.uname().nodename}:{os.getpid()}"
