@@ -111,7 +111,7 @@ def keeper() -> Any:
     return head_actor(Keeper, KEEPER, NAMESPACE).remote()
 
 
-def acquire(owner: str, timeout: float, poll: float = 0.05) -> int:
+def acquire(owner: str, timeout: float, poll: float = 0.05, actor: Any = None) -> int:
     """Wait until the lock is granted to ``owner``; its fencing token.
 
     Raises:
@@ -119,7 +119,7 @@ def acquire(owner: str, timeout: float, poll: float = 0.05) -> int:
     """
     import ray
 
-    actor = keeper()
+    actor = keeper() if actor is None else actor
     deadline = time.monotonic() + timeout
     while True:
         token: int = ray.get(actor.acquire.remote(owner), timeout=CALL_S)
@@ -188,8 +188,8 @@ def app_set_lock(timeout: float = WAIT_S) -> Iterator[Held]:
         LockTimeout: another caller held it for ``timeout`` seconds.
         LockLost: (from ``commit``) the lease ran out before the write.
     """
-    token = acquire(f"{_where()} {uuid.uuid4().hex[:8]}", timeout)
-    held = Held(keeper(), token)
+    actor = keeper()
+    held = Held(actor, acquire(f"{_where()} {uuid.uuid4().hex[:8]}", timeout, actor=actor))
     try:
         yield held
     finally:

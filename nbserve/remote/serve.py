@@ -232,7 +232,9 @@ def _refused_before_any_change(
     absent = _paths_absent_where_replicas_run(app, nodes)
     if absent:
         return _refused("model_path_missing", absent)
-    missing = [n for n in secrets or () if not os.environ.get(n) and n not in kept_apart()]
+    unset = [n for n in secrets or () if not os.environ.get(n)]
+    apart = kept_apart() if unset else set()  # the local head's secrets file, read once
+    missing = [n for n in unset if n not in apart]
     if missing:
         return _refused("secret_missing", _secret_missing(missing))
     if fixed_nodes:
