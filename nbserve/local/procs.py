@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import time
@@ -18,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "RAY_WORKER_PORTS",
+    "SERVE_REPLICA_PORTS",
     "Listener",
     "descendants",
+    "ephemeral_ports",
     "free_ports",
     "group_alive",
     "kill",
@@ -128,28 +132,63 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+RAY_WORKER_PORTS = range(10002, 20000)
+"""Ray's default worker port range: a port nbserve picks for its own servers stays out of it."""
+SERVE_REPLICA_PORTS = range(30000, 31001)
+"""Where Serve's replicas bind their own HTTP port (``RAY_SERVE_DIRECT_INGRESS_*_HTTP_PORT``)."""
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel hands out as the source port of outgoing connections.
+
+    Example:
+        >>> ports = ephemeral_ports()
+        >>> 1024 < ports.start < ports.stop <= 65536
+        True
+    """
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
 def free_ports(count: int) -> list[int]:
-    """Loopback ports the OS considers free now, outside Ray's worker port range (10002-19999).
+    """Loopback ports free now that no outgoing connection or Ray worker will take later.
+
+    A server that binds minutes after its port was chosen (Serve's proxy and HAProxy bind when
+    Serve starts, not when the head does) must not get a port in the kernel's ephemeral range:
+    any connection made meanwhile may take it as its source port, and the bind then fails with
+    "Address already in use". Ports come from between Ray's worker range and the ephemeral one,
+    outside the range Serve's replicas bind, in a random order, each checked by binding it.
 
     Example:
         >>> ports = free_ports(3)
-        >>> len(set(ports)) == 3 and not any(10002 <= p <= 19999 for p in ports)
+        >>> len(set(ports)) == 3
         True
+        >>> taken = (RAY_WORKER_PORTS, SERVE_REPLICA_PORTS, ephemeral_ports())
+        >>> any(p in r for p in ports for r in taken)
+        False
     """
-    socks: list[socket.socket] = []
+    low, high = RAY_WORKER_PORTS.stop, ephemeral_ports().start
+    pool = [p for p in range(low, high) if p not in SERVE_REPLICA_PORTS]
+    random.shuffle(pool)
     ports: list[int] = []
-    try:
-        while len(ports) < count:
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-            socks.append(sock)
-            if not 10002 <= port <= 19999:
-                ports.append(port)
-    finally:
-        for sock in socks:
-            sock.close()
-    return ports
+    for port in pool:
+        if len(ports) == count:
+            return ports
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            ports.append(port)
+    if len(ports) == count:
+        return ports
+    raise OSError(
+        f"fewer than {count} free loopback ports between {low} and {high}; "
+        "stop some servers on this machine and retry"
+    )
 
 
 @dataclass(frozen=True)
