@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "RAY_CLIENT_SERVER_PORTS",
     "RAY_WORKER_PORTS",
+    "RESERVED_PORTS",
     "SERVE_REPLICA_PORTS",
     "Listener",
     "descendants",
@@ -134,8 +136,11 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 RAY_WORKER_PORTS = range(10002, 20000)
 """Ray's default worker port range: a port nbserve picks for its own servers stays out of it."""
+RAY_CLIENT_SERVER_PORTS = range(23000, 24001)
+"""Where the Ray Client server starts a server per client (``proxier.py``'s specific servers)."""
 SERVE_REPLICA_PORTS = range(30000, 31001)
 """Where Serve's replicas bind their own HTTP port (``RAY_SERVE_DIRECT_INGRESS_*_HTTP_PORT``)."""
+RESERVED_PORTS = (RAY_WORKER_PORTS, RAY_CLIENT_SERVER_PORTS, SERVE_REPLICA_PORTS)
 
 
 def ephemeral_ports() -> range:
@@ -160,18 +165,18 @@ def free_ports(count: int) -> list[int]:
     Serve starts, not when the head does) must not get a port in the kernel's ephemeral range:
     any connection made meanwhile may take it as its source port, and the bind then fails with
     "Address already in use". Ports come from between Ray's worker range and the ephemeral one,
-    outside the range Serve's replicas bind, in a random order, each checked by binding it.
+    outside the ranges where Ray and Serve bind ports of their own (``RESERVED_PORTS``), in a
+    random order, each checked by binding it.
 
     Example:
         >>> ports = free_ports(3)
         >>> len(set(ports)) == 3
         True
-        >>> taken = (RAY_WORKER_PORTS, SERVE_REPLICA_PORTS, ephemeral_ports())
-        >>> any(p in r for p in ports for r in taken)
+        >>> any(p in r for p in ports for r in (*RESERVED_PORTS, ephemeral_ports()))
         False
     """
     low, high = RAY_WORKER_PORTS.stop, ephemeral_ports().start
-    pool = [p for p in range(low, high) if p not in SERVE_REPLICA_PORTS]
+    pool = [p for p in range(low, high) if not any(p in r for r in RESERVED_PORTS)]
     random.shuffle(pool)
     ports: list[int] = []
     for port in pool:
