@@ -493,9 +493,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     opts = parser.parse_args(argv)
     if opts.scenarios is None:
-        # The quick run is for CI: the mix end to end, a dropped session, the search, and two
-        # notebooks updating one app; the update under load is tests/test_integration.py's.
-        quick = ["baseline", "connection", "exposure", "concurrent-updates"]
+        # The quick run is for CI: the mix end to end, a dropped session and the search. The
+        # update under load is tests/test_integration.py's, two callers updating one app at
+        # once tests/test_sharing.py's.
+        quick = ["baseline", "connection", "exposure"]
         opts.scenarios = quick if opts.quick else list(SCENARIOS)
     if opts.update_rounds is None:
         opts.update_rounds = 3 if opts.quick else 10

@@ -165,34 +165,46 @@ def test_serve_calls_reach_this_sessions_cluster_after_another(tmp_path: Path) -
     id and both sessions are their head's first job: the second session's ``serve.status()``
     called the first head's controller ("Can't run an actor the server doesn't have a handle
     for") until ``connect()`` dropped the cached handle."""
-    import nbserve
     from nbserve.local import head as local
 
-    for name in ("first", "second"):
-        base = tmp_path / name
-        head = local.up(base=base)
+    # The second head starts while the first session works: a fresh head answers its first
+    # Ray Client connection only once its agents are up, which takes a minute on 2 cores.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        second = pool.submit(local.up, base=tmp_path / "second")
         try:
-            cluster = nbserve.connect(
-                head.address,
-                token_path=head.token_path,
-                timeout=240,
-                serve_url=f"http://127.0.0.1:{head.serve_port}",
-            )
-            try:
-                config = echo_config(f"echo-{name}")
-                http = {"host": "127.0.0.1", "port": head.serve_port}
-                result = remote.call(remote_serve.deploy, config, http, {"config": config})
-                assert result["ok"], result
-                assert declared() == {f"echo-{name}"}  # this head's Serve, through the kernel
-                if name == "first":
-                    first = cluster.app("echo-first")
-                else:
-                    a_handle_of_the_first_is_refused(first, head.address)
-                    waits_for_a_node_it_lacks(cluster)
-            finally:
-                cluster.disconnect()
+            first = local.up(base=tmp_path / "first")
+            handle = _session_on(first, "first", None)
+            _session_on(second.result(), "second", handle)
         finally:
-            local.down(base)
+            second.exception()  # wait until it is up (or failed): stopped below either way
+            for name in ("first", "second"):
+                local.down(tmp_path / name)
+
+
+def _session_on(head: Any, name: str, first: Any) -> Any:
+    """Connect to ``head``, deploy ``echo-NAME`` through the kernel, and disconnect; on the
+    second head, ``first`` (a handle of the first head's app) is used too. Returns a handle of
+    the app deployed."""
+    import nbserve
+
+    cluster = nbserve.connect(
+        head.address,
+        token_path=head.token_path,
+        timeout=240,
+        serve_url=f"http://127.0.0.1:{head.serve_port}",
+    )
+    try:
+        config = echo_config(f"echo-{name}")
+        http = {"host": "127.0.0.1", "port": head.serve_port}
+        result = remote.call(remote_serve.deploy, config, http, {"config": config})
+        assert result["ok"], result
+        assert declared() == {f"echo-{name}"}  # this head's Serve, through the kernel
+        if first is not None:
+            a_handle_of_the_first_is_refused(first, head.address)
+            waits_for_a_node_it_lacks(cluster)
+        return cluster.app(f"echo-{name}")
+    finally:
+        cluster.disconnect()
 
 
 def a_handle_of_the_first_is_refused(first: Any, address: str) -> None:

