@@ -181,13 +181,13 @@ def free_ports(count: int) -> list[int]:
     ports: list[int] = []
     for port in pool:
         if len(ports) == count:
-            return ports
+            break
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            ports.append(port)
+        ports.append(port)
     if len(ports) == count:
         return ports
     raise OSError(
