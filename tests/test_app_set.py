@@ -167,18 +167,17 @@ def test_serve_calls_reach_this_sessions_cluster_after_another(tmp_path: Path) -
     for") until ``connect()`` dropped the cached handle."""
     from nbserve.local import head as local
 
-    # The second head starts while the first session works: a fresh head answers its first
-    # Ray Client connection only once its agents are up, which takes a minute on 2 cores.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        second = pool.submit(local.up, base=tmp_path / "second")
+    # One head after the other: two heads starting at once beside the shared one missed Ray's
+    # own 30 s wait for a raylet to register on 2 cores ("timed out during startup").
+    first = None
+    for name in ("first", "second"):
+        base = tmp_path / name
+        head = local.up(base=base)
         try:
-            first = local.up(base=tmp_path / "first")
-            handle = _session_on(first, "first", None)
-            _session_on(second.result(), "second", handle)
+            handle = _session_on(head, name, first)
+            first = first or handle
         finally:
-            second.exception()  # wait until it is up (or failed): stopped below either way
-            for name in ("first", "second"):
-                local.down(tmp_path / name)
+            local.down(base)
 
 
 def _session_on(head: Any, name: str, first: Any) -> Any:
