@@ -35,7 +35,7 @@ bench-quick: setup
 faults: setup
 	.venv/bin/python -m benchmarks.faults
 
-## The mix with no fault and the search, as CI runs them; writes artifacts/RELIABILITY-quick.md.
+## The mix with no fault, the dropped session and the search (6 min); writes artifacts/RELIABILITY-quick.md.
 faults-quick: setup
 	.venv/bin/python -m benchmarks.faults --quick
 

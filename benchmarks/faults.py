@@ -451,7 +451,7 @@ SCENARIOS: dict[str, Callable[..., Row]] = {
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    """The command's options; ``--quick`` is the CI-sized run."""
+    """The command's options; ``--quick`` is a short run of three scenarios."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.faults", description=__doc__.splitlines()[0]
     )
@@ -493,9 +493,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     opts = parser.parse_args(argv)
     if opts.scenarios is None:
-        # The quick run is for CI: the mix end to end, a dropped session and the search. The
-        # update under load is tests/test_integration.py's, two callers updating one app at
-        # once tests/test_sharing.py's.
+        # The quick run checks the harness end to end: the mix, a dropped session and the
+        # search. The update under load is tests/test_integration.py's, two callers updating
+        # one app at once tests/test_sharing.py's.
         quick = ["baseline", "connection", "exposure"]
         opts.scenarios = quick if opts.quick else list(SCENARIOS)
     if opts.update_rounds is None:

@@ -1,15 +1,19 @@
 """A lost Ray Client session is reopened once, by one thread, and the call sent again.
 
-``remote.client`` is the rule every call to the cluster follows; here the session's hook and
-the call are plain functions (what the connection does is the integration tests' and the fault
-benchmark's: ``python -m benchmarks.faults --scenarios connection`` kills the session's server
-process on a real head). Ray's own ``ray.is_initialized`` is the one thing replaced.
+``remote.client`` is the rule every call to the cluster follows; in the unit tests the session's
+hook and the call are plain functions and Ray's own ``ray.is_initialized`` is the one thing
+replaced. The last test kills the session's server process on the real local head, a dashboard
+on (as ``python -m benchmarks.faults --scenarios connection`` does under load).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,3 +147,40 @@ def test_with_no_session_open_the_hook_is_asked_and_refuses(
     assert remote._reopen is session_of._reopen
     with pytest.raises(ConnectionFailed, match="no open Ray session"):
         remote.client(lambda: "never")
+
+
+@pytest.mark.integration
+def test_a_dropped_session_is_reopened_and_the_dashboard_draws_again(
+    local_head: Any, tiny_app: Any
+) -> None:
+    """Ray Client's server on the head runs one process per session; ``kill -9`` of it ends the
+    session as a crashed head or a dropped port-forward would. The next call reopens it with
+    nothing done by hand, and a dashboard that was drawing says so and draws again."""
+    from nbserve.base.wait import poll_until
+    from nbserve.local import procs
+
+    states: list[str] = []
+    dash = tiny_app.dashboard(interval=1.0)
+    remote.watch(states.append)
+
+    def latest() -> Any:
+        return dash.state.latest(tiny_app.name)
+
+    try:
+        poll_until(latest, lambda s: s is not None, timeout=60, what="the first point")
+        servers = [
+            pid
+            for pid, _ in procs.descendants(local_head.pid)
+            if b"specific-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert servers, "no Ray Client server process of this session on the head"
+        for pid in servers:
+            os.kill(pid, signal.SIGKILL)
+        after = time.time()
+        assert tiny_app.status().ok  # reopened and sent again
+        poll_until(latest, lambda s: s is not None and s.time > after, timeout=120, what="a point")
+        assert dash.running
+    finally:
+        remote.watch(states.append, stop=True)
+        dash.stop()
+    assert states == ["reconnecting", "connected"], states
