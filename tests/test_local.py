@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -199,6 +200,31 @@ def test_unreadable_state_is_forgotten(tmp_path: Path) -> None:
     state.write_text("{not json")
     assert local.find(tmp_path) is None
     assert not state.exists()
+
+
+LEFT_OUT_PROBE = """
+import sys
+import jsonschema._format as formats
+print("iri" in formats.draft7_format_checker.checkers, "rfc3987_syntax" in sys.modules)
+"""
+
+
+def test_the_heads_processes_skip_the_slow_iri_parsers(tmp_path: Path) -> None:
+    """Every process of the head imports jsonschema (through Ray); with the head's PYTHONPATH
+    it skips rfc3987_syntax (seconds of Earley parsers), and keeps the kernel's own path."""
+    path = local._lean_imports(str(tmp_path), "/kernels/own")
+    assert path.split(os.pathsep)[-1] == "/kernels/own"
+
+    def probe(pythonpath: str | None) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env |= {"PYTHONPATH": pythonpath} if pythonpath else {}
+        cmd = [sys.executable, "-c", LEFT_OUT_PROBE]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        return done.stdout.split()
+
+    assert probe(path) == ["False", "False"]
+    if importlib.util.find_spec("rfc3987_syntax") is not None:  # Jupyter's, when installed
+        assert probe(None) == ["True", "True"]
 
 
 def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
