@@ -302,7 +302,9 @@ def dropped_connection(app: nbserve.App, opts: argparse.Namespace, head: local.L
                 what="the dashboard's first point",
             )
             servers = [
-                pid for pid, _ in procs.descendants(head.pid) if b"specific-server" in _cmdline(pid)
+                pid
+                for pid, _ in procs.descendants(head.pid)
+                if b"specific-server" in procs.cmdline(pid)
             ]
             killed = time.time()
             for pid in servers:
@@ -336,12 +338,6 @@ def dropped_connection(app: nbserve.App, opts: argparse.Namespace, head: local.L
         and [s for _, s in states] == ["reconnecting", "connected"]
     )
     return row
-
-
-def _cmdline(pid: int) -> bytes:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    return b""
 
 
 def two_processes(app: nbserve.App, opts: argparse.Namespace, home: Path) -> Row:

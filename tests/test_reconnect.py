@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -171,7 +170,7 @@ def test_a_dropped_session_is_reopened_and_the_dashboard_draws_again(
         servers = [
             pid
             for pid, _ in procs.descendants(local_head.pid)
-            if b"specific-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"specific-server" in procs.cmdline(pid)
         ]
         assert servers, "no Ray Client server process of this session on the head"
         for pid in servers:

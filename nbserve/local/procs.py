@@ -127,6 +127,19 @@ def pid_alive(pid: int) -> bool:
     return group_alive(pid)
 
 
+def cmdline(pid: int) -> bytes:
+    """``pid``'s command line as ``/proc`` has it (NUL-separated); empty once it has exited.
+
+    Example:
+        >>> b"python" in cmdline(os.getpid()), cmdline(2**22 + 1)
+        (True, b'')
+    """
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     """Whether something accepts TCP connections at ``host:port``."""
     with socket.socket() as sock:
