@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from nbserve import remote
+from nbserve.access.keys import IssuedKey, Keys
 from nbserve.base import retries
 from nbserve.base.wait import Progress, poll_until
 from nbserve.errors import (
@@ -35,6 +36,7 @@ from nbserve.observe.sources import MetricsReader, source_for
 from nbserve.observe.starts import ColdStarts
 from nbserve.observe.status import FAILED, AppStatus, ReplicaInfo
 from nbserve.observe.traces import Trace
+from nbserve.remote import access as remote_access
 from nbserve.remote import lock as remote_lock
 from nbserve.remote import prewarm as remote_prewarm
 from nbserve.remote import serve as remote_serve
@@ -71,6 +73,7 @@ UNHEALTHY_GRACE_S = 300.0
 # Times update() and prewarm() apply their change again when another caller changed the app
 # between reading and writing it.
 CHANGE_ATTEMPTS = 10
+OWN_TENANT = "notebook"  # the tenant of the key a handle issues itself (App.api_key)
 # Seconds a change of the app set may take: waiting for the cluster's app-set lock, then
 # writing the change.
 CHANGE_S = remote_lock.WAIT_S + remote.CALL_S
@@ -102,6 +105,7 @@ class App:
         self._metrics = MetricsReader(name)  # one MetricsWindow per source read
         # The cluster this handle belongs to: calls through it are refused on another.
         self.binding: remote.Binding | None = getattr(cluster, "binding", None)
+        self._own_key: IssuedKey | None = None  # this handle's key, where the app requires one
 
     @classmethod
     def from_record(cls, cluster: Cluster, name: str, record: dict[str, Any] | None) -> App:
@@ -156,7 +160,7 @@ class App:
         """
         import openai
 
-        kwargs.setdefault("api_key", "nbserve")
+        kwargs.setdefault("api_key", self.api_key())
         kwargs.setdefault("timeout", self._request_timeout())
         if "http_client" in kwargs:  # the caller's own transport: the SDK's retries, if asked
             kwargs.setdefault("max_retries", 0)
@@ -165,6 +169,39 @@ class App:
         return openai.OpenAI(
             base_url=self.endpoint, max_retries=0, http_client=http_client, **kwargs
         )
+
+    @property
+    def keys(self) -> Keys:
+        """The app's API keys: ``issue`` one to a tenant, ``list`` and ``revoke`` them.
+
+        Example:
+            >>> key = app.keys.issue("team-a")  # doctest: +SKIP
+            >>> key.save("team-a.key")          # doctest: +SKIP
+        """
+        return Keys(self.name, self._call, self._accepts, bool(self.spec and self.spec.keys))
+
+    def api_key(self) -> str:
+        """The key this handle sends: its own (issued once per handle) where the app requires one.
+
+        An app that requires none gets a placeholder, which the OpenAI SDK needs.
+        """
+        if self.spec is None or not self.spec.keys:
+            return "nbserve"
+        if self._own_key is None:
+            self._own_key = self.keys.issue(OWN_TENANT)
+        return self._own_key.value
+
+    def _accepts(self, key: str) -> bool | None:
+        """Whether the app's replicas accept ``key`` (None: they could not be asked)."""
+        import httpx
+
+        try:
+            reply = httpx.get(
+                f"{self.endpoint}/models", headers={"Authorization": f"Bearer {key}"}, timeout=5
+            )
+        except httpx.HTTPError:
+            return None
+        return True if reply.status_code == 200 else False if reply.status_code == 401 else None
 
     def _request_timeout(self) -> float:
         """Seconds a request may wait for its answer: 900 if it may wake the app from zero."""
@@ -390,6 +427,7 @@ class App:
         result = self._call(remote_serve.delete, self.name, timeout=CHANGE_S)
         if not result["ok"]:
             raise _refusal(result)
+        self._call(remote_access.drop, self.name)
         log.info("deleting app %s: its replicas drain", self.name)
 
         def gone(status: AppStatus) -> bool:
@@ -558,6 +596,10 @@ class App:
             ConcurrentChange: the lock was lost before the write (nothing written).
             DeployFailed: Serve did not accept the config.
         """
+        if spec.keys is None:  # required where others can reach the cluster
+            spec = spec.model_copy(update={"keys": self.cluster.kind != "local"})
+        if spec.keys and self._own_key is None:  # in the replicas' first table
+            self._own_key = self.keys.issue(OWN_TENANT, wait=False)
         record = app_record(spec, self.name, self.route_prefix, time.time())
         config = record["config"]
         try:
@@ -737,6 +779,7 @@ class App:
             prompt=prompt,
             max_requests=max_requests,
             timeout=self._request_timeout(),
+            api_key=self.api_key(),
         )
         self.cluster.bind(run)  # disconnect() stops it
         return run
@@ -768,6 +811,7 @@ class App:
             >>> result.to_frame()                                          # doctest: +SKIP
         """
         kwargs.setdefault("tokenizer", self._local_tokenizer())
+        kwargs.setdefault("api_key", self.api_key())
         model = kwargs.pop("model", None) or self.model
         return bench.run(
             self.endpoint,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +30,7 @@ from nbserve.specs.llm import LLM, check_app_name
 from nbserve.specs.manifests import render_rayservice, to_yaml
 from nbserve.specs.serveconfig import exported_app
 
+API_KEY_VAR = "NBSERVE_API_KEY"  # the key `nbserve bench URL` sends (never an argument)
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
@@ -112,7 +114,9 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "bench",
         help="measure throughput and latency of an OpenAI-compatible endpoint or app",
         description="Send streaming completions at a fixed concurrency (or a sweep) and report "
-        "output tokens/s, requests/s, TTFT, inter-token and end-to-end latency percentiles.",
+        "output tokens/s, requests/s, TTFT, inter-token and end-to-end latency percentiles. "
+        f"An endpoint that requires an API key gets the one in ${API_KEY_VAR}; an app by name "
+        "gets a key of its own.",
     )
     bench.add_argument(
         "target",
@@ -283,7 +287,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.tokenizer:
         options["tokenizer"] = args.tokenizer
     if args.target.startswith(("http://", "https://")):
-        result = bench.run(args.target, **options)
+        result = bench.run(args.target, api_key=os.environ.get(API_KEY_VAR, "nbserve"), **options)
     elif "://" in args.target or "/" in args.target:
         raise SpecError(
             f"{args.target!r} is neither an http(s) endpoint URL nor an app name; "

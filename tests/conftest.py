@@ -84,12 +84,14 @@ def tiny_path(nbserve_home: Path) -> str:
 # minutes on two cores). Tests may scale it but must leave it as they found it: one replica.
 # Deploying it again with the same spec and name changes nothing (a declarative no-op). It
 # traces its requests (which costs nothing measurable, docs/results/TRACING.md), so the trace
-# tests and the observability notebook run on it without an engine start of their own.
+# tests and the observability notebook run on it without an engine start of their own. It
+# requires API keys, as an app on a cluster others can reach does by default, so every test
+# of it goes through the key check in its replica (tests/test_access.py).
 @pytest.fixture(scope="session")
 def tiny_app(cluster: object, tiny_path: str) -> Iterator[object]:
     import nbserve
 
-    spec = nbserve.LLM(tiny_path, name="tiny", max_model_len=512, tracing=True)
+    spec = nbserve.LLM(tiny_path, name="tiny", max_model_len=512, tracing=True, keys=True)
     app = cluster.deploy(spec, name="tiny", progress=False)  # type: ignore[attr-defined]
     try:
         yield app

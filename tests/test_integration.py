@@ -45,9 +45,9 @@ def test_deploy_and_query(tiny_app: nbserve.App) -> None:
 
 
 def test_bench_the_app_and_from_the_command_line(
-    tiny_app: nbserve.App, capsys: pytest.CaptureFixture[str]
+    tiny_app: nbserve.App, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nbserve.cli import main
+    from nbserve.cli import API_KEY_VAR, main
 
     result = tiny_app.bench(
         concurrency=2, num_prompts=4, input_len=16, output_len=8, progress=False
@@ -66,6 +66,8 @@ def test_bench_the_app_and_from_the_command_line(
         with pytest.raises(nbserve.SpecError, match="price_per_hour"):
             tiny_app.cost(bad)  # type: ignore[arg-type]
 
+    # The app requires keys: an endpoint's key comes from the environment, never an argument.
+    monkeypatch.setenv(API_KEY_VAR, tiny_app.api_key())
     assert (
         main(
             ["bench", tiny_app.endpoint, "-n", "2", "-c", "2", "--output-len", "4", "--no-progress"]

@@ -520,7 +520,12 @@ KR_APP = "tiny"
 def kr_spec(tiny_path: str) -> nbserve.LLM:
     """The app both tests below serve, unless the session's shared app runs already."""
     return nbserve.LLM(
-        tiny_path, name="tiny", max_model_len=512, min_replicas=1, max_replicas=1, tracing=True
+        tiny_path,
+        name="tiny",
+        max_model_len=512,
+        min_replicas=1,
+        max_replicas=1,
+        tracing=True,  # keys: None, so required (a cluster others can reach)
     )
 
 
@@ -574,6 +579,7 @@ def test_connect_deploy_and_chat_through_port_forwards(
     kube, app, token = kr_app
     cluster = app.cluster
     assert cluster.kind == "kuberay" and cluster.connected
+    assert app.spec is not None and app.spec.keys  # by default on a cluster others can reach
     assert cluster.address.startswith("ray://127.0.0.1:")
     assert cluster.address != local_head.address
     assert {s.ports[0] for s in kube.open_sessions()} >= {local_head.client_port}

@@ -26,7 +26,7 @@ FOLDERS: list[tuple[str, ...]] = [
     ("hooks",),  # loaded by Serve and vLLM in their processes: base at most
     ("specs", "models"),  # what to run, pure
     ("remote",),  # what runs on the cluster
-    ("observe", "load"),  # watching and measuring apps
+    ("observe", "load", "access"),  # watching, measuring and admitting to apps
     ("session",),  # how the kernel reaches a cluster
     ("local", "kube"),  # the backends that find or make one
 ]

@@ -33,6 +33,7 @@ KV_PREFIX = "app/"
 Refusal = Literal[
     "",
     "model_path_missing",
+    "keys_unsupported",
     "secret_missing",
     "unschedulable",
     "serve_elsewhere",
@@ -232,6 +233,9 @@ def _refused_before_any_change(
     absent = _paths_absent_where_replicas_run(app, nodes)
     if absent:
         return _refused("model_path_missing", absent)
+    unguarded = _keys_unsupported(app)
+    if unguarded:
+        return _refused("keys_unsupported", unguarded)
     unset = [n for n in secrets or () if not os.environ.get(n)]
     apart = kept_apart() if unset else set()  # the local head's secrets file, read once
     missing = [n for n in unset if n not in apart]
@@ -244,6 +248,36 @@ def _refused_before_any_change(
     else:
         lacking = ""
     return _refused("unschedulable", lacking) if lacking else None
+
+
+def _keys_unsupported(app: dict[str, Any]) -> str:
+    """Why this cluster cannot check the keys of an app that requires them ("" if it can).
+
+    The check runs in the engine replica's own HTTP app (``nbserve.hooks.guard``, named as the
+    configs' ``server_cls``), which is the ingress only under direct streaming, and it is
+    nbserve's code, so nbserve must be importable where the replicas run.
+    """
+    configs = (app.get("args") or {}).get("llm_configs") or []
+    if not any(config.get("server_cls") for config in configs):
+        return ""
+    if not direct_streaming():
+        return (
+            "the app requires API keys (LLM(keys=True), the default on a cluster others can "
+            "reach), and nbserve checks them in the engine replica, which is the app's ingress "
+            "only with RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1 in the environment of the "
+            "cluster's nodes (ClusterSpec(env=dict(nbserve.base.defaults.KUBERAY_THROUGHPUT_ENV)) "
+            "sets it); or deploy with LLM(..., keys=False) to serve anyone who reaches it"
+        )
+    import importlib.util
+
+    if importlib.util.find_spec("nbserve") is None:
+        return (
+            "the app requires API keys (LLM(keys=True), the default on a cluster others can "
+            "reach), and the key check is nbserve's code, which is not installed on the "
+            "cluster's nodes: install nbserve in the nodes' image (pip install nbserve), or "
+            "deploy with LLM(..., keys=False) to serve anyone who reaches it"
+        )
+    return ""
 
 
 def _route_prefix_taken(name: str, prefix: str | None, running: dict[str, Any]) -> str:

@@ -402,6 +402,13 @@ class LLM(_Spec):
         "(ClusterSpec(secrets=...)). nbserve stores, sends and shows only the names, and "
         "refuses a deploy when the cluster lacks one.",
     )
+    keys: bool | None = Field(
+        None,
+        description="Require an API key on every request (app.keys.issue('<tenant>') makes "
+        "one; the app's own calls use a key of their own). None: required on a cluster "
+        "others can reach (KubeRay, a ray:// address), not on nbserve's local head, which "
+        "listens on loopback only. keys=False serves anyone who can reach the endpoint.",
+    )
     log_engine_metrics: bool = Field(
         True, description="Export vLLM's metrics (KV cache, tokens, latency) to Ray's metrics."
     )

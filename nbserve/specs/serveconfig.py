@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from nbserve.base import defaults
+from nbserve.hooks import guard
 from nbserve.specs.llm import AUTOSCALER_KNOBS, LLM
 
 IMPORT_PATH = "ray.serve.llm:build_openai_app"
@@ -65,6 +66,8 @@ def llm_config(spec: LLM) -> dict[str, Any]:
         config["placement_group_config"] = {"bundles": [{"CPU": spec.cpus}]}
     if env:
         config["runtime_env"] = {"env_vars": env}
+    if spec.keys:  # every request's key checked in the replica (nbserve.hooks.guard)
+        config["server_cls"] = guard.SERVER_CLS
     if spec.scaling.max_queued_requests is not None:
         # Serve 2.60 counts a replica's queue in the replica (direct ingress) but passes a new
         # cap only to routers, never to running replicas: in the engine's config a change

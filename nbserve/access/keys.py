@@ -1,0 +1,178 @@
+"""API keys of one app, from a notebook cell: issue, list, revoke.
+
+A key is made in this kernel (``nbserve.base.apikeys``) and only its entry (tenant, id, salt,
+digest) goes to the cluster's key register. ``Keys.issue`` returns an ``IssuedKey`` that holds
+the key in memory: its repr and HTML show the id only, never the secret, so neither a log nor an
+executed notebook carries it. ``key.value`` gives it to code, ``key.save(path)`` writes it to
+a file only its owner can read, to hand to the tenant.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nbserve.base import fmt
+from nbserve.base.apikeys import Entry, check_tenant, masked, new_key
+from nbserve.errors import NbserveError, SpecError
+from nbserve.remote import access
+
+__all__ = ["IssuedKey", "KeyInfo", "Keys"]
+
+WAIT_S = 10.0  # how long issue() waits for the app's replicas to accept a new key
+
+
+class IssuedKey:
+    """A key just issued to a tenant. Its secret is in this object only.
+
+    Example:
+        >>> key = IssuedKey("team-a", "nbs_0123abcd_" + "x" * 43)
+        >>> key
+        IssuedKey(tenant='team-a', key='nbs_0123abcd_…')
+        >>> "x" * 43 in key._repr_html_(), key.value.endswith("x" * 43)
+        (False, True)
+    """
+
+    def __init__(self, tenant: str, value: str) -> None:
+        self.tenant = tenant
+        self._value = value
+
+    @property
+    def value(self) -> str:
+        """The key itself, to pass to a client (``Authorization: Bearer <key>``)."""
+        return self._value
+
+    @property
+    def id(self) -> str:
+        """The key's id: how listings, logs and ``revoke`` name it."""
+        return masked(self._value)[4:-2]
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the key to a new file that only its owner can read (0600) and return its path.
+
+        Raises:
+            FileExistsError: ``path`` exists (nothing is overwritten).
+        """
+        target = Path(path).expanduser()
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self._value + "\n")
+        return target
+
+    def __repr__(self) -> str:
+        return f"IssuedKey(tenant={self.tenant!r}, key={masked(self._value)!r})"
+
+    def _repr_html_(self) -> str:
+        return (
+            f"<b>API key {html.escape(masked(self._value))}</b> issued to tenant "
+            f"<code>{html.escape(self.tenant)}</code>. It is shown nowhere: nbserve keeps only a "
+            "salted hash of it on the cluster. Hand it over with <code>key.save(path)</code> "
+            "(a file only you can read) or pass <code>key.value</code> to a client; a lost key "
+            "cannot be recovered, only revoked and issued again."
+        )
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One key an app accepts, as a listing shows it: never its secret."""
+
+    tenant: str
+    id: str
+    created: float
+
+
+class Keys:
+    """The API keys of one app: ``app.keys``.
+
+    Example:
+        >>> key = app.keys.issue("team-a")   # doctest: +SKIP
+        >>> app.keys                         # doctest: +SKIP
+        >>> app.keys.revoke("team-a")        # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        app: str,
+        call: Callable[..., Any],
+        accepted: Callable[[str], bool | None],
+        required: bool,
+    ) -> None:
+        self.app = app
+        self._call = call
+        self._accepted = accepted
+        self.required = required
+
+    def issue(self, tenant: str, *, wait: bool = True) -> IssuedKey:
+        """Issue a new key to ``tenant`` and return it (its secret is shown nowhere).
+
+        A tenant may hold several keys (to rotate one: issue, hand over, revoke the old by
+        its id). With ``wait``, returns once the app's replicas accept the key (about a
+        second), or after ``WAIT_S`` if they cannot be asked (no replica runs).
+
+        Raises:
+            SpecError: ``tenant`` is not a valid name (lower case, digits, '.', '_', '-').
+        """
+        try:
+            check_tenant(tenant)
+        except ValueError as err:
+            raise SpecError(str(err)) from None
+        value, entry = new_key(tenant, time.time())
+        self._call(access.issue, self.app, entry.to_json())
+        if wait:
+            self._wait_accepted(value)
+        return IssuedKey(tenant, value)
+
+    def _wait_accepted(self, value: str) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            if self._accepted(value) is not False:  # accepted, or the app cannot be asked
+                return
+            time.sleep(0.25)
+
+    def revoke(self, tenant_or_id: str) -> list[KeyInfo]:
+        """Revoke every key of a tenant, or one key by its id; returns what was revoked.
+
+        The replicas refuse a revoked key within about a second.
+
+        Raises:
+            NbserveError: no key of that tenant or id exists (nothing changed).
+        """
+        gone = self._call(access.revoke, self.app, tenant_or_id, tenant_or_id)
+        if not gone:
+            held = ", ".join(sorted({k.tenant for k in self.list()})) or "none"
+            raise NbserveError(
+                f"app {self.app!r} has no key of tenant or id {tenant_or_id!r}; tenants with "
+                f"keys: {held}"
+            )
+        return [_info(entry) for entry in gone]
+
+    def list(self) -> list[KeyInfo]:
+        """The keys the app accepts, oldest first."""
+        entries = self._call(access.entries, self.app)
+        return sorted((_info(e) for e in entries), key=lambda k: k.created)
+
+    def __repr__(self) -> str:
+        keys = self.list()
+        tenants = sorted({k.tenant for k in keys})
+        return (
+            f"Keys(app={self.app!r}, required={self.required}, keys={len(keys)}, tenants={tenants})"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = [
+            [k.tenant, f"nbs_{k.id}_…", time.strftime("%Y-%m-%d %H:%M", time.localtime(k.created))]
+            for k in self.list()
+        ]
+        state = "requires a key on every request" if self.required else "serves without keys"
+        caption = f"app <code>{html.escape(self.app)}</code> {state}"
+        return fmt.html_table(["tenant", "key", "issued"], rows, caption=caption)
+
+
+def _info(entry: dict[str, Any]) -> KeyInfo:
+    parsed = Entry.from_json(entry)
+    return KeyInfo(parsed.tenant, parsed.id, parsed.created)

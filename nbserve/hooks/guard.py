@@ -1,0 +1,209 @@
+"""The API-key check on every request to an app that requires keys, inside its replicas.
+
+An app deployed with ``LLM(keys=True)`` runs ``GuardedServer`` as its Serve LLM server class
+(``server_cls`` in its ``LLMConfig``): Serve LLM's ``LLMServer`` whose HTTP app, vLLM's own
+OpenAI server under direct streaming, gets ``Guard`` as its outermost middleware. ``Guard``
+answers a request without a valid key with 401 and an OpenAI-style JSON error before any of
+the app sees it, on every route (completions, chat, models, embeddings, streaming or not);
+Serve's own health checks (``/-/...``) and vLLM's ``/health`` and ``/ping`` stay open.
+
+The keys come from the cluster's key register (``nbserve.remote.access``, a named actor):
+``KeySource`` asks it every ``REFRESH_S`` for what changed, so a key issued or revoked from a
+notebook takes effect within about a second and no replica restarts. Until the register has
+answered, or when it has no key for the app, every request is refused (fail closed).
+
+Loaded by dotted path in the replica's process, where Ray Serve LLM is installed; importing
+this module imports neither (``GuardedServer`` is built on first use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from nbserve.base.apikeys import Entry, KeyTable, masked
+
+__all__ = ["OPEN_PATHS", "REFRESH_S", "SERVER_CLS", "Guard", "KeySource", "bearer"]
+
+log = logging.getLogger(__name__)
+
+SERVER_CLS = "nbserve.hooks.guard:GuardedServer"  # as an LLMConfig's server_cls names it
+REGISTRY = "access"  # nbserve.remote.access.REGISTRY
+NAMESPACE = "nbserve"
+REFRESH_S = 1.0
+OPEN_PATHS = ("/health", "/ping")  # vLLM's liveness routes; Serve's /-/ routes are open too
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The key a request carries (``Authorization: Bearer <key>``), or None.
+
+    Example:
+        >>> bearer([(b"authorization", b"Bearer nbs_x")]), bearer([(b"host", b"h")])
+        ('nbs_x', None)
+    """
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, key = value.decode("latin-1").partition(" ")
+            return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+    return None
+
+
+class KeySource:
+    """The key table of one app, kept current from the cluster's key register."""
+
+    def __init__(self, app: str) -> None:
+        self.app = app
+        self.table = KeyTable([])
+        self.version = -1  # no answer from the register yet
+        self._registry: Any = None
+
+    async def refresh(self) -> None:
+        """Ask the register for the app's table if it changed since the last answer."""
+        import ray
+
+        if self._registry is None:
+            self._registry = ray.get_actor(REGISTRY, namespace=NAMESPACE)
+        try:
+            found = await self._registry.table.remote(self.app, self.version)
+        except Exception:
+            self._registry = None  # looked up again next time (a restarted register)
+            raise
+        if found is not None:
+            entries = [Entry.from_json(entry) for entry in found["entries"].values()]
+            self.table = KeyTable(entries)
+            self.version = found["version"]
+            log.info("app %r accepts %d key(s) (version %d)", self.app, len(entries), self.version)
+
+    async def keep_current(self) -> None:
+        """Refresh every ``REFRESH_S`` for as long as the replica runs."""
+        failures = 0
+        while True:
+            try:
+                await self.refresh()
+                failures = 0
+            except Exception as exc:  # no register yet, or it is restarting: keep the table
+                failures += 1
+                if failures in (1, 60) or failures % 600 == 0:
+                    log.warning("cannot read app %r's keys (%d tries): %s", self.app, failures, exc)
+            await asyncio.sleep(REFRESH_S)
+
+
+class Guard:
+    """ASGI middleware: a request without a valid key gets 401; others go on, tenant known.
+
+    The tenant of an accepted request is in ``scope["state"]["nbserve_tenant"]``.
+
+    Example:
+        >>> from nbserve.base.apikeys import new_key
+        >>> key, entry = new_key("team-a", 0.0)
+        >>> source = KeySource("m"); source.table = KeyTable([entry])
+        >>> async def app(scope, receive, send): await send({"type": "seen"})
+        >>> def run(headers, path="/v1/models"):
+        ...     sent = []
+        ...     async def send(message): sent.append(message)
+        ...     scope = {"type": "http", "path": path, "headers": headers}
+        ...     asyncio.run(Guard(app, keys=source)(scope, None, send))
+        ...     return sent[0].get("status", sent[0]["type"])
+        >>> run([(b"authorization", f"Bearer {key}".encode())]), run([]), run([], "/health")
+        ('seen', 401, 'seen')
+    """
+
+    def __init__(self, app: ASGIApp, *, keys: KeySource) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse the request with 401, or hand it on with its tenant in its scope."""
+        if scope["type"] != "http" or _open(scope):
+            await self.app(scope, receive, send)
+            return
+        key = bearer(scope.get("headers") or [])
+        tenant = self.keys.table.tenant(key) if key else None
+        if tenant is None:
+            await _unauthorized(send, _why(key))
+            return
+        scope.setdefault("state", {})["nbserve_tenant"] = tenant
+        await self.app(scope, receive, send)
+
+
+def _open(scope: Scope) -> bool:
+    path = scope.get("path", "")
+    path = path.removeprefix(scope.get("root_path", "")) or path
+    return path in OPEN_PATHS or path.startswith("/-/")
+
+
+def _why(key: str | None) -> str:
+    if key is None:
+        return (
+            "no API key: this app requires one, sent as the header 'Authorization: Bearer "
+            "<key>' (issue one in a notebook with app.keys.issue('<tenant>'))"
+        )
+    return (
+        f"the API key {masked(key)} is not valid for this app (revoked, mistyped or issued "
+        "for another app); issue a new one with app.keys.issue('<tenant>')"
+    )
+
+
+async def _unauthorized(send: Send, message: str) -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"www-authenticate", b"Bearer"),
+    ]
+    await send({"type": "http.response.start", "status": 401, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _guarded_server() -> type:
+    """Serve LLM's ``LLMServer`` with ``Guard`` around its HTTP app (built on first use)."""
+    from ray import serve
+    from ray.serve.llm import LLMServer
+
+    class GuardedServer(LLMServer):
+        """``LLMServer`` whose HTTP app refuses requests without a valid key of its app."""
+
+        async def __serve_build_asgi_app__(self) -> Any:
+            app = await super().__serve_build_asgi_app__()
+            keys = KeySource(serve.get_replica_context().app_name)
+            try:
+                await keys.refresh()
+            except Exception as exc:  # refused until the register answers
+                log.warning("the key register did not answer yet: %s", exc)
+            self._nbserve_keys = asyncio.get_running_loop().create_task(keys.keep_current())
+            app.middleware_stack = None  # vLLM built the stack already; rebuilt lazily with ours
+            app.add_middleware(Guard, keys=keys)
+            return app
+
+    GuardedServer.__module__ = __name__
+    GuardedServer.__qualname__ = "GuardedServer"  # how pickle finds it: this module's attribute
+    # Serve LLM names the deployment after the class (``LLMServer:<model>``): the same name as
+    # without keys, so metrics, replica names and in-place updates do not change with them.
+    GuardedServer.__name__ = "LLMServer"
+    return GuardedServer
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GuardedServer":
+        server = _guarded_server()
+        globals()["GuardedServer"] = server
+        return server
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

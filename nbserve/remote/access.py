@@ -1,0 +1,105 @@
+"""The cluster's register of API keys: which key entries each app accepts.
+
+One detached, single-threaded actor on the head node (``Registry``, named ``access`` in the
+``nbserve`` namespace) holds every app's table of key entries, so two notebooks issuing and
+revoking keys at once cannot lose each other's change. It writes each table to Ray's key-value
+store (``access/<app>``) before it answers, and a restarted registry reads them back.
+
+An entry is plain data: the tenant, the key's id, a salt and a digest (``nbserve.base.apikeys``
+makes them on the notebook side); a key itself never reaches the cluster. The replicas of an
+app that requires keys (``nbserve.hooks.guard``) ask ``Registry.table`` every second for what
+changed, so an issued or revoked key takes effect within about a second, without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .ray_private import head_actor, kv_delete, kv_get, kv_keys, kv_put
+
+REGISTRY = "access"  # nbserve.hooks.guard.REGISTRY
+NAMESPACE = "nbserve"
+KV_NAMESPACE = b"nbserve"
+KV_PREFIX = "access/"
+
+
+class Registry:
+    """Every app's key entries and a version per app that grows with each change."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, Any]] = {}
+        for raw_key in kv_keys(KV_PREFIX, KV_NAMESPACE):
+            key = raw_key.decode()
+            raw = kv_get(key, KV_NAMESPACE)
+            if raw is not None:
+                self.tables[key.removeprefix(KV_PREFIX)] = json.loads(raw)
+
+    def _table(self, app: str) -> dict[str, Any]:
+        return self.tables.get(app) or {"version": 0, "entries": {}}
+
+    def _store(self, app: str, entries: dict[str, Any]) -> int:
+        version = self._table(app)["version"] + 1
+        table = {"version": version, "entries": entries}
+        kv_put(KV_PREFIX + app, json.dumps(table), KV_NAMESPACE)
+        self.tables[app] = table
+        return version
+
+    def table(self, app: str, known: int = -1) -> dict[str, Any] | None:
+        """``app``'s table (``version``, ``entries``), or None if ``known`` is its version."""
+        table = self._table(app)
+        return None if table["version"] == known else table
+
+    def issue(self, app: str, entry: dict[str, Any]) -> int:
+        """Add one key entry to ``app``'s table; returns the table's new version."""
+        return self._store(app, {**self._table(app)["entries"], entry["id"]: entry})
+
+    def revoke(self, app: str, tenant: str | None, key_id: str | None) -> list[dict[str, Any]]:
+        """Remove the entries of ``tenant`` (or the one ``key_id``); returns those removed."""
+        entries = self._table(app)["entries"]
+        gone = {
+            i: e for i, e in entries.items() if e["tenant"] == tenant or (key_id and i == key_id)
+        }
+        if gone:
+            self._store(app, {i: e for i, e in entries.items() if i not in gone})
+        return list(gone.values())
+
+    def drop(self, app: str) -> None:
+        """Forget ``app``'s keys (the app was deleted); its replicas then accept none."""
+        if app in self.tables:
+            kv_delete(KV_PREFIX + app, KV_NAMESPACE)
+            version = self.tables[app]["version"] + 1
+            self.tables[app] = {"version": version, "entries": {}}
+
+
+def _registry() -> Any:
+    return head_actor(Registry, REGISTRY, NAMESPACE).remote()
+
+
+def issue(app: str, entry: dict[str, Any]) -> int:
+    """Add a key entry to ``app``'s table (run on the cluster)."""
+    import ray
+
+    return int(ray.get(_registry().issue.remote(app, entry)))
+
+
+def revoke(app: str, tenant: str | None, key_id: str | None = None) -> list[dict[str, Any]]:
+    """Remove ``tenant``'s entries, or one key's, from ``app``'s table (run on the cluster)."""
+    import ray
+
+    return list(ray.get(_registry().revoke.remote(app, tenant, key_id)))
+
+
+def entries(app: str) -> list[dict[str, Any]]:
+    """``app``'s key entries (run on the cluster)."""
+    import ray
+
+    table = ray.get(_registry().table.remote(app))
+    return list(table["entries"].values())
+
+
+def drop(app: str) -> None:
+    """Forget ``app``'s keys (run on the cluster)."""
+    import ray
+
+    ray.get(_registry().drop.remote(app))

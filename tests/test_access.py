@@ -1,0 +1,125 @@
+"""API keys: made and checked (no cluster), refused where they cannot be checked, and enforced
+on every route of a real app on the local head (the session's ``tiny_app`` requires keys)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+import nbserve
+from nbserve import remote
+from nbserve.access.keys import IssuedKey
+from nbserve.base.apikeys import KeyTable, new_key
+from nbserve.remote import access
+from nbserve.remote import serve as remote_serve
+from nbserve.specs.llm import LLM
+from nbserve.specs.serveconfig import llm_config, serve_app
+
+# A well-formed key that no app was ever issued.
+UNKNOWN_KEY = "nbs_0123abcd_" + "A" * 43
+
+
+def test_a_key_checks_against_its_entry_only() -> None:
+    key, entry = new_key("team-a", 0.0)
+    other, other_entry = new_key("team-b", 0.0)
+    table = KeyTable([entry, other_entry])
+    assert (table.tenant(key), table.tenant(other)) == ("team-a", "team-b")
+    # The entry (what the cluster keeps) does not hold the key's secret.
+    assert key.split("_", 2)[2] not in json.dumps(entry.to_json())
+    forged = f"nbs_{entry.id}_{other.split('_', 2)[2]}"  # one key's id, another's secret
+    for bad in (forged, UNKNOWN_KEY, key.upper(), "", "Bearer " + key):
+        assert table.tenant(bad) is None, bad
+    with pytest.raises(ValueError, match="not a valid name"):
+        new_key("Team A", 0.0)
+
+
+def test_an_issued_key_shows_only_its_id(tmp_path: Any) -> None:
+    key = IssuedKey("team-a", new_key("team-a", 0.0)[0])
+    secret = key.value.split("_", 2)[2]
+    assert secret not in repr(key) and secret not in key._repr_html_()
+    saved = key.save(tmp_path / "team-a.key")
+    assert saved.read_text().strip() == key.value and saved.stat().st_mode & 0o077 == 0
+    with pytest.raises(FileExistsError):
+        key.save(saved)
+
+
+def test_keys_render_the_guarded_server_and_change_the_engine_version() -> None:
+    open_app, keyed = LLM("org/m"), LLM("org/m", keys=True)
+    assert "server_cls" not in llm_config(open_app)
+    assert llm_config(keyed)["server_cls"] == "nbserve.hooks.guard:GuardedServer"
+    assert serve_app(open_app, "m")["args"] != serve_app(keyed, "m")["args"]
+
+
+def test_a_cluster_without_direct_streaming_refuses_an_app_that_requires_keys() -> None:
+    """This process has no RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING: Serve LLM's own ingress
+    would take requests, and the key check in the engine replica would never run."""
+    keyed = serve_app(LLM("org/m", keys=True), "m")
+    assert "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1" in remote_serve._keys_unsupported(keyed)
+    assert "keys=False" in remote_serve._keys_unsupported(keyed)
+    assert remote_serve._keys_unsupported(serve_app(LLM("org/m"), "m")) == ""
+
+
+def _ask(app: nbserve.App, route: str, key: str | None, stream: bool = False) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    url = f"{app.endpoint}/{route}"
+    if route == "models":
+        return httpx.get(url, headers=headers, timeout=60)
+    body: dict[str, Any] = {"model": "tiny", "max_tokens": 4, "stream": stream}
+    if route == "chat/completions":
+        body["messages"] = [{"role": "user", "content": "Hi"}]
+    else:
+        body["prompt"] = "Hi"
+    return httpx.post(url, json=body, headers=headers, timeout=60)
+
+
+ROUTES = [("models", False), ("completions", False), ("chat/completions", False)]
+ROUTES += [("completions", True), ("chat/completions", True)]
+
+
+@pytest.mark.integration
+def test_every_route_refuses_a_request_without_a_valid_key(tiny_app: nbserve.App) -> None:
+    assert tiny_app.spec is not None and tiny_app.spec.keys
+    for route, stream in ROUTES:
+        for key in (None, "nbserve", UNKNOWN_KEY):
+            reply = _ask(tiny_app, route, key, stream)
+            assert reply.status_code == 401, (route, stream, key, reply.text)
+            error = reply.json()["error"]
+            assert error["code"] == "invalid_api_key" and "app.keys.issue" in error["message"]
+            assert reply.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.integration
+def test_a_key_is_issued_used_and_revoked_while_the_app_serves(tiny_app: nbserve.App) -> None:
+    replicas = {r.replica_id for r in tiny_app.replicas() if r.alive}
+    key = tiny_app.keys.issue("team-a")
+    try:
+        for route, stream in ROUTES:
+            reply = _ask(tiny_app, route, key.value, stream)
+            assert reply.status_code == 200, (route, reply.text)
+            if stream:
+                assert reply.text.rstrip().endswith("data: [DONE]"), reply.text[-200:]
+        listed = tiny_app.keys.list()
+        assert key.id in [k.id for k in listed] and "team-a" in [k.tenant for k in listed]
+        # Neither the register, nbserve's record nor Serve's config holds the key's secret.
+        secret = key.value.split("_", 2)[2]
+        held = json.dumps(remote.call(access.entries, "tiny"))
+        held += json.dumps(remote.call(remote_serve.records))
+        assert key.id in held and secret not in held
+        assert secret not in repr(tiny_app.keys) + tiny_app.keys._repr_html_()
+    finally:
+        revoked = time.monotonic()
+        assert [k.id for k in tiny_app.keys.revoke("team-a")] == [key.id]
+    while _ask(tiny_app, "models", key.value).status_code != 401:
+        assert time.monotonic() - revoked < 10, "a revoked key still worked after 10 s"
+        time.sleep(0.1)
+    # The app's own calls go on with its own key, and no replica restarted.
+    assert tiny_app.chat("Hello", max_tokens=4).strip()
+    assert {r.replica_id for r in tiny_app.replicas() if r.alive} == replicas
+    with pytest.raises(nbserve.NbserveError, match="no key of tenant or id 'team-a'"):
+        tiny_app.keys.revoke("team-a")
+    with pytest.raises(nbserve.SpecError, match="not a valid name"):
+        tiny_app.keys.issue("Team A")
