@@ -1,0 +1,235 @@
+"""Limits and usage per tenant, inside an app's replicas: ASGI middleware after the key check.
+
+``Metered`` runs inside ``Guard`` (``nbserve.hooks.guard``), which has put the request's tenant
+in its scope. It asks the replica's ``Meter`` (``nbserve.base.limits``) to admit the request; a
+refused one gets 429, a ``Retry-After`` header and an OpenAI-style error naming the limit,
+before the engine sees it. An admitted one goes on, and its prompt and completion tokens are
+counted when its response ends, from the ``usage`` the engine reports:
+
+- a response that is not streamed carries ``usage`` in its JSON body;
+- a streamed one carries it in a last chunk only when the client asked for it
+  (``stream_options.include_usage``). ``Metered`` asks for it on every streamed request and,
+  when the client had not, keeps that chunk from the client: the client gets the stream it
+  asked for, and the count is the engine's, to the token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nbserve.base.limits import Decision, Meter
+
+from .guard import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["COUNTED_PATHS", "Metered", "TenantUsage"]
+
+log = logging.getLogger(__name__)
+
+COUNTED_PATHS = ("/v1/completions", "/v1/chat/completions")
+"""The routes whose tokens are counted; every route is admitted or refused."""
+
+
+@dataclass
+class TenantUsage:
+    """What one tenant used of this replica since it started."""
+
+    requests: int = 0
+    refused: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    refused_by: dict[str, int] = field(default_factory=dict)
+
+
+class Metered:
+    """ASGI middleware: admit or refuse each request of a tenant, count what it used.
+
+    Example:
+        >>> import asyncio
+        >>> from nbserve.base.limits import Limits
+        >>> meter = Meter({"a": Limits(requests_per_s=1)})
+        >>> async def engine(scope, receive, send):
+        ...     body = b'{"usage": {"prompt_tokens": 3, "completion_tokens": 5}}'
+        ...     await send({"type": "http.response.start", "status": 200, "headers": []})
+        ...     await send({"type": "http.response.body", "body": body})
+        >>> def call():
+        ...     sent = []
+        ...     async def send(message): sent.append(message)
+        ...     async def receive(): return {"type": "http.request", "body": b"{}"}
+        ...     scope = {"type": "http", "path": "/v1/completions", "method": "POST",
+        ...              "headers": [], "state": {"nbserve_tenant": "a"}}
+        ...     asyncio.run(metered(scope, receive, send))
+        ...     return sent[0]["status"]
+        >>> metered = Metered(engine, meter=meter, clock=lambda: 0.0)
+        >>> call(), call()
+        (200, 429)
+        >>> usage = metered.usage["a"]
+        >>> usage.requests, usage.refused, usage.prompt_tokens, usage.completion_tokens
+        (1, 1, 3, 5)
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, meter: Meter, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.app = app
+        self.meter = meter
+        self.clock = clock
+        self.usage: dict[str, TenantUsage] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse the request with 429, or hand it on and count its tokens when it ends."""
+        tenant = (scope.get("state") or {}).get("nbserve_tenant")
+        if scope["type"] != "http" or tenant is None:
+            await self.app(scope, receive, send)
+            return
+        usage = self.usage.setdefault(tenant, TenantUsage())
+        decision = self.meter.admit(tenant, now=self.clock())
+        if not decision.admitted:
+            usage.refused += 1
+            limit = decision.limit or "limit"
+            usage.refused_by[limit] = usage.refused_by.get(limit, 0) + 1
+            await _too_many(send, decision)
+            return
+        usage.requests += 1
+        counted = _path(scope) in COUNTED_PATHS and scope.get("method") == "POST"
+        counter, failed = _Counter(), False
+        try:
+            if counted:
+                receive = await _asking_for_usage(receive, counter)
+                send = counter.watching(send)
+            await self.app(scope, receive, send)
+        except Exception:
+            failed = True
+            raise
+        finally:
+            usage.errors += failed or counter.status >= 500
+            usage.prompt_tokens += counter.prompt_tokens
+            usage.completion_tokens += counter.completion_tokens
+            tokens = counter.prompt_tokens + counter.completion_tokens
+            self.meter.done(tenant, tokens=tokens, now=self.clock())
+
+
+def _path(scope: Scope) -> str:
+    path: str = scope.get("path", "")
+    return path.removeprefix(scope.get("root_path", "")) or path
+
+
+class _Counter:
+    """The usage one response reports, and whether its client asked for the usage chunk."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.hide_usage_chunk = False
+        self._streamed = False
+        self._tail = b""  # a streamed body's last incomplete event
+
+    def watching(self, send: Send) -> Send:
+        """``send`` that reads the usage on its way to the client."""
+
+        async def watched(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message.get("status", 0)
+                headers = dict(message.get("headers") or [])
+                self._streamed = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+            elif message["type"] == "http.response.body" and self.status == 200:
+                body = message.get("body", b"")
+                message = {**message, "body": self._read(body)} if body else message
+            await send(message)
+
+        return watched
+
+    def _read(self, body: bytes) -> bytes:
+        """``body`` as the client gets it; the usage it carries is counted."""
+        if not self._streamed:
+            if b'"usage"' in body:
+                self._count_json(body)
+            return body
+        # Server-sent events: "data: {...}\n\n". Only an event with "usage" is parsed.
+        events = (self._tail + body).split(b"\n\n")
+        self._tail = events.pop()
+        kept = []
+        for event in events:
+            if b'"usage"' in event and event.startswith(b"data: {"):
+                chunk = self._count_json(event[6:])
+                if self.hide_usage_chunk and chunk is not None and not chunk.get("choices"):
+                    continue  # the usage chunk the client did not ask for
+            kept.append(event + b"\n\n")
+        return b"".join(kept)
+
+    def _count_json(self, raw: bytes) -> dict[str, Any] | None:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        usage = data.get("usage") if isinstance(data, dict) else None
+        if isinstance(usage, dict):
+            # With continuous usage each chunk has the running totals: keep the last.
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+        return data if isinstance(data, dict) else None
+
+
+async def _asking_for_usage(receive: Receive, counter: _Counter) -> Receive:
+    """``receive`` whose request, if streamed, asks for the usage chunk.
+
+    The request body is read whole (a completion request is a small JSON document) and, when
+    it streams without ``stream_options.include_usage``, handed on with it; the counter then
+    keeps that chunk from the client.
+    """
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return _replay([message], receive)
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    try:
+        request = json.loads(body) if body else None
+    except ValueError:
+        request = None  # the engine answers a malformed body with its own error
+    if isinstance(request, dict) and request.get("stream"):
+        options = request.get("stream_options") or {}
+        if isinstance(options, dict) and not options.get("include_usage"):
+            request["stream_options"] = {**options, "include_usage": True}
+            body = json.dumps(request).encode()
+            counter.hide_usage_chunk = True
+    return _replay([{"type": "http.request", "body": body, "more_body": False}], receive)
+
+
+def _replay(messages: list[Message], then: Receive) -> Receive:
+    """A ``receive`` that gives ``messages``, then what ``then`` gives (a disconnect)."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await then()
+
+    return replayed
+
+
+async def _too_many(send: Send, decision: Decision) -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "message": f"{decision.message}; retry after {decision.retry_after_s:.1f} s",
+                "type": "rate_limit_error",
+                "param": decision.limit,
+                "code": "rate_limit_exceeded",
+            }
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(max(1, math.ceil(decision.retry_after_s))).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 429, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

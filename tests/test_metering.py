@@ -1,0 +1,138 @@
+"""Limits and usage in a replica's HTTP path: 429s that say why, tokens counted to the token.
+
+The engine here is a plain ASGI app that answers as vLLM's OpenAI server does (a JSON body with
+``usage``, or server-sent events whose last chunk carries it when asked); the real engine's
+path is the integration tests'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from nbserve.base.limits import Limits, Meter
+from nbserve.hooks.metering import Metered
+
+USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+
+
+def sse(*chunks: dict[str, Any]) -> bytes:
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + (
+        b"data: [DONE]\n\n"
+    )
+
+
+class Engine:
+    """Answers like vLLM: streamed or not, with the usage chunk only when asked."""
+
+    def __init__(self, pieces: int = 1, status: int = 200) -> None:
+        self.pieces = pieces
+        self.status = status
+        self.requests: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        request = json.loads((await receive())["body"])
+        self.requests.append(request)
+        streamed = request.get("stream", False)
+        kind = b"text/event-stream" if streamed else b"application/json"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status,
+                "headers": [(b"content-type", kind)],
+            }
+        )
+        if not streamed:
+            body = json.dumps({"choices": [{"text": "hi"}], "usage": USAGE}).encode()
+            await send({"type": "http.response.body", "body": body})
+            return
+        chunks = [{"choices": [{"text": "h"}]}, {"choices": [{"text": "i"}]}]
+        if (request.get("stream_options") or {}).get("include_usage"):
+            chunks.append({"choices": [], "usage": USAGE})
+        body = sse(*chunks)
+        size = -(-len(body) // self.pieces)  # split across messages, mid-event too
+        for i in range(0, len(body), size):
+            more = i + size < len(body)
+            await send(
+                {"type": "http.response.body", "body": body[i : i + size], "more_body": more}
+            )
+
+
+def call(app: Any, request: dict[str, Any], tenant: str = "a") -> tuple[int, dict, bytes]:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": json.dumps(request).encode()}
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/completions",
+        "headers": [],
+        "state": {"nbserve_tenant": tenant},
+    }
+    asyncio.run(app(scope, receive, send))
+    start = sent[0]
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], dict(start["headers"]), body
+
+
+def test_a_stream_is_counted_and_the_client_gets_the_stream_it_asked_for() -> None:
+    engine = Engine(pieces=7)
+    metered = Metered(engine, meter=Meter({}))
+    status, _, body = call(metered, {"prompt": "x", "stream": True})
+    assert status == 200 and body.endswith(b"data: [DONE]\n\n")
+    assert b'"usage"' not in body  # it did not ask for the usage chunk
+    assert engine.requests[0]["stream_options"] == {"include_usage": True}  # the engine was
+    assert (metered.usage["a"].prompt_tokens, metered.usage["a"].completion_tokens) == (7, 3)
+
+
+def test_a_client_that_asked_for_the_usage_chunk_keeps_it() -> None:
+    metered = Metered(Engine(pieces=3), meter=Meter({}))
+    asked = {"prompt": "x", "stream": True, "stream_options": {"include_usage": True}}
+    _, _, body = call(metered, asked)
+    assert body.count(b'"usage"') == 1 and body.endswith(b"data: [DONE]\n\n")
+    assert metered.usage["a"].completion_tokens == 3
+
+
+def test_a_response_that_is_not_streamed_is_counted_from_its_body() -> None:
+    metered = Metered(Engine(), meter=Meter({}))
+    status, _, body = call(metered, {"prompt": "x"})
+    assert status == 200 and json.loads(body)["usage"] == USAGE
+    assert metered.usage["a"].prompt_tokens == 7
+
+
+def test_a_tenant_over_its_limit_gets_429_with_retry_after_and_the_limit_named() -> None:
+    metered = Metered(Engine(), meter=Meter({"a": Limits(requests_per_s=0.5)}), clock=lambda: 0.0)
+    assert call(metered, {"prompt": "x"})[0] == 200
+    status, headers, body = call(metered, {"prompt": "x"})
+    error = json.loads(body)["error"]
+    assert status == 429 and headers[b"retry-after"] == b"2"
+    assert error["code"] == "rate_limit_exceeded" and error["param"] == "requests_per_s"
+    assert "0.5 requests per second" in error["message"]
+    assert call(metered, {"prompt": "x"}, tenant="b")[0] == 200  # another tenant is served
+    usage = metered.usage["a"]
+    assert (usage.requests, usage.refused, usage.refused_by) == (1, 1, {"requests_per_s": 1})
+
+
+def test_tokens_spent_count_against_tokens_per_minute() -> None:
+    now = [0.0]
+    meter = Meter({"a": Limits(tokens_per_min=15)})
+    metered = Metered(Engine(), meter=meter, clock=lambda: now[0])
+    assert call(metered, {"prompt": "x"})[0] == 200  # 10 tokens
+    assert call(metered, {"prompt": "x"})[0] == 200  # 20: over, known when it ended
+    status, _, body = call(metered, {"prompt": "x"})
+    assert status == 429 and json.loads(body)["error"]["param"] == "tokens_per_min"
+    now[0] = 61.0
+    assert call(metered, {"prompt": "x"})[0] == 200
+
+
+def test_an_engine_error_is_counted_and_frees_the_tenants_slot() -> None:
+    metered = Metered(Engine(status=500), meter=Meter({"a": Limits(concurrent=1)}))
+    assert call(metered, {"prompt": "x"})[0] == 500
+    assert call(metered, {"prompt": "x"})[0] == 500  # the first one's slot was freed
+    assert metered.usage["a"].errors == 2
