@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from nbserve import remote
 from nbserve.access.keys import IssuedKey, Keys
+from nbserve.access.usage import Usage
 from nbserve.base import retries
 from nbserve.base.wait import Progress, poll_until
 from nbserve.errors import (
@@ -179,6 +180,17 @@ class App:
             >>> key.save("team-a.key")          # doctest: +SKIP
         """
         return Keys(self.name, self._call, self._accepts, bool(self.spec and self.spec.keys))
+
+    def usage(self) -> Usage:
+        """Requests, refusals, errors and tokens by tenant, over every replica of the app.
+
+        Counted by the replicas of an app that requires keys, each tenant by its key (this
+        handle's own requests under the tenant ``notebook``); an app without keys has none.
+
+        Example:
+            >>> app.usage()["team-a"].completion_tokens  # doctest: +SKIP
+        """
+        return Usage(self.name, self._call(remote_access.usage, self.name))
 
     def api_key(self) -> str:
         """The key this handle sends: its own (issued once per handle) where the app requires one.

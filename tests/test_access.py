@@ -123,3 +123,53 @@ def test_a_key_is_issued_used_and_revoked_while_the_app_serves(tiny_app: nbserve
         tiny_app.keys.revoke("team-a")
     with pytest.raises(nbserve.SpecError, match="not a valid name"):
         tiny_app.keys.issue("Team A")
+
+
+@pytest.mark.integration
+def test_a_tenant_over_its_limit_gets_429_and_usage_counts_to_the_token(
+    tiny_app: nbserve.App,
+) -> None:
+    noisy, steady = tiny_app.keys.issue("lim-a"), tiny_app.keys.issue("lim-b")
+    try:
+        tiny_app.keys.limit("lim-a", requests_per_s=0.2)  # one request every 5 s
+        assert tiny_app.keys.limits()["lim-a"].requests_per_s == 0.2
+        applied = time.monotonic()
+        while (reply := _ask(tiny_app, "completions", noisy.value)).status_code != 429:
+            assert reply.status_code == 200, reply.text
+            assert time.monotonic() - applied < 10, "the limit was not applied in 10 s"
+        error = reply.json()["error"]
+        assert error["code"] == "rate_limit_exceeded" and error["param"] == "requests_per_s"
+        assert 1 <= int(reply.headers["retry-after"]) <= 5, reply.headers
+        # The other tenant is not slowed. Its three requests each have the same prompt and
+        # 4 tokens out; usage counts what the engine told its clients, to the token.
+        replies = [_complete(tiny_app, steady.value, stream) for stream in (False, True, None)]
+        prompt = replies[0].json()["usage"]["prompt_tokens"]
+        for reply in replies[1:]:
+            assert reply.text.rstrip().endswith("data: [DONE]"), reply.text[-200:]
+        assert '"usage"' not in replies[1].text  # the stream its client asked for
+        chunks = [json.loads(line[6:]) for line in replies[2].text.splitlines()[:-1] if line]
+        assert chunks[-1]["usage"]["prompt_tokens"] == prompt  # asked for: kept
+        counted = time.monotonic()
+        while (used := tiny_app.usage()["lim-b"]).requests < 3:
+            assert time.monotonic() - counted < 10, tiny_app.usage()
+            time.sleep(0.5)
+        assert used.completion_tokens == 12 and used.prompt_tokens == 3 * prompt, used
+        assert used.refused == used.errors == 0, used
+        assert tiny_app.usage()["lim-a"].refused >= 1
+        tiny_app.keys.limit("lim-a")  # every figure None: lifted
+        assert "lim-a" not in tiny_app.keys.limits()
+    finally:
+        tiny_app.keys.revoke("lim-a")
+        tiny_app.keys.revoke("lim-b")
+
+
+def _complete(app: nbserve.App, key: str, stream: bool | None) -> httpx.Response:
+    """A completion of 4 tokens; ``stream=None`` streams and asks for the usage chunk."""
+    body: dict[str, Any] = {"model": "tiny", "prompt": "Hi", "max_tokens": 4, "ignore_eos": True}
+    body["stream"] = stream is not False
+    if stream is None:
+        body["stream_options"] = {"include_usage": True}
+    headers = {"Authorization": f"Bearer {key}"}
+    reply = httpx.post(f"{app.endpoint}/completions", json=body, headers=headers, timeout=60)
+    assert reply.status_code == 200, reply.text
+    return reply

@@ -19,6 +19,7 @@ from typing import Any
 
 from nbserve.base import fmt
 from nbserve.base.apikeys import Entry, check_tenant, masked, new_key
+from nbserve.base.limits import Limits
 from nbserve.errors import NbserveError, SpecError
 from nbserve.remote import access
 
@@ -107,6 +108,41 @@ class Keys:
         self._accepted = accepted
         self.required = required
 
+    def limit(
+        self,
+        tenant: str,
+        *,
+        requests_per_s: float | None = None,
+        tokens_per_min: int | None = None,
+        concurrent: int | None = None,
+    ) -> Limits:
+        """Set ``tenant``'s limits on the whole app, in place of its previous ones.
+
+        A request over a limit gets 429 with ``Retry-After`` and an error naming the limit;
+        other tenants are not slowed. Each replica enforces its part (one over the number of
+        replicas), so the figures hold whether the app runs 1 replica or 4. The replicas apply
+        a change within about a second, without a restart. With every figure None, the tenant's
+        limits are lifted.
+
+        Example:
+            >>> app.keys.limit("team-a", requests_per_s=2, tokens_per_min=60_000)  # doctest: +SKIP
+
+        Raises:
+            SpecError: ``tenant`` is not a valid name, or a figure is not a limit (above 0).
+        """
+        try:
+            check_tenant(tenant)
+            limits = Limits(requests_per_s, tokens_per_min, concurrent)
+        except ValueError as err:
+            raise SpecError(str(err)) from None
+        self._call(access.limit, self.app, tenant, None if limits == Limits() else limits.to_json())
+        return limits
+
+    def limits(self) -> dict[str, Limits]:
+        """Each limited tenant's limits."""
+        found = self._call(access.limits, self.app)
+        return {tenant: Limits.from_json(data) for tenant, data in sorted(found.items())}
+
     def issue(self, tenant: str, *, wait: bool = True) -> IssuedKey:
         """Issue a new key to ``tenant`` and return it (its secret is shown nowhere).
 
@@ -164,13 +200,36 @@ class Keys:
         )
 
     def _repr_html_(self) -> str:
+        limits = self.limits()
         rows = [
-            [k.tenant, f"nbs_{k.id}_…", time.strftime("%Y-%m-%d %H:%M", time.localtime(k.created))]
+            [
+                k.tenant,
+                f"nbs_{k.id}_…",
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(k.created)),
+                _shown(limits.get(k.tenant)),
+            ]
             for k in self.list()
         ]
         state = "requires a key on every request" if self.required else "serves without keys"
         caption = f"app <code>{html.escape(self.app)}</code> {state}"
-        return fmt.html_table(["tenant", "key", "issued"], rows, caption=caption)
+        return fmt.html_table(["tenant", "key", "issued", "limits"], rows, caption=caption)
+
+
+def _shown(limits: Limits | None) -> str:
+    """A tenant's limits in a listing.
+
+    Example:
+        >>> _shown(Limits(requests_per_s=2, concurrent=4)), _shown(None)
+        ('2 req/s, 4 at once', 'none')
+    """
+    if limits is None:
+        return "none"
+    parts = [
+        f"{limits.requests_per_s:g} req/s" if limits.requests_per_s else "",
+        f"{limits.tokens_per_min:,} tokens/min" if limits.tokens_per_min else "",
+        f"{limits.concurrent} at once" if limits.concurrent else "",
+    ]
+    return ", ".join(p for p in parts if p) or "none"
 
 
 def _info(entry: dict[str, Any]) -> KeyInfo:

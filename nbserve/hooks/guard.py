@@ -21,10 +21,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from nbserve.base.apikeys import Entry, KeyTable, masked
+from nbserve.base.limits import Limits, Meter
+
+from .asgi import ASGIApp, Receive, Scope, Send
+from .metering import Metered, TenantUsage
 
 __all__ = ["OPEN_PATHS", "REFRESH_S", "SERVER_CLS", "Guard", "KeySource", "bearer"]
 
@@ -35,12 +40,6 @@ REGISTRY = "access"  # nbserve.remote.access.REGISTRY
 NAMESPACE = "nbserve"
 REFRESH_S = 1.0
 OPEN_PATHS = ("/health", "/ping")  # vLLM's liveness routes; Serve's /-/ routes are open too
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -58,29 +57,50 @@ def bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 class KeySource:
-    """The key table of one app, kept current from the cluster's key register."""
+    """The key table and tenants' limits of one app, kept current from the key register.
 
-    def __init__(self, app: str) -> None:
+    Each refresh also reports this replica's usage by tenant (``report()``) and learns how
+    many replicas the app runs: ``meter`` enforces one over that of each limit.
+    """
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        replica: str = "",
+        meter: Meter | None = None,
+        report: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.app = app
+        self.replica = replica
+        self.meter = meter if meter is not None else Meter({})
+        self.report = report
         self.table = KeyTable([])
         self.version = -1  # no answer from the register yet
         self._registry: Any = None
 
     async def refresh(self) -> None:
-        """Ask the register for the app's table if it changed since the last answer."""
+        """Report usage; take the app's table and limits if they changed since last time."""
         import ray
 
         if self._registry is None:
             self._registry = ray.get_actor(REGISTRY, namespace=NAMESPACE)
+        usage = self.report() if self.report is not None else None
         try:
-            found = await self._registry.table.remote(self.app, self.version)
+            found = await self._registry.sync.remote(self.app, self.version, self.replica, usage)
         except Exception:
             self._registry = None  # looked up again next time (a restarted register)
             raise
-        if found is not None:
-            entries = [Entry.from_json(entry) for entry in found["entries"].values()]
+        self.meter.share = 1 / max(1, found["replicas"])
+        table = found["table"]
+        if table is not None:
+            entries = [Entry.from_json(entry) for entry in table["entries"].values()]
             self.table = KeyTable(entries)
-            self.version = found["version"]
+            self.meter.limits = {
+                tenant: Limits.from_json(limits)
+                for tenant, limits in table.get("limits", {}).items()
+            }
+            self.version = table["version"]
             log.info("app %r accepts %d key(s) (version %d)", self.app, len(entries), self.version)
 
     async def keep_current(self) -> None:
@@ -179,17 +199,24 @@ def _guarded_server() -> type:
     from ray.serve.llm import LLMServer
 
     class GuardedServer(LLMServer):
-        """``LLMServer`` whose HTTP app refuses requests without a valid key of its app."""
+        """``LLMServer`` whose HTTP app checks each request's key, then its tenant's limits."""
 
         async def __serve_build_asgi_app__(self) -> Any:
             app = await super().__serve_build_asgi_app__()
-            keys = KeySource(serve.get_replica_context().app_name)
+            context = serve.get_replica_context()
+            usage: dict[str, TenantUsage] = {}
+            keys = KeySource(
+                context.app_name,
+                replica=context.replica_id.unique_id,
+                report=lambda: {tenant: asdict(used) for tenant, used in usage.items()},
+            )
             try:
                 await keys.refresh()
             except Exception as exc:  # refused until the register answers
                 log.warning("the key register did not answer yet: %s", exc)
             self._nbserve_keys = asyncio.get_running_loop().create_task(keys.keep_current())
             app.middleware_stack = None  # vLLM built the stack already; rebuilt lazily with ours
+            app.add_middleware(Metered, meter=keys.meter, usage=usage)  # inside the key check
             app.add_middleware(Guard, keys=keys)
             return app
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from nbserve.base.limits import Decision, Meter
 
-from .guard import ASGIApp, Message, Receive, Scope, Send
+from .asgi import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["COUNTED_PATHS", "Metered", "TenantUsage"]
 
@@ -75,12 +75,17 @@ class Metered:
     """
 
     def __init__(
-        self, app: ASGIApp, *, meter: Meter, clock: Callable[[], float] = time.monotonic
+        self,
+        app: ASGIApp,
+        *,
+        meter: Meter,
+        usage: dict[str, TenantUsage] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
         self.meter = meter
         self.clock = clock
-        self.usage: dict[str, TenantUsage] = {}
+        self.usage: dict[str, TenantUsage] = {} if usage is None else usage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse the request with 429, or hand it on and count its tokens when it ends."""

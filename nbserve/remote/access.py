@@ -24,11 +24,20 @@ KV_NAMESPACE = b"nbserve"
 KV_PREFIX = "access/"
 
 
+LIVE_S = 5.0  # a replica that has not asked for this long no longer counts for its app
+
+
 class Registry:
-    """Every app's key entries and a version per app that grows with each change."""
+    """Every app's key entries and tenants' limits, and its replicas' usage reports.
+
+    Each app's table has a version that grows with each change; the usage reports are kept
+    in memory only (a restarted register starts them again).
+    """
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[str, Any]] = {}
+        self.seen: dict[str, dict[str, float]] = {}  # app -> replica -> when it last asked
+        self.usage: dict[str, dict[str, dict[str, Any]]] = {}  # app -> replica -> its report
         for raw_key in kv_keys(KV_PREFIX, KV_NAMESPACE):
             key = raw_key.decode()
             raw = kv_get(key, KV_NAMESPACE)
@@ -36,11 +45,15 @@ class Registry:
                 self.tables[key.removeprefix(KV_PREFIX)] = json.loads(raw)
 
     def _table(self, app: str) -> dict[str, Any]:
-        return self.tables.get(app) or {"version": 0, "entries": {}}
+        return self.tables.get(app) or {"version": 0, "entries": {}, "limits": {}}
 
-    def _store(self, app: str, entries: dict[str, Any]) -> int:
-        version = self._table(app)["version"] + 1
-        table = {"version": version, "entries": entries}
+    def _store(
+        self, app: str, entries: dict[str, Any], limits: dict[str, Any] | None = None
+    ) -> int:
+        old = self._table(app)
+        version = old["version"] + 1
+        limits = old.get("limits", {}) if limits is None else limits
+        table = {"version": version, "entries": entries, "limits": limits}
         kv_put(KV_PREFIX + app, json.dumps(table), KV_NAMESPACE)
         self.tables[app] = table
         return version
@@ -49,6 +62,40 @@ class Registry:
         """``app``'s table (``version``, ``entries``), or None if ``known`` is its version."""
         table = self._table(app)
         return None if table["version"] == known else table
+
+    def sync(
+        self, app: str, known: int, replica: str, usage: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A replica's call every second: its tenants' usage in, the app's table out.
+
+        Returns ``replicas`` (how many of the app's replicas asked within ``LIVE_S``, this one
+        included: each enforces its part of a limit) and ``table`` (None if ``known`` is its
+        version).
+        """
+        import time
+
+        now = time.monotonic()
+        seen = self.seen.setdefault(app, {})
+        seen[replica] = now
+        for gone in [r for r, at in seen.items() if now - at > LIVE_S]:
+            del seen[gone]
+        if usage is not None:
+            self.usage.setdefault(app, {})[replica] = usage
+        return {"replicas": len(seen), "table": self.table(app, known)}
+
+    def tenant_usage(self, app: str) -> dict[str, dict[str, Any]]:
+        """What each replica of ``app`` last reported, by replica (stopped ones' stay)."""
+        return dict(self.usage.get(app, {}))
+
+    def limit(self, app: str, tenant: str, limits: dict[str, Any] | None) -> int:
+        """Set (or with None, lift) ``tenant``'s limits on ``app``; returns the new version."""
+        table = self._table(app)
+        current = dict(table.get("limits", {}))
+        if limits is None:
+            current.pop(tenant, None)
+        else:
+            current[tenant] = limits
+        return self._store(app, table["entries"], current)
 
     def issue(self, app: str, entry: dict[str, Any]) -> int:
         """Add one key entry to ``app``'s table; returns the table's new version."""
@@ -66,10 +113,11 @@ class Registry:
 
     def drop(self, app: str) -> None:
         """Forget ``app``'s keys (the app was deleted); its replicas then accept none."""
+        self.usage.pop(app, None)
         if app in self.tables:
             kv_delete(KV_PREFIX + app, KV_NAMESPACE)
             version = self.tables[app]["version"] + 1
-            self.tables[app] = {"version": version, "entries": {}}
+            self.tables[app] = {"version": version, "entries": {}, "limits": {}}
 
 
 def _registry() -> Any:
@@ -96,6 +144,27 @@ def entries(app: str) -> list[dict[str, Any]]:
 
     table = ray.get(_registry().table.remote(app))
     return list(table["entries"].values())
+
+
+def limit(app: str, tenant: str, limits: dict[str, Any] | None) -> int:
+    """Set or lift ``tenant``'s limits on ``app`` (run on the cluster)."""
+    import ray
+
+    return int(ray.get(_registry().limit.remote(app, tenant, limits)))
+
+
+def limits(app: str) -> dict[str, dict[str, Any]]:
+    """``app``'s limits by tenant (run on the cluster)."""
+    import ray
+
+    return dict(ray.get(_registry().table.remote(app)).get("limits", {}))
+
+
+def usage(app: str) -> dict[str, dict[str, Any]]:
+    """What each replica of ``app`` reported of its tenants' usage (run on the cluster)."""
+    import ray
+
+    return dict(ray.get(_registry().tenant_usage.remote(app)))
 
 
 def drop(app: str) -> None:
