@@ -136,3 +136,24 @@ def test_an_engine_error_is_counted_and_frees_the_tenants_slot() -> None:
     assert call(metered, {"prompt": "x"})[0] == 500
     assert call(metered, {"prompt": "x"})[0] == 500  # the first one's slot was freed
     assert metered.usage["a"].errors == 2
+
+
+def test_a_stream_that_ends_without_a_blank_line_keeps_its_end() -> None:
+    class Unterminated(Engine):
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await receive()
+            start = {"type": "http.response.start", "status": 200}
+            await send({**start, "headers": [(b"content-type", b"text/event-stream")]})
+            await send(
+                {"type": "http.response.body", "body": b"data: {}\n\ndata: [DO", "more_body": True}
+            )
+            await send({"type": "http.response.body", "body": b"NE]"})
+
+    _, _, body = call(Metered(Unterminated(), meter=Meter({})), {"prompt": "x", "stream": True})
+    assert body == b"data: {}\n\ndata: [DONE]"
+
+
+def test_a_request_the_engine_refuses_counts_as_an_error() -> None:
+    metered = Metered(Engine(status=400), meter=Meter({}))
+    assert call(metered, {"prompt": "x"})[0] == 400
+    assert metered.usage["a"].errors == 1 and metered.usage["a"].prompt_tokens == 0

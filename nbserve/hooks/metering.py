@@ -113,7 +113,7 @@ class Metered:
             failed = True
             raise
         finally:
-            usage.errors += failed or counter.status >= 500
+            usage.errors += failed or counter.status >= 400
             usage.prompt_tokens += counter.prompt_tokens
             usage.completion_tokens += counter.completion_tokens
             tokens = counter.prompt_tokens + counter.completion_tokens
@@ -145,13 +145,13 @@ class _Counter:
                 headers = dict(message.get("headers") or [])
                 self._streamed = headers.get(b"content-type", b"").startswith(b"text/event-stream")
             elif message["type"] == "http.response.body" and self.status == 200:
-                body = message.get("body", b"")
-                message = {**message, "body": self._read(body)} if body else message
+                body, last = message.get("body", b""), not message.get("more_body", False)
+                message = {**message, "body": self._read(body, last)}
             await send(message)
 
         return watched
 
-    def _read(self, body: bytes) -> bytes:
+    def _read(self, body: bytes, last: bool) -> bytes:
         """``body`` as the client gets it; the usage it carries is counted."""
         if not self._streamed:
             if b'"usage"' in body:
@@ -160,13 +160,17 @@ class _Counter:
         # Server-sent events: "data: {...}\n\n". Only an event with "usage" is parsed.
         events = (self._tail + body).split(b"\n\n")
         self._tail = events.pop()
+        pieces = [(event, b"\n\n") for event in events]
+        if last and self._tail:  # a stream that ends without a blank line keeps its end
+            pieces.append((self._tail, b""))
+            self._tail = b""
         kept = []
-        for event in events:
+        for event, end in pieces:
             if b'"usage"' in event and event.startswith(b"data: {"):
                 chunk = self._count_json(event[6:])
                 if self.hide_usage_chunk and chunk is not None and not chunk.get("choices"):
                     continue  # the usage chunk the client did not ask for
-            kept.append(event + b"\n\n")
+            kept.append(event + end)
         return b"".join(kept)
 
     def _count_json(self, raw: bytes) -> dict[str, Any] | None:
