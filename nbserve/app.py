@@ -179,7 +179,7 @@ class App:
             >>> key = app.keys.issue("team-a")  # doctest: +SKIP
             >>> key.save("team-a.key")          # doctest: +SKIP
         """
-        return Keys(self.name, self._call, self._accepts, bool(self.spec and self.spec.keys))
+        return Keys(self.name, self._call, bool(self.spec and self.spec.keys))
 
     def usage(self) -> Usage:
         """Requests, refusals, errors and tokens by tenant, over every replica of the app.
@@ -202,18 +202,6 @@ class App:
         if self._own_key is None:
             self._own_key = self.keys.issue(OWN_TENANT)
         return self._own_key.value
-
-    def _accepts(self, key: str) -> bool | None:
-        """Whether the app's replicas accept ``key`` (None: they could not be asked)."""
-        import httpx
-
-        try:
-            reply = httpx.get(
-                f"{self.endpoint}/models", headers={"Authorization": f"Bearer {key}"}, timeout=5
-            )
-        except httpx.HTTPError:
-            return None
-        return True if reply.status_code == 200 else False if reply.status_code == 401 else None
 
     def _request_timeout(self) -> float:
         """Seconds a request may wait for its answer: 900 if it may wake the app from zero."""

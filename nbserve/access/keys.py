@@ -10,6 +10,7 @@ a file only its owner can read, to hand to the tenant.
 from __future__ import annotations
 
 import html
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -25,7 +26,9 @@ from nbserve.remote import access
 
 __all__ = ["IssuedKey", "KeyInfo", "Keys"]
 
-WAIT_S = 10.0  # how long issue() waits for the app's replicas to accept a new key
+log = logging.getLogger(__name__)
+
+WAIT_S = 10.0  # how long a change waits for every replica of the app to apply it
 
 
 class IssuedKey:
@@ -96,16 +99,9 @@ class Keys:
         >>> app.keys.revoke("team-a")        # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        app: str,
-        call: Callable[..., Any],
-        accepted: Callable[[str], bool | None],
-        required: bool,
-    ) -> None:
+    def __init__(self, app: str, call: Callable[..., Any], required: bool) -> None:
         self.app = app
         self._call = call
-        self._accepted = accepted
         self.required = required
 
     def limit(
@@ -120,9 +116,9 @@ class Keys:
 
         A request over a limit gets 429 with ``Retry-After`` and an error naming the limit;
         other tenants are not slowed. Each replica enforces its part (one over the number of
-        replicas), so the figures hold whether the app runs 1 replica or 4. The replicas apply
-        a change within about a second, without a restart. With every figure None, the tenant's
-        limits are lifted.
+        replicas), so the figures hold whether the app runs 1 replica or 4. Returns once every
+        replica applies them (a second or two), without a restart. With every figure None, the
+        tenant's limits are lifted.
 
         Example:
             >>> app.keys.limit("team-a", requests_per_s=2, tokens_per_min=60_000)  # doctest: +SKIP
@@ -135,7 +131,10 @@ class Keys:
             limits = Limits(requests_per_s, tokens_per_min, concurrent)
         except ValueError as err:
             raise SpecError(str(err)) from None
-        self._call(access.limit, self.app, tenant, None if limits == Limits() else limits.to_json())
+        version = self._call(
+            access.limit, self.app, tenant, None if limits == Limits() else limits.to_json()
+        )
+        self._wait_applied(version, f"the limits of tenant {tenant!r}")
         return limits
 
     def limits(self) -> dict[str, Limits]:
@@ -147,8 +146,8 @@ class Keys:
         """Issue a new key to ``tenant`` and return it (its secret is shown nowhere).
 
         A tenant may hold several keys (to rotate one: issue, hand over, revoke the old by
-        its id). With ``wait``, returns once the app's replicas accept the key (about a
-        second), or after ``WAIT_S`` if they cannot be asked (no replica runs).
+        its id). With ``wait``, returns once every replica of the app accepts the key (a
+        second or two; at once if none runs: a replica reads the keys before it serves).
 
         Raises:
             SpecError: ``tenant`` is not a valid name (lower case, digits, '.', '_', '-').
@@ -158,33 +157,44 @@ class Keys:
         except ValueError as err:
             raise SpecError(str(err)) from None
         value, entry = new_key(tenant, time.time())
-        self._call(access.issue, self.app, entry.to_json())
+        version = self._call(access.issue, self.app, entry.to_json())
         if wait:
-            self._wait_accepted(value)
+            self._wait_applied(version, f"the new key of tenant {tenant!r}")
         return IssuedKey(tenant, value)
 
-    def _wait_accepted(self, value: str) -> None:
+    def _wait_applied(self, version: int, change: str) -> None:
+        """Return once every live replica applies table ``version``, or after ``WAIT_S``."""
         deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            if self._accepted(value) is not False:  # accepted, or the app cannot be asked
+        while (behind := self._call(access.behind, self.app, version)) > 0:
+            if time.monotonic() > deadline:
+                log.warning(
+                    "%d replica(s) of app %r did not apply %s within %.0f s; a replica that "
+                    "cannot reach the key register keeps its previous keys and limits",
+                    behind,
+                    self.app,
+                    change,
+                    WAIT_S,
+                )
                 return
             time.sleep(0.25)
 
     def revoke(self, tenant_or_id: str) -> list[KeyInfo]:
         """Revoke every key of a tenant, or one key by its id; returns what was revoked.
 
-        The replicas refuse a revoked key within about a second.
+        Returns once every replica of the app refuses the key (a second or two).
 
         Raises:
             NbserveError: no key of that tenant or id exists (nothing changed).
         """
-        gone = self._call(access.revoke, self.app, tenant_or_id, tenant_or_id)
+        revoked = self._call(access.revoke, self.app, tenant_or_id, tenant_or_id)
+        gone = revoked["gone"]
         if not gone:
             held = ", ".join(sorted({k.tenant for k in self.list()})) or "none"
             raise NbserveError(
                 f"app {self.app!r} has no key of tenant or id {tenant_or_id!r}; tenants with "
                 f"keys: {held}"
             )
+        self._wait_applied(revoked["version"], f"the revocation of {tenant_or_id!r}")
         return [_info(entry) for entry in gone]
 
     def list(self) -> list[KeyInfo]:

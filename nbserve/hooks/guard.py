@@ -8,8 +8,9 @@ the app sees it, on every route (completions, chat, models, embeddings, streamin
 Serve's own health checks (``/-/...``) and vLLM's ``/health`` and ``/ping`` stay open.
 
 The keys come from the cluster's key register (``nbserve.remote.access``, a named actor):
-``KeySource`` asks it every ``REFRESH_S`` for what changed, so a key issued or revoked from a
-notebook takes effect within about a second and no replica restarts. Until the register has
+``KeySource`` asks it every ``REFRESH_S`` for what changed, saying which version it applies, so
+a key issued or revoked from a notebook takes effect within a second or two (the notebook's call
+returns once every replica applies it) and no replica restarts. Until the register has
 answered, or when it has no key for the app, every request is refused (fail closed).
 
 Loaded by dotted path in the replica's process, where Ray Serve LLM is installed; importing

@@ -7,13 +7,16 @@ store (``access/<app>``) before it answers, and a restarted registry reads them 
 
 An entry is plain data: the tenant, the key's id, a salt and a digest (``nbserve.base.apikeys``
 makes them on the notebook side); a key itself never reaches the cluster. The replicas of an
-app that requires keys (``nbserve.hooks.guard``) ask ``Registry.table`` every second for what
-changed, so an issued or revoked key takes effect within about a second, without a restart.
+app that requires keys (``nbserve.hooks.guard``) ask ``Registry.sync`` every second for what
+changed, saying which version of the table they apply; ``behind`` counts the replicas that do
+not apply a version yet, so a notebook can wait until every replica does (a second or two),
+without a restart.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from .ray_private import head_actor, kv_delete, kv_get, kv_keys, kv_put
@@ -36,7 +39,8 @@ class Registry:
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[str, Any]] = {}
-        self.seen: dict[str, dict[str, float]] = {}  # app -> replica -> when it last asked
+        # app -> replica -> (when it last asked, the table version it applied then)
+        self.seen: dict[str, dict[str, tuple[float, int]]] = {}
         self.usage: dict[str, dict[str, dict[str, Any]]] = {}  # app -> replica -> its report
         for raw_key in kv_keys(KV_PREFIX, KV_NAMESPACE):
             key = raw_key.decode()
@@ -68,20 +72,32 @@ class Registry:
     ) -> dict[str, Any]:
         """A replica's call every second: its tenants' usage in, the app's table out.
 
-        Returns ``replicas`` (how many of the app's replicas asked within ``LIVE_S``, this one
+        ``known`` is the table version the replica applies (-1: none yet). Returns
+        ``replicas`` (how many of the app's replicas asked within ``LIVE_S``, this one
         included: each enforces its part of a limit) and ``table`` (None if ``known`` is its
         version).
         """
-        import time
-
-        now = time.monotonic()
-        seen = self.seen.setdefault(app, {})
-        seen[replica] = now
-        for gone in [r for r, at in seen.items() if now - at > LIVE_S]:
-            del seen[gone]
+        seen = self._live(app)
+        seen[replica] = (time.monotonic(), known)
         if usage is not None:
             self.usage.setdefault(app, {})[replica] = usage
         return {"replicas": len(seen), "table": self.table(app, known)}
+
+    def behind(self, app: str, version: int) -> int:
+        """How many live replicas of ``app`` do not apply table ``version`` (or a later) yet.
+
+        A replica that starts later reads the current table before it serves, so 0 means
+        every replica that can serve a request applies the change.
+        """
+        return sum(1 for _, known in self._live(app).values() if known < version)
+
+    def _live(self, app: str) -> dict[str, tuple[float, int]]:
+        """``app``'s replicas that asked within ``LIVE_S`` (others are forgotten)."""
+        now = time.monotonic()
+        seen = self.seen.setdefault(app, {})
+        for gone in [r for r, (at, _) in seen.items() if now - at > LIVE_S]:
+            del seen[gone]
+        return seen
 
     def tenant_usage(self, app: str) -> dict[str, dict[str, Any]]:
         """What each replica of ``app`` last reported, by replica (stopped ones' stay)."""
@@ -101,19 +117,25 @@ class Registry:
         """Add one key entry to ``app``'s table; returns the table's new version."""
         return self._store(app, {**self._table(app)["entries"], entry["id"]: entry})
 
-    def revoke(self, app: str, tenant: str | None, key_id: str | None) -> list[dict[str, Any]]:
-        """Remove the entries of ``tenant`` (or the one ``key_id``); returns those removed."""
-        entries = self._table(app)["entries"]
+    def revoke(self, app: str, tenant: str | None, key_id: str | None) -> dict[str, Any]:
+        """Remove the entries of ``tenant`` (or the one ``key_id``).
+
+        Returns ``gone`` (the entries removed) and ``version`` (the table's version after).
+        """
+        table = self._table(app)
+        entries = table["entries"]
         gone = {
             i: e for i, e in entries.items() if e["tenant"] == tenant or (key_id and i == key_id)
         }
+        version = table["version"]
         if gone:
-            self._store(app, {i: e for i, e in entries.items() if i not in gone})
-        return list(gone.values())
+            version = self._store(app, {i: e for i, e in entries.items() if i not in gone})
+        return {"gone": list(gone.values()), "version": version}
 
     def drop(self, app: str) -> None:
         """Forget ``app``'s keys (the app was deleted); its replicas then accept none."""
         self.usage.pop(app, None)
+        self.seen.pop(app, None)
         if app in self.tables:
             kv_delete(KV_PREFIX + app, KV_NAMESPACE)
             version = self.tables[app]["version"] + 1
@@ -131,11 +153,21 @@ def issue(app: str, entry: dict[str, Any]) -> int:
     return int(ray.get(_registry().issue.remote(app, entry)))
 
 
-def revoke(app: str, tenant: str | None, key_id: str | None = None) -> list[dict[str, Any]]:
-    """Remove ``tenant``'s entries, or one key's, from ``app``'s table (run on the cluster)."""
+def revoke(app: str, tenant: str | None, key_id: str | None = None) -> dict[str, Any]:
+    """Remove ``tenant``'s entries, or one key's, from ``app``'s table (run on the cluster).
+
+    Returns ``gone`` (the entries removed) and ``version`` (the table's version after).
+    """
     import ray
 
-    return list(ray.get(_registry().revoke.remote(app, tenant, key_id)))
+    return dict(ray.get(_registry().revoke.remote(app, tenant, key_id)))
+
+
+def behind(app: str, version: int) -> int:
+    """How many live replicas of ``app`` do not apply table ``version`` yet (on the cluster)."""
+    import ray
+
+    return int(ray.get(_registry().behind.remote(app, version)))
 
 
 def entries(app: str) -> list[dict[str, Any]]:
