@@ -11,8 +11,10 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from nbserve.base.limits import Limits, Meter
-from nbserve.hooks.metering import Metered
+from nbserve.hooks.metering import TTFT_BOUNDS_S, Metered
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 
@@ -157,3 +159,34 @@ def test_a_request_the_engine_refuses_counts_as_an_error() -> None:
     metered = Metered(Engine(status=400), meter=Meter({}))
     assert call(metered, {"prompt": "x"})[0] == 400
     assert metered.usage["a"].errors == 1 and metered.usage["a"].prompt_tokens == 0
+
+
+def test_a_streamed_first_event_times_the_ttft_and_each_outcome_is_exported() -> None:
+    """The clock reads 10 when admitted, 10.3 at the first event: TTFT 0.3 s, bucket 0.5."""
+    ticks = iter([10.0, 10.3, 11.0, 20.0, 21.0, 30.0])
+    outcomes: list[Any] = []
+    meter = Meter({"a": Limits(requests_per_s=0.001)})
+    metered = Metered(
+        Engine(pieces=3), meter=meter, export=outcomes.append, clock=lambda: next(ticks)
+    )
+    assert call(metered, {"stream": True})[0] == 200
+    assert call(metered, {"stream": True})[0] == 429
+    served, refused = outcomes
+    assert (served.status, served.prompt_tokens, served.completion_tokens) == ("served", 7, 3)
+    assert served.ttft_s == pytest.approx(0.3)
+    assert (refused.status, refused.limit, refused.ttft_s) == ("refused", "requests_per_s", None)
+    counts = metered.usage["a"].ttft_counts
+    assert counts[TTFT_BOUNDS_S.index(0.5)] == 1 and sum(counts) == 1
+
+
+def test_a_response_not_streamed_has_no_ttft_and_an_export_that_fails_is_only_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(outcome: Any) -> None:
+        raise RuntimeError("no metrics agent")
+
+    metered = Metered(Engine(), meter=Meter({}), export=broken)
+    assert call(metered, {"stream": False})[0] == 200
+    assert sum(metered.usage["a"].ttft_counts) == 0
+    assert metered.usage["a"].completion_tokens == 3
+    assert "cannot export the usage of tenant 'a'" in caplog.text

@@ -30,9 +30,18 @@ from nbserve.base.apikeys import Entry, KeyTable, masked
 from nbserve.base.limits import Limits, Meter
 
 from .asgi import ASGIApp, Receive, Scope, Send
-from .metering import Metered, TenantUsage
+from .metering import TTFT_BOUNDS_S, Metered, Outcome, TenantUsage
 
-__all__ = ["OPEN_PATHS", "REFRESH_S", "SERVER_CLS", "Guard", "KeySource", "bearer"]
+__all__ = [
+    "MAX_TENANT_LABELS",
+    "OPEN_PATHS",
+    "REFRESH_S",
+    "SERVER_CLS",
+    "Guard",
+    "KeySource",
+    "TenantSeries",
+    "bearer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,7 @@ REGISTRY = "access"  # nbserve.remote.access.REGISTRY
 NAMESPACE = "nbserve"
 REFRESH_S = 1.0
 OPEN_PATHS = ("/health", "/ping")  # vLLM's liveness routes; Serve's /-/ routes are open too
+MAX_TENANT_LABELS = 64  # tenants with a label of their own in a replica's series; then "other"
 
 
 def bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -194,6 +204,59 @@ async def _unauthorized(send: Send, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class TenantSeries:
+    """Each tenant's requests, tokens and time to first token as Prometheus series.
+
+    Serve metrics of the replica (so they carry its ``application``, ``deployment`` and
+    ``replica`` labels), exported with Ray's other metrics as ``ray_nbserve_tenant_requests_total``
+    (``outcome``: served, refused, error), ``ray_nbserve_tenant_tokens_total`` (``kind``: prompt,
+    completion) and the histogram ``ray_nbserve_tenant_ttft_seconds``. The ``tenant`` label is
+    bounded: the first ``MAX_TENANT_LABELS`` tenants a replica serves have their own value, any
+    later one counts as ``other``.
+    """
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        self.requests = metrics.Counter(
+            "nbserve_tenant_requests",
+            description="Requests of each tenant, by outcome (served, refused, error).",
+            tag_keys=("tenant", "outcome"),
+        )
+        self.tokens = metrics.Counter(
+            "nbserve_tenant_tokens",
+            description="Prompt and completion tokens of each tenant's requests.",
+            tag_keys=("tenant", "kind"),
+        )
+        self.ttft = metrics.Histogram(
+            "nbserve_tenant_ttft_seconds",
+            description="Time to the first event of each tenant's streamed responses.",
+            boundaries=list(TTFT_BOUNDS_S),
+            tag_keys=("tenant",),
+        )
+        self.labels: set[str] = set()
+
+    def label(self, tenant: str) -> str:
+        """``tenant``, or ``other`` once ``MAX_TENANT_LABELS`` others have a label."""
+        if tenant not in self.labels and len(self.labels) >= MAX_TENANT_LABELS:
+            return "other"
+        self.labels.add(tenant)
+        return tenant
+
+    def __call__(self, outcome: Outcome) -> None:
+        """Record one request's outcome."""
+        tenant = self.label(outcome.tenant)
+        self.requests.inc(1, tags={"tenant": tenant, "outcome": outcome.status})
+        for kind, count in (
+            ("prompt", outcome.prompt_tokens),
+            ("completion", outcome.completion_tokens),
+        ):
+            if count:
+                self.tokens.inc(count, tags={"tenant": tenant, "kind": kind})
+        if outcome.ttft_s is not None:
+            self.ttft.observe(outcome.ttft_s, tags={"tenant": tenant})
+
+
 def _guarded_server() -> type:
     """Serve LLM's ``LLMServer`` with ``Guard`` around its HTTP app (built on first use)."""
     from ray import serve
@@ -217,7 +280,9 @@ def _guarded_server() -> type:
                 log.warning("the key register did not answer yet: %s", exc)
             self._nbserve_keys = asyncio.get_running_loop().create_task(keys.keep_current())
             app.middleware_stack = None  # vLLM built the stack already; rebuilt lazily with ours
-            app.add_middleware(Metered, meter=keys.meter, usage=usage)  # inside the key check
+            series = TenantSeries()
+            # Inside the key check: it sees each request's tenant.
+            app.add_middleware(Metered, meter=keys.meter, usage=usage, export=series)
             app.add_middleware(Guard, keys=keys)
             return app
 

@@ -11,10 +11,15 @@ counted when its response ends, from the ``usage`` the engine reports:
   (``stream_options.include_usage``). ``Metered`` asks for it on every streamed request and,
   when the client had not, keeps that chunk from the client: the client gets the stream it
   asked for, and the count is the engine's, to the token.
+
+A streamed response's time to first token (to its first event) is counted per tenant in
+buckets (``TTFT_BOUNDS_S``, as a Prometheus histogram's), and each request's outcome goes to
+``export`` if given: the replica's Prometheus series (``nbserve.hooks.guard``).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -27,17 +32,30 @@ from nbserve.base.limits import Decision, Meter
 
 from .asgi import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["COUNTED_PATHS", "Metered", "TenantUsage"]
+__all__ = ["COUNTED_PATHS", "TTFT_BOUNDS_S", "Metered", "Outcome", "TenantUsage"]
 
 log = logging.getLogger(__name__)
 
 COUNTED_PATHS = ("/v1/completions", "/v1/chat/completions")
 """The routes whose tokens are counted; every route is admitted or refused."""
 
+TTFT_BOUNDS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""The upper bounds of the time-to-first-token buckets, seconds (one more bucket: above)."""
+
 
 @dataclass
 class TenantUsage:
-    """What one tenant used of this replica since it started."""
+    """What one tenant used of this replica since it started.
+
+    ``ttft_counts[i]`` counts the streamed responses whose first event came within
+    ``TTFT_BOUNDS_S[i]`` seconds and after the bound before it; the last, those after every
+    bound.
+
+    Example:
+        >>> used = TenantUsage(); used.observe_ttft(0.3); used.observe_ttft(0.05)
+        >>> used.ttft_counts[1], used.ttft_counts[4], sum(used.ttft_counts)
+        (1, 1, 2)
+    """
 
     requests: int = 0
     refused: int = 0
@@ -45,6 +63,27 @@ class TenantUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     refused_by: dict[str, int] = field(default_factory=dict)
+    ttft_counts: list[int] = field(default_factory=lambda: [0] * (len(TTFT_BOUNDS_S) + 1))
+
+    def observe_ttft(self, seconds: float) -> None:
+        """Count one time to first token."""
+        self.ttft_counts[bisect.bisect_left(TTFT_BOUNDS_S, seconds)] += 1
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one request of a tenant ended, as ``Metered`` hands it to its ``export``.
+
+    ``status`` is ``served``, ``refused`` (429: ``limit`` names which) or ``error`` (the
+    engine answered 4xx/5xx, or the request failed); ``ttft_s`` is None unless streamed.
+    """
+
+    tenant: str
+    status: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: float | None = None
+    limit: str | None = None
 
 
 class Metered:
@@ -80,11 +119,13 @@ class Metered:
         *,
         meter: Meter,
         usage: dict[str, TenantUsage] | None = None,
+        export: Callable[[Outcome], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
         self.meter = meter
         self.clock = clock
+        self.export = export
         self.usage: dict[str, TenantUsage] = {} if usage is None else usage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,16 +135,18 @@ class Metered:
             await self.app(scope, receive, send)
             return
         usage = self.usage.setdefault(tenant, TenantUsage())
-        decision = self.meter.admit(tenant, now=self.clock())
+        started = self.clock()
+        decision = self.meter.admit(tenant, now=started)
         if not decision.admitted:
             usage.refused += 1
             limit = decision.limit or "limit"
             usage.refused_by[limit] = usage.refused_by.get(limit, 0) + 1
+            self._export(Outcome(tenant, "refused", limit=limit))
             await _too_many(send, decision)
             return
         usage.requests += 1
         counted = _path(scope) in COUNTED_PATHS and scope.get("method") == "POST"
-        counter, failed = _Counter(), False
+        counter, failed = _Counter(self.clock), False
         try:
             if counted:
                 receive = await _asking_for_usage(receive, counter)
@@ -113,11 +156,32 @@ class Metered:
             failed = True
             raise
         finally:
-            usage.errors += failed or counter.status >= 400
-            usage.prompt_tokens += counter.prompt_tokens
-            usage.completion_tokens += counter.completion_tokens
-            tokens = counter.prompt_tokens + counter.completion_tokens
-            self.meter.done(tenant, tokens=tokens, now=self.clock())
+            self._count(usage, tenant, counter, started, failed or counter.status >= 400)
+
+    def _count(
+        self, usage: TenantUsage, tenant: str, counter: _Counter, started: float, failed: bool
+    ) -> None:
+        """Add what one admitted request used to its tenant's counts and the meter."""
+        usage.errors += failed
+        usage.prompt_tokens += counter.prompt_tokens
+        usage.completion_tokens += counter.completion_tokens
+        ttft = None if counter.first_event_at is None else counter.first_event_at - started
+        if ttft is not None:
+            usage.observe_ttft(ttft)
+        tokens = counter.prompt_tokens + counter.completion_tokens
+        self.meter.done(tenant, tokens=tokens, now=self.clock())
+        status = "error" if failed else "served"
+        self._export(
+            Outcome(tenant, status, counter.prompt_tokens, counter.completion_tokens, ttft)
+        )
+
+    def _export(self, outcome: Outcome) -> None:
+        if self.export is None:
+            return
+        try:
+            self.export(outcome)
+        except Exception:  # a metric that cannot be recorded never fails a request
+            log.exception("cannot export the usage of tenant %r", outcome.tenant)
 
 
 def _path(scope: Scope) -> str:
@@ -128,10 +192,12 @@ def _path(scope: Scope) -> str:
 class _Counter:
     """The usage one response reports, and whether its client asked for the usage chunk."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.status = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.first_event_at: float | None = None  # a streamed 200's first body, by ``clock``
         self.hide_usage_chunk = False
         self._streamed = False
         self._tail = b""  # a streamed body's last incomplete event
@@ -146,6 +212,8 @@ class _Counter:
                 self._streamed = headers.get(b"content-type", b"").startswith(b"text/event-stream")
             elif message["type"] == "http.response.body" and self.status == 200:
                 body, last = message.get("body", b""), not message.get("more_body", False)
+                if self._streamed and body and self.first_event_at is None:
+                    self.first_event_at = self.clock()
                 message = {**message, "body": self._read(body, last)}
             await send(message)
 
