@@ -153,7 +153,16 @@ def test_a_tenant_over_its_limit_gets_429_and_usage_counts_to_the_token(
             time.sleep(0.5)
         assert used.completion_tokens == 12 and used.prompt_tokens == 3 * prompt, used
         assert used.refused == used.errors == 0, used
+        assert used.ttft_p50_s is not None and used.ttft_p50_s > 0  # two streamed
         assert tiny_app.usage()["lim-a"].refused >= 1
+        # The same counts, as the replica's Prometheus series (exported every 2 s).
+        series = _tenant_series(tiny_app, "lim-b", want_requests=3)
+        assert series["requests_total{outcome=served}"] == 3, series
+        assert series["tokens_total{kind=completion}"] == 12, series
+        assert series["tokens_total{kind=prompt}"] == 3 * prompt, series
+        assert series["ttft_seconds_count"] == 2, series
+        refused = _tenant_series(tiny_app, "lim-a", want_requests=1)
+        assert refused["requests_total{outcome=refused}"] >= 1, refused
         tiny_app.keys.limit("lim-a")  # every figure None: lifted
         assert "lim-a" not in tiny_app.keys.limits()
     finally:
@@ -194,6 +203,29 @@ def test_a_change_waits_for_every_live_replica_of_the_app(cluster: object) -> No
     finally:
         remote.call(access.drop, app)
     assert remote.call(access.behind, app, version) == 0  # a dropped app has no replicas
+
+
+def _tenant_series(app: nbserve.App, tenant: str, want_requests: int) -> dict[str, float]:
+    """``tenant``'s ``ray_nbserve_tenant_*`` samples on the app's replicas, summed by name and
+    the one label that tells them apart; waits until they count ``want_requests``."""
+    from nbserve.remote import collect
+
+    names = ["ray_nbserve_tenant_requests_total", "ray_nbserve_tenant_tokens_total"]
+    names.append("ray_nbserve_tenant_ttft_seconds_count")
+    deadline = time.monotonic() + 15
+    while True:
+        payload = remote.call(collect.collect, app.name, names, [])
+        found: dict[str, float] = {}
+        for name, labels, value in payload.get("samples", []):
+            if labels.get("tenant") != tenant:
+                continue
+            kind = [f"{k}={labels[k]}" for k in ("outcome", "kind") if k in labels]
+            key = name.removeprefix("ray_nbserve_tenant_") + (f"{{{kind[0]}}}" if kind else "")
+            found[key] = found.get(key, 0.0) + value
+        requests = sum(v for k, v in found.items() if k.startswith("requests_total"))
+        if requests >= want_requests or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
 
 
 def _complete(app: nbserve.App, key: str, stream: bool | None) -> httpx.Response:
