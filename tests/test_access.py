@@ -163,6 +163,10 @@ def test_a_tenant_over_its_limit_gets_429_and_usage_counts_to_the_token(
         assert series["ttft_seconds_count"] == 2, series
         refused = _tenant_series(tiny_app, "lim-a", want_requests=1)
         assert refused["requests_total{outcome=refused}"] >= 1, refused
+        # Live, in the app's snapshot (and so its dashboard): a row per tenant.
+        tenants = tiny_app.metrics().tenants
+        assert {"lim-a", "lim-b"} <= set(tenants), tenants
+        assert tenants["lim-b"].ttft_p50_s is not None, tenants
         tiny_app.keys.limit("lim-a")  # every figure None: lifted
         assert "lim-a" not in tiny_app.keys.limits()
     finally:

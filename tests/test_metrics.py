@@ -788,3 +788,48 @@ def test_a_first_change_counts_one_export_when_the_interval_is_known() -> None:
     assert idle == [None, None, None, 0.0]
     # Without the interval, as before: the first change only marks the time.
     assert rates([(0, {"a": 0}), (0.5, {"a": 0}), (1.0, {"a": 100})]) == [None, None, None]
+
+
+def test_each_tenant_has_its_rates_from_its_replicas_series() -> None:
+    """The series a guarded replica exports (nbserve.hooks.guard.TenantSeries), on two
+    replicas: team-a's rates add up over both, team-b's refusals are its own."""
+
+    def text(served_a: float, refused_b: float, tokens_a: float, ttft_a: list[float]) -> str:
+        lines = ["# TYPE ray_nbserve_tenant_requests_total counter"]
+        for replica in ("r1", "r2"):
+            common = f'application="m",deployment="LLMServer:m",replica="{replica}"'
+            lines += [
+                f'ray_nbserve_tenant_requests_total{{{common},tenant="team-a",outcome="served"}}'
+                f" {served_a}",
+                f'ray_nbserve_tenant_requests_total{{{common},tenant="team-b",outcome="refused"}}'
+                f" {refused_b}",
+            ]
+        lines.append("# TYPE ray_nbserve_tenant_tokens_total counter")
+        lines.append(
+            'ray_nbserve_tenant_tokens_total{application="m",replica="r1",tenant="team-a",'
+            f'kind="completion"}} {tokens_a}'
+        )
+        lines.append("# TYPE ray_nbserve_tenant_ttft_seconds histogram")
+        lines += [
+            'ray_nbserve_tenant_ttft_seconds_bucket{application="m",replica="r1",'
+            f'tenant="team-a",le="{le}"}} {count}'
+            for le, count in zip(("0.1", "0.5", "+Inf"), ttft_a, strict=True)
+        ]
+        return "\n".join(lines) + "\n"
+
+    window = MetricsWindow("m")
+    steps = [(0, text(0, 0, 0, [0, 0, 0])), (10, text(10, 2, 100, [2, 4, 4]))]
+    steps.append((20, text(30, 6, 400, [2, 8, 8])))
+    for t, scrape in steps:
+        snap = window.update(Scrape.from_texts([scrape], t, replica_ids={"r1", "r2"}))
+    a, b = snap.tenants["team-a"], snap.tenants["team-b"]
+    assert a.request_rate == pytest.approx(4.0)  # (30 - 10) x 2 replicas over 10 s
+    assert a.tokens_per_s == pytest.approx(30.0) and a.refused_rate == 0.0
+    assert a.ttft_p50_s == pytest.approx(0.1 + 0.4 * 2 / 4)  # the window's 4, all in (0.1, 0.5]
+    assert b.refused_rate == pytest.approx(0.8) and b.request_rate == 0.0
+    assert b.ttft_p50_s is None  # never streamed
+    assert snap.windows["tenants"] == "last 10 s"
+    assert ("tenant team-b", str(b)) in snap.rows()
+    # An app without keys has none.
+    bare = MetricsWindow("m")
+    assert bare.update(Scrape.from_texts([counter({"r1": 1})], 0, replica_ids={"r1"})).tenants == {}

@@ -395,6 +395,11 @@ class Dashboard:
                         f" · {html.escape(ip)}: {html.escape(str(use))}"
                         for ip, use in sorted(health.nodes.items())
                     )
+                if snap.tenants:  # an app that requires keys: who uses it, how much
+                    line += "<br>tenants: " + " · ".join(
+                        f"<b>{html.escape(tenant)}</b> {html.escape(str(rates))}"
+                        for tenant, rates in sorted(snap.tenants.items())
+                    )
                 for replica, usage in sorted(snap.kv_cache_usage.items()):
                     bar = self._bar_of.get((name, replica))
                     if bar is None:

@@ -59,6 +59,9 @@ Feeds = Literal[
     "node_gpu_pct",
     "node_gpu_mem_used",
     "node_gpu_mem_free",
+    "tenant_requests",
+    "tenant_tokens",
+    "tenant_ttft",
 ]
 _SUFFIX: dict[Kind, str] = {"gauge": "", "counter": "_total", "histogram": "_bucket"}
 
@@ -118,6 +121,11 @@ FAMILIES: tuple[Family, ...] = (
     Family("ray_serve_autoscaling_total_requests", "gauge", "autoscaler_requests"),
     Family("ray_serve_autoscaling_target_ongoing_requests", "gauge", "autoscaler_target_ongoing"),
     Family("ray_serve_autoscaling_desired_replicas", "gauge", "autoscaler_desired"),
+    # nbserve's own, from the replicas of an app that requires keys (nbserve.hooks.guard),
+    # labelled application, replica and tenant; requests by outcome, tokens by kind.
+    Family("ray_nbserve_tenant_requests", "counter", "tenant_requests"),
+    Family("ray_nbserve_tenant_tokens", "counter", "tenant_tokens"),
+    Family("ray_nbserve_tenant_ttft_seconds", "histogram", "tenant_ttft"),
     # Ray's node metrics (labelled ip, and GpuIndex for the GPU ones, which exist only on
     # nodes with GPUs), read for the nodes the app's replicas run on.
     Family("ray_node_cpu_utilization", "gauge", "node_cpu_pct"),  # percent of all cores
@@ -161,6 +169,6 @@ def family_names() -> list[str]:
 
     Example:
         >>> family_names()[:2]
-        ['ray_node_cpu_count', 'ray_node_cpu_utilization']
+        ['ray_nbserve_tenant_requests', 'ray_nbserve_tenant_tokens']
     """
     return sorted({f.name for f in FAMILIES})

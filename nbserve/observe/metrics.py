@@ -37,6 +37,7 @@ from nbserve.observe.snapshot import (
     Percentiles,
     Replicas,
     Snapshot,
+    TenantRates,
 )
 from nbserve.remote.collect import Payload
 
@@ -293,7 +294,42 @@ class MetricsWindow:
             itl_p50_s=histogram_quantile(0.5, self._histogram("itl", now, windows)),
             latency=self._latency(now, windows),
             health=self._health(mine, now, windows),
+            tenants=self._tenants(now, windows),
             windows=windows,
+        )
+
+    def _tenants(self, now: float, windows: dict[str, str]) -> dict[str, TenantRates]:
+        """Each tenant's rates, from the series of an app that requires keys."""
+        names = {
+            dict(labels).get("tenant")
+            for name, labels in self._series
+            if TRACKED[name].startswith("tenant_")
+        }
+        tenants: dict[str, TenantRates] = {}
+        for tenant in sorted(n for n in names if n):
+            spans: dict[str, str] = {}
+            tenants[tenant] = self._tenant(tenant, now, spans)
+            if "served" in spans:
+                windows.setdefault("tenants", spans["served"])
+        return tenants
+
+    def _tenant(self, tenant: str, now: float, spans: dict[str, str]) -> TenantRates:
+        """One tenant's rates; the window of each goes into ``spans``, by outcome or kind."""
+
+        def rate(group: str, label: str, value: str) -> float | None:
+            return self._rate(group, now, spans, value, {"tenant": tenant, label: value})
+
+        fresh, _ = self._fresh("tenant_ttft", now, {"tenant": tenant})
+        ttft = _increases(fresh)
+        if not _count(ttft):  # none measured in the window: since start
+            ttft = _merge([st.value for st in self._group("tenant_ttft", {"tenant": tenant})])
+        return TenantRates(
+            request_rate=rate("tenant_requests", "outcome", "served"),
+            refused_rate=rate("tenant_requests", "outcome", "refused"),
+            error_rate=rate("tenant_requests", "outcome", "error"),
+            tokens_per_s=rate("tenant_tokens", "kind", "completion"),
+            prompt_tokens_per_s=rate("tenant_tokens", "kind", "prompt"),
+            ttft_p50_s=histogram_quantile(0.5, ttft),
         )
 
     def _health(self, mine: list[Sample], now: float, windows: dict[str, str]) -> Health:
@@ -388,8 +424,13 @@ class MetricsWindow:
                 del st.marks[0]
                 st.marks[0] = (st.marks[0][0], None)
 
-    def _group(self, group: str) -> list[_Series]:
-        return [st for key, st in self._series.items() if TRACKED[key[0]] == group]
+    def _group(self, group: str, where: dict[str, str] | None = None) -> list[_Series]:
+        """The series that feed ``group``, those whose labels include ``where`` if given."""
+        return [
+            st
+            for (name, labels), st in self._series.items()
+            if TRACKED[name] == group and (not where or where.items() <= dict(labels).items())
+        ]
 
     def _idle(self, st: _Series, now: float) -> bool:
         """Unchanged for ``hold_s``, or from its first scrape for ``IDLE_EXPORTS`` exports."""
@@ -399,9 +440,11 @@ class MetricsWindow:
             and st.last_seen - st.first_seen > IDLE_EXPORTS * self.export_s
         )
 
-    def _fresh(self, group: str, now: float) -> tuple[list[_Series], bool]:
+    def _fresh(
+        self, group: str, now: float, where: dict[str, str] | None = None
+    ) -> tuple[list[_Series], bool]:
         """The group's series with a recent increase, and whether the group's rate is known."""
-        series = self._group(group)
+        series = self._group(group, where)
         fresh, known = [], not series
         for st in series:
             if self._idle(st, now):
@@ -412,19 +455,27 @@ class MetricsWindow:
         return fresh, known
 
     def _rate(
-        self, group: str | None, now: float, windows: dict[str, str], name: str
+        self,
+        group: str | None,
+        now: float,
+        windows: dict[str, str],
+        name: str,
+        where: dict[str, str] | None = None,
     ) -> float | None:
-        """The group's rate (None: not known yet); its window goes into ``windows[name]``."""
+        """The group's rate (None: not known yet); its window goes into ``windows[name]``.
+
+        ``where``: only the group's series whose labels include these.
+        """
         if group is None or self.updates < 2:
             return None
-        fresh, known = self._fresh(group, now)
+        fresh, known = self._fresh(group, now, where)
         if not known:
             return None
         total = 0.0
         for st in fresh:
             steps, dt = st.increase()
             total += sum(step[-1][1] for step in steps) / dt if dt > 0 else 0.0
-        series = self._group(group)
+        series = self._group(group, where)
         if fresh:
             windows[name] = _last(_span(fresh) or 0.0)
         else:  # nothing counted since the last change, or since start when none was seen

@@ -23,6 +23,7 @@ __all__ = [
     "Percentiles",
     "Replicas",
     "Snapshot",
+    "TenantRates",
 ]
 
 # Where a request's time goes, in order: Serve before the engine (HTTP ingress, routing, the
@@ -43,6 +44,7 @@ WINDOW_LABELS = {
     "latency": "latency",
     "prefix_cache_hit_rate": "prefix-cache hits",
     "preemptions_per_s": "preemptions/s",
+    "tenants": "tenants",
 }
 
 
@@ -287,6 +289,33 @@ class Health:
 
 
 @dataclass(frozen=True)
+class TenantRates:
+    """One tenant's use of an app over the recent window, from its replicas' series.
+
+    Rates per second (None until measured); ``ttft_p50_s`` from the tenant's streamed
+    responses (None: none measured).
+
+    Example:
+        >>> str(TenantRates(1.5, 0.25, 0.0, 60.0, 120.0, 0.12))
+        '1.50 req/s, 60.0 tok/s, 0.25 refused/s, 0.00 errors/s, TTFT p50 120 ms'
+    """
+
+    request_rate: float | None = None
+    refused_rate: float | None = None
+    error_rate: float | None = None
+    tokens_per_s: float | None = None
+    prompt_tokens_per_s: float | None = None
+    ttft_p50_s: float | None = None
+
+    def __str__(self) -> str:
+        return (
+            f"{num(self.request_rate, '{:.2f}')} req/s, {num(self.tokens_per_s, '{:.1f}')} "
+            f"tok/s, {num(self.refused_rate, '{:.2f}')} refused/s, "
+            f"{num(self.error_rate, '{:.2f}')} errors/s, TTFT p50 {ms(self.ttft_p50_s)}"
+        )
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """One app's live metrics at one time; rates and percentiles are None until measured.
 
@@ -316,10 +345,12 @@ class Snapshot:
             ``windows["latency"]``.
         health: the engines' prefix-cache hits, preemptions and waiting reasons, and the use
             of the nodes the replicas run on (``Health``).
+        tenants: each tenant's rates (``TenantRates``), for an app that requires keys: its
+            replicas count by tenant (empty for an app without keys).
         windows: the window each figure that has a value covers, by figure (``tokens_per_s``,
             ``prompt_tokens_per_s``, ``request_rate``, ``error_rate``, ``ttft``, ``itl``,
-            ``latency``, ``prefix_cache_hit_rate``, ``preemptions_per_s``): ``"last 10 s"``,
-            or ``"since start"`` (``SINCE_START``).
+            ``latency``, ``prefix_cache_hit_rate``, ``preemptions_per_s``, ``tenants``):
+            ``"last 10 s"``, or ``"since start"`` (``SINCE_START``).
 
     Example:
         >>> snap = Snapshot("tiny", 0.0, Replicas(1, 0, 1), ttft_p50_s=0.25,
@@ -344,6 +375,7 @@ class Snapshot:
     itl_p50_s: float | None = None
     latency: Latency = field(default_factory=Latency)
     health: Health = field(default_factory=Health)
+    tenants: dict[str, TenantRates] = field(default_factory=dict)
     windows: dict[str, str] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, str]]:
@@ -376,6 +408,7 @@ class Snapshot:
                 or "-",
             ),
             *((f"node {ip}", str(use)) for ip, use in sorted(self.health.nodes.items())),
+            *((f"tenant {name}", str(rates)) for name, rates in sorted(self.tenants.items())),
             ("measured over", self.windows_text()),
         ]
 
