@@ -145,7 +145,8 @@ def test_a_tenant_over_its_limit_gets_429_and_usage_counts_to_the_token(
         for reply in replies[1:]:
             assert reply.text.rstrip().endswith("data: [DONE]"), reply.text[-200:]
         assert '"usage"' not in replies[1].text  # the stream its client asked for
-        chunks = [json.loads(line[6:]) for line in replies[2].text.splitlines()[:-1] if line]
+        lines = replies[2].text.splitlines()
+        chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
         assert chunks[-1]["usage"]["prompt_tokens"] == prompt  # asked for: kept
         counted = time.monotonic()
         while (used := tiny_app.usage()["lim-b"]).requests < 3:
