@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from nbserve import remote
-from nbserve.access.keys import IssuedKey, Keys
+from nbserve.access.keys import OWN_TENANT, IssuedKey, Keys
 from nbserve.access.usage import Usage
 from nbserve.base import retries
 from nbserve.base.wait import Progress, poll_until
@@ -74,7 +74,6 @@ UNHEALTHY_GRACE_S = 300.0
 # Times update() and prewarm() apply their change again when another caller changed the app
 # between reading and writing it.
 CHANGE_ATTEMPTS = 10
-OWN_TENANT = "notebook"  # the tenant of the key a handle issues itself (App.api_key)
 # Seconds a change of the app set may take: waiting for the cluster's app-set lock, then
 # writing the change.
 CHANGE_S = remote_lock.WAIT_S + remote.CALL_S
@@ -696,6 +695,7 @@ class App:
             [exported_app(self.spec, self.name, self.route_prefix)],
             name=name,
             secrets=self.spec.secrets,
+            keys=self.spec.keys is not False,
         )
 
     # --- measuring: load, benchmarks, cost, replica starts, traces ------------------------

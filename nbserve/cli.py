@@ -202,6 +202,15 @@ def _add_render(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             cmd.add_argument("--min-replicas", type=int, default=1)
             cmd.add_argument("--max-replicas", type=int, default=1)
             cmd.add_argument("--max-model-len", type=int, default=None)
+            keys = cmd.add_mutually_exclusive_group(required=True)
+            keys.add_argument(
+                "--keys-secret",
+                default=None,
+                help="the Secret the replicas read the app's API keys from (app.keys.to_secret)",
+            )
+            keys.add_argument(
+                "--public", action="store_true", help="serve without API keys: anyone it reaches"
+            )
         cmd.set_defaults(func=_render)
 
 
@@ -326,6 +335,7 @@ def _render(args: argparse.Namespace) -> int:
         name=args.name,
         namespace=args.namespace,
         image=args.image,
+        keys_secret=getattr(args, "keys_secret", None),
         worker_groups=[
             WorkerGroup(
                 accelerator=args.accelerator,
@@ -345,9 +355,12 @@ def _render(args: argparse.Namespace) -> int:
             max_replicas=args.max_replicas,
             max_model_len=args.max_model_len,
             tensor_parallel_size=args.gpus_per_worker,
+            keys=not args.public,
         )
         app = check_app_name(args.app or args.name)
-        manifest = render_rayservice(cluster, [exported_app(spec, app)], name=args.name)
+        manifest = render_rayservice(
+            cluster, [exported_app(spec, app)], name=args.name, keys=not args.public
+        )
     sys.stdout.write(to_yaml(manifest))
     return 0
 

@@ -243,3 +243,43 @@ def _complete(app: nbserve.App, key: str, stream: bool | None) -> httpx.Response
     reply = httpx.post(f"{app.endpoint}/completions", json=body, headers=headers, timeout=60)
     assert reply.status_code == 200, reply.text
     return reply
+
+
+def test_a_replica_reads_its_keys_and_limits_from_a_keys_file_and_again_when_it_changes(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a RayService's replicas do (``$NBSERVE_KEYS_FILE`` from a mounted Secret)."""
+    import asyncio
+    import os
+
+    from nbserve.base.apikeys import keys_file
+    from nbserve.hooks.guard import KeySource
+
+    key_a, entry_a = new_key("team-a", 0.0)
+    key_b, entry_b = new_key("team-b", 0.0)
+    path = tmp_path / "keys.json"
+
+    def write(entries: list[Any], limits: dict[str, Any], mtime: int) -> None:
+        table = {"entries": {e.id: e.to_json() for e in entries}, "limits": limits}
+        path.write_text(keys_file({"chat": table}))
+        os.utime(path, ns=(mtime, mtime))
+
+    counted: list[int] = []
+
+    def count() -> int:
+        counted.append(1)
+        return 2
+
+    write([entry_a, entry_b], {"team-b": {"requests_per_s": 3.0}}, 10**18)
+    source = KeySource("chat", keys_file=str(path), count_replicas=count)
+    asyncio.run(source.refresh())
+    assert source.table.tenant(key_a) == "team-a" and source.table.tenant(key_b) == "team-b"
+    assert source.meter.share == 0.5 and source.meter.limits["team-b"].requests_per_s == 3.0
+    write([entry_b], {}, 2 * 10**18)  # team-a revoked, limits lifted: a new Secret
+    for _ in range(4):
+        asyncio.run(source.refresh())
+    assert source.table.tenant(key_a) is None and source.table.tenant(key_b) == "team-b"
+    assert source.meter.limits == {} and len(counted) == 1  # counted every 5th refresh
+    write([], {}, 3 * 10**18)  # no key of this app: every request refused, and said so
+    asyncio.run(source.refresh())
+    assert len(source.table) == 0 and "has no key of app 'chat'" in caplog.text

@@ -51,11 +51,16 @@ def test_render_rayservice_carries_the_serve_app(capsys: pytest.CaptureFixture[s
             "4",
             "--max-model-len",
             "8192",
+            "--keys-secret",
+            "qwen-keys",
         ]
     )
     assert rc == 0
     manifest = yaml.safe_load(capsys.readouterr().out)
     assert crdschema.validate_manifest(manifest) == []
+    # The app requires keys, read from the Secret mounted on every pod.
+    head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert head["volumes"] == [{"name": "nbserve-keys", "secret": {"secretName": "qwen-keys"}}]
     serve = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     (app,) = serve["applications"]
     assert app["name"] == "qwen" and app["import_path"] == "ray.serve.llm:build_openai_app"
@@ -63,6 +68,7 @@ def test_render_rayservice_carries_the_serve_app(capsys: pytest.CaptureFixture[s
     assert llm["accelerator_type"] == "L4"
     assert llm["engine_kwargs"]["max_model_len"] == 8192
     assert app["deployments"][0]["autoscaling_config"]["max_replicas"] == 4
+    assert llm["server_cls"] == "nbserve.hooks.guard:GuardedServer"
 
 
 @pytest.mark.parametrize(
@@ -85,6 +91,7 @@ def test_render_rayservice_carries_the_serve_app(capsys: pytest.CaptureFixture[s
                 "3",
                 "--max-replicas",
                 "1",
+                "--public",
             ],
             "min_replicas=3 is greater than max_replicas=1",
         ),

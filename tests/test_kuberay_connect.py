@@ -630,6 +630,8 @@ def test_gke_runbook_runs_under_papermill(
         cluster_timeout=120,
         timeout=300,
         rayservice_path=str(rayservice),
+        tenants=["nb-gke-team"],
+        keys_dir=str(tmp_path),
         down=True,
         summary_path=str(summary),
     )
@@ -639,9 +641,19 @@ def test_gke_runbook_runs_under_papermill(
     assert result["answer"].strip() and result["created"] is True
     assert result["endpoint"].startswith("http://127.0.0.1:")
     assert result["endpoint"].endswith(f"/{KR_APP}/v1")
-    manifest = yaml.safe_load(rayservice.read_text())
+    secret, manifest = yaml.safe_load_all(rayservice.read_text())
     assert manifest["kind"] == "RayService" and manifest["metadata"]["name"] == "nb-gke"
     assert f"name: {KR_APP}" in manifest["spec"]["serveConfigV2"]
+    # The endpoint requires keys: the tenant's key is in a file only its owner reads, the
+    # Secret the pods mount holds its entry, and neither the notebook nor a manifest the key.
+    key = tmp_path / "nb-gke-team.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    secret_part = key.read_text().strip().split("_", 2)[2]
+    assert secret["kind"] == "Secret" and manifest["spec"]["rayClusterConfig"]["headGroupSpec"][
+        "template"
+    ]["spec"]["volumes"] == [{"name": "nbserve-keys", "secret": {"secretName": "nb-gke-keys"}}]
+    assert secret_part not in rayservice.read_text() and secret_part not in json.dumps(nb)
+    app.keys.revoke("nb-gke-team")
     assert ("POST", f"/apis/ray.io/v1/namespaces/{NS}/rayclusters") in kube.requests
     assert kube.get("rayclusters", NS, "nb-gke") is None  # down=True deleted it
     assert not kube.open_sessions()

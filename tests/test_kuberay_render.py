@@ -394,3 +394,45 @@ def test_secrets_fill_pod_variables_from_secrets_and_an_app_needs_its_own() -> N
             [serve_app(spec, "chat")],
             secrets=spec.secrets,
         )
+
+
+def test_an_app_that_requires_keys_exports_with_its_keys_from_a_secret() -> None:
+    """The replicas of a RayService read the app's keys from a mounted Secret: the manifests
+    hold its name only, and an app that requires keys is not exported without one."""
+    from nbserve import LLM
+    from nbserve.base.apikeys import KEYS_FILE_VAR, keys_file, new_key, read_keys_file
+    from nbserve.specs.manifests import render_keys_secret
+    from nbserve.specs.serveconfig import exported_app
+
+    spec = LLM("org/m", accelerator="L4")  # keys not said: required, as on any shared cluster
+    app = exported_app(spec, "chat")
+    assert app["args"]["llm_configs"][0]["server_cls"] == "nbserve.hooks.guard:GuardedServer"
+    assert (
+        "server_cls" not in exported_app(LLM("org/m", keys=False), "chat")["args"]["llm_configs"][0]
+    )
+    with pytest.raises(SpecError, match=r"requires API keys.*app\.keys\.to_secret.*keys_secret="):
+        render_rayservice(l4_cluster(), [app], keys=True)
+
+    cluster = l4_cluster().model_copy(update={"keys_secret": "chat-keys"})
+    manifest = render_rayservice(cluster, [app], keys=True)
+    assert crdschema.validate_manifest(manifest) == []
+    config = manifest["spec"]["rayClusterConfig"]
+    pods = [config["headGroupSpec"]["template"]["spec"]]
+    pods += [group["template"]["spec"] for group in config["workerGroupSpecs"]]
+    for pod in pods:
+        assert pod["volumes"] == [{"name": "nbserve-keys", "secret": {"secretName": "chat-keys"}}]
+        (container,) = pod["containers"]
+        assert container["volumeMounts"][0]["readOnly"] is True
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env[KEYS_FILE_VAR] == "/etc/nbserve/keys/keys.json"
+
+    key, entry = new_key("team-a", 0.0)
+    text = keys_file({"chat": {"entries": {entry.id: entry.to_json()}, "limits": {}}})
+    secret = render_keys_secret("chat-keys", "default", text)
+    assert key.split("_")[2] not in json.dumps(secret)  # entries only, never the key
+    (entries, _) = read_keys_file(secret["stringData"]["keys.json"], "chat")
+    assert [e.id for e in entries] == [entry.id]
+    with pytest.raises(SpecError, match="Bad_Name"):
+        render_keys_secret("Bad_Name", "default", text)
+    with pytest.raises(ValueError, match="not an nbserve keys file"):
+        read_keys_file('{"apps": []}', "chat")

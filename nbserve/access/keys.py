@@ -19,15 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from nbserve.base import fmt
-from nbserve.base.apikeys import Entry, check_tenant, masked, new_key
+from nbserve.base.apikeys import Entry, check_tenant, keys_file, masked, new_key
 from nbserve.base.limits import Limits
 from nbserve.errors import NbserveError, SpecError
 from nbserve.remote import access
+from nbserve.specs.manifests import render_keys_secret
 
-__all__ = ["IssuedKey", "KeyInfo", "Keys"]
+__all__ = ["OWN_TENANT", "IssuedKey", "KeyInfo", "Keys"]
 
 log = logging.getLogger(__name__)
 
+OWN_TENANT = "notebook"  # the tenant of the key a handle issues itself (App.api_key)
 WAIT_S = 10.0  # how long a change waits for every replica of the app to apply it
 
 
@@ -131,6 +133,7 @@ class Keys:
             limits = Limits(requests_per_s, tokens_per_min, concurrent)
         except ValueError as err:
             raise SpecError(str(err)) from None
+        self._check_managed_here()
         version = self._call(
             access.limit, self.app, tenant, None if limits == Limits() else limits.to_json()
         )
@@ -156,11 +159,23 @@ class Keys:
             check_tenant(tenant)
         except ValueError as err:
             raise SpecError(str(err)) from None
+        self._check_managed_here()
         value, entry = new_key(tenant, time.time())
         version = self._call(access.issue, self.app, entry.to_json())
         if wait:
             self._wait_applied(version, f"the new key of tenant {tenant!r}")
         return IssuedKey(tenant, value)
+
+    def _check_managed_here(self) -> None:
+        """Refuse a change the replicas would not see: they read a keys file from a Secret."""
+        path = self._call(access.keys_file)
+        if path is not None:
+            raise NbserveError(
+                f"the replicas of this cluster read their keys and limits from {path} (a "
+                "Secret mounted by ClusterSpec(keys_secret=...)), not from the notebook; "
+                "change that Secret instead (kubectl apply -f with app.keys.to_secret(...) "
+                "written on a cluster without keys_secret)"
+            )
 
     def _wait_applied(self, version: int, change: str) -> None:
         """Return once every live replica applies table ``version``, or after ``WAIT_S``."""
@@ -186,6 +201,7 @@ class Keys:
         Raises:
             NbserveError: no key of that tenant or id exists (nothing changed).
         """
+        self._check_managed_here()
         revoked = self._call(access.revoke, self.app, tenant_or_id, tenant_or_id)
         gone = revoked["gone"]
         if not gone:
@@ -196,6 +212,35 @@ class Keys:
             )
         self._wait_applied(revoked["version"], f"the revocation of {tenant_or_id!r}")
         return [_info(entry) for entry in gone]
+
+    def to_secret(self, name: str, *, namespace: str = "default") -> dict[str, Any]:
+        """A Kubernetes Secret of the app's keys and limits, for a RayService to run it with.
+
+        It holds each key's entry (id, tenant, salt, digest), never a key: the keys issued
+        here keep working in production. The notebook handles' own keys (tenant
+        ``notebook``) are left out. Apply it (``kubectl apply -f``), then export the app with
+        ``app.to_rayservice(ClusterSpec(..., keys_secret=name))``; to change the keys later,
+        apply a new one of the same name: the replicas read it again within about a minute.
+
+        Example:
+            >>> secret = app.keys.to_secret("llm-keys", namespace="ray")  # doctest: +SKIP
+            >>> open("keys.yaml", "w").write(nbserve.to_yaml(secret))     # doctest: +SKIP
+
+        Raises:
+            NbserveError: the app has no key but the notebook's own (nothing to serve with).
+            SpecError: ``name`` or ``namespace`` is not a valid Kubernetes name.
+        """
+        entries = {
+            e["id"]: e for e in self._call(access.entries, self.app) if e["tenant"] != OWN_TENANT
+        }
+        if not entries:
+            raise NbserveError(
+                f"app {self.app!r} has no key to export (only the notebook's own); issue one "
+                "per tenant first with app.keys.issue('<tenant>')"
+            )
+        limits = self._call(access.limits, self.app)
+        text = keys_file({self.app: {"entries": entries, "limits": limits}})
+        return render_keys_secret(name, namespace, text)
 
     def list(self) -> list[KeyInfo]:
         """The keys the app accepts, oldest first."""

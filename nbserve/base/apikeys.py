@@ -9,20 +9,41 @@ needed to make guessing it from the hash hopeless, and a request's check costs m
 The notebook side makes keys (``new_key``) and sends only their entries; the replicas check
 requests against a ``KeyTable`` of entries (``nbserve.hooks.guard``). Nothing here talks to a
 cluster.
+
+Where no notebook runs (a RayService), the entries and limits come from a Kubernetes Secret
+mounted on every Ray pod: ``keys_file`` writes its one file (``KEYS_FILE_KEY``), mounted in
+``KEYS_MOUNT`` and named to the replicas by ``$KEYS_FILE_VAR``; ``read_keys_file`` reads it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["PREFIX", "Entry", "KeyTable", "check_tenant", "masked", "new_key", "parse"]
+__all__ = [
+    "KEYS_FILE_KEY",
+    "KEYS_FILE_VAR",
+    "KEYS_MOUNT",
+    "PREFIX",
+    "Entry",
+    "KeyTable",
+    "check_tenant",
+    "keys_file",
+    "masked",
+    "new_key",
+    "parse",
+    "read_keys_file",
+]
 
 PREFIX = "nbs_"
+KEYS_FILE_VAR = "NBSERVE_KEYS_FILE"  # nbserve.remote.access.KEYS_FILE_VAR
+KEYS_FILE_KEY = "keys.json"  # the file's key in the Secret
+KEYS_MOUNT = "/etc/nbserve/keys"  # where the Secret is mounted on the Ray pods
 _KEY = re.compile(r"nbs_([0-9a-f]{8})_([A-Za-z0-9_-]{43})")
 TENANT = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 """A tenant's name: lower case, digits, ``.``, ``_``, ``-``; at most 63 characters (a label)."""
@@ -133,3 +154,41 @@ class KeyTable:
         if not hmac.compare_digest(_digest(entry.salt, parsed[1]), entry.digest):
             return None
         return entry.tenant
+
+
+def keys_file(tables: dict[str, dict[str, Any]]) -> str:
+    """The keys file of some apps: each app's entries (by id) and limits (by tenant).
+
+    ``tables`` maps an app to ``{"entries": {id: entry}, "limits": {tenant: limits}}``, the
+    shape of the key register's tables. The file holds no key, only entries.
+
+    Example:
+        >>> _, entry = new_key("team-a", 0.0)
+        >>> text = keys_file({"chat": {"entries": {entry.id: entry.to_json()}, "limits": {}}})
+        >>> [e.tenant for e in read_keys_file(text, "chat")[0]], read_keys_file(text, "other")
+        (['team-a'], ([], {}))
+    """
+    apps = {
+        app: {"entries": dict(table.get("entries", {})), "limits": dict(table.get("limits", {}))}
+        for app, table in sorted(tables.items())
+    }
+    return json.dumps({"nbserve_keys": 1, "apps": apps}, indent=1, sort_keys=True)
+
+
+def read_keys_file(text: str, app: str) -> tuple[list[Entry], dict[str, Any]]:
+    """``app``'s entries and limits (as JSON data) in a keys file; none for an app not in it.
+
+    Raises:
+        ValueError: the text is not a keys file (``keys_file``'s).
+    """
+    try:
+        data = json.loads(text)
+        table = data["apps"].get(app) or {}
+        entries = [Entry.from_json(e) for e in table.get("entries", {}).values()]
+        limits = dict(table.get("limits", {}))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(
+            f"not an nbserve keys file ({type(err).__name__}: {err}); write it with "
+            "app.keys.to_secret(...)"
+        ) from None
+    return entries, limits

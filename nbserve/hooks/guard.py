@@ -13,6 +13,11 @@ a key issued or revoked from a notebook takes effect within a second or two (the
 returns once every replica applies it) and no replica restarts. Until the register has
 answered, or when it has no key for the app, every request is refused (fail closed).
 
+Where no notebook manages the keys (a RayService), ``$NBSERVE_KEYS_FILE`` names a keys file
+from a Kubernetes Secret mounted on the pods (``nbserve.base.apikeys.keys_file``): the replicas
+then read their keys and limits from it, and read it again when it changes (the kubelet updates
+a mounted Secret in place, within about a minute), and count the app's replicas from Serve.
+
 Loaded by dotted path in the replica's process, where Ray Serve LLM is installed; importing
 this module imports neither (``GuardedServer`` is built on first use).
 """
@@ -22,11 +27,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from nbserve.base.apikeys import Entry, KeyTable, masked
+from nbserve.base.apikeys import KEYS_FILE_VAR, Entry, KeyTable, masked, read_keys_file
 from nbserve.base.limits import Limits, Meter
 
 from .asgi import ASGIApp, Receive, Scope, Send
@@ -50,6 +56,7 @@ REGISTRY = "access"  # nbserve.remote.access.REGISTRY
 NAMESPACE = "nbserve"
 REFRESH_S = 1.0
 OPEN_PATHS = ("/health", "/ping")  # vLLM's liveness routes; Serve's /-/ routes are open too
+COUNT_EVERY = 5  # with a keys file, the app's replicas are counted every 5th refresh
 MAX_TENANT_LABELS = 64  # tenants with a label of their own in a replica's series; then "other"
 
 
@@ -68,10 +75,12 @@ def bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 class KeySource:
-    """The key table and tenants' limits of one app, kept current from the key register.
+    """The key table and tenants' limits of one app, kept current.
 
-    Each refresh also reports this replica's usage by tenant (``report()``) and learns how
-    many replicas the app runs: ``meter`` enforces one over that of each limit.
+    From the key register, which each refresh also reports this replica's usage by tenant to
+    (``report()``) and learns from how many replicas the app runs: ``meter`` enforces one over
+    that of each limit. With ``keys_file`` (``$NBSERVE_KEYS_FILE`` in a replica), from that
+    file, and the number of replicas from ``count_replicas``.
     """
 
     def __init__(
@@ -81,17 +90,26 @@ class KeySource:
         replica: str = "",
         meter: Meter | None = None,
         report: Callable[[], dict[str, Any]] | None = None,
+        keys_file: str | None = None,
+        count_replicas: Callable[[], int] | None = None,
     ) -> None:
         self.app = app
         self.replica = replica
         self.meter = meter if meter is not None else Meter({})
         self.report = report
+        self.keys_file = keys_file
+        self.count_replicas = count_replicas
         self.table = KeyTable([])
         self.version = -1  # no answer from the register yet
         self._registry: Any = None
+        self._refreshes = 0
 
     async def refresh(self) -> None:
-        """Report usage; take the app's table and limits if they changed since last time."""
+        """Take the app's table and limits if they changed since last time."""
+        self._refreshes += 1
+        if self.keys_file is not None:
+            await self._refresh_from_file(self.keys_file)
+            return
         import ray
 
         if self._registry is None:
@@ -106,13 +124,31 @@ class KeySource:
         table = found["table"]
         if table is not None:
             entries = [Entry.from_json(entry) for entry in table["entries"].values()]
-            self.table = KeyTable(entries)
-            self.meter.limits = {
-                tenant: Limits.from_json(limits)
-                for tenant, limits in table.get("limits", {}).items()
-            }
-            self.version = table["version"]
-            log.info("app %r accepts %d key(s) (version %d)", self.app, len(entries), self.version)
+            self._take(entries, table.get("limits", {}), table["version"])
+
+    async def _refresh_from_file(self, path: str) -> None:
+        """Read the keys file again if it changed; count the replicas every few refreshes."""
+        changed = os.stat(path).st_mtime_ns
+        if changed != self.version:
+            with open(path, encoding="utf-8") as fh:
+                entries, limits = read_keys_file(fh.read(), self.app)
+            self._take(entries, limits, changed)
+            if not entries:
+                log.warning(
+                    "the keys file %s has no key of app %r: every request is refused; write it "
+                    "with app.keys.to_secret(...)",
+                    path,
+                    self.app,
+                )
+        if self.count_replicas is not None and self._refreshes % COUNT_EVERY == 1:
+            replicas = await asyncio.to_thread(self.count_replicas)
+            self.meter.share = 1 / max(1, replicas)
+
+    def _take(self, entries: list[Entry], limits: dict[str, Any], version: int) -> None:
+        self.table = KeyTable(entries)
+        self.meter.limits = {tenant: Limits.from_json(data) for tenant, data in limits.items()}
+        self.version = version
+        log.info("app %r accepts %d key(s) (version %d)", self.app, len(entries), version)
 
     async def keep_current(self) -> None:
         """Refresh every ``REFRESH_S`` for as long as the replica runs."""
@@ -257,6 +293,15 @@ class TenantSeries:
             self.ttft.observe(outcome.ttft_s, tags={"tenant": tenant})
 
 
+def _running_replicas(app: str, deployment: str) -> int:
+    """How many replicas of ``deployment`` run, as Serve's controller says (1 if unknown)."""
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    found = status.deployments.get(deployment) if status is not None else None
+    return int(found.replica_states.get("RUNNING", 1)) if found is not None else 1
+
+
 def _guarded_server() -> type:
     """Serve LLM's ``LLMServer`` with ``Guard`` around its HTTP app (built on first use)."""
     from ray import serve
@@ -269,10 +314,13 @@ def _guarded_server() -> type:
             app = await super().__serve_build_asgi_app__()
             context = serve.get_replica_context()
             usage: dict[str, TenantUsage] = {}
+            app_name, deployment = context.app_name, context.deployment
             keys = KeySource(
-                context.app_name,
+                app_name,
                 replica=context.replica_id.unique_id,
                 report=lambda: {tenant: asdict(used) for tenant, used in usage.items()},
+                keys_file=os.environ.get(KEYS_FILE_VAR) or None,
+                count_replicas=lambda: _running_replicas(app_name, deployment),
             )
             try:
                 await keys.refresh()

@@ -22,6 +22,7 @@ from typing import Any
 from .ray_private import head_actor, kv_delete, kv_get, kv_keys, kv_put
 
 REGISTRY = "access"  # nbserve.hooks.guard.REGISTRY
+KEYS_FILE_VAR = "NBSERVE_KEYS_FILE"  # nbserve.base.apikeys.KEYS_FILE_VAR
 NAMESPACE = "nbserve"
 KV_NAMESPACE = b"nbserve"
 KV_PREFIX = "access/"
@@ -140,6 +141,17 @@ class Registry:
             kv_delete(KV_PREFIX + app, KV_NAMESPACE)
             version = self.tables[app]["version"] + 1
             self.tables[app] = {"version": version, "entries": {}, "limits": {}}
+
+
+def keys_file() -> str | None:
+    """The keys file the cluster's replicas read instead of the register, if any.
+
+    Run on the cluster: every pod of a cluster made with ``ClusterSpec(keys_secret=...)``
+    names it in its environment.
+    """
+    import os
+
+    return os.environ.get(KEYS_FILE_VAR) or None
 
 
 def _registry() -> Any:

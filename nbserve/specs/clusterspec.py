@@ -188,6 +188,14 @@ class ClusterSpec(BaseModel):
         "only the references.",
     )
 
+    keys_secret: ObjectName | None = Field(
+        default=None,
+        description="A Secret holding the API keys (entries and limits, never a key) of the "
+        "apps that require them, for a cluster no notebook manages (a RayService): mounted "
+        "read-only on every Ray pod, the replicas read it and read it again when it changes. "
+        "Write it with app.keys.to_secret(name).",
+    )
+
     @field_validator("worker_groups")
     @classmethod
     def _unique(cls, groups: list[WorkerGroup]) -> list[WorkerGroup]:

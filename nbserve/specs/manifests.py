@@ -17,14 +17,21 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from nbserve.base import defaults
+from nbserve.base import apikeys, defaults
 from nbserve.errors import SpecError
 from nbserve.specs import names
 
 if TYPE_CHECKING:
     from nbserve.specs.clusterspec import ClusterSpec, WorkerGroup
 
-__all__ = ["API_VERSION", "MANAGED_BY", "render_raycluster", "render_rayservice", "to_yaml"]
+__all__ = [
+    "API_VERSION",
+    "MANAGED_BY",
+    "render_keys_secret",
+    "render_raycluster",
+    "render_rayservice",
+    "to_yaml",
+]
 
 API_VERSION = "ray.io/v1"
 MANAGED_BY = "app.kubernetes.io/managed-by"  # "nbserve" on the RayClusters nbserve renders
@@ -33,6 +40,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # The Ray images run as their user "ray", uid 1000. Giving it as a number lets the kubelet check
 # runAsNonRoot, which it cannot do for an image whose user has a name only.
 RAY_UID = 1000
+KEYS_VOLUME = "nbserve-keys"
 
 
 def render_raycluster(cluster: ClusterSpec) -> dict[str, Any]:
@@ -82,10 +90,17 @@ def _pod_spec(
         env_list.append(
             {"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
         )
+    pod: dict[str, Any] = {}
+    if cluster.keys_secret:  # the keys of apps that require them, for the replicas to read
+        path = f"{apikeys.KEYS_MOUNT}/{apikeys.KEYS_FILE_KEY}"
+        env_list.append({"name": apikeys.KEYS_FILE_VAR, "value": path})
+        container["volumeMounts"] = [
+            {"name": KEYS_VOLUME, "mountPath": apikeys.KEYS_MOUNT, "readOnly": True}
+        ]
+        pod["volumes"] = [{"name": KEYS_VOLUME, "secret": {"secretName": cluster.keys_secret}}]
     if env_list:
         container["env"] = env_list
     container["securityContext"] = _container_security()
-    pod: dict[str, Any] = {}
     if cluster.service_account:
         pod["serviceAccountName"] = cluster.service_account
     token = _service_account_token(cluster, head=head)
@@ -175,6 +190,7 @@ def render_rayservice(
     *,
     name: str | None = None,
     secrets: Collection[str] = (),
+    keys: bool = False,
 ) -> dict[str, Any]:
     """Render a ``ray.io/v1`` RayService that runs Serve applications on a cluster like ``cluster``.
 
@@ -185,6 +201,8 @@ def render_rayservice(
         name: the RayService's name (at most 47 characters); defaults to the cluster's name.
         secrets: environment variables the applications read from their pods' environment
             (``LLM.secrets``); ``cluster`` must fill each from a Secret.
+        keys: whether an application requires API keys; ``cluster`` must then name the
+            Secret its replicas read them from (``keys_secret``).
 
     Returns:
         The manifest as a new dict.
@@ -192,7 +210,7 @@ def render_rayservice(
     Raises:
         SpecError: the name is invalid, or an application has no name or import_path, or two
             applications share a name or a route prefix, or a secret has no Secret in
-            ``cluster``.
+            ``cluster``, or an app requires keys and ``cluster`` has no ``keys_secret``.
 
     Example:
         >>> from nbserve.specs.clusterspec import ClusterSpec
@@ -215,6 +233,13 @@ def render_rayservice(
             f"secrets={{{unfilled[0]!r}: SecretRef(name='<Secret>', key='<key>')}} to the "
             "ClusterSpec (kubectl create secret generic <Secret> --from-literal=<key>=...)"
         )
+    if keys and not cluster.keys_secret:
+        raise SpecError(
+            f"the app requires API keys, and ClusterSpec {cluster.name!r} names no Secret for "
+            "its replicas to read them from; write one with "
+            "nbserve.to_yaml(app.keys.to_secret('<name>')), kubectl apply it, and add "
+            "keys_secret='<name>' to the ClusterSpec"
+        )
     try:
         serve_config = yaml.safe_dump({"applications": apps}, sort_keys=False)
     except yaml.YAMLError as err:
@@ -230,6 +255,30 @@ def render_rayservice(
             "serveConfigV2": serve_config,
             "rayClusterConfig": render_raycluster(cluster)["spec"],
         },
+    }
+
+
+def render_keys_secret(name: str, namespace: str, keys_file: str) -> dict[str, Any]:
+    """A Secret holding a keys file, for ``ClusterSpec(keys_secret=name)``.
+
+    The file (``nbserve.base.apikeys.keys_file``) holds key entries and limits, never a key.
+
+    Example:
+        >>> secret = render_keys_secret("llm-keys", "ray", '{"apps": {}}')
+        >>> secret["kind"], secret["metadata"]["name"], list(secret["stringData"])
+        ('Secret', 'llm-keys', ['keys.json'])
+    """
+    try:
+        names.check(name, names.OBJECT_NAME)
+        names.check(namespace, names.NAMESPACE)
+    except ValueError as err:
+        raise SpecError(f"Secret {err}") from err
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_BY: "nbserve"}},
+        "type": "Opaque",
+        "stringData": {apikeys.KEYS_FILE_KEY: keys_file},
     }
 
 

@@ -187,16 +187,20 @@ def app_record(spec: LLM, name: str, route_prefix: str, at: float) -> dict[str, 
 
 
 def exported_app(spec: LLM, name: str, route_prefix: str | None = None) -> dict[str, Any]:
-    """The Serve app of a spec as a manifest for production carries it: without tracing.
+    """The Serve app of a spec as a manifest for production carries it.
 
+    Without tracing, and requiring keys unless the spec says ``keys=False``.
     Tracing sends spans to receivers nbserve starts from a notebook; a RayService has none.
+    Others reach a RayService's endpoint, so keys are required as on any cluster but the
+    local head.
 
     Example:
         >>> cfg = exported_app(LLM("org/m", tracing=True), "m")["args"]["llm_configs"][0]
-        >>> "otlp_traces_endpoint" in cfg["engine_kwargs"]
-        False
+        >>> "otlp_traces_endpoint" in cfg["engine_kwargs"], cfg["server_cls"]
+        (False, 'nbserve.hooks.guard:GuardedServer')
     """
-    return serve_app(spec.model_copy(update={"tracing": False}), name, route_prefix)
+    update = {"tracing": False, "keys": spec.keys is not False}
+    return serve_app(spec.model_copy(update=update), name, route_prefix)
 
 
 def engine_version(app: dict[str, Any]) -> str:
