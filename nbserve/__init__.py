@@ -45,7 +45,7 @@ from nbserve.observe.prometheus import Prometheus
 from nbserve.observe.snapshot import Latency, Percentiles, Replicas, Snapshot
 from nbserve.observe.status import AppStatus, DeploymentStatus, ReplicaInfo
 from nbserve.observe.traces import Trace, Traces
-from nbserve.specs.clusterspec import ClusterSpec, HeadSpec, SecretRef, WorkerGroup
+from nbserve.specs.clusterspec import ClusterSpec, HeadSpec, NetworkAccess, SecretRef, WorkerGroup
 from nbserve.specs.llm import LLM, Engine, Rollout, Scaling
 from nbserve.specs.manifests import to_yaml
 
@@ -82,6 +82,7 @@ __all__ = [
     "LocalClusterError",
     "LockTimeout",
     "NbserveError",
+    "NetworkAccess",
     "NotConnected",
     "Percentiles",
     "Prometheus",

@@ -38,6 +38,7 @@ from nbserve.kube.portforward import PodPortForward
 from nbserve.specs.clusterspec import ClusterSpec
 
 NS = "ray"
+SERVE_PORT = {"protocol": "TCP", "port": 8000}  # a NetworkPolicy's rule for Serve's port
 POD = "llm-head-x2k9p"
 TOKEN = "s3cr3t-ray-token-0123456789abcdef"
 
@@ -641,7 +642,11 @@ def test_gke_runbook_runs_under_papermill(
     assert result["answer"].strip() and result["created"] is True
     assert result["endpoint"].startswith("http://127.0.0.1:")
     assert result["endpoint"].endswith(f"/{KR_APP}/v1")
-    secret, manifest = yaml.safe_load_all(rayservice.read_text())
+    secret, policy, manifest = yaml.safe_load_all(rayservice.read_text())
+    assert policy["kind"] == "NetworkPolicy"
+    serve_rule = next(r for r in policy["spec"]["ingress"] if r.get("ports") == [SERVE_PORT])
+    namespaces = serve_rule["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
+    assert namespaces == [NS]  # serve_namespaces not given: the cluster's own namespace
     assert manifest["kind"] == "RayService" and manifest["metadata"]["name"] == "nb-gke"
     assert f"name: {KR_APP}" in manifest["spec"]["serveConfigV2"]
     # The endpoint requires keys: the tenant's key is in a file only its owner reads, the

@@ -436,3 +436,43 @@ def test_an_app_that_requires_keys_exports_with_its_keys_from_a_secret() -> None
         render_keys_secret("Bad_Name", "default", text)
     with pytest.raises(ValueError, match="not an nbserve keys file"):
         read_keys_file('{"apps": []}', "chat")
+
+
+def test_the_networkpolicy_admits_the_clusters_own_pods_and_only_what_is_listed() -> None:
+    from kubernetes.client import ApiClient
+
+    from nbserve.specs.clusterspec import NetworkAccess
+
+    default = ClusterSpec(name="llm").to_networkpolicy()
+    own = {"podSelector": {"matchLabels": {"nbserve.dev/cluster": "llm"}}}
+    assert default["spec"]["podSelector"] == own["podSelector"]
+    assert default["spec"]["policyTypes"] == ["Ingress"]  # egress (model downloads) untouched
+    rules = default["spec"]["ingress"]
+    assert rules[0] == {"from": [own]}  # Ray between its pods: every port
+    (metrics,) = rules[1:]  # and GKE's Managed Prometheus on the metrics port, nothing else
+    assert metrics["ports"] == [{"protocol": "TCP", "port": 8080}]
+    assert metrics["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == [
+        "gmp-system"
+    ]
+    # Every pod the RayCluster (or a RayService) runs carries the label it selects.
+    cluster = ClusterSpec(
+        name="llm",
+        network=NetworkAccess(
+            serve_namespaces=["gateway"], serve_cidrs=["10.8.0.0/16"], client_cidrs=["10.9.0.5/32"]
+        ),
+    )
+    spec = cluster.to_raycluster()["spec"]
+    templates = [spec["headGroupSpec"]["template"]]
+    templates += [g["template"] for g in spec["workerGroupSpecs"]]
+    assert all(t["metadata"]["labels"]["nbserve.dev/cluster"] == "llm" for t in templates)
+    policy = cluster.to_networkpolicy()
+    serve, _, client = policy["spec"]["ingress"][1:]
+    assert serve["ports"] == [{"protocol": "TCP", "port": 8000}]
+    assert serve["from"][1] == {"ipBlock": {"cidr": "10.8.0.0/16"}}
+    assert [p["port"] for p in client["ports"]] == [10001, 8265]
+    # Every field is one of the Kubernetes API's: the client's own model keeps them all.
+    api = ApiClient()
+    model = api._ApiClient__deserialize(copy.deepcopy(policy), "V1NetworkPolicy")
+    assert api.sanitize_for_serialization(model) == policy
+    with pytest.raises(ValidationError, match="'10.8.0.0/33' is not an address range"):
+        NetworkAccess(serve_cidrs=["10.8.0.0/33"])

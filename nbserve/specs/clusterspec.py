@@ -20,7 +20,7 @@ from nbserve.specs import manifests, names
 from nbserve.specs.accelerators import AcceleratorInfo, resolve_accelerator
 from nbserve.specs.llm import EnvName
 
-__all__ = ["IMAGE_CUDA", "ClusterSpec", "HeadSpec", "SecretRef", "WorkerGroup"]
+__all__ = ["IMAGE_CUDA", "ClusterSpec", "HeadSpec", "NetworkAccess", "SecretRef", "WorkerGroup"]
 
 # CUDA build of the rayproject/ray-llm image, as in KubeRay's py311 LLM sample (2.52.0-py311-cu128).
 IMAGE_CUDA = "cu128"
@@ -59,6 +59,60 @@ class SecretRef(BaseModel):
 
     name: ObjectName = Field(description="Name of the Secret, in the cluster's namespace.")
     key: str = Field(default="hf_token", min_length=1, description="Key inside the Secret.")
+
+
+def _cidr(value: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an address range; write e.g. '10.128.0.0/20' (a single address: "
+            "'10.128.0.5/32')"
+        ) from None
+    return value
+
+
+Cidr = Annotated[str, AfterValidator(_cidr)]
+
+
+class NetworkAccess(BaseModel):
+    """Who may reach the Ray pods besides each other: what the cluster's NetworkPolicy admits.
+
+    The pods of the cluster reach each other on every port (Ray needs it). From elsewhere,
+    only what is listed here: Serve's port from some namespaces or address ranges, the metrics
+    port from the namespace that scrapes it, and Ray Client and the dashboard from address
+    ranges (a Vertex AI Workbench instance on the VPC). A notebook that reaches the head
+    through port-forwards (the default outside the cluster) needs no entry.
+
+    Example:
+        >>> NetworkAccess(serve_namespaces=["gateway"]).metrics_namespaces
+        ['gmp-system']
+    """
+
+    model_config = _STRICT
+
+    serve_namespaces: list[Dns1123] = Field(
+        default_factory=list,
+        description="Namespaces whose pods may call Serve's port (8000): your clients, or the "
+        "Gateway or Ingress controller in front of it.",
+    )
+    serve_cidrs: list[Cidr] = Field(
+        default_factory=list,
+        description="Address ranges that may call Serve's port (an internal load balancer's "
+        "clients).",
+    )
+    metrics_namespaces: list[Dns1123] = Field(
+        default_factory=lambda: ["gmp-system"],
+        description="Namespaces whose pods may scrape the metrics port (8080); gmp-system is "
+        "GKE's Managed Prometheus.",
+    )
+    client_cidrs: list[Cidr] = Field(
+        default_factory=list,
+        description="Address ranges that may reach Ray Client (10001) and the dashboard (8265) "
+        "directly, e.g. a Workbench instance's subnet; both are guarded by the Ray token too.",
+    )
 
 
 class HeadSpec(BaseModel):
@@ -188,6 +242,11 @@ class ClusterSpec(BaseModel):
         "only the references.",
     )
 
+    network: NetworkAccess = Field(
+        default_factory=lambda: NetworkAccess(),
+        description="What the cluster's NetworkPolicy admits from outside its pods "
+        "(to_networkpolicy()).",
+    )
     keys_secret: ObjectName | None = Field(
         default=None,
         description="A Secret holding the API keys (entries and limits, never a key) of the "
@@ -262,3 +321,13 @@ class ClusterSpec(BaseModel):
             {'mode': 'token'}
         """
         return manifests.render_raycluster(self)
+
+    def to_networkpolicy(self) -> dict[str, Any]:
+        """Render the NetworkPolicy of the cluster's pods (``network`` says what it admits).
+
+        Example:
+            >>> policy = ClusterSpec(name="llm").to_networkpolicy()
+            >>> policy["kind"], policy["spec"]["podSelector"]
+            ('NetworkPolicy', {'matchLabels': {'nbserve.dev/cluster': 'llm'}})
+        """
+        return manifests.render_networkpolicy(self)

@@ -28,6 +28,7 @@ __all__ = [
     "API_VERSION",
     "MANAGED_BY",
     "render_keys_secret",
+    "render_networkpolicy",
     "render_raycluster",
     "render_rayservice",
     "to_yaml",
@@ -41,6 +42,9 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # runAsNonRoot, which it cannot do for an image whose user has a name only.
 RAY_UID = 1000
 KEYS_VOLUME = "nbserve-keys"
+# On every Ray pod nbserve renders, with the ClusterSpec's name: what its NetworkPolicy selects
+# (KubeRay's own ray.io/cluster holds a generated name on a RayService's pods).
+POD_LABEL = "nbserve.dev/cluster"
 
 
 def render_raycluster(cluster: ClusterSpec) -> dict[str, Any]:
@@ -115,6 +119,11 @@ def _pod_spec(
     return pod
 
 
+def _pod_metadata(cluster: ClusterSpec) -> dict[str, Any]:
+    """A Ray pod's labels: the cluster's, for its NetworkPolicy to select."""
+    return {"labels": {POD_LABEL: cluster.name}}
+
+
 def _container_security() -> dict[str, Any]:
     """A container's part of the "restricted" standard: no privilege escalation, no capability."""
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
@@ -152,7 +161,8 @@ def _head_group(cluster: ClusterSpec) -> dict[str, Any]:
         # num-cpus 0: no Serve replica or task lands on the head, as in KubeRay's LLM samples.
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
         "template": {
-            "spec": _pod_spec(cluster, container, {**cluster.env, **cluster.head_env}, head=True)
+            "metadata": _pod_metadata(cluster),
+            "spec": _pod_spec(cluster, container, {**cluster.env, **cluster.head_env}, head=True),
         },
     }
 
@@ -180,7 +190,7 @@ def _worker_group(cluster: ClusterSpec, group: WorkerGroup) -> dict[str, Any]:
         "minReplicas": group.min_workers,
         "maxReplicas": group.max_workers,
         "rayStartParams": {"resources": '"' + ray_resources.replace('"', '\\"') + '"'},
-        "template": {"spec": pod},
+        "template": {"metadata": _pod_metadata(cluster), "spec": pod},
     }
 
 
@@ -280,6 +290,49 @@ def render_keys_secret(name: str, namespace: str, keys_file: str) -> dict[str, A
         "type": "Opaque",
         "stringData": {apikeys.KEYS_FILE_KEY: keys_file},
     }
+
+
+def render_networkpolicy(cluster: ClusterSpec) -> dict[str, Any]:
+    """The ``networking.k8s.io/v1`` NetworkPolicy of a cluster's Ray pods (a new dict).
+
+    Every pod of the cluster reaches the others on every port; from elsewhere, only what
+    ``cluster.network`` lists: Serve's port, the metrics port, Ray Client and the dashboard.
+    """
+    ports = defaults.HEAD_PORTS
+    own = {"podSelector": {"matchLabels": {POD_LABEL: cluster.name}}}
+    access = cluster.network
+    rules: list[dict[str, Any]] = [{"from": [own]}]
+    for peers, port_names in (
+        (_namespaces(access.serve_namespaces) + _blocks(access.serve_cidrs), ("serve",)),
+        (_namespaces(access.metrics_namespaces), ("metrics",)),
+        (_blocks(access.client_cidrs), ("client", "dashboard")),
+    ):
+        if peers:
+            opened = [{"protocol": "TCP", "port": ports[name]} for name in port_names]
+            rules.append({"from": peers, "ports": opened})
+    meta = _metadata(cluster, f"{cluster.name}-ray")
+    meta["labels"] = {**meta.get("labels", {}), MANAGED_BY: "nbserve"}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta,
+        "spec": {
+            "podSelector": {"matchLabels": {POD_LABEL: cluster.name}},
+            "policyTypes": ["Ingress"],
+            "ingress": rules,
+        },
+    }
+
+
+def _namespaces(namespaces: list[str]) -> list[dict[str, Any]]:
+    if not namespaces:
+        return []
+    selector = {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(namespaces)}
+    return [{"namespaceSelector": {"matchExpressions": [selector]}}]
+
+
+def _blocks(cidrs: list[str]) -> list[dict[str, Any]]:
+    return [{"ipBlock": {"cidr": cidr}} for cidr in cidrs]
 
 
 def _check_applications(apps: Any) -> None:
