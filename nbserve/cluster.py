@@ -16,6 +16,7 @@ import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlparse
 
 from nbserve import remote
 from nbserve.app import App
@@ -380,7 +381,8 @@ def open_session(
 
     A kernel has one session: a live one to the same address is returned (it takes the new
     target's provider when that one created the cluster, or when it had none), one elsewhere is
-    closed first. If opening fails, the target's closers run (e.g. its port-forwards).
+    closed first, once the new address answers (so a mistyped address leaves it open). If
+    opening fails, the target's closers run (e.g. its port-forwards).
 
     Args:
         target: where the cluster answers, as a backend found it.
@@ -405,6 +407,7 @@ def open_session(
         target.close()
         return live
     if live is not None:
+        _probe(target, timeout)  # nothing answers there: the open session stays open
         live.disconnect()
     elif ray.is_initialized():
         ray.shutdown()
@@ -424,6 +427,16 @@ def open_session(
         raise
     log.info("connected to %s in %.1f s", cluster.address, seconds)
     return cluster
+
+
+def _probe(target: Target, timeout: float) -> None:
+    """Fail fast when nothing answers at ``target`` (its closers run), touching nothing else."""
+    parsed = urlparse(target.address)
+    try:
+        session.probe(parsed.hostname or "", parsed.port or 0, min(timeout, 10.0))
+    except BaseException:
+        target.close()
+        raise
 
 
 def _bind(cluster: Cluster) -> None:

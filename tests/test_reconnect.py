@@ -183,3 +183,22 @@ def test_a_dropped_session_is_reopened_and_the_dashboard_draws_again(
         remote.watch(states.append, stop=True)
         dash.stop()
     assert states == ["reconnecting", "connected"], states
+
+
+@pytest.mark.integration
+def test_a_connect_to_an_address_where_nothing_answers_keeps_the_open_session(
+    cluster: Any,
+) -> None:
+    """A mistyped address fails fast and the session the kernel had stays open: before, it
+    was closed first, and every handle of the kernel's cluster lost its session."""
+    import socket
+
+    import nbserve
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    with pytest.raises(ConnectionFailed, match="nothing answers"):
+        nbserve.connect(f"ray://127.0.0.1:{closed}", timeout=5)
+    assert cluster.connected and nbserve.connect() is cluster
+    assert isinstance(cluster.apps(), list)
