@@ -758,17 +758,20 @@ class App:
         max_tokens: int = 128,
         prompt: str = "Tell me a long story.",
         max_requests: int = 100_000,
+        api_key: IssuedKey | str | None = None,
     ) -> LoadRun:
         """Send streaming completions in the background, e.g. to watch the dashboard move.
 
         ``nbserve.load.bench.start`` on this app's endpoint and model: it returns at once, keeps
         ``concurrency`` (8) requests in flight for ``duration_s`` (60), or follows ``ramp``'s
-        steps of (seconds, concurrency), e.g. to watch the autoscaler follow.
+        steps of (seconds, concurrency), e.g. to watch the autoscaler follow. ``api_key``: send
+        as a tenant (a key from ``app.keys.issue``) instead of with the handle's own key.
 
         Example:
             >>> run = app.load(ramp=[(30, 2), (90, 16), (30, 2)])  # doctest: +SKIP
             >>> run.wait()                                          # doctest: +SKIP
         """
+        key = api_key.value if isinstance(api_key, IssuedKey) else api_key
         run = bench.start(
             self.endpoint,
             model=self.model,
@@ -779,7 +782,7 @@ class App:
             prompt=prompt,
             max_requests=max_requests,
             timeout=self._request_timeout(),
-            api_key=self.api_key(),
+            api_key=key or self.api_key(),
         )
         self.cluster.bind(run)  # disconnect() stops it
         return run

@@ -508,6 +508,9 @@ def test_dashboard_notebook_runs_under_papermill(tiny_app: nbserve.App) -> None:
     text = json.dumps(nb)
     assert "js-plotly-plot" in text or "plotly" in text  # the static report stayed in the output
     assert "peak" in text and "tokens/s" in text
+    assert "usage of app" in text and "team-b" in text  # the usage table, per tenant
+    assert "tenant team-b" in text  # its rates in the report's snapshot
+    assert not {k.tenant for k in tiny_app.keys.list()} & {"team-a", "team-b"}  # revoked
 
 
 def test_observability_notebook_breaks_down_and_traces(
