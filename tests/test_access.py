@@ -165,7 +165,8 @@ def test_a_tenant_over_its_limit_gets_429_and_usage_counts_to_the_token(
         refused = _tenant_series(tiny_app, "lim-a", want_requests=1)
         assert refused["requests_total{outcome=refused}"] >= 1, refused
         # Live, in the app's snapshot (and so its dashboard): a row per tenant.
-        tenants = tiny_app.metrics().tenants
+        # A handle of its own: the shared one's metrics window stays new for its own tests.
+        tenants = tiny_app.cluster.app(tiny_app.name).metrics().tenants
         assert {"lim-a", "lim-b"} <= set(tenants), tenants
         assert tenants["lim-b"].ttft_p50_s is not None, tenants
         tiny_app.keys.limit("lim-a")  # every figure None: lifted
