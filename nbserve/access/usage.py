@@ -85,16 +85,13 @@ class Usage:
                 total = sums.setdefault(tenant, dict.fromkeys(COUNTS, 0))
                 for name in COUNTS:
                     total[name] += int(counts.get(name) or 0)
+                summed = ttfts.setdefault(tenant, [0] * (len(TTFT_BOUNDS_S) + 1))
                 buckets = counts.get("ttft_counts") or []
-                if len(buckets) == len(TTFT_BOUNDS_S) + 1:
-                    summed = ttfts.setdefault(tenant, [0] * len(buckets))
-                    ttfts[tenant] = [a + int(b) for a, b in zip(summed, buckets, strict=True)]
+                if len(buckets) == len(summed):
+                    for i, count in enumerate(buckets):
+                        summed[i] += int(count)
         self.rows = {
-            tenant: TenantTotals(
-                tenant,
-                **sums[tenant],
-                ttft_p50_s=_ttft_p50(ttfts.get(tenant) or [0] * (len(TTFT_BOUNDS_S) + 1)),
-            )
+            tenant: TenantTotals(tenant, **sums[tenant], ttft_p50_s=_ttft_p50(ttfts[tenant]))
             for tenant in sorted(sums)
         }
 

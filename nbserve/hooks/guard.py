@@ -36,7 +36,7 @@ from nbserve.base.apikeys import KEYS_FILE_VAR, Entry, KeyTable, masked, read_ke
 from nbserve.base.limits import Limits, Meter
 
 from .asgi import ASGIApp, Receive, Scope, Send
-from .metering import TTFT_BOUNDS_S, Metered, Outcome, TenantUsage
+from .metering import TTFT_BOUNDS_S, Metered, Outcome, TenantUsage, route
 
 __all__ = [
     "MAX_TENANT_LABELS",
@@ -203,8 +203,7 @@ class Guard:
 
 
 def _open(scope: Scope) -> bool:
-    path = scope.get("path", "")
-    path = path.removeprefix(scope.get("root_path", "")) or path
+    path = route(scope)
     return path in OPEN_PATHS or path.startswith("/-/")
 
 

@@ -32,7 +32,7 @@ from nbserve.base.limits import Decision, Meter
 
 from .asgi import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["COUNTED_PATHS", "TTFT_BOUNDS_S", "Metered", "Outcome", "TenantUsage"]
+__all__ = ["COUNTED_PATHS", "TTFT_BOUNDS_S", "Metered", "Outcome", "TenantUsage", "route"]
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class Metered:
             await _too_many(send, decision)
             return
         usage.requests += 1
-        counted = _path(scope) in COUNTED_PATHS and scope.get("method") == "POST"
+        counted = route(scope) in COUNTED_PATHS and scope.get("method") == "POST"
         counter, failed = _Counter(self.clock), False
         try:
             if counted:
@@ -184,7 +184,8 @@ class Metered:
             log.exception("cannot export the usage of tenant %r", outcome.tenant)
 
 
-def _path(scope: Scope) -> str:
+def route(scope: Scope) -> str:
+    """A request's path within the app (its ``root_path``, the app's route prefix, removed)."""
     path: str = scope.get("path", "")
     return path.removeprefix(scope.get("root_path", "")) or path
 

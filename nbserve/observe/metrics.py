@@ -322,7 +322,7 @@ class MetricsWindow:
         fresh, _ = self._fresh("tenant_ttft", now, {"tenant": tenant})
         ttft = _increases(fresh)
         if not _count(ttft):  # none measured in the window: since start
-            ttft = _merge([st.value for st in self._group("tenant_ttft", {"tenant": tenant})])
+            ttft = self._since_start("tenant_ttft", {"tenant": tenant})
         return TenantRates(
             request_rate=rate("tenant_requests", "outcome", "served"),
             refused_rate=rate("tenant_requests", "outcome", "refused"),
@@ -497,9 +497,9 @@ class MetricsWindow:
             return start
         return ()
 
-    def _since_start(self, group: Feeds) -> Buckets:
+    def _since_start(self, group: str, where: dict[str, str] | None = None) -> Buckets:
         """The group's histograms as they stand: every observation since the replicas started."""
-        return _merge([st.value for st in self._group(group)])
+        return _merge([st.value for st in self._group(group, where)])
 
 
 def _increases(fresh: Sequence[_Series]) -> Buckets:
