@@ -144,7 +144,6 @@ class Metered:
             self._export(Outcome(tenant, "refused", limit=limit))
             await _too_many(send, decision)
             return
-        usage.requests += 1
         counted = route(scope) in COUNTED_PATHS and scope.get("method") == "POST"
         counter, failed = _Counter(self.clock), False
         try:
@@ -161,7 +160,12 @@ class Metered:
     def _count(
         self, usage: TenantUsage, tenant: str, counter: _Counter, started: float, failed: bool
     ) -> None:
-        """Add what one admitted request used to its tenant's counts and the meter."""
+        """Add what one admitted request used to its tenant's counts and the meter.
+
+        The request is counted with its tokens, once it ended: a report never holds a request
+        whose tokens it lacks.
+        """
+        usage.requests += 1
         usage.errors += failed
         usage.prompt_tokens += counter.prompt_tokens
         usage.completion_tokens += counter.completion_tokens
