@@ -114,6 +114,26 @@ def test_a_stopped_replica_lingers_in_the_export(entries: list[Recorded]) -> Non
     assert set(last["deployments"]["LLMServer:tiny"]["replicas"]) == {NEW}
 
 
+def test_without_serves_status_a_stopped_replica_is_not_shown(entries: list[Recorded]) -> None:
+    """As from a Prometheus: no replica ids from Serve, and Serve's controller still exports
+    the stopped replica's health gauge, at 0, beside the engine series Ray keeps exporting."""
+    last = entries[-1]
+    node, body = next(iter(last["nodes"].items()))
+    stopped = (
+        'ray_serve_deployment_replica_healthy{application="tiny",deployment="LLMServer:tiny",'
+        f'replica="{OLD}"}} 0.0\n'
+    )
+    prometheus_like: Recorded = {
+        **last,
+        "deployments": {},
+        "found": None,
+        "nodes": {**last["nodes"], node: body + stopped},
+    }
+    snap = MetricsWindow(APP).update(Scrape.from_payload(prometheus_like))
+    assert set(snap.kv_cache_usage) == {NEW}
+    assert snap.replicas.running == 1
+
+
 # --- snapshots from the real scrapes ------------------------------------------------------------
 
 

@@ -528,13 +528,14 @@ def _app_samples(
     replica_ids: frozenset[str],
     node_ips: frozenset[str] = frozenset(),
 ) -> list[Sample]:
-    """The app's samples: Serve's by application, the engines' by ReplicaId, nodes' by ip."""
+    """The app's samples: Serve's by application, the engines' by ReplicaId, nodes' by ip.
+
+    Without Serve's replica ids (a Prometheus), an engine's series count while Serve's health
+    gauge has its replica: Ray exports a stopped replica's series for two more minutes, and
+    Serve's controller sets its health gauge to 0 when it stops it.
+    """
     samples = list(samples)
-    ids = set(replica_ids) or {
-        s.labels["replica"]
-        for s in samples
-        if s.labels.get("application") == app and "replica" in s.labels
-    }
+    ids = set(replica_ids) or _live_replicas(samples, app)
     return [
         s
         for s in samples
@@ -542,6 +543,13 @@ def _app_samples(
         or s.labels.get("ReplicaId") in ids
         or (s.name.startswith(NODE_PREFIX) and s.labels.get("ip") in node_ips)
     ]
+
+
+def _live_replicas(samples: list[Sample], app: str) -> set[str]:
+    """The app's replicas named by Serve's series, but those its health gauge says stopped."""
+    serve = [s for s in samples if s.labels.get("application") == app and "replica" in s.labels]
+    gauge = {s.labels["replica"]: s.value for s in serve if GAUGES.get(s.name) == "replica_healthy"}
+    return {s.labels["replica"] for s in serve if gauge.get(s.labels["replica"], 1.0) >= 1}
 
 
 def _node_use(values: dict[str, list[float]]) -> NodeUse:
