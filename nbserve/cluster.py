@@ -22,6 +22,7 @@ from nbserve import remote
 from nbserve.app import App
 from nbserve.errors import AppNotFound, ClusterError, ConnectionFailed, NotConnected, SpecError
 from nbserve.observe.dashboard import Dashboard
+from nbserve.remote import ray_private
 from nbserve.remote import serve as remote_serve
 from nbserve.session import ray_client as session
 from nbserve.session.target import Provider, Target
@@ -278,13 +279,12 @@ class Cluster:
         The session's dashboards and load runs stop first.
         """
         global _active
-        import ray
 
         for thing in list(self._bound):  # they would call a cluster that is gone
             thing.stop()
         self._bound.clear()
         if _active is self:
-            ray.shutdown()
+            ray_private.close_session()
             _active = None
             remote.bind_session(None)
             session.clear_token()
@@ -335,15 +335,15 @@ def _reopen(lost: BaseException | None) -> None:
         ConnectionFailed: the cluster did not take a new session within ``REOPEN_S``; the
             message says what to do.
     """
-    import ray
-
     cluster = _active
     if cluster is None:
         raise NotConnected() from lost
     why = f"was lost ({lost})" if lost is not None else "had closed"
+    # Closed before anything is logged: a handler with Ray's logging filter (Serve LLM puts one
+    # on the root logger of any process that imports it) asks the session for its job id, and
+    # a lost session's channel answers that by raising.
+    ray_private.close_session()
     log.warning("the Ray Client session to %s %s; reopening it", cluster.address, why)
-    if ray.is_initialized():
-        ray.shutdown()
     try:
         seconds = session.handshake(
             cluster.address,
@@ -398,7 +398,6 @@ def open_session(
         >>> cluster = open_session(target, timeout=60)  # doctest: +SKIP
     """
     global _active
-    import ray
 
     live = _active
     if live is not None and live.address == target.address and live.connected:
@@ -409,8 +408,8 @@ def open_session(
     if live is not None:
         _probe(target, timeout)  # nothing answers there: the open session stays open
         live.disconnect()
-    elif ray.is_initialized():
-        ray.shutdown()
+    else:
+        ray_private.close_session()
     cluster = Cluster(target)
     try:
         seconds = session.handshake(

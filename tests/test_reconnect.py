@@ -148,13 +148,31 @@ def test_with_no_session_open_the_hook_is_asked_and_refuses(
         remote.client(lambda: "never")
 
 
+@pytest.fixture
+def serve_llm_logging() -> Iterator[None]:
+    """The root logger as ``import ray.serve.llm`` leaves it in a kernel: one handler, with
+    Ray's filter that asks the session for its job id on every record; then as it was."""
+    import importlib
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    # The import alone sets it up, once per process; setup_logging() again, in case it was.
+    importlib.import_module("ray.llm._internal.serve.observability.logging.setup").setup_logging()
+    try:
+        yield
+    finally:
+        root.handlers, root.level = handlers, level
+
+
 @pytest.mark.integration
 def test_a_dropped_session_is_reopened_and_the_dashboard_draws_again(
-    local_head: Any, tiny_app: Any
+    local_head: Any, tiny_app: Any, serve_llm_logging: None
 ) -> None:
     """Ray Client's server on the head runs one process per session; ``kill -9`` of it ends the
     session as a crashed head or a dropped port-forward would. The next call reopens it with
-    nothing done by hand, and a dashboard that was drawing says so and draws again."""
+    nothing done by hand, and a dashboard that was drawing says so and draws again, also in a
+    kernel that imported Ray Serve LLM (its logging filter asks the lost session)."""
     from nbserve.base.wait import poll_until
     from nbserve.local import procs
 
@@ -202,3 +220,23 @@ def test_a_connect_to_an_address_where_nothing_answers_keeps_the_open_session(
         nbserve.connect(f"ray://127.0.0.1:{closed}", timeout=5)
     assert cluster.connected and nbserve.connect() is cluster
     assert isinstance(cluster.apps(), list)
+
+
+@pytest.mark.integration
+def test_what_is_left_of_a_closed_session_does_not_close_the_reopened_one(cluster: Any) -> None:
+    """A thread still inside a call on the lost session (a dashboard's refresh) wakes when it is
+    closed; Ray Client's data channel then calls ``ray.util.disconnect()``, which closes the
+    process's current session: the one just reopened. A leftover request is refused instead."""
+    from ray.core.generated import ray_client_pb2
+    from ray.util.client import ray as client_context
+
+    from nbserve import cluster as cluster_module
+
+    old = client_context.get_context().client_worker
+    cluster_module._reopen(None)  # what a call that found the session lost does
+    new = client_context.get_context().client_worker
+    assert new is not old and new.is_connected()
+    with pytest.raises(ConnectionError):
+        old.data_client._blocking_send(ray_client_pb2.DataRequest())  # as a ray.get does
+    assert client_context.get_context().client_worker is new and new.is_connected()
+    assert isinstance(cluster.apps(), list)  # the reopened session answers

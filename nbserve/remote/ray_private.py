@@ -1,8 +1,9 @@
 """Ray's private APIs nbserve relies on, fenced in one module so an upgrade looks in one place.
 
 Serve's controller client (found, or started with ``serve_start``), the internal key-value
-store, the GCS address the state API needs, Ray's auth headers for HTTP, and resetting the
-process's cached auth token.
+store, the GCS address the state API needs, Ray's auth headers for HTTP, resetting the
+process's cached auth token, and closing a Ray Client session so that nothing left of it closes
+the next one.
 Each is a thin function with Ray 2.60's import inside; callers use only these names.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 __all__ = [
     "HEAD_NODE_RESOURCE",
     "auth_headers",
+    "close_session",
     "direct_streaming",
     "forget_serve_client",
     "gcs_address",
@@ -176,3 +178,31 @@ def session_dir() -> str:
     import ray._private.worker
 
     return str(ray._private.worker.global_worker.node.get_session_dir_path())
+
+
+def close_session() -> None:
+    """Close this process's Ray session; what is left of a Ray Client one cannot close the next.
+
+    A thread still inside a call on the session being closed (a dashboard's refresh, a load
+    run's read) wakes when its data channel shuts down, and Ray Client's channel then calls
+    ``ray.util.disconnect()`` (``DataClient._check_shutdown``), which closes the process's
+    *current* session: after a reopen, the new one. Such a thread now gets the
+    ``ConnectionError`` Ray raises there, and the session opened next stays open. A lost
+    session's worker (Ray no longer counts it as initialized) is closed too.
+    """
+    import ray
+    from ray.util.client import ray as client
+
+    worker = client.get_context().client_worker
+    if worker is not None:
+        channel = worker.data_client
+
+        def refuse() -> None:  # called with the channel's lock held, as Ray's own is
+            if channel._in_shutdown:
+                raise ConnectionError("this Ray Client session was closed")
+
+        channel._check_shutdown = refuse
+    if ray.is_initialized():
+        ray.shutdown()
+    elif worker is not None:  # a lost session: Ray counts it closed, its worker lingers
+        client.disconnect()
