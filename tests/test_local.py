@@ -194,6 +194,47 @@ def test_down_stops_only_the_head_it_started_not_a_process_that_took_its_pid(
         other.wait()
 
 
+def test_down_stops_an_orphan_that_names_the_heads_folder(tmp_path: Path) -> None:
+    """Serve's HAProxy, started again on a reload, can outlive its parent: then it is init's
+    child, in no group of the head's, and only its command line (its config in the head's
+    temporary folder) says whose it is. down() stops it too."""
+    temp_dir = str(tmp_path / "nbray-stand-in")
+    head = head_stand_in(temp_dir)
+    orphan_cmd = [sys.executable, "-c", "import time; time.sleep(60)", f"{temp_dir}/haproxy.cfg"]
+    spawner = subprocess.run(  # starts the orphan in a session of its own, then exits
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess; print(subprocess.Popen({orphan_cmd!r}, start_new_session=True, "
+            "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    orphan = int(spawner.stdout)
+    reader = subprocess.Popen(  # someone's `tail -f` of a log there: it has a parent
+        [sys.executable, "-c", "import time; time.sleep(60)", f"{temp_dir}/logs/raylet.out"],
+        start_new_session=True,
+    )
+    try:
+        assert procs.processes()[orphan][0] == 1  # init's child, in no group of the head's
+        write_state(tmp_path, head.pid, temp_dir)
+        assert local.down(tmp_path) is True
+        assert reader.poll() is None, "down() stopped a process that only reads the folder"
+        assert head.wait(timeout=30) is not None
+        deadline = time.monotonic() + 10
+        while orphan in procs.processes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert orphan not in procs.processes(), "down() left the head's orphan running"
+    finally:
+        procs.kill(orphan)
+        reader.kill()
+        reader.wait()
+        head.kill()
+        head.wait()
+
+
 def test_unreadable_state_is_forgotten(tmp_path: Path) -> None:
     state = tmp_path / "local" / "cluster.json"
     state.parent.mkdir(parents=True)
