@@ -21,8 +21,9 @@ test: setup
 test-unit: setup
 	.venv/bin/python -m pytest -m "not integration"
 
-## Raw vLLM, Ray Serve LLM defaults, nbserve and a Transformers baseline, one after another,
-## loaded by `vllm bench serve` and `nbserve bench`; writes docs/results/BENCHMARKS.md (15 min).
+## Raw vLLM, Ray Serve LLM defaults, nbserve (also requiring keys) and a Transformers baseline,
+## one after another, loaded by `vllm bench serve` and `nbserve bench`; writes
+## docs/results/BENCHMARKS.md (15 min, and 5 to 7 more for the keyed path).
 bench: setup
 	.venv/bin/python -m benchmarks
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -38,15 +39,19 @@ VLLM_CLI = HERE / "vllm_cli.py"
 HF_SERVER = HERE / "hf_server.py"
 PY = sys.executable
 
-PATHS = ("vllm", "vllm-pinned", "ray-serve", "nbserve", "transformers")
+PATHS = ("vllm", "vllm-pinned", "ray-serve", "nbserve", "nbserve-keys", "transformers")
 LABELS = {
     "vllm": "raw `vllm serve`",
     "vllm-pinned": "raw `vllm serve`, engine core on its worker's cores",
     "ray-serve": "Ray Serve LLM, defaults",
     "nbserve": "nbserve, defaults",
+    "nbserve-keys": "nbserve, an API key and a limit per tenant",
     "transformers": "Transformers, one request at a time",
 }
 NAME = "tiny"  # the model name every path serves
+# What the keyed path's tenant may send: far above what the load sends, so every request goes
+# through the limiter's bookkeeping and none is refused (the overhead, not the limit, is measured).
+BENCH_LIMITS = {"requests_per_s": 10_000.0, "tokens_per_min": 1_000_000_000}
 ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 DRIVER_TIMEOUT_S = 900
 
@@ -95,13 +100,22 @@ def start_path(
             [PY, str(HF_SERVER), model, "--name", NAME], work / f"{path}.log"
         ) as endpoint:
             yield endpoint
-    elif path in ("ray-serve", "nbserve"):
+    elif path == "ray-serve":
         home = work / f"{path}-home"
         try:
-            start = _ray_serve if path == "ray-serve" else _nbserve
-            endpoint = start(model, home, work, opts, control)
+            endpoint = _ray_serve(model, home, work, opts, control)
             wait_ready(f"{endpoint}/models", None, work / f"{path}-driver.log", 120)
             yield endpoint
+        finally:
+            local.down(base=home)
+    elif path in ("nbserve", "nbserve-keys"):
+        home = work / f"{path}-home"
+        try:
+            keyed = path == "nbserve-keys"
+            endpoint = _nbserve(model, home, work, opts, control, keyed=keyed)
+            with _bench_key(work / f"{path}-key" if keyed else None):
+                wait_ready(f"{endpoint}/models", None, work / f"{path}-driver.log", 120)
+                yield endpoint
         finally:
             local.down(base=home)
     else:
@@ -146,19 +160,56 @@ def _ray_serve(
 
 
 def _nbserve(
-    model: str, home: Path, work: Path, opts: argparse.Namespace, control: dict[str, Any]
+    model: str,
+    home: Path,
+    work: Path,
+    opts: argparse.Namespace,
+    control: dict[str, Any],
+    *,
+    keyed: bool = False,
 ) -> str:
-    """Start nbserve's head (here, so that connect is timed alone) and deploy; the endpoint."""
+    """Start nbserve's head (here, so that connect is timed alone) and deploy; the endpoint.
+
+    ``keyed``: the app requires keys; the driver issues one to a tenant with ``BENCH_LIMITS``
+    and saves it to ``work/nbserve-keys-key`` (``_bench_key`` hands it to the load).
+    """
     env = None if opts.nbserve_head_env is None else json.loads(opts.nbserve_head_env)
     t0 = time.monotonic()
     local.up(base=home, env=env)
     control["head_s"] = time.monotonic() - t0
+    llm = json.loads(opts.nbserve_llm)
+    driver_env = {"NBSERVE_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    if keyed:
+        llm["keys"] = True
+        driver_env["NBSERVE_BENCH_KEY_FILE"] = str(work / "nbserve-keys-key")
+        driver_env["NBSERVE_BENCH_LIMITS"] = json.dumps(BENCH_LIMITS)
     out = run_to_end(
-        [PY, str(DRIVERS / "nbserve_deploy.py"), model, NAME, opts.nbserve_llm],
-        work / "nbserve-driver.log",
+        [PY, str(DRIVERS / "nbserve_deploy.py"), model, NAME, json.dumps(llm)],
+        work / ("nbserve-keys-driver.log" if keyed else "nbserve-driver.log"),
         DRIVER_TIMEOUT_S,
-        {"NBSERVE_HOME": str(home), "PYTHONPATH": str(ROOT)},
+        driver_env,
     )
     control.update(json.loads(out.strip().splitlines()[-1]))
     endpoint: str = control.pop("endpoint")
     return endpoint
+
+
+@contextlib.contextmanager
+def _bench_key(path: Path | None) -> Iterator[None]:
+    """``OPENAI_API_KEY`` set to the key saved at ``path`` for the block (None: nothing set).
+
+    Both load generators and ``wait_ready`` read it there, never from a command line; the
+    environment is as it was after the block.
+    """
+    if path is None:
+        yield
+        return
+    before = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = path.read_text().strip()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("OPENAI_API_KEY", None)
+        else:
+            os.environ["OPENAI_API_KEY"] = before

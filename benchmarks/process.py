@@ -106,7 +106,7 @@ def run_to_end(
 def wait_ready(
     url: str, proc: subprocess.Popen[bytes] | None, log_path: Path, timeout: float = 600
 ) -> None:
-    """Wait until ``url`` answers 200.
+    """Wait until ``url`` answers 200 (sent with ``OPENAI_API_KEY`` as a bearer key, if set).
 
     Args:
         url: what to GET, once a second.
@@ -121,9 +121,13 @@ def wait_ready(
     def answers() -> bool:
         if proc is not None and proc.poll() is not None:
             raise ServerFailed(f"exited {proc.returncode}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as reply:
+        with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=5) as reply:
             return bool(reply.status == 200)
         return False
+
+    request = urllib.request.Request(url)
+    if key := os.environ.get("OPENAI_API_KEY"):  # the key the load sends, for a keyed path
+        request.add_header("Authorization", f"Bearer {key}")
 
     try:
         poll_until(answers, bool, timeout=timeout, what=url, interval=1.0)

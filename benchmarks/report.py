@@ -170,6 +170,7 @@ def report(
                 + " (the raw JSON beside this file has each run).",
             ]
     lines += targets(results, opts)
+    lines += keys_overhead(results, opts)
     if opts.sweep:
         lines += [
             "",
@@ -300,15 +301,53 @@ def control_plane(results: dict[str, Any], info: dict[str, Any]) -> list[str]:
     return lines
 
 
+def main_run(results: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """A path's median ``vllm bench serve`` figures at the main concurrency (None: not run)."""
+    entry = results.get(path, {})
+    return None if "error" in entry or "vllm_bench" not in entry else entry["vllm_bench"]
+
+
+def keys_overhead(results: dict[str, Any], opts: argparse.Namespace) -> list[str]:
+    """What an API key and a tenant's limit cost: the keyed path against nbserve's defaults.
+
+    Example:
+        >>> plain = {"output_throughput": 1000.0, "median_ttft_ms": 50.0}
+        >>> keyed = {"output_throughput": 980.0, "median_ttft_ms": 52.5}
+        >>> lines = keys_overhead(
+        ...     {"nbserve": {"vllm_bench": plain}, "nbserve-keys": {"vllm_bench": keyed}},
+        ...     argparse.Namespace(concurrency=8),
+        ... )
+        >>> for line in lines[-2:]:
+        ...     print(line)
+        | output tok/s, keyed / defaults | 0.98x | >= 0.97x | met |
+        | TTFT p50, keyed - defaults | +2.5 ms | <= +5 ms | met |
+    """
+    plain, keyed = main_run(results, "nbserve"), main_run(results, "nbserve-keys")
+    if plain is None or keyed is None:
+        return []
+    tput = keyed["output_throughput"] / plain["output_throughput"]
+    ttft = keyed["median_ttft_ms"] - plain["median_ttft_ms"]
+    return [
+        "",
+        f"## Cost of keys and limits at concurrency {opts.concurrency} (`vllm bench serve`)",
+        "",
+        f"{LABELS['nbserve-keys']} (every request checked against its key and counted against "
+        "limits it never reaches) against nbserve's defaults, medians of each path's runs.",
+        "",
+        "| figure | measured | target | |",
+        "| --- | ---: | ---: | --- |",
+        f"| output tok/s, keyed / defaults | {tput:.2f}x | >= 0.97x "
+        f"| {'met' if tput >= 0.97 else 'not met'} |",
+        f"| TTFT p50, keyed - defaults | {ttft:+.1f} ms | <= +5 ms "
+        f"| {'met' if ttft <= 5 else 'not met'} |",
+    ]
+
+
 def targets(results: dict[str, Any], opts: argparse.Namespace) -> list[str]:
     """The targets of nbserve against raw vLLM and the Transformers baseline, met or not."""
-
-    def main_run(path: str) -> dict[str, Any] | None:
-        entry = results.get(path, {})
-        return None if "error" in entry or "vllm_bench" not in entry else entry["vllm_bench"]
-
     # Conservative: nbserve's median against the references' best runs.
-    nb, raw, base = main_run("nbserve"), best_of(results, "vllm"), best_of(results, "transformers")
+    nb, raw = main_run(results, "nbserve"), best_of(results, "vllm")
+    base = best_of(results, "transformers")
     if nb is None or (raw is None and base is None):
         return []
     rows = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ def nbserve_bench(
         output_len=output_len,
         tokenizer=model,
         progress=False,
+        api_key=os.environ.get("OPENAI_API_KEY") or "nbserve",  # as vllm bench serve does
     )
     row: dict[str, Any] = result.runs[0].row()
     return row

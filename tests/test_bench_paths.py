@@ -148,7 +148,13 @@ def test_report_names_a_failed_path() -> None:
 
 
 def test_saved_reports_render_again_as_they_are() -> None:
-    for name in ("BENCHMARKS", "nbserve-engine-affinity-off", "vllm-engine-affinity-on"):
+    for name in (
+        "BENCHMARKS",
+        "KEYS",
+        "KEYS-defaults-first",
+        "nbserve-engine-affinity-off",
+        "vllm-engine-affinity-on",
+    ):
         saved = RESULTS / f"{name}.json"
         assert report.rerender(saved) == (RESULTS / f"{name}.md").read_text()
 
@@ -181,6 +187,20 @@ def test_rerender_shows_an_older_command_as_todays(tmp_path: Path) -> None:
     text = report.rerender(raw)
     assert "\n.venv/bin/python -m benchmarks --quick --paths vllm\n" in text
     assert "scripts/bench_paths.py" not in text
+
+
+def test_the_cost_of_keys_is_stated_against_its_targets() -> None:
+    plain = {"output_throughput": 1000.0, "median_ttft_ms": 50.0}
+    slower = {"output_throughput": 960.0, "median_ttft_ms": 56.0}
+    opts = argparse.Namespace(concurrency=8)
+    lines = report.keys_overhead({"nbserve": {"vllm_bench": plain}, "nbserve-keys": {}}, opts)
+    assert lines == []  # the keyed path did not run: no section
+    failed = {"nbserve": {"vllm_bench": plain}, "nbserve-keys": {"error": "did not come up"}}
+    assert report.keys_overhead(failed, opts) == []
+    both = {"nbserve": {"vllm_bench": plain}, "nbserve-keys": {"vllm_bench": slower}}
+    text = "\n".join(report.keys_overhead(both, opts))
+    assert "| output tok/s, keyed / defaults | 0.96x | >= 0.97x | not met |" in text
+    assert "| TTFT p50, keyed - defaults | +6.0 ms | <= +5 ms | not met |" in text
 
 
 def test_quick_and_full_defaults() -> None:
