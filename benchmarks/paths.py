@@ -111,10 +111,11 @@ def start_path(
     elif path in ("nbserve", "nbserve-keys"):
         home = work / f"{path}-home"
         try:
-            keyed = path == "nbserve-keys"
-            endpoint = _nbserve(model, home, work, opts, control, keyed=keyed)
-            with _bench_key(work / f"{path}-key" if keyed else None):
-                wait_ready(f"{endpoint}/models", None, work / f"{path}-driver.log", 120)
+            key_file = work / f"{path}-key" if path == "nbserve-keys" else None
+            log_path = work / f"{path}-driver.log"
+            endpoint = _nbserve(model, home, opts, control, log_path, key_file=key_file)
+            with _bench_key(key_file):
+                wait_ready(f"{endpoint}/models", None, log_path, 120)
                 yield endpoint
         finally:
             local.down(base=home)
@@ -162,16 +163,16 @@ def _ray_serve(
 def _nbserve(
     model: str,
     home: Path,
-    work: Path,
     opts: argparse.Namespace,
     control: dict[str, Any],
+    log_path: Path,
     *,
-    keyed: bool = False,
+    key_file: Path | None = None,
 ) -> str:
     """Start nbserve's head (here, so that connect is timed alone) and deploy; the endpoint.
 
-    ``keyed``: the app requires keys; the driver issues one to a tenant with ``BENCH_LIMITS``
-    and saves it to ``work/nbserve-keys-key`` (``_bench_key`` hands it to the load).
+    ``key_file``: the app requires keys; the driver issues one to a tenant with
+    ``BENCH_LIMITS`` and saves it there (``_bench_key`` hands it to the load).
     """
     env = None if opts.nbserve_head_env is None else json.loads(opts.nbserve_head_env)
     t0 = time.monotonic()
@@ -179,13 +180,13 @@ def _nbserve(
     control["head_s"] = time.monotonic() - t0
     llm = json.loads(opts.nbserve_llm)
     driver_env = {"NBSERVE_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    if keyed:
+    if key_file is not None:
         llm["keys"] = True
-        driver_env["NBSERVE_BENCH_KEY_FILE"] = str(work / "nbserve-keys-key")
+        driver_env["NBSERVE_BENCH_KEY_FILE"] = str(key_file)
         driver_env["NBSERVE_BENCH_LIMITS"] = json.dumps(BENCH_LIMITS)
     out = run_to_end(
         [PY, str(DRIVERS / "nbserve_deploy.py"), model, NAME, json.dumps(llm)],
-        work / ("nbserve-keys-driver.log" if keyed else "nbserve-driver.log"),
+        log_path,
         DRIVER_TIMEOUT_S,
         driver_env,
     )

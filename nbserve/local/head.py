@@ -384,9 +384,10 @@ def down(base: Path | None = None, timeout: float = 30) -> bool:
     # One that left the tree before (HAProxy started again on a reload, its parent gone) is
     # init's child: its command line, naming the head's own temporary folder, says whose it is.
     # (A process of someone's that reads the folder, a `tail -f` of a log, has a parent.)
-    orphans = {pid for pid, (parent, _) in procs.processes().items() if parent == 1}
-    for pid in orphans.intersection(procs.naming(cluster.temp_dir)):
-        procs.kill(pid)
+    folder = cluster.temp_dir.encode()
+    for pid, (parent, _) in procs.processes().items():
+        if parent == 1 and folder in procs.cmdline(pid):
+            procs.kill(pid)
     state.unlink(missing_ok=True)
     shutil.rmtree(cluster.temp_dir, ignore_errors=True)
     return True

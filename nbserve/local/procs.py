@@ -30,7 +30,6 @@ __all__ = [
     "group_alive",
     "kill",
     "listeners",
-    "naming",
     "pgid",
     "pid_alive",
     "port_open",
@@ -126,17 +125,6 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return group_alive(pid)
-
-
-def naming(text: str) -> list[int]:
-    """Live processes whose command line contains ``text`` (this process left out).
-
-    Example:
-        >>> naming("no-process-has-this-in-its-command-line-5d1c")
-        []
-    """
-    needle = text.encode()
-    return [pid for pid in processes() if pid != os.getpid() and needle in cmdline(pid)]
 
 
 def cmdline(pid: int) -> bytes:

@@ -530,9 +530,9 @@ def _app_samples(
 ) -> list[Sample]:
     """The app's samples: Serve's by application, the engines' by ReplicaId, nodes' by ip.
 
-    Without Serve's replica ids (a Prometheus), an engine's series count while Serve's health
-    gauge has its replica: Ray exports a stopped replica's series for two more minutes, and
-    Serve's controller sets its health gauge to 0 when it stops it.
+    Without Serve's replica ids (a Prometheus), the replicas are those Serve's series name, but
+    one whose health gauge reads 0 (stopped). Ray exports a stopped replica's series for two
+    more minutes, often with no health gauge of it: that one still counts.
     """
     samples = list(samples)
     ids = set(replica_ids) or _live_replicas(samples, app)
