@@ -83,6 +83,19 @@ DASHBOARD_JS = """() => {
 }"""
 
 
+# Evaluated in the page: scroll the dashboard into view, let two frames pass, and return its box
+# in viewport pixels (JupyterLab scrolls the notebook panel, not the document).
+DASHBOARD_BOX_JS = """async () => {
+  const plot = document.querySelector('.jp-OutputArea-output .js-plotly-plot');
+  const box = plot && plot.closest('.widget-vbox');
+  if (!box) return null;
+  box.scrollIntoView({block: 'start'});
+  for (let i = 0; i < 2; i++) await new Promise(r => requestAnimationFrame(r));
+  const r = box.getBoundingClientRect();
+  return {x: r.x, y: r.y, width: r.width, height: r.height};
+}"""
+
+
 def labelled(state: dict[str, Any]) -> bool:
     """Whether the dashboard shows a KV-cache bar per replica, each with its label and value."""
     bars = state["bars"]
@@ -409,9 +422,12 @@ def test_dashboard_live_in_jupyterlab(
                 assert state["latency"] >= 2, f"no latency breakdown bar: {state}"
                 phases["values shown"] = time.monotonic() - start
                 time.sleep(SCREENSHOT_DELAY)  # a few more points on the chart
-                page.locator(
-                    ".jp-OutputArea-output .widget-vbox", has=page.locator(".js-plotly-plot")
-                ).first.screenshot(path=str(screenshot))
+                # A clip of the page, not Locator.screenshot: that waits for the box to hold
+                # still for two frames, and JupyterLab may scroll the notebook under it as the
+                # running cells' outputs grow (it timed out so on a loaded machine).
+                box = page.evaluate(DASHBOARD_BOX_JS)
+                assert box is not None, "the dashboard left the page"
+                page.screenshot(path=str(screenshot), clip=box)
 
                 # The notebook runs to its end, its own checks of the recorded window included.
                 wait_until_done(page, lab, notebook.name, NOTEBOOK_TIMEOUT)
