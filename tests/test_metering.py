@@ -53,6 +53,12 @@ class Engine:
         if (request.get("stream_options") or {}).get("include_usage"):
             chunks.append({"choices": [], "usage": USAGE})
         body = sse(*chunks)
+        if self.pieces == 0:  # an event a message, as vLLM sends them
+            events = [event + b"\n\n" for event in body.split(b"\n\n")[:-1]]
+            for i, event in enumerate(events):
+                more = i + 1 < len(events)
+                await send({"type": "http.response.body", "body": event, "more_body": more})
+            return
         size = -(-len(body) // self.pieces)  # split across messages, mid-event too
         for i in range(0, len(body), size):
             more = i + size < len(body)
@@ -90,6 +96,24 @@ def test_a_stream_is_counted_and_the_client_gets_the_stream_it_asked_for() -> No
     assert status == 200 and body.endswith(b"data: [DONE]\n\n")
     assert b'"usage"' not in body  # it did not ask for the usage chunk
     assert engine.requests[0]["stream_options"] == {"include_usage": True}  # the engine was
+    assert (metered.usage["a"].prompt_tokens, metered.usage["a"].completion_tokens) == (7, 3)
+
+
+def test_an_event_a_message_passes_as_it_came_but_the_usage_event_the_client_lacks() -> None:
+    engine, sent = Engine(pieces=0), []
+    metered = Metered(engine, meter=Meter({}))
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b'{"prompt": "x", "stream": true}'}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}
+    asyncio.run(metered({**scope, "state": {"nbserve_tenant": "a"}}, receive, send))
+    bodies = [m["body"] for m in sent[1:]]
+    assert bodies[0] == b'data: {"choices": [{"text": "h"}]}\n\n'
+    assert bodies[-1] == b"data: [DONE]\n\n" and bodies[-2] == b""  # the usage event, kept back
     assert (metered.usage["a"].prompt_tokens, metered.usage["a"].completion_tokens) == (7, 3)
 
 

@@ -219,7 +219,9 @@ class _Counter:
                 body, last = message.get("body", b""), not message.get("more_body", False)
                 if self._streamed and body and self.first_event_at is None:
                     self.first_event_at = self.clock()
-                message = {**message, "body": self._read(body, last)}
+                kept = self._read(body, last)
+                if kept is not body:
+                    message = {**message, "body": kept}
             await send(message)
 
         return watched
@@ -230,6 +232,8 @@ class _Counter:
             if b'"usage"' in body:
                 self._count_json(body)
             return body
+        if not self._tail and body.endswith(b"\n\n") and b'"usage"' not in body:
+            return body  # whole events without usage, most of a stream: as they came
         # Server-sent events: "data: {...}\n\n". Only an event with "usage" is parsed.
         events = (self._tail + body).split(b"\n\n")
         self._tail = events.pop()
