@@ -152,6 +152,7 @@ def test_saved_reports_render_again_as_they_are() -> None:
         "BENCHMARKS",
         "KEYS",
         "KEYS-defaults-first",
+        "KEYS-third-run",
         "nbserve-engine-affinity-off",
         "vllm-engine-affinity-on",
     ):
