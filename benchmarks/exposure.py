@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import ray.cloudpickle
@@ -21,6 +22,7 @@ from .faultload import Row, llm_replicas
 
 SENTINEL = "nbserve-sentinel-7f3a9c"  # a fake secret, searched for everywhere it could leak
 SECRET_VAR = "NBSERVE_FAULTS_TOKEN"  # where the head's environment holds it
+EXPOSURE_ROW = "listeners and a secret"
 
 
 def exposure(app: nbserve.App, head: local.LocalHead, home: Path) -> Row:
@@ -30,7 +32,7 @@ def exposure(app: nbserve.App, head: local.LocalHead, home: Path) -> Row:
     started with, and named in the app's ``secrets`` (``main`` does both). The replica must
     have the value (its engine process's environment shows it) and nothing else may.
     """
-    row = Row("listeners and a secret", target="0 listeners outside loopback, 0 sentinel hits")
+    row = Row(EXPOSURE_ROW, target="0 listeners outside loopback, 0 sentinel hits")
     tree = [head.pid, *(pid for pid, _ in procs.descendants(head.pid))]
     exposed = [x for x in procs.listeners(tree) if not x.loopback]
     kinds = sorted(
@@ -48,27 +50,7 @@ def exposure(app: nbserve.App, head: local.LocalHead, home: Path) -> Row:
         "app._repr_html_()": app._repr_html_(),
         "RayService YAML": nbserve.to_yaml(app.to_rayservice(cluster_spec)),
     }
-    hits = [name for name, text in places.items() if SENTINEL in text]
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # not on the cluster
-    keys, unread, found = remote.call(kv_search, SENTINEL)
-    hits += [f"KV {key}" for key in found]
-    for pid in procs.processes():
-        with contextlib.suppress(OSError):
-            if SENTINEL.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                hits.append(f"/proc/{pid}/cmdline")
-    # The head keeps the kernel's secrets apart in one file of its private folder (0600), the
-    # one place they are meant to be: not a hit.
-    kept = Path(head.temp_dir) / "secrets.json"
-    logs = [
-        p
-        for folder in (home, Path(head.temp_dir))
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p != kept
-        and p.suffix in (".log", ".out", ".err", ".txt", ".json")
-        and SENTINEL.encode() in p.read_bytes()
-    ]
-    hits += [str(p) for p in logs]
+    hits, keys, unread = search(SENTINEL, places, head, home)
     # A replica gets its app's secrets from its start hook (nbserve.hooks.local_replica), so
     # the processes it starts (vLLM's engine core) have them in their environment.
     reached = [
@@ -83,11 +65,7 @@ def exposure(app: nbserve.App, head: local.LocalHead, home: Path) -> Row:
     # No other process may have it in its environment: the head keeps it apart, and only the
     # replica (and what it started) is given it.
     family = {p for pid in reached for p in [pid, *(c for c, _ in procs.descendants(pid))]}
-    hits += [
-        f"/proc/{pid}/environ"
-        for pid in procs.processes()
-        if pid not in family and SENTINEL.encode() in _environ(pid)
-    ]
+    hits += environ_hits(SENTINEL, family)
     row.sent = len(exposed)
     row.failed = len(hits)
     row.notes.append(
@@ -102,6 +80,46 @@ def exposure(app: nbserve.App, head: local.LocalHead, home: Path) -> Row:
     )
     row.met = not exposed and not hits and bool(reached)
     return row
+
+
+def search(
+    needle: str, places: dict[str, str], head: local.LocalHead, home: Path
+) -> tuple[list[str], int, int]:
+    """Where ``needle`` is: ``places`` (name: text), Ray's key-value store, command lines, logs.
+
+    Returns the hits, how many keys the key-value store has and how many of them are in no
+    namespace Ray, Serve or nbserve use.
+    """
+    hits = [name for name, text in places.items() if needle in text]
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # not on the cluster
+    keys, unread, found = remote.call(kv_search, needle)
+    hits += [f"KV {key}" for key in found]
+    for pid in procs.processes():
+        with contextlib.suppress(OSError):
+            if needle.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                hits.append(f"/proc/{pid}/cmdline")
+    # The head keeps the kernel's secrets apart in one file of its private folder (0600), the
+    # one place they are meant to be: not a hit.
+    kept = Path(head.temp_dir) / "secrets.json"
+    hits += [
+        str(p)
+        for folder in (home, Path(head.temp_dir))
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p != kept
+        and p.suffix in (".log", ".out", ".err", ".txt", ".json")
+        and needle.encode() in p.read_bytes()
+    ]
+    return hits, keys, unread
+
+
+def environ_hits(needle: str, besides: Collection[int] = ()) -> list[str]:
+    """Every process but ``besides`` whose environment holds ``needle``."""
+    return [
+        f"/proc/{pid}/environ"
+        for pid in procs.processes()
+        if pid not in besides and needle.encode() in _environ(pid)
+    ]
 
 
 def _environ(pid: int) -> bytes:

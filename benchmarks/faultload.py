@@ -50,7 +50,29 @@ class Mix:
         self.app, self.rate = app, rate
         self.started = time.time()
         self.long = app.load(concurrency=streams, duration_s=3600, max_tokens=stream_tokens)
-        self.short: list[RequestRecord] = []
+        self.short = Paced(app, rate, app.api_key())
+
+    def stop(self) -> list[RequestRecord]:
+        """Stop sending, let what is in flight finish; every request of the mix."""
+        short = self.short.stop()
+        self.long.stop()
+        streams = self.long.result().runs[0].records
+        return [*streams, *short]
+
+
+class Paced:
+    """Short non-streaming completions sent with ``key`` at ``rate`` a second, until stopped.
+
+    ``key`` None sends no ``Authorization`` header. Each record counts the tokens the reply's
+    ``usage`` reported; a refusal's error keeps its status, what the server said and its
+    ``Retry-After`` header (``HTTP 429: ... (Retry-After 1)``).
+    """
+
+    def __init__(
+        self, app: nbserve.App, rate: float, key: str | None, *, max_tokens: int = 8
+    ) -> None:
+        self.app, self.rate, self.key, self.max_tokens = app, rate, key, max_tokens
+        self.records: list[RequestRecord] = []
         self._stop = threading.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="faults-short")
         self._pacer = threading.Thread(target=self._pace, daemon=True)
@@ -61,44 +83,48 @@ class Mix:
             self._pool.submit(self._one)
 
     def _one(self) -> None:
-        body = json.dumps({"model": self.app.model, "prompt": "Hello", "max_tokens": 8}).encode()
-        request = urllib.request.Request(
-            f"{self.app.endpoint}/completions",
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "Authorization": "Bearer nbserve"},
-        )
-        start, error = time.time(), ""
-        try:
-            with urllib.request.urlopen(request, timeout=60) as reply:
-                ok = bool(json.loads(reply.read())["choices"][0]["text"] is not None)
-        except urllib.error.HTTPError as err:  # what the server said, not only its status
-            said = err.read().decode(errors="replace").replace("\n", " ")
-            ok, error = False, f"HTTP {err.code}: {said}"[:200]
-        except (OSError, ValueError, KeyError) as err:
-            ok, error = False, f"{type(err).__name__}: {err}"[:200]
-        self.short.append(
-            RequestRecord(
-                ok=ok,
-                ttft_s=None,
-                e2e_s=time.time() - start,
-                itl_s=[],
-                output_tokens=8 if ok else 0,
-                input_tokens=0,
-                started_at=start,
-                ended_at=time.time(),
-                error=error,
-            )
-        )
+        self.records.append(complete(self.app, self.key, self.max_tokens))
 
     def stop(self) -> list[RequestRecord]:
-        """Stop sending, let what is in flight finish; every request of the mix."""
+        """Stop sending, let what is in flight finish; every request sent."""
         self._stop.set()
         self._pacer.join()
         self._pool.shutdown(wait=True)
-        self.long.stop()
-        streams = self.long.result().runs[0].records
-        return [*streams, *self.short]
+        return sorted(self.records, key=lambda r: r.started_at)
+
+
+def complete(app: nbserve.App, key: str | None, max_tokens: int = 8) -> RequestRecord:
+    """One short non-streaming completion of ``app`` sent with ``key``: what its client saw."""
+    body = json.dumps({"model": app.model, "prompt": "Hello", "max_tokens": max_tokens}).encode()
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(
+        f"{app.endpoint}/completions", data=body, method="POST", headers=headers
+    )
+    start, error, usage = time.time(), "", dict[str, Any]()
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            answer = json.loads(reply.read())
+        ok, usage = answer["choices"][0]["text"] is not None, answer.get("usage") or {}
+    except urllib.error.HTTPError as err:  # what the server said, not only its status
+        said = err.read().decode(errors="replace").replace("\n", " ")
+        after = err.headers.get("Retry-After")
+        told = f" (Retry-After {after})" if after is not None else ""
+        ok, error = False, f"HTTP {err.code}: {said}"[:200] + told
+    except (OSError, ValueError, KeyError) as err:
+        ok, error = False, f"{type(err).__name__}: {err}"[:200]
+    return RequestRecord(
+        ok=ok,
+        ttft_s=None,
+        e2e_s=time.time() - start,
+        itl_s=[],
+        output_tokens=int(usage.get("completion_tokens") or 0),
+        input_tokens=int(usage.get("prompt_tokens") or 0),
+        started_at=start,
+        ended_at=time.time(),
+        error=error,
+    )
 
 
 def tally(row: Row, records: list[RequestRecord], since: float, until: float) -> None:

@@ -40,11 +40,12 @@ from nbserve.local import head as local
 from nbserve.local import procs
 from nbserve.specs.serveconfig import llm_deployment_name
 
-from .exposure import SECRET_VAR, SENTINEL, exposure
+from .exposure import EXPOSURE_ROW, SECRET_VAR, SENTINEL, exposure
 from .faultload import Row, llm_replicas, median, shape, tally, under_load, workers
 from .paths import ROOT
 from .report import RESULTS, machine, write_report
 from .sharing import concurrent_updates, lock_holder_killed
+from .tenants import TENANTS_ROW, tenants
 
 COMMAND = ".venv/bin/python -m benchmarks.faults"
 HOLD = 4  # requests one replica takes at once in the overload scenario
@@ -443,6 +444,7 @@ SCENARIOS: dict[str, Callable[..., Row]] = {
     "concurrent-updates": lambda app, opts, head, home: concurrent_updates(app, opts, home),
     "lock-holder-killed": lambda app, opts, head, home: lock_holder_killed(app, opts),
     "exposure": lambda app, opts, head, home: exposure(app, head, home),
+    "keys": lambda app, opts, head, home: tenants(app, opts, head, home),
 }
 
 
@@ -474,6 +476,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--overload-s", type=float, default=20.0, help="seconds each overload phase runs"
+    )
+    parser.add_argument(
+        "--tenant-s",
+        type=float,
+        default=20.0,
+        help="seconds each phase of the keys scenario's noisy neighbour runs",
     )
     parser.add_argument(
         "--settle",
@@ -529,15 +537,23 @@ def render(rows: list[Row], info: dict[str, Any], command: str, started: str) ->
             f"{r.longest_gap_s:.1f} | {back} | {r.target} | "
             f"{'yes' if r.met else '**no**'} |"
         )
-    lines += [
-        "",
-        "For the listeners row, *sent* counts listeners outside loopback and *failed* "
-        "the places the sentinel secret was found. Serve 2.60 binds each replica's "
-        "inter-deployment gRPC server to `[::]:0` in its code "
-        "(`ray/serve/_private/replica.py`, whatever Serve's host is); on the local head "
-        "nbserve's worker setup hook (`nbserve.hooks.local_replica`) binds it to 127.0.0.1.",
-        "",
-    ]
+    lines.append("")
+    if any(r.scenario == EXPOSURE_ROW for r in rows):
+        lines += [
+            "For the listeners row, *sent* counts listeners outside loopback and *failed* "
+            "the places the sentinel secret was found. Serve 2.60 binds each replica's "
+            "inter-deployment gRPC server to `[::]:0` in its code "
+            "(`ray/serve/_private/replica.py`, whatever Serve's host is); on the local head "
+            "nbserve's worker setup hook (`nbserve.hooks.local_replica`) binds it to 127.0.0.1.",
+            "",
+        ]
+    if any(r.scenario == TENANTS_ROW for r in rows):
+        lines += [
+            "For the keys row, *failed* counts the answers the scenario did not expect and the "
+            "places the key was found: the noisy tenant's 429s, and the 401s after the revoke "
+            "and without a key, are what it expects.",
+            "",
+        ]
     for r in rows:
         if r.notes:
             lines += [f"**{r.scenario}**", "", *(f"- {n}" for n in r.notes), ""]

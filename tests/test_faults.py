@@ -13,6 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from nbserve.load.results import RequestRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,8 +90,9 @@ def test_the_report_states_each_target_met_or_not() -> None:
     assert "CPU X (2 cores; CPU flags: avx2)" in text and faults.COMMAND in text
 
 
-def test_the_committed_report_is_its_json_rendered(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["RELIABILITY", "RELIABILITY-keys"])
+def test_the_committed_report_is_its_json_rendered(tmp_path: Path, name: str) -> None:
     out = tmp_path / "reliability.md"
     results = ROOT / "docs" / "results"
-    assert faults.main(["--render", str(results / "RELIABILITY.json"), "--output", str(out)]) == 0
-    assert out.read_text() == (results / "RELIABILITY.md").read_text()
+    assert faults.main(["--render", str(results / f"{name}.json"), "--output", str(out)]) == 0
+    assert out.read_text() == (results / f"{name}.md").read_text()
