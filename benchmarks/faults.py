@@ -1,7 +1,7 @@
 """Faults under load on the real local cluster: what the clients of a model saw, per scenario.
 
     .venv/bin/python -m benchmarks.faults            # every scenario, docs/results/RELIABILITY.md
-    .venv/bin/python -m benchmarks.faults --quick    # three short ones, writes artifacts/
+    .venv/bin/python -m benchmarks.faults --quick    # four short ones, writes artifacts/
     .venv/bin/python -m benchmarks.faults --render docs/results/RELIABILITY.json   # again
 
 A local head in a temporary ``NBSERVE_HOME`` serves the demo model. For each scenario the app
@@ -449,14 +449,15 @@ SCENARIOS: dict[str, Callable[..., Row]] = {
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    """The command's options; ``--quick`` is a short run of three scenarios."""
+    """The command's options; ``--quick`` is a short run of four scenarios."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.faults", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="the mix with no fault, a dropped session and the search, short settle (CI)",
+        help="the mix with no fault, a dropped session, the search and the keys scenario, "
+        "short phases (CI)",
     )
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=None)
     parser.add_argument("--streams", type=int, default=2, help="long streams in flight")
@@ -480,8 +481,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tenant-s",
         type=float,
-        default=20.0,
-        help="seconds each phase of the keys scenario's noisy neighbour runs",
+        default=None,
+        help="seconds each phase of the keys scenario's noisy neighbour runs (default 20; "
+        "quick 10)",
     )
     parser.add_argument(
         "--settle",
@@ -497,13 +499,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     opts = parser.parse_args(argv)
     if opts.scenarios is None:
-        # The quick run checks the harness end to end: the mix, a dropped session and the
-        # search. The update under load is tests/test_integration.py's, two callers updating
-        # one app at once tests/test_sharing.py's.
-        quick = ["baseline", "connection", "exposure"]
+        # The quick run checks the harness end to end: the mix, a dropped session, the
+        # search, and tenants refused without a key and counted to the token. The update
+        # under load is tests/test_integration.py's, two callers updating one app at once
+        # tests/test_sharing.py's.
+        quick = ["baseline", "connection", "exposure", "keys"]
         opts.scenarios = quick if opts.quick else list(SCENARIOS)
     if opts.update_rounds is None:
         opts.update_rounds = 3 if opts.quick else 10
+    if opts.tenant_s is None:
+        opts.tenant_s = 10.0 if opts.quick else 20.0
     if opts.settle is None:
         opts.settle = 3.0 if opts.quick else 10.0
     if opts.output is None:

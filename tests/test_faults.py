@@ -2,7 +2,7 @@
 
 The row's arithmetic (failed, cut short, the longest gap with no successful reply) is checked
 on given records, and the committed report against its JSON. The scenarios themselves run on
-a head of their own (``make faults-quick`` runs three in about six minutes); the behaviours they
+a head of their own (``make faults-quick`` runs four short ones); the behaviours they
 measure have integration tests on the shared head: the engine update under load
 (tests/test_integration.py), the dropped session (tests/test_reconnect.py), two callers at once
 (tests/test_sharing.py), listeners and secrets (tests/test_integration.py).
