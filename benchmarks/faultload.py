@@ -47,8 +47,6 @@ class Mix:
     """Long streams (``bench.start``) plus short non-streaming completions at a fixed rate."""
 
     def __init__(self, app: nbserve.App, *, streams: int, stream_tokens: int, rate: float):
-        self.app, self.rate = app, rate
-        self.started = time.time()
         self.long = app.load(concurrency=streams, duration_s=3600, max_tokens=stream_tokens)
         self.short = Paced(app, rate, app.api_key())
 

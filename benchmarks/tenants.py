@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
 
 import nbserve
 from nbserve.load.results import RequestRecord
@@ -51,8 +50,8 @@ def tenants(app: nbserve.App, opts: argparse.Namespace, head: local.LocalHead, h
     try:
         noisy, steady = app.keys.issue(NOISY), app.keys.issue(STEADY)
         app.keys.limit(NOISY, requests_per_s=NOISY_LIMIT)
-        neighbour = _neighbour(app, noisy.value, steady.value, opts.tenant_s, row)
-        counted = _usage_counted(app, neighbour, row)
+        calm, steady_records = _neighbour(app, noisy.value, steady.value, opts.tenant_s, row)
+        counted = _usage_counted(app, steady_records, row)
         app.keys.limit(NOISY)  # lifted: until its key goes, the noisy tenant is served
         revoked = _revoke_under_load(app, noisy.value, row)
         keyless = [complete(app, None), complete(app, "nbs_made_up_key_0000")]
@@ -63,7 +62,7 @@ def tenants(app: nbserve.App, opts: argparse.Namespace, head: local.LocalHead, h
         row.sent += len(keyless)
         row.failed += sum(not r.error.startswith("HTTP 401") for r in keyless)
         hidden = _key_hidden(app, steady.value, head, home, row)
-        row.met = neighbour["met"] and counted and revoked and refused and hidden
+        row.met = calm and counted and revoked and refused and hidden
     finally:
         for tenant in {info.tenant for info in app.keys.list()} & {NOISY, STEADY}:
             app.keys.revoke(tenant)
@@ -73,8 +72,8 @@ def tenants(app: nbserve.App, opts: argparse.Namespace, head: local.LocalHead, h
 
 def _neighbour(
     app: nbserve.App, noisy: str, steady: str, seconds: float, row: Row
-) -> dict[str, Any]:
-    """The steady tenant alone, then beside the noisy one; their records and the verdict."""
+) -> tuple[bool, list[RequestRecord]]:
+    """The steady tenant alone, then beside the noisy one: whether met, the steady records."""
     alone = _paced(app, {steady: STEADY_RATE}, seconds)[steady]
     beside = _paced(app, {steady: STEADY_RATE, noisy: NOISY_LIMIT * NOISY_TIMES}, seconds)
     steady_records = [*alone, *beside[steady]]
@@ -108,12 +107,11 @@ def _neighbour(
         and told == len(limited)
         and ratio <= LATENCY_TARGET
     )
-    return {"met": met, "steady": steady_records}
+    return met, steady_records
 
 
-def _usage_counted(app: nbserve.App, neighbour: dict[str, Any], row: Row) -> bool:
+def _usage_counted(app: nbserve.App, records: list[RequestRecord], row: Row) -> bool:
     """Whether ``app.usage()`` counts the steady tenant's tokens as its clients were told."""
-    records: list[RequestRecord] = neighbour["steady"]
     served = [r for r in records if r.ok]
     want = (len(served), sum(r.input_tokens for r in served), sum(r.output_tokens for r in served))
     deadline, got = time.monotonic() + 15, (0, 0, 0)
