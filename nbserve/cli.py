@@ -87,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_status)
 
     model = sub.add_parser("model", help="build the offline demo model and print its path")
+    model.add_argument(
+        "--instruct",
+        action="store_true",
+        help="SmolLM2-135M-Instruct (answers sensibly) instead of the tiny random model",
+    )
     model.set_defaults(func=_model)
 
     demo = sub.add_parser(
@@ -241,7 +246,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _model(args: argparse.Namespace) -> int:
-    print(nbserve.demo_model())
+    print(nbserve.instruct_model() if args.instruct else nbserve.demo_model())
     return 0
 
 

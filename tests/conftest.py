@@ -109,3 +109,11 @@ def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
         monkeypatch.setenv("KUBECONFIG", str(fake.write_kubeconfig(tmp_path / "kubeconfig")))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         yield fake
+
+
+@pytest.fixture(scope="session")
+def instruct_path(nbserve_home: Path) -> str:
+    """SmolLM2-135M-Instruct in the session's model cache (the quickstart reuses it)."""
+    import nbserve
+
+    return nbserve.instruct_model()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from nbserve.models.cache import DamagedCheckpointError
 from nbserve.models.tiny import build_tiny_model
 
 MARKER = ".nbserve-complete"
@@ -167,3 +168,30 @@ def test_concurrent_builders_agree(tmp_path: pathlib.Path, model_dir: pathlib.Pa
     assert (target / "model.safetensors").read_bytes() == (
         model_dir / "model.safetensors"
     ).read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "remove"])
+def test_damaged_checkpoint_is_refused(tmp_path: pathlib.Path, damage: str) -> None:
+    target = build_tiny_model(tmp_path / "m")
+    weights = target / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        weights.unlink()
+    with pytest.raises(DamagedCheckpointError, match="model.safetensors") as err:
+        build_tiny_model(target)
+    assert "force=True" in str(err.value) and str(target) in str(err.value)
+    assert weights.exists() == (damage == "truncate")  # refused: nothing changed
+    build_tiny_model(target, force=True)
+    assert build_tiny_model(target) == target
+    assert weights.stat().st_size > 1_000_000
+
+
+def test_marker_without_sizes_is_still_trusted(tmp_path: pathlib.Path) -> None:
+    """A checkpoint built before the marker recorded sizes is reused, not rebuilt."""
+    target = build_tiny_model(tmp_path / "m")
+    marker = target / MARKER
+    marker.write_text(marker.read_text().splitlines()[0] + "\n")
+    before = _snapshot(target)
+    assert build_tiny_model(target) == target
+    assert _snapshot(target) == before

@@ -8,28 +8,23 @@ or download anything: the engine, Ray Serve deployment and CLI live elsewhere.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import logging
 import os
 import pathlib
-import shutil
 import sysconfig
-import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 from nbserve.base.defaults import home
+from nbserve.models.cache import build_once, quiet_progress_bars
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["build_tiny_model"]
 
-_MARKER = ".nbserve-complete"
 _INIT_LOCK = threading.Lock()
 _MODEL_NAME = "tiny-llama"
 
@@ -77,14 +72,6 @@ def _recipe_hash() -> str:
     }
     blob = json.dumps(recipe, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
-
-
-def _is_complete(path: pathlib.Path, digest: str) -> bool:
-    """Return True if ``path`` holds a finished checkpoint built from this recipe."""
-    try:
-        return (path / _MARKER).read_text(encoding="utf-8").strip() == digest
-    except OSError:
-        return False
 
 
 def _corpus_files() -> list[pathlib.Path]:
@@ -181,70 +168,10 @@ def _build_model(out: pathlib.Path, tokenizer: Any) -> None:
     model.generation_config = GenerationConfig(
         **ids, max_length=_MODEL_SHAPE["max_position_embeddings"]
     )
-    with _INIT_LOCK, _quiet_progress_bars():
+    with _INIT_LOCK, quiet_progress_bars():
         model.save_pretrained(out, safe_serialization=True)
     n_params = sum(p.numel() for p in model.parameters())
     logger.debug("tiny model has %d parameters", n_params)
-
-
-def _sync_files(directory: pathlib.Path) -> None:
-    """Make the files in ``directory`` world-readable and flush them to disk.
-
-    ``mkdtemp`` creates the directory 0700 and safetensors are written 0600; the checkpoint
-    should be readable like an ordinary download (for example by a Ray worker's user).
-    """
-    os.chmod(directory, 0o755)
-    for file in directory.iterdir():
-        os.chmod(file, 0o644)
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def _quiet_progress_bars() -> Iterator[None]:
-    """Silence transformers' tqdm bars (they write to stderr) for the duration."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def _publish(tmp: pathlib.Path, target: pathlib.Path, digest: str, *, replace: bool) -> bool:
-    """Move the finished build ``tmp`` to ``target`` without ever exposing a partial one.
-
-    If another builder published a complete checkpoint meanwhile, theirs is kept and ``tmp``
-    is discarded (unless ``replace``). A stale or empty ``target`` is moved aside first, then
-    removed.
-
-    Returns:
-        True if ``tmp`` was published, False if an existing checkpoint was kept instead.
-    """
-    for _ in range(5):
-        try:
-            os.rename(tmp, target)
-            return True
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
-                raise
-        if not replace and _is_complete(target, digest):
-            logger.info("another builder finished %s first; keeping theirs", target)
-            shutil.rmtree(tmp, ignore_errors=True)
-            return False
-        trash = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        try:
-            os.rename(target, trash / target.name)
-        except FileNotFoundError:
-            pass  # someone else moved it aside; retry the rename
-        shutil.rmtree(trash, ignore_errors=True)
-    raise RuntimeError(f"could not publish the tiny model at {target}")
 
 
 def build_tiny_model(
@@ -255,7 +182,8 @@ def build_tiny_model(
     The checkpoint is a 2-layer Llama (hidden size 128, head_dim 64, ~0.8M parameters,
     bfloat16) with a 4096-token byte-level BPE tokenizer trained on the local Python
     standard library and a ChatML-like chat template. It generates gibberish, but vLLM's
-    CPU engine loads and serves it like any Hugging Face model, with no network access.
+    CPU engine loads and serves it like any Hugging Face model, with no network access, and
+    fast: it is the model for tests and load (`nbserve.models.smollm2` builds one that answers).
     The build is deterministic (identical weights every time) and takes a few seconds;
     later calls return the cached directory immediately.
 
@@ -271,6 +199,7 @@ def build_tiny_model(
 
     Raises:
         FileExistsError: ``path`` is a file, or a non-empty directory nbserve did not build.
+        DamagedCheckpointError: the cached checkpoint's files changed after it was built.
 
     Example:
         >>> from nbserve.models.tiny import build_tiny_model
@@ -281,34 +210,15 @@ def build_tiny_model(
     target = (
         pathlib.Path(path).expanduser() if path is not None else home() / "models" / _MODEL_NAME
     ).absolute()
-    digest = _recipe_hash()
-    if not force and _is_complete(target, digest):
-        logger.debug("tiny model already built at %s", target)
-        return target
-    if not force and (
-        (target.exists() and not target.is_dir())
-        or (target.is_dir() and not (target / _MARKER).exists() and any(target.iterdir()))
-    ):
-        raise FileExistsError(
-            f"{target} exists and is not an nbserve tiny model; pass force=True to replace it"
-        )
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("building the tiny demo model at %s", target)
-    start = time.monotonic()
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        tokenizer = _build_tokenizer(tmp)
-        _build_model(tmp, tokenizer)
-        # Written last: its presence (with the right digest) means the checkpoint is whole.
-        _sync_files(tmp)
-        (tmp / _MARKER).write_text(digest + "\n", encoding="utf-8")
-        _sync_files(tmp)
-        published = _publish(tmp, target, digest, replace=force)
-    finally:
-        if tmp.exists():
-            with contextlib.suppress(OSError):
-                shutil.rmtree(tmp)
-    if published:
-        logger.info("built the tiny demo model in %.1f s", time.monotonic() - start)
-    return target
+    def build(out: pathlib.Path) -> None:
+        _build_model(out, _build_tokenizer(out))
+
+    return build_once(
+        target,
+        _recipe_hash(),
+        build,
+        what="the tiny demo model",
+        rebuild_hint="nbserve.demo_model() after deleting it, or build_tiny_model(force=True)",
+        force=force,
+    )
