@@ -426,7 +426,8 @@ def test_quickstart_notebook_runs_under_papermill(cluster: nbserve.Cluster, tmp_
     nb = run_notebook("01_quickstart.ipynb", app_name="nb-quickstart", summary_path=str(summary))
     result = json.loads(summary.read_text())
     assert result["endpoint"].endswith("/nb-quickstart/v1")
-    assert result["answer"].strip()
+    # SmolLM2-135M-Instruct, greedy: a sensible English answer, not random weights' gibberish
+    assert "paris" in result["answer"].lower(), result["answer"]
     # app.update(min_replicas=2, max_replicas=2) was in place: the first replica kept serving
     before, after = set(result["replicas_before"]), set(result["replicas_after"])
     assert len(before) == 1 and len(after) == 2 and before < after, result
