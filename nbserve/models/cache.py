@@ -60,6 +60,16 @@ def _damage(path: pathlib.Path) -> str | None:
     return None
 
 
+def _durable(file: pathlib.Path) -> None:
+    """Make ``file`` world-readable and flush it to disk."""
+    os.chmod(file, 0o644)
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _seal(directory: pathlib.Path, digest: str) -> None:
     """Make ``directory``'s files world-readable and durable, then write its marker last.
 
@@ -69,21 +79,11 @@ def _seal(directory: pathlib.Path, digest: str) -> None:
     os.chmod(directory, 0o755)
     sizes = []
     for file in sorted(directory.iterdir()):
-        os.chmod(file, 0o644)
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _durable(file)
         sizes.append(f"{file.stat().st_size} {file.name}")
     marker = directory / MARKER
     marker.write_text("\n".join([digest, *sizes]) + "\n", encoding="utf-8")
-    os.chmod(marker, 0o644)
-    fd = os.open(marker, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _durable(marker)
 
 
 @contextlib.contextmanager
