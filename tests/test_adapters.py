@@ -1,0 +1,142 @@
+"""Tests for nbserve.specs.adapters: the adapter spec, names, and checks of real PEFT adapters."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import pytest
+from pydantic import ValidationError
+
+from nbserve.errors import SpecError
+from nbserve.models.tiny import build_tiny_model
+from nbserve.specs.adapters import Adapters, check_adapter, check_adapter_name
+
+
+def _save_lora(base: pathlib.Path, out: pathlib.Path, rank: int) -> pathlib.Path:
+    """A real LoRA adapter of the tiny model, as PEFT trains and saves one (untrained here)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"])
+    )
+    peft_model.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return build_tiny_model(tmp_path_factory.mktemp("base") / "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def adapter(base: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return _save_lora(base, tmp_path_factory.mktemp("adapters") / "signature", rank=8)
+
+
+def _copy(adapter: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(shutil.copytree(adapter, tmp_path / adapter.name))
+
+
+def _edit(folder: pathlib.Path, **changes: object) -> None:
+    config_file = folder / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config.update(changes)
+    config_file.write_text(json.dumps(config))
+
+
+def test_a_peft_adapter_of_the_base_model_passes(adapter: pathlib.Path, base: pathlib.Path) -> None:
+    info = check_adapter(adapter, base_model=str(base), max_rank=16)
+    assert info.rank == 8
+    assert pathlib.Path(info.base_model) == base
+    assert set(info.target_modules) == {"q_proj", "v_proj"}
+
+
+def test_missing_folder_is_refused(tmp_path: pathlib.Path, base: pathlib.Path) -> None:
+    with pytest.raises(SpecError, match="does not exist"):
+        check_adapter(tmp_path / "nowhere", base_model=str(base), max_rank=16)
+
+
+def test_a_folder_without_an_adapter_is_refused(tmp_path: pathlib.Path, base: pathlib.Path) -> None:
+    # The base model's own folder: a checkpoint, but not a LoRA one.
+    with pytest.raises(SpecError, match="is not a LoRA checkpoint.*save_pretrained"):
+        check_adapter(base, base_model=str(base), max_rank=16)
+
+
+def test_another_peft_method_is_refused(
+    adapter: pathlib.Path, tmp_path: pathlib.Path, base: pathlib.Path
+) -> None:
+    folder = _copy(adapter, tmp_path)
+    _edit(folder, peft_type="IA3")
+    with pytest.raises(SpecError, match="IA3 checkpoint, not a LoRA adapter"):
+        check_adapter(folder, base_model=str(base), max_rank=16)
+
+
+def test_rank_above_the_maximum_names_the_setting_that_fits(
+    base: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    folder = _save_lora(base, tmp_path / "wide", rank=24)
+    with pytest.raises(SpecError, match=r"rank 24, above the app's max_rank 16.*max_rank=32"):
+        check_adapter(folder, base_model=str(base), max_rank=16)
+    assert check_adapter(folder, base_model=str(base), max_rank=32).rank == 24
+
+
+def test_rank_pattern_counts(
+    adapter: pathlib.Path, tmp_path: pathlib.Path, base: pathlib.Path
+) -> None:
+    folder = _copy(adapter, tmp_path)
+    _edit(folder, rank_pattern={"q_proj": 64})
+    with pytest.raises(SpecError, match="rank 64"):
+        check_adapter(folder, base_model=str(base), max_rank=16)
+
+
+def test_adapter_of_another_base_model_is_refused(
+    adapter: pathlib.Path, tmp_path: pathlib.Path, base: pathlib.Path
+) -> None:
+    with pytest.raises(SpecError, match="was trained on .* but the app serves 'org/other'"):
+        check_adapter(adapter, base_model="org/other", max_rank=16)
+    folder = _copy(adapter, tmp_path)
+    _edit(folder, base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
+    with pytest.raises(SpecError, match="only fits the base model it was trained on"):
+        check_adapter(folder, base_model=str(base), max_rank=16)
+
+
+def test_dora_and_bias_are_refused(
+    adapter: pathlib.Path, tmp_path: pathlib.Path, base: pathlib.Path
+) -> None:
+    folder = _copy(adapter, tmp_path)
+    _edit(folder, use_dora=True, bias="all")
+    with pytest.raises(SpecError, match="bias terms .* DoRA"):
+        check_adapter(folder, base_model=str(base), max_rank=16)
+
+
+@pytest.mark.parametrize("name", ["support-v2", "a", "sig_1.0", "A" * 63])
+def test_valid_adapter_names(name: str) -> None:
+    assert check_adapter_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "base:adapter", "-lead", "has space", "a/b", "A" * 64])
+def test_invalid_adapter_names_say_what_is_allowed(name: str) -> None:
+    with pytest.raises(SpecError, match="not a valid model id: use 1 to 63 letters"):
+        check_adapter_name(name)
+
+
+def test_adapter_source_forms() -> None:
+    assert Adapters().source is None and not Adapters().in_bucket
+    bucket = Adapters(source="gs://bucket/adapters/")
+    assert bucket.source == "gs://bucket/adapters" and bucket.in_bucket
+    assert Adapters(source="/data/adapters/").source == "/data/adapters"
+    for bad, why in [
+        ("adapters", "relative path"),
+        ("https://host/adapters", "gs:// or s3://"),
+        ("gs://", "names no bucket"),
+    ]:
+        with pytest.raises(ValidationError, match=why):
+            Adapters(source=bad)
+    with pytest.raises(ValidationError, match="max_rank"):
+        Adapters(max_rank=24)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="max_per_replica"):
+        Adapters(max_per_replica=0)
