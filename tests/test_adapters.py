@@ -140,3 +140,58 @@ def test_adapter_source_forms() -> None:
         Adapters(max_rank=24)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="max_per_replica"):
         Adapters(max_per_replica=0)
+
+
+# --- in the spec, the Serve config and the export ---------------------------------------------
+
+
+def test_adapters_render_into_the_engine_and_serve_llm() -> None:
+    from nbserve import LLM
+    from nbserve.specs.serveconfig import llm_config
+
+    spec = LLM(
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        accelerator="L4",
+        adapters=Adapters(source="gs://team-bucket/adapters/", max_per_replica=8, max_rank=32),
+    )
+    cfg = llm_config(spec)
+    assert (
+        cfg["engine_kwargs"].items()
+        >= {"enable_lora": True, "max_loras": 8, "max_cpu_loras": 8, "max_lora_rank": 32}.items()
+    )
+    assert cfg["lora_config"] == {
+        "max_num_adapters_per_replica": 8,
+        "dynamic_lora_loading_path": "gs://team-bucket/adapters",
+    }
+    assert "lora_config" not in llm_config(LLM("org/m"))
+    assert "enable_lora" not in llm_config(LLM("org/m"))["engine_kwargs"]
+
+
+def test_lora_engine_args_by_hand_are_refused() -> None:
+    from nbserve import LLM
+
+    with pytest.raises(ValidationError, match=r"\['enable_lora', 'max_loras'\] are set by .*adapt"):
+        LLM("org/m", engine={"args": {"enable_lora": True, "max_loras": 2}})
+
+
+def test_the_exported_rayservice_carries_the_adapters_and_passes_the_crd() -> None:
+    import crdschema
+
+    from nbserve import LLM, ClusterSpec
+    from nbserve.specs.manifests import render_rayservice
+    from nbserve.specs.serveconfig import exported_app
+
+    spec = LLM(
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        accelerator="L4",
+        keys=False,
+        adapters=Adapters(source="gs://team-bucket/adapters", max_rank=8),
+    )
+    manifest = render_rayservice(ClusterSpec(name="lora"), [exported_app(spec, "smol")])
+    assert crdschema.validate_manifest(manifest) == []
+    import yaml
+
+    serve = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    (llm,) = serve["applications"][0]["args"]["llm_configs"]
+    assert llm["lora_config"]["dynamic_lora_loading_path"] == "gs://team-bucket/adapters"
+    assert llm["engine_kwargs"]["max_lora_rank"] == 8

@@ -28,6 +28,7 @@ from nbserve.base import secrets
 from nbserve.errors import SpecError
 from nbserve.specs import names
 from nbserve.specs.accelerators import resolve_accelerator
+from nbserve.specs.adapters import Adapters
 
 __all__ = ["LLM", "Engine", "Rollout", "Scaling", "spec_of_record"]
 
@@ -68,6 +69,8 @@ SCALING_SHORTCUTS = frozenset(
     }
 )
 ENGINE_SHORTCUTS = frozenset({"max_model_len", "dtype", "tensor_parallel_size"})
+# Engine arguments LLM(adapters=...) sets; given in Engine(args=...) they would half-enable LoRA.
+LORA_ENGINE_ARGS = frozenset({"enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras"})
 # The type of a validation error that found a secret outside secrets=; the spec turns it into a
 # SpecError that does not show the input (pydantic's message would).
 _SECRET_ERROR = "secret_outside_secrets"
@@ -322,6 +325,12 @@ class Engine(_Spec):
     @field_validator("args")
     @classmethod
     def _no_shadowing(cls, value: dict[str, Any]) -> dict[str, Any]:
+        lora = sorted(set(value) & LORA_ENGINE_ARGS)
+        if lora:
+            raise ValueError(
+                f"engine args {lora} are set by LLM(..., adapters=Adapters(max_per_replica=..., "
+                "max_rank=...)), which also tells Serve where adapters load from; use it instead"
+            )
         clash = sorted(set(value) & (ENGINE_SHORTCUTS | {"model", "served_model_name"}))
         if clash:
             raise ValueError(
@@ -408,6 +417,11 @@ class LLM(_Spec):
         "one; the app's own calls use a key of their own). None: required on a cluster "
         "others can reach (KubeRay, a ray:// address), not on nbserve's local head, which "
         "listens on loopback only. keys=False serves anyone who can reach the endpoint.",
+    )
+    adapters: Adapters | None = Field(
+        None,
+        description="LoRA adapters served on this model, chosen per request by the OpenAI "
+        "model field ('<name>:<adapter>'); None serves the base model only.",
     )
     log_engine_metrics: bool = Field(
         True, description="Export vLLM's metrics (KV cache, tokens, latency) to Ray's metrics."

@@ -18,6 +18,7 @@ from typing import Any
 
 from nbserve.base import defaults
 from nbserve.hooks import guard
+from nbserve.specs.adapters import Adapters
 from nbserve.specs.llm import AUTOSCALER_KNOBS, LLM
 
 IMPORT_PATH = "ray.serve.llm:build_openai_app"
@@ -56,6 +57,9 @@ def llm_config(spec: LLM) -> dict[str, Any]:
         "engine_kwargs": engine,
         "log_engine_metrics": spec.log_engine_metrics,
     }
+    if spec.adapters is not None:
+        engine |= lora_engine_args(spec.adapters)
+        config["lora_config"] = lora_config(spec.adapters)
     env = dict(spec.env)
     if spec.tracing:  # the engines' span exporter sends every second, not every five
         env = {"OTEL_BSP_SCHEDULE_DELAY": "1000", **env}
@@ -73,6 +77,37 @@ def llm_config(spec: LLM) -> dict[str, Any]:
         # cap only to routers, never to running replicas: in the engine's config a change
         # rebuilds the app, so every replica restarts (one by one) with the new cap.
         config["deployment_config"] = {"max_queued_requests": spec.scaling.max_queued_requests}
+    return config
+
+
+def lora_engine_args(adapters: Adapters) -> dict[str, Any]:
+    """The vLLM engine arguments for serving ``adapters``.
+
+    Example:
+        >>> lora_engine_args(Adapters(max_per_replica=2, max_rank=32))
+        {'enable_lora': True, 'max_loras': 2, 'max_cpu_loras': 2, 'max_lora_rank': 32}
+    """
+    return {
+        "enable_lora": True,
+        "max_loras": adapters.max_per_replica,
+        # Serve LLM unloads the least recently used adapter itself: none waits in CPU memory.
+        "max_cpu_loras": adapters.max_per_replica,
+        "max_lora_rank": adapters.max_rank,
+    }
+
+
+def lora_config(adapters: Adapters) -> dict[str, Any]:
+    """Serve LLM's ``LoraConfig`` (as a dict) for ``adapters``.
+
+    A bucket source is Serve LLM's own ``dynamic_lora_loading_path``, one folder per adapter.
+
+    Example:
+        >>> lora_config(Adapters(source="gs://b/adapters", max_per_replica=2))
+        {'max_num_adapters_per_replica': 2, 'dynamic_lora_loading_path': 'gs://b/adapters'}
+    """
+    config: dict[str, Any] = {"max_num_adapters_per_replica": adapters.max_per_replica}
+    if adapters.in_bucket:
+        config["dynamic_lora_loading_path"] = adapters.source
     return config
 
 
