@@ -195,3 +195,26 @@ def test_the_exported_rayservice_carries_the_adapters_and_passes_the_crd() -> No
     (llm,) = serve["applications"][0]["args"]["llm_configs"]
     assert llm["lora_config"]["dynamic_lora_loading_path"] == "gs://team-bucket/adapters"
     assert llm["engine_kwargs"]["max_lora_rank"] == 8
+
+
+def test_a_local_folder_is_read_in_place_by_nbserves_server(
+    adapter: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    from nbserve import LLM
+    from nbserve.hooks import adapters as hook
+    from nbserve.specs.serveconfig import llm_config
+
+    folder = tmp_path / "adapters"
+    shutil.copytree(adapter, folder / "signature")
+    spec = LLM("/models/base", adapters=Adapters(source=str(folder)), keys=False)
+    cfg = llm_config(spec)
+    assert cfg["server_cls"] == hook.SERVER_CLS
+    assert cfg["experimental_configs"] == {hook.FOLDER_KEY: str(folder)}
+    assert "dynamic_lora_loading_path" not in cfg["lora_config"]
+    keyed = llm_config(spec.with_changes(keys=True))
+    assert keyed["server_cls"] == hook.GUARDED_SERVER_CLS
+    # What the replica's loader resolves a request's model to, and what it refuses.
+    assert hook.adapter_folder(str(folder), "base:signature") == str(folder / "signature")
+    for model_id in ("base", "base:other", "base:../signature", "base:"):
+        with pytest.raises(LookupError):
+            hook.adapter_folder(str(folder), model_id)

@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from nbserve.base import defaults
+from nbserve.hooks import adapters as adapter_hook
 from nbserve.hooks import guard
 from nbserve.specs.adapters import Adapters
 from nbserve.specs.llm import AUTOSCALER_KNOBS, LLM
@@ -60,6 +61,8 @@ def llm_config(spec: LLM) -> dict[str, Any]:
     if spec.adapters is not None:
         engine |= lora_engine_args(spec.adapters)
         config["lora_config"] = lora_config(spec.adapters)
+        if not spec.adapters.in_bucket:  # a folder on the local head, read in place
+            config["experimental_configs"] = {adapter_hook.FOLDER_KEY: spec.adapters.source}
     env = dict(spec.env)
     if spec.tracing:  # the engines' span exporter sends every second, not every five
         env = {"OTEL_BSP_SCHEDULE_DELAY": "1000", **env}
@@ -70,8 +73,13 @@ def llm_config(spec: LLM) -> dict[str, Any]:
         config["placement_group_config"] = {"bundles": [{"CPU": spec.cpus}]}
     if env:
         config["runtime_env"] = {"env_vars": env}
+    local_adapters = spec.adapters is not None and not spec.adapters.in_bucket
     if spec.keys:  # every request's key checked in the replica (nbserve.hooks.guard)
-        config["server_cls"] = guard.SERVER_CLS
+        config["server_cls"] = (
+            adapter_hook.GUARDED_SERVER_CLS if local_adapters else guard.SERVER_CLS
+        )
+    elif local_adapters:
+        config["server_cls"] = adapter_hook.SERVER_CLS
     if spec.scaling.max_queued_requests is not None:
         # Serve 2.60 counts a replica's queue in the replica (direct ingress) but passes a new
         # cap only to routers, never to running replicas: in the engine's config a change

@@ -1,0 +1,109 @@
+"""LoRA adapters from a folder on the local head's disk, for Serve LLM's multiplexed loading.
+
+Serve LLM loads adapters from buckets only (``LoraConfig.dynamic_lora_loading_path`` must be a
+``gs://``, ``s3://`` or Azure path); on nbserve's local head they are folders on the same disk.
+``AdapterServer`` is Serve LLM's ``LLMServer`` whose adapter loader resolves a request for
+``<model>:<adapter>`` to ``<folder>/<adapter>`` instead of downloading it; everything else (the
+multiplexed cache of ``max_num_adapters_per_replica`` adapters, least recently used first out,
+vLLM's ``add_lora``) is Serve LLM's own. ``GuardedAdapterServer`` does the same behind the
+API-key check (``nbserve.hooks.guard``).
+
+Loaded by dotted path in the replica's process, where Ray Serve LLM is installed; importing
+this module imports neither (the classes are built on first use). The loader subclasses Serve
+LLM's internal ``LoraModelLoader`` (Ray 2.60), the injection point ``LLMServer`` offers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from . import guard
+
+__all__ = ["FOLDER_KEY", "GUARDED_SERVER_CLS", "SERVER_CLS", "adapter_folder"]
+
+# The key of LLMConfig.experimental_configs that holds the adapters' folder.
+FOLDER_KEY = "nbserve_adapter_folder"
+SERVER_CLS = "nbserve.hooks.adapters:AdapterServer"
+GUARDED_SERVER_CLS = "nbserve.hooks.adapters:GuardedAdapterServer"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def adapter_folder(folder: str, model_id: str) -> str:
+    """The folder of the adapter a request for ``model_id`` (``<model>:<adapter>``) names.
+
+    Raises:
+        LookupError: the id names no adapter, a name that could leave ``folder``, or an
+            adapter that is not there.
+
+    Example:
+        >>> adapter_folder("/nowhere", "smollm2:sig")
+        Traceback (most recent call last):
+        ...
+        LookupError: no adapter 'sig' in this app's adapters
+    """
+    name = model_id.split(":", 1)[1] if ":" in model_id else ""
+    if not _NAME.match(name):
+        raise LookupError(f"{model_id!r} names no valid adapter (<model>:<adapter>)")
+    path = Path(folder) / name
+    if not (path / "adapter_config.json").is_file():
+        raise LookupError(f"no adapter {name!r} in this app's adapters")
+    return str(path)
+
+
+def _loader_cls() -> type:
+    """Serve LLM's ``LoraModelLoader`` reading adapters in place from the app's folder."""
+    from fastapi import HTTPException
+    from ray.llm._internal.common.models import global_id_manager
+    from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
+    from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
+
+    class LocalLoraLoader(LoraModelLoader):
+        async def load_model_from_config(self, lora_model_id: str, llm_config: Any) -> Any:
+            cached = self.disk_cache.get(lora_model_id)
+            if cached is not None:
+                return cached
+            try:
+                path = adapter_folder(llm_config.experimental_configs[FOLDER_KEY], lora_model_id)
+            except LookupError as exc:
+                raise HTTPException(status_code=404, detail=str(exc)) from exc
+            loaded = DiskMultiplexConfig(
+                model_id=lora_model_id,
+                max_total_tokens=llm_config.engine_kwargs.get("max_model_len"),
+                local_path=path,
+                lora_assigned_int_id=global_id_manager.next(),
+            )
+            self.disk_cache[lora_model_id] = loaded
+            return loaded
+
+    return LocalLoraLoader
+
+
+def _with_local_adapters(base: type, qualname: str) -> type:
+    class AdapterServer(base):
+        """``LLMServer`` that loads adapters from the folder its config names."""
+
+        def _init_multiplex_loader(self, model_downloader_cls: Any = None) -> None:
+            if self._llm_config.experimental_configs.get(FOLDER_KEY):
+                model_downloader_cls = model_downloader_cls or _loader_cls()
+            super()._init_multiplex_loader(model_downloader_cls)
+
+    AdapterServer.__module__ = __name__
+    AdapterServer.__qualname__ = qualname  # how pickle finds it: this module's attribute
+    # The deployment's name (``LLMServer:<model>``) stays what it is without adapters.
+    AdapterServer.__name__ = "LLMServer"
+    return AdapterServer
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AdapterServer":
+        from ray.serve.llm import LLMServer
+
+        built = _with_local_adapters(LLMServer, name)
+    elif name == "GuardedAdapterServer":
+        built = _with_local_adapters(guard.GuardedServer, name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = built
+    return built
