@@ -8,6 +8,11 @@ multiplexed cache of ``max_num_adapters_per_replica`` adapters, least recently u
 vLLM's ``add_lora``) is Serve LLM's own. ``GuardedAdapterServer`` does the same behind the
 API-key check (``nbserve.hooks.guard``).
 
+Serve LLM builds an app with adapters only when the cluster's HAProxy forwards request bodies
+to its request router (``RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1`` in the head's
+environment, a cluster-wide setting): under direct streaming the router reads the adapter from
+the body's ``model`` and sets the multiplexed model id the replica resolves.
+
 Loaded by dotted path in the replica's process, where Ray Serve LLM is installed; importing
 this module imports neither (the classes are built on first use). The loader subclasses Serve
 LLM's internal ``LoraModelLoader`` (Ray 2.60), the injection point ``LLMServer`` offers.
