@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Final
 
 __all__ = [
+    "ADAPTER_ROUTING_ENV",
     "CPU_ENGINE_ENV",
     "HEAD_PORTS",
     "KUBERAY_THROUGHPUT_ENV",
@@ -43,6 +44,13 @@ SERVE_THROUGHPUT_ENV: Final = MappingProxyType(
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
     }
+)
+
+# Serve LLM routes a request to a LoRA adapter under direct streaming only when HAProxy forwards
+# request bodies to its request router: the local head sets it, a RayService that serves
+# adapters gets it on its head.
+ADAPTER_ROUTING_ENV: Final = MappingProxyType(
+    {"RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1"}
 )
 
 # KubeRay's high-throughput LLM sample sets Serve's flags plus Ray's v2 executor for vLLM on

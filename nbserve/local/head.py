@@ -39,8 +39,12 @@ __all__ = ["LocalHead", "LocalProvider", "down", "find", "target", "up"]
 log = logging.getLogger(__name__)
 
 DEFAULT_NUM_CPUS = defaults.LOCAL_NUM_CPUS
-# Serve's throughput flags; ``up(env={})`` starts a head without them.
-DEFAULT_HEAD_ENV: dict[str, str] = dict(defaults.SERVE_THROUGHPUT_ENV)
+# Serve's throughput flags and the routing of requests to adapters; ``up(env={})`` starts a
+# head without them.
+DEFAULT_HEAD_ENV: dict[str, str] = {
+    **defaults.SERVE_THROUGHPUT_ENV,
+    **defaults.ADAPTER_ROUTING_ENV,
+}
 METRICS_EXPORT_MS = 2000  # the head's metrics_report_interval_ms (Ray's default: 10000)
 
 

@@ -250,6 +250,10 @@ def render_rayservice(
             "nbserve.to_yaml(app.keys.to_secret('<name>')), kubectl apply it, and add "
             "keys_secret='<name>' to the ClusterSpec"
         )
+    if _serves_adapters(apps):  # Serve LLM routes to adapters only with this on the head
+        cluster = cluster.model_copy(
+            update={"head_env": {**defaults.ADAPTER_ROUTING_ENV, **cluster.head_env}}
+        )
     try:
         serve_config = yaml.safe_dump({"applications": apps}, sort_keys=False)
     except yaml.YAMLError as err:
@@ -350,6 +354,15 @@ def _check_applications(apps: Any) -> None:
 
 class _BlockDumper(yaml.SafeDumper):
     """Safe dumper that prints multi-line strings (serveConfigV2) as literal blocks."""
+
+
+def _serves_adapters(apps: list[dict[str, Any]]) -> bool:
+    """Whether an application's model server has a LoRA config (Serve LLM's ``lora_config``)."""
+    return any(
+        isinstance(cfg, dict) and cfg.get("lora_config")
+        for app in apps
+        for cfg in ((app.get("args") or {}).get("llm_configs") or [])
+    )
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
