@@ -16,6 +16,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from nbserve import cluster as _cluster
+from nbserve.adapters import AdapterEntry, AppAdapters
 from nbserve.app import App
 from nbserve.backends import connect, create_cluster
 from nbserve.cluster import Cluster
@@ -46,6 +47,7 @@ from nbserve.observe.prometheus import Prometheus
 from nbserve.observe.snapshot import Latency, Percentiles, Replicas, Snapshot
 from nbserve.observe.status import AppStatus, DeploymentStatus, ReplicaInfo
 from nbserve.observe.traces import Trace, Traces
+from nbserve.specs.adapters import Adapters
 from nbserve.specs.clusterspec import ClusterSpec, HeadSpec, NetworkAccess, SecretRef, WorkerGroup
 from nbserve.specs.llm import LLM, Engine, Rollout, Scaling
 from nbserve.specs.manifests import to_yaml
@@ -57,7 +59,10 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterEntry",
+    "Adapters",
     "App",
+    "AppAdapters",
     "AppNotFound",
     "AppStatus",
     "CallTimeout",

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from nbserve import remote
 from nbserve.access.keys import OWN_TENANT, IssuedKey, Keys
 from nbserve.access.usage import Usage
+from nbserve.adapters import AppAdapters, adapter_model_id
 from nbserve.base import retries
 from nbserve.base.wait import Progress, poll_until
 from nbserve.errors import (
@@ -38,6 +39,7 @@ from nbserve.observe.starts import ColdStarts
 from nbserve.observe.status import FAILED, AppStatus, ReplicaInfo
 from nbserve.observe.traces import Trace
 from nbserve.remote import access as remote_access
+from nbserve.remote import adapters as remote_adapters
 from nbserve.remote import lock as remote_lock
 from nbserve.remote import prewarm as remote_prewarm
 from nbserve.remote import serve as remote_serve
@@ -45,6 +47,7 @@ from nbserve.remote import starts as remote_starts
 from nbserve.specs.llm import LLM, spec_of_record
 from nbserve.specs.manifests import render_rayservice
 from nbserve.specs.serveconfig import (
+    adapter_folder,
     app_record,
     deployment_override,
     engine_version,
@@ -180,6 +183,16 @@ class App:
         """
         return Keys(self.name, self._call, bool(self.spec and self.spec.keys))
 
+    @property
+    def adapters(self) -> AppAdapters:
+        """The app's LoRA adapters: ``list()``, ``add(name, folder)``, ``remove(name)``.
+
+        Example:
+            >>> app.adapters.add("signature", "out/signature")  # doctest: +SKIP
+            'smollm2:signature'
+        """
+        return AppAdapters(self.name, self.spec, self._call)
+
     def usage(self) -> Usage:
         """Requests, refusals, errors and tokens by tenant, over every replica of the app.
 
@@ -206,20 +219,34 @@ class App:
         """Seconds a request may wait for its answer: 900 if it may wake the app from zero."""
         return 900.0 if self.spec is not None and self.spec.scaling.min_replicas == 0 else 120.0
 
-    def chat(self, message: str, *, max_tokens: int = 64, **kwargs: Any) -> str:
-        """Send one user message to the chat endpoint and return the answer's text."""
+    def _model_for(self, adapter: str | None) -> str:
+        """The ``model`` of a request: the base model, or one of the app's adapters."""
+        return self.model if adapter is None else adapter_model_id(self.model, adapter)
+
+    def chat(
+        self, message: str, *, max_tokens: int = 64, adapter: str | None = None, **kwargs: Any
+    ) -> str:
+        """Send one user message to the chat endpoint and return the answer's text.
+
+        ``adapter``: answer with one of the app's LoRA adapters (``app.adapters``).
+        """
         reply = self.openai().chat.completions.create(
-            model=self.model,
+            model=self._model_for(adapter),
             messages=[{"role": "user", "content": message}],
             max_tokens=max_tokens,
             **kwargs,
         )
         return reply.choices[0].message.content or ""
 
-    def complete(self, prompt: str, *, max_tokens: int = 64, **kwargs: Any) -> str:
-        """Send one prompt to the completions endpoint and return the completion's text."""
+    def complete(
+        self, prompt: str, *, max_tokens: int = 64, adapter: str | None = None, **kwargs: Any
+    ) -> str:
+        """Send one prompt to the completions endpoint and return the completion's text.
+
+        ``adapter``: complete with one of the app's LoRA adapters (``app.adapters``).
+        """
         reply = self.openai().completions.create(
-            model=self.model, prompt=prompt, max_tokens=max_tokens, **kwargs
+            model=self._model_for(adapter), prompt=prompt, max_tokens=max_tokens, **kwargs
         )
         return reply.choices[0].text
 
@@ -599,6 +626,8 @@ class App:
             spec = spec.model_copy(update={"keys": self.cluster.kind != "local"})
         if spec.keys and self._own_key is None:  # in the replicas' first table
             self._own_key = self.keys.issue(OWN_TENANT, wait=False)
+        if spec.adapters is not None:
+            self._prepare_adapters(spec)
         record = app_record(spec, self.name, self.route_prefix, time.time())
         config = record["config"]
         try:
@@ -625,6 +654,20 @@ class App:
         self._waiting = result.get("waiting", "")
         if self._waiting:
             log.warning("app %s: %s", self.name, self._waiting)
+
+    def _prepare_adapters(self, spec: LLM) -> None:
+        """Refuse adapters this cluster cannot serve; make nbserve's adapter folder for the app.
+
+        Raises:
+            SpecError: the cluster does not route requests to adapters, or the adapter folder
+                is missing on the cluster.
+        """
+        adapters = spec.adapters
+        assert adapters is not None
+        folder = None if adapters.in_bucket else adapter_folder(adapters, self.name)
+        why = self._call(remote_adapters.prepare, folder, adapters.source is None)
+        if why:
+            raise SpecError(f"app {self.name!r} cannot serve adapters: {why}")
 
     def _restarts(self, old: LLM, new: LLM) -> bool:
         """Whether going from ``old`` to ``new`` rolls the replicas (else: in place).
@@ -759,6 +802,7 @@ class App:
         prompt: str = "Tell me a long story.",
         max_requests: int = 100_000,
         api_key: IssuedKey | str | None = None,
+        adapter: str | None = None,
     ) -> LoadRun:
         """Send streaming completions in the background, e.g. to watch the dashboard move.
 
@@ -766,6 +810,7 @@ class App:
         ``concurrency`` (8) requests in flight for ``duration_s`` (60), or follows ``ramp``'s
         steps of (seconds, concurrency), e.g. to watch the autoscaler follow. ``api_key``: send
         as a tenant (a key from ``app.keys.issue``) instead of with the handle's own key.
+        ``adapter``: ask one of the app's LoRA adapters instead of the base model.
 
         Example:
             >>> run = app.load(ramp=[(30, 2), (90, 16), (30, 2)])  # doctest: +SKIP
@@ -774,7 +819,7 @@ class App:
         key = api_key.value if isinstance(api_key, IssuedKey) else api_key
         run = bench.start(
             self.endpoint,
-            model=self.model,
+            model=self._model_for(adapter),
             concurrency=concurrency,
             duration_s=duration_s,
             ramp=ramp,

@@ -9,7 +9,7 @@ import shutil
 import pytest
 from pydantic import ValidationError
 
-from nbserve.errors import SpecError
+from nbserve.errors import NbserveError, SpecError
 from nbserve.models.tiny import build_tiny_model
 from nbserve.specs.adapters import Adapters, check_adapter, check_adapter_name
 
@@ -218,3 +218,139 @@ def test_a_local_folder_is_read_in_place_by_nbserves_server(
     for model_id in ("base", "base:other", "base:../signature", "base:"):
         with pytest.raises(LookupError):
             hook.adapter_folder(str(folder), model_id)
+    assert hook.folder_adapters(str(folder)) == ["signature"]
+    stamp = hook.adapter_stamp(str(folder / "signature"))
+    assert stamp and hook.adapter_stamp(str(folder / "signature")) == stamp
+    shutil.rmtree(folder / "signature")
+    shutil.copytree(adapter, folder / "signature")  # replaced: other files, another stamp
+    assert hook.adapter_stamp(str(folder / "signature")) != stamp
+
+
+def test_adapters_without_a_source_live_in_nbserves_folder_for_the_app(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    from nbserve import LLM
+    from nbserve.hooks import adapters as hook
+    from nbserve.specs.serveconfig import serve_app
+
+    monkeypatch.setenv("NBSERVE_HOME", str(tmp_path))
+    app = serve_app(LLM("/models/base", adapters=Adapters(), keys=False), "chat")
+    (cfg,) = app["args"]["llm_configs"]
+    assert cfg["experimental_configs"] == {hook.FOLDER_KEY: str(tmp_path / "adapters" / "chat")}
+
+
+def test_an_app_with_folder_adapters_is_not_exported() -> None:
+    from nbserve import LLM
+    from nbserve.specs.serveconfig import exported_app
+
+    for adapters in (Adapters(), Adapters(source="/data/adapters")):
+        with pytest.raises(SpecError, match=r"folder on the local head.*source='gs://"):
+            exported_app(LLM("org/m", accelerator="L4", adapters=adapters), "chat")
+
+
+def test_the_rayservice_of_an_app_with_adapters_routes_them_on_its_head() -> None:
+    from nbserve import LLM, ClusterSpec
+    from nbserve.base import defaults
+    from nbserve.specs.manifests import render_rayservice
+    from nbserve.specs.serveconfig import exported_app
+
+    def head_env(spec: LLM) -> dict[str, str]:
+        manifest = render_rayservice(ClusterSpec(name="lora"), [exported_app(spec, "m")])
+        (container,) = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
+            "containers"
+        ]
+        return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+    var = next(iter(defaults.ADAPTER_ROUTING_ENV))
+    lora = LLM("org/m", accelerator="L4", keys=False, adapters=Adapters(source="gs://b/a"))
+    assert head_env(lora)[var] == "1"
+    assert var not in head_env(LLM("org/m", accelerator="L4", keys=False))
+
+
+# --- an app's adapter folder on the cluster side, and App.adapters ----------------------------
+
+
+def test_the_cluster_side_refuses_a_head_that_does_not_route_to_adapters(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    from nbserve.remote import adapters as remote_adapters
+
+    monkeypatch.delenv(remote_adapters.FORWARD_BODY_VAR, raising=False)
+    assert "head_env={'RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY'" in (
+        remote_adapters.prepare(str(tmp_path), False)
+    )
+    monkeypatch.setenv(remote_adapters.FORWARD_BODY_VAR, "1")
+    assert remote_adapters.prepare(None, False) == ""
+    assert "does not exist" in remote_adapters.prepare(str(tmp_path / "missing"), False)
+    assert remote_adapters.prepare(str(tmp_path / "made"), True) == ""
+    assert (tmp_path / "made").is_dir()
+
+
+def _in_process(fn, *args, **_):  # type: ignore[no-untyped-def]
+    """``remote.call``'s contract, run in this process: the cluster side is this machine."""
+    return fn(*args)
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, base: pathlib.Path):  # type: ignore[no-untyped-def]
+    from nbserve import LLM
+    from nbserve.adapters import AppAdapters
+
+    monkeypatch.setenv("NBSERVE_HOME", str(tmp_path / "home"))
+    spec = LLM(str(base), name="tiny", adapters=Adapters(max_rank=8), keys=False)
+    folder = tmp_path / "home" / "adapters" / "chat"
+    folder.mkdir(parents=True)
+    return AppAdapters("chat", spec, _in_process), folder
+
+
+def test_add_list_and_remove_an_adapter(served, adapter: pathlib.Path) -> None:  # type: ignore[no-untyped-def]
+    adapters, folder = served
+    assert adapters.list() == []
+    assert adapters.add("signature", adapter) == "tiny:signature"
+    (entry,) = adapters.list()
+    assert (entry.name, entry.model) == ("signature", "tiny:signature") and entry.bytes > 0
+    assert sorted(p.name for p in (folder / "signature").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    assert "tiny:signature" in adapters._repr_html_() and "signature" in repr(adapters)
+    with pytest.raises(SpecError, match="already; pass replace=True"):
+        adapters.add("signature", adapter)
+    adapters.add("signature", adapter, replace=True)
+    assert [p.name for p in folder.iterdir()] == ["signature"]  # nothing left half-written
+    adapters.remove("signature")
+    assert adapters.list() == [] and list(folder.iterdir()) == []
+    with pytest.raises(NbserveError, match="has no adapter 'signature'; it has \\[\\]"):
+        adapters.remove("signature")
+
+
+def test_bad_adapters_are_refused_before_anything_is_written(
+    served, adapter: pathlib.Path, tmp_path: pathlib.Path
+) -> None:  # type: ignore[no-untyped-def]
+    adapters, folder = served
+    other = _copy(adapter, tmp_path / "other")
+    _edit(other, base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
+    high = _copy(adapter, tmp_path / "high")
+    _edit(high, r=16)
+    for name, source, why in [
+        ("base:x", adapter, "is not a valid model id"),
+        ("x", tmp_path / "nowhere", "does not exist"),
+        ("x", tmp_path, "is not a LoRA checkpoint"),
+        ("x", high, "rank 16, above the app's max_rank 8"),
+        ("x", other, "trained on 'HuggingFaceTB/SmolLM2-135M-Instruct'"),
+    ]:
+        with pytest.raises(SpecError, match=why):
+            adapters.add(name, source)
+    assert list(folder.iterdir()) == []
+
+
+def test_apps_that_cannot_take_adapters_from_a_cell_say_how(base: pathlib.Path) -> None:
+    from nbserve import LLM
+    from nbserve.adapters import AppAdapters
+
+    plain = AppAdapters("chat", LLM(str(base), keys=False), _in_process)
+    with pytest.raises(SpecError, match=r"serves no adapters; deploy it with .*Adapters\(\)"):
+        plain.add("x", base)
+    bucket = LLM(str(base), keys=False, adapters=Adapters(source="gs://b/adapters"))
+    with pytest.raises(SpecError, match="gcloud storage cp -r FOLDER gs://b/adapters/NAME"):
+        AppAdapters("chat", bucket, _in_process).list()

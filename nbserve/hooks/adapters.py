@@ -20,18 +20,28 @@ LLM's internal ``LoraModelLoader`` (Ray 2.60), the injection point ``LLMServer``
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 from . import guard
 
-__all__ = ["FOLDER_KEY", "GUARDED_SERVER_CLS", "SERVER_CLS", "adapter_folder"]
+__all__ = [
+    "FOLDER_KEY",
+    "GUARDED_SERVER_CLS",
+    "SERVER_CLS",
+    "adapter_folder",
+    "adapter_stamp",
+    "folder_adapters",
+]
 
 # The key of LLMConfig.experimental_configs that holds the adapters' folder.
 FOLDER_KEY = "nbserve_adapter_folder"
 SERVER_CLS = "nbserve.hooks.adapters:AdapterServer"
 GUARDED_SERVER_CLS = "nbserve.hooks.adapters:GuardedAdapterServer"
+log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -85,20 +95,122 @@ def _loader_cls() -> type:
     return LocalLoraLoader
 
 
+def adapter_stamp(path: str) -> tuple[int, ...]:
+    """What changes when an adapter's files are replaced: their inodes, sizes, change times.
+
+    Example:
+        >>> adapter_stamp("/nowhere")
+        ()
+    """
+    stamp: list[int] = []
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        try:
+            info = os.stat(os.path.join(path, name))
+        except OSError:
+            continue
+        stamp += [info.st_ino, info.st_size, info.st_ctime_ns]
+    return tuple(stamp)
+
+
 def _with_local_adapters(base: type, qualname: str) -> type:
+    from fastapi import HTTPException
+    from ray import serve
+
     class AdapterServer(base):
-        """``LLMServer`` that loads adapters from the folder its config names."""
+        """``LLMServer`` that loads adapters from the folder its config names.
+
+        Each request for an adapter looks at its folder first: an adapter removed from the
+        folder is unloaded and answered 404, one replaced by other files is loaded again.
+        ``GET /v1/models`` lists every adapter in the folder, loaded or not.
+        """
 
         def _init_multiplex_loader(self, model_downloader_cls: Any = None) -> None:
-            if self._llm_config.experimental_configs.get(FOLDER_KEY):
+            self._nbserve_folder = self._llm_config.experimental_configs.get(FOLDER_KEY)
+            self._nbserve_stamps: dict[str, tuple[int, ...]] = {}
+            if self._nbserve_folder:
                 model_downloader_cls = model_downloader_cls or _loader_cls()
             super()._init_multiplex_loader(model_downloader_cls)
+
+        async def _maybe_resolve_lora_from_multiplex(self) -> None:
+            model_id = serve.get_multiplexed_model_id()
+            if model_id and self._nbserve_folder:
+                try:
+                    stamp = adapter_stamp(adapter_folder(self._nbserve_folder, model_id))
+                except LookupError as exc:
+                    await self._nbserve_forget(model_id)
+                    raise HTTPException(status_code=404, detail=str(exc)) from exc
+                if self._nbserve_stamps.get(model_id, stamp) != stamp:
+                    await self._nbserve_forget(model_id)
+                self._nbserve_stamps[model_id] = stamp
+            await super()._maybe_resolve_lora_from_multiplex()
+
+        async def _nbserve_forget(self, model_id: str) -> None:
+            """Unload ``model_id`` from this replica: Serve's cache, the loader's, vLLM's."""
+            self._nbserve_stamps.pop(model_id, None)
+            multiplexed = getattr(self._load_model, "__wrapped__", None)
+            wrapper = getattr(multiplexed, "__serve_multiplex_wrapper", None)
+            if wrapper is not None:
+                wrapper.models.pop(model_id, None)
+            served = getattr(self.engine, "_oai_models", None)
+            if served is not None and model_id in served.lora_requests:
+                from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+                await served.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=model_id))
+                log.info("unloaded adapter %s: its folder changed", model_id)
+
+        async def __serve_build_asgi_app__(self) -> Any:
+            app = await super().__serve_build_asgi_app__()
+            if self._nbserve_folder:
+                _list_folder_models(app, self._llm_config.model_id, self._nbserve_folder)
+            return app
 
     AdapterServer.__module__ = __name__
     AdapterServer.__qualname__ = qualname  # how pickle finds it: this module's attribute
     # The deployment's name (``LLMServer:<model>``) stays what it is without adapters.
     AdapterServer.__name__ = "LLMServer"
     return AdapterServer
+
+
+def folder_adapters(folder: str) -> list[str]:
+    """The names of the adapters in ``folder``, sorted (an adapter: a subfolder with a config).
+
+    Example:
+        >>> folder_adapters("/nowhere")
+        []
+    """
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(
+        name
+        for name in names
+        if _NAME.match(name) and os.path.isfile(os.path.join(folder, name, "adapter_config.json"))
+    )
+
+
+def _list_folder_models(app: Any, model_id: str, folder: str) -> None:
+    """Answer ``GET /v1/models`` with vLLM's list plus every adapter in ``folder``.
+
+    vLLM lists the adapters this replica has loaded; a request may land on any replica, and an
+    adapter loads on its first request, so the folder is what the app serves.
+    """
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def models(request: Any) -> Any:
+        listing = await request.app.state.openai_serving_models.show_available_models()
+        body = listing.model_dump()
+        cards = body["data"]
+        base: dict[str, Any] = next((c for c in cards if c["id"] == model_id), {})
+        listed = {card["id"] for card in cards}
+        for name in folder_adapters(folder) if base else []:
+            if f"{model_id}:{name}" not in listed:
+                cards.append({**base, "id": f"{model_id}:{name}", "parent": model_id})
+        return JSONResponse(body)
+
+    # First: Starlette answers with the first route that fits, and vLLM's lists loaded ones only.
+    app.router.routes.insert(0, Route("/v1/models", models, methods=["GET"]))
 
 
 def __getattr__(name: str) -> Any:

@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from nbserve.base import defaults
+from nbserve.errors import SpecError
 from nbserve.hooks import adapters as adapter_hook
 from nbserve.hooks import guard
 from nbserve.specs.adapters import Adapters
@@ -28,7 +29,7 @@ IMPORT_PATH = "ray.serve.llm:build_openai_app"
 CPU_ENGINE_ENV = dict(defaults.CPU_ENGINE_ENV)
 
 
-def llm_config(spec: LLM) -> dict[str, Any]:
+def llm_config(spec: LLM, app: str = "") -> dict[str, Any]:
     """Render the ``ray.serve.llm.LLMConfig`` (as a dict) for a spec.
 
     Replica scaling and rollout are not in it: see ``deployment_override``.
@@ -62,7 +63,8 @@ def llm_config(spec: LLM) -> dict[str, Any]:
         engine |= lora_engine_args(spec.adapters)
         config["lora_config"] = lora_config(spec.adapters)
         if not spec.adapters.in_bucket:  # a folder on the local head, read in place
-            config["experimental_configs"] = {adapter_hook.FOLDER_KEY: spec.adapters.source}
+            folder = adapter_folder(spec.adapters, app)
+            config["experimental_configs"] = {adapter_hook.FOLDER_KEY: folder}
     env = dict(spec.env)
     if spec.tracing:  # the engines' span exporter sends every second, not every five
         env = {"OTEL_BSP_SCHEDULE_DELAY": "1000", **env}
@@ -117,6 +119,24 @@ def lora_config(adapters: Adapters) -> dict[str, Any]:
     if adapters.in_bucket:
         config["dynamic_lora_loading_path"] = adapters.source
     return config
+
+
+def adapter_folder(adapters: Adapters, app: str) -> str:
+    """The folder on the local head that app ``app`` loads its adapters from.
+
+    ``Adapters(source=None)`` is nbserve's own folder for the app, under ``home()/adapters``.
+
+    Example:
+        >>> adapter_folder(Adapters(source="/data/adapters"), "chat")
+        '/data/adapters'
+    """
+    if adapters.in_bucket:
+        raise ValueError(f"adapters of app {app!r} load from a bucket, not a folder")
+    if adapters.source is not None:
+        return adapters.source
+    if not app:
+        raise ValueError("Adapters(source=None) needs the app's name to pick its folder")
+    return str(defaults.home() / "adapters" / app)
 
 
 def llm_deployment_name(spec: LLM) -> str:
@@ -209,7 +229,7 @@ def serve_app(spec: LLM, name: str, route_prefix: str | None = None) -> dict[str
         "name": name,
         "route_prefix": route_prefix or f"/{name}",
         "import_path": IMPORT_PATH,
-        "args": {"llm_configs": [llm_config(spec)]},
+        "args": {"llm_configs": [llm_config(spec, name)]},
         "deployments": [deployment_override(spec)],
     }
 
@@ -237,11 +257,20 @@ def exported_app(spec: LLM, name: str, route_prefix: str | None = None) -> dict[
     Others reach a RayService's endpoint, so keys are required as on any cluster but the
     local head.
 
+    Raises:
+        SpecError: the spec's adapters load from a local folder.
+
     Example:
         >>> cfg = exported_app(LLM("org/m", tracing=True), "m")["args"]["llm_configs"][0]
         >>> "otlp_traces_endpoint" in cfg["engine_kwargs"], cfg["server_cls"]
         (False, 'nbserve.hooks.guard:GuardedServer')
     """
+    if spec.adapters is not None and not spec.adapters.in_bucket:
+        raise SpecError(
+            f"app {name!r} loads its adapters from a folder on the local head, which a "
+            "RayService's pods do not have; export it with a bucket source: "
+            "LLM(..., adapters=Adapters(source='gs://BUCKET/PATH')), one folder per adapter"
+        )
     update = {"tracing": False, "keys": spec.keys is not False}
     return serve_app(spec.model_copy(update=update), name, route_prefix)
 
