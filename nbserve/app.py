@@ -839,6 +839,7 @@ class App:
         num_prompts: int = 64,
         input_len: int = 64,
         output_len: int = 128,
+        adapter: str | Sequence[str] | None = None,
         **kwargs: Any,
     ) -> BenchResult:
         """Measure this app's throughput and latency with streaming completions.
@@ -851,6 +852,8 @@ class App:
             num_prompts: requests per concurrency level.
             input_len: tokens per random prompt.
             output_len: tokens generated per request (exact: ``ignore_eos``).
+            adapter: ask one of the app's LoRA adapters instead of the base model, or spread
+                the requests over several in turn (a list of names).
             **kwargs: any other argument of ``nbserve.load.bench.run`` (``prompts=``,
                 ``request_rate=``, ``progress=`` ...).
 
@@ -860,7 +863,10 @@ class App:
         """
         kwargs.setdefault("tokenizer", self._local_tokenizer())
         kwargs.setdefault("api_key", self.api_key())
-        model = kwargs.pop("model", None) or self.model
+        model: str | list[str] = kwargs.pop("model", None) or self.model
+        if adapter is not None:
+            names = [adapter] if isinstance(adapter, str) else list(adapter)
+            model = [self._model_for(name) for name in names]
         return bench.run(
             self.endpoint,
             model=model,

@@ -30,7 +30,7 @@ from nbserve.load.results import LoadStats, RequestRecord, StreamTally
 
 
 class Stub:
-    """An OpenAI-compatible streaming server for one model, ``stub``."""
+    """An OpenAI-compatible streaming server for one model, ``stub``, and its adapters."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -72,7 +72,7 @@ class Stub:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)  # one event loop: no lock needed
-        if body["model"] != "stub":
+        if body["model"].split(":")[0] != "stub":  # "stub:<adapter>" names an adapter
             return web.json_response(
                 {"error": {"message": f"model {body['model']} not found"}}, status=404
             )
@@ -204,6 +204,19 @@ def test_failures_are_counted_not_raised(stub: Stub) -> None:
     assert (run.completed, run.failed) == (6, 3)
     assert run.output_tokens == 12 and result.failed == 3
     assert run.errors and "HTTP 500" in run.errors[0]
+
+
+def test_a_list_of_models_gets_the_requests_in_turn(stub: Stub) -> None:
+    models = ["stub", "stub:a", "stub:b"]
+    result = bench.run(
+        stub.endpoint, model=models, num_prompts=6, output_len=2, concurrency=1, progress=False
+    )
+    asked = [r["model"] for r in stub.requests]
+    assert asked == models + models * 2  # each warmed up once, then in turn
+    assert result.model == "stub,stub:a,stub:b" and result.runs[0].completed == 6
+    for bad in ([], ["stub", ""]):
+        with pytest.raises(nbserve.SpecError, match="non-empty list"):
+            bench.run(stub.endpoint, model=bad, num_prompts=1, progress=False)
 
 
 def test_a_rejection_keeps_when_it_said_to_come_back(stub: Stub) -> None:

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 def run(
     endpoint: str,
     *,
-    model: str | None = None,
+    model: str | Sequence[str] | None = None,
     prompts: Sequence[str] | None = None,
     num_prompts: int = 64,
     input_len: int = 64,
@@ -74,7 +74,8 @@ def run(
 
     Args:
         endpoint: the base URL, ending in ``/v1`` (e.g. ``http://127.0.0.1:8000/tiny/v1``).
-        model: the model name to request; default: the first one ``/v1/models`` lists.
+        model: the model name to request; default: the first one ``/v1/models`` lists. A list
+            of names spreads the requests over them in turn (e.g. several LoRA adapters).
         prompts: prompts to send (cycled up to ``num_prompts``); default: random prompts of
             ``input_len`` tokens (see ``random_prompts``).
         num_prompts: requests per load level.
@@ -104,6 +105,10 @@ def run(
     """
     levels = [concurrency] if isinstance(concurrency, int) else list(concurrency)
     _check_args(endpoint, levels, num_prompts, input_len, output_len, request_rate, prompts)
+    if not isinstance(model, str | None) and not (
+        model and all(isinstance(name, str) and name for name in model)
+    ):
+        raise SpecError(f"model={model!r}: give a model name or a non-empty list of them")
     base = endpoint.rstrip("/")
     texts = (
         list(prompts)
@@ -444,7 +449,7 @@ def _session(concurrency: int, timeout: float, api_key: str) -> Any:
 
 async def _main(
     base: str,
-    model: str | None,
+    model: str | Sequence[str] | None,
     texts: list[str],
     output_len: int,
     levels: list[int],
@@ -456,8 +461,9 @@ async def _main(
     api_key: str,
 ) -> BenchResult:
     async with _session(max(levels), timeout, api_key) as session:
-        name = model or await _first_model(session, base)
-        if warmup:
+        names = [model] if isinstance(model, str) else list(model or [])
+        names = names or [await _first_model(session, base)]
+        for name in names if warmup else []:  # each model of a mix loaded before it counts
             record = await _request(session, base, name, texts[0], min(output_len, 4))
             if not record.ok:
                 raise EndpointError(
@@ -472,7 +478,7 @@ async def _main(
                 await _level(
                     session,
                     base,
-                    name,
+                    names,
                     texts,
                     output_len,
                     c,
@@ -484,7 +490,7 @@ async def _main(
             ]
         finally:
             bar.close()
-    return BenchResult(base, name, runs)
+    return BenchResult(base, ",".join(names), runs)
 
 
 async def _first_model(session: Any, base: str) -> str:
@@ -520,7 +526,7 @@ def _describe(err: BaseException) -> str:
 async def _level(
     session: Any,
     base: str,
-    model: str,
+    models: Sequence[str],
     texts: list[str],
     output_len: int,
     concurrency: int,
@@ -531,7 +537,7 @@ async def _level(
     gate = asyncio.Semaphore(concurrency)
     rng = random.Random(seed)
 
-    async def one(text: str) -> RequestRecord:
+    async def one(text: str, model: str) -> RequestRecord:
         async with gate:
             record = await _request(session, base, model, text, output_len)
         tick(1)
@@ -539,8 +545,8 @@ async def _level(
 
     start = time.perf_counter()
     tasks = []
-    for text in texts:
-        tasks.append(asyncio.create_task(one(text)))
+    for index, text in enumerate(texts):
+        tasks.append(asyncio.create_task(one(text, models[index % len(models)])))
         if request_rate is not None:
             await asyncio.sleep(rng.expovariate(request_rate))
     records = await asyncio.gather(*tasks)
