@@ -190,10 +190,11 @@ def folder_adapters(folder: str) -> list[str]:
 
 
 def _list_folder_models(app: Any, model_id: str, folder: str) -> None:
-    """Answer ``GET /v1/models`` with vLLM's list plus every adapter in ``folder``.
+    """Answer ``GET /v1/models`` with the base model and every adapter in ``folder``.
 
-    vLLM lists the adapters this replica has loaded; a request may land on any replica, and an
-    adapter loads on its first request, so the folder is what the app serves.
+    vLLM lists the adapters this replica has loaded, removed ones too until a request for one
+    unloads it; a request may land on any replica, and an adapter loads on its first request,
+    so the folder is what the app serves.
     """
     from starlette.responses import JSONResponse
     from starlette.routing import Route
@@ -203,10 +204,11 @@ def _list_folder_models(app: Any, model_id: str, folder: str) -> None:
         body = listing.model_dump()
         cards = body["data"]
         base: dict[str, Any] = next((c for c in cards if c["id"] == model_id), {})
-        listed = {card["id"] for card in cards}
-        for name in folder_adapters(folder) if base else []:
-            if f"{model_id}:{name}" not in listed:
-                cards.append({**base, "id": f"{model_id}:{name}", "parent": model_id})
+        adapters = [f"{model_id}:{name}" for name in folder_adapters(folder)] if base else []
+        # vLLM's own cards of adapters go: a removed one stays loaded until asked for again.
+        body["data"] = [c for c in cards if not c["id"].startswith(f"{model_id}:")] + [
+            {**base, "id": adapter, "parent": model_id} for adapter in adapters
+        ]
         return JSONResponse(body)
 
     # First: Starlette answers with the first route that fits, and vLLM's lists loaded ones only.
