@@ -177,6 +177,15 @@ def test_the_demo_models_report_is_its_json_rendered(tmp_path: Path) -> None:
     assert out.read_text() == (RESULTS / "DEMO-MODELS.md").read_text()
 
 
+def test_the_adapters_report_is_its_json_rendered(tmp_path: Path) -> None:
+    from benchmarks import adapters
+
+    out = tmp_path / "adapters.md"
+    saved = RESULTS / "ADAPTERS.json"
+    assert adapters.main(["--render", str(saved), "--output", str(out)]) == 0
+    assert out.read_text() == (RESULTS / "ADAPTERS.md").read_text()
+
+
 def test_every_report_names_its_command_and_machine() -> None:
     reports = sorted(p for p in RESULTS.glob("*.md") if p.name != "index.md")  # index: the list
     assert {p.stem for p in reports} >= {"BENCHMARKS", "COLDSTART", "RELIABILITY", "TRACING"}
