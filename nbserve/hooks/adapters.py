@@ -145,7 +145,7 @@ def _with_local_adapters(base: type, qualname: str) -> type:
             await super()._maybe_resolve_lora_from_multiplex()
 
         async def _nbserve_forget(self, model_id: str) -> None:
-            """Unload ``model_id`` from this replica: Serve's cache, the loader's, vLLM's."""
+            """Unload ``model_id`` from this replica: Serve's multiplexed cache and vLLM."""
             self._nbserve_stamps.pop(model_id, None)
             multiplexed = getattr(self._load_model, "__wrapped__", None)
             wrapper = getattr(multiplexed, "__serve_multiplex_wrapper", None)

@@ -105,10 +105,7 @@ def run(
     """
     levels = [concurrency] if isinstance(concurrency, int) else list(concurrency)
     _check_args(endpoint, levels, num_prompts, input_len, output_len, request_rate, prompts)
-    if not isinstance(model, str | None) and not (
-        model and all(isinstance(name, str) and name for name in model)
-    ):
-        raise SpecError(f"model={model!r}: give a model name or a non-empty list of them")
+    _check_models(model)
     base = endpoint.rstrip("/")
     texts = (
         list(prompts)
@@ -389,6 +386,14 @@ def _check_endpoint(endpoint: str) -> None:
             f"endpoint {endpoint!r} is not an http(s) URL; pass the OpenAI base URL, "
             "e.g. http://127.0.0.1:8000/tiny/v1 (app.endpoint gives it)"
         )
+
+
+def _check_models(model: str | Sequence[str] | None) -> None:
+    """Refuse a list of models that is empty or holds an empty name."""
+    if not isinstance(model, str | None) and not (
+        model and all(isinstance(name, str) and name for name in model)
+    ):
+        raise SpecError(f"model={model!r}: give a model name or a non-empty list of them")
 
 
 def _check_args(
