@@ -34,7 +34,7 @@ import httpx
 import nbserve
 from nbserve.local import head as local
 
-from .report import RESULTS, machine, write_report
+from .report import RESULTS, bench_row, machine, write_report
 
 COMMAND = ".venv/bin/python -m benchmarks.adapters"
 ADAPTERS = ["a0", "a1", "a2", "a3"]
@@ -114,18 +114,7 @@ def measure(apps: dict[str, nbserve.App], opts: argparse.Namespace) -> list[dict
                 progress=False,
             )
             for run in result.runs:
-                rows.append(
-                    {
-                        "round": round_,
-                        "variant": variant,
-                        "concurrency": run.concurrency,
-                        "completed": run.completed,
-                        "failed": run.failed,
-                        "output_tokens_per_s": round(run.output_tokens_per_s, 1),
-                        "ttft_ms_p50": run.ttft_ms.get(50),
-                        "itl_ms_p50": run.itl_ms.get(50),
-                    }
-                )
+                rows.append({"round": round_, "variant": variant, **bench_row(run)})
             print(f"round {round_} {variant}: {rows[-1]}", flush=True)
     return rows
 

@@ -32,7 +32,7 @@ import nbserve
 from nbserve.local import head as local
 from nbserve.observe.starts import PHASES
 
-from .report import RESULTS, machine, write_report
+from .report import RESULTS, bench_row, machine, write_report
 
 COMMAND = ".venv/bin/python -m benchmarks.demo_models"
 # Each variant: the model and the engine arguments it is served with.
@@ -86,17 +86,7 @@ def measure(cluster: nbserve.Cluster, name: str, opts: argparse.Namespace) -> di
         result = app.bench(
             concurrency=opts.concurrency, num_prompts=opts.num_prompts, progress=False
         )
-        runs = [
-            {
-                "concurrency": run.concurrency,
-                "completed": run.completed,
-                "failed": run.failed,
-                "output_tokens_per_s": round(run.output_tokens_per_s, 1),
-                "ttft_ms_p50": run.ttft_ms.get(50),
-                "itl_ms_p50": run.itl_ms.get(50),
-            }
-            for run in result.runs
-        ]
+        runs = [bench_row(run) for run in result.runs]
     finally:
         app.delete()
     return {

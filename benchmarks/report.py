@@ -80,6 +80,18 @@ def machine() -> dict[str, Any]:
     }
 
 
+def bench_row(run: Any) -> dict[str, Any]:
+    """The figures of one ``BenchRun`` that the demo-model and adapter reports keep."""
+    return {
+        "concurrency": run.concurrency,
+        "completed": run.completed,
+        "failed": run.failed,
+        "output_tokens_per_s": round(run.output_tokens_per_s, 1),
+        "ttft_ms_p50": run.ttft_ms.get(50),
+        "itl_ms_p50": run.itl_ms.get(50),
+    }
+
+
 def ratio(a: float | None, b: float | None) -> str:
     """``a / b`` as ``1.23x``, or ``-`` when either is unknown or zero.
 
