@@ -253,10 +253,8 @@ class App:
     # --- lifecycle --------------------------------------------------------------------------
     def status(self) -> AppStatus:
         """The app's current status from Serve (``NOT_FOUND`` once deleted)."""
-        from ray import serve
-
-        found = remote.client(lambda: serve.status().applications.get(self.name), on=self.binding)
-        return AppStatus.from_serve(self.name, found)
+        found = self._call(remote_serve.statuses, self.name)
+        return AppStatus.from_row(self.name, found.get(self.name))
 
     def metrics(
         self,

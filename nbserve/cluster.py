@@ -163,10 +163,8 @@ class Cluster:
             >>> [app.name for app in cluster.apps()]  # doctest: +SKIP
             ['tiny']
         """
-        from ray import serve
-
-        records = remote.call(remote_serve.records, on=self.binding)  # checks the session
-        names = sorted(remote.client(lambda: serve.status().applications, on=self.binding))
+        records = remote.call(remote_serve.records, on=self.binding)
+        names = sorted(remote.call(remote_serve.statuses, on=self.binding))
         return [App.from_record(self, name, records.get(name)) for name in names]
 
     def app(self, name: str) -> App:

@@ -29,11 +29,6 @@ FAILED: frozenset[str] = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
 LEAVING: frozenset[str] = frozenset({"STOPPING"})
 
 
-def _value(status: Any) -> str:
-    """An enum's value or the string itself (Serve returns either, depending on the path)."""
-    return str(getattr(status, "value", status))
-
-
 @dataclass(frozen=True)
 class DeploymentStatus:
     """One deployment of an app, as Serve reports it."""
@@ -88,20 +83,29 @@ class AppStatus:
     deployments: dict[str, DeploymentStatus]
 
     @classmethod
-    def from_serve(cls, name: str, info: Any) -> AppStatus:
-        """Read ``serve.status().applications[name]`` (None: the app is not there)."""
-        if info is None:
+    def from_row(cls, name: str, row: Mapping[str, Any] | None) -> AppStatus:
+        """Read one app's row of ``remote.serve.statuses`` (None: the app is not there).
+
+        Example:
+            >>> row = {"status": "RUNNING", "message": "", "deployments": {"LLMServer:m": {
+            ...     "status": "HEALTHY", "message": "", "replica_states": {"RUNNING": 1}}}}
+            >>> str(AppStatus.from_row("m", row))
+            "RUNNING (LLMServer:m HEALTHY {'RUNNING': 1})"
+            >>> AppStatus.from_row("m", None).status
+            'NOT_FOUND'
+        """
+        if row is None:
             return cls(name, "NOT_FOUND", "", {})
         deployments = {
             dname: DeploymentStatus(
                 dname,
-                cast(DeploymentState, _value(d.status)),
-                d.message or "",
-                {_value(k): v for k, v in (d.replica_states or {}).items()},
+                cast(DeploymentState, d["status"]),
+                d.get("message") or "",
+                dict(d.get("replica_states") or {}),
             )
-            for dname, d in info.deployments.items()
+            for dname, d in row["deployments"].items()
         }
-        return cls(name, cast(AppState, _value(info.status)), info.message or "", deployments)
+        return cls(name, cast(AppState, row["status"]), row.get("message") or "", deployments)
 
     @property
     def ok(self) -> bool:

@@ -71,6 +71,22 @@ class ReplicaRow(TypedDict):
     death_cause: str
 
 
+class DeploymentRow(TypedDict):
+    """One deployment of an app, as ``serve.status()`` says: its state, message and replicas."""
+
+    status: str
+    message: str
+    replica_states: dict[str, int]
+
+
+class StatusRow(TypedDict):
+    """One application, as ``serve.status()`` says: its state, message and deployments."""
+
+    status: str
+    message: str
+    deployments: dict[str, DeploymentRow]
+
+
 def deploy(
     app: dict[str, Any],
     http: dict[str, Any] | None,
@@ -379,6 +395,39 @@ def record_of(name: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
+
+
+def statuses(name: str | None = None) -> dict[str, StatusRow]:
+    """Serve's status of its applications (``serve.status()``), by app name, as plain data.
+
+    ``name``: that application only (an empty dict when Serve has none of that name). Empty
+    when Serve does not run on the cluster: reading never starts it.
+    """
+    if serve_client() is None:
+        return {}
+    from ray import serve
+
+    return {
+        app: StatusRow(
+            status=_value(info.status),
+            message=info.message or "",
+            deployments={
+                dep: DeploymentRow(
+                    status=_value(d.status),
+                    message=d.message or "",
+                    replica_states={_value(k): v for k, v in (d.replica_states or {}).items()},
+                )
+                for dep, d in info.deployments.items()
+            },
+        )
+        for app, info in serve.status().applications.items()
+        if name is None or app == name
+    }
+
+
+def _value(status: Any) -> str:
+    """An enum's value or the string itself (Serve returns either, depending on the path)."""
+    return str(getattr(status, "value", status))
 
 
 def _lost(client: Any, names: set[str]) -> set[str]:
