@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -72,8 +73,11 @@ def test_a_second_cluster_sees_nothing_of_the_first_clusters_token(
     a, b = servers
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN"):
         monkeypatch.delenv(name, raising=False)
+    started = time.monotonic()
     with pytest.raises(nbserve.ConnectionFailed):
         nbserve.connect(f"ray://127.0.0.1:{a.port}", token=SENTINEL, timeout=3)
+    # Within its timeout, give or take: Ray Client's own three attempts took 30 s.
+    assert time.monotonic() - started < 15
     assert a.seen(SENTINEL)  # the recorder works: A was sent its own token
     with pytest.raises(nbserve.ConnectionFailed):
         nbserve.connect(f"ray://127.0.0.1:{b.port}", timeout=3)

@@ -9,11 +9,14 @@ Each is a thin function with Ray 2.60's import inside; callers use only these na
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
     "HEAD_NODE_RESOURCE",
     "auth_headers",
+    "client_attempts_within",
     "close_session",
     "direct_streaming",
     "forget_serve_client",
@@ -206,3 +209,24 @@ def close_session() -> None:
         ray.shutdown()
     elif worker is not None:  # a lost session: Ray counts it closed, its worker lingers
         client.disconnect()
+
+
+@contextlib.contextmanager
+def client_attempts_within(seconds: float) -> Iterator[None]:
+    """Ray Client's connection attempts, made inside this block, end within about ``seconds``.
+
+    Ray Client makes three attempts to reach its server, the first given 5 s and each next
+    one 5 s more (its module's ``INITIAL_TIMEOUT_SEC`` and ``MAX_TIMEOUT_SEC``), sleeping as
+    long after a refusal: 30 s in all, whatever deadline the caller has. With less than that
+    left, each attempt gets a third of it. Ray reads both values at each connection.
+    """
+    from ray.util.client import worker
+
+    saved = worker.INITIAL_TIMEOUT_SEC, worker.MAX_TIMEOUT_SEC
+    if seconds < 30:
+        share = max(seconds / 3, 0.1)
+        worker.INITIAL_TIMEOUT_SEC = worker.MAX_TIMEOUT_SEC = share
+    try:
+        yield
+    finally:
+        worker.INITIAL_TIMEOUT_SEC, worker.MAX_TIMEOUT_SEC = saved

@@ -23,7 +23,11 @@ from urllib.parse import urlparse
 from nbserve.base.versions import version_hint
 from nbserve.base.wait import backoff
 from nbserve.errors import ConnectionFailed, VersionMismatch
-from nbserve.remote.ray_private import forget_serve_client, reset_auth_token_cache
+from nbserve.remote.ray_private import (
+    client_attempts_within,
+    forget_serve_client,
+    reset_auth_token_cache,
+)
 
 __all__ = ["clear_token", "handshake", "probe", "set_token"]
 
@@ -82,7 +86,7 @@ def _init(address: str, deadline: float, timeout: float, sleep: Callable[[float]
     last: Exception | None = None
     for _ in backoff(deadline, first=1.0, factor=2.0, cap=8.0, sleep=sleep):
         try:
-            with _grace():
+            with _grace(), client_attempts_within(deadline - time.monotonic()):
                 ray.init(address, logging_level=logging.WARNING, log_to_driver=False)
             return
         except RuntimeError as err:
