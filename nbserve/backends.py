@@ -10,6 +10,7 @@ only this module joins them to the session.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from collections.abc import Callable
@@ -18,13 +19,13 @@ from urllib.parse import urlparse
 
 from nbserve import cluster as _cluster
 from nbserve.base import defaults
-from nbserve.errors import NbserveError, SpecError
+from nbserve.errors import ConnectionFailed, NbserveError, SpecError
 from nbserve.kube import provision, resolve
 from nbserve.local import head as local
 from nbserve.session.target import Target
 from nbserve.specs.clusterspec import ClusterSpec
 
-__all__ = ["BACKENDS", "LOCAL_ADDRESSES", "connect", "create_cluster"]
+__all__ = ["BACKENDS", "LOCAL_ADDRESSES", "WAYS", "connect", "create_cluster"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class _Request:
     token_path: str | None
     namespace: str
     context: str | None
+    dashboard_url: str | None = None
 
 
 def _local(request: _Request) -> Target:
@@ -55,8 +57,16 @@ def _ray(request: _Request) -> Target:
         ) from err
     if not parsed.hostname or not port:
         raise SpecError(f"address {address!r} needs a host and a port, e.g. ray://10.0.0.5:10001")
-    serve_url = request.serve_url or f"http://{parsed.hostname}:{defaults.HEAD_PORTS['serve']}"
-    return Target(address, serve_url=serve_url, token=request.token, token_path=request.token_path)
+    host = parsed.hostname
+    serve_url = request.serve_url or f"http://{host}:{defaults.HEAD_PORTS['serve']}"
+    dashboard_url = request.dashboard_url or f"http://{host}:{defaults.HEAD_PORTS['dashboard']}"
+    return Target(
+        address,
+        serve_url=serve_url,
+        dashboard_url=dashboard_url,
+        token=request.token,
+        token_path=request.token_path,
+    )
 
 
 def _raycluster(request: _Request) -> Target:
@@ -72,6 +82,8 @@ def _raycluster(request: _Request) -> Target:
 # nothing, "" or "local" (exactly: "localhost:10001" is no address of it).
 BACKENDS: dict[str, Callable[[_Request], Target]] = {"ray://": _ray, "raycluster/": _raycluster}
 LOCAL_ADDRESSES = ("", "local")
+# The ways into a cluster: Ray Client, or HTTP (``session.http``).
+WAYS = ("ray", "http")
 _ACCEPTED = (
     "pass nothing (or 'local') for the local cluster, 'ray://HOST:PORT' (the head's Ray "
     "Client port, usually 10001), or 'raycluster/NAME' for a KubeRay RayCluster"
@@ -96,8 +108,10 @@ def connect(
     token_path: str | None = None,
     namespace: str = "default",
     context: str | None = None,
+    via: str | None = None,
+    dashboard_url: str | None = None,
 ) -> _cluster.Cluster:
-    """Connect this kernel to a Ray cluster through Ray Client.
+    """Connect this kernel to a Ray cluster, through Ray Client or over HTTP.
 
     Args:
         address: ``None`` or ``""`` for the embedded local cluster (started if none runs; the
@@ -114,6 +128,12 @@ def connect(
         namespace: the Kubernetes namespace of a ``raycluster/NAME`` address.
         context: the kubeconfig context for a ``raycluster/NAME`` address (default: the
             current one, or the pod's service account inside a cluster).
+        via: ``"ray"`` (Ray Client: the kernel needs the cluster's Ray version and Python
+            minor) or ``"http"`` (the dashboard's REST API and nbserve's control app on Serve's
+            proxy: no Ray needed in the kernel; the cluster must use token authentication).
+            Default: the ``NBSERVE_VIA`` environment variable, else ``"ray"``.
+        dashboard_url: the Ray dashboard's URL for ``via="http"`` to a ``ray://`` address
+            (default: port 8265 on the same host).
 
     Returns:
         The connected cluster. A kernel has one Ray Client session: connecting again to the same
@@ -121,22 +141,40 @@ def connect(
         started, ``cluster.down()`` stops it again; for a RayCluster, it needs ``force=True``.
 
     Raises:
-        SpecError: the address (or the RayCluster's name) is not understood; nothing was tried.
-        ConnectionFailed: the address cannot be reached or refuses the session (with a hint).
+        SpecError: the address (or the RayCluster's name, or ``via``) is not understood;
+            nothing was tried.
+        ConnectionFailed: the address cannot be reached or refuses the session (with a hint),
+            or ``via="ray"`` in a kernel without Ray (nothing was tried).
         VersionMismatch: the cluster runs another Ray version or Python minor.
 
     Example:
         >>> cluster = nbserve.connect()                             # doctest: +SKIP
         >>> cluster = nbserve.connect("ray://10.0.0.5:10001")       # doctest: +SKIP
         >>> cluster = nbserve.connect("raycluster/llm", namespace="ray")  # doctest: +SKIP
+        >>> cluster = nbserve.connect(via="http")  # a kernel without Ray   # doctest: +SKIP
     """
     address = address if address else os.environ.get("NBSERVE_ADDRESS") or ""
+    via = via or os.environ.get("NBSERVE_VIA") or "ray"
+    if via not in WAYS:
+        raise SpecError(f"via={via!r} is not a way in: pass 'ray' (Ray Client) or 'http'")
     backend = _backend(address)
+    if via == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConnectionFailed(
+            "Ray is not installed in this kernel, and Ray Client needs it: install "
+            "'nbserve[ray]' (Ray 2.60.0, the cluster's version), or connect over HTTP: "
+            "nbserve.connect(..., via='http')"
+        )
     deadline = time.monotonic() + timeout
-    target = backend(_Request(address, serve_url, timeout, token, token_path, namespace, context))
+    request = _Request(
+        address, serve_url, timeout, token, token_path, namespace, context, dashboard_url
+    )
+    target = backend(request)
     if backend is _local:  # the head's own start has a deadline of its own
         deadline = time.monotonic() + timeout
-    return _cluster.open_session(target, max(deadline - time.monotonic(), 1.0))
+    remaining = max(deadline - time.monotonic(), 1.0)
+    if via == "http":
+        return _cluster.open_http_session(target, remaining)
+    return _cluster.open_session(target, remaining)
 
 
 def create_cluster(

@@ -22,16 +22,17 @@ from nbserve import remote
 from nbserve.app import App
 from nbserve.errors import AppNotFound, ClusterError, ConnectionFailed, NotConnected, SpecError
 from nbserve.observe.dashboard import Dashboard
-from nbserve.remote import ray_private
+from nbserve.remote import control, ray_private
 from nbserve.remote import serve as remote_serve
 from nbserve.session import ray_client as session
+from nbserve.session.http import HttpWay
 from nbserve.session.target import Provider, Target
 from nbserve.specs.llm import LLM, check_app_name
 
 if TYPE_CHECKING:
     from nbserve.observe.prometheus import Prometheus
 
-__all__ = ["Cluster", "current", "open_session"]
+__all__ = ["Cluster", "current", "open_http_session", "open_session"]
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,10 @@ class Cluster:
         >>> app = cluster.deploy(nbserve.LLM(path), name="tiny") # doctest: +SKIP
     """
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, *, way: HttpWay | None = None) -> None:
         self.target = target
+        # The HTTP way in, when the session is not Ray Client's (``open_http_session``).
+        self.way = way
         self.address = target.address
         self.serve_url = target.serve_url.rstrip("/")
         self.dashboard_url = target.dashboard_url
@@ -97,6 +100,11 @@ class Cluster:
     def kind(self) -> str:
         """``local``, ``kuberay`` or ``remote`` (a plain ``ray://`` address)."""
         return self.target.kind
+
+    @property
+    def via(self) -> str:
+        """How this session reaches the cluster: ``ray`` (Ray Client) or ``http``."""
+        return "ray" if self.way is None else "http"
 
     @property
     def http_options(self) -> dict[str, Any] | None:
@@ -164,7 +172,7 @@ class Cluster:
             ['tiny']
         """
         records = remote.call(remote_serve.records, on=self.binding)
-        names = sorted(remote.call(remote_serve.statuses, on=self.binding))
+        names = sorted(remote.call(remote_serve.statuses, on=self.binding).keys() - {control.APP})
         return [App.from_record(self, name, records.get(name)) for name in names]
 
     def app(self, name: str) -> App:
@@ -266,7 +274,9 @@ class Cluster:
     # --- session ----------------------------------------------------------------------------
     @property
     def connected(self) -> bool:
-        """Whether this session is the live Ray Client connection of this kernel."""
+        """Whether this session is the live session of this kernel (Ray Client's or HTTP's)."""
+        if self.way is not None:
+            return _active is self
         import ray
 
         return _active is self and ray.is_initialized()
@@ -282,10 +292,14 @@ class Cluster:
             thing.stop()
         self._bound.clear()
         if _active is self:
-            ray_private.close_session()
+            if self.way is not None:
+                remote.send_over(None)
+                self.way.close()
+            else:
+                ray_private.close_session()
+                session.clear_token()
             _active = None
             remote.bind_session(None)
-            session.clear_token()
             log.info("disconnected from %s", self.address)
         self.target.close()
 
@@ -298,7 +312,8 @@ class Cluster:
     def __repr__(self) -> str:
         state = "connected" if self.connected else "disconnected"
         where = f" {self.provider.describe()}" if self.provider is not None else ""
-        return f"<nbserve.Cluster {self.kind}{where} {self.address} ({state})>"
+        via = " over HTTP" if self.way is not None else ""
+        return f"<nbserve.Cluster {self.kind}{where} {self.address}{via} ({state})>"
 
     def _repr_html_(self) -> str:
         state = "connected" if self.connected else "disconnected"
@@ -308,9 +323,13 @@ class Cluster:
             if self.dashboard_url
             else ""
         )
+        way = (
+            f"Ray Client <code>{html.escape(self.address)}</code>"
+            if self.way is None
+            else f"HTTP <code>{html.escape(self.way.dashboard_url)}</code>"
+        )
         return (
-            f"<b>nbserve.Cluster</b> ({html.escape(self.kind)}, {state})<br>Ray Client "
-            f"<code>{html.escape(self.address)}</code> · Serve "
+            f"<b>nbserve.Cluster</b> ({html.escape(self.kind)}, {state})<br>{way} · Serve "
             f"<code>{html.escape(self.serve_url)}</code>{dash}"
         )
 
@@ -424,6 +443,73 @@ def open_session(
         raise
     log.info("connected to %s in %.1f s", cluster.address, seconds)
     return cluster
+
+
+def open_http_session(target: Target, timeout: float) -> Cluster:
+    """Open this kernel's session on ``target`` over HTTP: no Ray needed in the kernel.
+
+    The dashboard checks the token (``GET /api/version``); a cluster without nbserve's control
+    app gets it through the Jobs API (``session.http``), and from then on every cluster call
+    goes to it by name. A live session (either way) is closed once the new one answers.
+
+    Raises:
+        SpecError: the target has no dashboard URL (nothing was tried).
+        ConnectionFailed: the dashboard or the control app does not answer, or refuses the
+            token (the message says which token to pass), or the control app's install failed.
+    """
+    global _active
+
+    if not target.dashboard_url:
+        target.close()
+        raise SpecError(
+            f"connecting to {target.address} over HTTP needs its Ray dashboard's URL; "
+            "pass dashboard_url= to nbserve.connect"
+        )
+    way = HttpWay(target.dashboard_url, target.serve_url, token=_token_of(target))
+    started = time.monotonic()
+    try:
+        way.check(min(timeout, 10.0))
+        if not way.has_control(10.0):
+            log.info("adding nbserve's control app to %s (once per cluster)", target.address)
+            way.install(target.http_options, _version(), timeout)
+    except BaseException:
+        way.close()
+        target.close()
+        raise
+    if _active is not None:
+        _active.disconnect()
+    cluster = Cluster(target, way=way)
+    remote.send_over(way.call)
+    _active = cluster
+    try:
+        _bind(cluster)
+    except BaseException:
+        cluster.disconnect()
+        raise
+    log.info("connected to %s over HTTP in %.1f s", cluster.address, time.monotonic() - started)
+    return cluster
+
+
+def _token_of(target: Target) -> str | None:
+    """The target's token: given, from its file, or from Ray's own variables (else None)."""
+    import os
+    from pathlib import Path
+
+    path = target.token_path or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if target.token:
+        return target.token
+    if path:
+        return Path(path).expanduser().read_text().strip()
+    return os.environ.get("RAY_AUTH_TOKEN") or None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nbserve")
+    except PackageNotFoundError:
+        return ""
 
 
 def _probe(target: Target, timeout: float) -> None:

@@ -2,11 +2,13 @@
 
 The head runs in a temporary NBSERVE_HOME of its own, so tests never touch a user's cluster,
 and it is stopped (its whole process group) when the session ends, also after failures.
+A second virtual environment, with nbserve but no Ray, is the kernel of the HTTP way in.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers (crdschema, golden_util)
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -117,3 +120,17 @@ def instruct_path(nbserve_home: Path) -> str:
     import nbserve
 
     return nbserve.instruct_model()
+
+
+@pytest.fixture(scope="session")
+def python_without_ray(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A virtual environment with nbserve and its own dependencies only: no Ray (a minute)."""
+    venv = tmp_path_factory.mktemp("noray") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "--quiet", "--no-compile", "--disable-pip-version-check"]
+    run = subprocess.run(
+        [*pip, "-e", str(ROOT)], capture_output=True, text=True, timeout=900, cwd=ROOT
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return python

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -280,56 +277,6 @@ def _requests_are_traced_through_the_cluster(app: nbserve.App) -> None:
     own = app.trace(rid)
     assert own.request_id == rid and own.tokens == 4
     assert set(own.phases) == {"engine_input", "queue", "prefill", "decode"}
-
-
-DRIVER_WITHOUT_VLLM = textwrap.dedent(
-    """
-    import json, sys
-    sys.modules["vllm"] = None  # any `import vllm` in this process now fails
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("vllm should not be importable here")
-    import nbserve
-
-    cluster = nbserve.connect()
-    tiny = cluster.app("tiny")                       # re-attach to another driver's app
-    app = cluster.deploy(nbserve.LLM(sys.argv[1], name="second", max_model_len=256),
-                         name="second", progress=False)
-    answer = app.chat("hi", max_tokens=4)
-    names = sorted(a.name for a in cluster.apps())
-    app.delete()
-    print(json.dumps({"answer": answer, "names": names, "tiny_model": tiny.spec.model,
-                      "vllm_loaded": "vllm" in sys.modules and sys.modules["vllm"] is not None}))
-    """
-)
-
-
-def test_second_driver_without_vllm_deploys_side_by_side(
-    tiny_app: nbserve.App, tiny_path: str, tmp_path: Path
-) -> None:
-    before = llm_replicas(tiny_app)
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER_WITHOUT_VLLM)
-    proc = subprocess.run(
-        [sys.executable, str(script), tiny_path],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["answer"].strip()
-    assert result["names"] == ["second", "tiny"]
-    assert result["tiny_model"] == tiny_path
-    assert result["vllm_loaded"] is False
-    # Deploying and deleting another app left this one running, with the same replica.
-    assert tiny_app.status().ok
-    assert llm_replicas(tiny_app) == before
-    assert [a.name for a in nbserve.apps()] == ["tiny"]
 
 
 def test_missing_model_path_deploys_nothing(cluster: nbserve.Cluster) -> None:

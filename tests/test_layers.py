@@ -7,7 +7,7 @@ package (``app``, ``cluster``, ``backends``, ``cli``, ``__init__``) are the comp
 above every folder, and ``errors`` is below them all. A module may import modules of its own
 layer or below, never above, and the graph has no cycles. ``nbserve/remote/`` runs on the
 cluster side, pickled by value, so it may import only the standard library, Ray,
-prometheus_client and itself.
+prometheus_client and itself (the control app also Serve's starlette).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ LEAF_FOLDERS = set(FOLDERS[0])
 LEAF_IMPORTS = {"errors"}
 # What the cluster side may import besides the standard library and itself. Its entry point,
 # ``remote.call`` (run in the kernel, never shipped), may raise nbserve's ConnectionFailed.
-REMOTE_THIRD_PARTY = {"ray", "prometheus_client"}
+# starlette: Ray Serve's own dependency, whose responses the control app answers with.
+REMOTE_THIRD_PARTY = {"ray", "prometheus_client", "starlette"}
 REMOTE_ENTRY_MAY_IMPORT = {("remote", "errors")}
 # The trace receivers, only inside their functions: gRPC (a Ray dependency) and the OTLP
 # protobufs (a dependency of vLLM's tracing), on every node that traces.

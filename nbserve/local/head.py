@@ -202,10 +202,16 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 
 def _up(state: Path, num_cpus: int, timeout: float, env: dict[str, str] | None) -> LocalHead:
     """Start a head recorded in ``state`` (none runs: the caller holds the folder's lock)."""
+    ray_bin = Path(sys.executable).with_name("ray")
+    if not ray_bin.exists() and shutil.which("ray") is None:
+        raise LocalClusterError(
+            "no local Ray head runs, and this environment has no Ray to start one: install "
+            "'nbserve[local]' (Ray and the CPU engine) here, or start the head where they are "
+            "installed (`nbserve up`) and connect to it"
+        )
     token_path = _token_file(state.parent)
     temp_dir = tempfile.mkdtemp(prefix="nbray-")  # short: Ray and HAProxy put sockets under it
     gcs, client, dashboard, metrics, agent, serve, ha_stats, ha_metrics = procs.free_ports(8)
-    ray_bin = Path(sys.executable).with_name("ray")
     cmd = [
         str(ray_bin if ray_bin.exists() else shutil.which("ray") or "ray"),
         "start",
@@ -316,6 +322,10 @@ def _head_env(
         # folder, private to its user and removed with it, instead of staying in /tmp.
         "VLLM_RPC_BASE_PATH": os.path.join(temp_dir, "v"),
         "PYTHONPATH": _lean_imports(temp_dir, head_env.get("PYTHONPATH")),
+        # The Jobs API runs an entrypoint through the shell: its ``python`` is the head's own
+        # interpreter (nbserve's control app is installed by ``python -m ...``), also when
+        # the kernel's environment was never activated.
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), head_env.get("PATH", "")]),
     }
     os.mkdir(head_env["VLLM_RPC_BASE_PATH"], 0o700)
     head_env.pop("RAY_AUTH_TOKEN", None)  # the file is the one source of the token

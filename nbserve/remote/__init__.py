@@ -34,6 +34,7 @@ __all__ = [
     "on_lost",
     "read_cluster_id",
     "require_session",
+    "send_over",
     "watch",
 ]
 
@@ -60,6 +61,18 @@ class Binding(NamedTuple):
 
 
 _session: Binding | None = None  # the cluster this process's session is on now
+
+# How a call travels on the HTTP way in (``session.http``): the function's name, its arguments,
+# the cluster id it is meant for and the deadline in; the id of the cluster that ran it (""
+# when none was asked) and the result out. None: calls travel over Ray Client.
+Sender = Callable[[str, list[Any], str | None, float], tuple[str, Any]]
+_sender: Sender | None = None
+
+
+def send_over(sender: Sender | None) -> None:
+    """Send calls by name through ``sender`` from now (the HTTP session's job; None: Ray)."""
+    global _sender
+    _sender = sender
 
 
 def bind_session(binding: Binding | None) -> None:
@@ -93,6 +106,8 @@ def call(fn: Callable[..., T], *args: Any, on: Binding | None = None, timeout: f
         WrongCluster: ``on`` is another cluster than the one the session is on.
         CallTimeout: no answer within ``timeout`` seconds.
     """
+    if _sender is not None:
+        return _send(_sender, fn, args, on, timeout)
     import ray
     import ray.cloudpickle
 
@@ -117,6 +132,18 @@ def call(fn: Callable[..., T], *args: Any, on: Binding | None = None, timeout: f
     return client(run, timeout=None)
 
 
+def _send(
+    sender: Sender, fn: Callable[..., T], args: tuple[Any, ...], on: Binding | None, timeout: float
+) -> T:
+    """``call`` on the HTTP way in: ``fn`` by name, refused on another cluster than ``on``."""
+    check_binding(on)
+    here, result = sender(_name(fn), list(args), on.cluster_id if on else None, timeout)
+    if on is not None and here != on.cluster_id:
+        raise WrongCluster(on.address, _session.address if _session else on.address)
+    answer: T = result
+    return answer
+
+
 def _name(fn: Callable[..., Any]) -> str:
     """``nbserve.remote.serve.deploy``: how a timeout names the call (a lambda: its function)."""
     name = getattr(fn, "__qualname__", repr(fn)).split(".<locals>")[0]
@@ -128,6 +155,9 @@ def read_cluster_id() -> str:
 
     For the session itself, also while it reopens a lost connection.
     """
+    if _sender is not None:
+        here: str = _sender(_name(cluster_id), [], None, 60)[1]
+        return here
     import ray
     import ray.cloudpickle
 

@@ -31,6 +31,7 @@ __all__ = [
     "serve_client",
     "session_dir",
     "start_serve",
+    "token_accepted",
 ]
 
 # The resource only the head node has (``ray._common.constants.HEAD_NODE_RESOURCE_NAME``): a
@@ -209,6 +210,33 @@ def close_session() -> None:
         ray.shutdown()
     elif worker is not None:  # a lost session: Ray counts it closed, its worker lingers
         client.disconnect()
+
+
+def token_accepted(header: str | None) -> tuple[int, str]:
+    """Whether ``header`` (``Bearer <token>``) carries this cluster's Ray token: (0, "") if so.
+
+    Otherwise an HTTP status and why: 401 without a token, 403 with another one, and 403 on
+    a cluster without token authentication (nothing there to check a caller against). Ray
+    compares the token itself, as its dashboard does.
+    """
+    from ray._private.authentication import authentication_utils as auth
+
+    if not auth.is_token_auth_enabled():
+        return 403, (
+            "this cluster runs without Ray token authentication, which nbserve's HTTP way in "
+            "requires: start its head with RAY_AUTH_MODE=token, or use Ray Client"
+        )
+    if not header:
+        return 401, (
+            "no Ray token in the request: pass the cluster's token to nbserve.connect "
+            "(token= or token_path=)"
+        )
+    if not header.lower().startswith("bearer ") or not auth.validate_request_token(header):
+        return 403, (
+            "the request carries another token than this cluster's: pass this cluster's "
+            "own Ray token (token= or token_path=)"
+        )
+    return 0, ""
 
 
 @contextlib.contextmanager

@@ -1,0 +1,160 @@
+"""The HTTP way in: a kernel without Ray drives the suite's local head.
+
+The kernel here runs in a virtual environment of its own with nbserve installed without
+extras (``pip install -e .``): no Ray, vLLM, gRPC or torch. It connects over HTTP (the
+dashboard checks the token; the first connect adds nbserve's control app through the Jobs
+API), re-attaches to the suite's app, gets a deploy refused with the reason the Ray Client way
+gives, deploys a second app beside the first, chats, reads its metrics, updates it in place
+and deletes it, leaving the first app and its replica as they were; Ray Client's way tells it
+what to install. The control app refuses requests without the cluster's token, with another
+token, and calls it does not list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+import nbserve
+from nbserve.remote import control
+
+pytestmark = pytest.mark.integration
+
+# Run as the kernel, where Ray is not installed. It re-attaches to the suite's app, deploys a
+# second one beside it, watches, updates in place and deletes it.
+KERNEL = r"""
+import importlib.util, json, sys, time
+
+assert importlib.util.find_spec("ray") is None, "Ray is installed in this kernel"
+import nbserve
+
+started = time.monotonic()
+cluster = nbserve.connect(via="http")
+out = {"connect_s": time.monotonic() - started, "repr": repr(cluster), "via": cluster.via}
+started = time.monotonic()
+cluster = nbserve.connect(via="http")  # the control app runs now: a connect of its own
+out["reconnect_s"] = time.monotonic() - started
+tiny = cluster.app("tiny")
+out["tiny_replicas"] = sorted(r.replica_id for r in tiny.replicas() if r.alive)
+try:
+    cluster.deploy(nbserve.LLM("/no/such/model"), name="http-missing", wait=False)
+except nbserve.NbserveError as err:
+    out["refused"] = f"{type(err).__name__}: {err}"
+started = time.monotonic()
+app = cluster.deploy(nbserve.LLM(sys.argv[1], name="second", max_model_len=256),
+                     name="second", progress=False)
+out["deploy_s"] = time.monotonic() - started
+out["apps"] = sorted(a.name for a in cluster.apps())
+out["status"] = app.status().status
+out["answer"] = app.chat("Say hi", max_tokens=4)
+out["running"] = app.metrics(wait=False).replicas.running
+started = time.monotonic()
+app.update(max_replicas=2, progress=False)
+out["update_s"] = time.monotonic() - started
+out["update"] = app.last_update
+out["max_replicas"] = cluster.app("second").spec.scaling.max_replicas
+app.delete()
+out["after"] = sorted(a.name for a in cluster.apps())
+try:
+    nbserve.connect()  # Ray Client's way, which needs Ray
+except nbserve.ConnectionFailed as err:
+    out["ray_client"] = str(err)
+cluster.disconnect()
+print(json.dumps(out))
+"""
+
+
+def _kernel_env(**extra: str) -> dict[str, str]:
+    """The suite's environment (its NBSERVE_HOME), without Ray's token variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return env | extra
+
+
+@pytest.fixture(scope="module")
+def http_kernel(
+    tiny_app: nbserve.App, tiny_path: str, python_without_ray: str
+) -> dict[str, object]:
+    """What the kernel without Ray saw (its first connect adds the control app)."""
+    before = sorted(r.replica_id for r in tiny_app.replicas() if r.alive)
+    run = subprocess.run(
+        [python_without_ray, "-c", KERNEL, tiny_path],
+        env=_kernel_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    token = Path(tiny_app.cluster.target.token_path).read_text().strip()  # type: ignore[arg-type]
+    assert token not in run.stdout + run.stderr  # the token is in no output
+    out: dict[str, object] = json.loads(run.stdout.strip().splitlines()[-1])
+    # Deploying and deleting another app left the suite's running, with the same replica.
+    assert (
+        out["tiny_replicas"]
+        == before
+        == sorted(r.replica_id for r in tiny_app.replicas() if r.alive)
+    )
+    assert tiny_app.status().ok
+    return out
+
+
+def test_a_kernel_without_ray_drives_the_local_head_over_http(
+    http_kernel: dict[str, Any],
+) -> None:
+    out = http_kernel
+    assert "install 'nbserve[ray]'" in out["ray_client"] and "via='http'" in out["ray_client"]
+    assert out["via"] == "http" and "over HTTP" in out["repr"], out
+    assert out["apps"] == ["second", "tiny"], out  # nbserve's control app is not listed
+    assert out["status"] == "RUNNING" and out["answer"].strip(), out
+    assert out["running"] == 1, out  # a Snapshot read over HTTP
+    assert out["update"] == "in place" and out["max_replicas"] == 2, out
+    assert out["after"] == ["tiny"], out
+    assert "/no/such/model" in out["refused"], out
+
+
+def _connect_refused(python: str, cluster: nbserve.Cluster, token: str | None) -> str:
+    """What a kernel connecting over HTTP with ``token`` (None: none) is told."""
+    script = (
+        "import nbserve\n"
+        "try:\n"
+        f"    nbserve.connect({cluster.address!r}, via='http', token={token!r},\n"
+        f"        dashboard_url={cluster.dashboard_url!r}, serve_url={cluster.serve_url!r})\n"
+        "except nbserve.ConnectionFailed as err:\n"
+        "    print(err)\n"
+    )
+    run = subprocess.run(
+        [python, "-c", script],
+        env=_kernel_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return run.stdout + run.stderr[-2000:]
+
+
+def test_the_control_app_refuses_without_the_clusters_token(
+    tiny_app: nbserve.App, http_kernel: dict[str, Any], python_without_ray: str
+) -> None:
+    cluster = tiny_app.cluster
+    url = f"{cluster.serve_url}{control.ROUTE}/call"
+    body = {"fn": "nbserve.remote.identity.cluster_id", "args": []}
+    token = Path(cluster.target.token_path).read_text().strip()  # type: ignore[arg-type]
+    none = requests.post(url, json=body, timeout=30)
+    assert none.status_code == 401 and "no Ray token" in none.json()["error"]["message"]
+    wrong = requests.post(url, json=body, headers={"Authorization": "Bearer nope"}, timeout=30)
+    assert wrong.status_code == 403 and "another token" in wrong.json()["error"]["message"]
+    mine = {"Authorization": f"Bearer {token}"}
+    ok = requests.post(url, json=body, headers=mine, timeout=30)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["result"] == cluster.binding.cluster_id  # type: ignore[union-attr]
+    other = requests.post(url, json={"fn": "os.system", "args": ["id"]}, headers=mine, timeout=30)
+    assert other.status_code == 404 and "not a call" in other.json()["error"]["message"]
+    # The dashboard refuses a kernel's connect before any call: no token, another one.
+    python = python_without_ray
+    assert "asks for the cluster's Ray token" in _connect_refused(python, cluster, None)
+    assert "refused the token" in _connect_refused(python, cluster, "another-clusters-token")
