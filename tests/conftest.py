@@ -7,6 +7,7 @@ A second virtual environment, with nbserve but no Ray, is the kernel of the HTTP
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -134,3 +135,29 @@ def python_without_ray(tmp_path_factory: pytest.TempPathFactory) -> str:
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return python
+
+
+@pytest.fixture(scope="session")
+def http_kernel_name(
+    python_without_ray: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A Jupyter kernel in that environment whose ``nbserve.connect()`` goes over HTTP."""
+    folder = tmp_path_factory.mktemp("jupyter")
+    spec = folder / "kernels" / "nbserve-http"
+    spec.mkdir(parents=True)
+    kernel = {
+        "argv": [python_without_ray, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python (nbserve over HTTP, no Ray)",
+        "language": "python",
+        "env": {"NBSERVE_VIA": "http"},
+    }
+    (spec / "kernel.json").write_text(json.dumps(kernel))
+    old = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(folder), *([old] if old else [])])
+    try:
+        yield "nbserve-http"
+    finally:
+        if old is None:
+            os.environ.pop("JUPYTER_PATH", None)
+        else:
+            os.environ["JUPYTER_PATH"] = old

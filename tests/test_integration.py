@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -342,8 +343,11 @@ def test_model_that_fails_to_load_reports_the_engine_reason(
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_notebook(name: str, **parameters: object) -> dict:
-    """Execute notebooks/NAME with papermill into artifacts/; fail on any error output."""
+def run_notebook(name: str, *, kernel: str | None = None, **parameters: object) -> dict:
+    """Execute notebooks/NAME with papermill into artifacts/; fail on any error output.
+
+    ``kernel``: the Jupyter kernel to run it in (default: the notebook's own, this Python).
+    """
     import nbformat
     import papermill
 
@@ -355,6 +359,7 @@ def run_notebook(name: str, **parameters: object) -> dict:
         cwd=str(REPO / "notebooks"),
         progress_bar=False,
         parameters=parameters,
+        kernel_name=kernel,
     )
     nb = nbformat.read(out, as_version=4)
     errors = [
@@ -442,11 +447,22 @@ def test_autoscaling_notebook_scales_up_to_zero_and_wakes(
     assert "nb-autoscaling" not in [a.name for a in cluster.apps()]
 
 
-def test_dashboard_notebook_runs_under_papermill(tiny_app: nbserve.App) -> None:
+def test_dashboard_notebook_runs_over_http_in_a_kernel_without_ray(
+    tiny_app: nbserve.App, http_kernel_name: str
+) -> None:
     # Scaling up under load is notebook 04's to assert (1 -> 2 replicas), deploying is
-    # notebook 01's: here the dashboard and its static report, on the session's app.
+    # notebook 01's: here the dashboard and its static report, on the session's app, from a
+    # kernel that has no Ray (its connect() goes over HTTP: NBSERVE_VIA=http; the Ray Client
+    # way would fail there).
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    kernel = KernelSpecManager().get_kernel_spec(http_kernel_name)
+    assert kernel.env == {"NBSERVE_VIA": "http"}
+    no_ray = subprocess.run([kernel.argv[0], "-c", "import ray"], capture_output=True)
+    assert no_ray.returncode != 0 and b"No module named 'ray'" in no_ray.stderr
     nb = run_notebook(
         "02_dashboard.ipynb",
+        kernel=http_kernel_name,
         app_name=tiny_app.name,
         reuse=True,
         load_seconds=30,
@@ -459,6 +475,8 @@ def test_dashboard_notebook_runs_under_papermill(tiny_app: nbserve.App) -> None:
     assert "usage of app" in text and "team-b" in text  # the usage table, per tenant
     assert "tenant team-b" in text  # its rates in the report's snapshot
     assert not {k.tenant for k in tiny_app.keys.list()} & {"team-a", "team-b"}  # revoked
+    token = Path(tiny_app.cluster.target.token_path).read_text().strip()  # type: ignore[arg-type]
+    assert token not in text, "the Ray auth token leaked into the notebook"
 
 
 def test_observability_notebook_breaks_down_and_traces(
