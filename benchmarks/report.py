@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -505,3 +506,75 @@ def _tracing_for(out: Path) -> Path | None:
     """TRACING.md goes into the project's BENCHMARKS.md only, not into other saved reports."""
     main = RESULTS / "BENCHMARKS.md"
     return RESULTS / "TRACING.md" if out.resolve() == main.resolve() else None
+
+
+def on_a_fresh_head(
+    argv: list[str] | None,
+    command: str,
+    output: str,
+    prefix: str,
+    measure: Callable[[Path], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+) -> int:
+    """A report's ``main``: measure on a local head of its own, then write and show the report.
+
+    The head runs in a temporary ``NBSERVE_HOME`` (``prefix`` names its folder) with nbserve's
+    default head settings, and is stopped at the end, also on errors and SIGTERM. What
+    ``measure(home)`` returns joins the command, the start time and the machine in the JSON
+    saved beside the Markdown at ``output``.
+    """
+    import datetime as dt
+    import shlex
+    import signal
+    import sys
+    import tempfile
+
+    from nbserve.local import head as local
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM
+    args = sys.argv[1:] if argv is None else argv
+    raw: dict[str, Any] = {
+        "command": " ".join([command, *map(shlex.quote, args)]),
+        "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+    }
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        home = Path(tmp)
+        os.environ["NBSERVE_HOME"] = str(home)
+        local.up(base=home, env=local.DEFAULT_HEAD_ENV)
+        try:
+            raw |= measure(home)
+        finally:
+            local.down(home)
+    text = render(raw)
+    write_report(output, text, raw)
+    print(text)
+    return 0
+
+
+def render_saved(saved: str, output: str, render: Callable[[dict[str, Any]], str]) -> int:
+    """Render a saved report's JSON again into ``output``, and show it."""
+    text = render(json.loads(Path(saved).read_text()))
+    Path(output).write_text(text)
+    print(text)
+    return 0
+
+
+def measured_on(raw: dict[str, Any], versions: str) -> str:
+    """A report's first sentence: when, on which machine and CPU flags, at which versions.
+
+    Example:
+        >>> info = {"cpu": "AMD EPYC", "cores": 2, "memory_gib": 23.5, "cpu_flags": ["avx2"],
+        ...         "nbserve_commit": "abc1234"}
+        >>> print(measured_on({"started": "2026-12-07 23:00", "machine": info}, "Ray 2.60.0"))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        Measured 2026-12-07 23:00 UTC on AMD EPYC (2 cores, 23.5 GiB; CPU flags avx2),
+        nbserve abc1234, Ray 2.60.0, with:
+    """
+    info = raw["machine"]
+    flags = ", ".join(info["cpu_flags"]) or "none of note"
+    return (
+        f"Measured {raw['started']} UTC on {info['cpu']} ({info['cores']} cores, "
+        f"{info['memory_gib']} GiB; CPU flags {flags}), "
+        f"nbserve {info.get('nbserve_commit', '')}, {versions}, with:"
+    )
