@@ -4,7 +4,7 @@ A kernel without Ray (or on another Python than the cluster's) cannot send funct
 Client. It sends the *name* of one of nbserve's cluster-side functions (``CALLS``) and its
 arguments as JSON to this app instead: ``POST <serve>/nbserve-control/call`` with
 ``{"fn": "nbserve.remote.serve.deploy", "args": [...], "on": "<cluster id>"}``. The app runs
-the call as a zero-CPU Ray task, exactly as Ray Client's way does, and answers
+the call in its replica (a thread each; ``run`` says why not a Ray task) and answers
 ``{"result": ..., "cluster": "<id>"}`` or ``{"error": {"type": ..., "message": ...}}``.
 
 Every request must carry the cluster's own Ray token (``Authorization: Bearer <token>``, or
@@ -113,8 +113,12 @@ def decode(value: Any) -> Any:
     return value
 
 
-def run(body: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run one call as a zero-CPU Ray task on this cluster; its answer, or the error's.
+def run(body: dict[str, Any]) -> dict[str, Any]:
+    """Run one call here, in the control app's replica; its answer, or the error it raised.
+
+    Not as a Ray task per call, as Ray Client's way runs them: each task's worker went idle
+    after the call, and Ray stopped it and started a new one for the next call (the kernel
+    asks about once a second while it waits), which took half a core from the engines.
 
     ``body["on"]``: the cluster the caller means; on another one nothing runs and the
     answer's ``cluster`` says which this is (the caller raises ``WrongCluster``).
@@ -122,28 +126,34 @@ def run(body: dict[str, Any], timeout: float) -> dict[str, Any]:
     Raises:
         Refused: (404) a function ``CALLS`` does not list; (400) a body without ``fn``.
     """
-    import ray
-
     if not isinstance(body.get("fn"), str) or not isinstance(body.get("args", []), list):
         raise Refused(400, 'the body must be {"fn": "<name>", "args": [...]}')
     fn = resolve(body["fn"])
     args = decode(body.get("args", []))
-    task = ray.remote(num_cpus=0, max_retries=0)
     try:
         if body.get("on"):
-            here, result = ray.get(task(run_on).remote(body["on"], fn, *args), timeout=timeout)
+            here, result = run_on(body["on"], fn, *args)
         else:
-            here, result = "", ray.get(task(fn).remote(*args), timeout=timeout)
-    except ray.exceptions.GetTimeoutError:
-        return {"error": {"type": "CallTimeout", "message": f"no answer in {timeout:.0f} s"}}
-    except ray.exceptions.RayTaskError as err:
-        cause = err.cause if isinstance(err.cause, BaseException) else err
-        return {"error": {"type": type(cause).__name__, "message": str(cause)}}
+            here, result = "", fn(*args)
+    except Exception as err:  # the caller's error: its type and message travel back
+        return {"error": {"type": type(err).__name__, "message": str(err)}}
     return {"result": encode(result), "cluster": here}
+
+
+# Calls the control app runs at once: a deploy may wait minutes for the app-set lock, and the
+# reads of other kernels must not queue behind it.
+CONCURRENT_CALLS = 32
 
 
 class Control:
     """The control app's one deployment: checks the token, then ``run``s the call."""
+
+    def __init__(self) -> None:
+        import concurrent.futures
+
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            CONCURRENT_CALLS, thread_name_prefix="nbserve-control"
+        )
 
     async def __call__(self, request: Any) -> Any:
         """Answer one request (a Starlette ``Request``) with a JSON response."""
@@ -164,11 +174,14 @@ class Control:
             except ValueError as err:
                 raise Refused(400, f"the body is not JSON: {err}") from None
             timeout = float(request.headers.get("x-nbserve-timeout") or 120)
-            answer = await asyncio.to_thread(run, body, timeout)
+            work = asyncio.get_running_loop().run_in_executor(self._pool, run, body)
+            answer = await asyncio.wait_for(work, timeout)
         except Refused as err:
             return JSONResponse(
                 {"error": {"type": "Refused", "message": str(err)}}, status_code=err.status
             )
+        except TimeoutError:  # the call goes on in its thread; the caller hears now
+            answer = {"error": {"type": "CallTimeout", "message": f"no answer in {timeout:.0f} s"}}
         return JSONResponse(answer)
 
 
@@ -177,7 +190,11 @@ def build(args: dict[str, Any]) -> Any:
     from ray import serve
 
     deployment = serve.deployment(
-        Control, name="Control", num_replicas=1, ray_actor_options={"num_cpus": 0}
+        Control,
+        name="Control",
+        num_replicas=1,
+        max_ongoing_requests=CONCURRENT_CALLS,
+        ray_actor_options={"num_cpus": 0},
     )
     return deployment.bind()
 

@@ -130,8 +130,8 @@ class HttpWay:
             answer = reply.json()
         except ValueError:
             answer = None
-        if not isinstance(answer, dict):
-            answer = {"error": {"type": "HTTP", "message": f"HTTP {reply.status_code}"}}
+        if not isinstance(answer, dict):  # not the control app's answer: Serve's proxy's
+            answer = {"error": {"type": "NoControlApp", "message": _no_control(reply)}}
         return answer | {"status": reply.status_code}
 
     def has_control(self, timeout: float) -> bool:
@@ -201,9 +201,20 @@ def _token_refused(where: str, sent: bool) -> str:
     )
 
 
+def _no_control(reply: requests.Response) -> str:
+    if reply.status_code == 404:
+        return (
+            "nbserve's control app is not on the cluster (any more): connect again with "
+            "nbserve.connect(..., via='http'), which adds it"
+        )
+    return f"Serve's proxy answered HTTP {reply.status_code}: {reply.text[:300]}"
+
+
 def _raised(name: str, error: dict[str, Any], timeout: float, where: str) -> NbserveError:
     """The error a call raised on the cluster (or why it was refused), as an nbserve error."""
     kind, message = error.get("type", "Error"), error.get("message", "")
     if kind == "CallTimeout":
         return CallTimeout(name, timeout, where)
+    if kind == "NoControlApp":
+        return ConnectionFailed(f"{name} was not sent: {message}")
     return NbserveError(f"{name} failed on the cluster: {kind}: {message}")
