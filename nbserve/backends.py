@@ -40,6 +40,7 @@ class _Request:
     namespace: str
     context: str | None
     dashboard_url: str | None = None
+    via: str = "ray"
 
 
 def _local(request: _Request) -> Target:
@@ -75,6 +76,7 @@ def _raycluster(request: _Request) -> Target:
         request.namespace,
         timeout=request.timeout,
         context=request.context,
+        ray_client=request.via == "ray",
     )
 
 
@@ -166,7 +168,7 @@ def connect(
         )
     deadline = time.monotonic() + timeout
     request = _Request(
-        address, serve_url, timeout, token, token_path, namespace, context, dashboard_url
+        address, serve_url, timeout, token, token_path, namespace, context, dashboard_url, via
     )
     target = backend(request)
     if backend is _local:  # the head's own start has a deadline of its own

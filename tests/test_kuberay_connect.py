@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -593,6 +594,41 @@ def test_connect_deploy_and_chat_through_port_forwards(
         headers={"Authorization": f"Bearer {token}"},
     )
     assert reply.status_code == 200 and reply.json()["ray_version"] == "2.60.0"
+
+
+# A kernel without Ray on the same RayCluster: over HTTP, through the dashboard's and Serve's
+# port-forwards.
+HTTP_KERNEL = f"""
+import json, nbserve
+cluster = nbserve.connect("raycluster/llm", namespace={NS!r}, via="http", timeout=120)
+app = cluster.app({KR_APP!r})
+print(json.dumps({{"kind": cluster.kind, "via": cluster.via, "dashboard": cluster.dashboard_url,
+                  "apps": [a.name for a in cluster.apps()], "status": app.status().status,
+                  "answer": app.chat("Hello", max_tokens=4)}}))
+cluster.disconnect()
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.own_session
+def test_a_kernel_without_ray_connects_over_http_through_port_forwards(
+    local_head: Any, kr_app: tuple[FakeKube, nbserve.App, str], python_without_ray: str
+) -> None:
+    kube, app, token = kr_app
+    run = subprocess.run(
+        [python_without_ray, "-c", HTTP_KERNEL],
+        env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["kind"] == "kuberay" and out["via"] == "http", out
+    # The dashboard is reached through a port-forward to the head pod, not at its own port.
+    assert out["dashboard"] != f"http://127.0.0.1:{local_head.dashboard_port}", out
+    assert KR_APP in out["apps"] and out["status"] == "RUNNING" and out["answer"].strip(), out
+    assert token not in run.stdout + run.stderr
 
 
 @pytest.mark.integration

@@ -38,13 +38,14 @@ def target(
     context: str | None = None,
     direct: bool | None = None,
     created: bool = False,
+    ray_client: bool = True,
 ) -> Target:
     """Find a KubeRay RayCluster by name, check it and return where its head answers.
 
-    Reads the RayCluster, checks it is ready and runs this kernel's Ray version and Python
-    minor, reads its token Secret when it uses token authentication, then reaches the head:
-    through port-forwards over the Kubernetes API (closed with the target), or directly
-    through the head service's cluster DNS name when running inside the cluster.
+    Reads the RayCluster, checks it is ready and (for Ray Client) runs this kernel's Ray
+    version and Python minor, reads its token Secret when it uses token authentication, then
+    reaches the head: through port-forwards over the Kubernetes API (closed with the target),
+    or directly through the head service's cluster DNS name when running inside the cluster.
 
     Args:
         name: the RayCluster's name.
@@ -56,17 +57,17 @@ def target(
             default: directly when this kernel runs in a pod of the cluster.
         created: whether this kernel created the RayCluster (then ``down()`` deletes it
             without ``force``).
+        ray_client: check the versions Ray Client needs (the HTTP way needs none).
 
     Returns:
-        The target: Ray Client address, Serve and dashboard URLs, token, port-forward closers
-        and a ``RayClusterProvider``.
+        The target: addresses, token, port-forward closers and a ``RayClusterProvider``.
 
     Raises:
         SpecError: the name or namespace is not one Kubernetes and KubeRay accept.
         ConnectionFailed: no such RayCluster (the message lists those that exist), not ready,
             no running head pod; ``KubernetesError`` (a ``ConnectionFailed``) for the API
             server's refusals: credentials, RBAC, no KubeRay, no token Secret.
-        VersionMismatch: the RayCluster runs another Ray version or Python minor.
+        VersionMismatch: (Ray Client) another Ray version or Python minor runs there.
 
     Example:
         >>> t = target("llm", namespace="ray")  # doctest: +SKIP
@@ -80,7 +81,8 @@ def target(
     with Kube(context) as kube:
         rc = _read_raycluster(kube, namespace, name, deadline)
         raycluster.check_ready(rc, namespace, name)
-        raycluster.check_versions(rc, where)
+        if ray_client:
+            raycluster.check_versions(rc, where)
         pod = _head_pod(kube, namespace, name, deadline)
         ports = raycluster.head_ports(pod)
         token = read_token(kube, namespace, rc, deadline)
