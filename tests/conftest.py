@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -120,11 +121,28 @@ def instruct_path(nbserve_home: Path) -> str:
     return nbserve.instruct_model()
 
 
+# The HTTP way's kernel need not have the cluster's Python (Ray Client's must): its environment
+# takes another one where this machine has one (on PATH, or installed by pyenv).
+OTHER_PYTHONS = ("3.12", "3.13")
+
+
+def _another_python() -> str:
+    """The first of ``OTHER_PYTHONS`` that runs and makes virtual environments, else this one."""
+    for version in OTHER_PYTHONS:
+        candidates = [shutil.which(f"python{version}")]
+        candidates += sorted(map(str, Path.home().glob(f".pyenv/versions/{version}*/bin/python3")))
+        for found in filter(None, candidates):
+            check = subprocess.run([found, "-c", "import venv, ensurepip"], capture_output=True)
+            if check.returncode == 0:
+                return found
+    return sys.executable
+
+
 @pytest.fixture(scope="session")
 def python_without_ray(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A virtual environment with nbserve and its own dependencies only: no Ray (a minute)."""
     venv = tmp_path_factory.mktemp("noray") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([_another_python(), "-m", "venv", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
     pip = [python, "-m", "pip", "install", "--quiet", "--no-compile", "--disable-pip-version-check"]
     run = subprocess.run(
