@@ -1,17 +1,19 @@
 """The HTTP way in: a kernel without Ray drives the suite's local head.
 
 The kernel here runs in a virtual environment of its own with nbserve installed without
-extras (``pip install -e .``): no Ray, vLLM, gRPC or torch. It connects over HTTP (the
-dashboard checks the token; the first connect adds nbserve's control app through the Jobs
-API), re-attaches to the suite's app, gets a deploy refused with the reason the Ray Client way
-gives, deploys a second app beside the first, chats, reads its metrics, updates it in place
-and deletes it, leaving the first app and its replica as they were; Ray Client's way tells it
-what to install. The control app refuses requests without the cluster's token, with another
-token, and calls it does not list.
+extras (``pip install -e .``; another Python than the suite's where the machine has one): no
+Ray, vLLM, gRPC or torch. It connects over HTTP (the dashboard checks the token; the first
+connect adds nbserve's control app through the Jobs API), re-attaches to the suite's app,
+chats, reads its metrics, updates it in place and back, and gets a deploy refused with the
+reason the Ray Client way gives; Ray Client's way tells it what to install. (Notebooks 02
+and 04 run in such a kernel too: tests/test_integration.py.) The control app refuses
+requests without the cluster's token, with another token, and calls it does not list. A
+kernel on Ray Client and one over HTTP deploying and deleting apps at once lose none.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -26,8 +28,9 @@ from nbserve.remote import control
 
 pytestmark = pytest.mark.integration
 
-# Run as the kernel, where Ray is not installed. It re-attaches to the suite's app, deploys a
-# second one beside it, watches, updates in place and deletes it.
+# Run as the kernel, where Ray is not installed. It re-attaches to the suite's app, watches it,
+# updates it in place and back, and gets a deploy refused. (Notebook 04 deploys, updates,
+# watches and deletes an app of its own in such a kernel: tests/test_integration.py.)
 KERNEL = r"""
 import importlib.util, json, sys, time
 
@@ -36,30 +39,26 @@ import nbserve
 
 started = time.monotonic()
 cluster = nbserve.connect(via="http")
-out = {"connect_s": time.monotonic() - started, "repr": repr(cluster), "via": cluster.via}
+out = {"connect_s": time.monotonic() - started, "repr": repr(cluster), "via": cluster.via,
+       "python": list(sys.version_info[:2])}
 started = time.monotonic()
 cluster = nbserve.connect(via="http")  # the control app runs now: a connect of its own
 out["reconnect_s"] = time.monotonic() - started
-tiny = cluster.app("tiny")
-out["tiny_replicas"] = sorted(r.replica_id for r in tiny.replicas() if r.alive)
-try:
-    cluster.deploy(nbserve.LLM("/no/such/model"), name="http-missing", wait=False)
-except nbserve.NbserveError as err:
-    out["refused"] = f"{type(err).__name__}: {err}"
-started = time.monotonic()
-app = cluster.deploy(nbserve.LLM(sys.argv[1], name="second", max_model_len=256),
-                     name="second", progress=False)
-out["deploy_s"] = time.monotonic() - started
+app = cluster.app("tiny")
+out["replicas"] = sorted(r.replica_id for r in app.replicas() if r.alive)
 out["apps"] = sorted(a.name for a in cluster.apps())
 out["status"] = app.status().status
 out["answer"] = app.chat("Say hi", max_tokens=4)
 out["running"] = app.metrics(wait=False).replicas.running
-started = time.monotonic()
-app.update(max_replicas=2, progress=False)
-out["update_s"] = time.monotonic() - started
+ceiling = app.spec.scaling.max_replicas
+app.update(max_replicas=ceiling + 1, progress=False)
 out["update"] = app.last_update
-out["max_replicas"] = cluster.app("second").spec.scaling.max_replicas
-app.delete()
+out["ceiling"] = cluster.app("tiny").spec.scaling.max_replicas - ceiling
+app.update(max_replicas=ceiling, progress=False)  # as the suite's other tests expect it
+try:
+    cluster.deploy(nbserve.LLM("/no/such/model"), name="http-missing", wait=False)
+except nbserve.NbserveError as err:
+    out["refused"] = f"{type(err).__name__}: {err}"
 out["after"] = sorted(a.name for a in cluster.apps())
 try:
     nbserve.connect()  # Ray Client's way, which needs Ray
@@ -77,13 +76,11 @@ def _kernel_env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def http_kernel(
-    tiny_app: nbserve.App, tiny_path: str, python_without_ray: str
-) -> dict[str, object]:
-    """What the kernel without Ray saw (its first connect adds the control app)."""
+def http_kernel(tiny_app: nbserve.App, python_without_ray: str) -> dict[str, object]:
+    """What the kernel without Ray saw (its first connect may add the control app)."""
     before = sorted(r.replica_id for r in tiny_app.replicas() if r.alive)
     run = subprocess.run(
-        [python_without_ray, "-c", KERNEL, tiny_path],
+        [python_without_ray, "-c", KERNEL],
         env=_kernel_env(),
         capture_output=True,
         text=True,
@@ -93,12 +90,8 @@ def http_kernel(
     token = Path(tiny_app.cluster.target.token_path).read_text().strip()  # type: ignore[arg-type]
     assert token not in run.stdout + run.stderr  # the token is in no output
     out: dict[str, object] = json.loads(run.stdout.strip().splitlines()[-1])
-    # Deploying and deleting another app left the suite's running, with the same replica.
-    assert (
-        out["tiny_replicas"]
-        == before
-        == sorted(r.replica_id for r in tiny_app.replicas() if r.alive)
-    )
+    # The updates were in place: the suite's app has the replicas it had.
+    assert out["replicas"] == before == sorted(r.replica_id for r in tiny_app.replicas() if r.alive)
     assert tiny_app.status().ok
     return out
 
@@ -109,12 +102,11 @@ def test_a_kernel_without_ray_drives_the_local_head_over_http(
     out = http_kernel
     assert "install 'nbserve[ray]'" in out["ray_client"] and "via='http'" in out["ray_client"]
     assert out["via"] == "http" and "over HTTP" in out["repr"], out
-    assert out["apps"] == ["second", "tiny"], out  # nbserve's control app is not listed
+    assert "tiny" in out["apps"] and control.APP not in out["apps"], out
     assert out["status"] == "RUNNING" and out["answer"].strip(), out
     assert out["running"] == 1, out  # a Snapshot read over HTTP
-    assert out["update"] == "in place" and out["max_replicas"] == 2, out
-    assert out["after"] == ["tiny"], out
-    assert "/no/such/model" in out["refused"], out
+    assert out["update"] == "in place" and out["ceiling"] == 1, out
+    assert "/no/such/model" in out["refused"] and "http-missing" not in out["after"], out
 
 
 def _connect_refused(python: str, cluster: nbserve.Cluster, token: str | None) -> str:
@@ -158,3 +150,55 @@ def test_the_control_app_refuses_without_the_clusters_token(
     python = python_without_ray
     assert "asks for the cluster's Ray token" in _connect_refused(python, cluster, None)
     assert "refused the token" in _connect_refused(python, cluster, "another-clusters-token")
+
+
+# A kernel without Ray deploying echo apps over HTTP, one after the other; argv: their configs.
+MIXED = r"""
+import json, sys, nbserve
+from nbserve import remote
+from nbserve.remote import serve as remote_serve
+
+cluster = nbserve.connect(via="http")
+print("connected", flush=True)
+results = []
+for config in json.loads(sys.argv[1]):
+    results.append(remote.call(remote_serve.deploy, config, cluster.http_options,
+                               {"config": config}, False))
+print(json.dumps(results))
+"""
+
+
+def test_ray_client_and_http_deploying_at_once_lose_no_app(
+    cluster: nbserve.Cluster, python_without_ray: str
+) -> None:
+    """Both ways take the same app-set lock: deploys and deletes from each, at once."""
+    from test_app_set import declared, deploy, echo_config, gone
+
+    from nbserve import remote
+    from nbserve.remote import serve as remote_serve
+
+    over_http = [f"echo-http-{i}" for i in range(4)]
+    over_ray = [f"echo-ray-{i}" for i in range(3)]
+    configs = json.dumps([echo_config(name) for name in over_http])
+    try:
+        assert deploy("echo-keep")["ok"]
+        kernel = subprocess.Popen(
+            [python_without_ray, "-c", MIXED, configs],
+            env=_kernel_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert kernel.stdout is not None and kernel.stdout.readline() == "connected\n"
+        # Its deploys start now: Ray Client's deploys and deletes meanwhile.
+        with concurrent.futures.ThreadPoolExecutor(len(over_ray)) as pool:
+            assert all(r["ok"] for r in pool.map(deploy, over_ray))
+            list(pool.map(lambda n: remote.call(remote_serve.delete, n), over_ray))
+        stdout, stderr = kernel.communicate(timeout=120)
+        assert kernel.returncode == 0, stderr[-3000:]
+        assert all(r["ok"] for r in json.loads(stdout.strip().splitlines()[-1])), stdout
+        assert gone(set(over_ray)) == set(), sorted(declared())
+        assert declared() >= {*over_http, "echo-keep"}, sorted(declared())
+    finally:
+        for name in [*over_http, *over_ray, "echo-keep"]:
+            remote.call(remote_serve.delete, name)

@@ -388,9 +388,13 @@ def test_quickstart_notebook_runs_under_papermill(cluster: nbserve.Cluster, tmp_
 
 
 def test_autoscaling_notebook_scales_up_to_zero_and_wakes(
-    cluster: nbserve.Cluster, tmp_path: Path
+    cluster: nbserve.Cluster, tiny_path: str, http_kernel_name: str, tmp_path: Path
 ) -> None:
     """notebooks/04: 1 -> 2 replicas under a load ramp, down to zero, woken by one request.
+
+    It runs in a kernel without Ray, over HTTP (its demo model already built: ``tiny_path``),
+    so an app deployed, updated (the pre-warm) and watched that way is checked here through
+    Ray Client, and deleted over HTTP again at the end.
 
     The notebook asserts each step itself; its summary shows what the user saw: the status
     and the metrics saying "scaled to zero", the load with no failed request, the answer to
@@ -402,6 +406,7 @@ def test_autoscaling_notebook_scales_up_to_zero_and_wakes(
     try:
         run_notebook(
             "04_autoscaling.ipynb",
+            kernel=http_kernel_name,
             app_name="nb-autoscaling",
             summary_path=str(summary),
             ramp=[[5, 1], [600, 8]],
@@ -443,8 +448,19 @@ def test_autoscaling_notebook_scales_up_to_zero_and_wakes(
         )
     finally:
         if "nb-autoscaling" in [a.name for a in cluster.apps()]:
-            cluster.app("nb-autoscaling").delete()
+            _delete_over_http("nb-autoscaling", http_kernel_name)
     assert "nb-autoscaling" not in [a.name for a in cluster.apps()]
+
+
+def _delete_over_http(name: str, kernel_name: str) -> None:
+    """Delete app ``name`` from a process of the HTTP kernel's environment (no Ray)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    python = KernelSpecManager().get_kernel_spec(kernel_name).argv[0]
+    script = f"import nbserve; nbserve.connect(via='http').app({name!r}).delete(progress=False)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    run = subprocess.run([python, "-c", script], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 def test_dashboard_notebook_runs_over_http_in_a_kernel_without_ray(
