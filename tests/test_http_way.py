@@ -24,6 +24,7 @@ import pytest
 import requests
 
 import nbserve
+from nbserve.local import procs
 from nbserve.remote import control
 
 pytestmark = pytest.mark.integration
@@ -130,7 +131,7 @@ def _connect_refused(python: str, cluster: nbserve.Cluster, token: str | None) -
 
 
 def test_the_control_app_refuses_without_the_clusters_token(
-    tiny_app: nbserve.App, http_kernel: dict[str, Any], python_without_ray: str
+    local_head: Any, tiny_app: nbserve.App, http_kernel: dict[str, Any], python_without_ray: str
 ) -> None:
     cluster = tiny_app.cluster
     url = f"{cluster.serve_url}{control.ROUTE}/call"
@@ -146,6 +147,15 @@ def test_the_control_app_refuses_without_the_clusters_token(
     assert ok.json()["result"] == cluster.binding.cluster_id  # type: ignore[union-attr]
     other = requests.post(url, json={"fn": "os.system", "args": ["id"]}, headers=mine, timeout=30)
     assert other.status_code == 404 and "not a call" in other.json()["error"]["message"]
+    # Its replica listens on loopback only, as every process of the local head does.
+    tree = [local_head.pid, *(pid for pid, _ in procs.descendants(local_head.pid))]
+    replica = f"ray::ServeReplica:{control.APP}".encode()
+    mine = [
+        x
+        for x in procs.listeners(tree)
+        if Path(f"/proc/{x.pid}/cmdline").read_bytes().startswith(replica)
+    ]
+    assert mine and all(x.loopback for x in mine), mine
     # The dashboard refuses a kernel's connect before any call: no token, another one.
     python = python_without_ray
     assert "asks for the cluster's Ray token" in _connect_refused(python, cluster, None)

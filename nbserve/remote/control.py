@@ -31,6 +31,7 @@ from typing import Any
 from .identity import run_on
 from .ray_private import token_accepted
 from .serve import deploy
+from .thisnode import on_this_node
 
 APP = "nbserve-control"
 ROUTE = "/nbserve-control"
@@ -213,11 +214,13 @@ def install(http: dict[str, Any] | None, version: str) -> dict[str, Any]:
     """Add the control app to the cluster's app set (under the lock, keeping every app).
 
     Runs on the cluster: the Jobs API's entrypoint when a kernel without Ray connects first
-    (``python -m nbserve.remote.control``), or a task. An app set that has it already is
-    left as it is (``deploy`` with the same config changes nothing).
+    (``python -m nbserve.remote.control``), or a task. On a single node (nbserve's local head)
+    its replica starts with the head's replica hook, as every app's does there, which keeps
+    Serve's inter-deployment gRPC server on loopback (``thisnode.on_this_node``).
     """
-    record = {"kind": "control", "nbserve": version, "config": app_config()}
-    result = deploy(app_config(), http, record, True)
+    app = on_this_node(app_config())  # on the local head: its replica's gRPC on loopback
+    record = {"kind": "control", "nbserve": version, "config": app}
+    result = deploy(app, http, record, True)
     return dict(result)
 
 
