@@ -435,14 +435,21 @@ def open_session(
     except BaseException:
         target.close()
         raise
+    _activate(cluster)
+    log.info("connected to %s in %.1f s", cluster.address, seconds)
+    return cluster
+
+
+def _activate(cluster: Cluster) -> None:
+    """Make ``cluster`` this kernel's live session, bound to its cluster (closed on failure)."""
+    global _active
+
     _active = cluster
     try:
         _bind(cluster)
     except BaseException:
         cluster.disconnect()
         raise
-    log.info("connected to %s in %.1f s", cluster.address, seconds)
-    return cluster
 
 
 def open_http_session(target: Target, timeout: float) -> Cluster:
@@ -457,8 +464,6 @@ def open_http_session(target: Target, timeout: float) -> Cluster:
         ConnectionFailed: the dashboard or the control app does not answer, or refuses the
             token (the message says which token to pass), or the control app's install failed.
     """
-    global _active
-
     if not target.dashboard_url:
         target.close()
         raise SpecError(
@@ -480,12 +485,7 @@ def open_http_session(target: Target, timeout: float) -> Cluster:
         _active.disconnect()
     cluster = Cluster(target, way=way)
     remote.send_over(way.call)
-    _active = cluster
-    try:
-        _bind(cluster)
-    except BaseException:
-        cluster.disconnect()
-        raise
+    _activate(cluster)
     log.info("connected to %s over HTTP in %.1f s", cluster.address, time.monotonic() - started)
     return cluster
 

@@ -27,10 +27,6 @@ __all__ = ["HttpWay"]
 
 log = logging.getLogger(__name__)
 
-# Seconds the control app's install may take: a job's start, the app-set lock, and Serve
-# starting the app's one replica.
-INSTALL_S = 180.0
-
 
 class _Unreachable(ConnectionFailed):
     """Nothing answers on the cluster's Serve proxy (Serve not started, or not reachable)."""
