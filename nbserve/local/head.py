@@ -33,17 +33,25 @@ from nbserve.errors import ClusterError, LocalClusterError
 from nbserve.hooks.local_replica import SECRETS_FILE_VAR
 from nbserve.local import haproxy, procs
 from nbserve.session.target import Target
+from nbserve.specs import serveconfig
 
 __all__ = ["LocalHead", "LocalProvider", "down", "find", "target", "up"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NUM_CPUS = defaults.LOCAL_NUM_CPUS
-# Serve's throughput flags and the routing of requests to adapters; ``up(env={})`` starts a
-# head without them.
+# Seconds a stopping engine replica stays reachable before it closes its listener, so that the
+# ingress stops sending it requests first. Serve's 30 s is for load balancers that do not retry;
+# the local head's only one is HAProxy on the same host, which drops the replica within a
+# reload and retries a refused connection on another replica. Every delete, scale-down and
+# rolling restart took those 30 s, idle or not; 10 s is the router's drain too.
+REPLICA_DRAIN_S = serveconfig.ROUTER_DRAIN_S
+# Serve's throughput flags, the routing of requests to adapters and the replicas' drain;
+# ``up(env={})`` starts a head without them.
 DEFAULT_HEAD_ENV: dict[str, str] = {
     **defaults.SERVE_THROUGHPUT_ENV,
     **defaults.ADAPTER_ROUTING_ENV,
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(REPLICA_DRAIN_S),
 }
 METRICS_EXPORT_MS = 2000  # the head's metrics_report_interval_ms (Ray's default: 10000)
 
