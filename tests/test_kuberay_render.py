@@ -351,6 +351,33 @@ def test_default_image_matches_notebook_versions() -> None:
     assert ClusterSpec(name="x", image="me/ray:1").resolved_image == "me/ray:1"
 
 
+def test_a_kernel_without_ray_gets_the_pinned_ray_and_the_images_python(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The HTTP way's kernel has no Ray and may run another Python: the default image is the
+    Ray LLM image of the Ray nbserve pins (pyproject's ``ray`` extra), on its Python."""
+    import importlib.metadata
+    import tomllib
+
+    from nbserve.base import versions
+
+    version = importlib.metadata.version
+
+    def without_ray(name: str) -> str:
+        if name == "ray":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", without_ray)
+    monkeypatch.setattr(versions, "PYTHON_MINOR", "3.12")
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    extra = tomllib.loads(pyproject.read_text())["project"]
+    pinned = extra["optional-dependencies"]["ray"][0].split("==")[1]
+    cluster = ClusterSpec(name="llm")
+    assert (cluster.ray_version, cluster.python_version) == (pinned, "3.11")
+    assert cluster.resolved_image == f"rayproject/ray-llm:{pinned}-py311-cu128"
+
+
 def test_secrets_fill_pod_variables_from_secrets_and_an_app_needs_its_own() -> None:
     from nbserve import LLM
     from nbserve.specs.serveconfig import serve_app

@@ -14,19 +14,55 @@ import sys
 
 from nbserve.errors import VersionMismatch
 
-__all__ = ["PYTHON_MINOR", "check_versions", "image_versions", "ray_version", "version_hint"]
+__all__ = [
+    "PYTHON_MINOR",
+    "check_versions",
+    "has_ray",
+    "image_versions",
+    "pinned_ray",
+    "ray_version",
+    "version_hint",
+]
 
 PYTHON_MINOR = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
+def has_ray() -> bool:
+    """Whether Ray is installed in this kernel (the HTTP way's kernel may have none)."""
+    try:
+        importlib.metadata.version("ray")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def pinned_ray() -> str:
+    """The Ray version nbserve's ``ray`` extra installs, from nbserve's own package metadata.
+
+    Example:
+        >>> pinned_ray().count(".") == 2
+        True
+    """
+    for requirement in importlib.metadata.requires("nbserve") or []:
+        pinned = re.match(r"ray(\[[^\]]*\])?\s*==\s*(\d+\.\d+\.\d+)", requirement)
+        if pinned:
+            return pinned.group(2)
+    raise RuntimeError("nbserve's package metadata names no Ray version: reinstall nbserve")
+
+
 def ray_version() -> str:
-    """The Ray version installed in this kernel, from its package metadata.
+    """This kernel's Ray version: the installed Ray's, else the one nbserve's ``ray`` extra pins.
+
+    Without Ray, that is the version a cluster nbserve creates runs, and the one Ray Client
+    would need here.
 
     Example:
         >>> ray_version().count(".") >= 2
         True
     """
-    return importlib.metadata.version("ray")
+    if has_ray():
+        return importlib.metadata.version("ray")
+    return pinned_ray()
 
 
 def check_versions(cluster_ray: str, cluster_python: str, *, where: str = "the cluster") -> None:

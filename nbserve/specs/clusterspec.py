@@ -20,10 +20,27 @@ from nbserve.specs import manifests, names
 from nbserve.specs.accelerators import AcceleratorInfo, resolve_accelerator
 from nbserve.specs.llm import EnvName
 
-__all__ = ["IMAGE_CUDA", "ClusterSpec", "HeadSpec", "NetworkAccess", "SecretRef", "WorkerGroup"]
+__all__ = [
+    "IMAGE_CUDA",
+    "IMAGE_PYTHON",
+    "ClusterSpec",
+    "HeadSpec",
+    "NetworkAccess",
+    "SecretRef",
+    "WorkerGroup",
+]
 
 # CUDA build of the rayproject/ray-llm image, as in KubeRay's py311 LLM sample (2.52.0-py311-cu128).
 IMAGE_CUDA = "cu128"
+# The Python of the rayproject/ray-llm images: a kernel without Ray (the HTTP way's, on any
+# Python) gets it; one with Ray gets its own, which Ray Client needs on the cluster too.
+IMAGE_PYTHON = "3.11"
+
+
+def _default_python() -> str:
+    """The image's Python minor by default: the kernel's where it has Ray, else the images'."""
+    return versions.PYTHON_MINOR if versions.has_ray() else IMAGE_PYTHON
+
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 # Kubernetes resource.Quantity, the pattern the RayCluster CRD itself uses.
@@ -195,12 +212,14 @@ class ClusterSpec(BaseModel):
     ray_version: str = Field(
         default_factory=versions.ray_version,
         pattern=r"^\d+\.\d+\.\d+$",
-        description="Ray version in the image; must equal the notebook's Ray (its default).",
+        description="Ray version in the image; for Ray Client it must equal the notebook's "
+        "(the default; in a kernel without Ray, the version nbserve's ray extra pins).",
     )
     python_version: str = Field(
-        default=versions.PYTHON_MINOR,
+        default_factory=_default_python,
         pattern=r"^3\.\d+$",
-        description="Python minor version in the image; must equal the notebook's (its default).",
+        description="Python minor version in the image; for Ray Client it must equal the "
+        "notebook's (the default; in a kernel without Ray, 3.11, the Ray LLM images').",
     )
     image: str | None = Field(
         default=None, description="Image of every Ray pod; default rayproject/ray-llm:V-pyXY-cu128."
