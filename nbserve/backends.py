@@ -3,8 +3,9 @@
 The composition root of a session. ``connect()`` picks the backend from the address's prefix,
 from one table (nothing or ``local``: the local head; ``ray://``: a plain target;
 ``raycluster/``: a KubeRay RayCluster found through the Kubernetes API), asks it for a
-``Target`` and opens the Ray Client session on it (``cluster.open_session``). ``create_cluster()``
-applies a ``ClusterSpec`` (``kube.provision``), then does the same. Backends return data;
+``Target`` and opens a session on it the way asked for (Ray Client: ``cluster.open_session``;
+HTTP: ``cluster.open_http_session``). ``create_cluster()`` applies a ``ClusterSpec``
+(``kube.provision``), then does the same. Backends return data;
 only this module joins them to the session.
 """
 
@@ -156,16 +157,8 @@ def connect(
         >>> cluster = nbserve.connect(via="http")  # a kernel without Ray   # doctest: +SKIP
     """
     address = address if address else os.environ.get("NBSERVE_ADDRESS") or ""
-    via = via or os.environ.get("NBSERVE_VIA") or "ray"
-    if via not in WAYS:
-        raise SpecError(f"via={via!r} is not a way in: pass 'ray' (Ray Client) or 'http'")
     backend = _backend(address)
-    if via == "ray" and importlib.util.find_spec("ray") is None:
-        raise ConnectionFailed(
-            "Ray is not installed in this kernel, and Ray Client needs it: install "
-            "'nbserve[ray]' (Ray 2.60.0, the cluster's version), or connect over HTTP: "
-            "nbserve.connect(..., via='http')"
-        )
+    via = _way(via)
     deadline = time.monotonic() + timeout
     request = _Request(
         address, serve_url, timeout, token, token_path, namespace, context, dashboard_url, via
@@ -174,9 +167,31 @@ def connect(
     if backend is _local:  # the head's own start has a deadline of its own
         deadline = time.monotonic() + timeout
     remaining = max(deadline - time.monotonic(), 1.0)
+    return _open(via, target, remaining)
+
+
+def _way(via: str | None) -> str:
+    """The way in asked for: ``via``, else ``NBSERVE_VIA``, else Ray Client.
+
+    Ray Client's is refused in a kernel without Ray, before anything is tried.
+    """
+    via = via or os.environ.get("NBSERVE_VIA") or "ray"
+    if via not in WAYS:
+        raise SpecError(f"via={via!r} is not a way in: pass 'ray' (Ray Client) or 'http'")
+    if via == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConnectionFailed(
+            "Ray is not installed in this kernel, and Ray Client needs it: install "
+            "'nbserve[ray]' (Ray 2.60.0, the cluster's version), or connect over HTTP: "
+            "via='http'"
+        )
+    return via
+
+
+def _open(via: str, target: Target, timeout: float) -> _cluster.Cluster:
+    """Open the session to ``target`` the way asked for."""
     if via == "http":
-        return _cluster.open_http_session(target, remaining)
-    return _cluster.open_session(target, remaining)
+        return _cluster.open_http_session(target, timeout)
+    return _cluster.open_session(target, timeout)
 
 
 def create_cluster(
@@ -187,6 +202,7 @@ def create_cluster(
     timeout: float = 1200,
     progress: bool = True,
     adopt: bool = False,
+    via: str | None = None,
 ) -> _cluster.Cluster:
     """Create (or update) a KubeRay RayCluster from ``spec``, wait until it is ready, connect.
 
@@ -213,14 +229,17 @@ def create_cluster(
         progress: show a progress bar while waiting.
         adopt: take over an existing RayCluster of that name that this kernel did not create:
             its spec is replaced by ``spec``, and ``cluster.down()`` deletes it.
+        via: the way to connect, as for `connect`: ``"ray"`` (Ray Client) or ``"http"`` (the
+            dashboard through its port-forward; no Ray in the kernel). Default: the
+            ``NBSERVE_VIA`` environment variable, else ``"ray"``.
 
     Returns:
         The connected ``Cluster``, which remembers that this kernel created (or adopted) it:
         ``cluster.down()`` deletes it.
 
     Raises:
-        SpecError: ``spec`` is not a ClusterSpec, or a bad namespace or timeout (nothing was
-            sent to the API server).
+        SpecError: ``spec`` is not a ClusterSpec, or a bad namespace, timeout or ``via``
+            (nothing was sent to the API server).
         ClusterError: the API server refused: RBAC (names the permission), a missing
             namespace, no KubeRay operator, or a manifest its CRD rejects; or a RayCluster of
             that name exists that this kernel did not create and ``adopt`` is not set
@@ -235,6 +254,7 @@ def create_cluster(
         >>> cluster.scale("gpu", 1)                                          # doctest: +SKIP
         >>> cluster.down()                                                   # doctest: +SKIP
     """
+    via = _way(via)
     deadline = time.monotonic() + timeout
     rc = provision.apply(
         spec, namespace, context=context, timeout=timeout, progress=progress, adopt=adopt
@@ -243,8 +263,10 @@ def create_cluster(
     remaining = max(deadline - time.monotonic(), 10.0)
     started = time.monotonic()
     try:
-        target = resolve.target(name, ns, timeout=remaining, context=context, created=True)
-        return _cluster.open_session(target, max(started + remaining - time.monotonic(), 1.0))
+        target = resolve.target(
+            name, ns, timeout=remaining, context=context, created=True, ray_client=via == "ray"
+        )
+        return _open(via, target, max(started + remaining - time.monotonic(), 1.0))
     except NbserveError as err:
         err.add_note(
             f"The RayCluster {ns}/{name} is ready and stays: connect later with "

@@ -5,8 +5,8 @@ extras (``pip install -e .``; another Python than the suite's where the machine 
 Ray, vLLM, gRPC or torch. It connects over HTTP (the dashboard checks the token; the first
 connect adds nbserve's control app through the Jobs API), re-attaches to the suite's app,
 chats, reads its metrics, updates it in place and back, and gets a deploy refused with the
-reason the Ray Client way gives; Ray Client's way tells it what to install. (Notebooks 02
-and 04 run in such a kernel too: tests/test_integration.py.) The control app refuses
+reason the Ray Client way gives; Ray Client's way tells it what to install. (Notebooks 01,
+02 and 04 run in such a kernel too: tests/test_integration.py.) The control app refuses
 requests without the cluster's token, with another token, and calls it does not list. A
 kernel on Ray Client and one over HTTP deploying and deleting apps at once lose none.
 """
@@ -65,6 +65,10 @@ try:
     nbserve.connect()  # Ray Client's way, which needs Ray
 except nbserve.ConnectionFailed as err:
     out["ray_client"] = str(err)
+try:  # refused before anything is sent to the Kubernetes API
+    nbserve.create_cluster(nbserve.ClusterSpec(name="llm"), context="nbserve-no-such-context")
+except nbserve.ConnectionFailed as err:
+    out["create_ray_client"] = str(err)
 cluster.disconnect()
 print(json.dumps(out))
 """
@@ -102,6 +106,7 @@ def test_a_kernel_without_ray_drives_the_local_head_over_http(
 ) -> None:
     out = http_kernel
     assert "install 'nbserve[ray]'" in out["ray_client"] and "via='http'" in out["ray_client"]
+    assert out["create_ray_client"] == out["ray_client"], out
     assert out["via"] == "http" and "over HTTP" in out["repr"], out
     assert "tiny" in out["apps"] and control.APP not in out["apps"], out
     assert out["status"] == "RUNNING" and out["answer"].strip(), out

@@ -63,6 +63,7 @@ def attached(kube: FakeKube, *, created: bool, name: str = "llm") -> nbserve.Clu
         (({"name": "llm"},), {}, "takes an nbserve.ClusterSpec, not dict"),
         ((spec(), "Bad_NS"), {}, "namespace 'Bad_NS' is not a valid name"),
         ((spec(),), {"timeout": 0}, "timeout must be a positive number"),
+        ((spec(),), {"via": "grpc"}, "via='grpc' is not a way in: pass 'ray'"),
     ],
 )
 def test_bad_inputs_fail_before_any_api_call(
@@ -323,13 +324,15 @@ def head_operator(local_head: Any) -> Operator:
 
 @pytest.mark.integration
 @pytest.mark.own_session
-def test_create_connect_scale_down(local_head: Any, kube: FakeKube) -> None:
+def test_create_connect_over_http_scale_down(local_head: Any, kube: FakeKube) -> None:
     kube.operator = head_operator(local_head)
     kube.forward_to("127.0.0.1", kube.operator.ports.values())  # type: ignore[union-attr]
     with leaves_nothing_behind(kube, only_ours=True):
-        cluster = nbserve.create_cluster(spec(), timeout=240, progress=False)
+        # Over HTTP (the dashboard through its port-forward); the Ray Client way to a RayCluster
+        # is test_attach_then_scale_but_not_down's.
+        cluster = nbserve.create_cluster(spec(), timeout=240, progress=False, via="http")
         try:
-            assert cluster.connected and cluster.kind == "kuberay"
+            assert cluster.connected and cluster.kind == "kuberay" and cluster.via == "http"
             assert cluster.provider is not None and cluster.provider.created
             assert cluster.provider.ref == RayClusterRef("llm", NS, None)  # type: ignore[attr-defined]
             assert "raycluster/ray/llm" in repr(cluster)
