@@ -373,9 +373,21 @@ def run_notebook(name: str, *, kernel: str | None = None, **parameters: object) 
     return dict(nb)
 
 
-def test_quickstart_notebook_runs_under_papermill(cluster: nbserve.Cluster, tmp_path: Path) -> None:
+def test_quickstart_notebook_runs_over_http_in_a_kernel_without_ray(
+    cluster: nbserve.Cluster, instruct_path: str, http_kernel_name: str, tmp_path: Path
+) -> None:
+    """notebooks/01 end to end (deploy, chat, scale in place, delete) in a kernel whose
+    ``connect()`` goes over HTTP and that cannot import Ray. Its instruct model was built by
+    this environment (``instruct_path``); the kernel's ``nbserve.instruct_model()`` finds it in
+    the shared ``NBSERVE_HOME`` without the wheel it was built from. The same calls through Ray
+    Client are the shared app's (``tiny_app``) and notebooks 05 and 06's."""
     summary = tmp_path / "summary.json"
-    nb = run_notebook("01_quickstart.ipynb", app_name="nb-quickstart", summary_path=str(summary))
+    nb = run_notebook(
+        "01_quickstart.ipynb",
+        kernel=http_kernel_name,
+        app_name="nb-quickstart",
+        summary_path=str(summary),
+    )
     result = json.loads(summary.read_text())
     assert result["endpoint"].endswith("/nb-quickstart/v1")
     # SmolLM2-135M-Instruct, greedy: a sensible English answer, not random weights' gibberish

