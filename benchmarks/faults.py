@@ -47,6 +47,9 @@ from .report import RESULTS, machine, write_report
 from .sharing import concurrent_updates, lock_holder_killed
 from .tenants import TENANTS_ROW, tenants
 
+# How the two-processes scenario names each way into the cluster.
+WAY_NAMES = {"ray": "Ray Client", "http": "over HTTP"}
+
 COMMAND = ".venv/bin/python -m benchmarks.faults"
 HOLD = 4  # requests one replica takes at once in the overload scenario
 REJECTED = ("HTTP 503", "HTTP 429")  # how a client is told to come back later
@@ -341,18 +344,26 @@ def dropped_connection(app: nbserve.App, opts: argparse.Namespace, head: local.L
     return row
 
 
-def two_processes(app: nbserve.App, opts: argparse.Namespace, home: Path) -> Row:
+def two_processes(
+    app: nbserve.App, opts: argparse.Namespace, home: Path, ways: tuple[str, str] | None = None
+) -> Row:
     """Two processes deploy and delete apps of their own at once while the mix runs.
 
     Each connects to the head as a notebook would and, ``opts.rounds`` times, deploys an app
     (no replica: ``min_replicas=0, initial_replicas=0``, the point is the declared app set),
     checks that its app and the mix's app are declared, deletes its app and checks the mix's
-    app again. An app missing at a check is lost; the mix counts failed requests.
+    app again. An app missing at a check is lost; the mix counts failed requests. ``ways``:
+    each process's way in (``("ray", "http")``: one through Ray Client, one over HTTP).
     """
-    row = Row(f"two processes deploying, {opts.rounds} rounds", target="0 apps lost, 0 failed")
+    title = f"two processes deploying, {opts.rounds} rounds"
+    if ways is not None:
+        title += f", one through {WAY_NAMES[ways[0]]} and one {WAY_NAMES[ways[1]]}"
+    row = Row(title, target="0 apps lost, 0 failed")
     shape(app, 1)
     with under_load(app, row, opts) as fault:
         argvs = [[tag, app.name, str(opts.rounds)] for tag in ("a", "b")]
+        if ways is not None:
+            argvs = [[*argv, way] for argv, way in zip(argvs, ways, strict=True)]
         results = workers(argvs, home, timeout=1800)
         row.recovered_s = round(time.time() - fault, 1)
     lost, checks = 0, 0
@@ -360,7 +371,8 @@ def two_processes(app: nbserve.App, opts: argparse.Namespace, home: Path) -> Row
         lost += result["lost"]
         checks += result["checks"]
         row.notes += [
-            f"worker {result['tag']}: {result['rounds']} rounds, {result['checks']} "
+            f"worker {result['tag']} ({WAY_NAMES[result['via']]}): {result['rounds']} rounds, "
+            f"{result['checks']} "
             f"checks, {result['lost']} apps missing"
             + (f": {result['missing'][:3]}" if result["missing"] else "")
         ]
@@ -441,6 +453,7 @@ SCENARIOS: dict[str, Callable[..., Row]] = {
     "abandon": lambda app, opts, head, home: abandon(app, opts),
     "connection": lambda app, opts, head, home: dropped_connection(app, opts, head),
     "two-processes": lambda app, opts, head, home: two_processes(app, opts, home),
+    "mixed-ways": lambda app, opts, head, home: two_processes(app, opts, home, ("ray", "http")),
     "concurrent-updates": lambda app, opts, head, home: concurrent_updates(app, opts, home),
     "lock-holder-killed": lambda app, opts, head, home: lock_holder_killed(app, opts),
     "exposure": lambda app, opts, head, home: exposure(app, head, home),

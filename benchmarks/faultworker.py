@@ -1,12 +1,14 @@
 """One of the two processes of the fault benchmark's two-processes scenarios.
 
-    python -m benchmarks.faultworker TAG KEEP ROUNDS
+    python -m benchmarks.faultworker TAG KEEP ROUNDS [VIA]
     python -m benchmarks.faultworker update TAG APP ROUNDS FOLDER
 
 Connects to the local head of ``NBSERVE_HOME`` as a notebook would and, ``ROUNDS`` times,
 deploys an app of its own (``TAG`` and the round: no replica, only the declared app set
 matters), checks that its app and the app ``KEEP`` are declared, deletes its app and checks
-``KEEP`` again. Prints one JSON line: rounds, checks, and the apps found missing.
+``KEEP`` again, through Ray Client or over HTTP (``VIA``: ``ray`` or ``http``; default: as
+``nbserve.connect()`` chooses). Prints one JSON line: rounds, checks, the apps found missing,
+and whether Ray was imported.
 
 With ``update``: each round, once both workers reach it (a barrier of files in ``FOLDER``),
 updates the field of ``TAG`` (``benchmarks.sharing.FIELDS``) of app ``APP`` to that round's
@@ -64,7 +66,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(updates(tag, name, int(argv[3]), Path(argv[4]))))
         return 0
     tag, keep, rounds = argv[0], argv[1], int(argv[2])
-    cluster = nbserve.connect(timeout=120)
+    via = argv[3] if len(argv) > 3 else None
+    cluster = nbserve.connect(via=via, timeout=120)
     spec = nbserve.LLM(
         nbserve.demo_model(), name="tiny", max_model_len=256, min_replicas=0, initial_replicas=0
     )
@@ -89,6 +92,8 @@ def main(argv: list[str]) -> int:
                 "checks": checks,
                 "lost": len(missing),
                 "missing": missing,
+                "via": cluster.via,
+                "ray_imported": "ray" in sys.modules,
             }
         )
     )
