@@ -186,6 +186,15 @@ def test_the_adapters_report_is_its_json_rendered(tmp_path: Path) -> None:
     assert out.read_text() == (RESULTS / "ADAPTERS.md").read_text()
 
 
+def test_the_ways_report_is_its_json_rendered(tmp_path: Path) -> None:
+    from benchmarks import ways
+
+    out = tmp_path / "ways.md"
+    saved = RESULTS / "WAYS.json"
+    assert ways.main(["--render", str(saved), "--output", str(out)]) == 0
+    assert out.read_text() == (RESULTS / "WAYS.md").read_text()
+
+
 def test_every_report_names_its_command_and_machine() -> None:
     reports = sorted(p for p in RESULTS.glob("*.md") if p.name != "index.md")  # index: the list
     assert {p.stem for p in reports} >= {"BENCHMARKS", "COLDSTART", "RELIABILITY", "TRACING"}
