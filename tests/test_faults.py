@@ -90,7 +90,7 @@ def test_the_report_states_each_target_met_or_not() -> None:
     assert "CPU X (2 cores; CPU flags: avx2)" in text and faults.COMMAND in text
 
 
-@pytest.mark.parametrize("name", ["RELIABILITY", "RELIABILITY-keys"])
+@pytest.mark.parametrize("name", ["RELIABILITY", "RELIABILITY-keys", "RELIABILITY-ways"])
 def test_the_committed_report_is_its_json_rendered(tmp_path: Path, name: str) -> None:
     out = tmp_path / "reliability.md"
     results = ROOT / "docs" / "results"
