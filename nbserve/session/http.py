@@ -161,10 +161,7 @@ class HttpWay:
         status = self._job_end(job, deadline)
         if status != "SUCCEEDED":
             logs = self._dashboard("GET", f"/api/jobs/{job}/logs", timeout=30).get("logs", "")
-            raise ConnectionFailed(
-                f"nbserve could not add its control app to the cluster (job {job}: {status}); "
-                f"the job's log ends with: {logs[-800:]}"
-            )
+            raise ConnectionFailed(_install_failed(job, status, logs, version))
         while time.monotonic() < deadline:
             if self.has_control(10):
                 return
@@ -182,6 +179,29 @@ class HttpWay:
                 return status
             time.sleep(1)
         return f"still {status} at the deadline"
+
+
+def _install_failed(job: str, status: str, logs: str, version: str) -> str:
+    """What to tell the user when the control app's install job did not succeed.
+
+    Example:
+        >>> print(_install_failed("j", "FAILED", "ModuleNotFoundError: No module named "
+        ...                      "'nbserve'", "1.2.0"))  # doctest: +ELLIPSIS
+        nbserve is not installed on the cluster: ...(`pip install nbserve==1.2.0` ...via='ray'...
+        >>> _install_failed("j", "FAILED", "boom", "1.2.0").endswith("log ends with: boom")
+        True
+    """
+    if "No module named 'nbserve'" in logs:
+        return (
+            "nbserve is not installed on the cluster: the HTTP way's control app (and an app "
+            "that requires keys) runs nbserve's code there. Run the cluster on an image with "
+            f"it (`pip install nbserve=={version}` on the Ray image), or connect through Ray "
+            f"Client (via='ray'), which needs nothing of nbserve on the cluster (job {job})"
+        )
+    return (
+        f"nbserve could not add its control app to the cluster (job {job}: {status}); "
+        f"the job's log ends with: {logs[-800:]}"
+    )
 
 
 def _token_refused(where: str, sent: bool) -> str:
