@@ -372,8 +372,7 @@ def two_processes(
         checks += result["checks"]
         row.notes += [
             f"worker {result['tag']} ({WAY_NAMES[result['via']]}): {result['rounds']} rounds, "
-            f"{result['checks']} "
-            f"checks, {result['lost']} apps missing"
+            f"{result['checks']} checks, {result['lost']} apps missing"
             + (f": {result['missing'][:3]}" if result["missing"] else "")
         ]
     row.notes.append(f"{checks} checks of the declared apps in all, {lost} found one missing")

@@ -11,7 +11,6 @@ only this module joins them to the session.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from nbserve import cluster as _cluster
-from nbserve.base import defaults
+from nbserve.base import defaults, versions
 from nbserve.errors import ConnectionFailed, NbserveError, SpecError
 from nbserve.kube import provision, resolve
 from nbserve.local import head as local
@@ -178,11 +177,11 @@ def _way(via: str | None) -> str:
     via = via or os.environ.get("NBSERVE_VIA") or "ray"
     if via not in WAYS:
         raise SpecError(f"via={via!r} is not a way in: pass 'ray' (Ray Client) or 'http'")
-    if via == "ray" and importlib.util.find_spec("ray") is None:
+    if via == "ray" and not versions.has_ray():
         raise ConnectionFailed(
             "Ray is not installed in this kernel, and Ray Client needs it: install "
-            "'nbserve[ray]' (Ray 2.60.0, the cluster's version), or connect over HTTP: "
-            "via='http'"
+            f"'nbserve[ray]' (Ray {versions.pinned_ray()}, the cluster's version), or connect "
+            "over HTTP: via='http'"
         )
     return via
 

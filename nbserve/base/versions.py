@@ -60,9 +60,10 @@ def ray_version() -> str:
         >>> ray_version().count(".") >= 2
         True
     """
-    if has_ray():
+    try:
         return importlib.metadata.version("ray")
-    return pinned_ray()
+    except importlib.metadata.PackageNotFoundError:
+        return pinned_ray()
 
 
 def check_versions(cluster_ray: str, cluster_python: str, *, where: str = "the cluster") -> None:
